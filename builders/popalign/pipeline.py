@@ -1,0 +1,142 @@
+"""The build: instructions → strategy runs → engine → rows → builder → `data/<strategy>/train-*.parquet` + card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from popalign.builder import PopAlign
+from popalign.cache import GenerationCache
+from popalign.card import render_card
+from popalign.engine import Engine, EngineStats
+from popalign.errors import PopAlignError
+from popalign.generation import GenerationParams
+from popalign.local_backend import LocalBackend
+from popalign.models import ModelSpec, describe_spec
+from popalign.prompts import PromptSet
+from popalign.schema import make_row
+from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext
+from popalign.templates import TemplateSet
+
+MANIFEST = "popalign_build.json"
+
+
+@dataclass
+class StrategyOutcome:
+    """Rows written and pairs dropped (by reason) for one strategy."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class BuildSummary:
+    """What a build wrote, for the CLI's closing table."""
+
+    out: Path
+    outcomes: dict[str, StrategyOutcome]
+    roles: dict[str, str]
+    duplicates: int
+    stats: EngineStats
+    seconds: float
+
+
+def build_dataset(
+    prompts: PromptSet,
+    *,
+    strategies: list[str],
+    roles: dict[str, ModelSpec],
+    out: Path,
+    templates: TemplateSet,
+    params: GenerationParams,
+    backend: LocalBackend,
+    cache: GenerationCache | None,
+    progress: bool = True,
+) -> BuildSummary:
+    """Generate every strategy's pairs for `prompts` and write `out` as a Hub dataset repository layout.
+
+    >>> build_dataset(load_prompts(limit=4), strategies=list(STRATEGIES), ...)  # doctest: +SKIP
+    """
+    started = time.monotonic()
+    _check_out_dir(out)
+    context = StrategyContext(templates, seed=params.seed)
+    jobs = [(name, instruction) for instruction in prompts.instructions for name in strategies]
+    engine = Engine(backend, roles, params, cache=cache, progress=progress)
+    results = engine.run([STRATEGIES[name].run(instruction, context) for name, instruction in jobs])
+    outcomes = {name: StrategyOutcome() for name in strategies}
+    for (name, instruction), result in zip(jobs, results):
+        if isinstance(result, Dropped):
+            outcomes[name].dropped[result.reason] += 1
+            continue
+        assert isinstance(result, Pair)
+        outcomes[name].rows.append(
+            make_row(
+                strategy=name,
+                instruction=instruction.text,
+                prompt_id=instruction.prompt_id,
+                chosen=result.chosen,
+                rejected=result.rejected,
+                chosen_model=str(roles[result.chosen_role]),
+                rejected_model=str(roles[result.rejected_role]),
+                chosen_reasoning=result.chosen_reasoning,
+                rejected_reasoning=result.rejected_reasoning,
+            )
+        )
+    used_roles = sorted({role for name in strategies for role in STRATEGIES[name].roles}, key=list(roles).index)
+    manifest = {
+        "backend": backend.name,
+        "roles": {role: str(roles[role]) for role in used_roles},
+        "model_notes": {str(roles[role]): describe_spec(roles[role]) for role in used_roles},
+        "params": asdict(params),
+        "prompts": {"source": prompts.source, "count": len(prompts.instructions), "duplicates": prompts.duplicates},
+        "template_hashes": templates.hashes(),
+        "configs": _write_configs(outcomes, out),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(render_card(manifest), encoding="utf-8")
+    return BuildSummary(
+        out=out,
+        outcomes=outcomes,
+        roles=manifest["roles"],
+        duplicates=prompts.duplicates,
+        stats=engine.stats,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise PopAlignError(f"{out}: output path exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise PopAlignError(f"{out}: folder is not empty and holds no popalign build; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path) -> dict[str, dict[str, Any]]:
+    """Run the builder for each strategy and place its Parquet under `data/<strategy>/`."""
+    configs: dict[str, dict[str, Any]] = {}
+    shutil.rmtree(out / "data", ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="popalign-") as staging:
+        for name, outcome in outcomes.items():
+            rows_file = Path(staging) / f"{name}.jsonl"
+            rows_file.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in outcome.rows))
+            builder = PopAlign(config_name=name, rows_file=str(rows_file), cache_dir=str(Path(staging) / "cache"))
+            prepared = Path(staging) / "prepared" / name
+            builder.download_and_prepare(output_dir=str(prepared), file_format="parquet")
+            (parquet,) = prepared.glob("*-train*.parquet")
+            target = out / "data" / name / "train-00000-of-00001.parquet"
+            target.parent.mkdir(parents=True)
+            shutil.move(parquet, target)
+            info = builder.info._to_yaml_dict()
+            configs[name] = {
+                "rows": len(outcome.rows),
+                "dropped": dict(outcome.dropped),
+                "dataset_info": {key: info[key] for key in ("features", "splits", "dataset_size") if key in info},
+            }
+    return configs

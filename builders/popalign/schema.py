@@ -1,0 +1,51 @@
+"""The row schema shared by every config: TRL's explicit-prompt conversational preference format + provenance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Features, List, Value
+
+_MESSAGES = List({"role": Value("string"), "content": Value("string")})
+
+FEATURES = Features(
+    {
+        "prompt": _MESSAGES,
+        "chosen": _MESSAGES,
+        "rejected": _MESSAGES,
+        "strategy": Value("string"),
+        "prompt_id": Value("string"),
+        "chosen_model": Value("string"),
+        "rejected_model": Value("string"),
+        "chosen_reasoning": Value("string"),
+        "rejected_reasoning": Value("string"),
+        "score": Value("float64"),
+    }
+)
+
+
+def make_row(
+    *,
+    strategy: str,
+    instruction: str,
+    prompt_id: str,
+    chosen: str,
+    rejected: str,
+    chosen_model: str,
+    rejected_model: str,
+    chosen_reasoning: str | None = None,
+    rejected_reasoning: str | None = None,
+) -> dict[str, Any]:
+    """One row. `prompt` is the plain instruction: how each side was elicited is never trained on."""
+    return {
+        "prompt": [{"role": "user", "content": instruction}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "strategy": strategy,
+        "prompt_id": prompt_id,
+        "chosen_model": chosen_model,
+        "rejected_model": rejected_model,
+        "chosen_reasoning": chosen_reasoning,
+        "rejected_reasoning": rejected_reasoning,
+        "score": None,
+    }

@@ -1,0 +1,143 @@
+"""The prompt templates and their data files: a registry, user overrides by name, sandboxed rendering.
+
+Templates are data. User text (the instruction, demonstrations) is only ever passed as a variable, never
+compiled, so an instruction containing `{{ 7*7 }}` is rendered verbatim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+from jinja2.sandbox import SandboxedEnvironment
+
+from popalign.errors import TemplateError
+from popalign.resources import shipped_dir
+
+#: Every file a strategy reads, with what it holds. A user folder overrides any of them by file name.
+TEMPLATE_FILES: dict[str, str] = {
+    "prefix.jinja": "prefix: principle prefix + instruction (vars: principle, instruction)",
+    "prefix_principles.yaml": "prefix: list of {positive, negative} principle pairs",
+    "demon.jinja": "demon: few-shot demonstrations + instruction (vars: demonstrations, instruction)",
+    "demon_good.jsonl": "demon: good demonstrations, {instruction, response} per line",
+    "demon_bad.jsonl": "demon: bad demonstrations, {instruction, response} per line",
+    "elicitive_good.jinja": "elicitive turn 1: reason about a good answer (vars: instruction)",
+    "elicitive_bad.jinja": "elicitive turn 1: reason about a bad answer (vars: instruction)",
+    "elicitive_answer.jinja": "elicitive turn 2: write the answer after the reasoning (vars: instruction)",
+    "refine.jinja": "refine turn 2: improve the first answer (vars: instruction)",
+}
+
+
+@dataclass(frozen=True)
+class TemplateEntry:
+    """One registered file as `popalign templates list` shows it."""
+
+    name: str
+    path: Path
+    sha256: str
+    overridden: bool
+    description: str
+
+
+class TemplateSet:
+    """The shipped templates, with any file of the same name in `override_dir` taking precedence.
+
+    >>> templates = TemplateSet()
+    >>> templates.render("prefix.jinja", principle="Be helpful.", instruction="{{ 7*7 }}")
+    'Be helpful.\\n\\n{{ 7*7 }}'
+    """
+
+    def __init__(self, override_dir: Path | None = None) -> None:
+        self._shipped = shipped_dir("templates")
+        self._override = Path(override_dir) if override_dir is not None else None
+        if self._override is not None:
+            self._check_override_dir(self._override)
+        self._env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+        self._sources = {name: self._read(name) for name in TEMPLATE_FILES}
+        self._compiled = {
+            name: self._compile(name, source) for name, source in self._sources.items() if name.endswith(".jinja")
+        }
+
+    def path(self, name: str) -> Path:
+        """The file that provides `name`: the override if there is one, else the shipped file."""
+        if self._override is not None and (self._override / name).is_file():
+            return self._override / name
+        return self._shipped / name
+
+    def entries(self) -> list[TemplateEntry]:
+        """Every registered file with its content hash, in registry order."""
+        return [
+            TemplateEntry(
+                name=name,
+                path=self.path(name),
+                sha256=hashlib.sha256(self._sources[name].encode("utf-8")).hexdigest(),
+                overridden=self.path(name).parent != self._shipped,
+                description=description,
+            )
+            for name, description in TEMPLATE_FILES.items()
+        ]
+
+    def hashes(self) -> dict[str, str]:
+        """Content hash of every registered file, for the dataset card."""
+        return {entry.name: entry.sha256 for entry in self.entries()}
+
+    def source(self, name: str) -> str:
+        """The raw text of one registered file."""
+        self._check_name(name)
+        return self._sources[name]
+
+    def render(self, name: str, **variables: Any) -> str:
+        """Render template `name` with `variables` as data; surrounding whitespace is stripped."""
+        self._check_name(name)
+        try:
+            return self._compiled[name].render(**variables).strip()
+        except jinja2.TemplateError as err:
+            raise TemplateError(f"{self.path(name)}: cannot render ({err})") from err
+
+    def records(self, name: str, fields: tuple[str, ...]) -> list[dict[str, str]]:
+        """A data file (`.yaml` list or `.jsonl`) as non-empty records, each with text `fields`."""
+        self._check_name(name)
+        path, source = self.path(name), self._sources[name]
+        try:
+            if name.endswith(".yaml"):
+                records = yaml.safe_load(source)
+            else:
+                records = [json.loads(line) for line in source.splitlines() if line.strip()]
+        except (yaml.YAMLError, json.JSONDecodeError) as err:
+            raise TemplateError(f"{path}: not valid {path.suffix[1:].upper()} ({err})") from err
+        if not isinstance(records, list) or not records:
+            raise TemplateError(f"{path}: expected a non-empty list of records")
+        for number, record in enumerate(records, start=1):
+            missing = [f for f in fields if not (isinstance(record, dict) and isinstance(record.get(f), str))]
+            if missing:
+                raise TemplateError(f"{path}: record {number}: field {missing[0]!r} is missing or not text")
+        return records
+
+    def _check_name(self, name: str) -> None:
+        if name not in TEMPLATE_FILES:
+            raise TemplateError(f"unknown template {name!r} (known: {', '.join(TEMPLATE_FILES)})")
+
+    def _check_override_dir(self, folder: Path) -> None:
+        if not folder.is_dir():
+            raise TemplateError(f"{folder}: templates folder not found")
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and not path.name.startswith(".") and path.name not in TEMPLATE_FILES:
+                raise TemplateError(f"{path}: not a popalign template name (known: {', '.join(TEMPLATE_FILES)})")
+
+    def _read(self, name: str) -> str:
+        path = self.path(name)
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise TemplateError(f"{path}: cannot read template ({err})") from err
+
+    def _compile(self, name: str, source: str) -> jinja2.Template:
+        try:
+            return self._env.from_string(source)
+        except jinja2.TemplateSyntaxError as err:
+            raise TemplateError(f"{self.path(name)}: line {err.lineno}: template syntax error ({err.message})") from err

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 
@@ -39,7 +39,7 @@ class PopAlign(datasets.GeneratorBasedBuilder):
     """
 
     BUILDER_CONFIG_CLASS = PopAlignConfig
-    BUILDER_CONFIGS = [
+    BUILDER_CONFIGS: ClassVar[list[PopAlignConfig]] = [
         PopAlignConfig(name=name, version=VERSION, description=strategy.description)
         for name, strategy in STRATEGIES.items()
     ]

@@ -32,20 +32,27 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     build = commands.add_parser("build", help="generate pairs and write a dataset folder (Hub layout)")
-    build.add_argument("--prompts", type=Path, help=".jsonl, .csv or .parquet of instructions (default: bundled demo set)")
+    build.add_argument(
+        "--prompts", type=Path, help=".jsonl, .csv or .parquet of instructions (default: bundled demo set)"
+    )
     build.add_argument("--prompt-column", help="column holding the instruction (default: prompt or instruction)")
     build.add_argument("--strategies", default="all", help="comma-separated strategies, or all (default: all)")
     build.add_argument("--limit", type=_positive_int, help="use at most N distinct instructions")
     build.add_argument("--out", type=Path, default=Path("popalign-data"), help="output folder (default: popalign-data)")
     build.add_argument(
-        "--model", action="append", default=[], metavar="ROLE=SPEC",
+        "--model",
+        action="append",
+        default=[],
+        metavar="ROLE=SPEC",
         help="model of a role (default, large, small, first, second); repeatable. "
         "With none, the embedded SmolLM2 and weaker copies of it fill every role",
     )
     build.add_argument("--templates", type=Path, help="folder of templates overriding the shipped ones by name")
     build.add_argument("--seed", type=int, default=0, help="sampling and principle-choice seed (default: 0)")
     build.add_argument("--max-new-tokens", type=_positive_int, default=128, help="tokens per answer (default: 128)")
-    build.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 is greedy (default: 0.7)")
+    build.add_argument(
+        "--temperature", type=float, default=0.7, help="sampling temperature; 0 is greedy (default: 0.7)"
+    )
     build.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default: 0.9)")
     build.add_argument("--batch-size", type=_positive_int, default=8, help="local generation batch size (default: 8)")
     build.add_argument("--cache-dir", type=Path, help="generation cache folder (default: ~/.cache/popalign)")

@@ -95,7 +95,7 @@ class Engine:
                 todo[self.roles[request.role]].append((key, request))
         for spec, pending in todo.items():
             for keys, generations in self.backend.iter_batches(spec, pending, self.params):
-                batch = {key: generation.text for key, generation in zip(keys, generations)}
+                batch = {key: generation.text for key, generation in zip(keys, generations, strict=True)}
                 if self.cache:
                     self.cache.put_many(batch)
                 answers.update(batch)

@@ -56,7 +56,7 @@ class LocalBackend:
         """Answer `requests` with `spec`, in their order."""
         answers: dict[int, Generation] = {}
         for batch, generations in self.iter_batches(spec, list(enumerate(requests)), params):
-            answers.update(zip(batch, generations))
+            answers.update(zip(batch, generations, strict=True))
         return [answers[i] for i in range(len(requests))]
 
     def iter_batches(
@@ -81,8 +81,8 @@ class LocalBackend:
             base = ModelSpec(spec.source)
             if base not in self._models:
                 self._models[base] = self._load_model(spec.source)
-            self._models[spec] = self._models[base] if spec.layers is None else _drop_middle_layers(
-                self._models[base], spec
+            self._models[spec] = (
+                self._models[base] if spec.layers is None else _drop_middle_layers(self._models[base], spec)
             )
         return self._models[spec], tokenizer
 

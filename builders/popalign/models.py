@@ -72,9 +72,7 @@ def parse_model_args(pairs: Iterable[str]) -> dict[str, ModelSpec]:
     return roles
 
 
-def resolve_roles(
-    given: Mapping[str, ModelSpec], needs: Mapping[str, tuple[str, ...]]
-) -> dict[str, ModelSpec]:
+def resolve_roles(given: Mapping[str, ModelSpec], needs: Mapping[str, tuple[str, ...]]) -> dict[str, ModelSpec]:
     """The role map of a run: the demo roles when none are given, else the given ones plus `default`.
 
     `needs` maps each requested strategy to the roles it uses; a strategy whose roles are missing, or whose

@@ -70,7 +70,7 @@ def build_dataset(
     engine = Engine(backend, roles, params, cache=cache, progress=progress)
     results = engine.run([STRATEGIES[name].run(instruction, context) for name, instruction in jobs])
     outcomes = {name: StrategyOutcome() for name in strategies}
-    for (name, instruction), result in zip(jobs, results):
+    for (name, instruction), result in zip(jobs, results, strict=True):
         if isinstance(result, Dropped):
             outcomes[name].dropped[result.reason] += 1
             continue

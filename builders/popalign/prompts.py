@@ -38,9 +38,7 @@ class PromptSet:
     source: str
 
 
-def load_prompts(
-    path: Path | None = None, *, column: str | None = None, limit: int | None = None
-) -> PromptSet:
+def load_prompts(path: Path | None = None, *, column: str | None = None, limit: int | None = None) -> PromptSet:
     """Load, validate and deduplicate instructions; `path=None` reads the bundled demo set.
 
     >>> load_prompts(limit=2).instructions[0].prompt_id[:8]  # doctest: +SKIP

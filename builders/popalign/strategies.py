@@ -12,6 +12,7 @@ import hashlib
 import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+
 from popalign.errors import ConfigError
 from popalign.generation import Request, assistant, user
 from popalign.prompts import Instruction
@@ -121,13 +122,15 @@ def _demon(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
 
 
 def _elicitive(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
-    asks = [user(ctx.templates.render(f"elicitive_{side}.jinja", instruction=instruction.text)) for side in ("good", "bad")]
+    asks = [
+        user(ctx.templates.render(f"elicitive_{side}.jinja", instruction=instruction.text)) for side in ("good", "bad")
+    ]
     plans = yield [Request("default", (ask,)) for ask in asks]
     if not all(plan.strip() for plan in plans):
         return Dropped("unparseable")
     then = user(ctx.templates.render("elicitive_answer.jinja", instruction=instruction.text))
-    answers = yield [Request("default", (ask, assistant(plan), then)) for ask, plan in zip(asks, plans)]
-    good, bad = (parse_elicited(plan, answer) for plan, answer in zip(plans, answers))
+    answers = yield [Request("default", (ask, assistant(plan), then)) for ask, plan in zip(asks, plans, strict=True)]
+    good, bad = (parse_elicited(plan, answer) for plan, answer in zip(plans, answers, strict=True))
     if good is None or bad is None:
         return Dropped("unparseable")
     return check_pair(Pair(good[1], bad[1], "default", "default", good[0], bad[0]))
@@ -156,29 +159,58 @@ STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
         Strategy(
-            "prefix", "prompt", ("default",), "M(p+ ⊕ q)", "M(p− ⊕ q)", _prefix,
+            "prefix",
+            "prompt",
+            ("default",),
+            "M(p+ ⊕ q)",
+            "M(p− ⊕ q)",
+            _prefix,
             "The same model answers after a positive vs a negative principle prefix (as in RLCD).",
         ),
         Strategy(
-            "demon", "prompt", ("default",), "M(d+ ⊕ q)", "M(d− ⊕ q)", _demon,
+            "demon",
+            "prompt",
+            ("default",),
+            "M(d+ ⊕ q)",
+            "M(d− ⊕ q)",
+            _demon,
             "The same model answers after good vs bad few-shot demonstrations.",
         ),
         Strategy(
-            "elicitive", "prompt", ("default",), "answer of M(T+(q))", "answer of M(T−(q))", _elicitive,
+            "elicitive",
+            "prompt",
+            ("default",),
+            "answer of M(T+(q))",
+            "answer of M(T−(q))",
+            _elicitive,
             "The model first reasons how to write a good vs a bad answer, then writes it in a second turn; "
             "the reasoning is kept in `chosen_reasoning` / `rejected_reasoning`.",
         ),
         Strategy(
-            "nparam", "model", ("large", "small"), "M_large(q)", "M_small(q)", _model_contrast("large", "small"),
+            "nparam",
+            "model",
+            ("large", "small"),
+            "M_large(q)",
+            "M_small(q)",
+            _model_contrast("large", "small"),
             "A larger model's answer is chosen over a smaller model's.",
         ),
         Strategy(
-            "leaderboard", "model", ("first", "second"), "M_first(q)", "M_second(q)",
+            "leaderboard",
+            "model",
+            ("first", "second"),
+            "M_first(q)",
+            "M_second(q)",
             _model_contrast("first", "second"),
             "A higher-ranked model's answer is chosen over a lower-ranked model's.",
         ),
         Strategy(
-            "refine", "pipeline", ("default",), "M(q ⊕ r− ⊕ refine)", "r− = M(q)", _refine,
+            "refine",
+            "pipeline",
+            ("default",),
+            "M(q ⊕ r− ⊕ refine)",
+            "r− = M(q)",
+            _refine,
             "The model's first answer is rejected and its own refinement of it is chosen.",
         ),
     )

@@ -1,0 +1,92 @@
+"""Template registry: sandboxed rendering of user text as data, overrides by name, clear errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from popalign.errors import TemplateError
+from popalign.prompts import Instruction
+from popalign.strategies import STRATEGIES, StrategyContext
+from popalign.templates import TEMPLATE_FILES, TemplateSet
+
+HOSTILE = "Explain {{ 7*7 }} and {% for x in range(3) %}{{ x }}{% endfor %} and {{ ''.__class__ }} please"
+
+
+def first_requests(strategy: str, text: str, templates: TemplateSet) -> list:
+    """The requests a strategy asks for first, for one instruction."""
+    return next(STRATEGIES[strategy].run(Instruction.from_text(text), StrategyContext(templates)))
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_instruction_with_jinja_syntax_is_rendered_verbatim(strategy: str) -> None:
+    for request in first_requests(strategy, HOSTILE, TemplateSet()):
+        assert HOSTILE in request.messages[-1][1]
+        assert "49" not in request.messages[-1][1]
+
+
+def test_demonstrations_and_principles_are_data_too(tmp_path: Path) -> None:
+    (tmp_path / "demon_good.jsonl").write_text('{"instruction": "{{ 6*7 }}", "response": "{% raw %}x"}\n')
+    (tmp_path / "prefix_principles.yaml").write_text('- {positive: "{{ 1+1 }} good", negative: "{{ 1+1 }} bad"}\n')
+    templates = TemplateSet(tmp_path)
+    good, _ = first_requests("demon", "q", templates)
+    assert "Request: {{ 6*7 }}\nResponse: {% raw %}x" in good.messages[0][1]
+    positive, negative = first_requests("prefix", "q", templates)
+    assert positive.messages[0][1] == "{{ 1+1 }} good\n\nq"
+    assert negative.messages[0][1] == "{{ 1+1 }} bad\n\nq"
+
+
+def test_every_strategy_keeps_scaffolding_out_of_the_instruction() -> None:
+    positive, negative = first_requests("prefix", "Name a colour.", TemplateSet())
+    assert positive.messages[0][1] != negative.messages[0][1]
+    assert positive.messages[0][1].endswith("Name a colour.")
+    plain = first_requests("nparam", "Name a colour.", TemplateSet())
+    assert [r.messages for r in plain] == [(("user", "Name a colour."),)] * 2
+    assert [r.role for r in plain] == ["large", "small"]
+
+
+def test_override_replaces_a_template_by_name_and_changes_its_hash(tmp_path: Path) -> None:
+    (tmp_path / "refine.jinja").write_text("Make it better: {{ instruction }}")
+    shipped, overridden = TemplateSet(), TemplateSet(tmp_path)
+    assert overridden.render("refine.jinja", instruction="q") == "Make it better: q"
+    assert overridden.hashes()["refine.jinja"] != shipped.hashes()["refine.jinja"]
+    assert overridden.hashes()["prefix.jinja"] == shipped.hashes()["prefix.jinja"]
+    assert [e.name for e in overridden.entries() if e.overridden] == ["refine.jinja"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("prefix.jinja", "{% for x in %}", "prefix.jinja: line 1: template syntax error"),
+        ("refine.jinja", "{{ undefined_name }}", "refine.jinja: cannot render"),
+        ("refine.jinja", "{{ instruction.__class__.__mro__ }}", "refine.jinja: cannot render"),
+        ("prefix_principles.yaml", "- {positive: only one side}\n", "record 1: field 'negative' is missing"),
+        ("demon_bad.jsonl", "{not json\n", "demon_bad.jsonl: not valid JSONL"),
+        ("notes.txt", "hello", "notes.txt: not a popalign template name"),
+    ],
+)
+def test_bad_override_is_one_clear_error(tmp_path: Path, name: str, text: str, message: str) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(TemplateError, match=re.escape(message)):
+        run = STRATEGIES["refine"].run(Instruction.from_text("q"), StrategyContext(TemplateSet(tmp_path)))
+        next(run)
+        run.send(["a draft"])
+
+
+def test_cli_lists_and_shows_templates_with_hashes(tmp_path: Path, popalign) -> None:
+    listing = popalign("templates", "list")
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == list(TEMPLATE_FILES)
+    digests = TemplateSet().hashes()
+    assert all(line.split()[1] == digests[line.split()[0]][:16] for line in lines)
+    shown = popalign("templates", "show", "elicitive_answer.jinja")
+    assert shown.stdout == (Path(TemplateSet().path("elicitive_answer.jinja"))).read_text()
+    (tmp_path / "refine.jinja").write_text("mine {{ instruction }}")
+    overridden = popalign("templates", "list", "--templates", tmp_path)
+    assert f"override {tmp_path / 'refine.jinja'}" in overridden.stdout
+    unknown = popalign("templates", "show", "nope.jinja")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == f"popalign: error: unknown template 'nope.jinja' (known: {', '.join(TEMPLATE_FILES)})"

@@ -57,20 +57,33 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
             jsonl(tmp_path / "cols.jsonl", {"text": "a", "id": 1}),
             "no column 'prompt' or 'instruction' (columns: text, id); pass --prompt-column",
         ),
-        "non-text value": (jsonl(tmp_path / "int.jsonl", {"prompt": "ok"}, {"prompt": 7}), "row 2: field 'prompt' is int, expected text"),
+        "non-text value": (
+            jsonl(tmp_path / "int.jsonl", {"prompt": "ok"}, {"prompt": 7}),
+            "row 2: field 'prompt' is int, expected text",
+        ),
         "null value": (tmp_path / "nulls.parquet", "row 2: field 'prompt' is NoneType, expected text"),
         "blank value": (write(tmp_path / "blank.csv", "prompt\nok\n  \n"), "row 2: field 'prompt' is empty"),
-        "bad json": (write(tmp_path / "bad.jsonl", '{"prompt": "ok"}\n{"prompt": \n'), "line 2: not valid JSON (Expecting value)"),
-        "unknown format": (write(tmp_path / "p.txt", "hello"), "unsupported prompts format '.txt' (use .jsonl, .csv, .parquet)"),
+        "bad json": (
+            write(tmp_path / "bad.jsonl", '{"prompt": "ok"}\n{"prompt": \n'),
+            "line 2: not valid JSON (Expecting value)",
+        ),
+        "unknown format": (
+            write(tmp_path / "p.txt", "hello"),
+            "unsupported prompts format '.txt' (use .jsonl, .csv, .parquet)",
+        ),
     }
-    flags = {name: (["--prompts", str(path)], f"popalign: error: {path}: {message}") for name, (path, message) in cases.items()}
+    flags = {
+        name: (["--prompts", str(path)], f"popalign: error: {path}: {message}")
+        for name, (path, message) in cases.items()
+    }
     flags["missing named column"] = (
         ["--prompts", str(jsonl(tmp_path / "ok.jsonl", {"prompt": "a"})), "--prompt-column", "question"],
         f"popalign: error: {tmp_path / 'ok.jsonl'}: no column 'question' (columns: prompt)",
     )
     flags["unknown strategy"] = (
         ["--strategies", "prefix,contrastive"],
-        "popalign: error: unknown strategy 'contrastive' (known: prefix, demon, elicitive, nparam, leaderboard, refine, all)",
+        "popalign: error: unknown strategy 'contrastive' "
+        "(known: prefix, demon, elicitive, nparam, leaderboard, refine, all)",
     )
     flags["unknown role"] = (
         ["--model", "huge=smollm2"],
@@ -91,7 +104,8 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     )
     flags["unreadable template"] = (
         ["--templates", str(templates)],
-        f"popalign: error: {templates / 'demon.jinja'}: line 1: template syntax error (Expected an expression, got 'end of statement block')",
+        f"popalign: error: {templates / 'demon.jinja'}: line 1: "
+        "template syntax error (Expected an expression, got 'end of statement block')",
     )
     return flags
 

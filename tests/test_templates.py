@@ -89,4 +89,6 @@ def test_cli_lists_and_shows_templates_with_hashes(tmp_path: Path, popalign) -> 
     assert f"override {tmp_path / 'refine.jinja'}" in overridden.stdout
     unknown = popalign("templates", "show", "nope.jinja")
     assert unknown.returncode == 2
-    assert unknown.stderr.strip() == f"popalign: error: unknown template 'nope.jinja' (known: {', '.join(TEMPLATE_FILES)})"
+    assert (
+        unknown.stderr.strip() == f"popalign: error: unknown template 'nope.jinja' (known: {', '.join(TEMPLATE_FILES)})"
+    )

@@ -25,7 +25,7 @@ def size_category(rows: int) -> str:
 
 def render_card(manifest: dict[str, Any], *, repo_id: str = "<local folder>") -> str:
     """The README.md of a built folder, from its manifest (see `pipeline.build_dataset`)."""
-    built = manifest["configs"]
+    built = {name: config for name, config in manifest["configs"].items() if config["rows"]}
     default = "elicitive" if "elicitive" in built else next(iter(built))
     card_data = DatasetCardData(
         language="en",
@@ -53,10 +53,10 @@ def render_card(manifest: dict[str, Any], *, repo_id: str = "<local folder>") ->
             "description": STRATEGIES[name].description,
             "chosen_model": manifest["roles"][STRATEGIES[name].roles[0]],
             "rejected_model": manifest["roles"][STRATEGIES[name].roles[-1]],
-            "rows": c["rows"],
+            "rows": c["rows"] or "0 (no config: every pair dropped)",
             "dropped_text": ", ".join(f"{n} {reason}" for reason, n in c["dropped"].items()) or "0",
         }
-        for name, c in built.items()
+        for name, c in manifest["configs"].items()
     ]
     card = DatasetCard.from_template(
         card_data,

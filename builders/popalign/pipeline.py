@@ -120,10 +120,18 @@ def _check_out_dir(out: Path) -> None:
 
 def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path) -> dict[str, dict[str, Any]]:
     """Run the builder for each strategy and place its Parquet under `data/<strategy>/`."""
-    configs: dict[str, dict[str, Any]] = {}
+    configs: dict[str, dict[str, Any]] = {
+        name: {"rows": 0, "dropped": dict(outcome.dropped)} for name, outcome in outcomes.items()
+    }
+    if not any(outcome.rows for outcome in outcomes.values()):
+        raise PopAlignError(
+            f"{out}: every pair was dropped, nothing to write (answers are cached; see the drop counts)"
+        )
     shutil.rmtree(out / "data", ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="popalign-") as staging:
         for name, outcome in outcomes.items():
+            if not outcome.rows:
+                continue  # `datasets` cannot load a config with no rows: it is reported, not written
             rows_file = Path(staging) / f"{name}.jsonl"
             rows_file.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in outcome.rows))
             builder = PopAlign(config_name=name, rows_file=str(rows_file), cache_dir=str(Path(staging) / "cache"))
@@ -134,9 +142,8 @@ def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path) -> dict[str,
             target.parent.mkdir(parents=True)
             shutil.move(parquet, target)
             info = builder.info._to_yaml_dict()
-            configs[name] = {
+            configs[name] |= {
                 "rows": len(outcome.rows),
-                "dropped": dict(outcome.dropped),
                 "dataset_info": {key: info[key] for key in ("features", "splits", "dataset_size") if key in info},
             }
     return configs

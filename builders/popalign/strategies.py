@@ -70,7 +70,7 @@ class Strategy:
     description: str
 
 
-_LABEL = re.compile(r"^\s*(?:\*\*)?(?:improved response|response|answer)(?:\*\*)?\s*:\s*", re.IGNORECASE)
+_LABEL = re.compile(r"^\s*\**\s*(?:improved response|response|answer)\s*\**\s*:\s*\**\s*", re.IGNORECASE)
 _NEXT_EXAMPLE = re.compile(r"\n\s*Request\s*:", re.IGNORECASE)
 REPEAT_RATIO = 0.9
 

@@ -1,0 +1,121 @@
+"""`popalign build` end to end, as the README runs it: a Hub-layout folder that `load_dataset` reads per config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from datasets import load_dataset
+
+from popalign.prompts import load_prompts
+from popalign.schema import FEATURES
+from popalign.strategies import STRATEGIES
+
+HOSTILE = "Explain {{ 7*7 }} and {% for x in y %}{{ x }}{% endfor %} literally."
+
+
+def load(folder: Path, name: str):
+    """`load_dataset(folder, name)` with a cache of the test's own: `datasets` may otherwise reuse the cache of
+    an earlier folder with the same name."""
+    return load_dataset(str(folder), name, split="train", cache_dir=str(folder.parent / "hf-datasets-cache"))
+
+
+def card_metadata(folder: Path) -> dict:
+    return yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+
+
+def check_config(folder: Path, name: str, instructions: set[str]) -> list[dict]:
+    """Load one config as a user would and check TRL's explicit-prompt conversational format."""
+    rows = load(folder, name)
+    assert rows.features == FEATURES
+    for row in rows:
+        assert row["strategy"] == name
+        assert row["prompt"] == [{"role": "user", "content": row["prompt"][0]["content"]}]
+        assert row["prompt"][0]["content"] in instructions
+        assert [m["role"] for m in row["chosen"]] == ["assistant"] == [m["role"] for m in row["rejected"]]
+        assert row["chosen"][0]["content"].strip() and row["rejected"][0]["content"].strip()
+        assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
+        if name == "elicitive":
+            assert row["chosen_reasoning"] and row["rejected_reasoning"]
+            assert row["chosen_reasoning"] not in row["chosen"][0]["content"]
+        else:
+            assert row["chosen_reasoning"] is None and row["rejected_reasoning"] is None
+    return list(rows)
+
+
+def test_build_on_a_tiny_model_writes_every_config_and_resumes(tiny_roles, popalign, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    texts = [HOSTILE, "Say hello.", "Say hello.", "List two fruits."]
+    prompts.write_text("".join(json.dumps({"instruction": t}) + "\n" for t in texts))
+    flags = ["--prompts", prompts, "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--max-new-tokens", 8]
+    first = popalign("build", *flags, *tiny_roles, "--no-progress")
+    assert first.returncode == 0, first.stderr
+    assert "1 duplicate instructions skipped" in first.stdout
+    manifest = json.loads((tmp_path / "out" / "popalign_build.json").read_text())
+    written = [name for name in STRATEGIES if manifest["configs"][name]["rows"]]
+    assert written, manifest["configs"]
+    card = card_metadata(tmp_path / "out")
+    assert [c["config_name"] for c in card["configs"]] == written
+    assert [c["config_name"] for c in card["configs"] if c.get("default")] == [
+        "elicitive" if "elicitive" in written else written[0]
+    ]
+    assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir()) == sorted(written)
+    for name in written:
+        rows = check_config(tmp_path / "out", name, set(texts))
+        assert len(rows) + sum(manifest["configs"][name]["dropped"].values()) == 3
+        assert [p.name for p in (tmp_path / "out" / "data" / name).iterdir()] == ["train-00000-of-00001.parquet"]
+    assert manifest["roles"]["small"] == manifest["roles"]["large"] + ":layers=2"
+    for name, (chosen, rejected) in {"nparam": ("large", "small"), "leaderboard": ("first", "second")}.items():
+        if manifest["configs"][name]["rows"]:
+            rows = load(tmp_path / "out", name)
+            sides = {(manifest["roles"][chosen], manifest["roles"][rejected])}
+            assert {(r["chosen_model"], r["rejected_model"]) for r in rows} == sides
+    again = popalign("build", *flags, *tiny_roles, "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert " 0 generated " in again.stdout
+    assert json.loads((tmp_path / "out" / "popalign_build.json").read_text())["configs"] == manifest["configs"]
+
+
+def test_instruction_with_template_syntax_is_stored_verbatim(tiny_roles, popalign, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text('prompt\n"' + HOSTILE + '"\n')
+    out = tmp_path / "out"
+    result = popalign(
+        "build", "--prompts", prompts, "--strategies", "prefix,refine", "--out", out, "--cache-dir", tmp_path / "c",
+        "--max-new-tokens", 8, "--model", tiny_roles[1],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "popalign_build.json").read_text())
+    for name in ("prefix", "refine"):
+        if manifest["configs"][name]["rows"]:
+            rows = load(out, name)
+            assert [r["prompt"][0]["content"] for r in rows] == [HOSTILE]
+        else:
+            assert sum(manifest["configs"][name]["dropped"].values()) == 1
+
+
+@pytest.mark.slow
+def test_bare_build_on_the_embedded_model_makes_all_six_configs(popalign, tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    result = popalign(
+        "build", "--limit", 4, "--out", out, "--cache-dir", tmp_path / "cache", "--max-new-tokens", 48, "--no-progress"
+    )
+    assert result.returncode == 0, result.stderr
+    for line in ("role small    smollm2:layers=24", "role second   smollm2:layers=26", "wrote "):
+        assert line in result.stdout
+    instructions = {i.text for i in load_prompts(limit=4).instructions}
+    manifest = json.loads((out / "popalign_build.json").read_text())
+    assert manifest["roles"]["small"] == "smollm2:layers=24"
+    total = 0
+    for name in STRATEGIES:
+        rows = check_config(out, name, instructions) if manifest["configs"][name]["rows"] else []
+        assert len(rows) + sum(manifest["configs"][name]["dropped"].values()) == 4
+        total += len(rows)
+        models = {(r["chosen_model"], r["rejected_model"]) for r in rows}
+        expected = {"nparam": ("smollm2", "smollm2:layers=24"), "leaderboard": ("smollm2", "smollm2:layers=26")}
+        assert models <= {expected.get(name, ("smollm2", "smollm2"))}
+    assert total >= 12, f"only {total} of 24 pairs survived"
+    card = (out / "README.md").read_text()
+    assert "`smollm2:layers=24`" in card and "weaker copy keeping 24 decoder layers" in card

@@ -1,0 +1,61 @@
+"""The engine on a tiny config-built model: shared requests are generated once, the cache resumes a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from popalign.cache import GenerationCache
+from popalign.engine import Engine
+from popalign.generation import GenerationParams, Request, user
+from popalign.local_backend import LocalBackend
+from popalign.models import ModelSpec, resolve_roles
+from popalign.prompts import Instruction
+from popalign.strategies import STRATEGIES, StrategyContext
+from popalign.templates import TemplateSet
+
+PARAMS = GenerationParams(max_new_tokens=6, seed=1)
+
+
+def runs(names: list[str], texts: list[str]) -> list:
+    context = StrategyContext(TemplateSet())
+    return [STRATEGIES[n].run(Instruction.from_text(t), context) for t in texts for n in names]
+
+
+def test_requests_shared_by_strategies_are_generated_once(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = ModelSpec(str(tiny_model_dir))
+    roles = {"default": model, "large": model, "small": ModelSpec(str(tiny_model_dir), 2), "first": model}
+    roles["second"] = ModelSpec(str(tiny_model_dir), 3)
+    engine = Engine(LocalBackend(batch_size=4), roles, PARAMS, cache=None, progress=False)
+    results = engine.run(runs(["nparam", "leaderboard", "refine"], ["Say hi.", "Say bye."]))
+    assert len(results) == 6 and all(result is not None for result in results)
+    # per instruction: plain M(q) shared by large, first and refine's draft; small; second; the refinement
+    assert engine.stats.requested == 2 * (2 + 2 + 1 + 1)
+    assert engine.stats.distinct == engine.stats.generated == 2 * 4
+
+
+def test_a_rerun_is_answered_from_the_cache_with_the_same_results(tiny_model_dir: Path, tmp_path: Path) -> None:
+    roles = resolve_roles({"default": ModelSpec(str(tiny_model_dir))}, {"prefix": ("default",)})
+    texts = ["Say hi.", "Say bye.", "Count to three."]
+    first = Engine(LocalBackend(), roles, PARAMS, cache=GenerationCache(tmp_path), progress=False)
+    before = first.run(runs(["prefix", "demon", "elicitive"], texts))
+    again = Engine(LocalBackend(), roles, PARAMS, cache=GenerationCache(tmp_path), progress=False)
+    assert again.run(runs(["prefix", "demon", "elicitive"], texts)) == before
+    assert again.stats.generated == 0 and again.stats.cached == first.stats.distinct
+
+
+def test_batched_greedy_generation_matches_one_at_a_time(tiny_model_dir: Path) -> None:
+    spec, greedy = ModelSpec(str(tiny_model_dir)), GenerationParams(max_new_tokens=8, temperature=0)
+    requests = [Request("default", (user(text),)) for text in ["Hi.", "A much longer request, to pad the batch.", "Ok"]]
+    batched = LocalBackend(batch_size=3).generate(spec, requests, greedy)
+    single = LocalBackend(batch_size=1).generate(spec, requests, greedy)
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert all(g.tokens > 0 for g in batched)
+
+
+def test_weaker_copy_keeps_the_requested_layers_and_leaves_the_base_intact(tiny_model_dir: Path) -> None:
+    backend = LocalBackend()
+    base, _ = backend.load(ModelSpec(str(tiny_model_dir)))
+    weaker, _ = backend.load(ModelSpec(str(tiny_model_dir), 3))
+    assert len(weaker.model.layers) == 3 and len(base.model.layers) == 4
+    assert [layer.self_attn.layer_idx for layer in base.model.layers] == [0, 1, 2, 3]
+    assert [layer.self_attn.layer_idx for layer in weaker.model.layers] == [0, 1, 2]

@@ -57,6 +57,3 @@ class GenerationCache:
                 "INSERT OR REPLACE INTO generations (key, text, created) VALUES (?, ?, ?)",
                 [(key, text, now) for key, text in answers.items()],
             )
-
-    def close(self) -> None:
-        self._db.close()

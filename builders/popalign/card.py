@@ -23,8 +23,9 @@ def size_category(rows: int) -> str:
     return "n>1M"
 
 
-def render_card(manifest: dict[str, Any], *, repo_id: str = "<local folder>") -> str:
-    """The README.md of a built folder, from its manifest (see `pipeline.build_dataset`)."""
+def render_card(manifest: dict[str, Any], *, repo_id: str) -> str:
+    """The README.md of a built folder, from its manifest (see `pipeline.build_dataset`); `repo_id` is what
+    the card tells users to load (the folder, or the Hub repository it is published to)."""
     built = {name: config for name, config in manifest["configs"].items() if config["rows"]}
     default = "elicitive" if "elicitive" in built else next(iter(built))
     card_data = DatasetCardData(

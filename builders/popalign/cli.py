@@ -91,7 +91,7 @@ def _build(args: argparse.Namespace) -> int:
     for role in sorted({r for name in strategies for r in STRATEGIES[name].roles}, key=list(roles).index):
         print(f"  role {role:<8} {roles[role]}  ({describe_spec(roles[role])})")
 
-    _quiet_libraries(progress=not args.no_progress)
+    _quiet_libraries()
     from popalign.local_backend import LocalBackend
     from popalign.pipeline import build_dataset
 
@@ -124,7 +124,7 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_libraries(*, progress: bool) -> None:
+def _quiet_libraries() -> None:
     """Keep the output to popalign's own progress bar and summary."""
     import datasets
     import transformers

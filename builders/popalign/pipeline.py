@@ -99,7 +99,7 @@ def build_dataset(
         "configs": _write_configs(outcomes, out),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(render_card(manifest), encoding="utf-8")
+    (out / "README.md").write_text(render_card(manifest, repo_id=str(out)), encoding="utf-8")
     return BuildSummary(
         out=out,
         outcomes=outcomes,

@@ -13,6 +13,7 @@ from typing import Any
 from popalign.errors import PromptsError
 
 BUNDLED_PROMPTS = Path(__file__).with_name("instructions.jsonl")
+BUNDLED_LABEL = "popalign's bundled demo instructions"
 DEFAULT_COLUMNS = ("prompt", "instruction")
 SUFFIXES = (".jsonl", ".csv", ".parquet")
 
@@ -64,7 +65,8 @@ def load_prompts(path: Path | None = None, *, column: str | None = None, limit: 
     duplicates = len(rows) - len(instructions)
     if limit is not None:
         instructions = instructions[:limit]
-    return PromptSet(instructions=instructions, duplicates=duplicates, source=str(source))
+    label = BUNDLED_LABEL if path is None else str(source)
+    return PromptSet(instructions=instructions, duplicates=duplicates, source=label)
 
 
 def _read_rows(source: Path) -> Iterator[dict[str, Any]]:

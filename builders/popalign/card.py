@@ -52,8 +52,8 @@ def render_card(manifest: dict[str, Any], *, repo_id: str) -> str:
             "chosen": STRATEGIES[name].chosen,
             "rejected": STRATEGIES[name].rejected,
             "description": STRATEGIES[name].description,
-            "chosen_model": manifest["roles"][STRATEGIES[name].roles[0]],
-            "rejected_model": manifest["roles"][STRATEGIES[name].roles[-1]],
+            "chosen_model": manifest["roles"][STRATEGIES[name].chosen_role],
+            "rejected_model": manifest["roles"][STRATEGIES[name].rejected_role],
             "rows": c["rows"] or "0 (no config: every pair dropped)",
             "dropped_text": ", ".join(f"{n} {reason}" for reason, n in c["dropped"].items()) or "0",
         }

@@ -77,7 +77,7 @@ def _build(args: argparse.Namespace) -> int:
     from popalign.generation import GenerationParams
     from popalign.models import describe_spec, parse_model_args, resolve_roles
     from popalign.prompts import load_prompts
-    from popalign.strategies import STRATEGIES, parse_strategies
+    from popalign.strategies import STRATEGIES, parse_strategies, roles_used
     from popalign.templates import TemplateSet
 
     strategies = parse_strategies(args.strategies)
@@ -88,7 +88,7 @@ def _build(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
     print(f"{len(prompts.instructions)} instructions from {prompts.source}; strategies: {', '.join(strategies)}")
-    for role in sorted({r for name in strategies for r in STRATEGIES[name].roles}, key=list(roles).index):
+    for role in roles_used(strategies):
         print(f"  role {role:<8} {roles[role]}  ({describe_spec(roles[role])})")
 
     _quiet_libraries()
@@ -111,7 +111,7 @@ def _build(args: argparse.Namespace) -> int:
     for name, outcome in summary.outcomes.items():
         dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(outcome.dropped.items())) or "0"
         strategy = STRATEGIES[name]
-        sides = f"{summary.roles[strategy.roles[0]]} → {summary.roles[strategy.roles[-1]]}"
+        sides = f"{summary.roles[strategy.chosen_role]} → {summary.roles[strategy.rejected_role]}"
         print(f"{name:<12} {len(outcome.rows):>5}  {dropped:<28} {sides}")
     stats = summary.stats
     total = sum(len(outcome.rows) for outcome in summary.outcomes.values())

@@ -21,7 +21,7 @@ from popalign.local_backend import LocalBackend
 from popalign.models import ModelSpec, describe_spec
 from popalign.prompts import PromptSet
 from popalign.schema import make_row
-from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext
+from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext, roles_used
 from popalign.templates import TemplateSet
 
 MANIFEST = "popalign_build.json"
@@ -88,7 +88,7 @@ def build_dataset(
                 rejected_reasoning=result.rejected_reasoning,
             )
         )
-    used_roles = sorted({role for name in strategies for role in STRATEGIES[name].roles}, key=list(roles).index)
+    used_roles = roles_used(strategies)
     manifest = {
         "backend": backend.name,
         "roles": {role: str(roles[role]) for role in used_roles},

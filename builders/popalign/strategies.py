@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from popalign.errors import ConfigError
 from popalign.generation import Request, assistant, user
+from popalign.models import ROLES
 from popalign.prompts import Instruction
 from popalign.templates import TemplateSet
 
@@ -68,6 +69,16 @@ class Strategy:
     rejected: str
     run: Callable[[Instruction, StrategyContext], StrategyRun]
     description: str
+
+    @property
+    def chosen_role(self) -> str:
+        """The role whose model writes the chosen side."""
+        return self.roles[0]
+
+    @property
+    def rejected_role(self) -> str:
+        """The role whose model writes the rejected side."""
+        return self.roles[-1]
 
 
 _LABEL = re.compile(r"^\s*\**\s*(?:improved response|response|answer)\s*\**\s*:\s*\**\s*", re.IGNORECASE)
@@ -225,3 +236,9 @@ def parse_strategies(value: str) -> list[str]:
         bad = unknown[0] if unknown else value
         raise ConfigError(f"unknown strategy {bad!r} (known: {', '.join(STRATEGIES)}, all)")
     return [name for name in STRATEGIES if name in names]
+
+
+def roles_used(names: list[str]) -> list[str]:
+    """The model roles the named strategies generate with, in `ROLES` order."""
+    wanted = {role for name in names for role in STRATEGIES[name].roles}
+    return [role for role in ROLES if role in wanted]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from popalign.local_backend import embedded_model_path
+from tiny_model import save_tiny_model
 
 POPALIGN = Path(sys.executable).with_name("popalign")
 
@@ -18,28 +18,7 @@ POPALIGN = Path(sys.executable).with_name("popalign")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-layer Llama built from a config (random weights) with SmolLM2's tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    gguf = embedded_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture
@@ -49,14 +28,30 @@ def tiny_roles(tiny_model_dir: Path) -> list[str]:
     return [flag for role, option in roles.items() for flag in ("--model", f"{role}={tiny_model_dir}{option}")]
 
 
+def run_offline(*command: str | Path, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a command as a user would on a machine with no Hub, with extra environment variables."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env}
+    return subprocess.run(list(map(str, command)), cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+
+
 def _run_popalign(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run(
-        [str(POPALIGN), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200
-    )
+    return run_offline(POPALIGN, *args, cwd=cwd)
 
 
 @pytest.fixture
 def popalign() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the installed `popalign` console script as a user would: `popalign("build", "--limit", 2)`."""
     return _run_popalign
+
+
+@pytest.fixture(scope="session")
+def embedded_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`popalign build --limit 4` on the embedded SmolLM2 (all six strategies), once per session: its folder
+    and the finished command."""
+    folder = tmp_path_factory.mktemp("embedded-build")
+    result = _run_popalign(
+        "build", "--limit", 4, "--out", folder / "d", "--cache-dir", folder / "cache", "--max-new-tokens", 48,
+        "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return folder / "d", result

@@ -97,12 +97,8 @@ def test_instruction_with_template_syntax_is_stored_verbatim(tiny_roles, popalig
 
 
 @pytest.mark.slow
-def test_bare_build_on_the_embedded_model_makes_all_six_configs(popalign, tmp_path: Path) -> None:
-    out = tmp_path / "d"
-    result = popalign(
-        "build", "--limit", 4, "--out", out, "--cache-dir", tmp_path / "cache", "--max-new-tokens", 48, "--no-progress"
-    )
-    assert result.returncode == 0, result.stderr
+def test_bare_build_on_the_embedded_model_makes_all_six_configs(embedded_build) -> None:
+    out, result = embedded_build
     for line in ("role small    smollm2:layers=24", "role second   smollm2:layers=26", "wrote "):
         assert line in result.stdout
     instructions = {i.text for i in load_prompts(limit=4).instructions}

@@ -1,0 +1,236 @@
+"""A training mixture of popalign configs.
+
+The YAML `datasets:` list is the one TRL's `DatasetMixtureConfig` reads (`path`, `name`, `split`, `columns`,
+`fraction`, ...), with the same meaning of `fraction`: shares of the mixture, normalised to sum to one, the
+mixture as large as it can be without repeating a row. popalign adds what a reproducible run needs: a pinned
+`revision` (per entry, or `dataset_revision` for all), exact `rows` counts, sampling with a seed instead of
+taking the first rows, and optional row filters (off by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets.exceptions import DatasetNotFoundError
+from huggingface_hub.errors import RevisionNotFoundError
+
+from popalign.errors import PopAlignError
+
+
+class MixtureError(PopAlignError):
+    """A mixture names a config or revision that does not exist, or asks for impossible amounts."""
+
+
+@dataclass
+class MixtureEntry:
+    """One config of the mixture: the arguments of `load_dataset`, then how much of it to take."""
+
+    path: str
+    name: str | None = None
+    data_dir: str | None = None
+    data_files: str | list[str] | dict[str, str] | None = None
+    split: str = "train"
+    columns: list[str] | None = None
+    fraction: float | None = None
+    rows: int | None = None
+    revision: str | None = None
+
+    @property
+    def label(self) -> str:
+        pinned = f"@{self.revision}" if self.revision else ""
+        return f"{self.path}{pinned}:{self.name}" if self.name else f"{self.path}{pinned}"
+
+
+@dataclass
+class MixtureConfig:
+    """Which configs to train on and how much of each; parsed by `TrlParser` next to `DPOConfig`."""
+
+    datasets: list[MixtureEntry] = field(
+        default_factory=list,
+        metadata={"help": "Configs to mix: TRL's `datasets:` list, plus optional `revision` and `rows` per entry."},
+    )
+    dataset_revision: str | None = field(
+        default=None, metadata={"help": "Revision (a version tag such as v1.0.0) for every entry that names none."}
+    )
+    test_split_size: float | None = field(
+        default=None, metadata={"help": "Hold out this share of the mixture as a `test` split."}
+    )
+    filter_min_score: float | None = field(
+        default=None, metadata={"help": "Keep only rows whose self-reward `score` is at least this (unscored: out)."}
+    )
+    filter_require_reasoning: bool = field(
+        default=False, metadata={"help": "Drop elicitive rows that lack the reasoning of either side."}
+    )
+    filter_max_chars: int | None = field(
+        default=None, metadata={"help": "Drop rows whose prompt plus longer response exceeds this many characters."}
+    )
+
+    def __post_init__(self) -> None:
+        self.datasets = [MixtureEntry(**entry) if isinstance(entry, dict) else entry for entry in self.datasets]
+
+
+@dataclass(frozen=True)
+class MixturePart:
+    """What one entry contributed: rows available, rows the filters removed, rows taken."""
+
+    label: str
+    available: int
+    filtered: int
+    taken: int
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """The mixed splits (`train`, and `test` when asked) and what each entry contributed."""
+
+    splits: datasets.DatasetDict
+    parts: tuple[MixturePart, ...]
+
+    def describe(self) -> list[str]:
+        """One line per entry, then the total: what a training run is about to see."""
+        lines = [
+            f"mixture {part.label}: {part.taken} of {part.available} rows"
+            + (f" ({part.filtered} filtered out)" if part.filtered else "")
+            for part in self.parts
+        ]
+        return [*lines, f"mixture total: {sum(part.taken for part in self.parts)} rows"]
+
+
+def single_config(path: str, name: str | None) -> MixtureConfig:
+    """The mixture of one whole config, as `--dataset_name PATH --dataset_config NAME` asks for."""
+    return MixtureConfig(datasets=[MixtureEntry(path=path, name=name)])
+
+
+def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
+    """Load, filter, sample and concatenate the entries of `config`.
+
+    Example:
+        >>> mixture = load_mixture(MixtureConfig(datasets=[
+        ...     {"path": "org/popalign", "name": "prefix", "fraction": 0.5, "revision": "v1.0.0"},
+        ...     {"path": "org/popalign", "name": "refine", "fraction": 0.5, "revision": "v1.0.0"},
+        ... ]), seed=0)
+        >>> mixture.splits["train"]
+    """
+    entries = [_pinned(entry, config.dataset_revision) for entry in config.datasets]
+    _check_amounts(entries)
+    keep = _row_filter(config)
+    pools, filtered = [], []
+    for index, entry in enumerate(entries):
+        rows = _load(index, entry)
+        kept = rows.filter(keep, batched=True) if keep else rows
+        filtered.append(len(rows) - len(kept))
+        pools.append(kept.shuffle(seed=seed))
+    counts = _counts(entries, pools)
+    taken = [pool.select(range(count)) for pool, count in zip(pools, counts, strict=True)]
+    taken = [part.select_columns(e.columns) if e.columns else part for part, e in zip(taken, entries, strict=True)]
+    if sum(counts) == 0:
+        raise MixtureError("the mixture has no rows left to train on (check the filters and the configs)")
+    mixed = datasets.concatenate_datasets(taken)
+    if config.test_split_size is None:
+        splits = datasets.DatasetDict({"train": mixed})
+    else:
+        splits = mixed.train_test_split(test_size=config.test_split_size, seed=seed)
+    parts = tuple(
+        MixturePart(entry.label, len(pool) + dropped, dropped, count)
+        for entry, pool, dropped, count in zip(entries, pools, filtered, counts, strict=True)
+    )
+    return Mixture(splits=splits, parts=parts)
+
+
+def _pinned(entry: MixtureEntry, revision: str | None) -> MixtureEntry:
+    if entry.revision or not revision:
+        return entry
+    return MixtureEntry(**{**entry.__dict__, "revision": revision})
+
+
+def _where(index: int, entry: MixtureEntry) -> str:
+    return f"datasets[{index}] ({entry.label})"
+
+
+def _check_amounts(entries: list[MixtureEntry]) -> None:
+    if not entries:
+        raise MixtureError("the mixture is empty: list at least one config under `datasets:` or give --dataset_name")
+    for index, entry in enumerate(entries):
+        if entry.fraction is not None and not 0 < entry.fraction <= 1:
+            raise MixtureError(f"{_where(index, entry)}: fraction {entry.fraction} is outside (0, 1]")
+        if entry.rows is not None and (isinstance(entry.rows, bool) or not isinstance(entry.rows, int)):
+            raise MixtureError(f"{_where(index, entry)}: rows must be a whole number, got {entry.rows!r}")
+        if entry.rows is not None and entry.rows < 1:
+            raise MixtureError(f"{_where(index, entry)}: rows {entry.rows} must be at least 1")
+        if entry.rows is not None and entry.fraction is not None:
+            raise MixtureError(f"{_where(index, entry)}: give fraction or rows, not both")
+    with_fraction = [entry.fraction is not None for entry in entries]
+    if any(with_fraction) and not all(with_fraction):
+        raise MixtureError("fraction must be given for every entry of the mixture or for none (as in TRL)")
+
+
+def _load(index: int, entry: MixtureEntry) -> datasets.Dataset:
+    where = _where(index, entry)
+    if entry.revision and Path(entry.path).is_dir():
+        raise MixtureError(f"{where}: {entry.path} is a local folder; a revision pins a Hub repository")
+    try:
+        names = datasets.get_dataset_config_names(entry.path, revision=entry.revision, data_dir=entry.data_dir)
+        if entry.name is not None and entry.name not in names:
+            raise MixtureError(f"{where}: no config {entry.name!r}; the configs are {', '.join(names)}")
+        rows = datasets.load_dataset(
+            entry.path,
+            entry.name,
+            revision=entry.revision,
+            data_dir=entry.data_dir,
+            data_files=entry.data_files,
+            split=entry.split,
+        )
+    except RevisionNotFoundError:
+        raise MixtureError(f"{where}: {entry.path} has no revision {entry.revision!r}") from None
+    except (DatasetNotFoundError, FileNotFoundError):
+        raise MixtureError(f"{where}: no dataset at {entry.path!r}") from None
+    except ValueError as error:
+        if "split" in str(error).lower():
+            raise MixtureError(f"{where}: no split {entry.split!r}") from None
+        raise
+    if entry.columns:
+        missing = sorted(set(entry.columns) - set(rows.column_names))
+        if missing:
+            raise MixtureError(f"{where}: no column {', '.join(map(repr, missing))}")
+    return rows
+
+
+def _counts(entries: list[MixtureEntry], pools: list[datasets.Dataset]) -> list[int]:
+    """Rows to take from each pool: TRL's normalised fractions, exact `rows`, or everything."""
+    sizes = [len(pool) for pool in pools]
+    if entries and entries[0].fraction is not None:
+        weights = [entry.fraction / sum(e.fraction for e in entries) for entry in entries]
+        total = min(size / weight for size, weight in zip(sizes, weights, strict=True))
+        return [min(size, round(weight * total)) for size, weight in zip(sizes, weights, strict=True)]
+    for index, (entry, size) in enumerate(zip(entries, sizes, strict=True)):
+        if entry.rows is not None and entry.rows > size:
+            raise MixtureError(f"{_where(index, entry)}: asks for {entry.rows} rows but has {size} to give")
+    return [size if entry.rows is None else entry.rows for entry, size in zip(entries, sizes, strict=True)]
+
+
+def _row_filter(config: MixtureConfig) -> Callable[[dict[str, list[Any]]], list[bool]] | None:
+    """A batched `Dataset.filter` predicate for the filters that are on, or None when none is."""
+    if config.filter_min_score is None and not config.filter_require_reasoning and config.filter_max_chars is None:
+        return None
+
+    def keep(batch: dict[str, list[Any]]) -> list[bool]:
+        verdicts = []
+        for i in range(len(batch["prompt"])):
+            ok = True
+            if config.filter_min_score is not None:
+                score = batch["score"][i]
+                ok = score is not None and score >= config.filter_min_score
+            if ok and config.filter_require_reasoning and batch["strategy"][i] == "elicitive":
+                ok = bool(batch["chosen_reasoning"][i]) and bool(batch["rejected_reasoning"][i])
+            if ok and config.filter_max_chars is not None:
+                prompt = sum(len(m["content"]) for m in batch["prompt"][i])
+                longer = max(sum(len(m["content"]) for m in batch[side][i]) for side in ("chosen", "rejected"))
+                ok = prompt + longer <= config.filter_max_chars
+            verdicts.append(ok)
+        return verdicts
+
+    return keep

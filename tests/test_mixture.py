@@ -1,0 +1,151 @@
+"""The training mixture: TRL's `datasets:` list semantics, exact row counts, seeds, filters and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from datasets import Dataset
+
+from popalign.mixture import MixtureConfig, MixtureError, load_mixture
+from popalign.schema import FEATURES, make_row
+from popalign.strategies import STRATEGIES
+
+RECIPES = Path(__file__).parents[1] / "train" / "recipes"
+
+
+def write_folder(folder: Path, sizes: dict[str, int]) -> Path:
+    """A Hub-layout folder with `sizes[name]` rows per config. Row i has score i - 2, reasoning on even rows
+    of elicitive, and a chosen answer i*10 characters long."""
+    for name, size in sizes.items():
+        rows = []
+        for i in range(size):
+            reasoning = "plan" if name == "elicitive" and i % 2 == 0 else None
+            row = make_row(
+                strategy=name, instruction=f"q{i}", prompt_id=f"{name}-{i}", chosen="c" * (10 * i + 1),
+                rejected="r", chosen_model="m", rejected_model="m", chosen_reasoning=reasoning,
+                rejected_reasoning=reasoning,
+            )  # fmt: skip
+            rows.append(row | {"score": float(i - 2)})
+        target = folder / "data" / name / "train-00000-of-00001.parquet"
+        target.parent.mkdir(parents=True)
+        Dataset.from_list(rows, features=FEATURES).to_parquet(str(target))
+    configs = [{"config_name": n, "data_files": [{"split": "train", "path": f"data/{n}/*.parquet"}]} for n in sizes]
+    (folder / "README.md").write_text("---\n" + yaml.safe_dump({"configs": configs}) + "---\n")
+    return folder
+
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    return write_folder(tmp_path / "popalign", {"prefix": 40, "demon": 10, "elicitive": 8, "refine": 6})
+
+
+def mix(*entries: dict, seed: int = 0, **options) -> tuple[list[str], list[int]]:
+    """Load a mixture; return the strategy of each row and the rows taken per entry."""
+    mixture = load_mixture(MixtureConfig(datasets=list(entries), **options), seed=seed)
+    return mixture.splits["train"]["strategy"], [part.taken for part in mixture.parts]
+
+
+def test_fractions_are_trl_shares_of_the_largest_mixture_without_repeats(folder: Path) -> None:
+    strategies, taken = mix(
+        {"path": str(folder), "name": "prefix", "fraction": 0.75},
+        {"path": str(folder), "name": "demon", "fraction": 0.25},
+    )
+    # demon's 10 rows bound the mixture at 40 rows: 30 prefix + 10 demon.
+    assert taken == [30, 10]
+    assert strategies.count("prefix") == 30 and strategies.count("demon") == 10
+
+
+def test_rows_are_exact_and_entries_without_amounts_are_taken_whole(folder: Path) -> None:
+    strategies, taken = mix({"path": str(folder), "name": "prefix", "rows": 7}, {"path": str(folder), "name": "refine"})
+    assert taken == [7, 6]
+    assert strategies == ["prefix"] * 7 + ["refine"] * 6
+
+
+def test_rows_are_sampled_with_the_seed(folder: Path) -> None:
+    def ids(seed: int) -> list[str]:
+        config = MixtureConfig(datasets=[{"path": str(folder), "name": "prefix", "rows": 10}])
+        return load_mixture(config, seed=seed).splits["train"]["prompt_id"]
+
+    assert ids(1) == ids(1)
+    assert ids(1) != ids(2)
+    assert ids(1) != [f"prefix-{i}" for i in range(10)], "a sample, not the first rows"
+
+
+def test_filters_are_off_by_default_and_counted_when_on(folder: Path) -> None:
+    entries = [{"path": str(folder), "name": name} for name in ("demon", "elicitive")]
+    assert mix(*entries)[1] == [10, 8]
+    # scores are i - 2: rows 2.. of each config pass a minimum of 0
+    assert mix(*entries, filter_min_score=0.0)[1] == [8, 6]
+    # reasoning on the even elicitive rows only; other strategies have none and keep every row
+    assert mix(*entries, filter_require_reasoning=True)[1] == [10, 4]
+    # prompt "qI" (2 chars) + chosen of 10*I+1 chars: rows 0..4 fit in 45 characters
+    mixture = load_mixture(MixtureConfig(datasets=entries, filter_max_chars=45))
+    assert [(p.taken, p.filtered) for p in mixture.parts] == [(5, 5), (5, 3)]
+    assert "mixture " + str(folder) + ":demon: 5 of 10 rows (5 filtered out)" in mixture.describe()
+
+
+def test_test_split_and_column_selection(folder: Path) -> None:
+    entry = {"path": str(folder), "name": "prefix", "columns": ["prompt", "chosen", "rejected"]}
+    splits = load_mixture(MixtureConfig(datasets=[entry], test_split_size=0.25)).splits
+    assert (len(splits["train"]), len(splits["test"])) == (30, 10)
+    assert splits["train"].column_names == ["prompt", "chosen", "rejected"]
+
+
+@pytest.mark.parametrize(
+    ("entries", "options", "message"),
+    [
+        ([], {}, "the mixture is empty: list at least one config under `datasets:` or give --dataset_name"),
+        ([{"name": "elicitve"}], {}, "datasets[0] (FOLDER:elicitve): no config 'elicitve'; the configs are prefix, "
+         "demon, elicitive, refine"),
+        ([{"name": "prefix", "fraction": 0}], {}, "datasets[0] (FOLDER:prefix): fraction 0 is outside (0, 1]"),
+        ([{"name": "prefix", "fraction": 1.5}], {}, "datasets[0] (FOLDER:prefix): fraction 1.5 is outside (0, 1]"),
+        ([{"name": "prefix", "fraction": 0.5}, {"name": "demon"}], {},
+         "fraction must be given for every entry of the mixture or for none (as in TRL)"),
+        ([{"name": "prefix", "fraction": 0.5, "rows": 3}], {},
+         "datasets[0] (FOLDER:prefix): give fraction or rows, not both"),
+        ([{"name": "demon", "rows": 11}], {}, "datasets[0] (FOLDER:demon): asks for 11 rows but has 10 to give"),
+        ([{"name": "demon", "rows": 0}], {}, "datasets[0] (FOLDER:demon): rows 0 must be at least 1"),
+        ([{"name": "demon", "split": "test"}], {}, "datasets[0] (FOLDER:demon): no split 'test'"),
+        ([{"name": "demon", "columns": ["answer"]}], {}, "datasets[0] (FOLDER:demon): no column 'answer'"),
+        ([{"name": "demon"}], {"dataset_revision": "v1.0.0"},
+         "datasets[0] (FOLDER@v1.0.0:demon): FOLDER is a local folder; a revision pins a Hub repository"),
+        ([{"name": "demon"}], {"filter_min_score": 100.0},
+         "the mixture has no rows left to train on (check the filters and the configs)"),
+    ],
+)  # fmt: skip
+def test_bad_mixtures_get_one_clear_line(folder: Path, entries: list, options: dict, message: str) -> None:
+    config = MixtureConfig(datasets=[{"path": str(folder), **entry} for entry in entries], **options)
+    with pytest.raises(MixtureError) as raised:
+        load_mixture(config)
+    assert str(raised.value) == message.replace("FOLDER", str(folder))
+
+
+def test_a_missing_dataset_is_named(tmp_path: Path) -> None:
+    with pytest.raises(MixtureError, match=r"^datasets\[0\] \(.*nowhere:prefix\): no dataset at '.*nowhere'$"):
+        load_mixture(MixtureConfig(datasets=[{"path": str(tmp_path / "nowhere"), "name": "prefix"}]))
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda path: path.stem)
+def test_recipes_name_real_configs_at_the_paper_defaults(recipe: Path, tmp_path: Path, monkeypatch) -> None:
+    """Every recipe parses with TRL's parser, and its mixture loads from a folder holding all six configs."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.syspath_prepend(str(RECIPES.parent))
+    from dpo import make_parser
+
+    six = write_folder(tmp_path / "six", dict.fromkeys(STRATEGIES, 12))
+    _, training_args, _, mixture_args = make_parser().parse_args_and_config(
+        ["--config", str(recipe), "--output_dir", str(tmp_path / "out"), "--use_cpu", "--bf16", "false"]
+    )
+    assert (training_args.beta, training_args.learning_rate, training_args.num_train_epochs) == (0.01, 5e-7, 1.0)
+    assert training_args.max_length == 2048
+    names = [entry.name for entry in mixture_args.datasets]
+    assert names and set(names) <= set(STRATEGIES)
+    for entry in mixture_args.datasets:
+        entry.path = str(six)
+    mixture_args.dataset_revision = None
+    strategies = load_mixture(mixture_args).splits["train"]["strategy"]
+    assert sorted(set(strategies)) == sorted(names)
+    assert len({strategies.count(name) for name in names}) == 1, "configs of a recipe are mixed equally"

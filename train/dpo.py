@@ -1,0 +1,83 @@
+"""DPO on any mixture of popalign configs: TRL's `trl/scripts/dpo.py` with popalign's mixture loader.
+
+Defaults follow the PopAlign paper: beta 0.01, one epoch, max length 2048, learning rate 5e-7. Every option
+of `DPOConfig` and `ModelConfig` works as a flag and in the YAML `--config`.
+
+# All six strategies mixed equally, at a pinned version
+```bash
+python train/dpo.py --config train/recipes/popalign-all.yaml
+```
+
+# One config, from flags
+```bash
+python train/dpo.py \
+    --dataset_name ORG/popalign --dataset_config elicitive --dataset_revision v1.0.0 \
+    --model_name_or_path HuggingFaceTB/SmolLM2-135M-Instruct \
+    --output_dir SmolLM2-135M-popalign-elicitive
+```
+
+# LoRA on several GPUs
+```bash
+accelerate launch train/dpo.py --config train/recipes/popalign-all.yaml \
+    --use_peft --lora_r 16 --lora_alpha 32 --learning_rate 5e-6
+```
+"""
+
+from __future__ import annotations
+
+import sys
+
+from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
+
+from popalign.errors import PopAlignError
+from popalign.mixture import MixtureConfig, load_mixture, single_config
+
+PAPER_DEFAULTS = {"beta": 0.01, "num_train_epochs": 1.0, "max_length": 2048, "learning_rate": 5e-7}
+
+
+def main(
+    script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelConfig, mixture_args: MixtureConfig
+) -> None:
+    if not mixture_args.datasets and script_args.dataset_name:
+        whole = single_config(script_args.dataset_name, script_args.dataset_config)
+        mixture_args.datasets = whole.datasets
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    try:
+        mixture = load_mixture(mixture_args, seed=seed)
+    except PopAlignError as error:
+        sys.exit(f"dpo.py: error: {error}")
+
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    trainer = DPOTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=mixture.splits["train"],
+        eval_dataset=mixture.splits.get("test") if training_args.eval_strategy != "no" else None,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    for line in mixture.describe():
+        trainer.accelerator.print(line)
+
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"model saved to {training_args.output_dir}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.end()
+
+
+def make_parser() -> TrlParser:
+    parser = TrlParser((ScriptArguments, DPOConfig, ModelConfig, MixtureConfig))
+    parser.set_defaults(**PAPER_DEFAULTS)
+    return parser
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

@@ -149,3 +149,34 @@ def test_recipes_name_real_configs_at_the_paper_defaults(recipe: Path, tmp_path:
     strategies = load_mixture(mixture_args).splits["train"]["strategy"]
     assert sorted(set(strategies)) == sorted(names)
     assert len({strategies.count(name) for name in names}) == 1, "configs of a recipe are mixed equally"
+
+
+def test_curriculum_orders_the_mixture_easy_to_hard(folder: Path) -> None:
+    entries = [{"path": str(folder), "name": "demon"}, {"path": str(folder), "name": "refine"}]
+    scores = load_mixture(MixtureConfig(datasets=entries, curriculum=True)).splits["train"]["score"]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 16
+
+
+def test_curriculum_needs_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    unscored = Dataset.from_list(
+        [
+            make_row(
+                strategy="prefix",
+                instruction="q",
+                prompt_id="p",
+                chosen="a",
+                rejected="b",
+                chosen_model="m",
+                rejected_model="m",
+            )
+        ],
+        features=FEATURES,
+    )
+    target = tmp_path / "plain" / "data" / "prefix" / "train-00000-of-00001.parquet"
+    target.parent.mkdir(parents=True)
+    unscored.to_parquet(str(target))
+    with pytest.raises(MixtureError, match="curriculum needs a self-reward score on every row"):
+        load_mixture(
+            MixtureConfig(datasets=[{"path": str(tmp_path / "plain"), "data_files": str(target)}], curriculum=True)
+        )

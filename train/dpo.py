@@ -47,6 +47,8 @@ def main(
     except PopAlignError as error:
         sys.exit(f"dpo.py: error: {error}")
 
+    if mixture_args.curriculum:
+        training_args.train_sampling_strategy = "sequential"  # keep the easy-to-hard order
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": training_args.trust_remote_code,
@@ -70,6 +72,7 @@ def main(
     trainer.accelerator.print(f"model saved to {training_args.output_dir}")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.accelerator.wait_for_everyone()  # no process tears the group down while another still uses it
     trainer.end()
 
 

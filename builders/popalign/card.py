@@ -71,6 +71,8 @@ def render_card(manifest: dict[str, Any], *, repo_id: str) -> str:
         model_notes=manifest["model_notes"],
         params=manifest["params"],
         template_hashes=manifest["template_hashes"],
+        score=manifest.get("score"),
+        quality=manifest.get("quality", {}),
         popalign_version=popalign.__version__,
         datasets_version=datasets.__version__,
         transformers_version=transformers.__version__,

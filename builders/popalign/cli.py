@@ -1,12 +1,13 @@
-"""The `popalign` command: `build`, `templates list`, `templates show`. Errors end as one line and exit 2."""
+"""The `popalign` command: `build`, `score`, `templates list`, `templates show`. Errors end as one line, exit 2."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from popalign.errors import PopAlignError
 
@@ -58,7 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--cache-dir", type=Path, help="generation cache folder (default: ~/.cache/popalign)")
     build.add_argument("--no-cache", action="store_true", help="generate everything anew and store nothing")
     build.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    build.add_argument("--score", action="store_true", help="score every pair (DLMA self-reward) before writing")
+    _add_score_options(build)
     build.set_defaults(func=_build)
+
+    score = commands.add_parser("score", help="add DLMA self-reward scores, curation and a quality report to a build")
+    score.add_argument("dir", type=Path, help="a folder written by `popalign build`")
+    score.add_argument("--templates", type=Path, help="the templates folder the build used, if any")
+    score.add_argument("--batch-size", type=_positive_int, default=8, help="local scoring batch size (default: 8)")
+    score.add_argument("--cache-dir", type=Path, help="cache folder (default: ~/.cache/popalign)")
+    score.add_argument("--no-cache", action="store_true", help="compute everything anew and store nothing")
+    _add_score_options(score)
+    score.set_defaults(func=_score)
 
     templates = commands.add_parser("templates", help="list or show the prompt templates")
     verbs = templates.add_subparsers(dest="verb", required=True, parser_class=_Parser)
@@ -70,6 +82,100 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--templates", type=Path, help="folder of overriding templates")
     show.set_defaults(func=_templates_show)
     return parser
+
+
+def _add_score_options(parser: argparse.ArgumentParser) -> None:
+    from popalign.score import ORDERS, PROMPT_CONTRASTS, SWAP_POLICIES
+
+    group = parser.add_argument_group("scoring (DLMA self-reward, curation, curriculum)")
+    group.add_argument(
+        "--score-model",
+        metavar="SPEC|URL",
+        help="model that scores: a model spec (default: the build's default role) or a TGI endpoint URL",
+    )
+    group.add_argument(
+        "--score-tokenizer",
+        default="smollm2",
+        metavar="SPEC",
+        help="with a TGI URL: the local model spec whose chat template renders prompts (default: smollm2)",
+    )
+    group.add_argument("--token", help="token for the TGI endpoint (default: $HF_TOKEN or the saved login)")
+    group.add_argument(
+        "--score-contrast",
+        choices=PROMPT_CONTRASTS,
+        default="prefix",
+        help="prompt pair (x+, x-) for the model and pipeline strategies (default: prefix)",
+    )
+    group.add_argument("--min-score", type=float, help="drop pairs scoring below this (counted as low-score)")
+    group.add_argument(
+        "--swap",
+        choices=SWAP_POLICIES,
+        default="keep",
+        help="pairs whose score favours the rejected side: keep, drop, or swap the sides and mark them",
+    )
+    group.add_argument(
+        "--order", choices=ORDERS, default="generated", help="row order; curriculum = easiest (largest score) first"
+    )
+
+
+def _score_settings(args: argparse.Namespace, backend: Any, default_model: str) -> Any:
+    """The scorer, prompt renderer and curation options the flags ask for."""
+    from popalign.models import ModelSpec
+    from popalign.pipeline import ScoreSettings
+    from popalign.score import LocalScorer, TGIScorer
+
+    model = args.score_model or default_model
+    if model.startswith(("http://", "https://")):
+        scorer = TGIScorer(model, token=args.token or os.environ.get("HF_TOKEN"))
+        template_source = ModelSpec.parse(args.score_tokenizer).source
+    else:
+        spec = ModelSpec.parse(model)
+        scorer, template_source = LocalScorer(backend, spec), spec.source
+    tokenizer = backend.tokenizer(template_source)
+
+    def render(chat: list[dict[str, str]]) -> str:
+        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+
+    return ScoreSettings(
+        scorer=scorer, render=render, contrast=args.score_contrast, min_score=args.min_score, swap=args.swap,
+        order=args.order,
+    )  # fmt: skip
+
+
+def _print_quality(summary: Any) -> None:
+    print(f"\n{'strategy':<12} {'rows':>5}  {'agreement':>9}  {'mean score':>10}  curation")
+    for name, report in summary.quality.items():
+        if not report["rows"]:
+            continue
+        actions = ", ".join(f"{n} {action}" for action, n in sorted(report["curation"].items())) or "none"
+        written = len(summary.outcomes[name].rows)
+        print(f"{name:<12} {written:>5}  {report['agreement']:>9.0%}  {report['score_mean']:>10.2f}  {actions}")
+    stats = summary.score_stats
+    print(f"scored {stats.pairs} pairs from {stats.sequences} sequence log-probs: ", end="")
+    print(f"{stats.cached} cached, {stats.computed} computed")
+
+
+def _score(args: argparse.Namespace) -> int:
+    import json
+
+    from popalign.cache import GenerationCache, default_cache_dir
+    from popalign.pipeline import MANIFEST, score_dataset
+    from popalign.templates import TemplateSet
+
+    manifest_path = args.dir / MANIFEST
+    if not manifest_path.is_file():
+        raise PopAlignError(f"{args.dir}: no popalign build here ({MANIFEST} is missing)")
+    default_model = json.loads(manifest_path.read_text(encoding="utf-8"))["roles"].get("default", "smollm2")
+    templates = TemplateSet(args.templates)
+    _quiet_libraries()
+    from popalign.local_backend import LocalBackend
+
+    settings = _score_settings(args, LocalBackend(batch_size=args.batch_size), default_model)
+    cache = None if args.no_cache else GenerationCache(args.cache_dir or default_cache_dir())
+    summary = score_dataset(args.dir, templates=templates, scoring=settings, cache=cache)
+    _print_quality(summary)
+    print(f"rewrote {summary.out} in {summary.seconds:.0f} s (scores, quality/*.png, README.md)")
+    return 0
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -96,6 +202,7 @@ def _build(args: argparse.Namespace) -> int:
     from popalign.pipeline import build_dataset
 
     cache = None if args.no_cache else GenerationCache(args.cache_dir or default_cache_dir())
+    backend = LocalBackend(batch_size=args.batch_size)
     summary = build_dataset(
         prompts,
         strategies=strategies,
@@ -103,9 +210,10 @@ def _build(args: argparse.Namespace) -> int:
         out=args.out,
         templates=templates,
         params=params,
-        backend=LocalBackend(batch_size=args.batch_size),
+        backend=backend,
         cache=cache,
         progress=not args.no_progress,
+        scoring=_score_settings(args, backend, str(roles["default"])) if args.score else None,
     )
     print(f"\n{'strategy':<12} {'rows':>5}  {'dropped':<28} chosen model → rejected model")
     for name, outcome in summary.outcomes.items():
@@ -115,8 +223,11 @@ def _build(args: argparse.Namespace) -> int:
         print(f"{name:<12} {len(outcome.rows):>5}  {dropped:<28} {sides}")
     stats = summary.stats
     total = sum(len(outcome.rows) for outcome in summary.outcomes.values())
+    if summary.score_stats:
+        _print_quality(summary)
+    configs = sum(1 for outcome in summary.outcomes.values() if outcome.rows)
     print(
-        f"\nwrote {summary.out} ({len(summary.outcomes)} configs, {total} rows) in {summary.seconds:.0f} s; "
+        f"\nwrote {summary.out} ({configs} configs, {total} rows) in {summary.seconds:.0f} s; "
         f"{stats.distinct} distinct requests: {stats.cached} cached, {stats.generated} generated "
         f"({stats.tokens} tokens); {summary.duplicates} duplicate instructions skipped"
     )

@@ -74,9 +74,19 @@ class LocalBackend:
             generations = self._generate_batch(model, tokenizer, [chats[i] for i in batch], params)
             yield [requests[i][0] for i in batch], generations
 
+    def sequence_logprobs(self, spec: ModelSpec, texts: list[str]) -> Iterator[tuple[list[int], list[float]]]:
+        """Teacher-forced log-probability of each text (the sum over its tokens after the first), in batches
+        formed by length; yield `(indices, logprobs)` as each batch finishes."""
+        model, tokenizer = self.load(spec)
+        encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            yield batch, self._logprob_batch(model, [encoded[i] for i in batch])
+
     def load(self, spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """The model and tokenizer of `spec`, loading each at most once."""
-        tokenizer = self._tokenizer(spec.source)
+        tokenizer = self.tokenizer(spec.source)
         if spec not in self._models:
             base = ModelSpec(spec.source)
             if base not in self._models:
@@ -86,7 +96,8 @@ class LocalBackend:
             )
         return self._models[spec], tokenizer
 
-    def _tokenizer(self, source: str) -> PreTrainedTokenizerBase:
+    def tokenizer(self, source: str) -> PreTrainedTokenizerBase:
+        """The tokenizer (and chat template) of a model source, loaded once."""
         if source not in self._tokenizers:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(**_location(source))
@@ -128,6 +139,22 @@ class LocalBackend:
             kept = row[row != tokenizer.pad_token_id]
             generations.append(Generation(tokenizer.decode(kept, skip_special_tokens=True).strip(), len(kept)))
         return generations
+
+    @torch.inference_mode()
+    def _logprob_batch(self, model: PreTrainedModel, sequences: list[list[int]]) -> list[float]:
+        width = max(len(ids) for ids in sequences)
+        ids = torch.zeros((len(sequences), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, sequence in enumerate(sequences):
+            ids[row, : len(sequence)] = torch.tensor(sequence)
+            mask[row, : len(sequence)] = 1
+        logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
+        sums = []
+        for row, sequence in enumerate(sequences):
+            targets = ids[row, 1 : len(sequence)].to(self.device)
+            logprobs = torch.log_softmax(logits[row, : len(sequence) - 1], dim=-1)
+            sums.append(logprobs.gather(1, targets[:, None]).sum().item())
+        return sums
 
 
 def _location(source: str) -> dict[str, str]:

@@ -68,6 +68,10 @@ class MixtureConfig:
     filter_max_chars: int | None = field(
         default=None, metadata={"help": "Drop rows whose prompt plus longer response exceeds this many characters."}
     )
+    curriculum: bool = field(
+        default=False,
+        metadata={"help": "Order the mixture easy to hard (largest self-reward score first) and train in that order."},
+    )
 
     def __post_init__(self) -> None:
         self.datasets = [MixtureEntry(**entry) if isinstance(entry, dict) else entry for entry in self.datasets]
@@ -134,11 +138,19 @@ def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
         splits = datasets.DatasetDict({"train": mixed})
     else:
         splits = mixed.train_test_split(test_size=config.test_split_size, seed=seed)
+    if config.curriculum:
+        splits["train"] = _easy_to_hard(splits["train"])
     parts = tuple(
         MixturePart(entry.label, len(pool) + dropped, dropped, count)
         for entry, pool, dropped, count in zip(entries, pools, filtered, counts, strict=True)
     )
     return Mixture(splits=splits, parts=parts)
+
+
+def _easy_to_hard(rows: datasets.Dataset) -> datasets.Dataset:
+    if None in rows["score"]:
+        raise MixtureError("curriculum needs a self-reward score on every row: run `popalign score` first")
+    return rows.sort("score", reverse=True)
 
 
 def _pinned(entry: MixtureEntry, revision: str | None) -> MixtureEntry:

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from popalign.generation import GenerationParams
 from popalign.local_backend import LocalBackend
 from popalign.models import ModelSpec, describe_spec
 from popalign.prompts import PromptSet
+from popalign.quality import QUALITY_DIR, quality_report, write_histogram
 from popalign.schema import make_row
+from popalign.score import Scorer, ScoreStats, curate, order_rows, score_rows
 from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext, roles_used
 from popalign.templates import TemplateSet
 
@@ -35,16 +38,35 @@ class StrategyOutcome:
     dropped: Counter[str] = field(default_factory=Counter)
 
 
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How to score pairs (see `popalign.score`), then curate and order them."""
+
+    scorer: Scorer
+    render: Callable[[list[dict[str, str]]], str]
+    contrast: str = "prefix"
+    min_score: float | None = None
+    swap: str = "keep"
+    order: str = "generated"
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as the manifest and the card record them."""
+        keys = ("contrast", "min_score", "swap", "order")
+        return {"scorer": self.scorer.name, **{key: getattr(self, key) for key in keys}}
+
+
 @dataclass
 class BuildSummary:
-    """What a build wrote, for the CLI's closing table."""
+    """What a build (or a scoring pass) wrote, for the CLI's closing table."""
 
     out: Path
     outcomes: dict[str, StrategyOutcome]
     roles: dict[str, str]
     duplicates: int
-    stats: EngineStats
+    stats: EngineStats | None
     seconds: float
+    quality: dict[str, dict[str, Any]] = field(default_factory=dict)
+    score_stats: ScoreStats | None = None
 
 
 def build_dataset(
@@ -58,6 +80,7 @@ def build_dataset(
     backend: LocalBackend,
     cache: GenerationCache | None,
     progress: bool = True,
+    scoring: ScoreSettings | None = None,
 ) -> BuildSummary:
     """Generate every strategy's pairs for `prompts` and write `out` as a Hub dataset repository layout.
 
@@ -88,6 +111,8 @@ def build_dataset(
                 rejected_reasoning=result.rejected_reasoning,
             )
         )
+    shutil.rmtree(out / QUALITY_DIR, ignore_errors=True)
+    quality, score_stats = _score(outcomes, scoring, context, cache, out) if scoring else ({}, None)
     used_roles = roles_used(strategies)
     manifest = {
         "backend": backend.name,
@@ -97,9 +122,9 @@ def build_dataset(
         "prompts": {"source": prompts.source, "count": len(prompts.instructions), "duplicates": prompts.duplicates},
         "template_hashes": templates.hashes(),
         "configs": _write_configs(outcomes, out),
+        **({"score": scoring.describe(), "quality": quality} if scoring else {}),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(render_card(manifest, repo_id=str(out)), encoding="utf-8")
+    _write_manifest_and_card(manifest, out)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
@@ -107,7 +132,86 @@ def build_dataset(
         duplicates=prompts.duplicates,
         stats=engine.stats,
         seconds=time.monotonic() - started,
+        quality=quality,
+        score_stats=score_stats,
     )
+
+
+def score_dataset(
+    out: Path, *, templates: TemplateSet, scoring: ScoreSettings, cache: GenerationCache | None
+) -> BuildSummary:
+    """Score every config of a built folder, curate and order its rows, and rewrite the folder with a `score`
+    column, the quality report (`quality/*.png`) and an updated card.
+
+    >>> score_dataset(Path("popalign-data"), templates=TemplateSet(), scoring=settings, cache=None)  # doctest: +SKIP
+    """
+    started = time.monotonic()
+    if not (out / MANIFEST).is_file():
+        raise PopAlignError(f"{out}: no popalign build here ({MANIFEST} is missing)")
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    changed = [name for name, digest in templates.hashes().items() if manifest["template_hashes"].get(name) != digest]
+    if changed:
+        raise PopAlignError(
+            f"{out}: built with other templates ({changed[0]} differs); pass the --templates folder it was built with"
+        )
+    outcomes = {
+        name: StrategyOutcome(rows=_read_rows(out, name) if config["rows"] else [], dropped=Counter(config["dropped"]))
+        for name, config in manifest["configs"].items()
+    }
+    context = StrategyContext(templates, seed=manifest["params"]["seed"])
+    quality, score_stats = _score(outcomes, scoring, context, cache, out)
+    manifest |= {"configs": _write_configs(outcomes, out), "score": scoring.describe(), "quality": quality}
+    _write_manifest_and_card(manifest, out)
+    return BuildSummary(
+        out=out,
+        outcomes=outcomes,
+        roles=manifest["roles"],
+        duplicates=manifest["prompts"]["duplicates"],
+        stats=None,
+        seconds=time.monotonic() - started,
+        quality=quality,
+        score_stats=score_stats,
+    )
+
+
+def _score(
+    outcomes: dict[str, StrategyOutcome],
+    scoring: ScoreSettings,
+    context: StrategyContext,
+    cache: GenerationCache | None,
+    out: Path,
+) -> tuple[dict[str, dict[str, Any]], ScoreStats]:
+    """Score all rows in one pass (batched across strategies), report on them, then curate and order them."""
+    rows = [row for outcome in outcomes.values() for row in outcome.rows]
+    shutil.rmtree(out / QUALITY_DIR, ignore_errors=True)
+    scores, stats = score_rows(
+        rows, scorer=scoring.scorer, render=scoring.render, context=context, contrast=scoring.contrast, cache=cache
+    )
+    for row, score in zip(rows, scores, strict=True):
+        row["score"] = score
+    quality = {}
+    for name, outcome in outcomes.items():
+        report = quality_report(outcome.rows, outcome.dropped)
+        if outcome.rows:
+            report["histogram"] = write_histogram([row["score"] for row in outcome.rows], name, out)
+        kept, actions = curate(outcome.rows, min_score=scoring.min_score, swap=scoring.swap)
+        report["curation"] = dict(actions)
+        outcome.dropped.update({reason: n for reason, n in actions.items() if reason != "swapped"})
+        outcome.rows = order_rows(kept, scoring.order)
+        quality[name] = report
+    return quality, stats
+
+
+def _read_rows(out: Path, name: str) -> list[dict[str, Any]]:
+    import pyarrow.parquet
+
+    rows = pyarrow.parquet.read_table(out / "data" / name / "train-00000-of-00001.parquet").to_pylist()
+    return [{"swapped": False, **row} for row in rows]
+
+
+def _write_manifest_and_card(manifest: dict[str, Any], out: Path) -> None:
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(render_card(manifest, repo_id=str(out)), encoding="utf-8")
 
 
 def _check_out_dir(out: Path) -> None:

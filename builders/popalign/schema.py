@@ -20,6 +20,7 @@ FEATURES = Features(
         "chosen_reasoning": Value("string"),
         "rejected_reasoning": Value("string"),
         "score": Value("float64"),
+        "swapped": Value("bool"),
     }
 )
 
@@ -48,4 +49,5 @@ def make_row(
         "chosen_reasoning": chosen_reasoning,
         "rejected_reasoning": rejected_reasoning,
         "score": None,
+        "swapped": False,
     }

@@ -1,0 +1,197 @@
+"""Self-rewarding pair scores (DLMA, arXiv 2402.11907) from teacher-forced log-probabilities.
+
+For a pair (y+, y−) and a contrastive prompt pair (x+, x−) around the same instruction:
+
+    score = [log p(y+|x+) − log p(y+|x−)] − [log p(y−|x+) − log p(y−|x−)]
+
+Each prompt's own log-probability appears once with each sign, so it cancels: with LP(s) the log-probability
+of a whole sequence, score = LP(x+ ⊕ y+) − LP(x− ⊕ y+) − LP(x+ ⊕ y−) + LP(x− ⊕ y−). Both scorers compute
+LP: the local backend in batches, and a TGI endpoint from its prefill log-probs (`decoder_input_details`).
+A positive score says the contrast agrees with the pair's label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from popalign.cache import GenerationCache
+from popalign.errors import BackendError, ConfigError
+from popalign.local_backend import LocalBackend
+from popalign.models import ModelSpec
+from popalign.prompts import Instruction
+from popalign.strategies import STRATEGIES, StrategyContext
+
+PROMPT_CONTRASTS = tuple(name for name, strategy in STRATEGIES.items() if strategy.kind == "prompt")
+SWAP_POLICIES = ("keep", "drop", "swap")
+ORDERS = ("generated", "curriculum")
+
+
+class Scorer(Protocol):
+    """Computes LP, the teacher-forced log-probability of whole texts."""
+
+    name: str
+
+    def logprobs(self, texts: list[str]) -> Iterator[tuple[list[int], list[float]]]:
+        """Yield `(indices into texts, their LP)` as each batch finishes."""
+        ...
+
+
+class LocalScorer:
+    """LP from the local backend's batched forward pass."""
+
+    def __init__(self, backend: LocalBackend, spec: ModelSpec) -> None:
+        self.backend, self.spec = backend, spec
+        self.name = f"local:{spec}"
+
+    def logprobs(self, texts: list[str]) -> Iterator[tuple[list[int], list[float]]]:
+        yield from self.backend.sequence_logprobs(self.spec, texts)
+
+
+class TGIScorer:
+    """LP from a TGI endpoint's prefill log-probs (`/generate` with `details` and `decoder_input_details`).
+
+    >>> scorer = TGIScorer("http://localhost:8080", token=None, concurrency=16)  # doctest: +SKIP
+    """
+
+    def __init__(self, url: str, *, token: str | None, concurrency: int = 16, chunk: int = 256) -> None:
+        self.url, self.token, self.concurrency, self.chunk = url.rstrip("/"), token, concurrency, chunk
+        self.name = f"tgi:{self.url}"
+
+    def logprobs(self, texts: list[str]) -> Iterator[tuple[list[int], list[float]]]:
+        for start in range(0, len(texts), self.chunk):
+            indices = list(range(start, min(start + self.chunk, len(texts))))
+            yield indices, asyncio.run(self._prefill_sums([texts[i] for i in indices]))
+
+    async def _prefill_sums(self, texts: list[str]) -> list[float]:
+        from huggingface_hub import AsyncInferenceClient
+        from huggingface_hub.errors import HfHubHTTPError
+
+        limit = asyncio.Semaphore(self.concurrency)
+        async with AsyncInferenceClient(model=self.url, token=self.token, timeout=120) as client:
+
+            async def one(text: str) -> float:
+                async with limit:
+                    output = await client.text_generation(
+                        text, max_new_tokens=1, details=True, decoder_input_details=True
+                    )
+                prefill = output.details.prefill if output.details else []
+                if not prefill:
+                    raise BackendError(f"TGI endpoint {self.url}: no prefill log-probs in the answer")
+                return sum(token.logprob for token in prefill if token.logprob is not None)
+
+            try:
+                return list(await asyncio.gather(*(one(text) for text in texts)))
+            except (HfHubHTTPError, OSError, ValueError) as err:
+                raise BackendError(f"TGI endpoint {self.url}: {type(err).__name__}: {_first_line(err)}") from None
+
+
+@dataclass(frozen=True)
+class ScoreStats:
+    """How many sequence log-probabilities a scoring pass needed, found cached, and computed."""
+
+    pairs: int
+    sequences: int
+    cached: int
+    computed: int
+
+
+def contrast_chats(strategy: str, instruction: str, context: StrategyContext, fallback: str) -> tuple[list, list]:
+    """The (x+, x−) chats of a row: a prompt-contrast strategy's own first requests, else `fallback`'s."""
+    source = strategy if strategy in PROMPT_CONTRASTS else fallback
+    run = STRATEGIES[source].run(Instruction.from_text(instruction), context)
+    positive, negative = next(run)[:2]
+    run.close()
+    return positive.chat(), negative.chat()
+
+
+def score_rows(
+    rows: Sequence[dict[str, Any]],
+    *,
+    scorer: Scorer,
+    render: Any,
+    context: StrategyContext,
+    contrast: str = "prefix",
+    cache: GenerationCache | None = None,
+) -> tuple[list[float], ScoreStats]:
+    """The DLMA score of each row. `render(chat)` turns a chat into the prompt text the model sees (its chat
+    template with the generation prompt); every LP is cached under the scorer's name and the text."""
+    if contrast not in PROMPT_CONTRASTS:
+        raise ConfigError(f"unknown score contrast {contrast!r} (known: {', '.join(PROMPT_CONTRASTS)})")
+    quads = []
+    for row in rows:
+        positive, negative = contrast_chats(row["strategy"], row["prompt"][0]["content"], context, contrast)
+        x_pos, x_neg = render(positive), render(negative)
+        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        quads.append((x_pos + chosen, x_neg + chosen, x_pos + rejected, x_neg + rejected))
+    texts = sorted({text for quad in quads for text in quad})
+    keys = {text: _logprob_key(scorer.name, text) for text in texts}
+    found = cache.get_many(keys.values()) if cache else {}
+    values = {text: float(found[keys[text]]) for text in texts if keys[text] in found}
+    missing = [text for text in texts if text not in values]
+    for indices, logprobs in scorer.logprobs(missing) if missing else ():
+        batch = {missing[i]: value for i, value in zip(indices, logprobs, strict=True)}
+        values.update(batch)
+        if cache:
+            cache.put_many({keys[text]: repr(value) for text, value in batch.items()})
+    scores = [values[a] - values[b] - values[c] + values[d] for a, b, c, d in quads]
+    return scores, ScoreStats(len(rows), len(texts), len(texts) - len(missing), len(missing))
+
+
+def curate(
+    rows: list[dict[str, Any]], *, min_score: float | None, swap: str
+) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """Apply the swap policy to pairs whose score favours the rejected side (`keep`, `drop`, or `swap` and
+    mark `swapped`), then drop pairs under `min_score`. Returns the kept rows and the counts of each action."""
+    if swap not in SWAP_POLICIES:
+        raise ConfigError(f"unknown swap policy {swap!r} (known: {', '.join(SWAP_POLICIES)})")
+    kept, counts = [], Counter()
+    for row in rows:
+        if row["score"] < 0 and swap == "drop":
+            counts["rejected-better"] += 1
+            continue
+        if row["score"] < 0 and swap == "swap":
+            row = _swapped(row)
+            counts["swapped"] += 1
+        if min_score is not None and row["score"] < min_score:
+            counts["low-score"] += 1
+            continue
+        kept.append(row)
+    return kept, counts
+
+
+def order_rows(rows: list[dict[str, Any]], order: str) -> list[dict[str, Any]]:
+    """`generated` keeps the build order; `curriculum` puts the easiest pairs (largest score margin) first."""
+    if order not in ORDERS:
+        raise ConfigError(f"unknown order {order!r} (known: {', '.join(ORDERS)})")
+    if order == "generated":
+        return rows
+    return sorted(rows, key=lambda row: -row["score"])
+
+
+def _swapped(row: dict[str, Any]) -> dict[str, Any]:
+    return row | {
+        "chosen": row["rejected"],
+        "rejected": row["chosen"],
+        "chosen_model": row["rejected_model"],
+        "rejected_model": row["chosen_model"],
+        "chosen_reasoning": row["rejected_reasoning"],
+        "rejected_reasoning": row["chosen_reasoning"],
+        "score": -row["score"],
+        "swapped": True,
+    }
+
+
+def _logprob_key(scorer: str, text: str) -> str:
+    payload = json.dumps({"kind": "sequence-logprob", "scorer": scorer, "text": text}, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no detail"

@@ -1,0 +1,201 @@
+"""DLMA self-reward scores: against a direct forward pass, through a TGI prefill server, and `popalign score`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import POPALIGN, run_offline
+from popalign.local_backend import LocalBackend
+from popalign.models import ModelSpec
+from popalign.schema import make_row
+from popalign.score import LocalScorer, TGIScorer, contrast_chats, curate, score_rows
+from popalign.strategies import STRATEGIES, StrategyContext
+from popalign.templates import TemplateSet
+from tgi_server import serve_tgi
+
+# Direct and batched log-probs differ only by float32 summation order and padding: 1e-3 on scores of
+# magnitude 1-100 (sums over ~50-token answers).
+TOLERANCE = 1e-3
+
+INSTRUCTION = "Give one tip for writing clear emails."
+CHOSEN = "Put the main request in the first sentence, and keep each paragraph to one idea."
+REJECTED = "emails are whatever, just write stuff and send it lol"
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> tuple[LocalBackend, ModelSpec]:
+    backend = LocalBackend(batch_size=4)
+    backend.load(ModelSpec("smollm2"))
+    return backend, ModelSpec("smollm2")
+
+
+def rows_for(*strategies: str) -> list[dict]:
+    return [
+        make_row(strategy=name, instruction=INSTRUCTION, prompt_id="p", chosen=CHOSEN, rejected=REJECTED,
+                 chosen_model="m", rejected_model="m")
+        for name in strategies
+    ]  # fmt: skip
+
+
+def renderer(backend: LocalBackend):
+    tokenizer = backend.tokenizer("smollm2")
+    return lambda chat: tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+
+
+def direct_logprob(backend: LocalBackend, prompt: str, response: str) -> float:
+    """log p(response | prompt): prompt and response tokenized apart, one unpadded forward pass."""
+    model, tokenizer = backend.load(ModelSpec("smollm2"))
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([prompt_ids + response_ids])).logits[0].float()
+    logprobs = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
+    return logprobs.gather(1, torch.tensor(response_ids)[:, None]).sum().item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["prefix", "elicitive", "refine"])
+def test_score_equals_the_dlma_formula_on_a_direct_forward_pass(smollm2, strategy: str) -> None:
+    backend, spec = smollm2
+    context = StrategyContext(TemplateSet(), seed=0)
+    render = renderer(backend)
+    (score,), stats = score_rows(rows_for(strategy), scorer=LocalScorer(backend, spec), render=render, context=context)
+    assert stats.computed == 4
+    positive, negative = (render(chat) for chat in contrast_chats(strategy, INSTRUCTION, context, "prefix"))
+    assert positive != negative
+    expected = (direct_logprob(backend, positive, CHOSEN) - direct_logprob(backend, negative, CHOSEN)) - (
+        direct_logprob(backend, positive, REJECTED) - direct_logprob(backend, negative, REJECTED)
+    )
+    assert score == pytest.approx(expected, abs=TOLERANCE)
+    swapped = rows_for(strategy)[0] | {"chosen": [{"role": "assistant", "content": REJECTED}],
+                                       "rejected": [{"role": "assistant", "content": CHOSEN}]}  # fmt: skip
+    (negated,), _ = score_rows([swapped], scorer=LocalScorer(backend, spec), render=render, context=context)
+    assert negated == pytest.approx(-score, abs=1e-9)
+
+
+def test_contrast_prompts_come_from_the_strategy_or_the_configured_pair() -> None:
+    context = StrategyContext(TemplateSet(), seed=0)
+    own = {name: contrast_chats(name, INSTRUCTION, context, "prefix") for name in STRATEGIES}
+    assert own["nparam"] == own["leaderboard"] == own["refine"] == own["prefix"]
+    assert own["demon"] != own["prefix"] != own["elicitive"]
+    assert contrast_chats("refine", INSTRUCTION, context, "demon") == own["demon"]
+    assert all(INSTRUCTION in chat[0]["content"] for pair in own.values() for chat in pair)
+
+
+def test_curation_swaps_drops_and_counts() -> None:
+    scores = [2.0, -1.0, 0.5]
+    rows = [row | {"score": score} for row, score in zip(rows_for("prefix", "demon", "refine"), scores, strict=True)]
+    kept, counts = curate([dict(r) for r in rows], min_score=None, swap="keep")
+    assert [r["score"] for r in kept] == [2.0, -1.0, 0.5] and not counts
+    kept, counts = curate([dict(r) for r in rows], min_score=None, swap="drop")
+    assert [r["strategy"] for r in kept] == ["prefix", "refine"] and counts == {"rejected-better": 1}
+    kept, counts = curate([dict(r) for r in rows], min_score=0.8, swap="swap")
+    assert [(r["strategy"], r["score"], r["swapped"]) for r in kept] == [("prefix", 2.0, False), ("demon", 1.0, True)]
+    assert kept[1]["chosen"][0]["content"] == REJECTED and counts == {"swapped": 1, "low-score": 1}
+
+
+@pytest.mark.slow
+def test_tgi_prefill_scores_equal_local_scores(smollm2) -> None:
+    backend, spec = smollm2
+    model, tokenizer = backend.load(spec)
+    context = StrategyContext(TemplateSet(), seed=0)
+    rows = rows_for("prefix", "demon", "nparam")
+    local, _ = score_rows(rows, scorer=LocalScorer(backend, spec), render=renderer(backend), context=context)
+    with serve_tgi(model, tokenizer) as (url, received):
+        remote, stats = score_rows(rows, scorer=TGIScorer(url, token=None), render=renderer(backend), context=context)
+    assert remote == pytest.approx(local, abs=TOLERANCE)
+    # nparam is scored with prefix's prompt pair, and the answers are the same: 8 distinct sequences, not 12
+    assert len(received) == stats.computed == 8
+    assert all(r["parameters"]["details"] and r["parameters"]["decoder_input_details"] for r in received)
+
+
+@pytest.mark.slow
+def test_popalign_score_rewrites_every_config_with_scores_and_a_report(
+    embedded_build, popalign, tmp_path: Path
+) -> None:
+    source, _ = embedded_build
+    out = tmp_path / "scored"
+    shutil.copytree(source, out)
+    flags = ["--cache-dir", tmp_path / "cache", "--swap", "swap", "--min-score", "0.5", "--order", "curriculum"]
+    result = popalign("score", out, *flags)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "popalign_build.json").read_text())
+    before = json.loads((source / "popalign_build.json").read_text())
+    card = (out / "README.md").read_text()
+    assert manifest["score"] == {"scorer": "local:smollm2", "contrast": "prefix", "min_score": 0.5, "swap": "swap",
+                                 "order": "curriculum"}  # fmt: skip
+    from test_build import load
+
+    for name, config in before["configs"].items():
+        report = manifest["quality"][name]
+        assert report["rows"] == config["rows"]
+        if not config["rows"]:
+            continue
+        rows = list(load(out, name))
+        scores = [row["score"] for row in rows]
+        assert scores == sorted(scores, reverse=True) and all(score >= 0.5 for score in scores)
+        swapped = [row for row in rows if row["swapped"]]
+        assert all(row["score"] > 0 for row in swapped)
+        assert len(swapped) <= report["curation"].get("swapped", 0)
+        low = report["curation"].get("low-score", 0)
+        assert len(rows) == config["rows"] - low == manifest["configs"][name]["rows"]
+        assert manifest["configs"][name]["dropped"].get("low-score", 0) == low
+        assert 0 <= report["agreement"] <= 1 and report["histogram"] == f"quality/{name}_scores.png"
+        with Image.open(out / report["histogram"]) as image:
+            assert image.format == "PNG" and image.size[0] > 100
+            image.verify()
+        assert f"]({report['histogram']})" in card
+    again = popalign("score", out, *flags)
+    assert again.returncode == 0, again.stderr
+    assert " 0 computed" in again.stdout
+
+
+@pytest.mark.slow
+def test_scoring_through_a_tgi_endpoint_keeps_the_token_out_of_everything(
+    embedded_build, smollm2, tmp_path: Path
+) -> None:
+    backend, spec = smollm2
+    source, _ = embedded_build
+    out = tmp_path / "scored"
+    shutil.copytree(source, out)
+    secret = "hf_tgiSecretToken123"
+    model, tokenizer = backend.load(spec)
+    with serve_tgi(model, tokenizer, token=secret) as (url, received):
+        # the endpoint is on loopback: the Hub stays offline (no model download), the client must not be
+        refused = run_offline(
+            POPALIGN, "score", out, "--score-model", url, "--token", "hf_wrong", "--no-cache", HF_HUB_OFFLINE="0"
+        )
+        result = run_offline(
+            POPALIGN, "score", out, "--score-model", url, "--token", secret, "--no-cache", HF_HUB_OFFLINE="0"
+        )
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"popalign: error: TGI endpoint {url}: ") and "401" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "hf_wrong" not in refused.stderr
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "popalign_build.json").read_text())["score"]["scorer"] == f"tgi:{url}"
+    assert received and all(request["path"] in ("/", "/generate") for request in received)
+    for text in [result.stdout, result.stderr, *(p.read_text() for p in out.glob("*") if p.is_file())]:
+        assert secret not in text
+
+
+def test_build_with_score_writes_scored_rows(tiny_roles, popalign, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = popalign(
+        "build", "--limit", 3, "--strategies", "prefix,nparam", "--out", out, "--cache-dir", tmp_path / "cache",
+        "--max-new-tokens", 8, *tiny_roles, "--no-progress", "--score", "--score-model", tiny_roles[1].split("=")[1],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "scored " in result.stdout and " computed" in result.stdout
+    manifest = json.loads((out / "popalign_build.json").read_text())
+    assert set(manifest["quality"]) == {"prefix", "nparam"}
+    from test_build import load
+
+    for name in ("prefix", "nparam"):
+        if manifest["configs"][name]["rows"]:
+            assert all(isinstance(row["score"], float) for row in load(out, name))

@@ -30,7 +30,7 @@ import sys
 from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from popalign.errors import PopAlignError
-from popalign.mixture import MixtureConfig, load_mixture, single_config
+from popalign.mixture import MixtureConfig, MixtureEntry, load_mixture
 
 PAPER_DEFAULTS = {"beta": 0.01, "num_train_epochs": 1.0, "max_length": 2048, "learning_rate": 5e-7}
 
@@ -39,8 +39,7 @@ def main(
     script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelConfig, mixture_args: MixtureConfig
 ) -> None:
     if not mixture_args.datasets and script_args.dataset_name:
-        whole = single_config(script_args.dataset_name, script_args.dataset_config)
-        mixture_args.datasets = whole.datasets
+        mixture_args.datasets = [MixtureEntry(path=script_args.dataset_name, name=script_args.dataset_config)]
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     try:
         mixture = load_mixture(mixture_args, seed=seed)

@@ -156,16 +156,11 @@ def _print_quality(summary: Any) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    import json
-
     from popalign.cache import GenerationCache, default_cache_dir
-    from popalign.pipeline import MANIFEST, score_dataset
+    from popalign.pipeline import read_manifest, score_dataset
     from popalign.templates import TemplateSet
 
-    manifest_path = args.dir / MANIFEST
-    if not manifest_path.is_file():
-        raise PopAlignError(f"{args.dir}: no popalign build here ({MANIFEST} is missing)")
-    default_model = json.loads(manifest_path.read_text(encoding="utf-8"))["roles"].get("default", "smollm2")
+    default_model = read_manifest(args.dir)["roles"].get("default", "smollm2")
     templates = TemplateSet(args.templates)
     _quiet_libraries()
     from popalign.local_backend import LocalBackend

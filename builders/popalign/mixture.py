@@ -104,11 +104,6 @@ class Mixture:
         return [*lines, f"mixture total: {sum(part.taken for part in self.parts)} rows"]
 
 
-def single_config(path: str, name: str | None) -> MixtureConfig:
-    """The mixture of one whole config, as `--dataset_name PATH --dataset_config NAME` asks for."""
-    return MixtureConfig(datasets=[MixtureEntry(path=path, name=name)])
-
-
 def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
     """Load, filter, sample and concatenate the entries of `config`.
 

@@ -146,9 +146,7 @@ def score_dataset(
     >>> score_dataset(Path("popalign-data"), templates=TemplateSet(), scoring=settings, cache=None)  # doctest: +SKIP
     """
     started = time.monotonic()
-    if not (out / MANIFEST).is_file():
-        raise PopAlignError(f"{out}: no popalign build here ({MANIFEST} is missing)")
-    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    manifest = read_manifest(out)
     changed = [name for name, digest in templates.hashes().items() if manifest["template_hashes"].get(name) != digest]
     if changed:
         raise PopAlignError(
@@ -159,6 +157,7 @@ def score_dataset(
         for name, config in manifest["configs"].items()
     }
     context = StrategyContext(templates, seed=manifest["params"]["seed"])
+    shutil.rmtree(out / QUALITY_DIR, ignore_errors=True)
     quality, score_stats = _score(outcomes, scoring, context, cache, out)
     manifest |= {"configs": _write_configs(outcomes, out), "score": scoring.describe(), "quality": quality}
     _write_manifest_and_card(manifest, out)
@@ -174,6 +173,13 @@ def score_dataset(
     )
 
 
+def read_manifest(out: Path) -> dict[str, Any]:
+    """The manifest (`popalign_build.json`) of a built folder: roles, parameters, template hashes, counts."""
+    if not (out / MANIFEST).is_file():
+        raise PopAlignError(f"{out}: no popalign build here ({MANIFEST} is missing)")
+    return json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+
+
 def _score(
     outcomes: dict[str, StrategyOutcome],
     scoring: ScoreSettings,
@@ -183,7 +189,6 @@ def _score(
 ) -> tuple[dict[str, dict[str, Any]], ScoreStats]:
     """Score all rows in one pass (batched across strategies), report on them, then curate and order them."""
     rows = [row for outcome in outcomes.values() for row in outcome.rows]
-    shutil.rmtree(out / QUALITY_DIR, ignore_errors=True)
     scores, stats = score_rows(
         rows, scorer=scoring.scorer, render=scoring.render, context=context, contrast=scoring.contrast, cache=cache
     )

@@ -17,7 +17,7 @@ from popalign.schema import make_row
 from popalign.score import LocalScorer, TGIScorer, contrast_chats, curate, score_rows
 from popalign.strategies import STRATEGIES, StrategyContext
 from popalign.templates import TemplateSet
-from tgi_server import serve_tgi
+from tgi_server import received, serve_tgi
 
 # Direct and batched log-probs differ only by float32 summation order and padding: 1e-3 on scores of
 # magnitude 1-100 (sums over ~50-token answers).
@@ -101,18 +101,18 @@ def test_curation_swaps_drops_and_counts() -> None:
 
 
 @pytest.mark.slow
-def test_tgi_prefill_scores_equal_local_scores(smollm2) -> None:
+def test_tgi_prefill_scores_equal_local_scores(smollm2, tmp_path: Path) -> None:
     backend, spec = smollm2
-    model, tokenizer = backend.load(spec)
     context = StrategyContext(TemplateSet(), seed=0)
     rows = rows_for("prefix", "demon", "nparam")
     local, _ = score_rows(rows, scorer=LocalScorer(backend, spec), render=renderer(backend), context=context)
-    with serve_tgi(model, tokenizer) as (url, received):
+    with serve_tgi(tmp_path / "requests.jsonl") as url:
         remote, stats = score_rows(rows, scorer=TGIScorer(url, token=None), render=renderer(backend), context=context)
     assert remote == pytest.approx(local, abs=TOLERANCE)
+    requests = received(tmp_path / "requests.jsonl")
     # nparam is scored with prefix's prompt pair, and the answers are the same: 8 distinct sequences, not 12
-    assert len(received) == stats.computed == 8
-    assert all(r["parameters"]["details"] and r["parameters"]["decoder_input_details"] for r in received)
+    assert len(requests) == stats.computed == 8
+    assert all(r["parameters"]["details"] and r["parameters"]["decoder_input_details"] for r in requests)
 
 
 @pytest.mark.slow
@@ -157,16 +157,12 @@ def test_popalign_score_rewrites_every_config_with_scores_and_a_report(
 
 
 @pytest.mark.slow
-def test_scoring_through_a_tgi_endpoint_keeps_the_token_out_of_everything(
-    embedded_build, smollm2, tmp_path: Path
-) -> None:
-    backend, spec = smollm2
+def test_scoring_through_a_tgi_endpoint_keeps_the_token_out_of_everything(embedded_build, tmp_path: Path) -> None:
     source, _ = embedded_build
     out = tmp_path / "scored"
     shutil.copytree(source, out)
     secret = "hf_tgiSecretToken123"
-    model, tokenizer = backend.load(spec)
-    with serve_tgi(model, tokenizer, token=secret) as (url, received):
+    with serve_tgi(tmp_path / "requests.jsonl", token=secret) as url:
         # the endpoint is on loopback: the Hub stays offline (no model download), the client must not be
         refused = run_offline(
             POPALIGN, "score", out, "--score-model", url, "--token", "hf_wrong", "--no-cache", HF_HUB_OFFLINE="0"
@@ -179,7 +175,8 @@ def test_scoring_through_a_tgi_endpoint_keeps_the_token_out_of_everything(
     assert len(refused.stderr.strip().splitlines()) == 1 and "hf_wrong" not in refused.stderr
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "popalign_build.json").read_text())["score"]["scorer"] == f"tgi:{url}"
-    assert received and all(request["path"] in ("/", "/generate") for request in received)
+    requests = received(tmp_path / "requests.jsonl")
+    assert requests and all(request["path"] in ("/", "/generate") for request in requests)
     for text in [result.stdout, result.stderr, *(p.read_text() for p in out.glob("*") if p.is_file())]:
         assert secret not in text
 

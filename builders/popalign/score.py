@@ -69,6 +69,7 @@ class TGIScorer:
             yield indices, asyncio.run(self._prefill_sums([texts[i] for i in indices]))
 
     async def _prefill_sums(self, texts: list[str]) -> list[float]:
+        import httpx2  # huggingface_hub's HTTP client: its transport errors reach us unwrapped
         from huggingface_hub import AsyncInferenceClient
         from huggingface_hub.errors import HfHubHTTPError
 
@@ -87,7 +88,7 @@ class TGIScorer:
 
             try:
                 return list(await asyncio.gather(*(one(text) for text in texts)))
-            except (HfHubHTTPError, OSError, ValueError) as err:
+            except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as err:
                 raise BackendError(f"TGI endpoint {self.url}: {type(err).__name__}: {_first_line(err)}") from None
 
 

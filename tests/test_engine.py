@@ -18,14 +18,14 @@ PARAMS = GenerationParams(max_new_tokens=6, seed=1)
 
 def runs(names: list[str], texts: list[str]) -> list:
     context = StrategyContext(TemplateSet())
-    return [STRATEGIES[n].run(Instruction.from_text(t), context) for t in texts for n in names]
+    return [(n, STRATEGIES[n].run(Instruction.from_text(t), context)) for t in texts for n in names]
 
 
 def test_requests_shared_by_strategies_are_generated_once(tiny_model_dir: Path, tmp_path: Path) -> None:
     model = ModelSpec(str(tiny_model_dir))
     roles = {"default": model, "large": model, "small": ModelSpec(str(tiny_model_dir), 2), "first": model}
     roles["second"] = ModelSpec(str(tiny_model_dir), 3)
-    engine = Engine(LocalBackend(batch_size=4), roles, PARAMS, cache=None, progress=False)
+    engine = Engine(roles, PARAMS, local=LocalBackend(batch_size=4), cache=None, progress=False)
     results = engine.run(runs(["nparam", "leaderboard", "refine"], ["Say hi.", "Say bye."]))
     assert len(results) == 6 and all(result is not None for result in results)
     # per instruction: plain M(q) shared by large, first and refine's draft; small; second; the refinement
@@ -36,9 +36,9 @@ def test_requests_shared_by_strategies_are_generated_once(tiny_model_dir: Path, 
 def test_a_rerun_is_answered_from_the_cache_with_the_same_results(tiny_model_dir: Path, tmp_path: Path) -> None:
     roles = resolve_roles({"default": ModelSpec(str(tiny_model_dir))}, {"prefix": ("default",)})
     texts = ["Say hi.", "Say bye.", "Count to three."]
-    first = Engine(LocalBackend(), roles, PARAMS, cache=GenerationCache(tmp_path), progress=False)
+    first = Engine(roles, PARAMS, local=LocalBackend(), cache=GenerationCache(tmp_path), progress=False)
     before = first.run(runs(["prefix", "demon", "elicitive"], texts))
-    again = Engine(LocalBackend(), roles, PARAMS, cache=GenerationCache(tmp_path), progress=False)
+    again = Engine(roles, PARAMS, local=LocalBackend(), cache=GenerationCache(tmp_path), progress=False)
     assert again.run(runs(["prefix", "demon", "elicitive"], texts)) == before
     assert again.stats.generated == 0 and again.stats.cached == first.stats.distinct
 

@@ -28,7 +28,7 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="popalign", description="Contrastive DPO preference data (PopAlign).")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -59,9 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--cache-dir", type=Path, help="generation cache folder (default: ~/.cache/popalign)")
     build.add_argument("--no-cache", action="store_true", help="generate everything anew and store nothing")
     build.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    build.add_argument("--recipe", type=Path, help="YAML recipe of roles, strategies, generation, prompts and output")
+    build.add_argument("--shard", metavar="K/N", help="build only part K of N of the instructions (see popalign merge)")
+    endpoints = build.add_argument_group("endpoints (a role given as http(s) URLs, comma-separated replicas)")
+    endpoints.add_argument(
+        "--concurrency", type=_positive_int, default=64, help="requests in flight per replica (default: 64)"
+    )
+    endpoints.add_argument("--retries", type=_positive_int, default=6, help="attempts per request (default: 6)")
+    endpoints.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default: 300)")
     build.add_argument("--score", action="store_true", help="score every pair (DLMA self-reward) before writing")
     _add_score_options(build)
-    build.set_defaults(func=_build)
+    build.set_defaults(func=_build, **(recipe_defaults or {}))
 
     score = commands.add_parser("score", help="add DLMA self-reward scores, curation and a quality report to a build")
     score.add_argument("dir", type=Path, help="a folder written by `popalign build`")
@@ -99,7 +107,7 @@ def _add_score_options(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="with a TGI URL: the local model spec whose chat template renders prompts (default: smollm2)",
     )
-    group.add_argument("--token", help="token for the TGI endpoint (default: $HF_TOKEN or the saved login)")
+    group.add_argument("--token", help="token or API key for endpoints (default: $HF_TOKEN)")
     group.add_argument(
         "--score-contrast",
         choices=PROMPT_CONTRASTS,
@@ -174,48 +182,76 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from dataclasses import asdict, replace
+
     from popalign.cache import GenerationCache, default_cache_dir
+    from popalign.engine import Engine
     from popalign.generation import GenerationParams
-    from popalign.models import describe_spec, parse_model_args, resolve_roles
-    from popalign.prompts import load_prompts
+    from popalign.models import EndpointSpec, describe_spec, parse_model_args, resolve_roles
+    from popalign.prompts import load_prompts, parse_shard
+    from popalign.recipe import Recipe
     from popalign.strategies import STRATEGIES, parse_strategies, roles_used
     from popalign.templates import TemplateSet
 
+    recipe: Recipe = args.recipe_data
     strategies = parse_strategies(args.strategies)
-    roles = resolve_roles(parse_model_args(args.model), {name: STRATEGIES[name].roles for name in strategies})
-    templates = TemplateSet(args.templates)
-    prompts = load_prompts(args.prompts, column=args.prompt_column, limit=args.limit)
     params = GenerationParams(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
-    print(f"{len(prompts.instructions)} instructions from {prompts.source}; strategies: {', '.join(strategies)}")
+    role_params = {role: replace(params, **values) for role, values in recipe.role_generation.items()}
+    given = recipe.roles | parse_model_args(args.model)
+    needs = {name: STRATEGIES[name].roles for name in strategies}
+    roles = resolve_roles(given, needs, {role: asdict(p) for role, p in role_params.items()})
+    templates = TemplateSet(args.templates)
+    shard = parse_shard(args.shard) if args.shard else None
+    prompts = load_prompts(args.prompts, column=args.prompt_column, limit=args.limit, shard=shard)
+    part = f" (shard {shard[0]}/{shard[1]} of {prompts.total})" if shard else ""
+    print(f"{len(prompts.instructions)} instructions{part} from {prompts.source}; strategies: {', '.join(strategies)}")
     for role in roles_used(strategies):
-        print(f"  role {role:<8} {roles[role]}  ({describe_spec(roles[role])})")
+        print(f"  role {role:<8} {_shown(roles[role])}  ({describe_spec(roles[role])})")
 
     _quiet_libraries()
-    from popalign.local_backend import LocalBackend
+    local = endpoint = None
+    if any(isinstance(roles[role], EndpointSpec) for role in roles_used(strategies)):
+        from popalign.endpoint_backend import EndpointBackend, RetryPolicy
+
+        token = args.token or os.environ.get("HF_TOKEN")
+        retry = RetryPolicy(attempts=args.retries)
+        endpoint = EndpointBackend(token=token, concurrency=args.concurrency, timeout=args.timeout, retry=retry)
+    if args.score or any(not isinstance(roles[role], EndpointSpec) for role in roles_used(strategies)):
+        from popalign.local_backend import LocalBackend
+
+        local = LocalBackend(batch_size=args.batch_size)
     from popalign.pipeline import build_dataset
 
     cache = None if args.no_cache else GenerationCache(args.cache_dir or default_cache_dir())
-    backend = LocalBackend(batch_size=args.batch_size)
+    engine = Engine(
+        {role: roles[role] for role in roles_used(strategies)},
+        params,
+        local=local,
+        endpoint=endpoint,
+        role_params=role_params,
+        cache=cache,
+        progress=not args.no_progress,
+    )
     summary = build_dataset(
         prompts,
         strategies=strategies,
-        roles=roles,
+        engine=engine,
         out=args.out,
         templates=templates,
-        params=params,
-        backend=backend,
-        cache=cache,
-        progress=not args.no_progress,
-        scoring=_score_settings(args, backend, str(roles["default"])) if args.score else None,
+        scoring=_score_settings(args, local, str(roles["default"])) if args.score else None,
     )
-    print(f"\n{'strategy':<12} {'rows':>5}  {'dropped':<28} chosen model → rejected model")
+    print(f"\n{'strategy':<12} {'rows':>5}  {'dropped':<24} {'requests: made cached shared retried failed':<44}")
     for name, outcome in summary.outcomes.items():
         dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(outcome.dropped.items())) or "0"
+        c = summary.stats.by_strategy[name]
+        counts = f"{c.generated:>14} {c.cached:>6} {c.shared:>6} {c.retried:>7} {c.failed:>6}"
+        print(f"{name:<12} {len(outcome.rows):>5}  {dropped:<24} {counts}")
+    print()
+    for name in summary.outcomes:
         strategy = STRATEGIES[name]
-        sides = f"{summary.roles[strategy.chosen_role]} → {summary.roles[strategy.rejected_role]}"
-        print(f"{name:<12} {len(outcome.rows):>5}  {dropped:<28} {sides}")
+        print(f"  {name:<12} {summary.roles[strategy.chosen_role]} → {summary.roles[strategy.rejected_role]}")
     stats = summary.stats
     total = sum(len(outcome.rows) for outcome in summary.outcomes.values())
     if summary.score_stats:
@@ -224,10 +260,17 @@ def _build(args: argparse.Namespace) -> int:
     print(
         f"\nwrote {summary.out} ({configs} configs, {total} rows) in {summary.seconds:.0f} s; "
         f"{stats.distinct} distinct requests: {stats.cached} cached, {stats.generated} generated "
-        f"({stats.tokens} tokens); {summary.duplicates} duplicate instructions skipped"
+        f"({stats.tokens} tokens), {stats.retried} retries; {summary.duplicates} duplicate instructions skipped"
     )
     print(f'load with: datasets.load_dataset("{summary.out}", "{next(iter(summary.outcomes))}")')
     return 0
+
+
+def _shown(spec: Any) -> str:
+    """A role's model as printed: local specs in full, endpoints by replica count (URLs may carry credentials)."""
+    from popalign.models import EndpointSpec
+
+    return f"endpoint × {len(spec.urls)}" if isinstance(spec, EndpointSpec) else str(spec)
 
 
 def _quiet_libraries() -> None:
@@ -257,10 +300,23 @@ def _templates_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_recipe(args: argparse.Namespace, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse again with the recipe's values as defaults, so flags given on the command line win."""
+    from popalign.recipe import Recipe, load_recipe
+
+    recipe = load_recipe(args.recipe) if args.recipe else Recipe()
+    defaults = {key: value if isinstance(value, Path) else str(value) for key, value in recipe.defaults.items()}
+    args = _parser(defaults).parse_args(argv)
+    args.recipe_data = recipe
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `popalign` console script."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "build":
+            args = _with_recipe(args, argv)
         return args.func(args)
     except PopAlignError as err:
         print(f"popalign: error: {err}", file=sys.stderr)

@@ -1,105 +1,214 @@
-"""Drive strategy generators in lockstep: dedupe requests, answer from the cache, batch the rest, commit each
-batch to the cache as it finishes."""
+"""Drive every strategy run on its own: each advances as soon as its requests are answered. Identical requests
+are made once, answers come from the cache when they can, and every generated answer is committed as it arrives.
+
+Local models batch the requests waiting when every run is blocked; endpoints get each request at once, bounded
+by their backend's concurrency (see `endpoint_backend`)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tqdm.auto import tqdm
 
 from popalign.cache import GenerationCache
-from popalign.generation import GenerationParams, Request, request_key
-from popalign.local_backend import LocalBackend
-from popalign.models import ModelSpec
-from popalign.strategies import StrategyRun
+from popalign.errors import RequestFailed
+from popalign.generation import Generation, GenerationParams, OnDone, OnRetry, Request, request_key
+from popalign.models import EndpointSpec, ModelSpec
+from popalign.strategies import Dropped, StrategyRun
+
+if TYPE_CHECKING:
+    from popalign.endpoint_backend import EndpointBackend
+    from popalign.local_backend import LocalBackend
+
+
+class Backend(Protocol):
+    """What the engine needs of a backend: a name for cache keys, model identities, and asynchronous answers."""
+
+    name: str
+
+    async def identity(self, spec: Any) -> str: ...
+
+    def submit(
+        self, spec: Any, request: Request, params: GenerationParams, on_done: OnDone, on_retry: OnRetry
+    ) -> Awaitable[Generation]:
+        """Start answering `request`; call `on_done` with the generation as soon as it exists, `on_retry` on
+        each retry."""
+        ...
+
+    def flush(self) -> None:
+        """Answer what is queued (local batching); endpoints answer on submit and do nothing here."""
+        ...
+
+
+@dataclass
+class RequestCounts:
+    """Requests of one strategy: asked for, answered from the cache, shared with an identical request in this run,
+    generated, retried, and failed for good (the pair is then dropped as `failed`)."""
+
+    requests: int = 0
+    cached: int = 0
+    shared: int = 0
+    generated: int = 0
+    retried: int = 0
+    failed: int = 0
 
 
 @dataclass
 class EngineStats:
-    """Counts over one run: requests asked for, distinct ones, answered from cache, generated, tokens."""
+    """Counts over one run, overall and per strategy."""
 
     requested: int = 0
     distinct: int = 0
     cached: int = 0
     generated: int = 0
     tokens: int = 0
+    retried: int = 0
+    by_strategy: dict[str, RequestCounts] = field(default_factory=lambda: defaultdict(RequestCounts))
 
 
 class Engine:
-    """Answers the requests of many strategy runs with one backend and an optional cache.
+    """Answers the requests of many strategy runs with the roles' backends and an optional cache.
 
-    >>> engine = Engine(LocalBackend(), roles, GenerationParams(), cache=None)  # doctest: +SKIP
-    >>> results = engine.run([STRATEGIES["prefix"].run(instruction, ctx)])  # doctest: +SKIP
+    >>> engine = Engine(roles, GenerationParams(), local=LocalBackend(), cache=None)  # doctest: +SKIP
+    >>> results = engine.run([("prefix", STRATEGIES["prefix"].run(instruction, ctx))])  # doctest: +SKIP
     """
 
     def __init__(
         self,
-        backend: LocalBackend,
-        roles: dict[str, ModelSpec],
+        roles: dict[str, ModelSpec | EndpointSpec],
         params: GenerationParams,
         *,
+        local: LocalBackend | None = None,
+        endpoint: EndpointBackend | None = None,
+        role_params: dict[str, GenerationParams] | None = None,
         cache: GenerationCache | None = None,
         progress: bool = True,
     ) -> None:
-        self.backend = backend
         self.roles = roles
-        self.params = params
+        self.default_params = params
+        self.params = {role: (role_params or {}).get(role, params) for role in roles}
+        self.local = local
+        self.endpoint = endpoint
         self.cache = cache
         self.progress = progress
         self.stats = EngineStats()
+        self.identities: dict[str, str] = {}
+        self._answers: dict[str, asyncio.Future[str]] = {}
+        self._live = 0
+        self._waiting = 0
+        self._bar: tqdm | None = None
 
-    def run(self, runs: Sequence[StrategyRun]) -> list[Any]:
-        """Drive every run to completion and return their results in order."""
-        results: list[Any] = [None] * len(runs)
-        waiting: dict[int, list[Request]] = {}
-        for index, run in enumerate(runs):
-            self._advance(index, run, None, waiting, results)
-        with tqdm(desc="generating", unit="req", disable=not self.progress, dynamic_ncols=True) as bar:
-            while waiting:
-                answers = self._answer([request for requests in waiting.values() for request in requests], bar)
-                current, waiting = waiting, {}
-                for index, requests in current.items():
-                    self._advance(index, runs[index], [answers[self._key(r)] for r in requests], waiting, results)
-        return results
+    def run(self, runs: Sequence[tuple[str, StrategyRun]], expected: int | None = None) -> list[Any]:
+        """Drive every `(label, run)` to completion and return their results in order; `expected` is the number
+        of requests the progress bar counts to."""
+        return asyncio.run(self._run(runs, expected))
 
-    def _advance(
-        self,
-        index: int,
-        run: StrategyRun,
-        answers: list[str] | None,
-        waiting: dict[int, list[Request]],
-        results: list[Any],
-    ) -> None:
+    async def _run(self, runs: Sequence[tuple[str, StrategyRun]], expected: int | None) -> list[Any]:
+        for role, spec in self.roles.items():
+            self.identities[role] = await self._backend(spec).identity(spec)
+        self._live = len(runs)
         try:
-            waiting[index] = next(run) if answers is None else run.send(answers)
-        except StopIteration as stop:
-            results[index] = stop.value
+            with tqdm(
+                total=expected, desc="generating", unit="req", disable=not self.progress, dynamic_ncols=True
+            ) as self._bar:
+                drivers = [asyncio.ensure_future(self._drive(label, run)) for label, run in runs]
+                try:
+                    results = await asyncio.gather(*drivers)
+                except BaseException:
+                    pending = [*drivers, *self._answers.values()]
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                    raise
+        finally:
+            if self.endpoint:
+                await self.endpoint.aclose()
+        return list(results)
 
-    def _key(self, request: Request) -> str:
-        return request_key(self.backend.name, str(self.roles[request.role]), request, self.params)
+    async def _drive(self, label: str, run: StrategyRun) -> Any:
+        answers: list[str] | None = None
+        try:
+            while True:
+                try:
+                    requests = run.send(answers)  # type: ignore[arg-type]  # send(None) starts the generator
+                except StopIteration as stop:
+                    return stop.value
+                waits = [self._submit(label, request) for request in requests]
+                self._waiting += 1
+                self._flush_if_idle()
+                try:
+                    answers = list(await asyncio.gather(*waits))
+                except RequestFailed:
+                    self.stats.by_strategy[label].failed += 1
+                    run.close()
+                    return Dropped("failed")
+                finally:
+                    self._waiting -= 1
+        finally:
+            self._live -= 1
+            self._flush_if_idle()
 
-    def _answer(self, requests: list[Request], bar: tqdm) -> dict[str, str]:
-        self.stats.requested += len(requests)
-        distinct = {self._key(request): request for request in requests}
-        self.stats.distinct += len(distinct)
-        answers = self.cache.get_many(distinct) if self.cache else {}
-        self.stats.cached += len(answers)
-        bar.total = (bar.total or 0) + len(distinct)
-        bar.update(len(answers))
-        todo: dict[ModelSpec, list[tuple[str, Request]]] = defaultdict(list)
-        for key, request in distinct.items():
-            if key not in answers:
-                todo[self.roles[request.role]].append((key, request))
-        for spec, pending in todo.items():
-            for keys, generations in self.backend.iter_batches(spec, pending, self.params):
-                batch = {key: generation.text for key, generation in zip(keys, generations, strict=True)}
+    def _flush_if_idle(self) -> None:
+        """Once every unfinished run waits for answers, let the local backend generate its queued batch."""
+        if self.local and self._waiting == self._live:
+            self.local.flush()
+
+    def _submit(self, label: str, request: Request) -> asyncio.Future[str]:
+        counts = self.stats.by_strategy[label]
+        counts.requests += 1
+        self.stats.requested += 1
+        spec, params = self.roles[request.role], self.params[request.role]
+        backend = self._backend(spec)
+        key = request_key(backend.name, self.identities[request.role], request, params)
+        if key in self._answers:
+            counts.shared += 1
+            self._tick()
+            return self._answers[key]
+        self.stats.distinct += 1
+        cached = self.cache.get_many([key]).get(key) if self.cache else None
+        if cached is not None:
+            counts.cached += 1
+            self.stats.cached += 1
+            answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            answer.set_result(cached)
+            self._tick()
+        else:
+
+            def done(generation: Generation) -> None:
                 if self.cache:
-                    self.cache.put_many(batch)
-                answers.update(batch)
-                self.stats.generated += len(batch)
-                self.stats.tokens += sum(generation.tokens for generation in generations)
-                bar.update(len(batch))
-        return answers
+                    self.cache.put_many({key: generation.text})
+                counts.generated += 1
+                self.stats.generated += 1
+                self.stats.tokens += generation.tokens
+                self._tick()
+
+            def retry() -> None:
+                counts.retried += 1
+                self.stats.retried += 1
+
+            answer = asyncio.ensure_future(_text(backend.submit(spec, request, params, done, retry)))
+        self._answers[key] = answer
+        return answer
+
+    def backend_name(self, role: str) -> str:
+        """`local` or `endpoint`: the backend of a role."""
+        return "endpoint" if isinstance(self.roles[role], EndpointSpec) else "local"
+
+    def _backend(self, spec: ModelSpec | EndpointSpec) -> Backend:
+        backend = self.endpoint if isinstance(spec, EndpointSpec) else self.local
+        if backend is None:
+            kind = "endpoint" if isinstance(spec, EndpointSpec) else "local"
+            raise RuntimeError(f"no {kind} backend given for {spec}")
+        return backend
+
+    def _tick(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+
+async def _text(generation: Awaitable[Generation]) -> str:
+    return (await generation).text

@@ -19,3 +19,7 @@ class ConfigError(PopAlignError):
 
 class BackendError(PopAlignError):
     """A model could not be loaded or a generation request failed."""
+
+
+class RequestFailed(PopAlignError):
+    """One request was refused for good (for example a prompt too long for the endpoint); its pair is dropped."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 #: One chat message as (role, content); tuples keep requests hashable.
@@ -18,6 +19,19 @@ class GenerationParams:
     temperature: float = 0.7
     top_p: float = 0.9
     seed: int = 0
+
+
+@dataclass
+class Generation:
+    """One answer and the number of tokens generated for it."""
+
+    text: str
+    tokens: int
+
+
+#: Called with each generation as soon as it exists, and on each retry of a request.
+OnDone = Callable[[Generation], None]
+OnRetry = Callable[[], None]
 
 
 @dataclass(frozen=True)

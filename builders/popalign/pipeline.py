@@ -17,9 +17,7 @@ from popalign.cache import GenerationCache
 from popalign.card import render_card
 from popalign.engine import Engine, EngineStats
 from popalign.errors import PopAlignError
-from popalign.generation import GenerationParams
-from popalign.local_backend import LocalBackend
-from popalign.models import ModelSpec, describe_spec
+from popalign.models import describe_spec
 from popalign.prompts import PromptSet
 from popalign.quality import QUALITY_DIR, quality_report, write_histogram
 from popalign.schema import make_row
@@ -73,25 +71,23 @@ def build_dataset(
     prompts: PromptSet,
     *,
     strategies: list[str],
-    roles: dict[str, ModelSpec],
+    engine: Engine,
     out: Path,
     templates: TemplateSet,
-    params: GenerationParams,
-    backend: LocalBackend,
-    cache: GenerationCache | None,
-    progress: bool = True,
     scoring: ScoreSettings | None = None,
 ) -> BuildSummary:
-    """Generate every strategy's pairs for `prompts` and write `out` as a Hub dataset repository layout.
+    """Generate every strategy's pairs for `prompts` with `engine` and write `out` as a Hub dataset repository
+    layout.
 
-    >>> build_dataset(load_prompts(limit=4), strategies=list(STRATEGIES), ...)  # doctest: +SKIP
+    >>> build_dataset(load_prompts(limit=4), strategies=list(STRATEGIES), engine=engine, ...)  # doctest: +SKIP
     """
     started = time.monotonic()
     _check_out_dir(out)
-    context = StrategyContext(templates, seed=params.seed)
+    context = StrategyContext(templates, seed=engine.default_params.seed)
     jobs = [(name, instruction) for instruction in prompts.instructions for name in strategies]
-    engine = Engine(backend, roles, params, cache=cache, progress=progress)
-    results = engine.run([STRATEGIES[name].run(instruction, context) for name, instruction in jobs])
+    expected = sum(STRATEGIES[name].requests for name, _ in jobs)
+    results = engine.run([(name, STRATEGIES[name].run(instruction, context)) for name, instruction in jobs], expected)
+    names = engine.identities
     outcomes = {name: StrategyOutcome() for name in strategies}
     for (name, instruction), result in zip(jobs, results, strict=True):
         if isinstance(result, Dropped):
@@ -105,21 +101,25 @@ def build_dataset(
                 prompt_id=instruction.prompt_id,
                 chosen=result.chosen,
                 rejected=result.rejected,
-                chosen_model=str(roles[result.chosen_role]),
-                rejected_model=str(roles[result.rejected_role]),
+                chosen_model=names[result.chosen_role],
+                rejected_model=names[result.rejected_role],
                 chosen_reasoning=result.chosen_reasoning,
                 rejected_reasoning=result.rejected_reasoning,
             )
         )
     shutil.rmtree(out / QUALITY_DIR, ignore_errors=True)
+    cache = engine.cache
     quality, score_stats = _score(outcomes, scoring, context, cache, out) if scoring else ({}, None)
     used_roles = roles_used(strategies)
     manifest = {
-        "backend": backend.name,
-        "roles": {role: str(roles[role]) for role in used_roles},
-        "model_notes": {str(roles[role]): describe_spec(roles[role]) for role in used_roles},
-        "params": asdict(params),
-        "prompts": {"source": prompts.source, "count": len(prompts.instructions), "duplicates": prompts.duplicates},
+        "backend": "+".join(sorted({engine.backend_name(role) for role in used_roles})),
+        "roles": {role: names[role] for role in used_roles},
+        "model_notes": {names[role]: describe_spec(engine.roles[role]) for role in used_roles},
+        "params": asdict(engine.default_params),
+        "role_params": {
+            role: asdict(engine.params[role]) for role in used_roles if engine.params[role] != engine.default_params
+        },
+        "prompts": prompts.describe(),
         "template_hashes": templates.hashes(),
         "configs": _write_configs(outcomes, out),
         **({"score": scoring.describe(), "quality": quality} if scoring else {}),

@@ -32,14 +32,43 @@ class Instruction:
 
 @dataclass(frozen=True)
 class PromptSet:
-    """The distinct instructions of a source, in first-seen order, and how many duplicates were skipped."""
+    """The distinct instructions of a source, in first-seen order, and how many duplicates were skipped.
+
+    A shard (`shard=(K, N)`) holds the instructions whose id falls in part K of N; `total` counts them all.
+    """
 
     instructions: list[Instruction]
     duplicates: int
     source: str
+    total: int = 0
+    shard: tuple[int, int] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The prompt source as the manifest records it."""
+        shard = {"shard": f"{self.shard[0]}/{self.shard[1]}", "total": self.total} if self.shard else {}
+        return {"source": self.source, "count": len(self.instructions), "duplicates": self.duplicates, **shard}
 
 
-def load_prompts(path: Path | None = None, *, column: str | None = None, limit: int | None = None) -> PromptSet:
+def parse_shard(text: str) -> tuple[int, int]:
+    """`K/N` (1 ≤ K ≤ N) as a pair."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit() or not 1 <= int(k) <= int(n):
+        raise PromptsError(f"--shard {text!r}: expected K/N with 1 <= K <= N, for example 1/4")
+    return int(k), int(n)
+
+
+def in_shard(instruction: Instruction, shard: tuple[int, int]) -> bool:
+    """Whether an instruction belongs to part K of N: fixed by its id, so every machine splits alike."""
+    return int(instruction.prompt_id[:16], 16) % shard[1] == shard[0] - 1
+
+
+def load_prompts(
+    path: Path | None = None,
+    *,
+    column: str | None = None,
+    limit: int | None = None,
+    shard: tuple[int, int] | None = None,
+) -> PromptSet:
     """Load, validate and deduplicate instructions; `path=None` reads the bundled demo set.
 
     >>> load_prompts(limit=2).instructions[0].prompt_id[:8]  # doctest: +SKIP
@@ -66,7 +95,10 @@ def load_prompts(path: Path | None = None, *, column: str | None = None, limit: 
     if limit is not None:
         instructions = instructions[:limit]
     label = BUNDLED_LABEL if path is None else str(source)
-    return PromptSet(instructions=instructions, duplicates=duplicates, source=label)
+    total = len(instructions)
+    if shard:
+        instructions = [instruction for instruction in instructions if in_shard(instruction, shard)]
+    return PromptSet(instructions=instructions, duplicates=duplicates, source=label, total=total, shard=shard)
 
 
 def _read_rows(source: Path) -> Iterator[dict[str, Any]]:

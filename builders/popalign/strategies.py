@@ -69,6 +69,7 @@ class Strategy:
     rejected: str
     run: Callable[[Instruction, StrategyContext], StrategyRun]
     description: str
+    requests: int = 2  # per instruction, at most (what the progress bar counts)
 
     @property
     def chosen_role(self) -> str:
@@ -196,6 +197,7 @@ STRATEGIES: dict[str, Strategy] = {
             _elicitive,
             "The model first reasons how to write a good vs a bad answer, then writes it in a second turn; "
             "the reasoning is kept in `chosen_reasoning` / `rejected_reasoning`.",
+            requests=4,
         ),
         Strategy(
             "nparam",

@@ -1,0 +1,123 @@
+"""A build recipe: the YAML file `popalign build --recipe` reads instead of (or under) its flags.
+
+```yaml
+prompts: instructions.jsonl          # paths are relative to the recipe's folder
+strategies: [prefix, demon, elicitive, nparam, leaderboard, refine]
+out: popalign-data
+generation: {max_new_tokens: 256, temperature: 0.7, top_p: 0.9, seed: 0}
+concurrency: 64
+roles:
+  default: http://tgi-a:8080,http://tgi-b:8080      # replicas of one model
+  large: {url: http://tgi-large:8080, api_key_env: LARGE_KEY}
+  small: {url: http://tgi-small:8080, model: my-org/small, generation: {temperature: 1.0}}
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from popalign.errors import ConfigError
+from popalign.generation import GenerationParams
+from popalign.models import ROLES, EndpointSpec, ModelSpec, parse_spec
+
+#: Top-level keys and the `build` flag (argparse dest) each sets.
+PATH_KEYS = ("prompts", "out", "templates", "cache_dir")
+VALUE_KEYS = ("prompt_column", "limit", "batch_size", "concurrency", "retries", "timeout", "shard")
+GENERATION_KEYS = tuple(f.name for f in fields(GenerationParams))
+ROLE_KEYS = ("url", "urls", "spec", "model", "api_key_env", "generation")
+
+
+@dataclass
+class Recipe:
+    """Flag defaults, roles and per-role generation settings read from a recipe file."""
+
+    defaults: dict[str, Any] = field(default_factory=dict)
+    roles: dict[str, ModelSpec | EndpointSpec] = field(default_factory=dict)
+    role_generation: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and check a recipe; every problem is one line naming the file and the key."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the recipe ({err.strerror})") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of keys (prompts, strategies, roles, ...)")
+    known = (*PATH_KEYS, *VALUE_KEYS, "strategies", "generation", "roles")
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
+    recipe = Recipe()
+    for key in PATH_KEYS:
+        if key in data:
+            recipe.defaults[key] = (path.parent / str(data[key])).resolve()
+    for key in VALUE_KEYS:
+        if key in data:
+            recipe.defaults[key] = data[key]
+    if "strategies" in data:
+        strategies = data["strategies"]
+        recipe.defaults["strategies"] = ",".join(strategies) if isinstance(strategies, list) else str(strategies)
+    recipe.defaults |= _generation(path, "generation", data.get("generation") or {})
+    roles = data.get("roles") or {}
+    if not isinstance(roles, dict):
+        raise ConfigError(f"{path}: roles: expected a mapping of role to model")
+    for role, value in roles.items():
+        if role not in ROLES:
+            raise ConfigError(f"{path}: roles: unknown role {role!r} (known: {', '.join(ROLES)})")
+        recipe.roles[role], generation = _role(path, role, value)
+        if generation:
+            recipe.role_generation[role] = generation
+    return recipe
+
+
+def _role(path: Path, role: str, value: Any) -> tuple[ModelSpec | EndpointSpec, dict[str, Any]]:
+    where = f"{path}: roles.{role}"
+    if isinstance(value, str):
+        return _spec(where, value), {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a model spec, URLs, or a mapping with url/urls/spec")
+    unknown = [key for key in value if key not in ROLE_KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(ROLE_KEYS)})")
+    given = [key for key in ("url", "urls", "spec") if key in value]
+    if len(given) != 1:
+        raise ConfigError(f"{where}: give exactly one of url, urls, spec")
+    generation = _generation(path, f"roles.{role}.generation", value.get("generation") or {})
+    if given[0] == "spec":
+        if "model" in value or "api_key_env" in value:
+            raise ConfigError(f"{where}: model and api_key_env are for endpoints (url/urls)")
+        return _spec(where, str(value["spec"])), generation
+    urls = value["urls"] if given[0] == "urls" else [value["url"]]
+    if not isinstance(urls, list) or not urls:
+        raise ConfigError(f"{where}: urls: expected a list of URLs")
+    try:
+        spec = EndpointSpec.parse(
+            ",".join(map(str, urls)), model=value.get("model"), api_key_env=value.get("api_key_env")
+        )
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
+    return spec, generation
+
+
+def _spec(where: str, text: str) -> ModelSpec | EndpointSpec:
+    try:
+        return parse_spec(text)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _generation(path: Path, where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {where}: expected a mapping of {', '.join(GENERATION_KEYS)}")
+    unknown = [key for key in value if key not in GENERATION_KEYS]
+    if unknown:
+        raise ConfigError(f"{path}: {where}: unknown key {unknown[0]!r} (known: {', '.join(GENERATION_KEYS)})")
+    return dict(value)

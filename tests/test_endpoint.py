@@ -1,0 +1,190 @@
+"""The endpoint backend against a real LLM server: llama.cpp's `llama-server` (built from the llama-cpp-python
+sdist) serving the embedded SmolLM2 GGUF on loopback, behind a fault-injecting proxy.
+
+One server serves every role. The model-contrast roles differ by their generation settings (`small` samples at
+temperature 1.5, `second` stops at 12 tokens), set per role in the recipe, so each side is a different request.
+The server runs one slot without prompt caching, so an answer depends only on its request (with parallel slots,
+llama.cpp's batched kernels change a few sampled tokens run to run), which lets every test compare datasets
+byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet
+import pytest
+from conftest import POPALIGN, run_offline
+from fault_proxy import fault_proxy
+from llama_server import SERVED_NAME, build_llama_server, free_port, serve_llama
+
+from popalign.local_backend import embedded_model_path
+from popalign.strategies import STRATEGIES
+
+pytestmark = pytest.mark.slow
+LIMIT = 4
+RECIPE = """\
+strategies: all
+limit: {limit}
+out: {out}
+generation: {{max_new_tokens: 24, temperature: 0.7, seed: 3}}
+concurrency: 4
+roles:
+  default: {url}
+  large: {url}
+  small: {{url: {url}, generation: {{temperature: 1.5, top_p: 1.0}}}}
+  first: {url}
+  second: {{url: {url}, generation: {{max_new_tokens: 12}}}}
+"""
+
+
+@pytest.fixture(scope="session")
+def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A one-slot `llama-server` serving SmolLM2; the binary is built once and cached."""
+    cache = Path(os.environ.get("POPALIGN_TEST_CACHE", Path.home() / ".cache" / "popalign-tests"))
+    binary = build_llama_server(cache)
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    with serve_llama(binary, embedded_model_path(), log, slots=1, extra=("--no-cache-prompt",)) as url:
+        yield url
+
+
+def recipe(folder: Path, url: str, limit: int = LIMIT) -> Path:
+    path = folder / "recipe.yaml"
+    path.write_text(RECIPE.format(limit=limit, out="d", url=url))
+    return path
+
+
+def build(folder: Path, url: str, *extra: str, limit: int = LIMIT) -> subprocess.CompletedProcess[str]:
+    """`popalign build --recipe` into `folder/d` with its own cache `folder/cache`."""
+    command = [POPALIGN, "build", "--recipe", recipe(folder, url, limit), "--cache-dir", folder / "cache", *extra]
+    return run_offline(*command, "--no-progress", HF_HUB_OFFLINE="0")
+
+
+def tables(folder: Path) -> dict[str, list[dict]]:
+    return {d.name: pyarrow.parquet.read_table(d).to_pylist() for d in sorted((folder / "data").iterdir())}
+
+
+@pytest.fixture(scope="module")
+def reference(llama_url: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str]:
+    """An uninterrupted build of all six strategies through a pass-through proxy: its dataset folder, the number of
+    chat requests the server answered, and the CLI output."""
+    folder = tmp_path_factory.mktemp("reference")
+    with fault_proxy(llama_url) as proxy:
+        result = build(folder, proxy.url)
+    assert result.returncode == 0, result.stderr
+    return folder / "d", len(proxy.forwarded), result.stdout
+
+
+def distinct_requests(stdout: str) -> int:
+    (line,) = [line for line in stdout.splitlines() if line.startswith("wrote ")]
+    return int(line.split(" distinct requests")[0].rsplit(" ", 1)[1])
+
+
+def test_all_six_strategies_build_on_the_llama_server(reference: tuple[Path, int, str], tmp_path: Path) -> None:
+    import datasets
+
+    out, served, stdout = reference
+    manifest = json.loads((out / "popalign_build.json").read_text())
+    assert list(manifest["configs"]) == list(STRATEGIES) and len(tables(out)) >= 5
+    assert manifest["backend"] == "endpoint" and manifest["roles"]["small"] == SERVED_NAME
+    assert manifest["role_params"]["small"]["temperature"] == 1.5
+    for name, rows in tables(out).items():
+        loaded = datasets.load_dataset(str(out), name, split="train", cache_dir=str(tmp_path / "hf"))
+        assert loaded.num_rows == len(rows) > 0
+        assert all(row["chosen_model"] == row["rejected_model"] == SERVED_NAME for row in rows)
+        assert all(row["chosen"][0]["content"] and row["rejected"][0]["content"] for row in rows)
+    # shared requests were made once: the server answered exactly the distinct requests
+    assert served == distinct_requests(stdout)
+    # per instruction: prefix 2, demon 2, elicitive 4, refine 2, nparam/leaderboard 2 each, of which M(q) is shared
+    # by large, first and refine's draft (same model, same settings): 14 calls instead of 16
+    assert served <= 14 * LIMIT and "shared" in stdout
+
+
+def test_faults_are_retried_and_no_row_is_lost_or_duplicated(
+    llama_url: str, reference: tuple[Path, int, str], tmp_path: Path
+) -> None:
+    schedule = ["429", "pass", "503", "pass", "reset", "pass", "pass", "stall", "pass", "garbage", "pass", "pass"]
+    with fault_proxy(llama_url, schedule, stall=6.0) as proxy:
+        result = build(tmp_path, proxy.url, "--timeout", "3", "--retries", "8")
+    assert result.returncode == 0, result.stderr
+    assert set(proxy.injected) == {"429", "503", "reset", "stall", "garbage"}
+    retries = int(result.stdout.split(" retries;")[0].rsplit(" ", 1)[1])
+    assert retries == sum(proxy.injected.values())
+    assert tables(tmp_path / "d") == tables(reference[0])
+
+
+def test_a_killed_run_resumes_with_only_the_missing_requests(
+    llama_url: str, reference: tuple[Path, int, str], tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache" / "generations.sqlite"
+    total = reference[1]
+    with fault_proxy(llama_url) as proxy:
+        command = [POPALIGN, "build", "--recipe", recipe(tmp_path, proxy.url), "--cache-dir", tmp_path / "cache"]
+        env = {**os.environ, "HF_HUB_OFFLINE": "0"}
+        run = subprocess.Popen(list(map(str, command)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while _cached(cache) < total // 2 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    assert run.returncode == -signal.SIGKILL
+    kept = _cached(cache)
+    assert total // 2 <= kept < total
+    with fault_proxy(llama_url) as proxy:
+        result = build(tmp_path, proxy.url)
+    assert result.returncode == 0, result.stderr
+    assert len(proxy.forwarded) == total - kept
+    assert tables(tmp_path / "d") == tables(reference[0])
+
+
+def _cached(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+def test_an_unreachable_endpoint_is_one_line(tmp_path: Path) -> None:
+    result = build(tmp_path, f"http://127.0.0.1:{free_port()}", limit=1)
+    assert result.returncode == 2
+    assert result.stderr.startswith("popalign: error: endpoint http://127.0.0.1:")
+    assert "unreachable" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_wrong_key_is_refused_without_printing_it(llama_url: str, tmp_path: Path) -> None:
+    with fault_proxy(llama_url, token="right-key-123") as proxy:
+        wrong = build(tmp_path, proxy.url, "--token", "wrong-key-456", limit=1)
+        right = build(tmp_path, proxy.url, "--token", "right-key-123", limit=1)
+    assert wrong.returncode == 2 and "unauthorized (HTTP 401)" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    assert right.returncode == 0, right.stderr
+    assert any("Bearer right-key-123" in headers for headers in proxy.headers_seen)
+    written = "".join(p.read_text(errors="replace") for p in (tmp_path / "d").rglob("*") if p.is_file())
+    for text in (wrong.stdout, wrong.stderr, right.stdout, right.stderr, written):
+        assert "key-123" not in text and "key-456" not in text
+
+
+def test_garbage_that_persists_stops_the_run_naming_the_endpoint(llama_url: str, tmp_path: Path) -> None:
+    with fault_proxy(llama_url, ["garbage"]) as proxy:
+        result = build(tmp_path, proxy.url, "--retries", "2", limit=1)
+    assert result.returncode == 2
+    assert f"endpoint {proxy.url}: still failing after 2 attempts (unreadable answer" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_empty_answers_are_dropped_and_counted(llama_url: str, tmp_path: Path) -> None:
+    with fault_proxy(llama_url, ["pass", "empty", "pass"]) as proxy:
+        result = build(tmp_path, proxy.url, limit=2)
+    assert result.returncode == 0, result.stderr
+    assert proxy.injected["empty"] > 0 and " empty" in result.stdout
+    for rows in tables(tmp_path / "d").values():
+        assert all(row["chosen"][0]["content"].strip() and row["rejected"][0]["content"].strip() for row in rows)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pyarrow.parquet
 import pytest
+
 from conftest import POPALIGN, run_offline
 from fault_proxy import fault_proxy
 from llama_server import SERVED_NAME, build_llama_server, free_port, serve_llama
-
 from popalign.local_backend import embedded_model_path
 from popalign.strategies import STRATEGIES
 

@@ -96,7 +96,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     flags["same model on both sides"] = (
         ["--model", "first=smollm2", "--model", "second=smollm2", "--strategies", "leaderboard"],
         "popalign: error: strategy 'leaderboard' contrasts roles first and second, but both are smollm2: "
-        "give them different models",
+        "give them different models or generation parameters",
     )
     flags["bad model option"] = (
         ["--model", "small=smollm2:layer=3"],

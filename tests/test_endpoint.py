@@ -160,6 +160,14 @@ def test_an_unreachable_endpoint_is_one_line(tmp_path: Path) -> None:
     assert "unreachable" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_offline_mode_is_named_rather_than_a_traceback(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [POPALIGN, "build", "--recipe", recipe(tmp_path, url, 1), "--cache-dir", tmp_path / "cache"]
+    result = run_offline(*command)  # HF_HUB_OFFLINE=1
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert f"endpoint {url}: HF_HUB_OFFLINE=1 blocks huggingface_hub's HTTP client" in result.stderr
+
+
 def test_a_wrong_key_is_refused_without_printing_it(llama_url: str, tmp_path: Path) -> None:
     with fault_proxy(llama_url, token="right-key-123") as proxy:
         wrong = build(tmp_path, proxy.url, "--token", "wrong-key-456", limit=1)

@@ -1,4 +1,4 @@
-"""The `popalign` command: `build`, `score`, `templates list`, `templates show`. Errors end as one line, exit 2."""
+"""The `popalign` command: build, score, merge, templates list|show. Errors end as one line and exit 2."""
 
 from __future__ import annotations
 
@@ -79,6 +79,11 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
     score.add_argument("--no-cache", action="store_true", help="compute everything anew and store nothing")
     _add_score_options(score)
     score.set_defaults(func=_score)
+
+    merge = commands.add_parser("merge", help="join the shard folders of a `build --shard K/N` into one dataset")
+    merge.add_argument("dirs", nargs="+", type=Path, help="the part folders, one per shard")
+    merge.add_argument("--out", type=Path, required=True, help="folder of the merged dataset")
+    merge.set_defaults(func=_merge)
 
     templates = commands.add_parser("templates", help="list or show the prompt templates")
     verbs = templates.add_subparsers(dest="verb", required=True, parser_class=_Parser)
@@ -271,6 +276,19 @@ def _shown(spec: Any) -> str:
     from popalign.models import EndpointSpec
 
     return f"endpoint × {len(spec.urls)}" if isinstance(spec, EndpointSpec) else str(spec)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    from popalign.pipeline import merge_builds
+
+    summary = merge_builds(args.dirs, args.out)
+    for name, outcome in summary.outcomes.items():
+        dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(outcome.dropped.items())) or "0"
+        print(f"{name:<12} {len(outcome.rows):>6} rows  dropped {dropped}")
+    total = sum(len(outcome.rows) for outcome in summary.outcomes.values())
+    print(f"merged {len(args.dirs)} parts into {summary.out} ({total} rows) in {summary.seconds:.0f} s")
+    return 0
 
 
 def _quiet_libraries() -> None:

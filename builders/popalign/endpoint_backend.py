@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import httpx2
 from huggingface_hub import AsyncInferenceClient
-from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
+from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OfflineModeIsEnabled
 from huggingface_hub.utils import get_async_session
 
 from popalign.errors import BackendError, RequestFailed
@@ -133,6 +133,11 @@ class EndpointBackend:
                     name = body.get("model_id") if route == "/info" else (body.get("data") or [{}])[0].get("id")
                     if name:
                         return spec.model or str(name)
+        except OfflineModeIsEnabled as err:
+            raise BackendError(
+                f"endpoint {url}: HF_HUB_OFFLINE=1 blocks huggingface_hub's HTTP client, which endpoints are called "
+                "through; unset it for this run"
+            ) from err
         except httpx2.HTTPError as err:
             raise BackendError(f"endpoint {url}: unreachable ({type(err).__name__}: {err})") from err
         except (ValueError, AttributeError, IndexError) as err:

@@ -173,6 +173,74 @@ def score_dataset(
     )
 
 
+def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
+    """Join the shard folders of one build (`popalign build --shard K/N`, every K once) into one dataset folder.
+
+    The parts must agree on everything but their shard: prompts source, roles, parameters and templates.
+    """
+    started = time.monotonic()
+    manifests = [read_manifest(part) for part in parts]
+    first = manifests[0]
+    counts = {manifest["prompts"].get("shard", "").partition("/")[2] for manifest in manifests}
+    if any("shard" not in manifest["prompts"] for manifest in manifests) or len(counts) != 1:
+        raise PopAlignError(f"{parts[0]}: merge joins the parts of one sharded build (popalign build --shard K/N)")
+    for part, manifest in zip(parts, manifests, strict=True):
+        if "score" in manifest:
+            raise PopAlignError(f"{part}: this part is scored; merge unscored parts, then run popalign score")
+        for key in ("backend", "roles", "params", "role_params", "template_hashes", "configs"):
+            if _agreed(manifest, key) != _agreed(first, key):
+                raise PopAlignError(f"{part}: its {key} differ from those of {parts[0]}; parts of one build must agree")
+        if (manifest["prompts"]["source"], manifest["prompts"]["total"]) != (
+            first["prompts"]["source"],
+            first["prompts"]["total"],
+        ):
+            raise PopAlignError(f"{part}: built from other prompts than {parts[0]}")
+    shards = {manifest["prompts"]["shard"]: part for part, manifest in zip(parts, manifests, strict=True)}
+    count = int(counts.pop())
+    if len(shards) != len(parts):
+        raise PopAlignError(f"{parts[-1]}: a shard is given twice (each of 1..{count} once)")
+    missing = [f"{k}/{count}" for k in range(1, count + 1) if f"{k}/{count}" not in shards]
+    if missing:
+        raise PopAlignError(f"shard {missing[0]} is missing: merge needs all {count} parts")
+    if out.resolve() in {part.resolve() for part in parts}:
+        raise PopAlignError(f"{out}: write the merged dataset to a new folder, not into a part")
+    _check_out_dir(out)
+    outcomes = {name: StrategyOutcome() for name in first["configs"]}
+    seen: dict[tuple[str, str], Path] = {}
+    for k in range(1, count + 1):
+        part = shards[f"{k}/{count}"]
+        manifest = manifests[parts.index(part)]
+        for name, config in manifest["configs"].items():
+            outcomes[name].dropped.update(config["dropped"])
+            for row in _read_rows(part, name) if config["rows"] else []:
+                if (name, row["prompt_id"]) in seen:
+                    raise PopAlignError(
+                        f"{part}: {name} row {row['prompt_id'][:12]} is also in {seen[name, row['prompt_id']]}"
+                    )
+                seen[name, row["prompt_id"]] = part
+                outcomes[name].rows.append(row)
+    total = sum(manifest["prompts"]["count"] for manifest in manifests)
+    if total != first["prompts"]["total"]:
+        raise PopAlignError(f"the parts hold {total} instructions but their prompts have {first['prompts']['total']}")
+    prompts = {"source": first["prompts"]["source"], "count": total, "duplicates": first["prompts"]["duplicates"]}
+    manifest = {**first, "prompts": prompts | {"merged_shards": count}, "configs": _write_configs(outcomes, out)}
+    _write_manifest_and_card(manifest, out)
+    return BuildSummary(
+        out=out,
+        outcomes=outcomes,
+        roles=first["roles"],
+        duplicates=first["prompts"]["duplicates"],
+        stats=None,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _agreed(manifest: dict[str, Any], key: str) -> Any:
+    """What parts of one build must share: for `configs`, only which strategies were built."""
+    value = manifest.get(key)
+    return sorted(value) if key == "configs" else value
+
+
 def read_manifest(out: Path) -> dict[str, Any]:
     """The manifest (`popalign_build.json`) of a built folder: roles, parameters, template hashes, counts."""
     if not (out / MANIFEST).is_file():

@@ -1,0 +1,108 @@
+"""`build --shard K/N` + `popalign merge`, and `build --recipe`, on the tiny config-built model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.parquet
+import pytest
+
+from popalign.prompts import Instruction, in_shard, load_prompts, parse_shard
+
+PROMPTS = [f"Name {n} things you can do with a {thing}." for n in range(2, 5) for thing in ("cup", "rope", "box")]
+
+
+def rows(folder: Path) -> dict[str, list[dict]]:
+    return {d.name: pyarrow.parquet.read_table(d).to_pylist() for d in sorted((folder / "data").iterdir())}
+
+
+@pytest.fixture
+def prompts_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(f'{{"prompt": "{text}"}}\n' for text in PROMPTS))
+    return path
+
+
+def test_shards_split_every_instruction_exactly_once(prompts_file: Path) -> None:
+    parts = [load_prompts(prompts_file, shard=(k, 3)).instructions for k in (1, 2, 3)]
+    ids = [instruction.prompt_id for part in parts for instruction in part]
+    assert sorted(ids) == sorted(Instruction.from_text(text).prompt_id for text in PROMPTS)
+    assert all(parts), "9 instructions over 3 shards leave none empty"
+    assert all(in_shard(instruction, (2, 3)) for instruction in parts[1])
+    assert load_prompts(prompts_file, shard=(2, 3)).describe()["shard"] == "2/3"
+
+
+def test_merged_shards_equal_the_unsharded_build(
+    popalign: Callable, tiny_roles: list[str], prompts_file: Path, tmp_path: Path
+) -> None:
+    common = ["--prompts", prompts_file, *tiny_roles, "--max-new-tokens", 6, "--cache-dir", tmp_path / "c"]
+    whole = popalign("build", *common, "--out", tmp_path / "whole", "--no-progress")
+    assert whole.returncode == 0, whole.stderr
+    for k in (1, 2):
+        part = popalign("build", *common, "--shard", f"{k}/2", "--out", tmp_path / f"part{k}", "--no-progress")
+        assert part.returncode == 0, part.stderr
+        assert f"(shard {k}/2 of {len(PROMPTS)})" in part.stdout
+    merged = popalign("merge", tmp_path / "part2", tmp_path / "part1", "--out", tmp_path / "merged")
+    assert merged.returncode == 0, merged.stderr
+    for name, expected in rows(tmp_path / "whole").items():
+        got = rows(tmp_path / "merged")[name]
+        assert sorted(got, key=lambda r: r["prompt_id"]) == sorted(expected, key=lambda r: r["prompt_id"])
+
+    def error(*args: str | Path) -> str:
+        result = popalign("merge", *args)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+        return result.stderr.strip()
+
+    assert error(tmp_path / "part1", "--out", tmp_path / "m2").endswith("shard 2/2 is missing: merge needs all 2 parts")
+    assert "a shard is given twice" in error(tmp_path / "part1", tmp_path / "part1", "--out", tmp_path / "m3")
+    assert "parts of one sharded build" in error(tmp_path / "whole", tmp_path / "part1", "--out", tmp_path / "m4")
+    assert "not into a part" in error(tmp_path / "part1", tmp_path / "part2", "--out", tmp_path / "part1")
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "2", "a/b"])
+def test_bad_shard_is_refused(text: str) -> None:
+    with pytest.raises(Exception, match="expected K/N with 1 <= K <= N"):
+        parse_shard(text)
+
+
+def test_a_recipe_sets_roles_and_generation_and_flags_win(
+    popalign: Callable, tiny_model_dir: Path, prompts_file: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "recipe.yaml").write_text(
+        f"prompts: {prompts_file.name}\nstrategies: [prefix, nparam]\nlimit: 3\nout: from-recipe\n"
+        "generation: {max_new_tokens: 5, seed: 7}\n"
+        f"roles:\n  default: {tiny_model_dir}\n  large: {tiny_model_dir}\n"
+        f"  small: {{spec: '{tiny_model_dir}:layers=2', generation: {{temperature: 1.0}}}}\n"
+    )
+    result = popalign("build", "--recipe", tmp_path / "recipe.yaml", "--limit", 2, "--no-cache", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "from-recipe"
+    assert result.stdout.startswith("2 instructions from")  # --limit 2 beat the recipe's 3
+    import json
+
+    manifest = json.loads((out / "popalign_build.json").read_text())
+    assert list(manifest["configs"]) == ["prefix", "nparam"]
+    assert manifest["params"]["max_new_tokens"] == 5 and manifest["params"]["seed"] == 7
+    assert manifest["role_params"] == {"small": {"max_new_tokens": 5, "temperature": 1.0, "top_p": 0.9, "seed": 7}}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("prompts: [1\n", "not valid YAML"),
+        ("- a\n", "a recipe is a mapping of keys"),
+        ("colour: red\n", "unknown key 'colour'"),
+        ("roles: {boss: smollm2}\n", "roles: unknown role 'boss'"),
+        ("roles: {large: {url: 'ftp://x'}}\n", "roles.large: endpoint 'ftp://x': expected http(s)://HOST[:PORT]"),
+        ("roles: {large: {url: 'http://a:1', spec: smollm2}}\n", "roles.large: give exactly one of url, urls, spec"),
+        ("generation: {temp: 1}\n", "generation: unknown key 'temp'"),
+        ("roles: {small: {spec: smollm2, model: x}}\n", "model and api_key_env are for endpoints"),
+    ],
+)
+def test_bad_recipes_are_one_line(popalign: Callable, tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "r.yaml").write_text(text)
+    result = popalign("build", "--recipe", tmp_path / "r.yaml", "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"popalign: error: {tmp_path / 'r.yaml'}: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

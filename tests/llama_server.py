@@ -4,7 +4,6 @@ bundled in the `llama-cpp-python` sdist (about 6 minutes on 2 cores, cached), se
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -13,6 +12,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from net import free_port
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 SERVED_NAME = "SmolLM2-135M-Instruct"
@@ -53,13 +54,6 @@ def build_llama_server(cache: Path) -> Path:
     binary.with_suffix(".part").rename(binary)
     shutil.rmtree(work)
     return binary
-
-
-def free_port() -> int:
-    """A TCP port on loopback nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

@@ -23,7 +23,8 @@ import pytest
 
 from conftest import POPALIGN, run_offline
 from fault_proxy import fault_proxy
-from llama_server import SERVED_NAME, build_llama_server, free_port, serve_llama
+from llama_server import SERVED_NAME, build_llama_server, serve_llama
+from net import free_port
 from popalign.local_backend import embedded_model_path
 from popalign.strategies import STRATEGIES
 

@@ -23,9 +23,10 @@ def size_category(rows: int) -> str:
     return "n>1M"
 
 
-def render_card(manifest: dict[str, Any], *, repo_id: str) -> str:
+def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[str, Any]] | None = None) -> str:
     """The README.md of a built folder, from its manifest (see `pipeline.build_dataset`); `repo_id` is what
-    the card tells users to load (the folder, or the Hub repository it is published to)."""
+    the card tells users to load (the folder, or the Hub repository it is published to), `versions` the
+    published versions, oldest first (see `publish.push_dataset`)."""
     built = {name: config for name, config in manifest["configs"].items() if config["rows"]}
     default = "elicitive" if "elicitive" in built else next(iter(built))
     card_data = DatasetCardData(
@@ -52,10 +53,14 @@ def render_card(manifest: dict[str, Any], *, repo_id: str) -> str:
             "chosen": STRATEGIES[name].chosen,
             "rejected": STRATEGIES[name].rejected,
             "description": STRATEGIES[name].description,
-            "chosen_model": manifest["roles"][STRATEGIES[name].chosen_role],
-            "rejected_model": manifest["roles"][STRATEGIES[name].rejected_role],
+            "chosen_model": c.get("chosen_model") or manifest["roles"][STRATEGIES[name].chosen_role],
+            "rejected_model": c.get("rejected_model") or manifest["roles"][STRATEGIES[name].rejected_role],
             "rows": c["rows"] or "0 (no config: every pair dropped)",
             "dropped_text": ", ".join(f"{n} {reason}" for reason, n in c["dropped"].items()) or "0",
+            "chosen_chars": c.get("chosen_chars", "–"),
+            "rejected_chars": c.get("rejected_chars", "–"),
+            "changed_in": c.get("changed_in"),
+            "example": c.get("example"),
         }
         for name, c in manifest["configs"].items()
     ]
@@ -68,6 +73,14 @@ def render_card(manifest: dict[str, Any], *, repo_id: str) -> str:
         prompts=manifest["prompts"],
         backend=manifest["backend"],
         roles=manifest["roles"],
+        role_params=manifest.get("role_params", {}),
+        versions=list(reversed(versions or [])),
+        kept=sorted(
+            name
+            for name, c in manifest["configs"].items()
+            if versions and c.get("changed_in") != versions[-1]["version"]
+        ),
+        latest=(versions or [{}])[-1].get("version"),
         model_notes=manifest["model_notes"],
         params=manifest["params"],
         template_hashes=manifest["template_hashes"],

@@ -1,4 +1,4 @@
-"""The `popalign` command: build, score, merge, templates list|show. Errors end as one line and exit 2."""
+"""The `popalign` command: build, score, push, versions, merge, templates. Errors end as one line and exit 2."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from popalign.errors import PopAlignError
+from popalign.errors import ConfigError, PopAlignError
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -67,6 +67,10 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
     )
     endpoints.add_argument("--retries", type=_positive_int, default=6, help="attempts per request (default: 6)")
     endpoints.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default: 300)")
+    build.add_argument("--push-to", metavar="ORG/NAME", help="publish the result as a version of this Hub dataset")
+    build.add_argument("--version", metavar="X.Y.Z", help="the version to publish with --push-to")
+    build.add_argument("--private", action="store_true", help="with --push-to: create the repository private")
+    build.add_argument("--force", action="store_true", help="with --push-to: replace an already published version")
     build.add_argument("--score", action="store_true", help="score every pair (DLMA self-reward) before writing")
     _add_score_options(build)
     build.set_defaults(func=_build, **(recipe_defaults or {}))
@@ -79,6 +83,20 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
     score.add_argument("--no-cache", action="store_true", help="compute everything anew and store nothing")
     _add_score_options(score)
     score.set_defaults(func=_score)
+
+    push = commands.add_parser("push", help="publish a built folder as a tagged version of a Hub dataset")
+    push.add_argument("dir", type=Path, help="a folder written by `popalign build`")
+    push.add_argument("--repo", required=True, metavar="ORG/NAME", help="the Hub dataset repository")
+    push.add_argument("--version", required=True, metavar="X.Y.Z", help="the version; tagged vX.Y.Z")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--token", help="Hub token (default: $HF_TOKEN or the saved login)")
+    push.add_argument("--force", action="store_true", help="replace an already published version (the newest)")
+    push.set_defaults(func=_push)
+
+    versions = commands.add_parser("versions", help="list the published versions of a Hub dataset")
+    versions.add_argument("repo", metavar="ORG/NAME", help="the Hub dataset repository")
+    versions.add_argument("--token", help="Hub token (default: $HF_TOKEN or the saved login)")
+    versions.set_defaults(func=_versions)
 
     merge = commands.add_parser("merge", help="join the shard folders of a `build --shard K/N` into one dataset")
     merge.add_argument("dirs", nargs="+", type=Path, help="the part folders, one per shard")
@@ -199,6 +217,13 @@ def _build(args: argparse.Namespace) -> int:
     from popalign.templates import TemplateSet
 
     recipe: Recipe = args.recipe_data
+    if bool(args.push_to) != bool(args.version):
+        raise ConfigError("--push-to and --version go together")
+    if args.push_to:  # checked before generating; the Hub token comes from $HF_TOKEN or the saved login
+        from popalign.publish import check_repo_id, parse_version
+
+        check_repo_id(args.push_to)
+        parse_version(args.version)
     strategies = parse_strategies(args.strategies)
     params = GenerationParams(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
@@ -268,6 +293,11 @@ def _build(args: argparse.Namespace) -> int:
         f"({stats.tokens} tokens), {stats.retried} retries; {summary.duplicates} duplicate instructions skipped"
     )
     print(f'load with: datasets.load_dataset("{summary.out}", "{next(iter(summary.outcomes))}")')
+    if args.push_to:
+        from popalign.publish import push_dataset
+
+        result = push_dataset(args.out, args.push_to, args.version, token=None, private=args.private, force=args.force)
+        _print_push(result)
     return 0
 
 
@@ -276,6 +306,39 @@ def _shown(spec: Any) -> str:
     from popalign.models import EndpointSpec
 
     return f"endpoint × {len(spec.urls)}" if isinstance(spec, EndpointSpec) else str(spec)
+
+
+def _push(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    from popalign.publish import push_dataset
+
+    result = push_dataset(args.dir, args.repo, args.version, token=args.token, private=args.private, force=args.force)
+    _print_push(result)
+    return 0
+
+
+def _print_push(result: Any) -> None:
+    kept = f"; kept from earlier versions: {', '.join(result.kept)}" if result.kept else ""
+    print(
+        f"published {result.repo_id} v{result.version} (commit {result.commit[:12]}): {', '.join(result.rebuilt)}{kept}"
+    )
+    print(f'load with: datasets.load_dataset("{result.repo_id}", "{result.rebuilt[0]}", revision="v{result.version}")')
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from popalign.publish import list_versions
+
+    versions = list_versions(args.repo, token=args.token)
+    if not versions:
+        print(f"{args.repo}: no published versions")
+    for entry in versions:
+        configs = ", ".join(
+            f"{name} {rows}{'*' if name in entry['changed'] else ''}" for name, rows in entry["configs"].items()
+        )
+        print(f"v{entry['version']:<10} {entry['commit'][:12]}  {configs}")
+    if versions:
+        print("(* rebuilt in that version; the others were kept from an earlier one)")
+    return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -294,9 +357,11 @@ def _merge(args: argparse.Namespace) -> int:
 def _quiet_libraries() -> None:
     """Keep the output to popalign's own progress bar and summary."""
     import datasets
+    import huggingface_hub
     import transformers
 
     datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

@@ -12,13 +12,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from popalign.builder import PopAlign
 from popalign.cache import GenerationCache
 from popalign.card import render_card
 from popalign.engine import Engine, EngineStats
 from popalign.errors import PopAlignError
 from popalign.models import describe_spec
-from popalign.prompts import PromptSet
+from popalign.prompts import BUNDLED_LABEL, PromptSet
 from popalign.quality import QUALITY_DIR, quality_report, write_histogram
 from popalign.schema import make_row
 from popalign.score import Scorer, ScoreStats, curate, order_rows, score_rows
@@ -26,6 +28,8 @@ from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext, role
 from popalign.templates import TemplateSet
 
 MANIFEST = "popalign_build.json"
+RECIPE = "popalign_recipe.yaml"
+EXAMPLE_CHARS = 400
 
 
 @dataclass
@@ -124,7 +128,11 @@ def build_dataset(
         "configs": _write_configs(outcomes, out),
         **({"score": scoring.describe(), "quality": quality} if scoring else {}),
     }
+    for name, config in manifest["configs"].items():
+        strategy = STRATEGIES[name]
+        config |= {"chosen_model": names[strategy.chosen_role], "rejected_model": names[strategy.rejected_role]}
     _write_manifest_and_card(manifest, out)
+    _write_recipe(out, strategies, engine, prompts, templates)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
@@ -223,8 +231,16 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     if total != first["prompts"]["total"]:
         raise PopAlignError(f"the parts hold {total} instructions but their prompts have {first['prompts']['total']}")
     prompts = {"source": first["prompts"]["source"], "count": total, "duplicates": first["prompts"]["duplicates"]}
-    manifest = {**first, "prompts": prompts | {"merged_shards": count}, "configs": _write_configs(outcomes, out)}
+    configs = _write_configs(outcomes, out)
+    for name, config in configs.items():
+        config |= {
+            key: first["configs"][name][key]
+            for key in ("chosen_model", "rejected_model")
+            if key in first["configs"][name]
+        }
+    manifest = {**first, "prompts": prompts | {"merged_shards": count}, "configs": configs}
     _write_manifest_and_card(manifest, out)
+    _copy_recipe(parts[0], out)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
@@ -233,6 +249,17 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         stats=None,
         seconds=time.monotonic() - started,
     )
+
+
+def _copy_recipe(part: Path, out: Path) -> None:
+    """The recipe and templates of a part, as those of the merged build (without the shard)."""
+    if (part / RECIPE).is_file():
+        recipe = yaml.safe_load((part / RECIPE).read_text(encoding="utf-8"))
+        recipe.pop("shard", None)
+        (out / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    if (part / "templates").is_dir():
+        shutil.rmtree(out / "templates", ignore_errors=True)
+        shutil.copytree(part / "templates", out / "templates")
 
 
 def _agreed(manifest: dict[str, Any], key: str) -> Any:
@@ -287,6 +314,33 @@ def _write_manifest_and_card(manifest: dict[str, Any], out: Path) -> None:
     (out / "README.md").write_text(render_card(manifest, repo_id=str(out)), encoding="utf-8")
 
 
+def _write_recipe(out: Path, strategies: list[str], engine: Engine, prompts: PromptSet, templates: TemplateSet) -> None:
+    """`popalign_recipe.yaml` and `templates/`: what the build ran with, to publish next to the data. Endpoint
+    roles are written by served model name (URLs and keys are left out)."""
+    roles: dict[str, Any] = {}
+    for role in roles_used(strategies):
+        spec = engine.roles[role]
+        roles[role] = (
+            {"endpoint_model": engine.identities[role]} if engine.backend_name(role) == "endpoint" else str(spec)
+        )
+        if engine.params[role] != engine.default_params:
+            roles[role] = {"spec": roles[role]} if isinstance(roles[role], str) else roles[role]
+            roles[role]["generation"] = asdict(engine.params[role])
+    recipe = {
+        **({} if prompts.source == BUNDLED_LABEL else {"prompts": prompts.source}),
+        "strategies": strategies,
+        "generation": asdict(engine.default_params),
+        "roles": roles,
+        "templates": "templates",
+        **({"shard": f"{prompts.shard[0]}/{prompts.shard[1]}"} if prompts.shard else {}),
+    }
+    (out / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    shutil.rmtree(out / "templates", ignore_errors=True)
+    (out / "templates").mkdir()
+    for entry in templates.entries():
+        (out / "templates" / entry.name).write_text(templates.source(entry.name), encoding="utf-8")
+
+
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise PopAlignError(f"{out}: output path exists and is not a folder")
@@ -321,6 +375,14 @@ def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path) -> dict[str,
             info = builder.info._to_yaml_dict()
             configs[name] |= {
                 "rows": len(outcome.rows),
+                "chosen_chars": round(sum(len(r["chosen"][0]["content"]) for r in outcome.rows) / len(outcome.rows)),
+                "rejected_chars": round(
+                    sum(len(r["rejected"][0]["content"]) for r in outcome.rows) / len(outcome.rows)
+                ),
+                "example": {
+                    side: outcome.rows[0][side][0]["content"][:EXAMPLE_CHARS]
+                    for side in ("prompt", "chosen", "rejected")
+                },
                 "dataset_info": {key: info[key] for key in ("features", "splits", "dataset_size") if key in info},
             }
     return configs

@@ -1,0 +1,235 @@
+"""Publish a built folder to the Hub as a version, and list the versions of a repository.
+
+A version is one commit on `main` holding every rebuilt config's Parquet under `data/<strategy>/`, the card, the
+manifest, the recipe and templates, and the version history; then the tag `v<version>` on that commit. Configs
+not rebuilt keep their files from earlier versions, and the card says in which version each last changed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, RepoFile, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+from popalign.card import render_card
+from popalign.errors import PopAlignError
+from popalign.pipeline import MANIFEST, RECIPE, read_manifest
+from popalign.quality import QUALITY_DIR
+
+VERSIONS = "popalign_versions.json"
+#: What a repository may hold before popalign's first version (what the Hub creates with a repo).
+FRESH_REPO_FILES = {".gitattributes", "README.md"}
+_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class PublishError(PopAlignError):
+    """A push or a listing failed, or was refused to keep published versions intact."""
+
+
+@dataclass
+class PushResult:
+    """What `push_dataset` published."""
+
+    repo_id: str
+    version: str
+    commit: str
+    rebuilt: list[str]
+    kept: list[str]
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """`X.Y.Z` (a leading `v` is allowed) as a tuple that sorts like the versions."""
+    match = _VERSION.match(text.removeprefix("v"))
+    if not match:
+        raise PublishError(f"version {text!r}: expected X.Y.Z, for example 1.0.0")
+    major, minor, patch = (int(part) for part in match.groups())
+    return major, minor, patch
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`ORG/NAME`, as the Hub spells dataset repositories."""
+    if not _REPO_ID.match(repo_id):
+        raise PublishError(f"--repo {repo_id!r}: expected ORG/NAME")
+    return repo_id
+
+
+def push_dataset(
+    folder: Path, repo_id: str, version: str, *, token: str | None, private: bool = False, force: bool = False
+) -> PushResult:
+    """Publish `folder` (written by `popalign build`) as version `version` of the dataset repo `repo_id`.
+
+    >>> push_dataset(Path("popalign-data"), "org/popalign", "1.0.0", token=None)  # doctest: +SKIP
+    """
+    check_repo_id(repo_id)
+    number = parse_version(version)
+    version = ".".join(map(str, number))
+    tag = f"v{version}"
+    manifest = read_manifest(folder)
+    api = HfApi(token=token)
+    with _hub_errors(repo_id, f"nothing of {tag} was published: rerun to publish it whole"):
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        refs = api.list_repo_refs(repo_id, repo_type="dataset")
+        tags = {ref.name: ref.target_commit for ref in refs.tags}
+        main = next((ref.target_commit for ref in refs.branches if ref.name == "main"), None)
+        tree = api.list_repo_tree(repo_id, repo_type="dataset", recursive=True)
+        remote = [entry.path for entry in tree if isinstance(entry, RepoFile)]
+        history = _read_json(repo_id, VERSIONS, main, token) if VERSIONS in remote else []
+        previous = _read_json(repo_id, MANIFEST, main, token) if history else None
+    if not history:
+        foreign = sorted(path for path in remote if path not in FRESH_REPO_FILES and "/" not in path)
+        foreign += sorted({path.split("/")[0] + "/" for path in remote if "/" in path})
+        if foreign:
+            raise PublishError(
+                f"{repo_id}: the repository holds files popalign did not publish ({', '.join(foreign[:3])}); "
+                "refusing to overwrite it: choose another --repo"
+            )
+    published = sorted((parse_version(entry["version"]) for entry in history), reverse=True)
+    if tag in tags and not force:
+        raise PublishError(f"{repo_id}: {tag} is already published; pass --force to replace it")
+    if tag in tags and published and number != published[0]:
+        raise PublishError(f"{repo_id}: only the newest version ({_name(published[0])}) can be replaced")
+    if tag not in tags and published and number < published[0]:
+        raise PublishError(f"{repo_id}: {tag} is older than the newest published version {_name(published[0])}")
+
+    rebuilt = [name for name, config in manifest["configs"].items() if config["rows"]]
+    merged, kept = _merge_configs(manifest, previous, rebuilt, version)
+    history = [entry for entry in history if entry["version"] != version]
+    history.append(
+        {
+            "version": version,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "rebuilt": rebuilt,
+            "configs": {name: merged["configs"][name]["rows"] for name in merged["configs"]},
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="popalign-push-") as staging:
+        operations = _stage(folder, Path(staging), merged, history, rebuilt, repo_id, remote)
+        with _hub_errors(repo_id, f"nothing of {tag} was published: rerun to publish it whole"):
+            commit = api.create_commit(
+                repo_id,
+                repo_type="dataset",
+                operations=operations,
+                commit_message=f"popalign {tag}",
+                commit_description=f"Rebuilt: {', '.join(rebuilt)}." + (f" Kept: {', '.join(kept)}." if kept else ""),
+                revision="main",
+                parent_commit=main,
+            )
+    with _hub_errors(repo_id, f"{tag} is committed ({commit.oid[:12]}) but not tagged: rerun the push to tag it"):
+        if tag in tags:
+            api.delete_tag(repo_id, tag=tag, repo_type="dataset")
+        api.create_tag(repo_id, tag=tag, revision=commit.oid, repo_type="dataset", tag_message=f"popalign {tag}")
+    return PushResult(repo_id=repo_id, version=version, commit=commit.oid, rebuilt=rebuilt, kept=kept)
+
+
+def list_versions(repo_id: str, *, token: str | None) -> list[dict[str, Any]]:
+    """Every published version, newest first: its tag, commit, and configs with their row counts, read from the
+    manifest at that tag."""
+    check_repo_id(repo_id)
+    api = HfApi(token=token)
+    versions = []
+    with _hub_errors(repo_id, "cannot list its versions"):
+        refs = api.list_repo_refs(repo_id, repo_type="dataset")
+        for ref in refs.tags:
+            if not _VERSION.match(ref.name.removeprefix("v")):
+                continue
+            manifest = _read_json(repo_id, MANIFEST, ref.name, token)
+            configs = {name: config for name, config in manifest["configs"].items() if config["rows"]}
+            versions.append(
+                {
+                    "version": ref.name.removeprefix("v"),
+                    "commit": ref.target_commit,
+                    "configs": {name: config["rows"] for name, config in configs.items()},
+                    "changed": [name for name, config in configs.items() if config.get("changed_in") == ref.name[1:]],
+                }
+            )
+    return sorted(versions, key=lambda entry: parse_version(entry["version"]), reverse=True)
+
+
+def _name(number: tuple[int, int, int]) -> str:
+    return "v" + ".".join(map(str, number))
+
+
+def _merge_configs(
+    manifest: dict[str, Any], previous: dict[str, Any] | None, rebuilt: list[str], version: str
+) -> tuple[dict[str, Any], list[str]]:
+    """The manifest of the new version: rebuilt configs from `manifest`, the others as previously published."""
+    configs = {name: {**manifest["configs"][name], "changed_in": version} for name in rebuilt}
+    kept = []
+    for name, config in (previous or {}).get("configs", {}).items():
+        if name not in configs and config["rows"]:
+            configs[name] = config
+            kept.append(name)
+    order = list(manifest["configs"]) + [name for name in configs if name not in manifest["configs"]]
+    merged = {**manifest, "configs": {name: configs[name] for name in order if name in configs}}
+    if previous:  # the roles and models of kept configs, where this build has no such role
+        merged["roles"] = previous["roles"] | manifest["roles"]
+        merged["model_notes"] = previous["model_notes"] | manifest["model_notes"]
+    return merged, kept
+
+
+def _stage(
+    folder: Path,
+    staging: Path,
+    manifest: dict[str, Any],
+    history: list[dict[str, Any]],
+    rebuilt: list[str],
+    repo_id: str,
+    remote: list[str],
+) -> list[CommitOperationAdd | CommitOperationDelete]:
+    """Write what the commit holds under `staging` and return its operations: additions, plus deletions of
+    files a rebuilt config (or the templates) no longer has."""
+    for name in rebuilt:
+        shutil.copytree(folder / "data" / name, staging / "data" / name)
+    for extra in ("templates", QUALITY_DIR):
+        if (folder / extra).is_dir():
+            shutil.copytree(folder / extra, staging / extra)
+    if (folder / RECIPE).is_file():
+        shutil.copy2(folder / RECIPE, staging / RECIPE)
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (staging / VERSIONS).write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
+    card = render_card(manifest, repo_id=repo_id, versions=history)
+    (staging / "README.md").write_text(card, encoding="utf-8")
+    added = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
+    replaced = ("templates/", *(f"data/{name}/" for name in rebuilt), *(f"{QUALITY_DIR}/{name}_" for name in rebuilt))
+    stale = [path for path in remote if path.startswith(replaced) and path not in added]
+    return [CommitOperationAdd(path, str(staging / path)) for path in added] + [
+        CommitOperationDelete(path) for path in stale
+    ]
+
+
+def _read_json(repo_id: str, filename: str, revision: str | None, token: str | None) -> Any:
+    path = hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision, token=token)
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@contextmanager
+def _hub_errors(repo_id: str, state: str) -> Iterator[None]:
+    """Turn a Hub or network failure into one line naming the repository and the state it is left in."""
+    try:
+        yield
+    except PopAlignError:
+        raise
+    except OfflineModeIsEnabled as err:
+        raise PublishError(f"{repo_id}: HF_HUB_OFFLINE=1 is set; unset it to reach the Hub") from err
+    except RepositoryNotFoundError as err:
+        raise PublishError(f"{repo_id}: no such dataset repository (or no access to it)") from err
+    except EntryNotFoundError as err:
+        raise PublishError(f"{repo_id}: a version's {MANIFEST} is missing; not a popalign repository?") from err
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else "?"
+        hint = " (check --token, HF_TOKEN or `hf auth login`)" if status in (401, 403) else ""
+        raise PublishError(f"{repo_id}: the Hub answered HTTP {status}{hint}; {state}") from err
+    except (httpx2.HTTPError, OSError) as err:
+        raise PublishError(f"{repo_id}: network failure ({type(err).__name__}); {state}") from err

@@ -302,10 +302,16 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _shown(spec: Any) -> str:
-    """A role's model as printed: local specs in full, endpoints by replica count (URLs may carry credentials)."""
+    """A role's model as printed: endpoint URLs lose any credentials written into them."""
+    from urllib.parse import urlsplit
+
     from popalign.models import EndpointSpec
 
-    return f"endpoint × {len(spec.urls)}" if isinstance(spec, EndpointSpec) else str(spec)
+    if not isinstance(spec, EndpointSpec):
+        return str(spec)
+    return ",".join(
+        urlsplit(url)._replace(netloc=urlsplit(url).netloc.rpartition("@")[2]).geturl() for url in spec.urls
+    )
 
 
 def _push(args: argparse.Namespace) -> int:

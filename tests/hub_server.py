@@ -25,16 +25,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from net import free_port
+from net import free_port, serve_process
 
 GITATTRIBUTES = "*.parquet filter=lfs diff=lfs merge=lfs -text\n*.png filter=lfs diff=lfs merge=lfs -text\n"
 LFS_SUFFIXES = (".parquet", ".png", ".arrow", ".bin")
@@ -396,36 +393,15 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, {})
 
 
-def _wait_for(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not start: {log.read_text()[-2000:]}") from None
-            time.sleep(0.3)
-
-
 @contextmanager
 def serve_hub(root: Path, token: str) -> Iterator[str]:
     """Run this server in its own process over `root`; yield its URL."""
     port = free_port()
-    log = root.parent / "hub_server.log"
     root.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, __file__, "--root", str(root), "--port", str(port), "--token", token]
-    with log.open("w") as sink:
-        server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(f"{url}/api/datasets/none/none/refs", server, log)
+    command = [sys.executable, __file__, "--root", root, "--port", str(port), "--token", token]
+    with serve_process(command, root.parent / "hub_server.log", f"{url}/api/datasets/none/none/refs"):
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @contextmanager
@@ -439,17 +415,10 @@ def serve_olah(root: Path, work: Path) -> Iterator[str]:
         f'mirrors-path = ["{root}"]\nmirror-netloc = "127.0.0.1:{port}"\nmirror-lfs-netloc = "127.0.0.1:{port}"\n'
         "[accessibility]\noffline = true\n"
     )
-    log = work / "olah.log"
-    command = [sys.executable, "-m", "olah.server", "-c", str(config), "--log-path", str(work / "logs")]
-    with log.open("w") as sink:
-        server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=work)
     url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(f"{url}/api/datasets/none/none/refs", server, log)
+    command = [sys.executable, "-m", "olah.server", "-c", config, "--log-path", work / "logs"]
+    with serve_process(command, work / "olah.log", f"{url}/api/datasets/none/none/refs", cwd=work):
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,11 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from net import free_port
+from net import free_port, serve_process
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 SERVED_NAME = "SmolLM2-135M-Instruct"
@@ -72,22 +70,6 @@ def serve_llama(
     port = free_port()
     command = [binary, "-m", model, "-a", alias, "--host", "127.0.0.1", "--port", str(port), "-np", str(slots)]
     command += ["-c", str(context), "-t", "2", "--no-webui", *extra]
-    with log.open("w") as sink:
-        server = subprocess.Popen(list(map(str, command)), stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"llama-server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
+    with serve_process(command, log, f"{url}/health", ready=lambda status: status == 200):  # 503 while loading
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -10,3 +17,38 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_process(
+    command: Sequence[str | Path],
+    log: Path,
+    probe: str,
+    *,
+    ready: Callable[[int], bool] = lambda status: True,
+    cwd: Path | None = None,
+    timeout: float = 120,
+) -> Iterator[None]:
+    """Run a server process (output to `log`) until the block ends; enter the block once `probe` answers with a
+    status `ready` accepts."""
+    with log.open("w") as sink:
+        server = subprocess.Popen(list(map(str, command)), stdout=sink, stderr=subprocess.STDOUT, cwd=cwd)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(probe, timeout=2) as response:
+                    status = response.status
+            except urllib.error.HTTPError as err:
+                status = err.code
+            except OSError:
+                status = None
+            if status is not None and ready(status):
+                break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command[0]} did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

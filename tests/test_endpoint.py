@@ -82,6 +82,12 @@ def reference(llama_url: str, tmp_path_factory: pytest.TempPathFactory) -> tuple
     return folder / "d", len(proxy.forwarded), result.stdout
 
 
+def summary_line(stdout: str, strategy: str) -> str:
+    """The closing table's line of one strategy: rows, drops, then requests made, cached, shared, retried, failed."""
+    (line,) = [line for line in stdout.splitlines() if line.startswith(f"{strategy} ") and line.split()[1].isdigit()]
+    return line
+
+
 def distinct_requests(stdout: str) -> int:
     (line,) = [line for line in stdout.splitlines() if line.startswith("wrote ")]
     return int(line.split(" distinct requests")[0].rsplit(" ", 1)[1])
@@ -102,9 +108,14 @@ def test_all_six_strategies_build_on_the_llama_server(reference: tuple[Path, int
         assert all(row["chosen"][0]["content"] and row["rejected"][0]["content"] for row in rows)
     # shared requests were made once: the server answered exactly the distinct requests
     assert served == distinct_requests(stdout)
-    # per instruction: prefix 2, demon 2, elicitive 4, refine 2, nparam/leaderboard 2 each, of which M(q) is shared
-    # by large, first and refine's draft (same model, same settings): 14 calls instead of 16
-    assert served <= 14 * LIMIT and "shared" in stdout
+    # per instruction: prefix 2, demon 2, elicitive 4, nparam 2, leaderboard 2, refine 2 = 14 asked, of which M(q)
+    # is the same request for large, first and refine's draft (same model, same settings): nparam makes it,
+    # leaderboard and refine share it, so at most 12 calls
+    assert served <= 12 * LIMIT
+    for name in ("leaderboard", "refine"):
+        _made, cached, shared, _retried, failed = map(int, summary_line(stdout, name).split()[-5:])
+        assert (shared, cached, failed) == (LIMIT, 0, 0)
+    assert int(summary_line(stdout, "leaderboard").split()[-5]) == LIMIT  # only M_second(q) is its own
 
 
 def test_faults_are_retried_and_no_row_is_lost_or_duplicated(

@@ -205,7 +205,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from dataclasses import asdict, replace
+    from dataclasses import replace
 
     from popalign.cache import GenerationCache, default_cache_dir
     from popalign.engine import Engine
@@ -231,7 +231,7 @@ def _build(args: argparse.Namespace) -> int:
     role_params = {role: replace(params, **values) for role, values in recipe.role_generation.items()}
     given = recipe.roles | parse_model_args(args.model)
     needs = {name: STRATEGIES[name].roles for name in strategies}
-    roles = resolve_roles(given, needs, {role: asdict(p) for role, p in role_params.items()})
+    roles = resolve_roles(given, needs, role_params)
     templates = TemplateSet(args.templates)
     shard = parse_shard(args.shard) if args.shard else None
     prompts = load_prompts(args.prompts, column=args.prompt_column, limit=args.limit, shard=shard)

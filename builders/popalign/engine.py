@@ -199,9 +199,9 @@ class Engine:
         return "endpoint" if isinstance(self.roles[role], EndpointSpec) else "local"
 
     def _backend(self, spec: ModelSpec | EndpointSpec) -> Backend:
-        backend = self.endpoint if isinstance(spec, EndpointSpec) else self.local
+        kind = "endpoint" if isinstance(spec, EndpointSpec) else "local"
+        backend = self.endpoint if kind == "endpoint" else self.local
         if backend is None:
-            kind = "endpoint" if isinstance(spec, EndpointSpec) else "local"
             raise RuntimeError(f"no {kind} backend given for {spec}")
         return backend
 

@@ -112,8 +112,7 @@ def build_dataset(
             )
         )
     shutil.rmtree(out / QUALITY_DIR, ignore_errors=True)
-    cache = engine.cache
-    quality, score_stats = _score(outcomes, scoring, context, cache, out) if scoring else ({}, None)
+    quality, score_stats = _score(outcomes, scoring, context, engine.cache, out) if scoring else ({}, None)
     used_roles = roles_used(strategies)
     manifest = {
         "backend": "+".join(sorted({engine.backend_name(role) for role in used_roles})),

@@ -50,6 +50,7 @@ def test_build_on_a_tiny_model_writes_every_config_and_resumes(tiny_roles, popal
     texts = [HOSTILE, "Say hello.", "Say hello.", "List two fruits."]
     prompts.write_text("".join(json.dumps({"instruction": t}) + "\n" for t in texts))
     flags = ["--prompts", prompts, "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--max-new-tokens", 8]
+    flags.append("--keep-truncated")  # a random tiny model never ends an answer
     first = popalign("build", *flags, *tiny_roles, "--no-progress")
     assert first.returncode == 0, first.stderr
     assert "1 duplicate instructions skipped" in first.stdout
@@ -57,10 +58,9 @@ def test_build_on_a_tiny_model_writes_every_config_and_resumes(tiny_roles, popal
     written = [name for name in STRATEGIES if manifest["configs"][name]["rows"]]
     assert written, manifest["configs"]
     card = card_metadata(tmp_path / "out")
-    assert [c["config_name"] for c in card["configs"]] == written
-    assert [c["config_name"] for c in card["configs"] if c.get("default")] == [
-        "elicitive" if "elicitive" in written else written[0]
-    ]
+    assert [c["config_name"] for c in card["configs"]] == ["all", *written]
+    assert [c["config_name"] for c in card["configs"] if c.get("default")] == ["all"]
+    assert all(manifest["configs"][name]["truncation"]["rate"] == 1.0 for name in written)
     assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir()) == sorted(written)
     for name in written:
         rows = check_config(tmp_path / "out", name, set(texts))
@@ -84,7 +84,7 @@ def test_instruction_with_template_syntax_is_stored_verbatim(tiny_roles, popalig
     out = tmp_path / "out"
     result = popalign(
         "build", "--prompts", prompts, "--strategies", "prefix,refine", "--out", out, "--cache-dir", tmp_path / "c",
-        "--max-new-tokens", 8, "--model", tiny_roles[1],
+        "--max-new-tokens", 8, "--model", tiny_roles[1], "--keep-truncated",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "popalign_build.json").read_text())

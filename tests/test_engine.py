@@ -17,7 +17,7 @@ PARAMS = GenerationParams(max_new_tokens=6, seed=1)
 
 
 def runs(names: list[str], texts: list[str]) -> list:
-    context = StrategyContext(TemplateSet())
+    context = StrategyContext(TemplateSet(), keep_truncated=True)  # a random tiny model never ends an answer
     return [(n, STRATEGIES[n].run(Instruction.from_text(t), context)) for t in texts for n in names]
 
 
@@ -59,3 +59,18 @@ def test_weaker_copy_keeps_the_requested_layers_and_leaves_the_base_intact(tiny_
     assert len(weaker.model.layers) == 3 and len(base.model.layers) == 4
     assert [layer.self_attn.layer_idx for layer in base.model.layers] == [0, 1, 2, 3]
     assert [layer.self_attn.layer_idx for layer in weaker.model.layers] == [0, 1, 2]
+
+
+def test_finish_reason_tells_a_cut_answer_from_a_finished_one(tiny_model_dir: Path) -> None:
+    spec, greedy = ModelSpec(str(tiny_model_dir)), GenerationParams(max_new_tokens=8, temperature=0)
+    backend = LocalBackend()
+    request = Request("default", (user("Say hi."),))
+    (cut,) = backend.generate(spec, [request], greedy)
+    assert cut.finish_reason == "length" and cut.truncated and cut.tokens == 8
+    model, tokenizer = backend.load(spec)
+    prompt = tokenizer.apply_chat_template(request.chat(), add_generation_prompt=True, return_tensors="pt")
+    ids = prompt["input_ids"] if hasattr(prompt, "keys") else prompt
+    third = model.generate(ids, max_new_tokens=3, do_sample=False)[0, -1].item()
+    model.generation_config.eos_token_id = third  # the model now ends its answer at its third token
+    (finished,) = backend.generate(spec, [request], greedy)
+    assert finished.finish_reason == "stop" and not finished.truncated and finished.tokens <= 3

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from popalign.errors import PopAlignError
+from popalign.generation import Generation
 
 
 def default_cache_dir() -> Path:
@@ -19,7 +20,8 @@ def default_cache_dir() -> Path:
 
 
 class GenerationCache:
-    """Maps a request key (see `generation.request_key`) to the generated text.
+    """Maps a request key (see `generation.request_key`) to the generation (text, tokens, finish reason); the
+    scorer keeps its log-probabilities here as plain texts.
 
     >>> cache = GenerationCache(Path("/tmp/popalign-doc-cache"))
     >>> cache.put_many({"k": "hello"}); cache.get_many(["k", "missing"])
@@ -35,6 +37,10 @@ class GenerationCache:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, text TEXT NOT NULL, created REAL)"
             )
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(generations)")}
+            for column, kind in (("finish", "TEXT"), ("tokens", "INTEGER")):
+                if column not in columns:  # caches written before finish reasons were kept
+                    self._db.execute(f"ALTER TABLE generations ADD COLUMN {column} {kind}")
         except (OSError, sqlite3.Error) as err:
             raise PopAlignError(f"{self.path}: cannot open the generation cache ({err})") from err
 
@@ -48,6 +54,22 @@ class GenerationCache:
             query = f"SELECT key, text FROM generations WHERE key IN ({marks})"
             found.update(self._db.execute(query, chunk).fetchall())
         return found
+
+    def get_generation(self, key: str) -> Generation | None:
+        """The cached generation of a request key; entries without a finish reason (older caches) count as
+        missing, so their truncation is known after a rerun."""
+        row = self._db.execute(
+            "SELECT text, tokens, finish FROM generations WHERE key = ? AND finish IS NOT NULL", (key,)
+        ).fetchone()
+        return Generation(row[0], row[1] or 0, row[2]) if row else None
+
+    def put_generation(self, key: str, generation: Generation) -> None:
+        """Store one generation, committed at once so a killed run keeps it."""
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO generations (key, text, created, finish, tokens) VALUES (?, ?, ?, ?, ?)",
+                (key, generation.text, time.time(), generation.finish_reason, generation.tokens),
+            )
 
     def put_many(self, answers: dict[str, str]) -> None:
         """Store answers in one transaction, committed at once so a killed run keeps them."""

@@ -9,10 +9,14 @@ import transformers
 from huggingface_hub import DatasetCard, DatasetCardData
 
 import popalign
+from popalign.errors import ConfigError
+from popalign.models import EMBEDDED, ModelSpec
 from popalign.resources import shipped_dir
-from popalign.strategies import STRATEGIES
+from popalign.strategies import DROP_REASONS, STRATEGIES
 
 CARD_TEMPLATE = "README.md.jinja"
+#: The config holding every strategy's rows (with the `strategy` column); the card's default.
+ALL_CONFIG = "all"
 
 
 def size_category(rows: int) -> str:
@@ -28,7 +32,6 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
     the card tells users to load (the folder, or the Hub repository it is published to), `versions` the
     published versions, oldest first (see `publish.push_dataset`)."""
     built = {name: config for name, config in manifest["configs"].items() if config["rows"]}
-    default = "elicitive" if "elicitive" in built else next(iter(built))
     card_data = DatasetCardData(
         language="en",
         license="apache-2.0",
@@ -38,25 +41,33 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
         size_categories=size_category(sum(c["rows"] for c in built.values())),
         configs=[
             {
-                "config_name": name,
-                "data_files": [{"split": "train", "path": f"data/{name}/train-*"}],
-                **({"default": True} if name == default else {}),
-            }
-            for name in built
+                "config_name": ALL_CONFIG,
+                "data_files": [{"split": "train", "path": [f"data/{name}/train-*" for name in built]}],
+                "default": True,
+            },
+            *(
+                {"config_name": name, "data_files": [{"split": "train", "path": f"data/{name}/train-*"}]}
+                for name in built
+            ),
         ],
-        dataset_info=[{"config_name": name, **c["dataset_info"]} for name, c in built.items()],
+        dataset_info=[
+            {"config_name": ALL_CONFIG, **_combined_info([c["dataset_info"] for c in built.values()])},
+            *({"config_name": name, **c["dataset_info"]} for name, c in built.items()),
+        ],
     )
+    roles = manifest["roles"]
     configs = [
         {
             "name": name,
             "kind": STRATEGIES[name].kind,
             "chosen": STRATEGIES[name].chosen,
             "rejected": STRATEGIES[name].rejected,
-            "description": STRATEGIES[name].description,
-            "chosen_model": c.get("chosen_model") or manifest["roles"][STRATEGIES[name].chosen_role],
-            "rejected_model": c.get("rejected_model") or manifest["roles"][STRATEGIES[name].rejected_role],
+            "description": _describe(name, c.get("chosen_model"), c.get("rejected_model")),
+            "chosen_model": c.get("chosen_model") or roles[STRATEGIES[name].chosen_role],
+            "rejected_model": c.get("rejected_model") or roles[STRATEGIES[name].rejected_role],
             "rows": c["rows"] or "0 (no config: every pair dropped)",
             "dropped_text": ", ".join(f"{n} {reason}" for reason, n in c["dropped"].items()) or "0",
+            "truncation": c.get("truncation"),
             "chosen_chars": c.get("chosen_chars", "–"),
             "rejected_chars": c.get("rejected_chars", "–"),
             "changed_in": c.get("changed_in"),
@@ -68,11 +79,20 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
         card_data,
         template_path=str(shipped_dir("dataset_cards") / CARD_TEMPLATE),
         repo_id=repo_id,
-        default_config=default,
+        all_config=ALL_CONFIG,
+        example_config="elicitive" if "elicitive" in built else next(iter(built)),
+        demo_grade=any(getattr(_local_spec(model), "source", None) == EMBEDDED for model in roles.values()),
+        drop_reasons={
+            reason: text
+            for reason, text in DROP_REASONS.items()
+            if any(reason in c["dropped"] for c in manifest["configs"].values())
+        },
+        elicitive_style=manifest.get("elicitive_style", "guided"),
+        keep_truncated=manifest.get("keep_truncated", False),
         configs=configs,
         prompts=manifest["prompts"],
         backend=manifest["backend"],
-        roles=manifest["roles"],
+        roles=roles,
         role_params=manifest.get("role_params", {}),
         versions=list(reversed(versions or [])),
         kept=sorted(
@@ -91,3 +111,37 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
         transformers_version=transformers.__version__,
     )
     return str(card)
+
+
+def _combined_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `dataset_info` of the `all` config: the shared features, and the strategies' sizes added up."""
+    splits = [split for info in infos for split in info.get("splits", [])]
+    total = {key: sum(split.get(key, 0) for split in splits) for key in ("num_bytes", "num_examples")}
+    return {
+        "features": infos[0]["features"],
+        "splits": [{"name": "train", **total}],
+        "dataset_size": sum(info.get("dataset_size", 0) for info in infos),
+    }
+
+
+def _describe(name: str, chosen_model: str | None, rejected_model: str | None) -> str:
+    """A strategy's description; a model contrast between a model and a copy of it with layers removed says so,
+    rather than calling the sides larger / higher-ranked."""
+    description = STRATEGIES[name].description
+    chosen, rejected = _local_spec(chosen_model), _local_spec(rejected_model)
+    if STRATEGIES[name].kind == "model" and chosen and rejected and chosen.source == rejected.source:
+        weaker = "smaller" if name == "nparam" else "lower-ranked"
+        return (
+            f"Here the chosen side is `{chosen}` and the rejected side is a copy of it with a middle block of layers "
+            f"removed (keeping {rejected.layers}), not a separately trained {weaker} model: this config shows the "
+            "mechanics of a model contrast."
+        )
+    return description
+
+
+def _local_spec(model: str | None) -> ModelSpec | None:
+    """The local model spec a recorded model name stands for, or None (an endpoint's served name, say)."""
+    try:
+        return ModelSpec.parse(model) if model else None
+    except ConfigError:
+        return None

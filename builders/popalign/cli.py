@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from popalign.errors import ConfigError, PopAlignError
+from popalign.generation import ENDPOINT_MAX_NEW_TOKENS, LOCAL_MAX_NEW_TOKENS
+from popalign.strategies import ELICITIVE_STYLES
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -45,17 +47,34 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
         action="append",
         default=[],
         metavar="ROLE=SPEC",
-        help="model of a role (default, large, small, first, second); repeatable. "
+        help="model of a role (default, large, small, first, second, planner); repeatable. "
         "With none, the embedded SmolLM2 and weaker copies of it fill every role",
     )
     build.add_argument("--templates", type=Path, help="folder of templates overriding the shipped ones by name")
     build.add_argument("--seed", type=int, default=0, help="sampling and principle-choice seed (default: 0)")
-    build.add_argument("--max-new-tokens", type=_positive_int, default=128, help="tokens per answer (default: 128)")
+    build.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        help=f"tokens per answer (default: {LOCAL_MAX_NEW_TOKENS} for local models, {ENDPOINT_MAX_NEW_TOKENS} for "
+        "endpoints); an answer cut at the limit drops its pair as truncated",
+    )
+    build.add_argument(
+        "--keep-truncated", action="store_true", help="keep pairs with a side cut at the token limit (counted)"
+    )
+    build.add_argument(
+        "--elicitive-style",
+        choices=ELICITIVE_STYLES,
+        default="guided",
+        help="guided: plan, then an answer guided by the plan in a fresh context (works on small models); "
+        "paper: the paper's single-turn Thought:/Response: template, for capable models (default: guided)",
+    )
     build.add_argument(
         "--temperature", type=float, default=0.7, help="sampling temperature; 0 is greedy (default: 0.7)"
     )
     build.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default: 0.9)")
-    build.add_argument("--batch-size", type=_positive_int, default=8, help="local generation batch size (default: 8)")
+    build.add_argument(
+        "--batch-size", type=_positive_int, default=16, help="local generation batch size (default: 16)"
+    )
     build.add_argument("--cache-dir", type=Path, help="generation cache folder (default: ~/.cache/popalign)")
     build.add_argument("--no-cache", action="store_true", help="generate everything anew and store nothing")
     build.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -116,7 +135,7 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
 
 
 def _add_score_options(parser: argparse.ArgumentParser) -> None:
-    from popalign.score import ORDERS, PROMPT_CONTRASTS, SWAP_POLICIES
+    from popalign.score import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES
 
     group = parser.add_argument_group("scoring (DLMA self-reward, curation, curriculum)")
     group.add_argument(
@@ -133,7 +152,7 @@ def _add_score_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--token", help="token or API key for endpoints (default: $HF_TOKEN)")
     group.add_argument(
         "--score-contrast",
-        choices=PROMPT_CONTRASTS,
+        choices=SCORE_CONTRASTS,
         default="prefix",
         help="prompt pair (x+, x-) for the model and pipeline strategies (default: prefix)",
     )
@@ -145,7 +164,10 @@ def _add_score_options(parser: argparse.ArgumentParser) -> None:
         help="pairs whose score favours the rejected side: keep, drop, or swap the sides and mark them",
     )
     group.add_argument(
-        "--order", choices=ORDERS, default="generated", help="row order; curriculum = easiest (largest score) first"
+        "--order",
+        choices=ORDERS,
+        default="generated",
+        help="row order; curriculum = easiest (largest per-token score) first",
     )
 
 
@@ -167,9 +189,12 @@ def _score_settings(args: argparse.Namespace, backend: Any, default_model: str) 
     def render(chat: list[dict[str, str]]) -> str:
         return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
 
+    def count_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
     return ScoreSettings(
-        scorer=scorer, render=render, contrast=args.score_contrast, min_score=args.min_score, swap=args.swap,
-        order=args.order,
+        scorer=scorer, render=render, count_tokens=count_tokens, contrast=args.score_contrast,
+        min_score=args.min_score, swap=args.swap, order=args.order,
     )  # fmt: skip
 
 
@@ -205,11 +230,8 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from popalign.cache import GenerationCache, default_cache_dir
     from popalign.engine import Engine
-    from popalign.generation import GenerationParams
     from popalign.models import EndpointSpec, describe_spec, parse_model_args, resolve_roles
     from popalign.prompts import load_prompts, parse_shard
     from popalign.recipe import Recipe
@@ -225,11 +247,11 @@ def _build(args: argparse.Namespace) -> int:
         check_repo_id(args.push_to)
         parse_version(args.version)
     strategies = parse_strategies(args.strategies)
-    params = GenerationParams(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
-    )
-    role_params = {role: replace(params, **values) for role, values in recipe.role_generation.items()}
     given = recipe.roles | parse_model_args(args.model)
+    role_generation = dict(recipe.role_generation)
+    if "planner" not in given and "default" in role_generation:
+        role_generation["planner"] = role_generation["default"]  # the planner is the default model
+    params, role_params = _generation_params(args, given, role_generation, roles_used(strategies))
     needs = {name: STRATEGIES[name].roles for name in strategies}
     roles = resolve_roles(given, needs, role_params)
     templates = TemplateSet(args.templates)
@@ -271,13 +293,17 @@ def _build(args: argparse.Namespace) -> int:
         out=args.out,
         templates=templates,
         scoring=_score_settings(args, local, str(roles["default"])) if args.score else None,
+        keep_truncated=args.keep_truncated,
+        elicitive_style=args.elicitive_style,
     )
-    print(f"\n{'strategy':<12} {'rows':>5}  {'dropped':<24} {'requests: made cached shared retried failed':<44}")
+    requests = "requests: made cached shared retried failed"
+    print(f"\n{'strategy':<12} {'rows':>5}  {'cut':>7}  {'dropped':<34} {requests}")
     for name, outcome in summary.outcomes.items():
         dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(outcome.dropped.items())) or "0"
+        cut = outcome.truncation()
         c = summary.stats.by_strategy[name]
         counts = f"{c.generated:>14} {c.cached:>6} {c.shared:>6} {c.retried:>7} {c.failed:>6}"
-        print(f"{name:<12} {len(outcome.rows):>5}  {dropped:<24} {counts}")
+        print(f"{name:<12} {len(outcome.rows):>5}  {cut['rate']:>7.0%}  {dropped:<34} {counts}")
     print()
     for name in summary.outcomes:
         strategy = STRATEGIES[name]
@@ -292,13 +318,41 @@ def _build(args: argparse.Namespace) -> int:
         f"{stats.distinct} distinct requests: {stats.cached} cached, {stats.generated} generated "
         f"({stats.tokens} tokens), {stats.retried} retries; {summary.duplicates} duplicate instructions skipped"
     )
-    print(f'load with: datasets.load_dataset("{summary.out}", "{next(iter(summary.outcomes))}")')
+    kept = "kept (--keep-truncated)" if args.keep_truncated else "dropped as truncated"
+    print(f"cut: share of pairs with a side stopped at the token limit ({kept})")
+    print(f'load with: datasets.load_dataset("{summary.out}")  # every strategy; or name one config, e.g. "elicitive"')
     if args.push_to:
         from popalign.publish import push_dataset
 
         result = push_dataset(args.out, args.push_to, args.version, token=None, private=args.private, force=args.force)
         _print_push(result)
     return 0
+
+
+def _generation_params(
+    args: argparse.Namespace, given: dict[str, Any], role_generation: dict[str, dict[str, Any]], used: list[str]
+) -> tuple[Any, dict[str, Any]]:
+    """The run's generation parameters and each role's own. Without --max-new-tokens, local models get
+    `LOCAL_MAX_NEW_TOKENS` and endpoints `ENDPOINT_MAX_NEW_TOKENS`; a recipe's per-role settings win."""
+    from dataclasses import replace
+
+    from popalign.generation import GenerationParams
+    from popalign.models import EMBEDDED, EndpointSpec, ModelSpec
+
+    def default_tokens(role: str) -> int:
+        spec = given.get(role, given.get("default", ModelSpec(EMBEDDED)))
+        return ENDPOINT_MAX_NEW_TOKENS if isinstance(spec, EndpointSpec) else LOCAL_MAX_NEW_TOKENS
+
+    tokens = args.max_new_tokens or min(default_tokens(role) for role in used)
+    params = GenerationParams(max_new_tokens=tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    role_params = {}
+    for role in used:
+        values = role_generation.get(role, {})
+        if args.max_new_tokens is None and default_tokens(role) != tokens:
+            values = {"max_new_tokens": default_tokens(role), **values}
+        if values:
+            role_params[role] = replace(params, **values)
+    return params, role_params
 
 
 def _shown(spec: Any) -> str:
@@ -394,7 +448,7 @@ def _with_recipe(args: argparse.Namespace, argv: Sequence[str] | None) -> argpar
     from popalign.recipe import Recipe, load_recipe
 
     recipe = load_recipe(args.recipe) if args.recipe else Recipe()
-    defaults = {key: value if isinstance(value, Path) else str(value) for key, value in recipe.defaults.items()}
+    defaults = {key: value if isinstance(value, Path | bool) else str(value) for key, value in recipe.defaults.items()}
     args = _parser(defaults).parse_args(argv)
     args.recipe_data = recipe
     return args

@@ -23,7 +23,7 @@ from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, Offlin
 from huggingface_hub.utils import get_async_session
 
 from popalign.errors import BackendError, RequestFailed
-from popalign.generation import Generation, GenerationParams, OnDone, OnRetry, Request
+from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request
 from popalign.models import EndpointSpec
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -180,7 +180,9 @@ class EndpointBackend:
                         top_p=params.top_p,
                         seed=seed,
                     )
-                    generation = Generation(output.choices[0].message.content or "", _tokens(output))
+                    choice = output.choices[0]
+                    finish = LENGTH if choice.finish_reason == LENGTH else STOP  # TGI also says eos_token
+                    generation = Generation(choice.message.content or "", _tokens(output), finish)
                 except Exception as err:  # classified below; anything unknown is re-raised
                     failure = _classify(err)
                 else:

@@ -97,7 +97,7 @@ class Engine:
         self.progress = progress
         self.stats = EngineStats()
         self.identities: dict[str, str] = {}
-        self._answers: dict[str, asyncio.Future[str]] = {}
+        self._answers: dict[str, asyncio.Future[Generation]] = {}
         self._live = 0
         self._waiting = 0
         self._bar: tqdm | None = None
@@ -130,7 +130,7 @@ class Engine:
         return list(results)
 
     async def _drive(self, label: str, run: StrategyRun) -> Any:
-        answers: list[str] | None = None
+        answers: list[Generation] | None = None
         try:
             while True:
                 try:
@@ -157,7 +157,7 @@ class Engine:
         if self.local and self._waiting == self._live:
             self.local.flush()
 
-    def _submit(self, label: str, request: Request) -> asyncio.Future[str]:
+    def _submit(self, label: str, request: Request) -> asyncio.Future[Generation]:
         counts = self.stats.by_strategy[label]
         counts.requests += 1
         self.stats.requested += 1
@@ -169,18 +169,18 @@ class Engine:
             self._tick()
             return self._answers[key]
         self.stats.distinct += 1
-        cached = self.cache.get_many([key]).get(key) if self.cache else None
+        cached = self.cache.get_generation(key) if self.cache else None
         if cached is not None:
             counts.cached += 1
             self.stats.cached += 1
-            answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            answer: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
             answer.set_result(cached)
             self._tick()
         else:
 
             def done(generation: Generation) -> None:
                 if self.cache:
-                    self.cache.put_many({key: generation.text})
+                    self.cache.put_generation(key, generation)
                 counts.generated += 1
                 self.stats.generated += 1
                 self.stats.tokens += generation.tokens
@@ -190,7 +190,7 @@ class Engine:
                 counts.retried += 1
                 self.stats.retried += 1
 
-            answer = asyncio.ensure_future(_text(backend.submit(spec, request, params, done, retry)))
+            answer = asyncio.ensure_future(backend.submit(spec, request, params, done, retry))
         self._answers[key] = answer
         return answer
 
@@ -208,7 +208,3 @@ class Engine:
     def _tick(self) -> None:
         if self._bar is not None:
             self._bar.update(1)
-
-
-async def _text(generation: Awaitable[Generation]) -> str:
-    return (await generation).text

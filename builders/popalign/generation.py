@@ -11,22 +11,38 @@ from dataclasses import asdict, dataclass
 Message = tuple[str, str]
 
 
+#: Default answer lengths: endpoints serve real models whose answers run long; the local default is what the
+#: embedded demo can afford on two CPU cores while keeping cut answers (dropped as `truncated`) a minority.
+ENDPOINT_MAX_NEW_TOKENS = 1024
+LOCAL_MAX_NEW_TOKENS = 384
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """Sampling settings shared by every request of a run."""
 
-    max_new_tokens: int = 128
+    max_new_tokens: int = LOCAL_MAX_NEW_TOKENS
     temperature: float = 0.7
     top_p: float = 0.9
     seed: int = 0
 
 
-@dataclass
+#: Why a generation ended: the model stopped by itself, or it hit `max_new_tokens` (the answer is cut).
+STOP, LENGTH = "stop", "length"
+
+
+@dataclass(frozen=True)
 class Generation:
-    """One answer and the number of tokens generated for it."""
+    """One answer, the number of tokens generated for it, and why it ended (`stop` or `length`)."""
 
     text: str
     tokens: int
+    finish_reason: str = STOP
+
+    @property
+    def truncated(self) -> bool:
+        """The answer stopped at the token limit, not at the model's own end."""
+        return self.finish_reason == LENGTH
 
 
 #: Called with each generation as soon as it exists, and on each retry of a request.
@@ -45,6 +61,11 @@ class Request:
     def chat(self) -> list[dict[str, str]]:
         """The messages in the `[{role, content}]` form chat templates and APIs take."""
         return [{"role": role, "content": content} for role, content in self.messages]
+
+
+def system(content: str) -> Message:
+    """A system message."""
+    return ("system", content)
 
 
 def user(content: str) -> Message:

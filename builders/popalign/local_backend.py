@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from popalign.errors import BackendError
-from popalign.generation import Generation, GenerationParams, OnDone, OnRetry, Request
+from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request
 from popalign.models import EMBEDDED, ModelSpec
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -153,10 +153,13 @@ class LocalBackend:
             **(sampling if params.temperature > 0 else {"do_sample": False}),
         )
         new_tokens = output[:, encoded["input_ids"].shape[1] :]
+        ends = torch.tensor(sorted(_end_tokens(model, tokenizer)), device=new_tokens.device)
         generations = []
         for row in new_tokens:
             kept = row[row != tokenizer.pad_token_id]
-            generations.append(Generation(tokenizer.decode(kept, skip_special_tokens=True).strip(), len(kept)))
+            stopped = bool(torch.isin(row, ends).any()) or len(row) < params.max_new_tokens
+            text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+            generations.append(Generation(text, len(kept), STOP if stopped else LENGTH))
         return generations
 
     @torch.inference_mode()
@@ -174,6 +177,13 @@ class LocalBackend:
             logprobs = torch.log_softmax(logits[row, : len(sequence) - 1], dim=-1)
             sums.append(logprobs.gather(1, targets[:, None]).sum().item())
         return sums
+
+
+def _end_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The token ids that end an answer: the generation config's end-of-sequence ids and the tokenizer's."""
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured])
+    return {i for i in (*ids, tokenizer.eos_token_id) if i is not None}
 
 
 def _location(source: str) -> dict[str, str]:

@@ -9,6 +9,8 @@ taking the first rows, and optional row filters (off by default).
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +18,10 @@ from typing import Any
 
 import datasets
 from datasets.exceptions import DatasetNotFoundError
-from huggingface_hub.errors import RevisionNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 
 from popalign.errors import PopAlignError
+from popalign.pipeline import MANIFEST
 
 
 class MixtureError(PopAlignError):
@@ -70,7 +73,15 @@ class MixtureConfig:
     )
     curriculum: bool = field(
         default=False,
-        metadata={"help": "Order the mixture easy to hard (largest self-reward score first) and train in that order."},
+        metadata={
+            "help": "Train easy to hard: each config's rows are ranked by per-token self-reward score and cut into "
+            "`curriculum_stages` buckets; stage 1 of every config comes first (mixed), then stage 2, and so on."
+        },
+    )
+    curriculum_stages: int = field(default=3, metadata={"help": "Number of curriculum buckets (easy to hard)."})
+    skip_missing: bool = field(
+        default=False,
+        metadata={"help": "Skip, with a one-line warning, a config the dataset does not have (else: stop)."},
     )
 
     def __post_init__(self) -> None:
@@ -116,6 +127,10 @@ def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
     """
     entries = [_pinned(entry, config.dataset_revision) for entry in config.datasets]
     _check_amounts(entries)
+    if config.curriculum and config.curriculum_stages < 1:
+        raise MixtureError(f"curriculum_stages must be at least 1, got {config.curriculum_stages}")
+    if config.skip_missing:
+        entries = _present(entries)
     keep = _row_filter(config)
     pools, filtered = [], []
     for index, entry in enumerate(entries):
@@ -125,16 +140,26 @@ def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
         pools.append(kept.shuffle(seed=seed))
     counts = _counts(entries, pools)
     taken = [pool.select(range(count)) for pool, count in zip(pools, counts, strict=True)]
-    taken = [part.select_columns(e.columns) if e.columns else part for part, e in zip(taken, entries, strict=True)]
     if sum(counts) == 0:
         raise MixtureError("the mixture has no rows left to train on (check the filters and the configs)")
+    if config.curriculum:
+        taken = [
+            _with_stages(part, config.curriculum_stages, _where(i, e))
+            for i, (part, e) in enumerate(zip(taken, entries, strict=True))
+        ]
+    taken = [
+        part.select_columns([*e.columns, *([STAGE] if config.curriculum else [])]) if e.columns else part
+        for part, e in zip(taken, entries, strict=True)
+    ]
     mixed = datasets.concatenate_datasets(taken)
     if config.test_split_size is None:
         splits = datasets.DatasetDict({"train": mixed})
     else:
         splits = mixed.train_test_split(test_size=config.test_split_size, seed=seed)
     if config.curriculum:
-        splits["train"] = _easy_to_hard(splits["train"])
+        splits = datasets.DatasetDict(
+            {name: split.shuffle(seed=seed).sort(STAGE).remove_columns(STAGE) for name, split in splits.items()}
+        )
     parts = tuple(
         MixturePart(entry.label, len(pool) + dropped, dropped, count)
         for entry, pool, dropped, count in zip(entries, pools, filtered, counts, strict=True)
@@ -142,10 +167,66 @@ def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
     return Mixture(splits=splits, parts=parts)
 
 
-def _easy_to_hard(rows: datasets.Dataset) -> datasets.Dataset:
-    if None in rows["score"]:
-        raise MixtureError("curriculum needs a self-reward score on every row: run `popalign score` first")
-    return rows.sort("score", reverse=True)
+STAGE = "curriculum_stage"
+
+
+def _with_stages(rows: datasets.Dataset, stages: int, where: str) -> datasets.Dataset:
+    """`rows` with their curriculum stage (0 = easiest): their rank by per-token score within this config, cut
+    into `stages` equal buckets, so every stage holds each config's easiest share rather than one strategy's."""
+    if not len(rows):
+        return rows.add_column(STAGE, [])
+    if "score_per_token" not in rows.column_names or None in rows["score_per_token"]:
+        raise MixtureError(
+            f"{where}: curriculum needs a per-token self-reward score on every row: run `popalign score`"
+        )
+    order = sorted(range(len(rows)), key=lambda i: -rows["score_per_token"][i])
+    stage = [0] * len(rows)
+    for rank, index in enumerate(order):
+        stage[index] = rank * stages // len(rows)
+    return rows.add_column(STAGE, stage)
+
+
+def _present(entries: list[MixtureEntry]) -> list[MixtureEntry]:
+    """The entries whose config exists; each missing one is skipped with a warning saying why it is missing."""
+    kept = []
+    for index, entry in enumerate(entries):
+        try:
+            names = datasets.get_dataset_config_names(entry.path, revision=entry.revision, data_dir=entry.data_dir)
+        except (DatasetNotFoundError, FileNotFoundError, RevisionNotFoundError):
+            names = None  # reported by `_load`
+        if names is not None and entry.name is not None and entry.name not in names:
+            print(f"warning: skipping {_where(index, entry)}: {_missing_reason(entry, names)}", file=sys.stderr)
+            continue
+        kept.append(entry)
+    return kept
+
+
+def _missing_reason(entry: MixtureEntry, names: list[str]) -> str:
+    """Why a popalign dataset has no such config: what its manifest says of that strategy's pairs."""
+    configs = _manifest_configs(entry)
+    counts = (configs or {}).get(entry.name)
+    if counts is not None and not counts.get("rows"):
+        dropped = counts.get("dropped", {})
+        total = sum(dropped.values())
+        reasons = " and ".join(f"{n} as {reason}" for reason, n in sorted(dropped.items(), key=lambda kv: -kv[1]))
+        return f"no config {entry.name!r}: all {total} pairs were dropped ({reasons})"
+    if configs is not None and entry.name not in configs:
+        return f"no config {entry.name!r}: this build did not run that strategy; the configs are {', '.join(names)}"
+    return f"no config {entry.name!r}; the configs are {', '.join(names)}"
+
+
+def _manifest_configs(entry: MixtureEntry) -> dict[str, Any] | None:
+    """The per-strategy counts of a popalign build's manifest, from a local folder or the Hub, if it has one."""
+    try:
+        if Path(entry.path).is_dir():
+            manifest = Path(entry.path) / MANIFEST
+        else:
+            from huggingface_hub import hf_hub_download
+
+            manifest = Path(hf_hub_download(entry.path, MANIFEST, repo_type="dataset", revision=entry.revision))
+        return json.loads(manifest.read_text(encoding="utf-8"))["configs"]
+    except (OSError, ValueError, KeyError, HfHubHTTPError):
+        return None
 
 
 def _pinned(entry: MixtureEntry, revision: str | None) -> MixtureEntry:
@@ -182,7 +263,7 @@ def _load(index: int, entry: MixtureEntry) -> datasets.Dataset:
     try:
         names = datasets.get_dataset_config_names(entry.path, revision=entry.revision, data_dir=entry.data_dir)
         if entry.name is not None and entry.name not in names:
-            raise MixtureError(f"{where}: no config {entry.name!r}; the configs are {', '.join(names)}")
+            raise MixtureError(f"{where}: {_missing_reason(entry, names)} (skip it with skip_missing: true)")
         rows = datasets.load_dataset(
             entry.path,
             entry.name,

@@ -1,4 +1,5 @@
-"""Model specs and the roles strategies generate with (`default`, `large`, `small`, `first`, `second`)."""
+"""Model specs and the roles strategies generate with (`default`, `large`, `small`, `first`, `second`, and the
+elicitive `planner`, which is `default` unless given)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 from popalign.errors import ConfigError
 
-ROLES = ("default", "large", "small", "first", "second")
+ROLES = ("default", "large", "small", "first", "second", "planner")
 EMBEDDED = "smollm2"
 
 #: The roles of the bare demo: the embedded model against copies of it with middle layers removed,
@@ -106,7 +107,8 @@ def resolve_roles(
     needs: Mapping[str, tuple[str, ...]],
     role_params: Mapping[str, object] | None = None,
 ) -> dict[str, ModelSpec | EndpointSpec]:
-    """The role map of a run: the demo roles when none are given, else the given ones plus `default`.
+    """The role map of a run: the demo roles when none are given, else the given ones plus `default`; the
+    `planner` is `default` unless given.
 
     `needs` maps each requested strategy to the roles it uses; a strategy whose roles are missing, or whose
     two sides would use the same model with the same generation parameters (`role_params`), is refused.
@@ -115,6 +117,7 @@ def resolve_roles(
     roles = {role: ModelSpec.parse(spec) for role, spec in DEMO_ROLES.items()} if not given else dict(given)
     role_params = role_params or {}
     roles.setdefault("default", ModelSpec(EMBEDDED))
+    roles.setdefault("planner", roles["default"])
     for strategy, wanted in needs.items():
         missing = [role for role in wanted if role not in roles]
         if missing:

@@ -34,10 +34,18 @@ EXAMPLE_CHARS = 400
 
 @dataclass
 class StrategyOutcome:
-    """Rows written and pairs dropped (by reason) for one strategy."""
+    """Rows written and pairs dropped (by reason) for one strategy; `cut_kept` counts pairs kept with a side
+    cut at the token limit (`--keep-truncated`)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     dropped: Counter[str] = field(default_factory=Counter)
+    cut_kept: int = 0
+
+    def truncation(self) -> dict[str, Any]:
+        """How many pairs had a side cut at the token limit (dropped or kept), of all pairs made."""
+        made = len(self.rows) + sum(self.dropped.values())
+        cut = self.dropped.get("truncated", 0) + self.cut_kept
+        return {"pairs": made, "cut": cut, "rate": round(cut / made, 4) if made else 0.0}
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class ScoreSettings:
 
     scorer: Scorer
     render: Callable[[list[dict[str, str]]], str]
+    count_tokens: Callable[[str], int]
     contrast: str = "prefix"
     min_score: float | None = None
     swap: str = "keep"
@@ -79,15 +88,19 @@ def build_dataset(
     out: Path,
     templates: TemplateSet,
     scoring: ScoreSettings | None = None,
+    keep_truncated: bool = False,
+    elicitive_style: str = "guided",
 ) -> BuildSummary:
     """Generate every strategy's pairs for `prompts` with `engine` and write `out` as a Hub dataset repository
-    layout.
+    layout. Pairs with a side cut at the token limit are dropped unless `keep_truncated`.
 
     >>> build_dataset(load_prompts(limit=4), strategies=list(STRATEGIES), engine=engine, ...)  # doctest: +SKIP
     """
     started = time.monotonic()
     _check_out_dir(out)
-    context = StrategyContext(templates, seed=engine.default_params.seed)
+    context = StrategyContext(
+        templates, seed=engine.default_params.seed, keep_truncated=keep_truncated, elicitive_style=elicitive_style
+    )
     jobs = [(name, instruction) for instruction in prompts.instructions for name in strategies]
     expected = sum(STRATEGIES[name].requests for name, _ in jobs)
     results = engine.run([(name, STRATEGIES[name].run(instruction, context)) for name, instruction in jobs], expected)
@@ -98,6 +111,7 @@ def build_dataset(
             outcomes[name].dropped[result.reason] += 1
             continue
         assert isinstance(result, Pair)
+        outcomes[name].cut_kept += result.truncated
         outcomes[name].rows.append(
             make_row(
                 strategy=name,
@@ -124,6 +138,8 @@ def build_dataset(
         },
         "prompts": prompts.describe(),
         "template_hashes": templates.hashes(),
+        "elicitive_style": elicitive_style,
+        "keep_truncated": keep_truncated,
         "configs": _write_configs(outcomes, out),
         **({"score": scoring.describe(), "quality": quality} if scoring else {}),
     }
@@ -131,7 +147,7 @@ def build_dataset(
         strategy = STRATEGIES[name]
         config |= {"chosen_model": names[strategy.chosen_role], "rejected_model": names[strategy.rejected_role]}
     _write_manifest_and_card(manifest, out)
-    _write_recipe(out, strategies, engine, prompts, templates)
+    _write_recipe(out, strategies, engine, prompts, context)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
@@ -163,7 +179,9 @@ def score_dataset(
         name: StrategyOutcome(rows=_read_rows(out, name) if config["rows"] else [], dropped=Counter(config["dropped"]))
         for name, config in manifest["configs"].items()
     }
-    context = StrategyContext(templates, seed=manifest["params"]["seed"])
+    context = StrategyContext(
+        templates, seed=manifest["params"]["seed"], elicitive_style=manifest.get("elicitive_style", "guided")
+    )
     shutil.rmtree(out / QUALITY_DIR, ignore_errors=True)
     quality, score_stats = _score(outcomes, scoring, context, cache, out)
     manifest |= {"configs": _write_configs(outcomes, out), "score": scoring.describe(), "quality": quality}
@@ -283,11 +301,17 @@ def _score(
 ) -> tuple[dict[str, dict[str, Any]], ScoreStats]:
     """Score all rows in one pass (batched across strategies), report on them, then curate and order them."""
     rows = [row for outcome in outcomes.values() for row in outcome.rows]
-    scores, stats = score_rows(
-        rows, scorer=scoring.scorer, render=scoring.render, context=context, contrast=scoring.contrast, cache=cache
+    scores, per_token, stats = score_rows(
+        rows,
+        scorer=scoring.scorer,
+        render=scoring.render,
+        context=context,
+        contrast=scoring.contrast,
+        cache=cache,
+        count_tokens=scoring.count_tokens,
     )
-    for row, score in zip(rows, scores, strict=True):
-        row["score"] = score
+    for row, score, normalised in zip(rows, scores, per_token, strict=True):
+        row["score"], row["score_per_token"] = score, normalised
     quality = {}
     for name, outcome in outcomes.items():
         report = quality_report(outcome.rows, outcome.dropped)
@@ -305,7 +329,7 @@ def _read_rows(out: Path, name: str) -> list[dict[str, Any]]:
     import pyarrow.parquet
 
     rows = pyarrow.parquet.read_table(out / "data" / name / "train-00000-of-00001.parquet").to_pylist()
-    return [{"swapped": False, **row} for row in rows]
+    return [{"swapped": False, "score_per_token": None, **row} for row in rows]
 
 
 def _write_manifest_and_card(manifest: dict[str, Any], out: Path) -> None:
@@ -313,7 +337,9 @@ def _write_manifest_and_card(manifest: dict[str, Any], out: Path) -> None:
     (out / "README.md").write_text(render_card(manifest, repo_id=str(out)), encoding="utf-8")
 
 
-def _write_recipe(out: Path, strategies: list[str], engine: Engine, prompts: PromptSet, templates: TemplateSet) -> None:
+def _write_recipe(
+    out: Path, strategies: list[str], engine: Engine, prompts: PromptSet, context: StrategyContext
+) -> None:
     """`popalign_recipe.yaml` and `templates/`: what the build ran with, to publish next to the data. Endpoint
     roles are written by served model name (URLs and keys are left out)."""
     roles: dict[str, Any] = {}
@@ -328,6 +354,8 @@ def _write_recipe(out: Path, strategies: list[str], engine: Engine, prompts: Pro
     recipe = {
         **({} if prompts.source == BUNDLED_LABEL else {"prompts": prompts.source}),
         "strategies": strategies,
+        "elicitive_style": context.elicitive_style,
+        "keep_truncated": context.keep_truncated,
         "generation": asdict(engine.default_params),
         "roles": roles,
         "templates": "templates",
@@ -336,8 +364,8 @@ def _write_recipe(out: Path, strategies: list[str], engine: Engine, prompts: Pro
     (out / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
     shutil.rmtree(out / "templates", ignore_errors=True)
     (out / "templates").mkdir()
-    for entry in templates.entries():
-        (out / "templates" / entry.name).write_text(templates.source(entry.name), encoding="utf-8")
+    for entry in context.templates.entries():
+        (out / "templates" / entry.name).write_text(context.templates.source(entry.name), encoding="utf-8")
 
 
 def _check_out_dir(out: Path) -> None:
@@ -351,7 +379,8 @@ def _check_out_dir(out: Path) -> None:
 def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path) -> dict[str, dict[str, Any]]:
     """Run the builder for each strategy and place its Parquet under `data/<strategy>/`."""
     configs: dict[str, dict[str, Any]] = {
-        name: {"rows": 0, "dropped": dict(outcome.dropped)} for name, outcome in outcomes.items()
+        name: {"rows": 0, "dropped": dict(outcome.dropped), "truncation": outcome.truncation()}
+        for name, outcome in outcomes.items()
     }
     if not any(outcome.rows for outcome in outcomes.values()):
         raise PopAlignError(

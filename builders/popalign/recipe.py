@@ -4,7 +4,9 @@
 prompts: instructions.jsonl          # paths are relative to the recipe's folder
 strategies: [prefix, demon, elicitive, nparam, leaderboard, refine]
 out: popalign-data
-generation: {max_new_tokens: 256, temperature: 0.7, top_p: 0.9, seed: 0}
+elicitive_style: guided              # or paper: the paper's single-turn Thought:/Response: template
+keep_truncated: false                # pairs with a side cut at max_new_tokens are dropped as `truncated`
+generation: {max_new_tokens: 1024, temperature: 0.7, top_p: 0.9, seed: 0}
 concurrency: 64
 roles:
   default: http://tgi-a:8080,http://tgi-b:8080      # replicas of one model
@@ -27,7 +29,8 @@ from popalign.models import ROLES, EndpointSpec, ModelSpec, parse_spec
 
 #: Top-level keys and the `build` flag (argparse dest) each sets.
 PATH_KEYS = ("prompts", "out", "templates", "cache_dir")
-VALUE_KEYS = ("prompt_column", "limit", "batch_size", "concurrency", "retries", "timeout", "shard")
+VALUE_KEYS = ("prompt_column", "limit", "batch_size", "concurrency", "retries", "timeout", "shard", "elicitive_style")
+FLAG_KEYS = ("keep_truncated",)
 GENERATION_KEYS = tuple(f.name for f in fields(GenerationParams))
 ROLE_KEYS = ("url", "urls", "spec", "model", "api_key_env", "generation")
 
@@ -51,7 +54,7 @@ def load_recipe(path: Path) -> Recipe:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of keys (prompts, strategies, roles, ...)")
-    known = (*PATH_KEYS, *VALUE_KEYS, "strategies", "generation", "roles")
+    known = (*PATH_KEYS, *VALUE_KEYS, *FLAG_KEYS, "strategies", "generation", "roles")
     unknown = [key for key in data if key not in known]
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
@@ -61,6 +64,11 @@ def load_recipe(path: Path) -> Recipe:
             recipe.defaults[key] = (path.parent / str(data[key])).resolve()
     for key in VALUE_KEYS:
         if key in data:
+            recipe.defaults[key] = data[key]
+    for key in FLAG_KEYS:
+        if key in data:
+            if not isinstance(data[key], bool):
+                raise ConfigError(f"{path}: {key}: expected true or false, got {data[key]!r}")
             recipe.defaults[key] = data[key]
     if "strategies" in data:
         strategies = data["strategies"]

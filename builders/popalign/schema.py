@@ -20,6 +20,7 @@ FEATURES = Features(
         "chosen_reasoning": Value("string"),
         "rejected_reasoning": Value("string"),
         "score": Value("float64"),
+        "score_per_token": Value("float64"),
         "swapped": Value("bool"),
     }
 )
@@ -49,5 +50,6 @@ def make_row(
         "chosen_reasoning": chosen_reasoning,
         "rejected_reasoning": rejected_reasoning,
         "score": None,
+        "score_per_token": None,
         "swapped": False,
     }

@@ -8,6 +8,10 @@ Each prompt's own log-probability appears once with each sign, so it cancels: wi
 of a whole sequence, score = LP(x+ ⊕ y+) − LP(x− ⊕ y+) − LP(x+ ⊕ y−) + LP(x− ⊕ y−). Both scorers compute
 LP: the local backend in batches, and a TGI endpoint from its prefill log-probs (`decoder_input_details`).
 A positive score says the contrast agrees with the pair's label.
+
+The per-token score divides each side's conditional term by its answer's length in tokens, so pairs of long and
+short answers rank alike: [log p(y+|x+) − log p(y+|x−)]/|y+| − [log p(y−|x+) − log p(y−|x−)]/|y−|, with
+log p(y|x) = LP(x ⊕ y) − LP(x). It is what curricula rank on.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import asyncio
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,9 +29,11 @@ from popalign.errors import BackendError, ConfigError
 from popalign.local_backend import LocalBackend
 from popalign.models import ModelSpec
 from popalign.prompts import Instruction
-from popalign.strategies import STRATEGIES, StrategyContext
+from popalign.strategies import STRATEGIES, StrategyContext, guided_messages
 
 PROMPT_CONTRASTS = tuple(name for name, strategy in STRATEGIES.items() if strategy.kind == "prompt")
+#: The prompt pairs that depend on the instruction alone, which the model and pipeline strategies are scored with.
+SCORE_CONTRASTS = ("prefix", "demon")
 SWAP_POLICIES = ("keep", "drop", "swap")
 ORDERS = ("generated", "curriculum")
 
@@ -102,8 +108,16 @@ class ScoreStats:
     computed: int
 
 
-def contrast_chats(strategy: str, instruction: str, context: StrategyContext, fallback: str) -> tuple[list, list]:
-    """The (x+, x−) chats of a row: a prompt-contrast strategy's own first requests, else `fallback`'s."""
+def contrast_chats(row: dict[str, Any], context: StrategyContext, fallback: str) -> tuple[list, list]:
+    """The (x+, x−) chats of a row: the contexts its answers were generated in for a prompt-contrast strategy
+    (guided elicitive: each side's plan as guidance, then the instruction), else `fallback`'s prompt pair."""
+    strategy, instruction = row["strategy"], row["prompt"][0]["content"]
+    if strategy == "elicitive" and context.elicitive_style == "guided":
+        positive, negative = (
+            [{"role": role, "content": content} for role, content in guided_messages(context, instruction, plan)]
+            for plan in (row["chosen_reasoning"], row["rejected_reasoning"])
+        )
+        return positive, negative
     source = strategy if strategy in PROMPT_CONTRASTS else fallback
     run = STRATEGIES[source].run(Instruction.from_text(instruction), context)
     positive, negative = next(run)[:2]
@@ -119,18 +133,22 @@ def score_rows(
     context: StrategyContext,
     contrast: str = "prefix",
     cache: GenerationCache | None = None,
-) -> tuple[list[float], ScoreStats]:
-    """The DLMA score of each row. `render(chat)` turns a chat into the prompt text the model sees (its chat
-    template with the generation prompt); every LP is cached under the scorer's name and the text."""
-    if contrast not in PROMPT_CONTRASTS:
-        raise ConfigError(f"unknown score contrast {contrast!r} (known: {', '.join(PROMPT_CONTRASTS)})")
-    quads = []
+    count_tokens: Callable[[str], int] | None = None,
+) -> tuple[list[float], list[float | None], ScoreStats]:
+    """The DLMA score of each row, and its per-token score when `count_tokens` (an answer's length in tokens)
+    is given. `render(chat)` turns a chat into the prompt text the model sees (its chat template with the
+    generation prompt); every LP is cached under the scorer's name and the text."""
+    if contrast not in SCORE_CONTRASTS:
+        raise ConfigError(f"unknown score contrast {contrast!r} (known: {', '.join(SCORE_CONTRASTS)})")
+    quads, prompts = [], []
     for row in rows:
-        positive, negative = contrast_chats(row["strategy"], row["prompt"][0]["content"], context, contrast)
+        positive, negative = contrast_chats(row, context, contrast)
         x_pos, x_neg = render(positive), render(negative)
         chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
         quads.append((x_pos + chosen, x_neg + chosen, x_pos + rejected, x_neg + rejected))
-    texts = sorted({text for quad in quads for text in quad})
+        prompts.append((x_pos, x_neg))
+    needed = [*(text for quad in quads for text in quad), *(x for pair in prompts for x in pair if count_tokens)]
+    texts = sorted(set(needed))
     keys = {text: _logprob_key(scorer.name, text) for text in texts}
     found = cache.get_many(keys.values()) if cache else {}
     values = {text: float(found[keys[text]]) for text in texts if keys[text] in found}
@@ -141,7 +159,13 @@ def score_rows(
         if cache:
             cache.put_many({keys[text]: repr(value) for text, value in batch.items()})
     scores = [values[a] - values[b] - values[c] + values[d] for a, b, c, d in quads]
-    return scores, ScoreStats(len(rows), len(texts), len(texts) - len(missing), len(missing))
+    per_token: list[float | None] = [None] * len(rows)
+    if count_tokens:
+        for i, (row, (a, b, c, d), (x_pos, x_neg)) in enumerate(zip(rows, quads, prompts, strict=True)):
+            shift = values[x_pos] - values[x_neg]  # LP(x+) - LP(x-), so only the conditional terms are left
+            lengths = [max(1, count_tokens(row[side][0]["content"])) for side in ("chosen", "rejected")]
+            per_token[i] = (values[a] - values[b] - shift) / lengths[0] - (values[c] - values[d] - shift) / lengths[1]
+    return scores, per_token, ScoreStats(len(rows), len(texts), len(texts) - len(missing), len(missing))
 
 
 def curate(
@@ -167,12 +191,13 @@ def curate(
 
 
 def order_rows(rows: list[dict[str, Any]], order: str) -> list[dict[str, Any]]:
-    """`generated` keeps the build order; `curriculum` puts the easiest pairs (largest score margin) first."""
+    """`generated` keeps the build order; `curriculum` puts the easiest pairs of a config (largest per-token score)
+    first."""
     if order not in ORDERS:
         raise ConfigError(f"unknown order {order!r} (known: {', '.join(ORDERS)})")
     if order == "generated":
         return rows
-    return sorted(rows, key=lambda row: -row["score"])
+    return sorted(rows, key=lambda row: -row["score_per_token"])
 
 
 def _swapped(row: dict[str, Any]) -> dict[str, Any]:
@@ -184,6 +209,7 @@ def _swapped(row: dict[str, Any]) -> dict[str, Any]:
         "chosen_reasoning": row["rejected_reasoning"],
         "rejected_reasoning": row["chosen_reasoning"],
         "score": -row["score"],
+        "score_per_token": None if row.get("score_per_token") is None else -row["score_per_token"],
         "swapped": True,
     }
 

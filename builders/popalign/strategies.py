@@ -1,8 +1,8 @@
 """The six PopAlign contrast strategies.
 
-Each strategy is a generator: it yields the requests of one step, receives their answers, and finally
-returns a `Pair` or a `Dropped`. The engine drives all of them in lockstep, so requests of every
-instruction and strategy are batched together and identical requests are generated once.
+Each strategy is a generator: it yields the requests of one step, receives their generations, and finally
+returns a `Pair` or a `Dropped` (with one of `DROP_REASONS`). The engine drives each run on its own; identical
+requests of several runs are generated once.
 """
 
 from __future__ import annotations
@@ -11,18 +11,31 @@ import difflib
 import hashlib
 import re
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from popalign.errors import ConfigError
-from popalign.generation import Request, assistant, user
+from popalign.generation import Generation, Message, Request, assistant, system, user
 from popalign.models import ROLES
 from popalign.prompts import Instruction
 from popalign.templates import TemplateSet
 
+#: Why a pair is not written. Every drop is counted under one of these in the summary, manifest and card.
+DROP_REASONS: dict[str, str] = {
+    "truncated": "a side (or an elicitive plan) stopped at the token limit",
+    "empty": "a side is empty",
+    "identical": "both sides are the same text",
+    "near-copy": "elicitive: an answer only repeats its plan",
+    "plan-is-answer": "elicitive: a plan is itself an answer (close to the planner's plain answer to the instruction)",
+    "unparsed": "elicitive, paper template: the output has no `Thought:` / `Response:` parts",
+    "failed": "an endpoint refused a request for good",
+}
+ELICITIVE_STYLES = ("guided", "paper")
+
 
 @dataclass(frozen=True)
 class Pair:
-    """The two answers of one instruction and the roles that produced them."""
+    """The two answers of one instruction and the roles that produced them; `truncated` marks a pair kept with
+    a cut side (`--keep-truncated`)."""
 
     chosen: str
     rejected: str
@@ -30,24 +43,33 @@ class Pair:
     rejected_role: str
     chosen_reasoning: str | None = None
     rejected_reasoning: str | None = None
+    truncated: bool = False
 
 
 @dataclass(frozen=True)
 class Dropped:
-    """A pair not written, and why: `empty`, `identical` or `unparseable`."""
+    """A pair not written, and why: one of `DROP_REASONS`."""
 
     reason: str
 
 
-StrategyRun = Generator[list[Request], list[str], Pair | Dropped]
+StrategyRun = Generator[list[Request], list[Generation], Pair | Dropped]
 
 
 class StrategyContext:
-    """What strategies read besides the instruction: templates, their data files, and the run's seed."""
+    """What strategies read besides the instruction: templates, their data files, the run's seed, whether pairs
+    with a cut side are kept, and the elicitive style (`guided`: plan, then an answer guided by it in a fresh
+    context; `paper`: the paper's single-turn `Thought:` / `Response:` template)."""
 
-    def __init__(self, templates: TemplateSet, seed: int = 0) -> None:
+    def __init__(
+        self, templates: TemplateSet, seed: int = 0, *, keep_truncated: bool = False, elicitive_style: str = "guided"
+    ) -> None:
+        if elicitive_style not in ELICITIVE_STYLES:
+            raise ConfigError(f"unknown elicitive style {elicitive_style!r} (known: {', '.join(ELICITIVE_STYLES)})")
         self.templates = templates
         self.seed = seed
+        self.keep_truncated = keep_truncated
+        self.elicitive_style = elicitive_style
         self.principles = templates.records("prefix_principles.yaml", ("positive", "negative"))
         self.good_demos = templates.records("demon_good.jsonl", ("instruction", "response"))
         self.bad_demos = templates.records("demon_bad.jsonl", ("instruction", "response"))
@@ -57,10 +79,15 @@ class StrategyContext:
         digest = hashlib.sha256(f"{self.seed}:{instruction.prompt_id}".encode()).digest()
         return int.from_bytes(digest[:8], "big") % count
 
+    def cut(self, *generations: Generation) -> bool:
+        """Whether to drop a pair as `truncated`: a generation stopped at the limit and cut pairs are not kept."""
+        return not self.keep_truncated and any(generation.truncated for generation in generations)
+
 
 @dataclass(frozen=True)
 class Strategy:
-    """A contrast strategy: its config name, the roles it generates with, and its generator."""
+    """A contrast strategy: its config name, the roles that write its two sides, any helper roles (the elicitive
+    `planner`), and its generator."""
 
     name: str
     kind: str
@@ -70,6 +97,7 @@ class Strategy:
     run: Callable[[Instruction, StrategyContext], StrategyRun]
     description: str
     requests: int = 2  # per instruction, at most (what the progress bar counts)
+    helper_roles: tuple[str, ...] = ()
 
     @property
     def chosen_role(self) -> str:
@@ -84,7 +112,11 @@ class Strategy:
 
 _LABEL = re.compile(r"^\s*\**\s*(?:improved response|response|answer)\s*\**\s*:\s*\**\s*", re.IGNORECASE)
 _NEXT_EXAMPLE = re.compile(r"\n\s*Request\s*:", re.IGNORECASE)
+_THOUGHT = re.compile(
+    r"^\W*thought\W*(?P<thought>.*?)[\s*]*response\s*\**\s*:[\s*]*(?P<response>.*)$", re.I | re.S
+)
 REPEAT_RATIO = 0.9
+PLAN_ANSWER_RATIO = 0.5
 
 
 def clean_answer(text: str) -> str:
@@ -93,25 +125,54 @@ def clean_answer(text: str) -> str:
     return _LABEL.sub("", text, count=1).strip()
 
 
-def check_pair(pair: Pair) -> Pair | Dropped:
-    """Drop a pair with an empty side or two sides that are the same text."""
-    chosen, rejected = clean_answer(pair.chosen), clean_answer(pair.rejected)
-    if not chosen or not rejected:
+def similarity(first: str, second: str) -> float:
+    """How alike two texts are, word by word (difflib's ratio over case-folded words, 0 to 1)."""
+    words = [text.casefold().split() for text in (first, second)]
+    return difflib.SequenceMatcher(None, *words, autojunk=False).ratio()
+
+
+def check_pair(
+    chosen: Generation,
+    rejected: Generation,
+    roles: tuple[str, str],
+    ctx: StrategyContext,
+    reasoning: tuple[str, str] | tuple[None, None] = (None, None),
+) -> Pair | Dropped:
+    """The pair of two answers, or why it is dropped: a cut side (`truncated`), an empty side, or two sides
+    that are the same text (`identical`)."""
+    if ctx.cut(chosen, rejected):
+        return Dropped("truncated")
+    good, bad = clean_answer(chosen.text), clean_answer(rejected.text)
+    if not good or not bad:
         return Dropped("empty")
-    if " ".join(chosen.split()).casefold() == " ".join(rejected.split()).casefold():
+    if " ".join(good.split()).casefold() == " ".join(bad.split()).casefold():
         return Dropped("identical")
-    return Pair(chosen, rejected, pair.chosen_role, pair.rejected_role, pair.chosen_reasoning, pair.rejected_reasoning)
+    return Pair(good, bad, *roles, *reasoning, truncated=chosen.truncated or rejected.truncated)
 
 
-def parse_elicited(reasoning: str, answer: str) -> tuple[str, str] | None:
-    """The (reasoning, answer) of one elicitive side, or None when either is missing or the answer only
-    repeats the reasoning (a near-copy: similarity ratio at least `REPEAT_RATIO`)."""
-    reasoning, answer = reasoning.strip(), clean_answer(answer)
-    if not reasoning or not answer:
+def is_near_copy(reasoning: str, answer: str) -> bool:
+    """An elicitive answer that only repeats its reasoning (character similarity at least `REPEAT_RATIO`)."""
+    return difflib.SequenceMatcher(None, reasoning.strip(), answer, autojunk=False).ratio() >= REPEAT_RATIO
+
+
+def parse_thought(text: str) -> tuple[str, str] | None:
+    """The (thought, response) of an output in the paper's `Thought: … Response: …` format, or None."""
+    match = _THOUGHT.match(text.strip())
+    if not match or not match["thought"].strip() or not match["response"].strip():
         return None
-    if difflib.SequenceMatcher(None, reasoning, answer, autojunk=False).ratio() >= REPEAT_RATIO:
-        return None
-    return reasoning, answer
+    return match["thought"].strip(), match["response"].strip()
+
+
+def guided_messages(ctx: StrategyContext, instruction: str, plan: str) -> tuple[Message, ...]:
+    """The request an elicitive answer is written from: the plan as guidance in a fresh context (a system
+    message), then the plain instruction; never the model's own earlier turn."""
+    return (system(ctx.templates.render("elicitive_answer.jinja", plan=plan)), user(instruction))
+
+
+def demonstration_turns(demos: list[dict[str, str]], instruction: str) -> tuple[Message, ...]:
+    """Few-shot demonstrations as earlier user/assistant turns of the chat, then the instruction."""
+    turns = [turn for demo in demos for turn in (user(demo["instruction"]), assistant(demo["response"]))]
+    return (*turns, user(instruction))
 
 
 def _prefix(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
@@ -121,38 +182,59 @@ def _prefix(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
         for side in ("positive", "negative")
     )
     chosen, rejected = yield [Request("default", (user(good),)), Request("default", (user(bad),))]
-    return check_pair(Pair(chosen, rejected, "default", "default"))
+    return check_pair(chosen, rejected, ("default", "default"), ctx)
 
 
 def _demon(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
-    good, bad = (
-        ctx.templates.render("demon.jinja", demonstrations=demos, instruction=instruction.text)
-        for demos in (ctx.good_demos, ctx.bad_demos)
-    )
-    chosen, rejected = yield [Request("default", (user(good),)), Request("default", (user(bad),))]
-    return check_pair(Pair(chosen, rejected, "default", "default"))
+    good, bad = (demonstration_turns(demos, instruction.text) for demos in (ctx.good_demos, ctx.bad_demos))
+    chosen, rejected = yield [Request("default", good), Request("default", bad)]
+    return check_pair(chosen, rejected, ("default", "default"), ctx)
 
 
 def _elicitive(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
+    if ctx.elicitive_style == "paper":
+        return (yield from _elicitive_paper(instruction, ctx))
     asks = [
-        user(ctx.templates.render(f"elicitive_{side}.jinja", instruction=instruction.text)) for side in ("good", "bad")
+        Request("planner", (user(ctx.templates.render(f"elicitive_{side}.jinja", instruction=instruction.text)),))
+        for side in ("good", "bad")
     ]
-    plans = yield [Request("default", (ask,)) for ask in asks]
-    if not all(plan.strip() for plan in plans):
-        return Dropped("unparseable")
-    then = user(ctx.templates.render("elicitive_answer.jinja", instruction=instruction.text))
-    answers = yield [Request("default", (ask, assistant(plan), then)) for ask, plan in zip(asks, plans, strict=True)]
-    good, bad = (parse_elicited(plan, answer) for plan, answer in zip(plans, answers, strict=True))
+    *plans, plain = yield [*asks, Request("planner", (user(instruction.text),))]
+    if ctx.cut(*plans):
+        return Dropped("truncated")
+    good_plan, bad_plan = (plan.text.strip() for plan in plans)
+    if not good_plan or not bad_plan:
+        return Dropped("empty")
+    if any(similarity(plan, plain.text) >= PLAN_ANSWER_RATIO for plan in (good_plan, bad_plan)):
+        return Dropped("plan-is-answer")
+    chosen, rejected = yield [
+        Request("default", guided_messages(ctx, instruction.text, plan)) for plan in (good_plan, bad_plan)
+    ]
+    if is_near_copy(good_plan, clean_answer(chosen.text)) or is_near_copy(bad_plan, clean_answer(rejected.text)):
+        return Dropped("near-copy")
+    return check_pair(chosen, rejected, ("default", "default"), ctx, (good_plan, bad_plan))
+
+
+def _elicitive_paper(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
+    chosen, rejected = yield [
+        Request("default", (user(ctx.templates.render(f"elicitive_paper_{side}.jinja", instruction=instruction.text)),))
+        for side in ("good", "bad")
+    ]
+    if ctx.cut(chosen, rejected):
+        return Dropped("truncated")
+    good, bad = parse_thought(chosen.text), parse_thought(rejected.text)
     if good is None or bad is None:
-        return Dropped("unparseable")
-    return check_pair(Pair(good[1], bad[1], "default", "default", good[0], bad[0]))
+        return Dropped("unparsed")
+    if is_near_copy(*good) or is_near_copy(*bad):
+        return Dropped("near-copy")
+    sides = (replace(chosen, text=good[1]), replace(rejected, text=bad[1]))
+    return check_pair(*sides, ("default", "default"), ctx, (good[0], bad[0]))
 
 
 def _model_contrast(chosen_role: str, rejected_role: str) -> Callable[[Instruction, StrategyContext], StrategyRun]:
     def run(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
         ask = (user(instruction.text),)
         chosen, rejected = yield [Request(chosen_role, ask), Request(rejected_role, ask)]
-        return check_pair(Pair(chosen, rejected, chosen_role, rejected_role))
+        return check_pair(chosen, rejected, (chosen_role, rejected_role), ctx)
 
     return run
 
@@ -160,11 +242,13 @@ def _model_contrast(chosen_role: str, rejected_role: str) -> Callable[[Instructi
 def _refine(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
     ask = user(instruction.text)
     (draft,) = yield [Request("default", (ask,))]
-    if not clean_answer(draft):
+    if ctx.cut(draft):
+        return Dropped("truncated")
+    if not clean_answer(draft.text):
         return Dropped("empty")
     again = user(ctx.templates.render("refine.jinja", instruction=instruction.text))
-    (refined,) = yield [Request("default", (ask, assistant(draft), again))]
-    return check_pair(Pair(refined, draft, "default", "default"))
+    (refined,) = yield [Request("default", (ask, assistant(draft.text), again))]
+    return check_pair(refined, draft, ("default", "default"), ctx)
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -195,9 +279,11 @@ STRATEGIES: dict[str, Strategy] = {
             "answer of M(T+(q))",
             "answer of M(T−(q))",
             _elicitive,
-            "The model first reasons how to write a good vs a bad answer, then writes it in a second turn; "
-            "the reasoning is kept in `chosen_reasoning` / `rejected_reasoning`.",
-            requests=4,
+            "The model (or a `planner` model) first writes a plan for a good vs a bad answer; each answer is then "
+            "written with its plan as guidance in a fresh context. The plans are kept in `chosen_reasoning` / "
+            "`rejected_reasoning`, never in the answers.",
+            requests=5,
+            helper_roles=("planner",),
         ),
         Strategy(
             "nparam",
@@ -242,5 +328,5 @@ def parse_strategies(value: str) -> list[str]:
 
 def roles_used(names: list[str]) -> list[str]:
     """The model roles the named strategies generate with, in `ROLES` order."""
-    wanted = {role for name in names for role in STRATEGIES[name].roles}
+    wanted = {role for name in names for role in (*STRATEGIES[name].roles, *STRATEGIES[name].helper_roles)}
     return [role for role in ROLES if role in wanted]

@@ -23,12 +23,13 @@ from popalign.resources import shipped_dir
 TEMPLATE_FILES: dict[str, str] = {
     "prefix.jinja": "prefix: principle prefix + instruction (vars: principle, instruction)",
     "prefix_principles.yaml": "prefix: list of {positive, negative} principle pairs",
-    "demon.jinja": "demon: few-shot demonstrations + instruction (vars: demonstrations, instruction)",
-    "demon_good.jsonl": "demon: good demonstrations, {instruction, response} per line",
-    "demon_bad.jsonl": "demon: bad demonstrations, {instruction, response} per line",
-    "elicitive_good.jinja": "elicitive turn 1: reason about a good answer (vars: instruction)",
-    "elicitive_bad.jinja": "elicitive turn 1: reason about a bad answer (vars: instruction)",
-    "elicitive_answer.jinja": "elicitive turn 2: write the answer after the reasoning (vars: instruction)",
+    "demon_good.jsonl": "demon: good demonstrations, given as earlier chat turns, {instruction, response} per line",
+    "demon_bad.jsonl": "demon: bad demonstrations, given as earlier chat turns, {instruction, response} per line",
+    "elicitive_good.jinja": "elicitive (guided) step 1: the planner plans a good answer (vars: instruction)",
+    "elicitive_bad.jinja": "elicitive (guided) step 1: the planner plans a bad answer (vars: instruction)",
+    "elicitive_answer.jinja": "elicitive (guided) step 2: system message giving the plan as guidance (vars: plan)",
+    "elicitive_paper_good.jinja": "elicitive (paper): Thought: then Response: of a good answer (vars: instruction)",
+    "elicitive_paper_bad.jinja": "elicitive (paper): Thought: then Response: of a bad answer (vars: instruction)",
     "refine.jinja": "refine turn 2: improve the first answer (vars: instruction)",
 }
 

@@ -1,0 +1,116 @@
+"""A scripted OpenAI-compatible chat server for the pair-assembly tests: every answer is fixed in advance by a
+tag in the instruction (`[cut-plan]`, `[near-copy]`, ...) and by which step of a strategy is asking, so each drop
+reason happens a known number of times. It logs every chat request it answers as one JSON line.
+
+The steps are told apart by the markers of the test's own templates (`tests/scripted_templates/`): `PLAN-GOOD`,
+`PLAN-BAD` (elicitive plans), `GUIDE` (an answer written with a plan as guidance), `PAPER-GOOD`, `PAPER-BAD`
+(the paper's single-turn template). A lone one-line user message is the plain instruction, M(q); any other chat
+(a principle prefix, demonstrations) gets an answer derived from its whole text.
+
+    python tests/scripted_server.py --port 8080 --model scripted-default --log requests.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+TAG = re.compile(r"\[([a-z-]+)\]")
+PLAIN = "A plain answer that restates the request, explains it in full and gives an example of it for {tag}."
+
+
+def reply(messages: list[dict[str, str]]) -> tuple[int, str, str]:
+    """(HTTP status, answer, finish reason) for one chat, by the instruction's tag and the step asking."""
+    text = "\n".join(message["content"] for message in messages)
+    tagged = TAG.search(text)
+    tag = tagged.group(1) if tagged else "ok"
+    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+    last = messages[-1]["content"]
+    if last.startswith(("PLAN-GOOD", "PLAN-BAD")):
+        good = last.startswith("PLAN-GOOD")
+        plan = f"- {'Be exact and complete' if good else 'Be vague and skip steps'} about {tag}."
+        if tag == "cut-plan" and good:
+            return 200, plan, "length"
+        if tag == "empty-plan" and not good:
+            return 200, "", "stop"
+        if tag == "plan-is-answer" and good:
+            return 200, PLAIN.format(tag=tag), "stop"
+        return 200, plan, "stop"
+    if system.startswith("GUIDE"):
+        good = "exact and complete" in system
+        if tag == "refused":
+            return 400, "prompt too long", ""
+        if tag == "near-copy" and good:
+            return 200, system.removeprefix("GUIDE").strip(), "stop"
+        if tag == "identical":
+            return 200, "The same answer.", "stop"
+        if tag == "cut-answer" and not good:
+            return 200, "A weak answer that stops in the mid", "length"
+        if tag == "empty-answer" and not good:
+            return 200, "", "stop"
+        return 200, f"{'A careful, complete' if good else 'A vague'} answer about {tag}.", "stop"
+    if last.startswith(("PAPER-GOOD", "PAPER-BAD")):
+        good = last.startswith("PAPER-GOOD")
+        if tag == "unparsed" and not good:
+            return 200, "Just an answer without the format.", "stop"
+        thought = "State the facts in order." if good else "Leave out what matters."
+        return 200, f"Thought: {thought}\nResponse: {'A full' if good else 'A thin'} answer about {tag}.", "stop"
+    if len(messages) == 1 and "\n" not in last:  # the plain instruction, M(q)
+        return 200, PLAIN.format(tag=tag), "stop"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return 200, f"An answer shaped by its context ({digest}) about {tag}.", "stop"
+
+
+class Handler(BaseHTTPRequestHandler):
+    model = "scripted"
+    log: Path
+
+    def do_GET(self) -> None:
+        self._send(200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        status, content, finish = reply(body["messages"])
+        with self.log.open("a") as sink:
+            sink.write(json.dumps({"messages": body["messages"], "max_tokens": body.get("max_tokens")}) + "\n")
+        if status != 200:
+            self._send(status, {"error": {"message": content}})
+            return
+        self._send(
+            200,
+            {
+                "id": "scripted",
+                "object": "chat.completion",
+                "created": 0,
+                "model": self.model,
+                "choices": [
+                    {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            },
+        )
+
+    def _send(self, status: int, answer: dict) -> None:
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", default="scripted")
+    parser.add_argument("--log", type=Path, required=True)
+    args = parser.parse_args()
+    Handler.model, Handler.log = args.model, args.log
+    ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()

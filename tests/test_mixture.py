@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,9 @@ RECIPES = Path(__file__).parents[1] / "train" / "recipes"
 
 
 def write_folder(folder: Path, sizes: dict[str, int]) -> Path:
-    """A Hub-layout folder with `sizes[name]` rows per config. Row i has score i - 2, reasoning on even rows
-    of elicitive, and a chosen answer i*10 characters long."""
+    """A Hub-layout folder with `sizes[name]` rows per config. Row i has score i - 2 and per-token score -i (so
+    the two rank rows in opposite orders), reasoning on even rows of elicitive, and a chosen answer i*10
+    characters long."""
     for name, size in sizes.items():
         rows = []
         for i in range(size):
@@ -27,7 +29,7 @@ def write_folder(folder: Path, sizes: dict[str, int]) -> Path:
                 rejected="r", chosen_model="m", rejected_model="m", chosen_reasoning=reasoning,
                 rejected_reasoning=reasoning,
             )  # fmt: skip
-            rows.append(row | {"score": float(i - 2)})
+            rows.append(row | {"score": float(i - 2), "score_per_token": float(-i)})
         target = folder / "data" / name / "train-00000-of-00001.parquet"
         target.parent.mkdir(parents=True)
         Dataset.from_list(rows, features=FEATURES).to_parquet(str(target))
@@ -99,7 +101,7 @@ def test_test_split_and_column_selection(folder: Path) -> None:
     [
         ([], {}, "the mixture is empty: list at least one config under `datasets:` or give --dataset_name"),
         ([{"name": "elicitve"}], {}, "datasets[0] (FOLDER:elicitve): no config 'elicitve'; the configs are prefix, "
-         "demon, elicitive, refine"),
+         "demon, elicitive, refine (skip it with skip_missing: true)"),
         ([{"name": "prefix", "fraction": 0}], {}, "datasets[0] (FOLDER:prefix): fraction 0 is outside (0, 1]"),
         ([{"name": "prefix", "fraction": 1.5}], {}, "datasets[0] (FOLDER:prefix): fraction 1.5 is outside (0, 1]"),
         ([{"name": "prefix", "fraction": 0.5}, {"name": "demon"}], {},
@@ -151,10 +153,34 @@ def test_recipes_name_real_configs_at_the_paper_defaults(recipe: Path, tmp_path:
     assert len({strategies.count(name) for name in names}) == 1, "configs of a recipe are mixed equally"
 
 
-def test_curriculum_orders_the_mixture_easy_to_hard(folder: Path) -> None:
-    entries = [{"path": str(folder), "name": "demon"}, {"path": str(folder), "name": "refine"}]
-    scores = load_mixture(MixtureConfig(datasets=entries, curriculum=True)).splits["train"]["score"]
-    assert scores == sorted(scores, reverse=True) and len(scores) == 16
+def test_curriculum_trains_in_stages_ranked_within_each_config(folder: Path) -> None:
+    entries = [{"path": str(folder), "name": "prefix"}, {"path": str(folder), "name": "refine"}]
+    rows = load_mixture(MixtureConfig(datasets=entries, curriculum=True, curriculum_stages=2)).splits["train"]
+    assert len(rows) == 46 and "curriculum_stage" not in rows.column_names
+    strategies, ids = rows["strategy"], [int(i.split("-")[1]) for i in rows["prompt_id"]]
+    # the easy half of each config (largest per-token score: the first rows), then the hard half
+    stage = [i >= {"prefix": 20, "refine": 3}[name] for name, i in zip(strategies, ids, strict=True)]
+    assert stage == sorted(stage) and stage.count(False) == 23
+    assert set(strategies[:23]) == {"prefix", "refine"}  # each stage mixes the configs
+    first = load_mixture(MixtureConfig(datasets=entries, curriculum=True, curriculum_stages=2)).splits["train"]
+    assert first["prompt_id"] == rows["prompt_id"]  # seeded: the same order again
+
+
+def test_a_missing_config_says_why_and_can_be_skipped(folder: Path, capsys: pytest.CaptureFixture) -> None:
+    manifest = {"configs": {"prefix": {"rows": 40, "dropped": {}}, "nparam": {"rows": 0, "dropped": {"truncated": 3,
+                "near-copy": 1}}}}  # fmt: skip
+    (folder / "popalign_build.json").write_text(json.dumps(manifest))
+    entries = [{"path": str(folder), "name": "nparam"}, {"path": str(folder), "name": "leaderboard"}]
+    with pytest.raises(MixtureError) as raised:
+        load_mixture(MixtureConfig(datasets=entries[:1]))
+    reason = "no config 'nparam': all 4 pairs were dropped (3 as truncated and 1 as near-copy)"
+    assert str(raised.value) == f"datasets[0] ({folder}:nparam): {reason} (skip it with skip_missing: true)"
+    mixed = load_mixture(MixtureConfig(datasets=[*entries, {"path": str(folder), "name": "demon"}], skip_missing=True))
+    assert set(mixed.splits["train"]["strategy"]) == {"demon"}
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings[0] == f"warning: skipping datasets[0] ({folder}:nparam): {reason}"
+    assert warnings[1].startswith(f"warning: skipping datasets[1] ({folder}:leaderboard): no config 'leaderboard': ")
+    assert "did not run that strategy" in warnings[1]
 
 
 def test_curriculum_needs_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,7 +202,7 @@ def test_curriculum_needs_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     target = tmp_path / "plain" / "data" / "prefix" / "train-00000-of-00001.parquet"
     target.parent.mkdir(parents=True)
     unscored.to_parquet(str(target))
-    with pytest.raises(MixtureError, match="curriculum needs a self-reward score on every row"):
+    with pytest.raises(MixtureError, match="curriculum needs a per-token self-reward score on every row"):
         load_mixture(
             MixtureConfig(datasets=[{"path": str(tmp_path / "plain"), "data_files": str(target)}], curriculum=True)
         )

@@ -35,12 +35,20 @@ def smollm2() -> tuple[LocalBackend, ModelSpec]:
     return backend, ModelSpec("smollm2")
 
 
+PLANS = {"chosen_reasoning": "- Lead with the request.", "rejected_reasoning": "- Ramble first."}
+
+
 def rows_for(*strategies: str) -> list[dict]:
     return [
         make_row(strategy=name, instruction=INSTRUCTION, prompt_id="p", chosen=CHOSEN, rejected=REJECTED,
-                 chosen_model="m", rejected_model="m")
+                 chosen_model="m", rejected_model="m", **(PLANS if name == "elicitive" else {}))
         for name in strategies
     ]  # fmt: skip
+
+
+def count_tokens(backend: LocalBackend):
+    tokenizer = backend.tokenizer("smollm2")
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def renderer(backend: LocalBackend):
@@ -65,27 +73,51 @@ def test_score_equals_the_dlma_formula_on_a_direct_forward_pass(smollm2, strateg
     backend, spec = smollm2
     context = StrategyContext(TemplateSet(), seed=0)
     render = renderer(backend)
-    (score,), stats = score_rows(rows_for(strategy), scorer=LocalScorer(backend, spec), render=render, context=context)
-    assert stats.computed == 4
-    positive, negative = (render(chat) for chat in contrast_chats(strategy, INSTRUCTION, context, "prefix"))
-    assert positive != negative
-    expected = (direct_logprob(backend, positive, CHOSEN) - direct_logprob(backend, negative, CHOSEN)) - (
-        direct_logprob(backend, positive, REJECTED) - direct_logprob(backend, negative, REJECTED)
+    scorer, count = LocalScorer(backend, spec), count_tokens(backend)
+    (score,), (per_token,), stats = score_rows(
+        rows_for(strategy), scorer=scorer, render=render, context=context, count_tokens=count
     )
-    assert score == pytest.approx(expected, abs=TOLERANCE)
+    assert stats.computed == 6  # four prompt+answer sequences and the two prompts
+    positive, negative = (render(chat) for chat in contrast_chats(rows_for(strategy)[0], context, "prefix"))
+    assert positive != negative
+    gains = [direct_logprob(backend, positive, y) - direct_logprob(backend, negative, y) for y in (CHOSEN, REJECTED)]
+    assert score == pytest.approx(gains[0] - gains[1], abs=TOLERANCE)
+    expected = gains[0] / count(CHOSEN) - gains[1] / count(REJECTED)
+    assert per_token == pytest.approx(expected, abs=TOLERANCE)
     swapped = rows_for(strategy)[0] | {"chosen": [{"role": "assistant", "content": REJECTED}],
                                        "rejected": [{"role": "assistant", "content": CHOSEN}]}  # fmt: skip
-    (negated,), _ = score_rows([swapped], scorer=LocalScorer(backend, spec), render=render, context=context)
+    (negated,), _, _ = score_rows([swapped], scorer=scorer, render=render, context=context)
     assert negated == pytest.approx(-score, abs=1e-9)
 
 
 def test_contrast_prompts_come_from_the_strategy_or_the_configured_pair() -> None:
     context = StrategyContext(TemplateSet(), seed=0)
-    own = {name: contrast_chats(name, INSTRUCTION, context, "prefix") for name in STRATEGIES}
+    own = {row["strategy"]: contrast_chats(row, context, "prefix") for row in rows_for(*STRATEGIES)}
     assert own["nparam"] == own["leaderboard"] == own["refine"] == own["prefix"]
     assert own["demon"] != own["prefix"] != own["elicitive"]
-    assert contrast_chats("refine", INSTRUCTION, context, "demon") == own["demon"]
-    assert all(INSTRUCTION in chat[0]["content"] for pair in own.values() for chat in pair)
+    assert contrast_chats(rows_for("refine")[0], context, "demon") == own["demon"]
+    assert all(INSTRUCTION in chat[-1]["content"] for pair in own.values() for chat in pair)
+
+
+def test_elicitive_is_scored_in_the_contexts_its_answers_were_written_in() -> None:
+    context = StrategyContext(TemplateSet(), seed=0)
+    positive, negative = contrast_chats(rows_for("elicitive")[0], context, "prefix")
+    for chat, plan in ((positive, PLANS["chosen_reasoning"]), (negative, PLANS["rejected_reasoning"])):
+        assert chat == [
+            {"role": "system", "content": f"Guidelines for your answer:\n{plan}"},
+            {"role": "user", "content": INSTRUCTION},
+        ]
+    paper = StrategyContext(TemplateSet(), seed=0, elicitive_style="paper")
+    positive, negative = contrast_chats(rows_for("elicitive")[0], paper, "prefix")
+    assert "crafting a good response" in positive[0]["content"] and "crafting a bad" in negative[0]["content"]
+
+
+def test_curriculum_order_ranks_by_per_token_score() -> None:
+    from popalign.score import order_rows
+
+    rows = [row | {"score": s, "score_per_token": t} for row, s, t in
+            zip(rows_for("prefix", "prefix", "prefix"), [9.0, 1.0, 4.0], [0.1, 0.5, 0.3], strict=True)]  # fmt: skip
+    assert [row["score"] for row in order_rows(rows, "curriculum")] == [1.0, 4.0, 9.0]
 
 
 def test_curation_swaps_drops_and_counts() -> None:
@@ -105,9 +137,11 @@ def test_tgi_prefill_scores_equal_local_scores(smollm2, tmp_path: Path) -> None:
     backend, spec = smollm2
     context = StrategyContext(TemplateSet(), seed=0)
     rows = rows_for("prefix", "demon", "nparam")
-    local, _ = score_rows(rows, scorer=LocalScorer(backend, spec), render=renderer(backend), context=context)
+    local, _, _ = score_rows(rows, scorer=LocalScorer(backend, spec), render=renderer(backend), context=context)
     with serve_tgi(tmp_path / "requests.jsonl") as url:
-        remote, stats = score_rows(rows, scorer=TGIScorer(url, token=None), render=renderer(backend), context=context)
+        remote, _, stats = score_rows(
+            rows, scorer=TGIScorer(url, token=None), render=renderer(backend), context=context
+        )
     assert remote == pytest.approx(local, abs=TOLERANCE)
     requests = received(tmp_path / "requests.jsonl")
     # nparam is scored with prefix's prompt pair, and the answers are the same: 8 distinct sequences, not 12
@@ -139,7 +173,8 @@ def test_popalign_score_rewrites_every_config_with_scores_and_a_report(
             continue
         rows = list(load(out, name))
         scores = [row["score"] for row in rows]
-        assert scores == sorted(scores, reverse=True) and all(score >= 0.5 for score in scores)
+        per_token = [row["score_per_token"] for row in rows]
+        assert per_token == sorted(per_token, reverse=True) and all(score >= 0.5 for score in scores)
         swapped = [row for row in rows if row["swapped"]]
         assert all(row["score"] > 0 for row in swapped)
         assert len(swapped) <= report["curation"].get("swapped", 0)
@@ -186,6 +221,7 @@ def test_build_with_score_writes_scored_rows(tiny_roles, popalign, tmp_path: Pat
     result = popalign(
         "build", "--limit", 3, "--strategies", "prefix,nparam", "--out", out, "--cache-dir", tmp_path / "cache",
         "--max-new-tokens", 8, *tiny_roles, "--no-progress", "--score", "--score-model", tiny_roles[1].split("=")[1],
+        "--keep-truncated",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "scored " in result.stdout and " computed" in result.stdout

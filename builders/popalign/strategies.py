@@ -137,17 +137,18 @@ def check_pair(
     roles: tuple[str, str],
     ctx: StrategyContext,
     reasoning: tuple[str, str] | tuple[None, None] = (None, None),
+    sources: tuple[Generation, ...] = (),
 ) -> Pair | Dropped:
-    """The pair of two answers, or why it is dropped: a cut side (`truncated`), an empty side, or two sides
-    that are the same text (`identical`)."""
-    if ctx.cut(chosen, rejected):
+    """The pair of two answers, or why it is dropped: a cut side or a cut generation the sides were written
+    from (`sources`: the elicitive plans), an empty side, or two sides that are the same text (`identical`)."""
+    if ctx.cut(chosen, rejected, *sources):
         return Dropped("truncated")
     good, bad = clean_answer(chosen.text), clean_answer(rejected.text)
     if not good or not bad:
         return Dropped("empty")
     if " ".join(good.split()).casefold() == " ".join(bad.split()).casefold():
         return Dropped("identical")
-    return Pair(good, bad, *roles, *reasoning, truncated=chosen.truncated or rejected.truncated)
+    return Pair(good, bad, *roles, *reasoning, truncated=any(g.truncated for g in (chosen, rejected, *sources)))
 
 
 def is_near_copy(reasoning: str, answer: str) -> bool:
@@ -211,7 +212,7 @@ def _elicitive(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
     ]
     if is_near_copy(good_plan, clean_answer(chosen.text)) or is_near_copy(bad_plan, clean_answer(rejected.text)):
         return Dropped("near-copy")
-    return check_pair(chosen, rejected, ("default", "default"), ctx, (good_plan, bad_plan))
+    return check_pair(chosen, rejected, ("default", "default"), ctx, (good_plan, bad_plan), tuple(plans))
 
 
 def _elicitive_paper(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:

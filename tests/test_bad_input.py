@@ -48,7 +48,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     pq.write_table(pa.table({"prompt": ["fine", None]}), tmp_path / "nulls.parquet")
     templates = tmp_path / "templates"
     templates.mkdir()
-    write(templates / "demon.jinja", "{% if %}")
+    write(templates / "refine.jinja", "{% if %}")
     cases = {
         "missing file": (tmp_path / "nope.jsonl", "prompts file not found"),
         "empty file": (write(tmp_path / "empty.jsonl", ""), "no rows"),
@@ -87,7 +87,8 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     )
     flags["unknown role"] = (
         ["--model", "huge=smollm2"],
-        "popalign: error: --model 'huge=smollm2': unknown role 'huge' (known: default, large, small, first, second)",
+        "popalign: error: --model 'huge=smollm2': unknown role 'huge' "
+        "(known: default, large, small, first, second, planner)",
     )
     flags["role missing"] = (
         ["--model", "default=smollm2", "--strategies", "prefix,nparam"],
@@ -104,7 +105,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     )
     flags["unreadable template"] = (
         ["--templates", str(templates)],
-        f"popalign: error: {templates / 'demon.jinja'}: line 1: "
+        f"popalign: error: {templates / 'refine.jinja'}: line 1: "
         "template syntax error (Expected an expression, got 'end of statement block')",
     )
     return flags

@@ -37,6 +37,7 @@ def test_merged_shards_equal_the_unsharded_build(
     popalign: Callable, tiny_roles: list[str], prompts_file: Path, tmp_path: Path
 ) -> None:
     common = ["--prompts", prompts_file, *tiny_roles, "--max-new-tokens", 6, "--cache-dir", tmp_path / "c"]
+    common.append("--keep-truncated")  # a random tiny model never ends an answer
     whole = popalign("build", *common, "--out", tmp_path / "whole", "--no-progress")
     assert whole.returncode == 0, whole.stderr
     for k in (1, 2):
@@ -71,7 +72,7 @@ def test_a_recipe_sets_roles_and_generation_and_flags_win(
 ) -> None:
     (tmp_path / "recipe.yaml").write_text(
         f"prompts: {prompts_file.name}\nstrategies: [prefix, nparam]\nlimit: 3\nout: from-recipe\n"
-        "generation: {max_new_tokens: 5, seed: 7}\n"
+        "generation: {max_new_tokens: 5, seed: 7}\nkeep_truncated: true\n"
         f"roles:\n  default: {tiny_model_dir}\n  large: {tiny_model_dir}\n"
         f"  small: {{spec: '{tiny_model_dir}:layers=2', generation: {{temperature: 1.0}}}}\n"
     )
@@ -85,6 +86,7 @@ def test_a_recipe_sets_roles_and_generation_and_flags_win(
     assert list(manifest["configs"]) == ["prefix", "nparam"]
     assert manifest["params"]["max_new_tokens"] == 5 and manifest["params"]["seed"] == 7
     assert manifest["role_params"] == {"small": {"max_new_tokens": 5, "temperature": 1.0, "top_p": 0.9, "seed": 7}}
+    assert manifest["keep_truncated"] is True and manifest["configs"]["prefix"]["truncation"]["rate"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -98,6 +100,7 @@ def test_a_recipe_sets_roles_and_generation_and_flags_win(
         ("roles: {large: {url: 'http://a:1', spec: smollm2}}\n", "roles.large: give exactly one of url, urls, spec"),
         ("generation: {temp: 1}\n", "generation: unknown key 'temp'"),
         ("roles: {small: {spec: smollm2, model: x}}\n", "model and api_key_env are for endpoints"),
+        ("keep_truncated: maybe\n", "keep_truncated: expected true or false, got 'maybe'"),
     ],
 )
 def test_bad_recipes_are_one_line(popalign: Callable, tmp_path: Path, text: str, message: str) -> None:

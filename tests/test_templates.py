@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from popalign.errors import TemplateError
+from popalign.generation import Generation
 from popalign.prompts import Instruction
 from popalign.strategies import STRATEGIES, StrategyContext
 from popalign.templates import TEMPLATE_FILES, TemplateSet
@@ -32,7 +33,7 @@ def test_demonstrations_and_principles_are_data_too(tmp_path: Path) -> None:
     (tmp_path / "prefix_principles.yaml").write_text('- {positive: "{{ 1+1 }} good", negative: "{{ 1+1 }} bad"}\n')
     templates = TemplateSet(tmp_path)
     good, _ = first_requests("demon", "q", templates)
-    assert "Request: {{ 6*7 }}\nResponse: {% raw %}x" in good.messages[0][1]
+    assert good.messages[:2] == (("user", "{{ 6*7 }}"), ("assistant", "{% raw %}x"))
     positive, negative = first_requests("prefix", "q", templates)
     assert positive.messages[0][1] == "{{ 1+1 }} good\n\nq"
     assert negative.messages[0][1] == "{{ 1+1 }} bad\n\nq"
@@ -72,7 +73,7 @@ def test_bad_override_is_one_clear_error(tmp_path: Path, name: str, text: str, m
     with pytest.raises(TemplateError, match=re.escape(message)):
         run = STRATEGIES["refine"].run(Instruction.from_text("q"), StrategyContext(TemplateSet(tmp_path)))
         next(run)
-        run.send(["a draft"])
+        run.send([Generation("a draft", 2)])
 
 
 def test_cli_lists_and_shows_templates_with_hashes(tmp_path: Path, popalign) -> None:

@@ -46,12 +46,11 @@ def popalign() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 @pytest.fixture(scope="session")
 def embedded_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """`popalign build --limit 4` on the embedded SmolLM2 (all six strategies), once per session: its folder
-    and the finished command."""
+    """The README's first command, `popalign build --limit 4`, on the embedded SmolLM2 with its default settings
+    (all six strategies), once per session: its folder and the finished command."""
     folder = tmp_path_factory.mktemp("embedded-build")
     result = _run_popalign(
-        "build", "--limit", 4, "--out", folder / "d", "--cache-dir", folder / "cache", "--max-new-tokens", 48,
-        "--no-progress",
-    )  # fmt: skip
+        "build", "--limit", 4, "--out", folder / "d", "--cache-dir", folder / "cache", "--no-progress"
+    )
     assert result.returncode == 0, result.stderr
     return folder / "d", result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from datasets import load_dataset
 
 from popalign.prompts import load_prompts
 from popalign.schema import FEATURES
-from popalign.strategies import STRATEGIES
+from popalign.strategies import STRATEGIES, clean_answer
 
 HOSTILE = "Explain {{ 7*7 }} and {% for x in y %}{{ x }}{% endfor %} literally."
 
@@ -97,21 +98,36 @@ def test_instruction_with_template_syntax_is_stored_verbatim(tiny_roles, popalig
 
 
 @pytest.mark.slow
-def test_bare_build_on_the_embedded_model_makes_all_six_configs(embedded_build) -> None:
+def test_readme_build_on_the_embedded_model_makes_every_config_with_no_cut_answer(embedded_build) -> None:
     out, result = embedded_build
     for line in ("role small    smollm2:layers=24", "role second   smollm2:layers=26", "wrote "):
         assert line in result.stdout
     instructions = {i.text for i in load_prompts(limit=4).instructions}
     manifest = json.loads((out / "popalign_build.json").read_text())
-    assert manifest["roles"]["small"] == "smollm2:layers=24"
-    total = 0
+    assert manifest["roles"]["small"] == "smollm2:layers=24" and manifest["keep_truncated"] is False
+    written = []
     for name in STRATEGIES:
-        rows = check_config(out, name, instructions) if manifest["configs"][name]["rows"] else []
-        assert len(rows) + sum(manifest["configs"][name]["dropped"].values()) == 4
-        total += len(rows)
+        config = manifest["configs"][name]
+        assert config["rows"] >= 1, f"{name}: no pair survived ({config['dropped']})"
+        rows = check_config(out, name, instructions)
+        assert len(rows) + sum(config["dropped"].values()) == 4
+        assert config["truncation"]["cut"] == config["dropped"].get("truncated", 0)
         models = {(r["chosen_model"], r["rejected_model"]) for r in rows}
         expected = {"nparam": ("smollm2", "smollm2:layers=24"), "leaderboard": ("smollm2", "smollm2:layers=26")}
-        assert models <= {expected.get(name, ("smollm2", "smollm2"))}
-    assert total >= 12, f"only {total} of 24 pairs survived"
+        assert models == {expected.get(name, ("smollm2", "smollm2"))}
+        written += rows
+    everything = load_dataset(str(out), split="train", cache_dir=str(out.parent / "hf-datasets-cache-default"))
+    assert sorted(everything["prompt_id"]) == sorted(row["prompt_id"] for row in written)
+    assert set(everything["strategy"]) == set(STRATEGIES)
+    with sqlite3.connect(out.parent / "cache" / "generations.sqlite") as cache:
+        cut = {clean_answer(text) for (text,) in cache.execute("SELECT text FROM generations WHERE finish = 'length'")}
+    sides = {row[side][0]["content"] for row in written for side in ("chosen", "rejected")}
+    sides |= {
+        row[f"{side}_reasoning"] for row in written for side in ("chosen", "rejected") if row["strategy"] == "elicitive"
+    }
+    assert not cut & sides, "a written answer or plan stopped at the token limit"
     card = (out / "README.md").read_text()
     assert "`smollm2:layers=24`" in card and "weaker copy keeping 24 decoder layers" in card
+    assert "**Demo-grade.**" in card and "a copy of it with a middle block of layers removed (keeping 24)" in card
+    assert "Reinforcement Learning from Contrast Distillation" in card
+    assert all(f"of 4 pairs ({round(c['truncation']['rate'] * 100)}%)" in card for c in manifest["configs"].values())

@@ -34,6 +34,7 @@ RECIPE = """\
 strategies: all
 limit: {limit}
 out: {out}
+keep_truncated: true
 generation: {{max_new_tokens: 24, temperature: 0.7, seed: 3}}
 concurrency: 4
 roles:
@@ -108,10 +109,14 @@ def test_all_six_strategies_build_on_the_llama_server(reference: tuple[Path, int
         assert all(row["chosen"][0]["content"] and row["rejected"][0]["content"] for row in rows)
     # shared requests were made once: the server answered exactly the distinct requests
     assert served == distinct_requests(stdout)
-    # per instruction: prefix 2, demon 2, elicitive 4, nparam 2, leaderboard 2, refine 2 = 14 asked, of which M(q)
-    # is the same request for large, first and refine's draft (same model, same settings): nparam makes it,
-    # leaderboard and refine share it, so at most 12 calls
+    # per instruction: prefix 2, demon 2, elicitive 5, nparam 2, leaderboard 2, refine 2 = 15 asked, of which M(q)
+    # is the same request for the planner's check, large, first and refine's draft (same model, same settings):
+    # elicitive makes it, the others share it, so at most 12 calls
     assert served <= 12 * LIMIT
+    # answers cut at the recipe's 24 tokens were recorded from the server's finish_reason, and kept as asked
+    cut = {name: config["truncation"]["cut"] for name, config in manifest["configs"].items()}
+    assert cut["prefix"] > 0 and all(0 <= n <= LIMIT for n in cut.values())
+    assert all("truncated" not in config["dropped"] for config in manifest["configs"].values())
     for name in ("leaderboard", "refine"):
         _made, cached, shared, _retried, failed = map(int, summary_line(stdout, name).split()[-5:])
         assert (shared, cached, failed) == (LIMIT, 0, 0)

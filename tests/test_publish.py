@@ -44,7 +44,7 @@ def build(embedded_build: tuple[Path, object], out: Path, strategies: str, *extr
     """A build of `strategies` on the embedded model, answered from the session build's cache."""
     cache = embedded_build[0].parent / "cache"
     result = run_offline(
-        POPALIGN, "build", "--limit", 4, "--max-new-tokens", 48, "--strategies", strategies, "--out", out,
+        POPALIGN, "build", "--limit", 4, "--strategies", strategies, "--out", out,
         "--cache-dir", cache, "--no-progress", *extra, **env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

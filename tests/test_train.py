@@ -135,3 +135,22 @@ def test_dpo_script_data_parallel_over_two_processes(embedded_build, tiny_model_
     assert args.world_size == 2
     # one epoch, two processes taking one row each per step: half as many steps as rows
     assert trained(tmp_path / "out", tiny_model_dir)["global_step"] == math.ceil(rows_per_config(data)["prefix"] / 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted((DPO_SCRIPT.parent / "recipes").glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_recipe_trains_on_the_readme_build(embedded_build, tiny_model_dir, tmp_path, recipe: Path) -> None:
+    """The recipes read `popalign-data`, the folder the README's first command writes: each trains one step."""
+    data, _ = embedded_build
+    (tmp_path / "popalign-data").symlink_to(data)
+    result = run_offline(
+        sys.executable, DPO_SCRIPT, "--config", recipe, "--model_name_or_path", tiny_model_dir,
+        "--output_dir", tmp_path / "out", "--max_steps", 1, "--per_device_train_batch_size", 1,
+        "--gradient_accumulation_steps", 1, *CPU_FLAGS, cwd=tmp_path, HF_DATASETS_CACHE=str(tmp_path / "hf-cache"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    names = [entry["name"] for entry in yaml.safe_load(recipe.read_text())["datasets"]]
+    for name in names:
+        assert f"mixture popalign-data:{name}: " in result.stdout
+    state = json.loads((tmp_path / "out" / "checkpoint-1" / "trainer_state.json").read_text())
+    assert state["global_step"] == 1

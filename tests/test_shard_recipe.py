@@ -49,6 +49,10 @@ def test_merged_shards_equal_the_unsharded_build(
     for name, expected in rows(tmp_path / "whole").items():
         got = rows(tmp_path / "merged")[name]
         assert sorted(got, key=lambda r: r["prompt_id"]) == sorted(expected, key=lambda r: r["prompt_id"])
+    import json
+
+    counts = [json.loads((tmp_path / d / "popalign_build.json").read_text())["configs"] for d in ("whole", "merged")]
+    assert {n: c["truncation"] for n, c in counts[0].items()} == {n: c["truncation"] for n, c in counts[1].items()}
 
     def error(*args: str | Path) -> str:
         result = popalign("merge", *args)

@@ -72,9 +72,7 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
         "--temperature", type=float, default=0.7, help="sampling temperature; 0 is greedy (default: 0.7)"
     )
     build.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default: 0.9)")
-    build.add_argument(
-        "--batch-size", type=_positive_int, default=16, help="local generation batch size (default: 16)"
-    )
+    build.add_argument("--batch-size", type=_positive_int, default=16, help="local generation batch size (default: 16)")
     build.add_argument("--cache-dir", type=Path, help="generation cache folder (default: ~/.cache/popalign)")
     build.add_argument("--no-cache", action="store_true", help="generate everything anew and store nothing")
     build.add_argument("--no-progress", action="store_true", help="hide progress bars")

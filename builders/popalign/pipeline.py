@@ -176,7 +176,11 @@ def score_dataset(
             f"{out}: built with other templates ({changed[0]} differs); pass the --templates folder it was built with"
         )
     outcomes = {
-        name: StrategyOutcome(rows=_read_rows(out, name) if config["rows"] else [], dropped=Counter(config["dropped"]))
+        name: StrategyOutcome(
+            rows=_read_rows(out, name) if config["rows"] else [],
+            dropped=Counter(config["dropped"]),
+            cut_kept=_cut_kept(config),
+        )
         for name, config in manifest["configs"].items()
     }
     context = StrategyContext(
@@ -237,6 +241,7 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         manifest = manifests[parts.index(part)]
         for name, config in manifest["configs"].items():
             outcomes[name].dropped.update(config["dropped"])
+            outcomes[name].cut_kept += _cut_kept(config)
             for row in _read_rows(part, name) if config["rows"] else []:
                 if (name, row["prompt_id"]) in seen:
                     raise PopAlignError(
@@ -266,6 +271,11 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         stats=None,
         seconds=time.monotonic() - started,
     )
+
+
+def _cut_kept(config: dict[str, Any]) -> int:
+    """Pairs of a written config kept with a cut side (`--keep-truncated`), from its manifest entry."""
+    return config.get("truncation", {}).get("cut", 0) - config["dropped"].get("truncated", 0)
 
 
 def _copy_recipe(part: Path, out: Path) -> None:

@@ -112,9 +112,7 @@ class Strategy:
 
 _LABEL = re.compile(r"^\s*\**\s*(?:improved response|response|answer)\s*\**\s*:\s*\**\s*", re.IGNORECASE)
 _NEXT_EXAMPLE = re.compile(r"\n\s*Request\s*:", re.IGNORECASE)
-_THOUGHT = re.compile(
-    r"^\W*thought\W*(?P<thought>.*?)[\s*]*response\s*\**\s*:[\s*]*(?P<response>.*)$", re.I | re.S
-)
+_THOUGHT = re.compile(r"^\W*thought\W*(?P<thought>.*?)[\s*]*response\s*\**\s*:[\s*]*(?P<response>.*)$", re.I | re.S)
 REPEAT_RATIO = 0.9
 PLAN_ANSWER_RATIO = 0.5
 

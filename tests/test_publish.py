@@ -115,8 +115,15 @@ def test_versions_round_trip(hub, embedded_build, tmp_path: Path) -> None:
     listing = run_offline(POPALIGN, "versions", REPO, **hub_env(read_url, home))
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
-    assert lines[0].startswith("v1.1.0") and "nparam 4*" in lines[0] and "prefix 4," in lines[0]
-    assert lines[1].startswith("v1.0.0") and "prefix 4*" in lines[1] and "nparam" not in lines[1]
+    rows = {name: len(parquet_rows(tmp_path / folder, name)) for folder, name in [("v1", "prefix"), ("v2", "nparam")]}
+    assert lines[0].startswith("v1.1.0") and f"nparam {rows['nparam']}*" in lines[0]
+    assert f"prefix {rows['prefix']}," in lines[0]
+    assert lines[1].startswith("v1.0.0") and f"prefix {rows['prefix']}*" in lines[1] and "nparam" not in lines[1]
+    everything = load(read_url, home, "all", "v1.1.0")  # the default config spans kept and rebuilt configs
+    assert sorted(row["strategy"] for row in everything) == sorted(
+        name for folder, names in [("v1", ("prefix", "demon", "elicitive")), ("v2", ("nparam",))]
+        for name in names for _ in parquet_rows(tmp_path / folder, name)
+    )  # fmt: skip
     printed += [listing.stdout, listing.stderr]
 
     # a published version is refused, replaced with --force (the newest only), never rewound

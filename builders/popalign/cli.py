@@ -318,7 +318,9 @@ def _build(args: argparse.Namespace) -> int:
     )
     kept = "kept (--keep-truncated)" if args.keep_truncated else "dropped as truncated"
     print(f"cut: share of pairs with a side stopped at the token limit ({kept})")
-    print(f'load with: datasets.load_dataset("{summary.out}")  # every strategy; or name one config, e.g. "elicitive"')
+    written = [name for name, outcome in summary.outcomes.items() if outcome.rows]
+    example = "elicitive" if "elicitive" in written else written[0]
+    print(f'load with: datasets.load_dataset("{summary.out}")  # every strategy; or one config: "{example}"')
     if args.push_to:
         from popalign.publish import push_dataset
 

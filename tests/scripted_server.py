@@ -16,8 +16,10 @@ import argparse
 import hashlib
 import json
 import re
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+
+from net import JSONHandler
 
 TAG = re.compile(r"\[([a-z-]+)\]")
 PLAIN = "A plain answer that restates the request, explains it in full and gives an example of it for {tag}."
@@ -65,12 +67,12 @@ def reply(messages: list[dict[str, str]]) -> tuple[int, str, str]:
     return 200, f"An answer shaped by its context ({digest}) about {tag}.", "stop"
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JSONHandler):
     model = "scripted"
     log: Path
 
     def do_GET(self) -> None:
-        self._send(200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        self._reply(200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -78,9 +80,9 @@ class Handler(BaseHTTPRequestHandler):
         with self.log.open("a") as sink:
             sink.write(json.dumps({"messages": body["messages"], "max_tokens": body.get("max_tokens")}) + "\n")
         if status != 200:
-            self._send(status, {"error": {"message": content}})
+            self._reply(status, {"error": {"message": content}})
             return
-        self._send(
+        self._reply(
             200,
             {
                 "id": "scripted",
@@ -93,17 +95,6 @@ class Handler(BaseHTTPRequestHandler):
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             },
         )
-
-    def _send(self, status: int, answer: dict) -> None:
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from net import JSONHandler
 
 
 def tgi_answer(model: Any, tokenizer: Any, text: str) -> dict[str, Any]:
@@ -65,7 +67,7 @@ def main() -> None:
     model, tokenizer = LocalBackend().load(ModelSpec("smollm2"))
     lock = threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JSONHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with lock:  # one forward pass at a time, as one model replica
@@ -77,17 +79,6 @@ def main() -> None:
                     return self._reply(404, {"error": f"no route {self.path}"})
                 answer = tgi_answer(model, tokenizer, body["inputs"])
             self._reply(200, answer)
-
-        def _reply(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
 
     ThreadingHTTPServer.request_queue_size = 128  # the client opens up to 16 connections at once
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -93,3 +93,36 @@ def test_cli_lists_and_shows_templates_with_hashes(tmp_path: Path, popalign) -> 
     assert (
         unknown.stderr.strip() == f"popalign: error: unknown template 'nope.jinja' (known: {', '.join(TEMPLATE_FILES)})"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [('{% include "x.jinja" %}', "include"), ('\n{% import "m" as m %}', "import"),
+     ('{% from "m" import x %}', "from"), ('{% extends "base" %}', "extends")],
+)  # fmt: skip
+def test_templates_are_self_contained(tmp_path: Path, text: str, tag: str) -> None:
+    (tmp_path / "refine.jinja").write_text(text)
+    line = text.count("\n", 0, text.index("{%")) + 1
+    message = f"{tmp_path / 'refine.jinja'}: line {line}: {{% {tag} %}} is not allowed: templates are self-contained"
+    with pytest.raises(TemplateError) as raised:
+        TemplateSet(tmp_path)
+    assert str(raised.value) == message
+
+
+def test_a_template_that_resolves_outside_its_folder_is_refused(tmp_path: Path, popalign) -> None:
+    secret = tmp_path / "elsewhere" / "secrets.txt"
+    secret.parent.mkdir()
+    secret.write_text("hf_notATemplate")
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "refine.jinja").symlink_to(secret)
+    result = popalign("templates", "show", "refine.jinja", "--templates", folder)
+    assert result.returncode == 2 and "hf_notATemplate" not in result.stdout + result.stderr
+    assert result.stderr == (
+        f"popalign: error: {folder / 'refine.jinja'}: resolves outside the templates folder {folder.resolve()}; "
+        "templates are files in it\n"
+    )
+    (folder / "refine.jinja").unlink()
+    (folder / "refine.jinja").symlink_to(folder / ".real-refine")  # a link inside the folder is fine
+    (folder / ".real-refine").write_text("Improve it: {{ instruction }}")
+    assert TemplateSet(folder).render("refine.jinja", instruction="q") == "Improve it: q"

@@ -132,6 +132,12 @@ class TemplateSet:
 
     def _read(self, name: str) -> str:
         path = self.path(name)
+        if self._override is not None and path.parent == self._override:
+            folder = self._override.resolve()
+            if not path.resolve().is_relative_to(folder):
+                raise TemplateError(
+                    f"{path}: resolves outside the templates folder {folder}; templates are files in it"
+                )
         try:
             return path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
@@ -139,6 +145,14 @@ class TemplateSet:
 
     def _compile(self, name: str, source: str) -> jinja2.Template:
         try:
-            return self._env.from_string(source)
+            tree = self._env.parse(source)
+            for node in tree.find_all(
+                (jinja2.nodes.Include, jinja2.nodes.Import, jinja2.nodes.FromImport, jinja2.nodes.Extends)
+            ):
+                tag = type(node).__name__.lower().replace("fromimport", "from")
+                raise TemplateError(
+                    f"{self.path(name)}: line {node.lineno}: {{% {tag} %}} is not allowed: templates are self-contained"
+                )
+            return self._env.from_string(tree)
         except jinja2.TemplateSyntaxError as err:
             raise TemplateError(f"{self.path(name)}: line {err.lineno}: template syntax error ({err.message})") from err

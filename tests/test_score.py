@@ -86,7 +86,7 @@ def test_score_equals_the_dlma_formula_on_a_direct_forward_pass(smollm2, strateg
     assert per_token == pytest.approx(expected, abs=TOLERANCE)
     swapped = rows_for(strategy)[0] | {"chosen": [{"role": "assistant", "content": REJECTED}],
                                        "rejected": [{"role": "assistant", "content": CHOSEN}]}  # fmt: skip
-    (negated,), _, _ = score_rows([swapped], scorer=scorer, render=render, context=context)
+    (negated,), _, _ = score_rows([swapped], scorer=scorer, render=render, context=context, count_tokens=count)
     assert negated == pytest.approx(-score, abs=1e-9)
 
 

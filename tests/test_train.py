@@ -112,7 +112,8 @@ def test_dpo_script_refuses_a_mixture_naming_a_missing_config(tmp_path: Path) ->
     )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        f"dpo.py: error: datasets[0] ({data}:refine): no config 'refine'; the configs are prefix"
+        f"dpo.py: error: datasets[0] ({data}:refine): no config 'refine'; the configs are prefix "
+        "(skip it with skip_missing: true)"
     )
     assert not (tmp_path / "out").exists()
 

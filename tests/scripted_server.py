@@ -78,7 +78,8 @@ class Handler(JSONHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         status, content, finish = reply(body["messages"])
         with self.log.open("a") as sink:
-            sink.write(json.dumps({"messages": body["messages"], "max_tokens": body.get("max_tokens")}) + "\n")
+            entry = {"messages": body["messages"], "max_tokens": body.get("max_tokens")}
+            sink.write(json.dumps(entry | {"authorization": self.headers.get("Authorization")}) + "\n")
         if status != 200:
             self._reply(status, {"error": {"message": content}})
             return

@@ -48,10 +48,10 @@ def prompts(folder: Path, tags: list[str]) -> Path:
     return path
 
 
-def build(folder: Path, url: str, *flags: str | Path, tags: list[str] = TAGS, out: str = "d"):
+def build(folder: Path, url: str, *flags: str | Path, tags: list[str] = TAGS, out: str = "d", **env: str):
     result = run_offline(
         POPALIGN, "build", "--prompts", prompts(folder, tags), "--out", folder / out, "--no-cache", "--no-progress",
-        "--templates", HERE / "scripted_templates", "--model", f"default={url}", *flags, HF_HUB_OFFLINE="0",
+        "--templates", HERE / "scripted_templates", "--model", f"default={url}", *flags, HF_HUB_OFFLINE="0", **env,
     )  # fmt: skip
     return result, folder / out
 

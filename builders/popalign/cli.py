@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -147,7 +146,10 @@ def _add_score_options(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="with a TGI URL: the local model spec whose chat template renders prompts (default: smollm2)",
     )
-    group.add_argument("--token", help="token or API key for endpoints (default: $HF_TOKEN)")
+    group.add_argument(
+        "--token",
+        help="API key for endpoints (default: none; $HF_TOKEN or the saved login go to Hugging Face hosts only)",
+    )
     group.add_argument(
         "--score-contrast",
         choices=SCORE_CONTRASTS,
@@ -177,7 +179,7 @@ def _score_settings(args: argparse.Namespace, backend: Any, default_model: str) 
 
     model = args.score_model or default_model
     if model.startswith(("http://", "https://")):
-        scorer = TGIScorer(model, token=args.token or os.environ.get("HF_TOKEN"))
+        scorer = TGIScorer(model, token=args.token)
         template_source = ModelSpec.parse(args.score_tokenizer).source
     else:
         spec = ModelSpec.parse(model)
@@ -258,16 +260,15 @@ def _build(args: argparse.Namespace) -> int:
     part = f" (shard {shard[0]}/{shard[1]} of {prompts.total})" if shard else ""
     print(f"{len(prompts.instructions)} instructions{part} from {prompts.source}; strategies: {', '.join(strategies)}")
     for role in roles_used(strategies):
-        print(f"  role {role:<8} {_shown(roles[role])}  ({describe_spec(roles[role])})")
+        print(f"  role {role:<8} {roles[role]}  ({describe_spec(roles[role])})")
 
     _quiet_libraries()
     local = endpoint = None
     if any(isinstance(roles[role], EndpointSpec) for role in roles_used(strategies)):
         from popalign.endpoint_backend import EndpointBackend, RetryPolicy
 
-        token = args.token or os.environ.get("HF_TOKEN")
         retry = RetryPolicy(attempts=args.retries)
-        endpoint = EndpointBackend(token=token, concurrency=args.concurrency, timeout=args.timeout, retry=retry)
+        endpoint = EndpointBackend(token=args.token, concurrency=args.concurrency, timeout=args.timeout, retry=retry)
     if args.score or any(not isinstance(roles[role], EndpointSpec) for role in roles_used(strategies)):
         from popalign.local_backend import LocalBackend
 
@@ -353,19 +354,6 @@ def _generation_params(
         if values:
             role_params[role] = replace(params, **values)
     return params, role_params
-
-
-def _shown(spec: Any) -> str:
-    """A role's model as printed: endpoint URLs lose any credentials written into them."""
-    from urllib.parse import urlsplit
-
-    from popalign.models import EndpointSpec
-
-    if not isinstance(spec, EndpointSpec):
-        return str(spec)
-    return ",".join(
-        urlsplit(url)._replace(netloc=urlsplit(url).netloc.rpartition("@")[2]).geturl() for url in spec.urls
-    )
 
 
 def _push(args: argparse.Namespace) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OfflineModeIsEnabled
 from huggingface_hub.utils import get_async_session
 
+from popalign.credentials import authorization
 from popalign.errors import BackendError, RequestFailed
 from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request
 from popalign.models import EndpointSpec
@@ -97,9 +97,11 @@ class EndpointBackend:
         self.retry = retry or RetryPolicy()
         self._endpoints: dict[EndpointSpec, _Endpoint] = {}
 
-    def _key(self, spec: EndpointSpec) -> str | None:
-        """The API key of a spec: its own environment variable, else the backend's token."""
-        return os.environ.get(spec.api_key_env) if spec.api_key_env else self.token
+    def _authorization(self, spec: EndpointSpec, url: str) -> str | None:
+        """The `Authorization` header for one replica (see `credentials.authorization`): never the Hugging Face
+        token for a host that is not Hugging Face's."""
+        credential = spec.credentials[spec.urls.index(url)] if spec.credentials else None
+        return authorization(url, url_credential=credential, token=self.token, api_key_env=spec.api_key_env)
 
     async def identity(self, spec: EndpointSpec) -> str:
         """The served model's name, asked of every replica; replicas serving different models are refused."""
@@ -111,15 +113,17 @@ class EndpointBackend:
             model = spec.model or next(iter(names.values()))
             endpoint = _Endpoint(spec, model)
             for url in spec.urls:
-                client = AsyncInferenceClient(base_url=url, api_key=self._key(spec), timeout=self.timeout)
+                # set explicitly, even empty: left out, huggingface_hub would send the machine's Hub token
+                headers = {"Authorization": self._authorization(spec, url) or ""}
+                client = AsyncInferenceClient(base_url=url, headers=headers, timeout=self.timeout)
                 endpoint.replicas.append(_Replica(url, client, asyncio.Semaphore(self.concurrency)))
             self._endpoints[spec] = endpoint
         return self._endpoints[spec].model
 
     async def _served_model(self, url: str, spec: EndpointSpec) -> str:
         """`/v1/models` (OpenAI-compatible servers, TGI) or `/info` (TGI) tells the served model."""
-        key = self._key(spec)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        header = self._authorization(spec, url)
+        headers = {"Authorization": header} if header else {}
         try:
             async with get_async_session() as session:
                 for route in ("/v1/models", "/info"):

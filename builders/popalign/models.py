@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from popalign.credentials import redacted, split_credentials
 from popalign.errors import ConfigError
 
 ROLES = ("default", "large", "small", "first", "second", "planner")
@@ -71,14 +72,18 @@ class EndpointSpec:
     urls: tuple[str, ...]
     model: str | None = None
     api_key_env: str | None = None
+    #: Per URL, the `Authorization` header its own credentials make (see `credentials.split_credentials`).
+    credentials: tuple[str | None, ...] = field(default=(), repr=False)
 
     @classmethod
     def parse(cls, text: str, *, model: str | None = None, api_key_env: str | None = None) -> EndpointSpec:
-        urls = tuple(url.strip().rstrip("/") for url in text.split(",") if url.strip())
-        bad = [url for url in urls if not re.match(r"^https?://[^/\s]+", url)]
-        if bad or not urls:
-            raise ConfigError(f"endpoint {text!r}: expected http(s)://HOST[:PORT] URLs separated by commas")
-        return cls(urls=urls, model=model, api_key_env=api_key_env)
+        given = [url.strip() for url in text.split(",") if url.strip()]
+        bad = [url for url in given if not re.match(r"^https?://[^/\s]+", url)]
+        if bad or not given:
+            shown = ",".join(redacted(url) for url in given)
+            raise ConfigError(f"endpoint {shown!r}: expected http(s)://HOST[:PORT] URLs separated by commas")
+        urls, credentials = zip(*(split_credentials(url) for url in given), strict=True)
+        return cls(urls=urls, model=model, api_key_env=api_key_env, credentials=credentials)
 
     def __str__(self) -> str:
         return ",".join(self.urls)
@@ -95,9 +100,10 @@ def parse_model_args(pairs: Iterable[str]) -> dict[str, ModelSpec | EndpointSpec
     for pair in pairs:
         role, sep, spec = pair.partition("=")
         if not sep or not spec:
-            raise ConfigError(f"--model {pair!r}: expected ROLE=SPEC, for example small=smollm2:layers=24")
+            raise ConfigError(f"--model {redacted(pair)!r}: expected ROLE=SPEC, for example small=smollm2:layers=24")
         if role not in ROLES:
-            raise ConfigError(f"--model {pair!r}: unknown role {role!r} (known: {', '.join(ROLES)})")
+            shown = f"{role}={redacted(spec)}"
+            raise ConfigError(f"--model {shown!r}: unknown role {role!r} (known: {', '.join(ROLES)})")
         roles[role] = parse_spec(spec)
     return roles
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from popalign.cache import GenerationCache
+from popalign.credentials import authorization, split_credentials
 from popalign.errors import BackendError, ConfigError
 from popalign.local_backend import LocalBackend
 from popalign.models import ModelSpec
@@ -66,7 +67,10 @@ class TGIScorer:
     """
 
     def __init__(self, url: str, *, token: str | None, concurrency: int = 16, chunk: int = 256) -> None:
-        self.url, self.token, self.concurrency, self.chunk = url.rstrip("/"), token, concurrency, chunk
+        self.url, credential = split_credentials(url)
+        # set explicitly, even empty: left out, huggingface_hub would send the machine's Hub token
+        self.headers = {"Authorization": authorization(self.url, url_credential=credential, token=token) or ""}
+        self.concurrency, self.chunk = concurrency, chunk
         self.name = f"tgi:{self.url}"
 
     def logprobs(self, texts: list[str]) -> Iterator[tuple[list[int], list[float]]]:
@@ -80,7 +84,7 @@ class TGIScorer:
         from huggingface_hub.errors import HfHubHTTPError
 
         limit = asyncio.Semaphore(self.concurrency)
-        async with AsyncInferenceClient(model=self.url, token=self.token, timeout=120) as client:
+        async with AsyncInferenceClient(model=self.url, headers=self.headers, timeout=120) as client:
 
             async def one(text: str) -> float:
                 async with limit:

@@ -1,0 +1,80 @@
+"""Endpoint credentials: taken out of URLs, and sent only where they belong.
+
+A URL may carry a credential (`http://user:password@host`, or `?api_key=KEY`): it is removed from the URL that is
+stored, printed, cached or published, and sent only as the request's `Authorization` header. The Hugging Face
+token (`HF_TOKEN` or the saved login) goes only to Hugging Face hosts; any other endpoint gets a key only from
+`--token`, its URL, or its role's `api_key_env`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from huggingface_hub import constants, get_token
+
+from popalign.errors import ConfigError
+
+#: Query parameters that hold a key rather than a setting.
+KEY_PARAMETERS = ("api_key", "apikey", "key", "token", "access_token")
+HUGGING_FACE_DOMAINS = ("huggingface.co", "hf.co", "huggingface.cloud", "hf.space")
+_USER_PART = re.compile(r"^(?P<scheme>(?:[a-zA-Z][a-zA-Z0-9+.-]*://)?)[^/?#]*@")
+
+
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """The URL without credentials, and the `Authorization` header value its credentials make (or None).
+
+    >>> split_credentials("http://alice:pw@host:8080/")
+    ('http://host:8080', 'Basic YWxpY2U6cHc=')
+    >>> split_credentials("https://host/v1?api_key=k")
+    ('https://host/v1', 'Bearer k')
+    """
+    parts = urlsplit(url.strip())
+    clean = redacted(url)
+    header = None
+    if parts.username is not None or parts.password is not None:
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        header = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name.lower() not in KEY_PARAMETERS:
+            raise ConfigError(f"endpoint {clean}: unsupported query parameter {name!r} (only a key: api_key=...)")
+        if header is not None:
+            raise ConfigError(f"endpoint {clean}: give one credential, in the URL's user part or as {name}=")
+        header = f"Bearer {value}"
+    return clean, header
+
+
+def redacted(url: str) -> str:
+    """`url` as it may be shown or stored: without its user part, query string and fragment.
+
+    >>> redacted("http://alice:pw@host:8080/v1?api_key=k")
+    'http://host:8080/v1'
+    """
+    return _USER_PART.sub(r"\g<scheme>", url.strip()).split("?")[0].split("#")[0].rstrip("/")
+
+
+def is_hugging_face_host(url: str) -> bool:
+    """Whether `url` is on a Hugging Face domain (the Hub, Inference Endpoints, Spaces) or on `HF_ENDPOINT`."""
+    host = (urlsplit(url).hostname or "").lower()
+    hub = (urlsplit(constants.ENDPOINT).hostname or "").lower()
+    return host == hub or any(host == domain or host.endswith("." + domain) for domain in HUGGING_FACE_DOMAINS)
+
+
+def authorization(
+    url: str, *, url_credential: str | None, token: str | None, api_key_env: str | None = None
+) -> str | None:
+    """The `Authorization` header for one endpoint URL, by precedence: the role's `api_key_env`, the URL's own
+    credential, the explicit `--token`, and the Hugging Face token for Hugging Face hosts only."""
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise ConfigError(f"endpoint {url}: api_key_env {api_key_env} is not set")
+        return f"Bearer {key}"
+    if url_credential:
+        return url_credential
+    if token:
+        return f"Bearer {token}"
+    hub_token = get_token() if is_hugging_face_host(url) else None
+    return f"Bearer {hub_token}" if hub_token else None

@@ -18,6 +18,11 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def binary(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def jsonl(path: Path, *rows: object) -> Path:
     return write(path, "".join(json.dumps(row) + "\n" for row in rows))
 
@@ -71,6 +76,14 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
             write(tmp_path / "p.txt", "hello"),
             "unsupported prompts format '.txt' (use .jsonl, .csv, .parquet)",
         ),
+        "parquet that is not": (
+            write(tmp_path / "fake.parquet", "prompt\nhello\n"),
+            "not a readable Parquet file (Could not open Parquet input source",
+        ),
+        "jsonl not utf-8": (
+            binary(tmp_path / "latin.jsonl", b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n'),
+            "line 2: not UTF-8 text (invalid continuation byte)",
+        ),
     }
     flags = {
         name: (["--prompts", str(path)], f"popalign: error: {path}: {message}")
@@ -103,6 +116,31 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         ["--model", "small=smollm2:layer=3"],
         "popalign: error: model spec 'smollm2:layer=3': unknown option 'layer=3' (known: layers=N)",
     )
+    flags["shard of superscripts"] = (
+        ["--shard", "²/3"],
+        "popalign: error: --shard '²/3': expected K/N with 1 <= K <= N",
+    )
+    flags["empty shard"] = (["--shard", ""], "popalign: error: --shard '': expected K/N with 1 <= K <= N")
+    flags["out under a file"] = (
+        ["--out", "/dev/null/x"],
+        "popalign: error: /dev/null/x: cannot create the output folder (/dev/null is not a folder)",
+    )
+    for repo in ("org/x.git", "org/da--ta", "../..", "org/dätä"):
+        flags[f"push-to {repo}"] = (
+            ["--push-to", repo, "--version", "1.0.0"],
+            f"popalign: error: repository {repo!r}: ",
+        )
+    for flag, value, expected in [
+        ("--temperature", "nan", "a number >= 0 (0 is greedy)"),
+        ("--temperature", "-1", "a number >= 0 (0 is greedy)"),
+        ("--top-p", "5", "a number in (0, 1]"),
+        ("--max-new-tokens", "0", "a whole number >= 1"),
+        ("--timeout", "-1", "a number of seconds > 0"),
+    ]:
+        flags[f"{flag} {value}"] = (
+            [flag, value],
+            f"popalign build: error: argument {flag}: expected {expected}, got {value!r} (see popalign build --help)",
+        )
     flags["unreadable template"] = (
         ["--templates", str(templates)],
         f"popalign: error: {templates / 'refine.jinja'}: line 1: "
@@ -114,7 +152,10 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 CASES = [
     "missing file", "empty file", "empty csv", "missing column", "non-text value", "null value", "blank value",
     "bad json", "unknown format", "missing named column", "unknown strategy", "unknown role", "role missing",
-    "same model on both sides", "bad model option", "unreadable template",
+    "same model on both sides", "bad model option", "unreadable template", "parquet that is not", "jsonl not utf-8",
+    "shard of superscripts", "empty shard", "out under a file", "push-to org/x.git", "push-to org/da--ta",
+    "push-to ../..", "push-to org/dätä", "--temperature nan", "--temperature -1", "--top-p 5", "--max-new-tokens 0",
+    "--timeout -1",
 ]  # fmt: skip
 
 
@@ -123,8 +164,24 @@ def test_bad_input_is_one_line_and_exit_2(case: str, bad_inputs, popalign, tmp_p
     flags, expected = bad_inputs[case]
     result = popalign("build", "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache", *flags)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [expected]
-    assert not (tmp_path / "out").exists()
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(expected)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("repo", ["org/x.git", "org/da--ta", "../..", "org/dätä", "a/b/c"])
+@pytest.mark.parametrize("command", ["push", "versions"])
+def test_a_bad_repo_id_is_one_line(command: str, repo: str, popalign, tmp_path: Path) -> None:
+    args = [tmp_path, "--repo", repo, "--version", "1.0.0"] if command == "push" else [repo]
+    result = popalign(command, *args)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"popalign: error: repository {repo!r}: ")
+
+
+def test_a_csv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    source = binary(tmp_path / "excel.csv", "\ufeffprompt,id\nSay hi.,1\n".encode())
+    assert [i.text for i in load_prompts(source).instructions] == ["Say hi."]
 
 
 def test_bad_flag_value_is_one_line(popalign) -> None:

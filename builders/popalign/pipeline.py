@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -14,21 +15,20 @@ from typing import Any
 
 import yaml
 
+from popalign.build_folder import MANIFEST, RECIPE, check_out, read_manifest, staged, write_json
 from popalign.builder import PopAlign
 from popalign.cache import GenerationCache
 from popalign.card import render_card
 from popalign.engine import Engine, EngineStats
 from popalign.errors import PopAlignError
-from popalign.models import describe_spec
+from popalign.models import ModelSpec, describe_spec
 from popalign.prompts import BUNDLED_LABEL, PromptSet
-from popalign.quality import QUALITY_DIR, quality_report, write_histogram
+from popalign.quality import quality_report, write_histogram
 from popalign.schema import make_row
 from popalign.score import Scorer, ScoreStats, curate, order_rows, score_rows
 from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext, roles_used
 from popalign.templates import TemplateSet
 
-MANIFEST = "popalign_build.json"
-RECIPE = "popalign_recipe.yaml"
 EXAMPLE_CHARS = 400
 
 
@@ -97,14 +97,17 @@ def build_dataset(
     >>> build_dataset(load_prompts(limit=4), strategies=list(STRATEGIES), engine=engine, ...)  # doctest: +SKIP
     """
     started = time.monotonic()
-    _check_out_dir(out)
+    check_out(out)
     context = StrategyContext(
         templates, seed=engine.default_params.seed, keep_truncated=keep_truncated, elicitive_style=elicitive_style
     )
     jobs = [(name, instruction) for instruction in prompts.instructions for name in strategies]
     expected = sum(STRATEGIES[name].requests for name, _ in jobs)
     results = engine.run([(name, STRATEGIES[name].run(instruction, context)) for name, instruction in jobs], expected)
-    names = engine.identities
+    names = {
+        role: spec.published if isinstance(spec, ModelSpec) else engine.identities[role]
+        for role, spec in engine.roles.items()
+    }
     outcomes = {name: StrategyOutcome() for name in strategies}
     for (name, instruction), result in zip(jobs, results, strict=True):
         if isinstance(result, Dropped):
@@ -125,8 +128,6 @@ def build_dataset(
                 rejected_reasoning=result.rejected_reasoning,
             )
         )
-    shutil.rmtree(out / QUALITY_DIR, ignore_errors=True)
-    quality, score_stats = _score(outcomes, scoring, context, engine.cache, out) if scoring else ({}, None)
     used_roles = roles_used(strategies)
     manifest = {
         "backend": "+".join(sorted({engine.backend_name(role) for role in used_roles})),
@@ -140,14 +141,20 @@ def build_dataset(
         "template_hashes": templates.hashes(),
         "elicitive_style": elicitive_style,
         "keep_truncated": keep_truncated,
-        "configs": _write_configs(outcomes, out),
-        **({"score": scoring.describe(), "quality": quality} if scoring else {}),
     }
-    for name, config in manifest["configs"].items():
-        strategy = STRATEGIES[name]
-        config |= {"chosen_model": names[strategy.chosen_role], "rejected_model": names[strategy.rejected_role]}
-    _write_manifest_and_card(manifest, out)
-    _write_recipe(out, strategies, engine, prompts, context)
+    quality: dict[str, dict[str, Any]] = {}
+    score_stats = None
+    _require_rows(outcomes, out)
+    with staged(out) as folder:
+        if scoring:
+            quality, score_stats = _score(outcomes, scoring, context, engine.cache, folder)
+            manifest |= {"score": scoring.describe(), "quality": quality}
+        manifest["configs"] = _write_configs(outcomes, folder)
+        for name, config in manifest["configs"].items():
+            strategy = STRATEGIES[name]
+            config |= {"chosen_model": names[strategy.chosen_role], "rejected_model": names[strategy.rejected_role]}
+        _write_recipe(folder, strategies, engine, prompts, context)
+        _write_manifest_and_card(manifest, folder, out)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
@@ -186,10 +193,12 @@ def score_dataset(
     context = StrategyContext(
         templates, seed=manifest["params"]["seed"], elicitive_style=manifest.get("elicitive_style", "guided")
     )
-    shutil.rmtree(out / QUALITY_DIR, ignore_errors=True)
-    quality, score_stats = _score(outcomes, scoring, context, cache, out)
-    manifest |= {"configs": _write_configs(outcomes, out), "score": scoring.describe(), "quality": quality}
-    _write_manifest_and_card(manifest, out)
+    _require_rows(outcomes, out)
+    with staged(out) as folder:
+        quality, score_stats = _score(outcomes, scoring, context, cache, folder)
+        manifest |= {"configs": _write_configs(outcomes, folder), "score": scoring.describe(), "quality": quality}
+        _copy_recipe(out, folder)
+        _write_manifest_and_card(manifest, folder, out)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
@@ -219,10 +228,8 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         for key in ("backend", "roles", "params", "role_params", "template_hashes", "configs"):
             if _agreed(manifest, key) != _agreed(first, key):
                 raise PopAlignError(f"{part}: its {key} differ from those of {parts[0]}; parts of one build must agree")
-        if (manifest["prompts"]["source"], manifest["prompts"]["total"]) != (
-            first["prompts"]["source"],
-            first["prompts"]["total"],
-        ):
+        keys = ("source", "sha256", "total")
+        if [manifest["prompts"].get(key) for key in keys] != [first["prompts"].get(key) for key in keys]:
             raise PopAlignError(f"{part}: built from other prompts than {parts[0]}")
     shards = {manifest["prompts"]["shard"]: part for part, manifest in zip(parts, manifests, strict=True)}
     count = int(counts.pop())
@@ -233,7 +240,7 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         raise PopAlignError(f"shard {missing[0]} is missing: merge needs all {count} parts")
     if out.resolve() in {part.resolve() for part in parts}:
         raise PopAlignError(f"{out}: write the merged dataset to a new folder, not into a part")
-    _check_out_dir(out)
+    check_out(out)
     outcomes = {name: StrategyOutcome() for name in first["configs"]}
     seen: dict[tuple[str, str], Path] = {}
     for k in range(1, count + 1):
@@ -252,17 +259,20 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     total = sum(manifest["prompts"]["count"] for manifest in manifests)
     if total != first["prompts"]["total"]:
         raise PopAlignError(f"the parts hold {total} instructions but their prompts have {first['prompts']['total']}")
-    prompts = {"source": first["prompts"]["source"], "count": total, "duplicates": first["prompts"]["duplicates"]}
-    configs = _write_configs(outcomes, out)
-    for name, config in configs.items():
-        config |= {
-            key: first["configs"][name][key]
-            for key in ("chosen_model", "rejected_model")
-            if key in first["configs"][name]
-        }
-    manifest = {**first, "prompts": prompts | {"merged_shards": count}, "configs": configs}
-    _write_manifest_and_card(manifest, out)
-    _copy_recipe(parts[0], out)
+    prompts = {key: first["prompts"][key] for key in ("source", "sha256") if key in first["prompts"]}
+    prompts |= {"count": total, "duplicates": first["prompts"]["duplicates"]}
+    _require_rows(outcomes, out)
+    with staged(out) as folder:
+        configs = _write_configs(outcomes, folder)
+        for name, config in configs.items():
+            config |= {
+                key: first["configs"][name][key]
+                for key in ("chosen_model", "rejected_model")
+                if key in first["configs"][name]
+            }
+        manifest = {**first, "prompts": prompts | {"merged_shards": count}, "configs": configs}
+        _copy_recipe(parts[0], folder, drop_shard=True)
+        _write_manifest_and_card(manifest, folder, out)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
@@ -278,28 +288,21 @@ def _cut_kept(config: dict[str, Any]) -> int:
     return config.get("truncation", {}).get("cut", 0) - config["dropped"].get("truncated", 0)
 
 
-def _copy_recipe(part: Path, out: Path) -> None:
-    """The recipe and templates of a part, as those of the merged build (without the shard)."""
-    if (part / RECIPE).is_file():
-        recipe = yaml.safe_load((part / RECIPE).read_text(encoding="utf-8"))
-        recipe.pop("shard", None)
-        (out / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    if (part / "templates").is_dir():
-        shutil.rmtree(out / "templates", ignore_errors=True)
-        shutil.copytree(part / "templates", out / "templates")
+def _copy_recipe(source: Path, folder: Path, *, drop_shard: bool = False) -> None:
+    """The recipe and templates of a build (a part's, without its shard, for a merged build) into `folder`."""
+    if (source / RECIPE).is_file():
+        recipe = yaml.safe_load((source / RECIPE).read_text(encoding="utf-8"))
+        if drop_shard:
+            recipe.pop("shard", None)
+        (folder / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    if (source / "templates").is_dir():
+        shutil.copytree(source / "templates", folder / "templates")
 
 
 def _agreed(manifest: dict[str, Any], key: str) -> Any:
     """What parts of one build must share: for `configs`, only which strategies were built."""
     value = manifest.get(key)
     return sorted(value) if key == "configs" else value
-
-
-def read_manifest(out: Path) -> dict[str, Any]:
-    """The manifest (`popalign_build.json`) of a built folder: roles, parameters, template hashes, counts."""
-    if not (out / MANIFEST).is_file():
-        raise PopAlignError(f"{out}: no popalign build here ({MANIFEST} is missing)")
-    return json.loads((out / MANIFEST).read_text(encoding="utf-8"))
 
 
 def _score(
@@ -342,9 +345,17 @@ def _read_rows(out: Path, name: str) -> list[dict[str, Any]]:
     return [{"swapped": False, "score_per_token": None, **row} for row in rows]
 
 
-def _write_manifest_and_card(manifest: dict[str, Any], out: Path) -> None:
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(render_card(manifest, repo_id=str(out)), encoding="utf-8")
+def _write_manifest_and_card(manifest: dict[str, Any], folder: Path, out: Path) -> None:
+    """The card, then the manifest (last: a folder with a manifest is complete) of the build bound for `out`."""
+    (folder / "README.md").write_text(render_card(manifest, repo_id=_local_name(out)), encoding="utf-8")
+    write_json(folder / MANIFEST, manifest)
+
+
+def _local_name(out: Path) -> str:
+    """How the card names a local build in its loading examples: the path from the working folder when the build
+    lies under it, else the folder's name (never an absolute path, which the card would publish)."""
+    relative = os.path.relpath(out.absolute())
+    return out.name if relative.startswith("..") else relative
 
 
 def _write_recipe(
@@ -355,14 +366,12 @@ def _write_recipe(
     roles: dict[str, Any] = {}
     for role in roles_used(strategies):
         spec = engine.roles[role]
-        roles[role] = (
-            {"endpoint_model": engine.identities[role]} if engine.backend_name(role) == "endpoint" else str(spec)
-        )
+        roles[role] = spec.published if isinstance(spec, ModelSpec) else {"endpoint_model": engine.identities[role]}
         if engine.params[role] != engine.default_params:
             roles[role] = {"spec": roles[role]} if isinstance(roles[role], str) else roles[role]
             roles[role]["generation"] = asdict(engine.params[role])
     recipe = {
-        **({} if prompts.source == BUNDLED_LABEL else {"prompts": prompts.source}),
+        **({} if prompts.source == BUNDLED_LABEL else {"prompts": prompts.source, "prompts_sha256": prompts.sha256}),
         "strategies": strategies,
         "elicitive_style": context.elicitive_style,
         "keep_truncated": context.keep_truncated,
@@ -372,18 +381,16 @@ def _write_recipe(
         **({"shard": f"{prompts.shard[0]}/{prompts.shard[1]}"} if prompts.shard else {}),
     }
     (out / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    shutil.rmtree(out / "templates", ignore_errors=True)
     (out / "templates").mkdir()
     for entry in context.templates.entries():
         (out / "templates" / entry.name).write_text(context.templates.source(entry.name), encoding="utf-8")
 
 
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise PopAlignError(f"{out}: output path exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise PopAlignError(f"{out}: folder is not empty and holds no popalign build; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+def _require_rows(outcomes: dict[str, StrategyOutcome], out: Path) -> None:
+    if not any(outcome.rows for outcome in outcomes.values()):
+        raise PopAlignError(
+            f"{out}: every pair was dropped, nothing to write (answers are cached; see the drop counts)"
+        )
 
 
 def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path) -> dict[str, dict[str, Any]]:
@@ -392,11 +399,6 @@ def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path) -> dict[str,
         name: {"rows": 0, "dropped": dict(outcome.dropped), "truncation": outcome.truncation()}
         for name, outcome in outcomes.items()
     }
-    if not any(outcome.rows for outcome in outcomes.values()):
-        raise PopAlignError(
-            f"{out}: every pair was dropped, nothing to write (answers are cached; see the drop counts)"
-        )
-    shutil.rmtree(out / "data", ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="popalign-") as staging:
         for name, outcome in outcomes.items():
             if not outcome.rows:

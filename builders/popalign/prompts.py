@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ BUNDLED_PROMPTS = Path(__file__).with_name("instructions.jsonl")
 BUNDLED_LABEL = "popalign's bundled demo instructions"
 DEFAULT_COLUMNS = ("prompt", "instruction")
 SUFFIXES = (".jsonl", ".csv", ".parquet")
+_SHARD = re.compile(r"([0-9]+)/([0-9]+)")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class PromptSet:
     """The distinct instructions of a source, in first-seen order, and how many duplicates were skipped.
 
     A shard (`shard=(K, N)`) holds the instructions whose id falls in part K of N; `total` counts them all.
+    `source` is the file's name (never its local folder) and `sha256` its content's digest.
     """
 
     instructions: list[Instruction]
@@ -42,19 +45,27 @@ class PromptSet:
     source: str
     total: int = 0
     shard: tuple[int, int] | None = None
+    sha256: str = ""
 
     def describe(self) -> dict[str, Any]:
         """The prompt source as the manifest records it."""
         shard = {"shard": f"{self.shard[0]}/{self.shard[1]}", "total": self.total} if self.shard else {}
-        return {"source": self.source, "count": len(self.instructions), "duplicates": self.duplicates, **shard}
+        digest = {"sha256": self.sha256} if self.sha256 else {}
+        return {
+            "source": self.source,
+            **digest,
+            "count": len(self.instructions),
+            "duplicates": self.duplicates,
+            **shard,
+        }
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """`K/N` (1 ≤ K ≤ N) as a pair."""
-    k, sep, n = text.partition("/")
-    if not sep or not k.isdigit() or not n.isdigit() or not 1 <= int(k) <= int(n):
+    """`K/N` (1 ≤ K ≤ N, ASCII digits) as a pair."""
+    match = _SHARD.fullmatch(text.strip())
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
         raise PromptsError(f"--shard {text!r}: expected K/N with 1 <= K <= N, for example 1/4")
-    return int(k), int(n)
+    return int(match[1]), int(match[2])
 
 
 def in_shard(instruction: Instruction, shard: tuple[int, int]) -> bool:
@@ -94,11 +105,12 @@ def load_prompts(
     duplicates = len(rows) - len(instructions)
     if limit is not None:
         instructions = instructions[:limit]
-    label = BUNDLED_LABEL if path is None else str(source)
+    label = BUNDLED_LABEL if path is None else source.name
     total = len(instructions)
     if shard:
         instructions = [instruction for instruction in instructions if in_shard(instruction, shard)]
-    return PromptSet(instructions=instructions, duplicates=duplicates, source=label, total=total, shard=shard)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    return PromptSet(instructions, duplicates, label, total=total, shard=shard, sha256=digest)
 
 
 def _read_rows(source: Path) -> Iterator[dict[str, Any]]:
@@ -106,12 +118,16 @@ def _read_rows(source: Path) -> Iterator[dict[str, Any]]:
         if source.suffix == ".jsonl":
             yield from _read_jsonl(source)
         elif source.suffix == ".csv":
-            with source.open(newline="", encoding="utf-8") as handle:
+            with source.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
                 yield from csv.DictReader(handle)
         else:
+            import pyarrow
             import pyarrow.parquet as pq
 
-            yield from pq.read_table(source).to_pylist()
+            try:
+                yield from pq.read_table(source).to_pylist()
+            except pyarrow.ArrowException as err:
+                raise PromptsError(f"{source}: not a readable Parquet file ({' '.join(str(err).split())})") from err
     except UnicodeDecodeError as err:
         raise PromptsError(f"{source}: not UTF-8 text ({err.reason})") from err
     except OSError as err:
@@ -119,8 +135,12 @@ def _read_rows(source: Path) -> Iterator[dict[str, Any]]:
 
 
 def _read_jsonl(source: Path) -> Iterator[dict[str, Any]]:
-    with source.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with source.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise PromptsError(f"{source}: line {number}: not UTF-8 text ({err.reason})") from err
             if not line.strip():
                 continue
             try:

@@ -20,18 +20,25 @@ from typing import Any
 
 import httpx2
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, RepoFile, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    HFValidationError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
 
+from popalign.build_folder import MANIFEST, RECIPE, read_manifest
 from popalign.card import render_card
 from popalign.errors import PopAlignError
-from popalign.pipeline import MANIFEST, RECIPE, read_manifest
 from popalign.quality import QUALITY_DIR
 
 VERSIONS = "popalign_versions.json"
 #: What a repository may hold before popalign's first version (what the Hub creates with a repo).
 FRESH_REPO_FILES = {".gitattributes", "README.md"}
 _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 
 class PublishError(PopAlignError):
@@ -59,9 +66,15 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 
 def check_repo_id(repo_id: str) -> str:
-    """`ORG/NAME`, as the Hub spells dataset repositories."""
+    """`ORG/NAME` as the Hub allows it: ASCII letters, digits, `-`, `_` and `.`, no `--` or `..`, no `.git` at
+    the end, at most 96 characters."""
     if not _REPO_ID.match(repo_id):
-        raise PublishError(f"--repo {repo_id!r}: expected ORG/NAME")
+        raise PublishError(f"repository {repo_id!r}: expected ORG/NAME of ASCII letters, digits, '-', '_' and '.'")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        reason = str(err).partition(":")[0].removeprefix("Repo id ").removeprefix("Repo_id ")
+        raise PublishError(f"repository {repo_id!r}: not a valid Hub id ({reason})") from err
     return repo_id
 
 

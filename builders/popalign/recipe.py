@@ -1,7 +1,7 @@
 """A build recipe: the YAML file `popalign build --recipe` reads instead of (or under) its flags.
 
 ```yaml
-prompts: instructions.jsonl          # paths are relative to the recipe's folder
+prompts: instructions.jsonl          # paths are relative to the recipe's folder, and stay inside it
 strategies: [prefix, demon, elicitive, nparam, leaderboard, refine]
 out: popalign-data
 elicitive_style: guided              # or paper: the paper's single-turn Thought:/Response: template
@@ -17,6 +17,7 @@ roles:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import yaml
 
 from popalign.errors import ConfigError
-from popalign.generation import GenerationParams
+from popalign.generation import GenerationParams, check_setting
 from popalign.models import ROLES, EndpointSpec, ModelSpec, parse_spec
 
 #: Top-level keys and the `build` flag (argparse dest) each sets.
@@ -50,18 +51,29 @@ def load_recipe(path: Path) -> Recipe:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the recipe ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of keys (prompts, strategies, roles, ...)")
-    known = (*PATH_KEYS, *VALUE_KEYS, *FLAG_KEYS, "strategies", "generation", "roles")
+    known = (*PATH_KEYS, *VALUE_KEYS, *FLAG_KEYS, "prompts_sha256", "strategies", "generation", "roles")
     unknown = [key for key in data if key not in known]
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
     recipe = Recipe()
+    folder = path.parent.resolve()
     for key in PATH_KEYS:
         if key in data:
-            recipe.defaults[key] = (path.parent / str(data[key])).resolve()
+            resolved = (folder / str(data[key])).resolve()
+            if not resolved.is_relative_to(folder):
+                raise ConfigError(
+                    f"{path}: {key}: {data[key]!r} leaves the recipe's folder; a recipe names files beside it "
+                    f"(give --{key.replace('_', '-')} on the command line to use another place)"
+                )
+            recipe.defaults[key] = resolved
+    if "prompts_sha256" in data:
+        _check_prompts_digest(path, recipe.defaults.get("prompts"), str(data["prompts_sha256"]))
     for key in VALUE_KEYS:
         if key in data:
             recipe.defaults[key] = data[key]
@@ -84,6 +96,16 @@ def load_recipe(path: Path) -> Recipe:
         if generation:
             recipe.role_generation[role] = generation
     return recipe
+
+
+def _check_prompts_digest(path: Path, prompts: Path | None, expected: str) -> None:
+    """A saved recipe names its prompts file by name and content digest: refuse other content under that name."""
+    if prompts is None or not prompts.is_file():
+        return  # reported as a missing prompts file
+    if hashlib.sha256(prompts.read_bytes()).hexdigest() != expected:
+        raise ConfigError(
+            f"{path}: {prompts.name} is not the prompts file this recipe was built with (its sha256 differs)"
+        )
 
 
 def _role(path: Path, role: str, value: Any) -> tuple[ModelSpec | EndpointSpec, dict[str, Any]]:
@@ -128,4 +150,7 @@ def _generation(path: Path, where: str, value: Any) -> dict[str, Any]:
     unknown = [key for key in value if key not in GENERATION_KEYS]
     if unknown:
         raise ConfigError(f"{path}: {where}: unknown key {unknown[0]!r} (known: {', '.join(GENERATION_KEYS)})")
-    return dict(value)
+    try:
+        return {key: check_setting(key, setting) for key, setting in value.items()}
+    except ValueError as err:
+        raise ConfigError(f"{path}: {where}.{err}") from err

@@ -1,0 +1,142 @@
+"""The build folder on disk: its file names, reading its manifest, and replacing it whole.
+
+A build (or a scoring or merging pass) is written into a staging folder beside `out`, manifest last; only when
+everything is there does the staging folder take `out`'s place, so `out` is at every moment either the old complete
+build or the new one. On Linux the swap is one `renameat2(RENAME_EXCHANGE)`; where that is missing it is two
+renames, and a run killed between them is repaired by the next command on that folder.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from popalign.errors import PopAlignError
+
+MANIFEST = "popalign_build.json"
+RECIPE = "popalign_recipe.yaml"
+_STAGING = ".popalign-staging"
+_OLD = ".popalign-old"
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    """The manifest (`popalign_build.json`) of a built folder: roles, parameters, template hashes, counts.
+
+    Raises:
+        PopAlignError: `out` holds no build, or its manifest is unreadable, truncated or not a build's.
+    """
+    recover(out)
+    path = out / MANIFEST
+    if not path.is_file():
+        raise PopAlignError(f"{out}: no popalign build here ({MANIFEST} is missing)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PopAlignError(f"{path}: unreadable manifest ({err}); rebuild the folder") from err
+    except OSError as err:
+        raise PopAlignError(f"{path}: cannot read the manifest ({err.strerror})") from err
+    keys = ("configs", "roles", "params", "prompts")
+    missing = [key for key in keys if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise PopAlignError(f"{path}: not a popalign manifest ({missing[0]!r} is missing); rebuild the folder")
+    return manifest
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON next to `path` and rename it into place, so a reader never sees half of it."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def check_out(out: Path) -> None:
+    """Refuse, before any work is done, an output path that cannot become a build folder.
+
+    Raises:
+        PopAlignError: `out` is a file, a folder of something else, or cannot be created.
+    """
+    recover(out)
+    if out.exists() and not out.is_dir():
+        raise PopAlignError(f"{out}: output path exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise PopAlignError(f"{out}: folder is not empty and holds no popalign build; choose another --out")
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise PopAlignError(f"{out}: cannot create the output folder ({ancestor} is not a folder)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PopAlignError(f"{out}: cannot create the output folder ({ancestor} is not writable)")
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A fresh folder beside `out` to write a whole build into; when the block ends without error it replaces
+    `out` in one step. A failed block leaves `out` as it was.
+
+    >>> with staged(Path("popalign-data")) as folder:  # doctest: +SKIP
+    ...     write_json(folder / MANIFEST, manifest)
+    """
+    check_out(out)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    staging = _sibling(out, _STAGING)
+    shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _swap(staging, out)
+
+
+def recover(out: Path) -> None:
+    """Finish what a run killed during the two-rename swap left: put the old build back if `out` is gone, and
+    remove the old copy once the new build is in place."""
+    old = _sibling(out, _OLD)
+    if old.is_dir():
+        if out.exists():
+            shutil.rmtree(old)
+        else:
+            os.rename(old, out)
+
+
+def _swap(staging: Path, out: Path) -> None:
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.rename(staging, out)
+    elif _exchange(staging, out):
+        shutil.rmtree(staging)  # now the old build
+    else:
+        old = _sibling(out, _OLD)
+        os.rename(out, old)
+        os.rename(staging, out)
+        shutil.rmtree(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux `renameat2`); False where the system or file system cannot."""
+    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if function is None:
+        return False
+    if function(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _sibling(out: Path, suffix: str) -> Path:
+    absolute = out.absolute()
+    return absolute.parent / f".{absolute.name}{suffix}"

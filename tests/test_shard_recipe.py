@@ -93,7 +93,10 @@ def test_a_recipe_sets_roles_and_generation_and_flags_win(
     assert manifest["role_params"] == {"small": {"max_new_tokens": 5, "temperature": 1.0, "top_p": 0.9, "seed": 7}}
     assert manifest["keep_truncated"] is True and manifest["configs"]["prefix"]["truncation"]["rate"] == 1.0
     # what is published names files, never where they lie on this machine
-    assert manifest["prompts"]["source"] == "prompts.jsonl" and manifest["roles"]["small"] == f"{tiny_model_dir.name}:layers=2"
+    assert (
+        manifest["prompts"]["source"] == "prompts.jsonl"
+        and manifest["roles"]["small"] == f"{tiny_model_dir.name}:layers=2"
+    )
     for path in out.rglob("*"):
         if path.is_file():
             text = path.read_bytes().decode("utf-8", errors="replace")

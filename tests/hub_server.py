@@ -8,7 +8,8 @@ tags are annotated git tags. So the read side can be served by a third-party ser
     python tests/hub_server.py --root DIR --port PORT --token TOKEN
 
 `POST /_test/drop-commits` with `{"on": true}` makes every commit request read its body and drop the
-connection without committing (a network failure mid-push); `{"on": false}` ends it.
+connection without committing (a network failure mid-push); `{"on": false}` ends it. `/_test/drop-tags` does the
+same to requests that create a tag.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ class HubServer(ThreadingHTTPServer):
         self.root = root
         self.token = token
         self.lock = threading.Lock()
-        self.drop_commits = False
+        self.dropped: set[str] = set()  # routes ("commits", "tags") whose requests drop the connection
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
 
@@ -257,7 +258,7 @@ class Handler(BaseHTTPRequestHandler):
                 (r"/datasets/(?P<repo_id>[^/]+/[^/]+)\.git/info/lfs/objects/batch", self.lfs_batch),
                 (repo + r"/commit/(?P<revision>[^/]+)", self.commit),
                 (repo + r"/tag/(?P<revision>[^/]+)", self.tag),
-                (r"/_test/drop-commits", self.drop_commits),
+                (r"/_test/drop-(?P<route>commits|tags)", self.drop),
             ]
         )
 
@@ -356,11 +357,8 @@ class Handler(BaseHTTPRequestHandler):
         items = [json.loads(line) for line in self._body().splitlines() if line.strip()]
         if not self._authorized():
             return
-        if self.server.drop_commits:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            self.connection.close()
-            return
+        if "commits" in self.server.dropped:
+            return self._drop_connection()
         repo = self._repo(repo_id)
         header = next(item["value"] for item in items if item["key"] == "header")
         message = header["summary"] + (f"\n\n{header['description']}" if header.get("description") else "")
@@ -372,6 +370,8 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self._body())
         if not self._authorized():
             return
+        if "tags" in self.server.dropped:
+            return self._drop_connection()
         repo = self._repo(repo_id)
         sha = repo.resolve(unquote(revision))
         if body["tag"] in {tag["name"] for tag in repo.refs()["tags"]}:
@@ -388,9 +388,18 @@ class Handler(BaseHTTPRequestHandler):
         repo.git("tag", "-d", unquote(tag))
         self._json(200, {})
 
-    def drop_commits(self) -> None:
-        self.server.drop_commits = bool(json.loads(self._body())["on"])
+    def drop(self, route: str) -> None:
+        if json.loads(self._body())["on"]:
+            self.server.dropped.add(route)
+        else:
+            self.server.dropped.discard(route)
         self._json(200, {})
+
+    def _drop_connection(self) -> None:
+        """A network failure: the request was read, the connection is reset without an answer."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
 
 
 @contextmanager

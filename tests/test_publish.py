@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet
@@ -34,9 +36,9 @@ def hub_env(url: str, home: Path) -> dict[str, str]:
     return {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(home)}
 
 
-def push(hub: tuple[str, str, Path], folder: Path, version: str, *extra: str, token: str = TOKEN):
+def push(hub: tuple[str, str, Path], folder: Path, version: str, *extra: str, token: str = TOKEN, repo: str = REPO):
     home = folder.parent / "hf-home"
-    return run_offline(POPALIGN, "push", folder, "--repo", REPO, "--version", version, "--token", token, *extra,
+    return run_offline(POPALIGN, "push", folder, "--repo", repo, "--version", version, "--token", token, *extra,
                        **hub_env(hub[0], home))  # fmt: skip
 
 
@@ -158,11 +160,8 @@ def test_an_interrupted_push_publishes_nothing_and_a_rerun_publishes_it_whole(
     write_url, _, root = hub
     build(embedded_build, tmp_path / "d", "prefix,refine")
     before = git(root, "for-each-ref")
-    _drop_commits(write_url, True)
-    try:
+    with _dropped(write_url, "commits"):
         failed = push(hub, tmp_path / "d", "2.0.0")
-    finally:
-        _drop_commits(write_url, False)
     assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
     assert "network failure" in failed.stderr and "nothing of v2.0.0 was published" in failed.stderr
     assert git(root, "for-each-ref") == before  # no new commit on main, no tag
@@ -174,9 +173,20 @@ def test_an_interrupted_push_publishes_nothing_and_a_rerun_publishes_it_whole(
     )
 
 
-def _drop_commits(url: str, on: bool) -> None:
-    request = urllib.request.Request(f"{url}/_test/drop-commits", data=json.dumps({"on": on}).encode(), method="POST")
-    urllib.request.urlopen(request, timeout=10).close()
+@contextmanager
+def _dropped(url: str, route: str) -> Iterator[None]:
+    """While in the block, the test Hub drops the connection of every request to `route` (commits, tags)."""
+
+    def switch(on: bool) -> None:
+        body = json.dumps({"on": on}).encode()
+        request = urllib.request.Request(f"{url}/_test/drop-{route}", data=body, method="POST")
+        urllib.request.urlopen(request, timeout=10).close()
+
+    switch(True)
+    try:
+        yield
+    finally:
+        switch(False)
 
 
 def test_a_repo_with_another_layout_or_a_bad_token_is_refused(hub, embedded_build, tmp_path: Path) -> None:
@@ -201,3 +211,44 @@ def test_a_repo_with_another_layout_or_a_bad_token_is_refused(hub, embedded_buil
     assert "hf_wrong_token_77" not in wrong.stderr + wrong.stdout
     bad = push(hub, tmp_path / "d", "1.0")
     assert bad.stderr.strip() == "popalign: error: version '1.0': expected X.Y.Z, for example 1.0.0"
+
+
+def test_a_forced_push_stopped_before_its_tag_is_listed_and_a_rerun_tags_it(
+    hub, embedded_build, tmp_path: Path
+) -> None:
+    write_url, _, root = hub
+    build(embedded_build, tmp_path / "d", "prefix")
+    assert push(hub, tmp_path / "d", "5.0.0").returncode == 0
+    build(embedded_build, tmp_path / "d2", "prefix,demon")
+    with _dropped(write_url, "tags"):
+        failed = push(hub, tmp_path / "d2", "5.0.0", "--force")
+    assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
+    assert "v5.0.0 is committed (" in failed.stderr and "but not tagged: rerun the push to tag it" in failed.stderr
+    head = git(root, "rev-parse", "main").strip()
+
+    def versions() -> str:
+        listing = run_offline(POPALIGN, "versions", REPO, **hub_env(write_url, tmp_path / "home"))
+        assert listing.returncode == 0, listing.stderr
+        return listing.stdout
+
+    listed = versions()
+    assert (
+        f"v5.0.0      {head[:12]}" in listed
+        and "(untagged: its push stopped before the tag; rerun that push)" in listed
+    )
+    rerun = push(hub, tmp_path / "d2", "5.0.0")  # no --force needed: it finishes the stopped push
+    assert rerun.returncode == 0, rerun.stderr
+    assert git(root, "rev-parse", "v5.0.0^{commit}").strip() == head == git(root, "rev-parse", "main").strip()
+    assert "untagged" not in versions()
+
+
+def test_a_refused_push_creates_no_repository(hub, embedded_build, tmp_path: Path) -> None:
+    _, _, root = hub
+    build(embedded_build, tmp_path / "d", "prefix,demon")
+    shutil.rmtree(tmp_path / "d" / "data" / "demon")
+    refused = push(hub, tmp_path / "d", "1.0.0", repo="org/never-made")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"popalign: error: {tmp_path / 'd'}: data/demon is missing or unreadable; rebuild the folder"
+    ]
+    assert not (root / "datasets" / "org" / "never-made").exists()

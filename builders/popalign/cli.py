@@ -111,6 +111,12 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
     )
     endpoints.add_argument("--retries", type=_positive_int, default=6, help="attempts per request (default: 6)")
     endpoints.add_argument(
+        "--max-retry-wait",
+        type=_positive_seconds,
+        default=120.0,
+        help="longest wait a server's Retry-After can ask for; each wait uses up an attempt (default: 120)",
+    )
+    endpoints.add_argument(
         "--timeout", type=_positive_seconds, default=300.0, help="seconds per request (default: 300)"
     )
     build.add_argument("--push-to", metavar="ORG/NAME", help="publish the result as a version of this Hub dataset")
@@ -299,7 +305,7 @@ def _build(args: argparse.Namespace) -> int:
     if any(isinstance(roles[role], EndpointSpec) for role in roles_used(strategies)):
         from popalign.endpoint_backend import EndpointBackend, RetryPolicy
 
-        retry = RetryPolicy(attempts=args.retries)
+        retry = RetryPolicy(attempts=args.retries, max_wait=args.max_retry_wait)
         endpoint = EndpointBackend(token=args.token, concurrency=args.concurrency, timeout=args.timeout, retry=retry)
     if args.score or any(not isinstance(roles[role], EndpointSpec) for role in roles_used(strategies)):
         from popalign.local_backend import LocalBackend
@@ -415,7 +421,8 @@ def _versions(args: argparse.Namespace) -> int:
         configs = ", ".join(
             f"{name} {rows}{'*' if name in entry['changed'] else ''}" for name, rows in entry["configs"].items()
         )
-        print(f"v{entry['version']:<10} {entry['commit'][:12]}  {configs}")
+        untagged = "  (untagged: its push stopped before the tag; rerun that push)" if entry.get("untagged") else ""
+        print(f"v{entry['version']:<10} {entry['commit'][:12]}  {configs}{untagged}")
     if versions:
         print("(* rebuilt in that version; the others were kept from an earlier one)")
     return 0

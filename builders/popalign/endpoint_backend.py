@@ -1,20 +1,31 @@
 """Generation on TGI or OpenAI-compatible endpoints through `huggingface_hub.AsyncInferenceClient.chat_completion`.
 
 Each replica URL has its own semaphore of `concurrency` slots, so requests go out as soon as a slot frees (never
-batch-and-wait). A request goes to the least busy replica that is not resting; failures that may pass (429, 5xx,
-time-outs, resets, unreadable answers) are retried with exponential backoff and full jitter, at least as long as
-the server's `Retry-After` asks; a replica failing `REST_AFTER` times in a row rests for a while. An error that
-will not pass (401, 403, 404, or a replica that stays down) stops the run with one line naming the endpoint.
+batch-and-wait). A request goes to the least busy replica that is not resting. Failures that may pass (429, 5xx,
+time-outs, resets, unreadable answers) are retried, each request on its own: exponential backoff with full jitter,
+at least as long as the server's `Retry-After` asks but never longer than `max_wait`, and every wait uses up one of
+the request's attempts.
+
+Resting is proportionate: failures of requests that were already in flight when the replica last failed count
+once (a burst of concurrent failures is one failure), a replica rests after `REST_AFTER` such failures in a row,
+and while every replica rests one request at a time probes the one that wakes first, so the run never sits idle
+while it still has work and has not given up. A replica down at start is left out with a warning and probed
+again later; the run stops only when no replica answers. An error that will not pass (401, 403, 404, or a
+replica that stays down) stops the run with one line naming the endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import hashlib
 import random
+import socket
+import sys
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httpx2
 from huggingface_hub import AsyncInferenceClient
@@ -26,25 +37,36 @@ from popalign.errors import BackendError, RequestFailed
 from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request
 from popalign.models import EndpointSpec
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 FATAL_STATUS = {401: "unauthorized", 403: "forbidden", 404: "no chat completions route here"}
 REST_AFTER = 3
-MAX_REST = 60.0
+MAX_REST = 30.0
+PROBE_EVERY = 1.0
+START_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """At most `attempts` tries per request; the wait before try n+1 is uniform in [0, min(cap, base * 2**n)],
-    and never shorter than the server's `Retry-After`."""
+    and never shorter than the server's `Retry-After`, which is capped at `max_wait` seconds."""
 
     attempts: int = 6
     base: float = 1.0
     cap: float = 60.0
+    max_wait: float = 120.0
 
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds to wait after failed try number `attempt` (0-based)."""
-        backoff = random.uniform(0, min(self.cap, self.base * 2**attempt))
-        return max(backoff, retry_after or 0.0)
+    @property
+    def patience(self) -> float:
+        """How long every replica may keep failing before the run gives up: longer than the backoff of all of one
+        request's attempts, so a request that keeps failing gives up first and says why."""
+        return sum(min(self.cap, self.base * 2**attempt) for attempt in range(self.attempts))
+
+    def delay(self, attempt: int, retry_after: float | None, spent: float = 0.0) -> float:
+        """Seconds to wait after failed try number `attempt` (0-based), which took `spent` seconds: the backoff
+        counts from the try's start (a try that timed out has waited already), `Retry-After` from now."""
+        backoff = random.uniform(0, min(self.cap, self.base * 2**attempt)) - spent
+        return max(backoff, min(retry_after or 0.0, self.max_wait), 0.0)
 
 
 @dataclass
@@ -61,9 +83,15 @@ class _Replica:
     client: AsyncInferenceClient
     slots: asyncio.Semaphore
     busy: int = 0
-    failures: int = 0
+    failures: int = 0  # counted failures in a row (a burst of concurrent ones counts once)
+    failed_at: float = -1.0  # when the last counted failure happened
+    failing_since: float = 0.0  # when the present run of failures began
+    last: str = ""  # what the last failure was
     resting_until: float = 0.0
-    last: str = ""
+    probing: bool = False  # a request is testing whether this resting replica answers again
+    next_probe: float = 0.0
+    verified: bool = True  # false for a replica down at start: its served model is asked before its first use
+    excluded: str = ""  # why this replica is never used (it serves another model)
 
 
 @dataclass
@@ -71,6 +99,14 @@ class _Endpoint:
     spec: EndpointSpec
     model: str
     replicas: list[_Replica] = field(default_factory=list)
+    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(0))  # the answering replicas' slots
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        """Tell requests waiting for a replica that one may be free now."""
+        self.changed.set()
+        self.changed = asyncio.Event()
 
 
 class EndpointBackend:
@@ -104,9 +140,15 @@ class EndpointBackend:
         return authorization(url, url_credential=credential, token=self.token, api_key_env=spec.api_key_env)
 
     async def identity(self, spec: EndpointSpec) -> str:
-        """The served model's name, asked of every replica; replicas serving different models are refused."""
+        """The served model's name, asked of every replica; replicas serving different models are refused. A
+        replica that does not answer is left out with a warning and tried again later; none answering is an
+        error."""
         if spec not in self._endpoints:
-            names = {url: await self._served_model(url, spec) for url in spec.urls}
+            names, down = await self._served_models(spec, attempts=1)
+            if not names:  # none answers yet: ask again, a few times, before giving up
+                names, down = await self._served_models(spec, attempts=START_ATTEMPTS)
+            if not names:
+                raise next(iter(down.values()))
             if len(set(names.values())) > 1:
                 listing = ", ".join(f"{url} serves {name}" for url, name in names.items())
                 raise BackendError(f"endpoint replicas serve different models: {listing}")
@@ -116,12 +158,44 @@ class EndpointBackend:
                 # set explicitly, even empty: left out, huggingface_hub would send the machine's Hub token
                 headers = {"Authorization": self._authorization(spec, url) or ""}
                 client = AsyncInferenceClient(base_url=url, headers=headers, timeout=self.timeout)
-                endpoint.replicas.append(_Replica(url, client, asyncio.Semaphore(self.concurrency)))
+                replica = _Replica(url, client, asyncio.Semaphore(self.concurrency), verified=url not in down)
+                if url in down:
+                    print(f"popalign: warning: {down[url]}; going on with the other replicas", file=sys.stderr)
+                    replica.resting_until = time.monotonic() + PROBE_EVERY
+                else:
+                    self._add_slots(endpoint)
+                endpoint.replicas.append(replica)
             self._endpoints[spec] = endpoint
         return self._endpoints[spec].model
 
-    async def _served_model(self, url: str, spec: EndpointSpec) -> str:
-        """`/v1/models` (OpenAI-compatible servers, TGI) or `/info` (TGI) tells the served model."""
+    async def _served_models(self, spec: EndpointSpec, attempts: int) -> tuple[dict[str, str], dict[str, BackendError]]:
+        """Every replica's served model, asked at once; and why each replica that did not answer did not."""
+        asked = await asyncio.gather(
+            *(self._served_model(url, spec, attempts) for url in spec.urls), return_exceptions=True
+        )
+        names, down = {}, {}
+        for url, answer in zip(spec.urls, asked, strict=True):
+            if isinstance(answer, _Unavailable):
+                down[url] = answer
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                names[url] = answer
+        return names, down
+
+    async def _served_model(self, url: str, spec: EndpointSpec, attempts: int = 1) -> str:
+        """`/v1/models` (OpenAI-compatible servers, TGI) or `/info` (TGI) tells the served model; an answer that
+        may pass (429, 5xx, unreachable) is asked again, up to `attempts` times."""
+        for attempt in range(attempts):
+            try:
+                return await self._ask_served_model(url, spec)
+            except _Unavailable:
+                if attempt + 1 == attempts:
+                    raise
+                await asyncio.sleep(self.retry.delay(attempt, None))
+        raise AssertionError("unreachable")
+
+    async def _ask_served_model(self, url: str, spec: EndpointSpec) -> str:
         header = self._authorization(spec, url)
         headers = {"Authorization": header} if header else {}
         try:
@@ -131,6 +205,8 @@ class EndpointBackend:
                     status = response.status_code
                     if status in FATAL_STATUS and status != 404:
                         raise BackendError(f"endpoint {url}: {FATAL_STATUS[status]} (HTTP {status})")
+                    if status in RETRYABLE_STATUS:
+                        raise _Unavailable(f"endpoint {url}: {route} answered HTTP {status}")
                     if status != 200:
                         continue
                     body = response.json()
@@ -143,7 +219,7 @@ class EndpointBackend:
                 "through; unset it for this run"
             ) from err
         except httpx2.HTTPError as err:
-            raise BackendError(f"endpoint {url}: unreachable ({type(err).__name__}: {err})") from err
+            raise _Unavailable(f"endpoint {url}: unreachable ({type(err).__name__}: {err})") from err
         except (ValueError, AttributeError, IndexError) as err:
             raise BackendError(f"endpoint {url}: unreadable answer to /v1/models ({err})") from err
         if spec.model:
@@ -172,58 +248,153 @@ class EndpointBackend:
         seed = _request_seed(params.seed, request)
         failure = _Failure("no attempt made")
         for attempt in range(self.retry.attempts):
-            replica = await self._pick(endpoint)
-            async with replica.slots:
-                replica.busy += 1
-                try:
-                    output = await replica.client.chat_completion(
-                        request.chat(),
-                        model=endpoint.model,
-                        max_tokens=params.max_new_tokens,
-                        temperature=params.temperature,
-                        top_p=params.top_p,
-                        seed=seed,
-                    )
-                    choice = output.choices[0]
-                    finish = LENGTH if choice.finish_reason == LENGTH else STOP  # TGI also says eos_token
-                    generation = Generation(choice.message.content or "", _tokens(output), finish)
-                except Exception as err:  # classified below; anything unknown is re-raised
-                    failure = _classify(err)
-                else:
-                    replica.failures = 0
-                    on_done(generation)
-                    return generation
-                finally:
-                    replica.busy -= 1
+            await endpoint.slots.acquire()  # a slot on some answering replica; which one is picked then
+            try:
+                replica, probe = await self._pick(endpoint)
+                sent_at = time.monotonic()
+                async with replica.slots:
+                    replica.busy += 1
+                    try:
+                        if not replica.verified:
+                            await self._verify(endpoint, replica)
+                        output = await replica.client.chat_completion(
+                            request.chat(),
+                            model=endpoint.model,
+                            max_tokens=params.max_new_tokens,
+                            temperature=params.temperature,
+                            top_p=params.top_p,
+                            seed=seed,
+                        )
+                        choice = output.choices[0]
+                        finish = LENGTH if choice.finish_reason == LENGTH else STOP  # TGI also says eos_token
+                        generation = Generation(choice.message.content or "", _tokens(output), finish)
+                    except _Unavailable as err:
+                        failure = _Failure(str(err).removeprefix(f"endpoint {replica.url}: "))
+                    except Exception as err:  # classified below; anything unknown is re-raised
+                        failure = _classify(err)
+                    else:
+                        self._answered(endpoint, replica, probe)
+                        on_done(generation)
+                        return generation
+                    finally:
+                        replica.busy -= 1
+            finally:
+                endpoint.slots.release()
             if failure.fatal:
                 raise BackendError(f"endpoint {replica.url}: {failure.reason}")
             if failure.refused:
+                self._answered(endpoint, replica, probe)
                 raise RequestFailed(f"endpoint {replica.url}: {failure.reason}")
-            self._rest(replica, failure)
+            self._failed(endpoint, replica, failure, sent_at, probe)
             if attempt + 1 < self.retry.attempts:
-                on_retry()
-                await asyncio.sleep(self.retry.delay(attempt, failure.retry_after))
+                wait = self.retry.delay(attempt, failure.retry_after, time.monotonic() - sent_at)
+                on_retry(f"{replica.url}: {failure.reason}{_asked(failure.retry_after, self.retry.max_wait)}", wait)
+                await self._back_off(endpoint, wait, min(failure.retry_after or 0.0, self.retry.max_wait))
         raise BackendError(
-            f"endpoint {replica.url}: still failing after {self.retry.attempts} attempts ({failure.reason}); "
+            f"endpoint {replica.url}: still failing after {self.retry.attempts} attempts "
+            f"({failure.reason}{_asked(failure.retry_after, self.retry.max_wait)}); "
             "finished answers are cached: rerun to resume"
         )
 
-    async def _pick(self, endpoint: _Endpoint) -> _Replica:
-        """The least busy replica not resting; when all rest, wait for the first to wake."""
+    async def _back_off(self, endpoint: _Endpoint, wait: float, asked: float) -> None:
+        """Wait `wait` seconds before the next try, or only `asked` (the server's `Retry-After`) if the endpoint
+        answers another request meanwhile: then the failure was this request's alone, not the server's."""
+        answered = endpoint.answered
+        await asyncio.sleep(asked)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(answered.wait(), timeout=max(0.0, wait - asked))
+
+    async def _verify(self, endpoint: _Endpoint, replica: _Replica) -> None:
+        """Before its first request, ask a replica that was down at start which model it serves."""
+        name = await self._served_model(replica.url, endpoint.spec)
+        if not endpoint.spec.model and name != endpoint.model:
+            replica.excluded = f"serves {name}, not {endpoint.model}"
+            print(f"popalign: warning: endpoint {replica.url} {replica.excluded}; leaving it out", file=sys.stderr)
+            raise _Unavailable(f"endpoint {replica.url}: {replica.excluded}")
+        replica.verified = True
+        self._add_slots(endpoint)
+
+    def _add_slots(self, endpoint: _Endpoint) -> None:
+        """A replica answers: requests may now hold `concurrency` more slots on the endpoint."""
+        for _ in range(self.concurrency):
+            endpoint.slots.release()
+
+    async def _pick(self, endpoint: _Endpoint) -> tuple[_Replica, bool]:
+        """The least busy replica not resting, and whether the request is a probe. When every replica rests,
+        one request at a time (at most one per `PROBE_EVERY` seconds) probes the replica that wakes first; the
+        others wait until a replica answers or wakes."""
         while True:
             now = time.monotonic()
-            awake = [replica for replica in endpoint.replicas if replica.resting_until <= now]
+            usable = [replica for replica in endpoint.replicas if not replica.excluded]
+            if not usable:
+                reasons = "; ".join(f"{replica.url} {replica.excluded}" for replica in endpoint.replicas)
+                raise BackendError(f"endpoint: no replica serves {endpoint.model} ({reasons})")
+            if all(replica.failures and now - replica.failing_since > self.retry.patience for replica in usable):
+                worst = max(usable, key=lambda replica: replica.failures)
+                raise BackendError(
+                    f"endpoint {worst.url}: no replica has answered for {now - worst.failing_since:.0f} s "
+                    f"({worst.last}); finished answers are cached: rerun to resume"
+                )
+            awake = [replica for replica in usable if replica.verified and replica.resting_until <= now]
+            ready = [replica for replica in usable if not replica.probing and replica.next_probe <= now]
+            if awake:  # only a replica down at start, once its rest is over, is probed beside them
+                ready = [replica for replica in ready if not replica.verified and replica.resting_until <= now]
+            if ready:
+                replica = min(ready, key=lambda replica: replica.resting_until)
+                replica.probing, replica.next_probe = True, now + PROBE_EVERY
+                return replica, True
             if awake:
-                return min(awake, key=lambda replica: replica.busy)
-            await asyncio.sleep(min(replica.resting_until for replica in endpoint.replicas) - now)
+                free = [replica for replica in awake if not replica.slots.locked()] or awake
+                return min(free, key=lambda replica: replica.busy), False
+            soonest = min(min(replica.resting_until, replica.next_probe) for replica in usable)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(endpoint.changed.wait(), timeout=max(0.01, soonest - now))
 
-    def _rest(self, replica: _Replica, failure: _Failure) -> None:
-        """Rest a replica that asked for it (`Retry-After`) or failed `REST_AFTER` times in a row."""
-        replica.failures += 1
-        rest = failure.retry_after or 0.0
-        if replica.failures >= REST_AFTER:
+    def _answered(self, endpoint: _Endpoint, replica: _Replica, probe: bool) -> None:
+        """The replica answered: it is well, and requests waiting for one, or backing off, may go."""
+        endpoint.answered.set()
+        endpoint.answered = asyncio.Event()
+        if replica.failures or replica.resting_until or probe:
+            replica.failures, replica.resting_until, replica.probing = 0, 0.0, False
+            endpoint.wake()
+
+    def _failed(self, endpoint: _Endpoint, replica: _Replica, failure: _Failure, sent_at: float, probe: bool) -> None:
+        """Count a failure, unless the request was sent before the replica's last counted failure (a burst of
+        concurrent failures counts once); rest the replica when it asks (`Retry-After`, capped) or after
+        `REST_AFTER` failures in a row with no answer for `base` seconds, for at most `MAX_REST` seconds."""
+        now = time.monotonic()
+        if probe:
+            replica.probing = False
+            endpoint.wake()
+        replica.last = failure.reason
+        if sent_at > replica.failed_at:
+            if not replica.failures:
+                replica.failing_since = now
+            replica.failures += 1
+            replica.failed_at = now
+        rest = min(failure.retry_after or 0.0, self.retry.max_wait)
+        if replica.failures >= REST_AFTER and now - replica.failing_since >= self.retry.base:
             rest = max(rest, min(MAX_REST, self.retry.base * 2 ** (replica.failures - REST_AFTER)))
-        replica.resting_until = max(replica.resting_until, time.monotonic() + rest)
+        replica.resting_until = max(replica.resting_until, now + rest)
+
+
+def same_server(a: str, b: str) -> bool:
+    """Whether two endpoint URLs reach one server: the same port and path on hosts with a shared address
+    (`localhost` and `127.0.0.1`, a name and its IP)."""
+    first, second = urlsplit(a), urlsplit(b)
+    if (first.port or _DEFAULT_PORTS.get(first.scheme), first.path.rstrip("/")) != (
+        second.port or _DEFAULT_PORTS.get(second.scheme),
+        second.path.rstrip("/"),
+    ):
+        return False
+    return bool(_addresses(first.hostname or "") & _addresses(second.hostname or ""))
+
+
+def _addresses(host: str) -> set[str]:
+    try:
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)} | {host.lower()}
+    except (OSError, UnicodeError):
+        return {host.lower()}
 
 
 def _classify(err: Exception) -> _Failure:
@@ -242,6 +413,17 @@ def _classify(err: Exception) -> _Failure:
     if isinstance(err, ValueError | KeyError | TypeError | IndexError | AttributeError):
         return _Failure(f"unreadable answer ({type(err).__name__}: {err})")
     raise err
+
+
+def _asked(retry_after: float | None, max_wait: float) -> str:
+    """How long the server asked to wait, when it asked for more than the cap allows."""
+    if retry_after is None or retry_after <= max_wait:
+        return ""
+    return f"; Retry-After {retry_after:.0f} s, waited at most {max_wait:.0f} s (--max-retry-wait)"
+
+
+class _Unavailable(BackendError):
+    """A replica that did not answer at all (unreachable, 429, 5xx), which may pass."""
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -102,14 +102,24 @@ class Engine:
         self._waiting = 0
         self._bar: tqdm | None = None
 
-    def run(self, runs: Sequence[tuple[str, StrategyRun]], expected: int | None = None) -> list[Any]:
+    def run(
+        self,
+        runs: Sequence[tuple[str, StrategyRun]],
+        expected: int | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> list[Any]:
         """Drive every `(label, run)` to completion and return their results in order; `expected` is the number
-        of requests the progress bar counts to."""
-        return asyncio.run(self._run(runs, expected))
+        of requests the progress bar counts to, and `check` runs once the roles' identities are known, before
+        any request."""
+        return asyncio.run(self._run(runs, expected, check))
 
-    async def _run(self, runs: Sequence[tuple[str, StrategyRun]], expected: int | None) -> list[Any]:
+    async def _run(
+        self, runs: Sequence[tuple[str, StrategyRun]], expected: int | None, check: Callable[[], None] | None
+    ) -> list[Any]:
         for role, spec in self.roles.items():
             self.identities[role] = await self._backend(spec).identity(spec)
+        if check:
+            check()
         self._live = len(runs)
         try:
             with tqdm(
@@ -186,9 +196,11 @@ class Engine:
                 self.stats.tokens += generation.tokens
                 self._tick()
 
-            def retry() -> None:
+            def retry(reason: str, wait: float) -> None:
                 counts.retried += 1
                 self.stats.retried += 1
+                if self._bar is not None:
+                    self._bar.set_postfix_str(f"retry {self.stats.retried}: {reason}; next try in {wait:.0f} s")
 
             answer = asyncio.ensure_future(backend.submit(spec, request, params, done, retry))
         self._answers[key] = answer

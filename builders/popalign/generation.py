@@ -70,9 +70,10 @@ class Generation:
         return self.finish_reason == LENGTH
 
 
-#: Called with each generation as soon as it exists, and on each retry of a request.
+#: Called with each generation as soon as it exists, and on each retry of a request with what failed and the
+#: seconds it waits before trying again.
 OnDone = Callable[[Generation], None]
-OnRetry = Callable[[], None]
+OnRetry = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)

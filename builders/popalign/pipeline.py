@@ -103,7 +103,8 @@ def build_dataset(
     )
     jobs = [(name, instruction) for instruction in prompts.instructions for name in strategies]
     expected = sum(STRATEGIES[name].requests for name, _ in jobs)
-    results = engine.run([(name, STRATEGIES[name].run(instruction, context)) for name, instruction in jobs], expected)
+    runs = [(name, STRATEGIES[name].run(instruction, context)) for name, instruction in jobs]
+    results = engine.run(runs, expected, check=lambda: _check_contrasts(engine, strategies))
     names = {
         role: spec.published if isinstance(spec, ModelSpec) else engine.identities[role]
         for role, spec in engine.roles.items()
@@ -384,6 +385,28 @@ def _write_recipe(
     (out / "templates").mkdir()
     for entry in context.templates.entries():
         (out / "templates" / entry.name).write_text(context.templates.source(entry.name), encoding="utf-8")
+
+
+def _check_contrasts(engine: Engine, strategies: list[str]) -> None:
+    """Refuse a model contrast whose two roles are one model on one server with the same settings, however its
+    URLs are spelled: every such pair would be dropped as identical."""
+    from popalign.endpoint_backend import same_server
+    from popalign.models import EndpointSpec
+
+    for name in strategies:
+        first, second = STRATEGIES[name].chosen_role, STRATEGIES[name].rejected_role
+        a, b = engine.roles[first], engine.roles[second]
+        if first == second or not isinstance(a, EndpointSpec) or not isinstance(b, EndpointSpec):
+            continue
+        if engine.identities[first] != engine.identities[second] or engine.params[first] != engine.params[second]:
+            continue
+        shared = [(x, y) for x in a.urls for y in b.urls if same_server(x, y)]
+        if shared:
+            raise PopAlignError(
+                f"strategy {name!r} contrasts roles {first} and {second}, but both are {engine.identities[first]} on "
+                f"one server ({shared[0][0]} and {shared[0][1]}) with the same settings: give them different "
+                "models or generation parameters"
+            )
 
 
 def _require_rows(outcomes: dict[str, StrategyOutcome], out: Path) -> None:

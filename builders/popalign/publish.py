@@ -8,6 +8,7 @@ not rebuilt keep their files from earlier versions, and the card says in which v
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -91,15 +92,24 @@ def push_dataset(
     tag = f"v{version}"
     manifest = read_manifest(folder)
     api = HfApi(token=token)
+    exists = True
+    tags: dict[str, str] = {}
+    main: str | None = None
+    remote: list[str] = []
+    history: list[dict[str, Any]] = []
+    previous = None
     with _hub_errors(repo_id, f"nothing of {tag} was published: rerun to publish it whole"):
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        refs = api.list_repo_refs(repo_id, repo_type="dataset")
-        tags = {ref.name: ref.target_commit for ref in refs.tags}
-        main = next((ref.target_commit for ref in refs.branches if ref.name == "main"), None)
-        tree = api.list_repo_tree(repo_id, repo_type="dataset", recursive=True)
-        remote = [entry.path for entry in tree if isinstance(entry, RepoFile)]
-        history = _read_json(repo_id, VERSIONS, main, token) if VERSIONS in remote else []
-        previous = _read_json(repo_id, MANIFEST, main, token) if history else None
+        try:
+            refs = api.list_repo_refs(repo_id, repo_type="dataset")
+        except RepositoryNotFoundError:
+            exists = False  # created once every check below has passed
+        else:
+            tags = {ref.name: ref.target_commit for ref in refs.tags}
+            main = next((ref.target_commit for ref in refs.branches if ref.name == "main"), None)
+            tree = api.list_repo_tree(repo_id, repo_type="dataset", recursive=True)
+            remote = [entry.path for entry in tree if isinstance(entry, RepoFile)]
+            history = _read_json(repo_id, VERSIONS, main, token) if VERSIONS in remote else []
+            previous = _read_json(repo_id, MANIFEST, main, token) if history else None
     if not history:
         foreign = sorted(path for path in remote if path not in FRESH_REPO_FILES and "/" not in path)
         foreign += sorted({path.split("/")[0] + "/" for path in remote if "/" in path})
@@ -118,6 +128,11 @@ def push_dataset(
 
     rebuilt = [name for name, config in manifest["configs"].items() if config["rows"]]
     merged, kept = _merge_configs(manifest, previous, rebuilt, version)
+    if tag not in tags and main and history and history[-1]["version"] == version and merged == previous:
+        # an earlier push of this very folder committed, then stopped before its tag: tag that commit
+        with _hub_errors(repo_id, f"{tag} is committed ({main[:12]}) but not tagged: rerun the push to tag it"):
+            api.create_tag(repo_id, tag=tag, revision=main, repo_type="dataset", tag_message=f"popalign {tag}")
+        return PushResult(repo_id=repo_id, version=version, commit=main, rebuilt=rebuilt, kept=kept)
     history = [entry for entry in history if entry["version"] != version]
     history.append(
         {
@@ -128,8 +143,14 @@ def push_dataset(
         }
     )
     with tempfile.TemporaryDirectory(prefix="popalign-push-") as staging:
-        operations = _stage(folder, Path(staging), merged, history, rebuilt, repo_id, remote)
+        try:
+            operations = _stage(folder, Path(staging), merged, history, rebuilt, repo_id, remote)
+        except OSError as err:
+            missing = os.path.relpath(err.filename, folder) if err.filename else "a file"
+            raise PublishError(f"{folder}: {missing} is missing or unreadable; rebuild the folder") from err
         with _hub_errors(repo_id, f"nothing of {tag} was published: rerun to publish it whole"):
+            if not exists:
+                api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
             commit = api.create_commit(
                 repo_id,
                 repo_type="dataset",
@@ -139,6 +160,8 @@ def push_dataset(
                 revision="main",
                 parent_commit=main,
             )
+    # The Hub cannot move a tag: a replaced version's tag is deleted and at once made again on the new commit,
+    # which is already complete; a push stopped between the two is finished by running it again
     with _hub_errors(repo_id, f"{tag} is committed ({commit.oid[:12]}) but not tagged: rerun the push to tag it"):
         if tag in tags:
             api.delete_tag(repo_id, tag=tag, repo_type="dataset")
@@ -154,6 +177,15 @@ def list_versions(repo_id: str, *, token: str | None) -> list[dict[str, Any]]:
     versions = []
     with _hub_errors(repo_id, "cannot list its versions"):
         refs = api.list_repo_refs(repo_id, repo_type="dataset")
+        main = next((ref.target_commit for ref in refs.branches if ref.name == "main"), None)
+        tagged = {ref.name.removeprefix("v") for ref in refs.tags}
+        if main and api.file_exists(repo_id, VERSIONS, repo_type="dataset", revision=main):
+            newest = _read_json(repo_id, VERSIONS, main, token)[-1]
+            if newest["version"] not in tagged:  # a push stopped between its commit and its tag
+                versions.append(
+                    {"version": newest["version"], "commit": main, "configs": newest["configs"],
+                     "changed": list(newest["rebuilt"]), "untagged": True}
+                )  # fmt: skip
         for ref in refs.tags:
             if not _VERSION.match(ref.name.removeprefix("v")):
                 continue

@@ -30,7 +30,17 @@ from popalign.models import ROLES, EndpointSpec, ModelSpec, parse_spec
 
 #: Top-level keys and the `build` flag (argparse dest) each sets.
 PATH_KEYS = ("prompts", "out", "templates", "cache_dir")
-VALUE_KEYS = ("prompt_column", "limit", "batch_size", "concurrency", "retries", "timeout", "shard", "elicitive_style")
+VALUE_KEYS = (
+    "prompt_column",
+    "limit",
+    "batch_size",
+    "concurrency",
+    "retries",
+    "timeout",
+    "max_retry_wait",
+    "shard",
+    "elicitive_style",
+)
 FLAG_KEYS = ("keep_truncated",)
 GENERATION_KEYS = tuple(f.name for f in fields(GenerationParams))
 ROLE_KEYS = ("url", "urls", "spec", "model", "api_key_env", "generation")

@@ -3,6 +3,7 @@ bundled in the `llama-cpp-python` sdist (about 6 minutes on 2 cores, cached), se
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -23,12 +24,19 @@ CMAKE_OPTIONS = (
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DBUILD_SHARED_LIBS=OFF",
+    # portable AVX2 code, not -march=native: on CPUs with AMX, native builds take llama.cpp's AMX path, which
+    # crashes (SIGSEGV in ggml_backend_amx_mul_mat) where the kernel does not grant AMX tile state
+    "-DGGML_NATIVE=OFF",
+    "-DGGML_AVX2=ON",
+    "-DGGML_FMA=ON",
+    "-DGGML_F16C=ON",
 )
 
 
 def build_llama_server(cache: Path) -> Path:
     """The `llama-server` binary under `cache`, built there from the sdist the first time."""
-    binary = cache / "llama-server"
+    digest = hashlib.sha256(repr((LLAMA_CPP_PYTHON, CMAKE_OPTIONS)).encode()).hexdigest()[:12]
+    binary = cache / f"llama-server-{digest}"  # a new build whenever the version or the options change
     if binary.is_file():
         return binary
     work = cache / "build"

@@ -346,9 +346,10 @@ class EndpointBackend:
             if awake:
                 free = [replica for replica in awake if not replica.slots.locked()] or awake
                 return min(free, key=lambda replica: replica.busy), False
-            soonest = min(min(replica.resting_until, replica.next_probe) for replica in usable)
+            # until a probe ends (`changed`) or the next rest or probe interval is over
+            later = [moment for r in usable for moment in (r.resting_until, r.next_probe) if moment > now]
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(endpoint.changed.wait(), timeout=max(0.01, soonest - now))
+                await asyncio.wait_for(endpoint.changed.wait(), timeout=min(later, default=now + PROBE_EVERY) - now)
 
     def _answered(self, endpoint: _Endpoint, replica: _Replica, probe: bool) -> None:
         """The replica answered: it is well, and requests waiting for one, or backing off, may go."""

@@ -32,6 +32,14 @@ def reply(messages: list[dict[str, str]]) -> tuple[int, str, str]:
     tag = tagged.group(1) if tagged else "ok"
     system = messages[0]["content"] if messages[0]["role"] == "system" else ""
     last = messages[-1]["content"]
+    if "[Response A]" in last:  # the pairwise judge: by tag, right, wrong, led by position, or mute
+        first = last.split("[Response A]")[1].split("[End of Response A]")[0]
+        if tag == "judge-mute":
+            return 200, "Both answers have merits.", "stop"
+        if tag == "judge-first":
+            return 200, "The first one.\nA", "stop"
+        better = "vague" if tag == "judge-wrong" else "careful"
+        return 200, f"Judgement.\n{'A' if better in first else 'B'}", "stop"
     if last.startswith(("PLAN-GOOD", "PLAN-BAD")):
         good = last.startswith("PLAN-GOOD")
         plan = f"- {'Be exact and complete' if good else 'Be vague and skip steps'} about {tag}."

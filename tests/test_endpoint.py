@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -213,3 +214,19 @@ def test_empty_answers_are_dropped_and_counted(llama_url: str, tmp_path: Path) -
     assert proxy.injected["empty"] > 0 and " empty" in result.stdout
     for rows in tables(tmp_path / "d").values():
         assert all(row["chosen"][0]["content"].strip() and row["rejected"][0]["content"].strip() for row in rows)
+
+
+def test_judge_runs_on_the_llama_server(llama_url: str, reference: tuple[Path, int, str], tmp_path: Path) -> None:
+    from popalign.judge import VERDICTS
+
+    out = tmp_path / "judged"
+    shutil.copytree(reference[0], out)
+    result = run_offline(POPALIGN, "judge", out, "--judge-model", llama_url, "--max-new-tokens", 48,
+                         "--cache-dir", tmp_path / "cache", "--no-progress", HF_HUB_OFFLINE="0")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    judge = json.loads((out / "popalign_build.json").read_text())["judge"]
+    assert judge["model"] == SERVED_NAME and set(judge["configs"]) == set(tables(out))
+    for name, rows in tables(out).items():
+        assert all(row["judge_verdict"] in VERDICTS for row in rows)
+        assert sum(judge["configs"][name]["counts"].values()) == len(rows)
+    assert "judged by SmolLM2-135M-Instruct" in result.stdout

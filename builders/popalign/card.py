@@ -10,6 +10,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 import popalign
 from popalign.errors import ConfigError
+from popalign.judge import PAPER_ACCURACY
 from popalign.models import EMBEDDED, ModelSpec
 from popalign.resources import shipped_dir
 from popalign.strategies import DROP_REASONS, STRATEGIES
@@ -106,6 +107,8 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
         template_hashes=manifest["template_hashes"],
         score=manifest.get("score"),
         quality=manifest.get("quality", {}),
+        judge=manifest.get("judge"),
+        paper=PAPER_ACCURACY,
         popalign_version=popalign.__version__,
         datasets_version=datasets.__version__,
         transformers_version=transformers.__version__,

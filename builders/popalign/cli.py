@@ -150,6 +150,24 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
     versions.add_argument("--token", help="Hub token (default: $HF_TOKEN or the saved login)")
     versions.set_defaults(func=_versions)
 
+    judge = commands.add_parser("judge", help="judge every pair of a build: the paper's accuracy per strategy")
+    judge.add_argument("dir", type=Path, help="a folder written by `popalign build`")
+    judge.add_argument(
+        "--judge-model", required=True, metavar="SPEC|URL", help="the LLM judge: a local model spec or endpoint URLs"
+    )
+    judge.add_argument("--templates", type=Path, help="folder of templates overriding judge_pairwise.jinja")
+    judge.add_argument("--max-new-tokens", type=_setting("max_new_tokens"), default=256, help="(default: 256)")
+    judge.add_argument("--batch-size", type=_positive_int, default=16, help="local judging batch size (default: 16)")
+    judge.add_argument("--concurrency", type=_positive_int, default=64, help="requests in flight per replica")
+    judge.add_argument("--retries", type=_positive_int, default=6, help="attempts per request (default: 6)")
+    judge.add_argument("--timeout", type=_positive_seconds, default=300.0, help="seconds per request")
+    judge.add_argument("--max-retry-wait", type=_positive_seconds, default=120.0, help="cap on Retry-After")
+    judge.add_argument("--token", help="API key for the judge endpoint")
+    judge.add_argument("--cache-dir", type=Path, help="generation cache folder (default: ~/.cache/popalign)")
+    judge.add_argument("--no-cache", action="store_true", help="judge everything anew and store nothing")
+    judge.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    judge.set_defaults(func=_judge)
+
     merge = commands.add_parser("merge", help="join the shard folders of a `build --shard K/N` into one dataset")
     merge.add_argument("dirs", nargs="+", type=Path, help="the part folders, one per shard")
     merge.add_argument("--out", type=Path, required=True, help="folder of the merged dataset")
@@ -425,6 +443,49 @@ def _versions(args: argparse.Namespace) -> int:
         print(f"v{entry['version']:<10} {entry['commit'][:12]}  {configs}{untagged}")
     if versions:
         print("(* rebuilt in that version; the others were kept from an earlier one)")
+    return 0
+
+
+def _judge(args: argparse.Namespace) -> int:
+    from popalign.cache import GenerationCache, default_cache_dir
+    from popalign.engine import Engine
+    from popalign.generation import GenerationParams
+    from popalign.models import EndpointSpec, parse_spec
+    from popalign.pipeline import judge_dataset, read_manifest
+    from popalign.templates import TemplateSet
+
+    read_manifest(args.dir)  # a folder that is not a build is refused before any model loads
+    spec = parse_spec(args.judge_model)
+    templates = TemplateSet(args.templates)
+    _quiet_libraries()
+    local = endpoint = None
+    if isinstance(spec, EndpointSpec):
+        from popalign.endpoint_backend import EndpointBackend, RetryPolicy
+
+        retry = RetryPolicy(attempts=args.retries, max_wait=args.max_retry_wait)
+        endpoint = EndpointBackend(token=args.token, concurrency=args.concurrency, timeout=args.timeout, retry=retry)
+    else:
+        from popalign.local_backend import LocalBackend
+
+        local = LocalBackend(batch_size=args.batch_size)
+    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=0.0, top_p=1.0, seed=0)
+    cache = None if args.no_cache else GenerationCache(args.cache_dir or default_cache_dir())
+    engine = Engine({"judge": spec}, params, local=local, endpoint=endpoint, cache=cache, progress=not args.no_progress)
+    summary = judge_dataset(args.dir, engine=engine, templates=templates)
+    from popalign.judge import PAPER_ACCURACY
+
+    judge = read_manifest(args.dir)["judge"]
+    print(f"\n{'strategy':<12} {'judged':>6}  {'accuracy':>8}  {'95% interval':>13}  ties  unparsed  paper (GPT-4)")
+    for name, result in judge["configs"].items():
+        counts, low_high = result["counts"], result["interval"]
+        judged = counts["chosen"] + counts["rejected"] + counts["tie"]
+        accuracy = "-" if result["accuracy"] is None else f"{result['accuracy']:.0%}"
+        paper = PAPER_ACCURACY["GPT-4"].get(name)
+        print(
+            f"{name:<12} {judged:>6}  {accuracy:>8}  {low_high[0]:>6.0%}–{low_high[1]:<6.0%}  {counts['tie']:>4}  "
+            f"{counts['unparsed']:>8}  {'' if paper is None else f'{paper:.1%}'}"
+        )
+    print(f"\njudged by {judge['model']} in {summary.seconds:.0f} s; rewrote {summary.out} (judge_verdict, card)")
     return 0
 
 

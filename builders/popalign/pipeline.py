@@ -23,7 +23,7 @@ from popalign.engine import Engine, EngineStats
 from popalign.errors import PopAlignError
 from popalign.models import ModelSpec, describe_spec
 from popalign.prompts import BUNDLED_LABEL, PromptSet
-from popalign.quality import quality_report, write_histogram
+from popalign.quality import QUALITY_DIR, quality_report, write_histogram
 from popalign.schema import make_row
 from popalign.score import Scorer, ScoreStats, curate, order_rows, score_rows
 from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext, roles_used
@@ -212,6 +212,60 @@ def score_dataset(
     )
 
 
+def judge_dataset(out: Path, *, engine: Engine, templates: TemplateSet) -> BuildSummary:
+    """Judge every pair of a built folder with the engine's `judge` role (both orders, see `popalign.judge`) and
+    rewrite the folder with a `judge_verdict` per row and per-strategy accuracies in the manifest and card. A
+    folder judged before is judged again: the newest verdicts replace the old.
+
+    >>> judge_dataset(Path("popalign-data"), engine=engine, templates=TemplateSet())  # doctest: +SKIP
+    """
+    from popalign.judge import JudgeSummary, judge_run, summarize, write_accuracy_chart
+
+    started = time.monotonic()
+    manifest = read_manifest(out)
+    outcomes = {
+        name: StrategyOutcome(
+            rows=_read_rows(out, name) if config["rows"] else [],
+            dropped=Counter(config["dropped"]),
+            cut_kept=_cut_kept(config),
+        )
+        for name, config in manifest["configs"].items()
+    }
+    rows = [row for outcome in outcomes.values() for row in outcome.rows]
+    verdicts = engine.run([(row["strategy"], judge_run(row, templates)) for row in rows], expected=2 * len(rows))
+    for row, verdict in zip(rows, verdicts, strict=True):
+        row["judge_verdict"] = "unparsed" if isinstance(verdict, Dropped) else verdict
+        row["judge_margin"] = None
+    summaries: dict[str, JudgeSummary] = {name: summarize(outcome.rows) for name, outcome in outcomes.items()}
+    spec = engine.roles["judge"]
+    judge = {
+        "model": spec.published if isinstance(spec, ModelSpec) else engine.identities["judge"],
+        "kind": "llm",
+        "template_sha256": templates.hashes()["judge_pairwise.jinja"],
+        "configs": {name: summaries[name].describe() for name, outcome in outcomes.items() if outcome.rows},
+    }
+    _require_rows(outcomes, out)
+    with staged(out) as folder:
+        before = manifest["configs"]
+        manifest |= {"configs": _write_configs(outcomes, folder), "judge": judge}
+        for name, config in manifest["configs"].items():
+            config |= {key: before[name][key] for key in ("chosen_model", "rejected_model") if key in before[name]}
+        _copy_recipe(out, folder)
+        if (out / QUALITY_DIR).is_dir():
+            shutil.copytree(out / QUALITY_DIR, folder / QUALITY_DIR)
+        judged = {name: summaries[name] for name in judge["configs"]}
+        judge["chart"] = write_accuracy_chart(judged, judge["model"], folder)
+        _write_manifest_and_card(manifest, folder, out)
+    return BuildSummary(
+        out=out,
+        outcomes=outcomes,
+        roles=manifest["roles"],
+        duplicates=manifest["prompts"]["duplicates"],
+        stats=engine.stats,
+        seconds=time.monotonic() - started,
+    )
+
+
 def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     """Join the shard folders of one build (`popalign build --shard K/N`, every K once) into one dataset folder.
 
@@ -343,7 +397,8 @@ def _read_rows(out: Path, name: str) -> list[dict[str, Any]]:
     import pyarrow.parquet
 
     rows = pyarrow.parquet.read_table(out / "data" / name / "train-00000-of-00001.parquet").to_pylist()
-    return [{"swapped": False, "score_per_token": None, **row} for row in rows]
+    defaults = {"swapped": False, "score_per_token": None, "judge_verdict": None, "judge_margin": None}
+    return [{**defaults, **row} for row in rows]
 
 
 def _write_manifest_and_card(manifest: dict[str, Any], folder: Path, out: Path) -> None:

@@ -22,6 +22,8 @@ FEATURES = Features(
         "score": Value("float64"),
         "score_per_token": Value("float64"),
         "swapped": Value("bool"),
+        "judge_verdict": Value("string"),
+        "judge_margin": Value("float64"),
     }
 )
 
@@ -52,4 +54,6 @@ def make_row(
         "score": None,
         "score_per_token": None,
         "swapped": False,
+        "judge_verdict": None,
+        "judge_margin": None,
     }

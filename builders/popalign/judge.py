@@ -1,0 +1,161 @@
+"""Pairwise judging of a build's pairs, for the PopAlign paper's per-strategy accuracy: how often an independent
+judge agrees that the chosen answer is the better one.
+
+An LLM judge sees the instruction and the two answers twice, once in each order (`judge_pairwise.jinja`); a
+verdict counts only when both orders agree, otherwise it is a `tie`; an answer with no final `A` or `B` is
+`unparsed`. Accuracy = chosen wins / judged, with a Wilson 95% interval.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from popalign.generation import Generation, Request, user
+from popalign.quality import QUALITY_DIR
+from popalign.templates import TemplateSet
+
+VERDICTS = ("chosen", "rejected", "tie", "unparsed")
+JUDGE_TEMPLATE = "judge_pairwise.jinja"
+#: The paper's Table (pairwise accuracy per strategy), beside which the card shows a build's own.
+PAPER_ACCURACY = {
+    "GPT-4": {
+        "elicitive": 0.915,
+        "nparam": 0.88,
+        "leaderboard": 0.84,
+        "demon": 0.765,
+        "prefix": 0.755,
+        "refine": 0.555,
+    },
+    "PairRM": {
+        "elicitive": 0.855,
+        "nparam": 0.73,
+        "leaderboard": 0.655,
+        "demon": 0.655,
+        "prefix": 0.565,
+        "refine": 0.505,
+    },
+}
+_FINAL_CHOICE = re.compile(r"(?<![A-Za-z])(A|B)(?![A-Za-z])[^A-Za-z]*$")
+
+JudgeRun = Generator[list[Request], list[Generation], str]
+
+
+def parse_choice(text: str) -> str | None:
+    """The answer a judge picked: `A` or `B` as the last word of its reply (`[[A]]`, `**B**`, `Answer: A.`)."""
+    match = _FINAL_CHOICE.search(text.strip())
+    return match.group(1) if match else None
+
+
+def judge_run(row: dict[str, Any], templates: TemplateSet) -> JudgeRun:
+    """Ask the `judge` role about one row in both orders; return its verdict, one of `VERDICTS`."""
+    instruction = row["prompt"][0]["content"]
+    chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+    asks = [
+        Request("judge", (user(templates.render(JUDGE_TEMPLATE, instruction=instruction, answer_a=a, answer_b=b)),))
+        for a, b in ((chosen, rejected), (rejected, chosen))
+    ]
+    first, second = yield asks
+    return verdict(parse_choice(first.text), parse_choice(second.text))
+
+
+def verdict(chosen_first: str | None, rejected_first: str | None) -> str:
+    """The verdict of two judgements of one pair: with the chosen answer shown as A, then as B."""
+    if chosen_first is None or rejected_first is None:
+        return "unparsed"
+    if (chosen_first, rejected_first) == ("A", "B"):
+        return "chosen"
+    if (chosen_first, rejected_first) == ("B", "A"):
+        return "rejected"
+    return "tie"  # the judge followed the position, not the answer
+
+
+def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% by default); (0, 1) when there are no trials."""
+    if not trials:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class JudgeSummary:
+    """One strategy's verdicts: counts, accuracy over the judged pairs (chosen + rejected + tie), its interval,
+    how often the judge's winner is also the longer answer, and agreement with the DLMA score where scored."""
+
+    counts: dict[str, int]
+    accuracy: float | None
+    interval: tuple[float, float]
+    longer_wins: float | None
+    dlma_agreement: float | None
+
+    def describe(self) -> dict[str, Any]:
+        """As the manifest records it."""
+        return {
+            "counts": self.counts,
+            "accuracy": self.accuracy,
+            "interval": [round(bound, 4) for bound in self.interval],
+            "longer_wins": self.longer_wins,
+            "dlma_agreement": self.dlma_agreement,
+        }
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> JudgeSummary:
+    """Accuracy and its companions over rows carrying `judge_verdict` (and, where scored, `score`)."""
+    rows = [row for row in rows if row.get("judge_verdict")]
+    counts = Counter(row["judge_verdict"] for row in rows)
+    judged = counts["chosen"] + counts["rejected"] + counts["tie"]
+    decided = [row for row in rows if row["judge_verdict"] in ("chosen", "rejected")]
+    longer = [
+        (len(row["chosen"][0]["content"]) > len(row["rejected"][0]["content"])) == (row["judge_verdict"] == "chosen")
+        for row in decided
+    ]
+    scored = [row for row in decided if row.get("score") is not None]
+    agree = [(row["score"] > 0) == (row["judge_verdict"] == "chosen") for row in scored]
+    return JudgeSummary(
+        counts={name: counts[name] for name in VERDICTS},
+        accuracy=round(counts["chosen"] / judged, 4) if judged else None,
+        interval=wilson(counts["chosen"], judged),
+        longer_wins=round(sum(longer) / len(longer), 4) if longer else None,
+        dlma_agreement=round(sum(agree) / len(agree), 4) if agree else None,
+    )
+
+
+def write_accuracy_chart(summaries: dict[str, JudgeSummary], judge: str, out: Path) -> str:
+    """Save a bar chart of accuracy per strategy with its 95% interval, beside the paper's GPT-4 figure, as
+    `quality/judge_accuracy.png` under `out`; return its relative path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    names = [name for name, summary in summaries.items() if summary.accuracy is not None]
+    accuracy = [summaries[name].accuracy or 0.0 for name in names]
+    errors = [
+        [value - summaries[name].interval[0] for name, value in zip(names, accuracy, strict=True)],
+        [summaries[name].interval[1] - value for name, value in zip(names, accuracy, strict=True)],
+    ]
+    relative = f"{QUALITY_DIR}/judge_accuracy.png"
+    (out / QUALITY_DIR).mkdir(parents=True, exist_ok=True)
+    figure, axes = pyplot.subplots(figsize=(6, 3.2), dpi=100)
+    positions = range(len(names))
+    axes.bar([x - 0.2 for x in positions], accuracy, width=0.4, yerr=errors, capsize=3, color="#4a7ebb", label=judge)
+    paper = [PAPER_ACCURACY["GPT-4"].get(name, 0.0) for name in names]
+    axes.bar([x + 0.2 for x in positions], paper, width=0.4, color="#bbbbbb", label="paper (GPT-4)")
+    axes.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
+    axes.set_xticks(list(positions), names)
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("chosen judged better")
+    axes.set_title("Pairwise accuracy per strategy (95% interval)")
+    axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(out / relative, format="png", metadata={"Software": None})
+    pyplot.close(figure)
+    return relative

@@ -178,19 +178,13 @@ def score_dataset(
     """
     started = time.monotonic()
     manifest = read_manifest(out)
-    changed = [name for name, digest in templates.hashes().items() if manifest["template_hashes"].get(name) != digest]
+    recorded = manifest["template_hashes"]  # a template added since the build (the judge's) is not its concern
+    changed = [name for name, digest in templates.hashes().items() if recorded.get(name, digest) != digest]
     if changed:
         raise PopAlignError(
             f"{out}: built with other templates ({changed[0]} differs); pass the --templates folder it was built with"
         )
-    outcomes = {
-        name: StrategyOutcome(
-            rows=_read_rows(out, name) if config["rows"] else [],
-            dropped=Counter(config["dropped"]),
-            cut_kept=_cut_kept(config),
-        )
-        for name, config in manifest["configs"].items()
-    }
+    outcomes = _read_outcomes(out, manifest)
     context = StrategyContext(
         templates, seed=manifest["params"]["seed"], elicitive_style=manifest.get("elicitive_style", "guided")
     )
@@ -223,14 +217,7 @@ def judge_dataset(out: Path, *, engine: Engine, templates: TemplateSet) -> Build
 
     started = time.monotonic()
     manifest = read_manifest(out)
-    outcomes = {
-        name: StrategyOutcome(
-            rows=_read_rows(out, name) if config["rows"] else [],
-            dropped=Counter(config["dropped"]),
-            cut_kept=_cut_kept(config),
-        )
-        for name, config in manifest["configs"].items()
-    }
+    outcomes = _read_outcomes(out, manifest)
     rows = [row for outcome in outcomes.values() for row in outcome.rows]
     verdicts = engine.run([(row["strategy"], judge_run(row, templates)) for row in rows], expected=2 * len(rows))
     for row, verdict in zip(rows, verdicts, strict=True):
@@ -336,6 +323,18 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         stats=None,
         seconds=time.monotonic() - started,
     )
+
+
+def _read_outcomes(out: Path, manifest: dict[str, Any]) -> dict[str, StrategyOutcome]:
+    """Every config of a built folder as its rows and drop counts, to rewrite it (score, judge)."""
+    return {
+        name: StrategyOutcome(
+            rows=_read_rows(out, name) if config["rows"] else [],
+            dropped=Counter(config["dropped"]),
+            cut_kept=_cut_kept(config),
+        )
+        for name, config in manifest["configs"].items()
+    }
 
 
 def _cut_kept(config: dict[str, Any]) -> int:

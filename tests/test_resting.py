@@ -26,6 +26,7 @@ from popalign.models import EndpointSpec
 HERE = Path(__file__).parent
 DELAY = 0.2
 CONCURRENCY = 32
+TIMEOUT = 0.6  # three times the answer time: a stalled request holds its slot that long
 REQUESTS = 1280  # a clean run takes at least REQUESTS * DELAY / CONCURRENCY = 8 s
 
 
@@ -46,7 +47,7 @@ def answered(folder: Path, url: str) -> int:
 async def answer_all(urls: str, *, requests: int = REQUESTS, attempts: int = 8, max_wait: float = 120.0) -> float:
     """Seconds to answer `requests` distinct chats on the endpoint `urls` (replicas comma-separated)."""
     backend = EndpointBackend(
-        concurrency=CONCURRENCY, timeout=1.0, retry=RetryPolicy(attempts=attempts, max_wait=max_wait)
+        concurrency=CONCURRENCY, timeout=TIMEOUT, retry=RetryPolicy(attempts=attempts, max_wait=max_wait)
     )
     spec = EndpointSpec.parse(urls)
     try:

@@ -105,10 +105,7 @@ def build_dataset(
     expected = sum(STRATEGIES[name].requests for name, _ in jobs)
     runs = [(name, STRATEGIES[name].run(instruction, context)) for name, instruction in jobs]
     results = engine.run(runs, expected, check=lambda: _check_contrasts(engine, strategies))
-    names = {
-        role: spec.published if isinstance(spec, ModelSpec) else engine.identities[role]
-        for role, spec in engine.roles.items()
-    }
+    names = {role: _published_name(engine, role) for role in engine.roles}
     outcomes = {name: StrategyOutcome() for name in strategies}
     for (name, instruction), result in zip(jobs, results, strict=True):
         if isinstance(result, Dropped):
@@ -224,9 +221,8 @@ def judge_dataset(out: Path, *, engine: Engine, templates: TemplateSet) -> Build
         row["judge_verdict"] = "unparsed" if isinstance(verdict, Dropped) else verdict
         row["judge_margin"] = None
     summaries: dict[str, JudgeSummary] = {name: summarize(outcome.rows) for name, outcome in outcomes.items()}
-    spec = engine.roles["judge"]
     judge = {
-        "model": spec.published if isinstance(spec, ModelSpec) else engine.identities["judge"],
+        "model": _published_name(engine, "judge"),
         "kind": "llm",
         "template_sha256": templates.hashes()["judge_pairwise.jinja"],
         "configs": {name: summaries[name].describe() for name, outcome in outcomes.items() if outcome.rows},
@@ -234,9 +230,7 @@ def judge_dataset(out: Path, *, engine: Engine, templates: TemplateSet) -> Build
     _require_rows(outcomes, out)
     with staged(out) as folder:
         before = manifest["configs"]
-        manifest |= {"configs": _write_configs(outcomes, folder), "judge": judge}
-        for name, config in manifest["configs"].items():
-            config |= {key: before[name][key] for key in ("chosen_model", "rejected_model") if key in before[name]}
+        manifest |= {"configs": _keep_sides(_write_configs(outcomes, folder), before), "judge": judge}
         _copy_recipe(out, folder)
         if (out / QUALITY_DIR).is_dir():
             shutil.copytree(out / QUALITY_DIR, folder / QUALITY_DIR)
@@ -305,13 +299,7 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     prompts |= {"count": total, "duplicates": first["prompts"]["duplicates"]}
     _require_rows(outcomes, out)
     with staged(out) as folder:
-        configs = _write_configs(outcomes, folder)
-        for name, config in configs.items():
-            config |= {
-                key: first["configs"][name][key]
-                for key in ("chosen_model", "rejected_model")
-                if key in first["configs"][name]
-            }
+        configs = _keep_sides(_write_configs(outcomes, folder), first["configs"])
         manifest = {**first, "prompts": prompts | {"merged_shards": count}, "configs": configs}
         _copy_recipe(parts[0], folder, drop_shard=True)
         _write_manifest_and_card(manifest, folder, out)
@@ -323,6 +311,19 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         stats=None,
         seconds=time.monotonic() - started,
     )
+
+
+def _published_name(engine: Engine, role: str) -> str:
+    """How outputs name a role's model: a local spec by its own name, an endpoint by its served model."""
+    spec = engine.roles[role]
+    return spec.published if isinstance(spec, ModelSpec) else engine.identities[role]
+
+
+def _keep_sides(configs: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Rewritten configs with the models of each side as an earlier manifest recorded them."""
+    for name, config in configs.items():
+        config |= {key: before[name][key] for key in ("chosen_model", "rejected_model") if key in before[name]}
+    return configs
 
 
 def _read_outcomes(out: Path, manifest: dict[str, Any]) -> dict[str, StrategyOutcome]:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny config-built causal LM saved with the SmolLM2 tokenizer, and the CLI runner."""
+"""Shared fixtures: tiny config-built models (a causal LM, a reward model) saved with the SmolLM2 tokenizer, and
+the CLI runner."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ POPALIGN = Path(sys.executable).with_name("popalign")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-layer Llama built from a config (random weights) with SmolLM2's tokenizer and chat template."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same Llama as a one-label sequence classifier: a reward model with random weights."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-reward"), reward=True)
 
 
 @pytest.fixture

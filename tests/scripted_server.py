@@ -32,8 +32,10 @@ def reply(messages: list[dict[str, str]]) -> tuple[int, str, str]:
     tag = tagged.group(1) if tagged else "ok"
     system = messages[0]["content"] if messages[0]["role"] == "system" else ""
     last = messages[-1]["content"]
-    if "[Response A]" in last:  # the pairwise judge: by tag, right, wrong, led by position, or mute
+    if "[Response A]" in last:  # the pairwise judge: by tag, right, wrong, led by position, mute or refusing
         first = last.split("[Response A]")[1].split("[End of Response A]")[0]
+        if tag == "judge-refused":
+            return 400, "this judge refuses", ""
         if tag == "judge-mute":
             return 200, "Both answers have merits.", "stop"
         if tag == "judge-first":

@@ -3,11 +3,13 @@ and accuracy comes with a Wilson interval."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 
 from conftest import run_offline
+from net import free_port
 from popalign.generation import Generation
 from popalign.judge import judge_run, parse_choice, summarize, verdict, wilson
 from popalign.templates import TemplateSet
@@ -55,16 +57,18 @@ def test_summary_counts_accuracy_length_bias_and_dlma_agreement() -> None:
     rows = [row("chosen", "long answer", "short", 1.0), row("chosen", "x", "longer", -2.0),
             row("rejected", "longer one", "y", -1.0), row("tie", "a", "b"), row("unparsed", "a", "b")]  # fmt: skip
     summary = summarize(rows)
-    assert summary.counts == {"chosen": 2, "rejected": 1, "tie": 1, "unparsed": 1}
+    assert summary.counts == {"chosen": 2, "rejected": 1, "tie": 1, "unparsed": 1, "failed": 0}
     assert summary.accuracy == 0.5 and summary.interval == wilson(2, 4)
     assert summary.longer_wins == round(1 / 3, 4)  # only the first decided pair's winner is the longer answer
     assert summary.dlma_agreement == round(2 / 3, 4)
 
 
+JUDGE_TAGS = ["ok", "judge-first", "judge-wrong", "judge-mute", "judge-refused"]
+
+
 def test_popalign_judge_gives_exact_accuracies_from_a_scripted_judge(scripted, tmp_path: Path) -> None:  # noqa: F811
     url, _ = scripted
-    result, out = build(tmp_path, url, "--strategies", "elicitive", tags=["ok", "judge-first", "judge-wrong",
-                                                                          "judge-mute"])  # fmt: skip
+    result, out = build(tmp_path, url, "--strategies", "elicitive", tags=JUDGE_TAGS)
     assert result.returncode == 0, result.stderr
     judged = run_offline(POPALIGN, "judge", out, "--judge-model", url, "--templates", HERE / "scripted_templates",
                          "--no-cache", "--no-progress", HF_HUB_OFFLINE="0")  # fmt: skip
@@ -73,13 +77,16 @@ def test_popalign_judge_gives_exact_accuracies_from_a_scripted_judge(scripted, t
     assert verdicts == {
         "Explain tides [ok].": "chosen", "Explain tides [judge-first].": "tie",
         "Explain tides [judge-wrong].": "rejected", "Explain tides [judge-mute].": "unparsed",
+        "Explain tides [judge-refused].": None,
     }  # fmt: skip
     summary = manifest(out)["judge"]["configs"]["elicitive"]
-    assert summary["counts"] == {"chosen": 1, "rejected": 1, "tie": 1, "unparsed": 1}
+    assert summary["counts"] == {"chosen": 1, "rejected": 1, "tie": 1, "unparsed": 1, "failed": 1}
+    assert "1 pairs not judged" in judged.stdout
     assert summary["accuracy"] == round(1 / 3, 4)
     assert summary["interval"] == [round(bound, 4) for bound in wilson(1, 3)]
     card = (out / "README.md").read_text()
     assert "## Judged accuracy" in card and "| `elicitive` | 3 | 33.3% | " in card
+    assert "1 pairs were not judged" in card
     assert "![judged accuracy per strategy](quality/judge_accuracy.png)" in card
     assert (out / "quality" / "judge_accuracy.png").read_bytes().startswith(b"\x89PNG")
     # a judged folder is judged again: the newest verdicts replace the old, through the same atomic swap
@@ -89,3 +96,121 @@ def test_popalign_judge_gives_exact_accuracies_from_a_scripted_judge(scripted, t
     assert manifest(out)["judge"]["configs"]["elicitive"]["counts"] == summary["counts"]
     not_a_build = run_offline(POPALIGN, "judge", tmp_path, "--judge-model", url)
     assert not_a_build.returncode == 2 and len(not_a_build.stderr.splitlines()) == 1
+    assert manifest(out)["judge"]["replaced"] == ["scripted-default"]
+
+
+def test_scoring_a_judged_build_keeps_its_verdicts_on_their_sides(scripted, tiny_model_dir, tmp_path) -> None:  # noqa: F811
+    url, _ = scripted
+    result, out = build(tmp_path, url, "--strategies", "elicitive", "--judge-model", url, tags=JUDGE_TAGS)
+    assert result.returncode == 0, result.stderr
+    before = {row["prompt_id"]: row["judge_verdict"] for row in load(out, "elicitive")}
+    scored = run_offline(POPALIGN, "score", out, "--score-model", tiny_model_dir, "--swap", "swap", "--templates",
+                         HERE / "scripted_templates", "--no-cache")  # fmt: skip
+    assert scored.returncode == 0, scored.stderr
+    rows = load(out, "elicitive")
+    flipped = {"chosen": "rejected", "rejected": "chosen"}
+    assert any(row["swapped"] for row in rows)
+    for row in rows:
+        verdict = before[row["prompt_id"]]
+        assert row["judge_verdict"] == (flipped.get(verdict, verdict) if row["swapped"] else verdict)
+    judge = manifest(out)["judge"]["configs"]["elicitive"]
+    agree = [(row["score"] > 0) == (row["judge_verdict"] == "chosen") for row in rows
+             if row["judge_verdict"] in ("chosen", "rejected")]  # fmt: skip
+    assert judge["dlma_agreement"] == round(sum(agree) / len(agree), 4)
+    assert (out / "quality" / "judge_accuracy.png").is_file() and (out / "quality" / "elicitive_scores.png").is_file()
+
+
+@functools.cache
+def reward_model(folder: Path) -> tuple:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder), AutoModelForSequenceClassification.from_pretrained(folder).eval()
+
+
+def direct_reward(folder: Path, chat: list[dict]) -> float:
+    """A reward computed as TRL's reward modelling does, one unpadded text at a time: the first logit over the
+    chat template of the prompt and the answer."""
+    import torch
+
+    tokenizer, model = reward_model(folder)
+    ids = tokenizer(tokenizer.apply_chat_template(chat, tokenize=False), add_special_tokens=False, return_tensors="pt")
+    with torch.inference_mode():
+        return float(model(**ids).logits[0, 0])
+
+
+def test_a_reward_model_judges_as_a_direct_computation_does(scripted, tiny_reward_model_dir, tmp_path) -> None:  # noqa: F811
+    url, _ = scripted
+    tags = ["ok", "judge-first", "judge-wrong", "judge-mute", "tide-two", "tide-three"]
+    result, out = build(tmp_path, url, "--strategies", "elicitive,prefix", "--keep-truncated", tags=tags)
+    assert result.returncode == 0, result.stderr
+    judged = run_offline(POPALIGN, "judge", out, "--judge-reward-model", tiny_reward_model_dir, "--batch-size", "3",
+                         "--no-progress")  # fmt: skip
+    assert judged.returncode == 0, judged.stderr
+    summary = manifest(out)["judge"]
+    assert summary["kind"] == "reward-model" and summary["model"] == tiny_reward_model_dir.name
+    for name in ("elicitive", "prefix"):
+        rows = load(out, name)
+        assert len(rows) >= 3
+        margins = [
+            direct_reward(tiny_reward_model_dir, row["prompt"] + row["chosen"])
+            - direct_reward(tiny_reward_model_dir, row["prompt"] + row["rejected"])
+            for row in rows
+        ]
+        assert [row["judge_margin"] for row in rows] == pytest.approx(margins, abs=1e-4)
+        assert [row["judge_verdict"] for row in rows] == ["chosen" if m > 0 else "rejected" for m in margins]
+        wins = sum(margin > 0 for margin in margins)
+        assert summary["configs"][name]["accuracy"] == round(wins / len(rows), 4)
+        assert summary["configs"][name]["counts"]["tie"] == summary["configs"][name]["counts"]["unparsed"] == 0
+    card = (out / "README.md").read_text()
+    assert f"the reward model\n`{tiny_reward_model_dir.name}`" in card
+    # keeping only the pairs the judge agrees with, after another judge: the card names the one replaced
+    kept = run_offline(POPALIGN, "judge", out, "--judge-reward-model", tiny_reward_model_dir, "--min-judge", "agree",
+                       "--no-progress")  # fmt: skip
+    assert kept.returncode == 0, kept.stderr
+    after = manifest(out)
+    for name in ("elicitive", "prefix"):
+        counts = summary["configs"][name]["counts"]
+        assert after["configs"][name]["rows"] == counts["chosen"]
+        assert after["configs"][name]["dropped"].get("judge-disagrees", 0) == counts["rejected"]
+        if counts["chosen"]:  # a config the judge disagrees with throughout has no rows left
+            assert all(row["judge_verdict"] == "chosen" for row in load(out, name))
+    assert after["judge"]["replaced"] == [tiny_reward_model_dir.name]
+    assert "--min-judge agree" in (out / "README.md").read_text()
+
+
+def test_a_judge_that_cannot_load_is_one_line(scripted, tiny_model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    url, _ = scripted
+    result, out = build(tmp_path, url, "--strategies", "elicitive", tags=["ok"])
+    assert result.returncode == 0, result.stderr
+    before = (out / "popalign_build.json").read_bytes()
+    for flags, says in (
+        (["--judge-reward-model", tmp_path / "nothing-here"], "reward model"),
+        (["--judge-reward-model", out], "reward model"),
+        (["--judge-model", f"http://127.0.0.1:{free_port()}"], "unreachable"),
+    ):
+        refused = run_offline(POPALIGN, "judge", out, *flags, "--no-progress")
+        assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert says in refused.stderr
+    both = run_offline(POPALIGN, "judge", out, "--judge-model", url, "--judge-reward-model", tiny_model_dir)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    assert (out / "popalign_build.json").read_bytes() == before
+
+
+def test_build_judges_and_keeps_only_agreed_pairs(scripted, tmp_path: Path) -> None:  # noqa: F811
+    url, _ = scripted
+    result, out = build(tmp_path, url, "--strategies", "elicitive", "--judge-model", url, "--min-judge", "agree",
+                        "--shard", "1/1", tags=JUDGE_TAGS)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    built = manifest(out)
+    assert built["judge"]["configs"]["elicitive"]["counts"] == {
+        "chosen": 1, "rejected": 1, "tie": 1, "unparsed": 1, "failed": 1,
+    }  # fmt: skip
+    assert built["configs"]["elicitive"]["rows"] == 1
+    assert built["configs"]["elicitive"]["dropped"] == {"judge-disagrees": 3, "judge-failed": 1}
+    assert [row["prompt"][0]["content"] for row in load(out, "elicitive")] == ["Explain tides [ok]."]
+    assert "--min-judge agree: kept 1 pairs" in result.stdout
+    merged = run_offline(POPALIGN, "merge", out, "--out", tmp_path / "merged")  # judged parts: merge, then judge
+    assert merged.returncode == 2 and "this part is judged" in merged.stderr and not (tmp_path / "merged").exists()
+    no_judge = run_offline(POPALIGN, "build", "--min-judge", "agree", "--out", tmp_path / "x")
+    assert no_judge.returncode == 2 and "--min-judge needs a judge" in no_judge.stderr
+    assert not (tmp_path / "x").exists()

@@ -1,14 +1,16 @@
-"""A tiny causal LM built from a config (random weights) and saved with SmolLM2's tokenizer and chat template."""
+"""Tiny models built from a config (random weights) and saved with SmolLM2's tokenizer and chat template: a causal
+LM, and a sequence-classification reward model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def save_tiny_model(folder: Path) -> Path:
-    """Save a 4-layer, 32-wide Llama into `folder`, seeded, loadable offline by path."""
+def save_tiny_model(folder: Path, *, reward: bool = False) -> Path:
+    """Save a 4-layer, 32-wide Llama into `folder`, seeded, loadable offline by path; with `reward`, a
+    one-label sequence classifier (a reward model) instead of a causal LM."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     from popalign.local_backend import embedded_model_path
 
@@ -26,7 +28,8 @@ def save_tiny_model(folder: Path) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
     )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    (LlamaForSequenceClassification if reward else LlamaForCausalLM)(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

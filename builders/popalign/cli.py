@@ -125,6 +125,7 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
     build.add_argument("--force", action="store_true", help="with --push-to: replace an already published version")
     build.add_argument("--score", action="store_true", help="score every pair (DLMA self-reward) before writing")
     _add_score_options(build)
+    _add_judge_options(build, required=False)
     build.set_defaults(func=_build, **(recipe_defaults or {}))
 
     score = commands.add_parser("score", help="add DLMA self-reward scores, curation and a quality report to a build")
@@ -152,11 +153,7 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
 
     judge = commands.add_parser("judge", help="judge every pair of a build: the paper's accuracy per strategy")
     judge.add_argument("dir", type=Path, help="a folder written by `popalign build`")
-    judge.add_argument(
-        "--judge-model", required=True, metavar="SPEC|URL", help="the LLM judge: a local model spec or endpoint URLs"
-    )
     judge.add_argument("--templates", type=Path, help="folder of templates overriding judge_pairwise.jinja")
-    judge.add_argument("--max-new-tokens", type=_setting("max_new_tokens"), default=256, help="(default: 256)")
     judge.add_argument("--batch-size", type=_positive_int, default=16, help="local judging batch size (default: 16)")
     judge.add_argument("--concurrency", type=_positive_int, default=64, help="requests in flight per replica")
     judge.add_argument("--retries", type=_positive_int, default=6, help="attempts per request (default: 6)")
@@ -166,6 +163,7 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
     judge.add_argument("--cache-dir", type=Path, help="generation cache folder (default: ~/.cache/popalign)")
     judge.add_argument("--no-cache", action="store_true", help="judge everything anew and store nothing")
     judge.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_judge_options(judge, required=True)
     judge.set_defaults(func=_judge)
 
     merge = commands.add_parser("merge", help="join the shard folders of a `build --shard K/N` into one dataset")
@@ -223,6 +221,78 @@ def _add_score_options(parser: argparse.ArgumentParser) -> None:
         default="generated",
         help="row order; curriculum = easiest (largest per-token score) first",
     )
+
+
+def _add_judge_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    from popalign.judge import MIN_JUDGE
+
+    group = parser.add_argument_group("judging (the paper's pairwise accuracy per strategy)")
+    who = group.add_mutually_exclusive_group(required=required)
+    who.add_argument(
+        "--judge-model", metavar="SPEC|URL", help="an LLM judge: a local model spec or endpoint URLs (both orders)"
+    )
+    who.add_argument(
+        "--judge-reward-model",
+        metavar="SPEC",
+        help="a reward-model judge: a transformers sequence-classification model (folder or Hub id)",
+    )
+    group.add_argument(
+        "--judge-max-new-tokens", type=_setting("max_new_tokens"), default=256, help="LLM judge's reply (default: 256)"
+    )
+    group.add_argument(
+        "--min-judge", choices=MIN_JUDGE, help="agree: keep only the pairs the judge agrees with (counted as dropped)"
+    )
+
+
+def _judge_settings(args: argparse.Namespace, local: Any, templates: Any, cache: Any) -> Any:
+    """The judge the flags ask for: a reward model, or an engine with a `judge` role (sharing `local`, the
+    build's local backend, when there is one)."""
+    from popalign.engine import Engine
+    from popalign.generation import GenerationParams
+    from popalign.models import EndpointSpec, ModelSpec, parse_spec
+    from popalign.pipeline import JudgeSettings
+
+    if args.judge_reward_model:
+        from popalign.reward_model import RewardModel
+
+        model = RewardModel(ModelSpec.parse(args.judge_reward_model), batch_size=args.batch_size)
+        return JudgeSettings(reward_model=model, templates=templates, min_judge=args.min_judge)
+    spec = parse_spec(args.judge_model)
+    endpoint = None
+    if isinstance(spec, EndpointSpec):
+        from popalign.endpoint_backend import EndpointBackend, RetryPolicy
+
+        retry = RetryPolicy(attempts=args.retries, max_wait=args.max_retry_wait)
+        endpoint = EndpointBackend(token=args.token, concurrency=args.concurrency, timeout=args.timeout, retry=retry)
+    elif local is None:
+        from popalign.local_backend import LocalBackend
+
+        local = LocalBackend(batch_size=args.batch_size)
+    params = GenerationParams(max_new_tokens=args.judge_max_new_tokens, temperature=0.0, top_p=1.0, seed=0)
+    engine = Engine({"judge": spec}, params, local=local, endpoint=endpoint, cache=cache, progress=not args.no_progress)
+    return JudgeSettings(engine=engine, templates=templates, min_judge=args.min_judge)
+
+
+def _print_judge(summary: Any) -> None:
+    from popalign.judge import PAPER_ACCURACY
+
+    print(f"\n{'strategy':<12} {'judged':>6}  {'accuracy':>8}  {'95% interval':>13}  ties  unparsed  paper (GPT-4)")
+    for name, result in summary.judge["configs"].items():
+        counts, low_high = result["counts"], result["interval"]
+        judged = counts["chosen"] + counts["rejected"] + counts["tie"]
+        accuracy = "-" if result["accuracy"] is None else f"{result['accuracy']:.0%}"
+        paper = PAPER_ACCURACY["GPT-4"].get(name)
+        print(
+            f"{name:<12} {judged:>6}  {accuracy:>8}  {low_high[0]:>6.0%}–{low_high[1]:<6.0%}  {counts['tie']:>4}  "
+            f"{counts['unparsed']:>8}  {'' if paper is None else f'{paper:.1%}'}"
+        )
+    failed = sum(result["counts"]["failed"] for result in summary.judge["configs"].values())
+    if failed:
+        print(f"{failed} pairs not judged: the judge's requests failed (rerun to judge them)")
+    if summary.judge["min_judge"]:
+        kept = sum(len(outcome.rows) for outcome in summary.outcomes.values())
+        print(f"--min-judge {summary.judge['min_judge']}: kept {kept} pairs the judge agrees with")
+    print(f"judged by {summary.judge['model']} ({summary.judge['kind']})")
 
 
 def _score_settings(args: argparse.Namespace, backend: Any, default_model: str) -> Any:
@@ -325,6 +395,9 @@ def _build(args: argparse.Namespace) -> int:
 
         retry = RetryPolicy(attempts=args.retries, max_wait=args.max_retry_wait)
         endpoint = EndpointBackend(token=args.token, concurrency=args.concurrency, timeout=args.timeout, retry=retry)
+    judge = args.judge_model or args.judge_reward_model
+    if args.min_judge and not judge:
+        raise ConfigError("--min-judge needs a judge: --judge-model or --judge-reward-model")
     if args.score or any(not isinstance(roles[role], EndpointSpec) for role in roles_used(strategies)):
         from popalign.local_backend import LocalBackend
 
@@ -348,6 +421,7 @@ def _build(args: argparse.Namespace) -> int:
         out=args.out,
         templates=templates,
         scoring=_score_settings(args, local, str(roles["default"])) if args.score else None,
+        judging=_judge_settings(args, local, templates, cache) if judge else None,
         keep_truncated=args.keep_truncated,
         elicitive_style=args.elicitive_style,
     )
@@ -367,6 +441,8 @@ def _build(args: argparse.Namespace) -> int:
     total = sum(len(outcome.rows) for outcome in summary.outcomes.values())
     if summary.score_stats:
         _print_quality(summary)
+    if summary.judge:
+        _print_judge(summary)
     configs = sum(1 for outcome in summary.outcomes.values() if outcome.rows)
     print(
         f"\nwrote {summary.out} ({configs} configs, {total} rows) in {summary.seconds:.0f} s; "
@@ -448,44 +524,16 @@ def _versions(args: argparse.Namespace) -> int:
 
 def _judge(args: argparse.Namespace) -> int:
     from popalign.cache import GenerationCache, default_cache_dir
-    from popalign.engine import Engine
-    from popalign.generation import GenerationParams
-    from popalign.models import EndpointSpec, parse_spec
     from popalign.pipeline import judge_dataset, read_manifest
     from popalign.templates import TemplateSet
 
     read_manifest(args.dir)  # a folder that is not a build is refused before any model loads
-    spec = parse_spec(args.judge_model)
     templates = TemplateSet(args.templates)
     _quiet_libraries()
-    local = endpoint = None
-    if isinstance(spec, EndpointSpec):
-        from popalign.endpoint_backend import EndpointBackend, RetryPolicy
-
-        retry = RetryPolicy(attempts=args.retries, max_wait=args.max_retry_wait)
-        endpoint = EndpointBackend(token=args.token, concurrency=args.concurrency, timeout=args.timeout, retry=retry)
-    else:
-        from popalign.local_backend import LocalBackend
-
-        local = LocalBackend(batch_size=args.batch_size)
-    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=0.0, top_p=1.0, seed=0)
     cache = None if args.no_cache else GenerationCache(args.cache_dir or default_cache_dir())
-    engine = Engine({"judge": spec}, params, local=local, endpoint=endpoint, cache=cache, progress=not args.no_progress)
-    summary = judge_dataset(args.dir, engine=engine, templates=templates)
-    from popalign.judge import PAPER_ACCURACY
-
-    judge = read_manifest(args.dir)["judge"]
-    print(f"\n{'strategy':<12} {'judged':>6}  {'accuracy':>8}  {'95% interval':>13}  ties  unparsed  paper (GPT-4)")
-    for name, result in judge["configs"].items():
-        counts, low_high = result["counts"], result["interval"]
-        judged = counts["chosen"] + counts["rejected"] + counts["tie"]
-        accuracy = "-" if result["accuracy"] is None else f"{result['accuracy']:.0%}"
-        paper = PAPER_ACCURACY["GPT-4"].get(name)
-        print(
-            f"{name:<12} {judged:>6}  {accuracy:>8}  {low_high[0]:>6.0%}–{low_high[1]:<6.0%}  {counts['tie']:>4}  "
-            f"{counts['unparsed']:>8}  {'' if paper is None else f'{paper:.1%}'}"
-        )
-    print(f"\njudged by {judge['model']} in {summary.seconds:.0f} s; rewrote {summary.out} (judge_verdict, card)")
+    summary = judge_dataset(args.dir, judging=_judge_settings(args, None, templates, cache))
+    _print_judge(summary)
+    print(f"rewrote {summary.out} in {summary.seconds:.0f} s (judge_verdict, quality/judge_accuracy.png, README.md)")
     return 0
 
 

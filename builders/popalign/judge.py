@@ -3,7 +3,8 @@ judge agrees that the chosen answer is the better one.
 
 An LLM judge sees the instruction and the two answers twice, once in each order (`judge_pairwise.jinja`); a
 verdict counts only when both orders agree, otherwise it is a `tie`; an answer with no final `A` or `B` is
-`unparsed`. Accuracy = chosen wins / judged, with a Wilson 95% interval.
+`unparsed`. A reward-model judge (`popalign.reward_model`) scores each side; its verdict is the sign of the margin.
+Accuracy = chosen wins / judged, with a Wilson 95% interval.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from popalign.quality import QUALITY_DIR
 from popalign.templates import TemplateSet
 
 VERDICTS = ("chosen", "rejected", "tie", "unparsed")
+#: `--min-judge` policies: `agree` keeps only the pairs whose verdict is `chosen`.
+MIN_JUDGE = ("agree",)
 JUDGE_TEMPLATE = "judge_pairwise.jinja"
 #: The paper's Table (pairwise accuracy per strategy), beside which the card shows a build's own.
 PAPER_ACCURACY = {
@@ -75,6 +78,11 @@ def verdict(chosen_first: str | None, rejected_first: str | None) -> str:
     return "tie"  # the judge followed the position, not the answer
 
 
+def margin_verdict(margin: float) -> str:
+    """A reward model's verdict from its chosen-minus-rejected margin."""
+    return "chosen" if margin > 0 else "rejected" if margin < 0 else "tie"
+
+
 def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval of a proportion (95% by default); (0, 1) when there are no trials."""
     if not trials:
@@ -108,9 +116,10 @@ class JudgeSummary:
 
 
 def summarize(rows: Iterable[dict[str, Any]]) -> JudgeSummary:
-    """Accuracy and its companions over rows carrying `judge_verdict` (and, where scored, `score`)."""
+    """Accuracy and its companions over just-judged rows (and, where scored, their `score`); a row with no
+    `judge_verdict` is one whose judging request failed, counted as `failed`."""
+    counts = Counter(row.get("judge_verdict") or "failed" for row in rows)
     rows = [row for row in rows if row.get("judge_verdict")]
-    counts = Counter(row["judge_verdict"] for row in rows)
     judged = counts["chosen"] + counts["rejected"] + counts["tie"]
     decided = [row for row in rows if row["judge_verdict"] in ("chosen", "rejected")]
     longer = [
@@ -120,7 +129,7 @@ def summarize(rows: Iterable[dict[str, Any]]) -> JudgeSummary:
     scored = [row for row in decided if row.get("score") is not None]
     agree = [(row["score"] > 0) == (row["judge_verdict"] == "chosen") for row in scored]
     return JudgeSummary(
-        counts={name: counts[name] for name in VERDICTS},
+        counts={name: counts[name] for name in (*VERDICTS, "failed")},
         accuracy=round(counts["chosen"] / judged, 4) if judged else None,
         interval=wilson(counts["chosen"], judged),
         longer_wins=round(sum(longer) / len(longer), 4) if longer else None,

@@ -119,7 +119,7 @@ class LocalBackend:
         """The tokenizer (and chat template) of a model source, loaded once."""
         if source not in self._tokenizers:
             try:
-                tokenizer = AutoTokenizer.from_pretrained(**_location(source))
+                tokenizer = AutoTokenizer.from_pretrained(**model_location(source))
             except (OSError, ValueError) as err:
                 raise BackendError(f"model {source!r}: cannot load tokenizer ({err})") from err
             tokenizer.padding_side = "left"
@@ -130,7 +130,7 @@ class LocalBackend:
 
     def _load_model(self, source: str) -> PreTrainedModel:
         try:
-            model = AutoModelForCausalLM.from_pretrained(**_location(source))
+            model = AutoModelForCausalLM.from_pretrained(**model_location(source))
         except (OSError, ValueError) as err:
             raise BackendError(f"model {source!r}: cannot load ({err})") from err
         return model.to(self.device).eval()
@@ -186,7 +186,8 @@ def _end_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> s
     return {i for i in (*ids, tokenizer.eos_token_id) if i is not None}
 
 
-def _location(source: str) -> dict[str, str]:
+def model_location(source: str) -> dict[str, str]:
+    """`from_pretrained` arguments for a model source: the embedded GGUF, a `.gguf` file, a folder or a Hub id."""
     if source == EMBEDDED:
         path = embedded_model_path()
         return {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}

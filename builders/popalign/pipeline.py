@@ -24,6 +24,7 @@ from popalign.errors import PopAlignError
 from popalign.models import ModelSpec, describe_spec
 from popalign.prompts import BUNDLED_LABEL, PromptSet
 from popalign.quality import QUALITY_DIR, quality_report, write_histogram
+from popalign.reward_model import RewardModel
 from popalign.schema import make_row
 from popalign.score import Scorer, ScoreStats, curate, order_rows, score_rows
 from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext, roles_used
@@ -66,6 +67,17 @@ class ScoreSettings:
         return {"scorer": self.scorer.name, **{key: getattr(self, key) for key in keys}}
 
 
+@dataclass(frozen=True)
+class JudgeSettings:
+    """Who judges the pairs: an LLM (an engine with a `judge` role, prompted by `templates`) or a reward model;
+    `min_judge="agree"` keeps only the pairs the judge agrees with."""
+
+    engine: Engine | None = None
+    reward_model: RewardModel | None = None
+    templates: TemplateSet = field(default_factory=TemplateSet)
+    min_judge: str | None = None
+
+
 @dataclass
 class BuildSummary:
     """What a build (or a scoring pass) wrote, for the CLI's closing table."""
@@ -78,6 +90,7 @@ class BuildSummary:
     seconds: float
     quality: dict[str, dict[str, Any]] = field(default_factory=dict)
     score_stats: ScoreStats | None = None
+    judge: dict[str, Any] | None = None
 
 
 def build_dataset(
@@ -88,11 +101,13 @@ def build_dataset(
     out: Path,
     templates: TemplateSet,
     scoring: ScoreSettings | None = None,
+    judging: JudgeSettings | None = None,
     keep_truncated: bool = False,
     elicitive_style: str = "guided",
 ) -> BuildSummary:
     """Generate every strategy's pairs for `prompts` with `engine` and write `out` as a Hub dataset repository
-    layout. Pairs with a side cut at the token limit are dropped unless `keep_truncated`.
+    layout. Pairs with a side cut at the token limit are dropped unless `keep_truncated`; with `scoring` and
+    `judging`, the pairs are scored, then judged, before anything is written.
 
     >>> build_dataset(load_prompts(limit=4), strategies=list(STRATEGIES), engine=engine, ...)  # doctest: +SKIP
     """
@@ -147,6 +162,8 @@ def build_dataset(
         if scoring:
             quality, score_stats = _score(outcomes, scoring, context, engine.cache, folder)
             manifest |= {"score": scoring.describe(), "quality": quality}
+        if judging:
+            manifest["judge"] = _judge(outcomes, judging, folder)
         manifest["configs"] = _write_configs(outcomes, folder)
         for name, config in manifest["configs"].items():
             strategy = STRATEGIES[name]
@@ -162,6 +179,7 @@ def build_dataset(
         seconds=time.monotonic() - started,
         quality=quality,
         score_stats=score_stats,
+        judge=manifest.get("judge"),
     )
 
 
@@ -187,7 +205,14 @@ def score_dataset(
     )
     _require_rows(outcomes, out)
     with staged(out) as folder:
+        if (out / QUALITY_DIR).is_dir():  # a judged build's chart stays; the score histograms are drawn anew
+            shutil.copytree(out / QUALITY_DIR, folder / QUALITY_DIR)
         quality, score_stats = _score(outcomes, scoring, context, cache, folder)
+        if "judge" in manifest:
+            from popalign.judge import summarize
+
+            for name, record in manifest["judge"]["configs"].items():
+                record["dlma_agreement"] = summarize(outcomes[name].rows).dlma_agreement
         manifest |= {"configs": _write_configs(outcomes, folder), "score": scoring.describe(), "quality": quality}
         _copy_recipe(out, folder)
         _write_manifest_and_card(manifest, folder, out)
@@ -203,47 +228,36 @@ def score_dataset(
     )
 
 
-def judge_dataset(out: Path, *, engine: Engine, templates: TemplateSet) -> BuildSummary:
-    """Judge every pair of a built folder with the engine's `judge` role (both orders, see `popalign.judge`) and
-    rewrite the folder with a `judge_verdict` per row and per-strategy accuracies in the manifest and card. A
-    folder judged before is judged again: the newest verdicts replace the old.
+def judge_dataset(out: Path, *, judging: JudgeSettings) -> BuildSummary:
+    """Judge every pair of a built folder (see `popalign.judge`) and rewrite the folder with a `judge_verdict` per
+    row and per-strategy accuracies in the manifest and card. A folder judged before is judged again: the newest
+    verdicts replace the old, and the card names both judges.
 
-    >>> judge_dataset(Path("popalign-data"), engine=engine, templates=TemplateSet())  # doctest: +SKIP
+    >>> judge_dataset(Path("popalign-data"), judging=JudgeSettings(reward_model=model))  # doctest: +SKIP
     """
-    from popalign.judge import JudgeSummary, judge_run, summarize, write_accuracy_chart
-
     started = time.monotonic()
     manifest = read_manifest(out)
     outcomes = _read_outcomes(out, manifest)
-    rows = [row for outcome in outcomes.values() for row in outcome.rows]
-    verdicts = engine.run([(row["strategy"], judge_run(row, templates)) for row in rows], expected=2 * len(rows))
-    for row, verdict in zip(rows, verdicts, strict=True):
-        row["judge_verdict"] = "unparsed" if isinstance(verdict, Dropped) else verdict
-        row["judge_margin"] = None
-    summaries: dict[str, JudgeSummary] = {name: summarize(outcome.rows) for name, outcome in outcomes.items()}
-    judge = {
-        "model": _published_name(engine, "judge"),
-        "kind": "llm",
-        "template_sha256": templates.hashes()["judge_pairwise.jinja"],
-        "configs": {name: summaries[name].describe() for name, outcome in outcomes.items() if outcome.rows},
-    }
     _require_rows(outcomes, out)
     with staged(out) as folder:
+        if (out / QUALITY_DIR).is_dir():
+            shutil.copytree(out / QUALITY_DIR, folder / QUALITY_DIR)
+        judge = _judge(outcomes, judging, folder)
+        earlier = manifest.get("judge")
+        if earlier:
+            judge["replaced"] = [earlier["model"], *earlier.get("replaced", [])]
         before = manifest["configs"]
         manifest |= {"configs": _keep_sides(_write_configs(outcomes, folder), before), "judge": judge}
         _copy_recipe(out, folder)
-        if (out / QUALITY_DIR).is_dir():
-            shutil.copytree(out / QUALITY_DIR, folder / QUALITY_DIR)
-        judged = {name: summaries[name] for name in judge["configs"]}
-        judge["chart"] = write_accuracy_chart(judged, judge["model"], folder)
         _write_manifest_and_card(manifest, folder, out)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
         roles=manifest["roles"],
         duplicates=manifest["prompts"]["duplicates"],
-        stats=engine.stats,
+        stats=judging.engine.stats if judging.engine else None,
         seconds=time.monotonic() - started,
+        judge=judge,
     )
 
 
@@ -259,8 +273,9 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     if any("shard" not in manifest["prompts"] for manifest in manifests) or len(counts) != 1:
         raise PopAlignError(f"{parts[0]}: merge joins the parts of one sharded build (popalign build --shard K/N)")
     for part, manifest in zip(parts, manifests, strict=True):
-        if "score" in manifest:
-            raise PopAlignError(f"{part}: this part is scored; merge unscored parts, then run popalign score")
+        for step in ("score", "judge"):
+            if step in manifest:
+                raise PopAlignError(f"{part}: this part is {step}d; merge the parts before, then run popalign {step}")
         for key in ("backend", "roles", "params", "role_params", "template_hashes", "configs"):
             if _agreed(manifest, key) != _agreed(first, key):
                 raise PopAlignError(f"{part}: its {key} differ from those of {parts[0]}; parts of one build must agree")
@@ -391,6 +406,41 @@ def _score(
         outcome.rows = order_rows(kept, scoring.order)
         quality[name] = report
     return quality, stats
+
+
+def _judge(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings, out: Path) -> dict[str, Any]:
+    """Judge all rows in one pass, summarize each strategy (before `--min-judge` curation), curate, and draw the
+    accuracy chart into `out`; return the manifest's `judge` record."""
+    from popalign.judge import JUDGE_TEMPLATE, judge_run, margin_verdict, summarize, write_accuracy_chart
+    from popalign.reward_model import pair_chats
+
+    rows = [row for outcome in outcomes.values() for row in outcome.rows]
+    if judging.reward_model:
+        model = judging.reward_model
+        scores = model.scores([chat for row in rows for chat in pair_chats(row)])
+        for index, row in enumerate(rows):
+            margin = scores[2 * index] - scores[2 * index + 1]
+            row["judge_verdict"], row["judge_margin"] = margin_verdict(margin), margin
+        judge: dict[str, Any] = {"model": model.name, "kind": "reward-model"}
+    else:
+        engine = judging.engine
+        assert engine is not None
+        runs = [(row["strategy"], judge_run(row, judging.templates)) for row in rows]
+        for row, verdict in zip(rows, engine.run(runs, expected=2 * len(rows)), strict=True):
+            row["judge_verdict"] = None if isinstance(verdict, Dropped) else verdict  # Dropped: the request failed
+            row["judge_margin"] = None
+        template = judging.templates.hashes()[JUDGE_TEMPLATE]
+        judge = {"model": _published_name(engine, "judge"), "kind": "llm", "template_sha256": template}
+    summaries = {name: summarize(outcome.rows) for name, outcome in outcomes.items() if outcome.rows}
+    judge |= {"min_judge": judging.min_judge, "configs": {name: s.describe() for name, s in summaries.items()}}
+    judge["chart"] = write_accuracy_chart(summaries, judge["model"], out)
+    if judging.min_judge == "agree":
+        for outcome in outcomes.values():
+            for row in outcome.rows:
+                if row["judge_verdict"] != "chosen":
+                    outcome.dropped["judge-failed" if row["judge_verdict"] is None else "judge-disagrees"] += 1
+            outcome.rows = [row for row in outcome.rows if row["judge_verdict"] == "chosen"]
+    return judge
 
 
 def _read_rows(out: Path, name: str) -> list[dict[str, Any]]:

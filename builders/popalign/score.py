@@ -37,6 +37,7 @@ PROMPT_CONTRASTS = tuple(name for name, strategy in STRATEGIES.items() if strate
 SCORE_CONTRASTS = ("prefix", "demon")
 SWAP_POLICIES = ("keep", "drop", "swap")
 ORDERS = ("generated", "curriculum")
+_SWAPPED_VERDICT = {"chosen": "rejected", "rejected": "chosen"}
 
 
 class Scorer(Protocol):
@@ -215,6 +216,9 @@ def _swapped(row: dict[str, Any]) -> dict[str, Any]:
         "score": -row["score"],
         "score_per_token": None if row.get("score_per_token") is None else -row["score_per_token"],
         "swapped": True,
+        # a judge's verdict names a side, so it follows the answers
+        "judge_verdict": _SWAPPED_VERDICT.get(row.get("judge_verdict"), row.get("judge_verdict")),
+        "judge_margin": None if row.get("judge_margin") is None else -row["judge_margin"],
     }
 
 

@@ -1,0 +1,84 @@
+"""A reward-model judge: a `transformers` sequence-classification model (the PairRM, Skywork-Reward, ArmoRM kind)
+scores each side of a pair as TRL's reward modelling does, by the first logit over the chat template of the
+prompt followed by the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from popalign.errors import BackendError
+from popalign.models import ModelSpec
+
+Chat = list[dict[str, str]]
+
+
+class RewardModel:
+    """Loads a sequence-classification model once and scores chats in right-padded batches formed by length.
+
+    >>> RewardModel(ModelSpec("Skywork/Skywork-Reward-V2-Qwen3-0.6B")).scores([chat])  # doctest: +SKIP
+    [3.25]
+    """
+
+    def __init__(self, spec: ModelSpec, *, batch_size: int = 16, device: str | None = None) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from popalign.local_backend import model_location
+
+        if spec.layers is not None:
+            raise BackendError(f"reward model {spec}: layers=N is for generating models, not reward models")
+        self.spec, self.batch_size = spec, batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(**model_location(spec.source))
+            self.model = AutoModelForSequenceClassification.from_pretrained(**model_location(spec.source))
+        except (OSError, ValueError) as err:
+            raise BackendError(f"reward model {spec.source!r}: cannot load ({_first_line(err)})") from None
+        if self.tokenizer.chat_template is None:
+            raise BackendError(f"reward model {spec.source!r}: its tokenizer has no chat template")
+        self.tokenizer.padding_side = "right"  # positions stay those of an unpadded text
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.model.config.pad_token_id is None:  # the model finds each text's last token by it
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.to(self.device).eval()
+
+    @property
+    def name(self) -> str:
+        """The model as outputs name it."""
+        return self.spec.published
+
+    def scores(self, chats: Sequence[Chat]) -> list[float]:
+        """The reward of each chat (its last turn the answer), in order."""
+        found: dict[int, float] = {}
+        for indices, values in self.iter_scores(chats):
+            found.update(zip(indices, values, strict=True))
+        return [found[i] for i in range(len(chats))]
+
+    def iter_scores(self, chats: Sequence[Chat]) -> Iterator[tuple[list[int], list[float]]]:
+        """Yield `(indices into chats, their rewards)` as each batch finishes."""
+        texts = [self.tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats]
+        encoded = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            yield batch, self._score_batch([encoded[i] for i in batch])
+
+    def _score_batch(self, sequences: list[list[int]]) -> list[float]:
+        import torch
+
+        padded: Any = self.tokenizer.pad({"input_ids": sequences}, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            logits = self.model(**padded).logits
+        return [float(value) for value in logits[:, 0].float().cpu()]
+
+
+def pair_chats(row: dict[str, Any]) -> tuple[Chat, Chat]:
+    """The two chats a reward model scores for a row: the prompt followed by each answer."""
+    return row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

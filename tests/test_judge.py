@@ -11,7 +11,7 @@ import pytest
 from conftest import run_offline
 from net import free_port
 from popalign.generation import Generation
-from popalign.judge import judge_run, parse_choice, summarize, verdict, wilson
+from popalign.judge import judge_chats, judge_run, parse_choice, summarize, verdict, wilson
 from popalign.templates import TemplateSet
 from test_build import load
 from test_pairs import HERE, POPALIGN, build, manifest, scripted  # noqa: F401 (the fixture)
@@ -32,7 +32,7 @@ def test_a_verdict_counts_only_when_both_orders_agree() -> None:
     assert verdict(None, "B") == "unparsed" == verdict("A", None)
 
 
-def test_a_judge_run_asks_both_orders() -> None:
+def test_a_judge_run_asks_both_orders_and_returns_each_choice() -> None:
     row = {"prompt": [{"content": "Say hi."}], "chosen": [{"content": "Hi!"}], "rejected": [{"content": "No."}]}
     run = judge_run(row, TemplateSet())
     first, second = next(run)
@@ -40,7 +40,7 @@ def test_a_judge_run_asks_both_orders() -> None:
     assert second.messages[0][1].index("No.") < second.messages[0][1].index("Hi!")
     with pytest.raises(StopIteration) as done:
         run.send([Generation("Clearer.\nA", 3), Generation("B", 1)])
-    assert done.value.value == "chosen"
+    assert done.value.value == ("A", "B")
 
 
 def test_wilson_interval_matches_a_direct_computation() -> None:
@@ -183,12 +183,12 @@ def test_a_judge_that_cannot_load_is_one_line(scripted, tiny_model_dir: Path, tm
     result, out = build(tmp_path, url, "--strategies", "elicitive", tags=["ok"])
     assert result.returncode == 0, result.stderr
     before = (out / "popalign_build.json").read_bytes()
-    for flags, says in (
-        (["--judge-reward-model", tmp_path / "nothing-here"], "reward model"),
-        (["--judge-reward-model", out], "reward model"),
-        (["--judge-model", f"http://127.0.0.1:{free_port()}"], "unreachable"),
+    for flags, says, offline in (
+        (["--judge-reward-model", tmp_path / "nothing-here"], "reward model", "1"),
+        (["--judge-reward-model", out], "reward model", "1"),
+        (["--judge-model", f"http://127.0.0.1:{free_port()}"], "unreachable", "0"),
     ):
-        refused = run_offline(POPALIGN, "judge", out, *flags, "--no-progress")
+        refused = run_offline(POPALIGN, "judge", out, *flags, "--no-progress", HF_HUB_OFFLINE=offline)
         assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
         assert says in refused.stderr
     both = run_offline(POPALIGN, "judge", out, "--judge-model", url, "--judge-reward-model", tiny_model_dir)
@@ -214,3 +214,33 @@ def test_build_judges_and_keeps_only_agreed_pairs(scripted, tmp_path: Path) -> N
     no_judge = run_offline(POPALIGN, "build", "--min-judge", "agree", "--out", tmp_path / "x")
     assert no_judge.returncode == 2 and "--min-judge needs a judge" in no_judge.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_local_judge_that_names_no_choice_is_read_from_its_logprobs(scripted, tiny_model_dir, tmp_path) -> None:  # noqa: F811
+    """The tiny random model never ends a reply with A or B; each order's choice is the likelier next token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    url, _ = scripted
+    result, out = build(tmp_path, url, "--strategies", "elicitive", "--keep-truncated", tags=["ok", "tide-two"])
+    assert result.returncode == 0, result.stderr
+    judged = run_offline(POPALIGN, "judge", out, "--judge-model", tiny_model_dir, "--judge-max-new-tokens", "4",
+                         "--no-cache", "--no-progress")  # fmt: skip
+    assert judged.returncode == 0, judged.stderr
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    a, b = (tokenizer(letter, add_special_tokens=False)["input_ids"] for letter in "AB")
+    assert len(a) == len(b) == 1
+
+    def choice(chat: list[dict]) -> str:
+        prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        with torch.inference_mode():
+            ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+            logits = model(**ids).logits[0, -1]
+        return "A" if logits[a[0]] > logits[b[0]] else "B"
+
+    rows = load(out, "elicitive")
+    expected = [verdict(*(choice(chat) for chat in judge_chats(row, TemplateSet()))) for row in rows]
+    assert [row["judge_verdict"] for row in rows] == expected
+    record = manifest(out)["judge"]
+    assert record["from_logprobs"] == record["judgements"] == 2 * len(rows)

@@ -15,16 +15,21 @@ from collections import Counter
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from popalign.generation import Generation, Request, user
 from popalign.quality import QUALITY_DIR
 from popalign.templates import TemplateSet
 
+if TYPE_CHECKING:
+    from popalign.local_backend import LocalBackend
+    from popalign.models import ModelSpec
+
 VERDICTS = ("chosen", "rejected", "tie", "unparsed")
 #: `--min-judge` policies: `agree` keeps only the pairs whose verdict is `chosen`.
 MIN_JUDGE = ("agree",)
 JUDGE_TEMPLATE = "judge_pairwise.jinja"
+Chat = list[dict[str, str]]
 #: The paper's Table (pairwise accuracy per strategy), beside which the card shows a build's own.
 PAPER_ACCURACY = {
     "GPT-4": {
@@ -46,7 +51,7 @@ PAPER_ACCURACY = {
 }
 _FINAL_CHOICE = re.compile(r"(?<![A-Za-z])(A|B)(?![A-Za-z])[^A-Za-z]*$")
 
-JudgeRun = Generator[list[Request], list[Generation], str]
+JudgeRun = Generator[list[Request], list[Generation], tuple[str | None, str | None]]
 
 
 def parse_choice(text: str) -> str | None:
@@ -55,16 +60,36 @@ def parse_choice(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def judge_run(row: dict[str, Any], templates: TemplateSet) -> JudgeRun:
-    """Ask the `judge` role about one row in both orders; return its verdict, one of `VERDICTS`."""
+def judge_chats(row: dict[str, Any], templates: TemplateSet) -> list[Chat]:
+    """The judge's two chats for a row: the chosen answer shown as A, then as B."""
     instruction = row["prompt"][0]["content"]
     chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
-    asks = [
-        Request("judge", (user(templates.render(JUDGE_TEMPLATE, instruction=instruction, answer_a=a, answer_b=b)),))
+    return [
+        [{"role": "user", "content": templates.render(JUDGE_TEMPLATE, instruction=instruction, answer_a=a, answer_b=b)}]
         for a, b in ((chosen, rejected), (rejected, chosen))
     ]
+
+
+def judge_run(row: dict[str, Any], templates: TemplateSet) -> JudgeRun:
+    """Ask the `judge` role about one row in both orders; return the choice (`A`, `B` or None) of each."""
+    asks = [Request("judge", (user(chat[0]["content"]),)) for chat in judge_chats(row, templates)]
     first, second = yield asks
-    return verdict(parse_choice(first.text), parse_choice(second.text))
+    return parse_choice(first.text), parse_choice(second.text)
+
+
+def logprob_choices(backend: LocalBackend, spec: ModelSpec, chats: list[Chat]) -> list[str | None]:
+    """For a local judge whose reply named no choice: the letter the model finds likelier as its whole answer,
+    log p(A | chat) against log p(B | chat), from one teacher-forced pass (None when they are equal)."""
+    tokenizer = backend.tokenizer(spec.source)
+    prompts = [tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) for chat in chats]
+    texts = [prompt + letter for prompt in prompts for letter in "AB"]
+    found: dict[int, float] = {}
+    for indices, values in backend.sequence_logprobs(spec, texts):
+        found.update(zip(indices, values, strict=True))
+    return [
+        "A" if found[2 * i] > found[2 * i + 1] else "B" if found[2 * i] < found[2 * i + 1] else None
+        for i in range(len(chats))
+    ]
 
 
 def verdict(chosen_first: str | None, rejected_first: str | None) -> str:

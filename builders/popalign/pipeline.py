@@ -245,7 +245,7 @@ def judge_dataset(out: Path, *, judging: JudgeSettings) -> BuildSummary:
         judge = _judge(outcomes, judging, folder)
         earlier = manifest.get("judge")
         if earlier:
-            judge["replaced"] = [earlier["model"], *earlier.get("replaced", [])]
+            judge["replaced"] = list(dict.fromkeys([earlier["model"], *earlier.get("replaced", [])]))
         before = manifest["configs"]
         manifest |= {"configs": _keep_sides(_write_configs(outcomes, folder), before), "judge": judge}
         _copy_recipe(out, folder)
@@ -411,26 +411,19 @@ def _score(
 def _judge(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings, out: Path) -> dict[str, Any]:
     """Judge all rows in one pass, summarize each strategy (before `--min-judge` curation), curate, and draw the
     accuracy chart into `out`; return the manifest's `judge` record."""
-    from popalign.judge import JUDGE_TEMPLATE, judge_run, margin_verdict, summarize, write_accuracy_chart
+    from popalign.judge import margin_verdict, summarize, write_accuracy_chart
     from popalign.reward_model import pair_chats
 
     rows = [row for outcome in outcomes.values() for row in outcome.rows]
     if judging.reward_model:
-        model = judging.reward_model
-        scores = model.scores([chat for row in rows for chat in pair_chats(row)])
+        scores = judging.reward_model.scores([chat for row in rows for chat in pair_chats(row)])
         for index, row in enumerate(rows):
             margin = scores[2 * index] - scores[2 * index + 1]
             row["judge_verdict"], row["judge_margin"] = margin_verdict(margin), margin
-        judge: dict[str, Any] = {"model": model.name, "kind": "reward-model"}
+        judge: dict[str, Any] = {"model": judging.reward_model.name, "kind": "reward-model"}
     else:
-        engine = judging.engine
-        assert engine is not None
-        runs = [(row["strategy"], judge_run(row, judging.templates)) for row in rows]
-        for row, verdict in zip(rows, engine.run(runs, expected=2 * len(rows)), strict=True):
-            row["judge_verdict"] = None if isinstance(verdict, Dropped) else verdict  # Dropped: the request failed
-            row["judge_margin"] = None
-        template = judging.templates.hashes()[JUDGE_TEMPLATE]
-        judge = {"model": _published_name(engine, "judge"), "kind": "llm", "template_sha256": template}
+        assert judging.engine is not None
+        judge = _llm_verdicts(rows, judging.engine, judging.templates)
     summaries = {name: summarize(outcome.rows) for name, outcome in outcomes.items() if outcome.rows}
     judge |= {"min_judge": judging.min_judge, "configs": {name: s.describe() for name, s in summaries.items()}}
     judge["chart"] = write_accuracy_chart(summaries, judge["model"], out)
@@ -441,6 +434,31 @@ def _judge(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings, out: Pa
                     outcome.dropped["judge-failed" if row["judge_verdict"] is None else "judge-disagrees"] += 1
             outcome.rows = [row for row in outcome.rows if row["judge_verdict"] == "chosen"]
     return judge
+
+
+def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: TemplateSet) -> dict[str, Any]:
+    """Set each row's `judge_verdict` from the engine's `judge` role (None where a request failed for good). A
+    local judge's reply that names no choice is read from its log-probabilities of `A` and `B` instead."""
+    from popalign.judge import JUDGE_TEMPLATE, judge_chats, judge_run, logprob_choices, verdict
+
+    runs = [(row["strategy"], judge_run(row, templates)) for row in rows]
+    answers = engine.run(runs, expected=2 * len(rows))  # each a pair of choices, or Dropped
+    choices = {(i, order): pair[order] for i, pair in enumerate(answers) if isinstance(pair, tuple) for order in (0, 1)}
+    spec, unread = engine.roles["judge"], [key for key, choice in choices.items() if choice is None]
+    read: list[str | None] = []
+    if isinstance(spec, ModelSpec) and engine.local and unread:
+        read = logprob_choices(engine.local, spec, [judge_chats(rows[i], templates)[order] for i, order in unread])
+        choices.update(zip(unread, read, strict=True))
+    for i, row in enumerate(rows):
+        row["judge_verdict"] = verdict(choices[i, 0], choices[i, 1]) if (i, 0) in choices else None
+        row["judge_margin"] = None
+    return {
+        "model": _published_name(engine, "judge"),
+        "kind": "llm",
+        "template_sha256": templates.hashes()[JUDGE_TEMPLATE],
+        "from_logprobs": sum(choice is not None for choice in read),
+        "judgements": len(choices),
+    }
 
 
 def _read_rows(out: Path, name: str) -> list[dict[str, Any]]:

@@ -96,7 +96,7 @@ def test_popalign_judge_gives_exact_accuracies_from_a_scripted_judge(scripted, t
     assert manifest(out)["judge"]["configs"]["elicitive"]["counts"] == summary["counts"]
     not_a_build = run_offline(POPALIGN, "judge", tmp_path, "--judge-model", url)
     assert not_a_build.returncode == 2 and len(not_a_build.stderr.splitlines()) == 1
-    assert manifest(out)["judge"]["replaced"] == ["scripted-default"]
+    assert "replaced" not in manifest(out)["judge"]  # the same judge again replaces nobody else's verdicts
 
 
 def test_scoring_a_judged_build_keeps_its_verdicts_on_their_sides(scripted, tiny_model_dir, tmp_path) -> None:  # noqa: F811
@@ -143,6 +143,8 @@ def test_a_reward_model_judges_as_a_direct_computation_does(scripted, tiny_rewar
     tags = ["ok", "judge-first", "judge-wrong", "judge-mute", "tide-two", "tide-three"]
     result, out = build(tmp_path, url, "--strategies", "elicitive,prefix", "--keep-truncated", tags=tags)
     assert result.returncode == 0, result.stderr
+    llm = run_offline(POPALIGN, "judge", out, "--judge-model", url, "--no-progress", HF_HUB_OFFLINE="0")
+    assert llm.returncode == 0, llm.stderr
     judged = run_offline(POPALIGN, "judge", out, "--judge-reward-model", tiny_reward_model_dir, "--batch-size", "3",
                          "--no-progress")  # fmt: skip
     assert judged.returncode == 0, judged.stderr
@@ -174,7 +176,8 @@ def test_a_reward_model_judges_as_a_direct_computation_does(scripted, tiny_rewar
         assert after["configs"][name]["dropped"].get("judge-disagrees", 0) == counts["rejected"]
         if counts["chosen"]:  # a config the judge disagrees with throughout has no rows left
             assert all(row["judge_verdict"] == "chosen" for row in load(out, name))
-    assert after["judge"]["replaced"] == [tiny_reward_model_dir.name]
+    assert summary["replaced"] == after["judge"]["replaced"] == ["scripted-default"]
+    assert "These verdicts replace\nthose of `scripted-default`" in (out / "README.md").read_text()
     assert "--min-judge agree" in (out / "README.md").read_text()
 
 

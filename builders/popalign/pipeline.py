@@ -243,9 +243,10 @@ def judge_dataset(out: Path, *, judging: JudgeSettings) -> BuildSummary:
         if (out / QUALITY_DIR).is_dir():
             shutil.copytree(out / QUALITY_DIR, folder / QUALITY_DIR)
         judge = _judge(outcomes, judging, folder)
-        earlier = manifest.get("judge")
-        if earlier:
-            judge["replaced"] = list(dict.fromkeys([earlier["model"], *earlier.get("replaced", [])]))
+        earlier = manifest.get("judge", {})
+        replaced = dict.fromkeys([earlier.get("model"), *earlier.get("replaced", [])]).keys() - {None, judge["model"]}
+        if replaced:
+            judge["replaced"] = sorted(replaced)
         before = manifest["configs"]
         manifest |= {"configs": _keep_sides(_write_configs(outcomes, folder), before), "judge": judge}
         _copy_recipe(out, folder)

@@ -11,7 +11,7 @@ import yaml
 from datasets import load_dataset
 
 from popalign.prompts import load_prompts
-from popalign.schema import FEATURES
+from popalign.schema import features
 from popalign.strategies import STRATEGIES, clean_answer
 
 HOSTILE = "Explain {{ 7*7 }} and {% for x in y %}{{ x }}{% endfor %} literally."
@@ -30,7 +30,7 @@ def card_metadata(folder: Path) -> dict:
 def check_config(folder: Path, name: str, instructions: set[str]) -> list[dict]:
     """Load one config as a user would and check TRL's explicit-prompt conversational format."""
     rows = load(folder, name)
-    assert rows.features == FEATURES
+    assert rows.features == features()
     for row in rows:
         assert row["strategy"] == name
         assert row["prompt"] == [{"role": "user", "content": row["prompt"][0]["content"]}]

@@ -10,7 +10,7 @@ import yaml
 from datasets import Dataset
 
 from popalign.mixture import MixtureConfig, MixtureError, load_mixture
-from popalign.schema import FEATURES, make_row
+from popalign.schema import features, make_row
 from popalign.strategies import STRATEGIES
 
 RECIPES = Path(__file__).parents[1] / "train" / "recipes"
@@ -32,7 +32,7 @@ def write_folder(folder: Path, sizes: dict[str, int]) -> Path:
             rows.append(row | {"score": float(i - 2), "score_per_token": float(-i)})
         target = folder / "data" / name / "train-00000-of-00001.parquet"
         target.parent.mkdir(parents=True)
-        Dataset.from_list(rows, features=FEATURES).to_parquet(str(target))
+        Dataset.from_list(rows, features=features()).to_parquet(str(target))
     configs = [{"config_name": n, "data_files": [{"split": "train", "path": f"data/{n}/*.parquet"}]} for n in sizes]
     (folder / "README.md").write_text("---\n" + yaml.safe_dump({"configs": configs}) + "---\n")
     return folder
@@ -197,7 +197,7 @@ def test_curriculum_needs_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                 rejected_model="m",
             )
         ],
-        features=FEATURES,
+        features=features(),
     )
     target = tmp_path / "plain" / "data" / "prefix" / "train-00000-of-00001.parquet"
     target.parent.mkdir(parents=True)

@@ -22,6 +22,8 @@ from popalign.errors import PopAlignError
 
 MANIFEST = "popalign_build.json"
 RECIPE = "popalign_recipe.yaml"
+#: The default largest Parquet file per config (bytes), as `datasets` and the Hub's own conversion use.
+MAX_SHARD_SIZE = 500 * 1000 * 1000
 _STAGING = ".popalign-staging"
 _OLD = ".popalign-old"
 _RENAME_EXCHANGE = 2

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import datasets
 
-from popalign.schema import FEATURES
+from popalign.schema import features
 from popalign.strategies import STRATEGIES
 
 VERSION = datasets.Version("1.0.0")
@@ -39,13 +39,16 @@ class PopAlign(datasets.GeneratorBasedBuilder):
     """
 
     BUILDER_CONFIG_CLASS = PopAlignConfig
+    #: rows per Parquet row group: the Hub's dataset viewer reads pages of 100 rows, and a shard is closed at the
+    #: first row group past `max_shard_size`
+    DEFAULT_WRITER_BATCH_SIZE = 100
     BUILDER_CONFIGS: ClassVar[list[PopAlignConfig]] = [
         PopAlignConfig(name=name, version=VERSION, description=strategy.description)
         for name, strategy in STRATEGIES.items()
     ]
 
     def _info(self) -> datasets.DatasetInfo:
-        return datasets.DatasetInfo(description=self.config.description, features=FEATURES, citation=_CITATION)
+        return datasets.DatasetInfo(description=self.config.description, features=features(), citation=_CITATION)
 
     def _split_generators(self, dl_manager: datasets.DownloadManager) -> list[datasets.SplitGenerator]:
         rows_file = self.config.rows_file

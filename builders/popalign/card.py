@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
-import datasets
-import transformers
 from huggingface_hub import DatasetCard, DatasetCardData
 
 import popalign
@@ -110,8 +109,8 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
         judge=manifest.get("judge"),
         paper=PAPER_ACCURACY,
         popalign_version=popalign.__version__,
-        datasets_version=datasets.__version__,
-        transformers_version=transformers.__version__,
+        datasets_version=version("datasets"),
+        transformers_version=version("transformers"),
     )
     return str(card)
 

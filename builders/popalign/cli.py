@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from popalign.build_folder import MAX_SHARD_SIZE
 from popalign.errors import ConfigError, PopAlignError
 from popalign.generation import ENDPOINT_MAX_NEW_TOKENS, LOCAL_MAX_NEW_TOKENS, check_setting
 from popalign.strategies import ELICITIVE_STYLES
@@ -38,6 +40,19 @@ def _positive_seconds(text: str) -> float:
     if not math.isfinite(seconds) or seconds <= 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
     return seconds
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def _size(text: str) -> int:
+    """A byte count such as `500MB`, `64KiB` or `1000000`."""
+    match = _SIZE.match(text.strip())
+    size = int(float(match[1]) * _UNITS[(match[2] or "b").lower()]) if match and text.isascii() else 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"expected a size such as 500MB or 64KiB, got {text!r}")
+    return size
 
 
 def _setting(name: str) -> Callable[[str], int | float]:
@@ -104,6 +119,14 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
     build.add_argument("--no-cache", action="store_true", help="generate everything anew and store nothing")
     build.add_argument("--no-progress", action="store_true", help="hide progress bars")
     build.add_argument("--recipe", type=Path, help="YAML recipe of roles, strategies, generation, prompts and output")
+    build.add_argument(
+        "--max-shard-size",
+        type=_size,
+        default=MAX_SHARD_SIZE,
+        metavar="SIZE",
+        help="largest Parquet file per config; a larger config is split into train-0000K-of-0000N files "
+        "(default: 500MB)",
+    )
     build.add_argument("--shard", metavar="K/N", help="build only part K of N of the instructions (see popalign merge)")
     endpoints = build.add_argument_group("endpoints (a role given as http(s) URLs, comma-separated replicas)")
     endpoints.add_argument(
@@ -424,6 +447,7 @@ def _build(args: argparse.Namespace) -> int:
         judging=_judge_settings(args, local, templates, cache) if judge else None,
         keep_truncated=args.keep_truncated,
         elicitive_style=args.elicitive_style,
+        shard_size=args.max_shard_size,
     )
     requests = "requests: made cached shared retried failed"
     print(f"\n{'strategy':<12} {'rows':>5}  {'cut':>7}  {'dropped':<34} {requests}")

@@ -15,8 +15,7 @@ from typing import Any
 
 import yaml
 
-from popalign.build_folder import MANIFEST, RECIPE, check_out, read_manifest, staged, write_json
-from popalign.builder import PopAlign
+from popalign.build_folder import MANIFEST, MAX_SHARD_SIZE, RECIPE, check_out, read_manifest, staged, write_json
 from popalign.cache import GenerationCache
 from popalign.card import render_card
 from popalign.engine import Engine, EngineStats
@@ -104,6 +103,7 @@ def build_dataset(
     judging: JudgeSettings | None = None,
     keep_truncated: bool = False,
     elicitive_style: str = "guided",
+    shard_size: int = MAX_SHARD_SIZE,
 ) -> BuildSummary:
     """Generate every strategy's pairs for `prompts` with `engine` and write `out` as a Hub dataset repository
     layout. Pairs with a side cut at the token limit are dropped unless `keep_truncated`; with `scoring` and
@@ -154,6 +154,7 @@ def build_dataset(
         "template_hashes": templates.hashes(),
         "elicitive_style": elicitive_style,
         "keep_truncated": keep_truncated,
+        "max_shard_size": shard_size,
     }
     quality: dict[str, dict[str, Any]] = {}
     score_stats = None
@@ -164,7 +165,7 @@ def build_dataset(
             manifest |= {"score": scoring.describe(), "quality": quality}
         if judging:
             manifest["judge"] = _judge(outcomes, judging, folder)
-        manifest["configs"] = _write_configs(outcomes, folder)
+        manifest["configs"] = _write_configs(outcomes, folder, shard_size)
         for name, config in manifest["configs"].items():
             strategy = STRATEGIES[name]
             config |= {"chosen_model": names[strategy.chosen_role], "rejected_model": names[strategy.rejected_role]}
@@ -213,7 +214,8 @@ def score_dataset(
 
             for name, record in manifest["judge"]["configs"].items():
                 record["dlma_agreement"] = summarize(outcomes[name].rows).dlma_agreement
-        manifest |= {"configs": _write_configs(outcomes, folder), "score": scoring.describe(), "quality": quality}
+        configs = _write_configs(outcomes, folder, _shard_size(manifest))
+        manifest |= {"configs": configs, "score": scoring.describe(), "quality": quality}
         _copy_recipe(out, folder)
         _write_manifest_and_card(manifest, folder, out)
     return BuildSummary(
@@ -248,7 +250,8 @@ def judge_dataset(out: Path, *, judging: JudgeSettings) -> BuildSummary:
         if replaced:
             judge["replaced"] = sorted(replaced)
         before = manifest["configs"]
-        manifest |= {"configs": _keep_sides(_write_configs(outcomes, folder), before), "judge": judge}
+        configs = _keep_sides(_write_configs(outcomes, folder, _shard_size(manifest)), before)
+        manifest |= {"configs": configs, "judge": judge}
         _copy_recipe(out, folder)
         _write_manifest_and_card(manifest, folder, out)
     return BuildSummary(
@@ -315,7 +318,7 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     prompts |= {"count": total, "duplicates": first["prompts"]["duplicates"]}
     _require_rows(outcomes, out)
     with staged(out) as folder:
-        configs = _keep_sides(_write_configs(outcomes, folder), first["configs"])
+        configs = _keep_sides(_write_configs(outcomes, folder, _shard_size(first)), first["configs"])
         manifest = {**first, "prompts": prompts | {"merged_shards": count}, "configs": configs}
         _copy_recipe(parts[0], folder, drop_shard=True)
         _write_manifest_and_card(manifest, folder, out)
@@ -465,7 +468,8 @@ def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: Templat
 def _read_rows(out: Path, name: str) -> list[dict[str, Any]]:
     import pyarrow.parquet
 
-    rows = pyarrow.parquet.read_table(out / "data" / name / "train-00000-of-00001.parquet").to_pylist()
+    files = sorted((out / "data" / name).glob("train-*.parquet"))
+    rows = [row for file in files for row in pyarrow.parquet.read_table(file).to_pylist()]
     defaults = {"swapped": False, "score_per_token": None, "judge_verdict": None, "judge_margin": None}
     return [{**defaults, **row} for row in rows]
 
@@ -533,6 +537,11 @@ def _check_contrasts(engine: Engine, strategies: list[str]) -> None:
             )
 
 
+def _shard_size(manifest: dict[str, Any]) -> int:
+    """The largest Parquet file a build writes per config, as its manifest records it (older builds: the default)."""
+    return manifest.get("max_shard_size", MAX_SHARD_SIZE)
+
+
 def _require_rows(outcomes: dict[str, StrategyOutcome], out: Path) -> None:
     if not any(outcome.rows for outcome in outcomes.values()):
         raise PopAlignError(
@@ -540,8 +549,11 @@ def _require_rows(outcomes: dict[str, StrategyOutcome], out: Path) -> None:
         )
 
 
-def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path) -> dict[str, dict[str, Any]]:
-    """Run the builder for each strategy and place its Parquet under `data/<strategy>/`."""
+def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path, shard_size: int) -> dict[str, dict[str, Any]]:
+    """Run the builder for each strategy and place its Parquet under `data/<strategy>/`: one file, or
+    `train-0000K-of-0000N.parquet` where the config is larger than `shard_size` bytes."""
+    from popalign.builder import PopAlign  # datasets loads when there is something to write
+
     configs: dict[str, dict[str, Any]] = {
         name: {"rows": 0, "dropped": dict(outcome.dropped), "truncation": outcome.truncation()}
         for name, outcome in outcomes.items()
@@ -554,11 +566,11 @@ def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path) -> dict[str,
             rows_file.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in outcome.rows))
             builder = PopAlign(config_name=name, rows_file=str(rows_file), cache_dir=str(Path(staging) / "cache"))
             prepared = Path(staging) / "prepared" / name
-            builder.download_and_prepare(output_dir=str(prepared), file_format="parquet")
-            (parquet,) = prepared.glob("*-train*.parquet")
-            target = out / "data" / name / "train-00000-of-00001.parquet"
-            target.parent.mkdir(parents=True)
-            shutil.move(parquet, target)
+            builder.download_and_prepare(output_dir=str(prepared), file_format="parquet", max_shard_size=shard_size)
+            shards = sorted(prepared.glob("*-train*.parquet"))
+            (out / "data" / name).mkdir(parents=True)
+            for index, parquet in enumerate(shards):
+                shutil.move(parquet, out / "data" / name / f"train-{index:05d}-of-{len(shards):05d}.parquet")
             info = builder.info._to_yaml_dict()
             configs[name] |= {
                 "rows": len(outcome.rows),

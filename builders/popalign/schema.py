@@ -2,30 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
-from datasets import Features, List, Value
+if TYPE_CHECKING:
+    from datasets import Features
 
-_MESSAGES = List({"role": Value("string"), "content": Value("string")})
 
-FEATURES = Features(
-    {
-        "prompt": _MESSAGES,
-        "chosen": _MESSAGES,
-        "rejected": _MESSAGES,
-        "strategy": Value("string"),
-        "prompt_id": Value("string"),
-        "chosen_model": Value("string"),
-        "rejected_model": Value("string"),
-        "chosen_reasoning": Value("string"),
-        "rejected_reasoning": Value("string"),
-        "score": Value("float64"),
-        "score_per_token": Value("float64"),
-        "swapped": Value("bool"),
-        "judge_verdict": Value("string"),
-        "judge_margin": Value("float64"),
-    }
-)
+@functools.cache
+def features() -> Features:
+    """The `datasets` features of a row (imported on first use: an endpoint build starts without `datasets`)."""
+    from datasets import Features, List, Value
+
+    messages = List({"role": Value("string"), "content": Value("string")})
+    return Features(
+        {
+            "prompt": messages,
+            "chosen": messages,
+            "rejected": messages,
+            "strategy": Value("string"),
+            "prompt_id": Value("string"),
+            "chosen_model": Value("string"),
+            "rejected_model": Value("string"),
+            "chosen_reasoning": Value("string"),
+            "rejected_reasoning": Value("string"),
+            "score": Value("float64"),
+            "score_per_token": Value("float64"),
+            "swapped": Value("bool"),
+            "judge_verdict": Value("string"),
+            "judge_margin": Value("float64"),
+        }
+    )
 
 
 def make_row(

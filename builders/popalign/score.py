@@ -22,15 +22,17 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from popalign.cache import GenerationCache
 from popalign.credentials import authorization, split_credentials
 from popalign.errors import BackendError, ConfigError
-from popalign.local_backend import LocalBackend
 from popalign.models import ModelSpec
 from popalign.prompts import Instruction
 from popalign.strategies import STRATEGIES, StrategyContext, guided_messages
+
+if TYPE_CHECKING:  # torch loads only where a local model is used
+    from popalign.local_backend import LocalBackend
 
 PROMPT_CONTRASTS = tuple(name for name, strategy in STRATEGIES.items() if strategy.kind == "prompt")
 #: The prompt pairs that depend on the instruction alone, which the model and pipeline strategies are scored with.

@@ -53,12 +53,40 @@ def test_batched_greedy_generation_matches_one_at_a_time(tiny_model_dir: Path) -
 
 
 def test_weaker_copy_keeps_the_requested_layers_and_leaves_the_base_intact(tiny_model_dir: Path) -> None:
+    import copy
+
+    import torch
+
     backend = LocalBackend()
-    base, _ = backend.load(ModelSpec(str(tiny_model_dir)))
+    base, tokenizer = backend.load(ModelSpec(str(tiny_model_dir)))
+    ids = tokenizer(["Say hi."], return_tensors="pt")["input_ids"]
+    before = base.generate(ids, max_new_tokens=8, do_sample=False)
     weaker, _ = backend.load(ModelSpec(str(tiny_model_dir), 3))
-    assert len(weaker.model.layers) == 3 and len(base.model.layers) == 4
+    assert len(weaker.model.layers) == 3 and len(base.model.layers) == 4 and base.config.num_hidden_layers == 4
     assert [layer.self_attn.layer_idx for layer in base.model.layers] == [0, 1, 2, 3]
     assert [layer.self_attn.layer_idx for layer in weaker.model.layers] == [0, 1, 2]
+    # the copy holds no tensor of its own: every weight is the base's
+    weights = {parameter.data_ptr() for parameter in base.parameters()}
+    assert all(parameter.data_ptr() in weights for parameter in weaker.parameters())
+    # and it generates what an independent deep copy with the same layer removed (layer 1 of 4) generates
+    reference = copy.deepcopy(base)
+    reference.model.layers = torch.nn.ModuleList([reference.model.layers[i] for i in (0, 2, 3)])
+    for index, layer in enumerate(reference.model.layers):
+        layer.self_attn.layer_idx = index
+    reference.config.num_hidden_layers = 3
+    expected = reference.generate(ids, max_new_tokens=8, do_sample=False)
+    assert torch.equal(weaker.generate(ids, max_new_tokens=8, do_sample=False), expected)
+    assert torch.equal(base.generate(ids, max_new_tokens=8, do_sample=False), before)
+
+
+def test_a_model_load_is_announced_once_with_its_time(tiny_model_dir: Path) -> None:
+    """The engine shows these on the progress line and keeps the load out of the ETA."""
+    backend, heard = LocalBackend(), []
+    backend.on_load = lambda spec, seconds: heard.append((spec, seconds))
+    for layers in (3, None, 2):
+        backend.load(ModelSpec(str(tiny_model_dir), layers))
+    base = ModelSpec(str(tiny_model_dir))
+    assert [spec for spec, _ in heard] == [base, base] and heard[0][1] is None and heard[1][1] > 0
 
 
 def test_finish_reason_tells_a_cut_answer_from_a_finished_one(tiny_model_dir: Path) -> None:

@@ -121,6 +121,8 @@ class Engine:
         if check:
             check()
         self._live = len(runs)
+        if self.local:
+            self.local.on_load = self._loading
         try:
             with tqdm(
                 total=expected, desc="generating", unit="req", disable=not self.progress, dynamic_ncols=True
@@ -216,6 +218,16 @@ class Engine:
         if backend is None:
             raise RuntimeError(f"no {kind} backend given for {spec}")
         return backend
+
+    def _loading(self, spec: ModelSpec, seconds: float | None) -> None:
+        """Show a local model's load on the progress line, and keep its time out of the rate and the ETA."""
+        if self._bar is None:
+            return
+        if seconds is None:
+            self._bar.set_postfix_str(f"loading model {spec} …")
+        else:
+            self._bar.set_postfix_str(f"loaded model {spec} in {seconds:.0f} s")
+            self._bar.unpause()
 
     def _tick(self) -> None:
         if self._bar is not None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
+import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -49,6 +50,7 @@ class LocalBackend:
         self._models: dict[ModelSpec, PreTrainedModel] = {}
         self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
         self._queue: dict[tuple[ModelSpec, GenerationParams], list[tuple[_Waiter, Request]]] = defaultdict(list)
+        self.on_load: Callable[[ModelSpec, float | None], None] | None = None
 
     async def identity(self, spec: ModelSpec) -> str:
         """The spec itself names the model."""
@@ -104,12 +106,18 @@ class LocalBackend:
             yield batch, self._logprob_batch(model, [encoded[i] for i in batch])
 
     def load(self, spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        """The model and tokenizer of `spec`, loading each at most once."""
+        """The model and tokenizer of `spec`, loading each at most once; `on_load` hears of a load as it starts
+        (seconds None) and as it ends."""
+        base = ModelSpec(spec.source)
+        started = time.monotonic()
+        if base not in self._models and self.on_load:
+            self.on_load(base, None)
         tokenizer = self.tokenizer(spec.source)
         if spec not in self._models:
-            base = ModelSpec(spec.source)
             if base not in self._models:
                 self._models[base] = self._load_model(spec.source)
+                if self.on_load:
+                    self.on_load(base, time.monotonic() - started)
             self._models[spec] = (
                 self._models[base] if spec.layers is None else _drop_middle_layers(self._models[base], spec)
             )
@@ -200,22 +208,40 @@ def model_location(source: str) -> dict[str, str]:
 def _drop_middle_layers(model: PreTrainedModel, spec: ModelSpec) -> PreTrainedModel:
     """A copy of `model` keeping `spec.layers` decoder layers: a block is removed from 2/5 of the depth on.
 
-    Removing middle layers degrades a model gracefully; removing the last ones leaves it incoherent.
+    Removing middle layers degrades a model gracefully; removing the last ones leaves it incoherent. The copy
+    shares every weight tensor with `model`: only the module objects along the changed path are new (the model,
+    its decoder, and each kept layer and its attention, which hold their own layer index), so a copy costs no
+    memory and no load time.
     """
     total = len(model.model.layers)
     if not spec.layers or spec.layers >= total:
         raise BackendError(f"model spec {spec}: layers must be below the model's {total}")
     start = total * 2 // 5
     removed = range(start, start + total - spec.layers)
-    weaker = copy.deepcopy(model)
-    kept = [layer for i, layer in enumerate(weaker.model.layers) if i not in removed]
-    weaker.model.layers = torch.nn.ModuleList(kept)
-    for index, layer in enumerate(weaker.model.layers):
-        layer.self_attn.layer_idx = index
-    weaker.config.num_hidden_layers = spec.layers
-    if getattr(weaker.config, "layer_types", None):
-        weaker.config.layer_types = [t for i, t in enumerate(weaker.config.layer_types) if i not in removed]
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = spec.layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in removed]
+    layers = []
+    for index, layer in enumerate(layer for i, layer in enumerate(model.model.layers) if i not in removed):
+        kept = _shallow_copy(layer)
+        kept.self_attn = _shallow_copy(layer.self_attn)
+        kept.self_attn.layer_idx = index
+        layers.append(kept)
+    weaker, decoder = _shallow_copy(model), _shallow_copy(model.model)
+    decoder.layers, decoder.config, weaker.config = torch.nn.ModuleList(layers), config, config
+    weaker.model = decoder
     return weaker
+
+
+def _shallow_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A new module object over the same parameters, buffers and submodules, whose own attributes and children
+    can be replaced without touching `module`."""
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    clone._parameters = dict(module._parameters)
+    clone._buffers = dict(module._buffers)
+    return clone
 
 
 def _batch_seed(seed: int, chats: list[str]) -> int:

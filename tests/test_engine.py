@@ -43,6 +43,33 @@ def test_a_rerun_is_answered_from_the_cache_with_the_same_results(tiny_model_dir
     assert again.stats.generated == 0 and again.stats.cached == first.stats.distinct
 
 
+def test_runs_enter_through_a_bounded_window_and_results_come_in_order(tiny_model_dir: Path) -> None:
+    live = peak = 0
+
+    def tracked(run):  # counts the runs started and not yet finished
+        nonlocal live, peak
+        live += 1
+        peak = max(peak, live)
+        try:
+            return (yield from run)
+        finally:
+            live -= 1
+
+    roles = resolve_roles({"default": ModelSpec(str(tiny_model_dir))}, {"prefix": ("default",)})
+    greedy = GenerationParams(max_new_tokens=6, temperature=0)
+    texts = [f"Say {n}." for n in range(12)]
+    narrow = Engine(roles, greedy, local=LocalBackend(batch_size=4), window=4, progress=False)
+    handed: list[int] = []
+    results: list = []
+    narrow.run_each(
+        ((name, tracked(run)) for name, run in runs(["prefix", "refine"], texts)),
+        lambda index, result: (handed.append(index), results.append(result)),
+    )
+    assert peak == 4 and live == 0 and handed == list(range(24))
+    wide = Engine(roles, greedy, local=LocalBackend(batch_size=4), window=1000, progress=False)
+    assert wide.run(runs(["prefix", "refine"], texts)) == results
+
+
 def test_batched_greedy_generation_matches_one_at_a_time(tiny_model_dir: Path) -> None:
     spec, greedy = ModelSpec(str(tiny_model_dir)), GenerationParams(max_new_tokens=8, temperature=0)
     requests = [Request("default", (user(text),)) for text in ["Hi.", "A much longer request, to pad the batch.", "Ok"]]

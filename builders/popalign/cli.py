@@ -313,7 +313,7 @@ def _print_judge(summary: Any) -> None:
     if failed:
         print(f"{failed} pairs not judged: the judge's requests failed (rerun to judge them)")
     if summary.judge["min_judge"]:
-        kept = sum(len(outcome.rows) for outcome in summary.outcomes.values())
+        kept = sum(outcome.count for outcome in summary.outcomes.values())
         print(f"--min-judge {summary.judge['min_judge']}: kept {kept} pairs the judge agrees with")
     print(f"judged by {summary.judge['model']} ({summary.judge['kind']})")
 
@@ -351,7 +351,7 @@ def _print_quality(summary: Any) -> None:
         if not report["rows"]:
             continue
         actions = ", ".join(f"{n} {action}" for action, n in sorted(report["curation"].items())) or "none"
-        written = len(summary.outcomes[name].rows)
+        written = summary.outcomes[name].count
         print(f"{name:<12} {written:>5}  {report['agreement']:>9.0%}  {report['score_mean']:>10.2f}  {actions}")
     stats = summary.score_stats
     print(f"scored {stats.pairs} pairs from {stats.sequences} sequence log-probs: ", end="")
@@ -456,18 +456,18 @@ def _build(args: argparse.Namespace) -> int:
         cut = outcome.truncation()
         c = summary.stats.by_strategy[name]
         counts = f"{c.generated:>14} {c.cached:>6} {c.shared:>6} {c.retried:>7} {c.failed:>6}"
-        print(f"{name:<12} {len(outcome.rows):>5}  {cut['rate']:>7.0%}  {dropped:<34} {counts}")
+        print(f"{name:<12} {outcome.count:>5}  {cut['rate']:>7.0%}  {dropped:<34} {counts}")
     print()
     for name in summary.outcomes:
         strategy = STRATEGIES[name]
         print(f"  {name:<12} {summary.roles[strategy.chosen_role]} → {summary.roles[strategy.rejected_role]}")
     stats = summary.stats
-    total = sum(len(outcome.rows) for outcome in summary.outcomes.values())
+    total = sum(outcome.count for outcome in summary.outcomes.values())
     if summary.score_stats:
         _print_quality(summary)
     if summary.judge:
         _print_judge(summary)
-    configs = sum(1 for outcome in summary.outcomes.values() if outcome.rows)
+    configs = sum(1 for outcome in summary.outcomes.values() if outcome.count)
     print(
         f"\nwrote {summary.out} ({configs} configs, {total} rows) in {summary.seconds:.0f} s; "
         f"{stats.distinct} distinct requests: {stats.cached} cached, {stats.generated} generated "
@@ -475,7 +475,7 @@ def _build(args: argparse.Namespace) -> int:
     )
     kept = "kept (--keep-truncated)" if args.keep_truncated else "dropped as truncated"
     print(f"cut: share of pairs with a side stopped at the token limit ({kept})")
-    written = [name for name, outcome in summary.outcomes.items() if outcome.rows]
+    written = [name for name, outcome in summary.outcomes.items() if outcome.count]
     example = "elicitive" if "elicitive" in written else written[0]
     print(f'load with: datasets.load_dataset("{summary.out}")  # every strategy; or one config: "{example}"')
     if args.push_to:
@@ -568,8 +568,8 @@ def _merge(args: argparse.Namespace) -> int:
     summary = merge_builds(args.dirs, args.out)
     for name, outcome in summary.outcomes.items():
         dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(outcome.dropped.items())) or "0"
-        print(f"{name:<12} {len(outcome.rows):>6} rows  dropped {dropped}")
-    total = sum(len(outcome.rows) for outcome in summary.outcomes.values())
+        print(f"{name:<12} {outcome.count:>6} rows  dropped {dropped}")
+    total = sum(outcome.count for outcome in summary.outcomes.values())
     print(f"merged {len(args.dirs)} parts into {summary.out} ({total} rows) in {summary.seconds:.0f} s")
     return 0
 

@@ -1,14 +1,16 @@
 """Drive every strategy run on its own: each advances as soon as its requests are answered. Identical requests
 are made once, answers come from the cache when they can, and every generated answer is committed as it arrives.
 
-Local models batch the requests waiting when every run is blocked; endpoints get each request at once, bounded
-by their backend's concurrency (see `endpoint_backend`)."""
+Runs enter through a bounded window (sized from the backends' concurrency) as earlier ones finish, and results
+are handed over in order as they complete, so memory does not grow with the number of runs. Local models batch
+the requests waiting when every run in the window is blocked; endpoints get each request at once, bounded by
+their backend's concurrency (see `endpoint_backend`)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -70,6 +72,24 @@ class EngineStats:
     by_strategy: dict[str, RequestCounts] = field(default_factory=lambda: defaultdict(RequestCounts))
 
 
+#: a local backend batches from the requests of this many batches' worth of runs (sorted by prompt length)
+LOCAL_BATCHES_IN_FLIGHT = 8
+MIN_WINDOW = 64
+
+
+class _Window:
+    """The runs of one `Engine.run_each`: those in flight, the rest still to start, and finished results waiting
+    for an earlier one so they are handed over in order."""
+
+    def __init__(self, runs: Iterator[tuple[str, StrategyRun]], size: int, on_result: Callable[[int, Any], None]):
+        self.runs, self.size, self.on_result = runs, size, on_result
+        self.active: set[asyncio.Task[Any]] = set()
+        self.results: dict[int, Any] = {}
+        self.next_index = self.emitted = 0
+        self.exhausted = False
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
 class Engine:
     """Answers the requests of many strategy runs with the roles' backends and an optional cache.
 
@@ -87,6 +107,7 @@ class Engine:
         role_params: dict[str, GenerationParams] | None = None,
         cache: GenerationCache | None = None,
         progress: bool = True,
+        window: int | None = None,
     ) -> None:
         self.roles = roles
         self.default_params = params
@@ -97,41 +118,71 @@ class Engine:
         self.progress = progress
         self.stats = EngineStats()
         self.identities: dict[str, str] = {}
-        self._answers: dict[str, asyncio.Future[Generation]] = {}
+        self._answers: OrderedDict[str, asyncio.Future[Generation]] = OrderedDict()
         self._live = 0
         self._waiting = 0
         self._bar: tqdm | None = None
+        self.window = window or self._default_window()
+
+    def _default_window(self) -> int:
+        """Runs in flight at once: twice the requests the backends take at a time (a run waits on one or two),
+        so every slot stays busy while memory stays bounded."""
+        slots = 0
+        if self.endpoint:
+            endpoints = {spec for spec in self.roles.values() if isinstance(spec, EndpointSpec)}
+            slots += self.endpoint.concurrency * sum(len(spec.urls) for spec in endpoints)
+        if self.local:
+            slots += self.local.batch_size * LOCAL_BATCHES_IN_FLIGHT
+        return max(MIN_WINDOW, 2 * slots)
 
     def run(
         self,
-        runs: Sequence[tuple[str, StrategyRun]],
+        runs: Iterable[tuple[str, StrategyRun]],
         expected: int | None = None,
         check: Callable[[], None] | None = None,
     ) -> list[Any]:
         """Drive every `(label, run)` to completion and return their results in order; `expected` is the number
         of requests the progress bar counts to, and `check` runs once the roles' identities are known, before
         any request."""
-        return asyncio.run(self._run(runs, expected, check))
+        results: list[Any] = []
+        self.run_each(runs, lambda _, result: results.append(result), expected, check)
+        return results
+
+    def run_each(
+        self,
+        runs: Iterable[tuple[str, StrategyRun]],
+        on_result: Callable[[int, Any], None],
+        expected: int | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> None:
+        """Drive the runs through a window of `window` at a time, taking the next from `runs` as one finishes,
+        and hand each result to `on_result(index, result)` in the order of `runs`; nothing is kept, so memory
+        stays flat however many runs there are."""
+        asyncio.run(self._run(iter(runs), on_result, expected, check))
 
     async def _run(
-        self, runs: Sequence[tuple[str, StrategyRun]], expected: int | None, check: Callable[[], None] | None
-    ) -> list[Any]:
+        self,
+        runs: Iterator[tuple[str, StrategyRun]],
+        on_result: Callable[[int, Any], None],
+        expected: int | None,
+        check: Callable[[], None] | None,
+    ) -> None:
         for role, spec in self.roles.items():
             self.identities[role] = await self._backend(spec).identity(spec)
         if check:
             check()
-        self._live = len(runs)
         if self.local:
             self.local.on_load = self._loading
+        window = _Window(runs, self.window, on_result)
         try:
             with tqdm(
                 total=expected, desc="generating", unit="req", disable=not self.progress, dynamic_ncols=True
             ) as self._bar:
-                drivers = [asyncio.ensure_future(self._drive(label, run)) for label, run in runs]
                 try:
-                    results = await asyncio.gather(*drivers)
+                    self._admit(window)
+                    await window.finished
                 except BaseException:
-                    pending = [*drivers, *self._answers.values()]
+                    pending = [*window.active, *(answer for answer in self._answers.values() if not answer.done())]
                     for task in pending:
                         task.cancel()
                     await asyncio.gather(*pending, return_exceptions=True)
@@ -139,7 +190,39 @@ class Engine:
         finally:
             if self.endpoint:
                 await self.endpoint.aclose()
-        return list(results)
+
+    def _admit(self, window: _Window) -> None:
+        """Start runs until the window is full. It also bounds how far ahead of the oldest unfinished run a new one
+        may be, so the finished results waiting to be handed over in order stay few."""
+        while len(window.active) < window.size and window.next_index < window.emitted + 4 * window.size:
+            try:
+                label, run = next(window.runs)
+            except StopIteration:
+                window.exhausted = True
+                break
+            index, window.next_index = window.next_index, window.next_index + 1
+            self._live += 1
+            task = asyncio.ensure_future(self._drive(label, run))
+            task.add_done_callback(lambda task, index=index: self._finished(window, index, task))
+            window.active.add(task)
+        if window.exhausted and not window.active and not window.finished.done():
+            window.finished.set_result(None)
+
+    def _finished(self, window: _Window, index: int, task: asyncio.Task[Any]) -> None:
+        """A run ended: hand over the results now in order, start the next runs, and let a local backend
+        generate once every live run waits."""
+        window.active.discard(task)
+        if task.cancelled() or window.finished.done():
+            return
+        try:
+            window.results[index] = task.result()
+            while window.emitted in window.results:
+                window.on_result(window.emitted, window.results.pop(window.emitted))
+                window.emitted += 1
+            self._admit(window)
+            self._flush_if_idle()
+        except BaseException as err:  # ends the run, with its own traceback
+            window.finished.set_exception(err)
 
     async def _drive(self, label: str, run: StrategyRun) -> Any:
         answers: list[Generation] | None = None
@@ -162,7 +245,6 @@ class Engine:
                     self._waiting -= 1
         finally:
             self._live -= 1
-            self._flush_if_idle()
 
     def _flush_if_idle(self) -> None:
         """Once every unfinished run waits for answers, let the local backend generate its queued batch."""
@@ -206,6 +288,8 @@ class Engine:
 
             answer = asyncio.ensure_future(backend.submit(spec, request, params, done, retry))
         self._answers[key] = answer
+        while len(self._answers) > 4 * self.window and next(iter(self._answers.values())).done():
+            self._answers.popitem(last=False)  # an old answer: the runs that could share it have finished
         return answer
 
     def backend_name(self, role: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -24,12 +23,11 @@ from popalign.models import ModelSpec, describe_spec
 from popalign.prompts import BUNDLED_LABEL, PromptSet
 from popalign.quality import QUALITY_DIR, quality_report, write_histogram
 from popalign.reward_model import RewardModel
+from popalign.row_spool import RowSpool
 from popalign.schema import make_row
 from popalign.score import Scorer, ScoreStats, curate, order_rows, score_rows
 from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext, roles_used
 from popalign.templates import TemplateSet
-
-EXAMPLE_CHARS = 400
 
 
 @dataclass
@@ -40,10 +38,16 @@ class StrategyOutcome:
     rows: list[dict[str, Any]] = field(default_factory=list)
     dropped: Counter[str] = field(default_factory=Counter)
     cut_kept: int = 0
+    spool: RowSpool | None = None  # a build's rows, on disk as they finish, where none need to be in memory
+
+    @property
+    def count(self) -> int:
+        """Rows written (or to be written)."""
+        return self.spool.count if self.spool else len(self.rows)
 
     def truncation(self) -> dict[str, Any]:
         """How many pairs had a side cut at the token limit (dropped or kept), of all pairs made."""
-        made = len(self.rows) + sum(self.dropped.values())
+        made = self.count + sum(self.dropped.values())
         cut = self.dropped.get("truncated", 0) + self.cut_kept
         return {"pairs": made, "cut": cut, "rate": round(cut / made, 4) if made else 0.0}
 
@@ -116,61 +120,81 @@ def build_dataset(
     context = StrategyContext(
         templates, seed=engine.default_params.seed, keep_truncated=keep_truncated, elicitive_style=elicitive_style
     )
-    jobs = [(name, instruction) for instruction in prompts.instructions for name in strategies]
-    expected = sum(STRATEGIES[name].requests for name, _ in jobs)
-    runs = [(name, STRATEGIES[name].run(instruction, context)) for name, instruction in jobs]
-    results = engine.run(runs, expected, check=lambda: _check_contrasts(engine, strategies))
-    names = {role: _published_name(engine, role) for role in engine.roles}
+    instructions = prompts.instructions
+    expected = len(instructions) * sum(STRATEGIES[name].requests for name in strategies)
+    runs = ((name, STRATEGIES[name].run(instruction, context)) for instruction in instructions for name in strategies)
+    names: dict[str, str] = {}
+
+    def ready() -> None:  # the roles' identities are known: check the contrasts, name the models in rows
+        _check_contrasts(engine, strategies)
+        names.update({role: _published_name(engine, role) for role in engine.roles})
+
     outcomes = {name: StrategyOutcome() for name in strategies}
-    for (name, instruction), result in zip(jobs, results, strict=True):
-        if isinstance(result, Dropped):
-            outcomes[name].dropped[result.reason] += 1
-            continue
-        assert isinstance(result, Pair)
-        outcomes[name].cut_kept += result.truncated
-        outcomes[name].rows.append(
-            make_row(
-                strategy=name,
-                instruction=instruction.text,
-                prompt_id=instruction.prompt_id,
-                chosen=result.chosen,
-                rejected=result.rejected,
-                chosen_model=names[result.chosen_role],
-                rejected_model=names[result.rejected_role],
-                chosen_reasoning=result.chosen_reasoning,
-                rejected_reasoning=result.rejected_reasoning,
+    with tempfile.TemporaryDirectory(prefix="popalign-rows-") as spools:
+        for name, outcome in outcomes.items():
+            outcome.spool = RowSpool(Path(spools) / f"{name}.jsonl")
+
+        def collect(index: int, result: Pair | Dropped) -> None:
+            name, instruction = strategies[index % len(strategies)], instructions[index // len(strategies)]
+            outcome = outcomes[name]
+            if isinstance(result, Dropped):
+                outcome.dropped[result.reason] += 1
+                return
+            outcome.cut_kept += result.truncated
+            assert outcome.spool is not None
+            outcome.spool.add(
+                make_row(
+                    strategy=name,
+                    instruction=instruction.text,
+                    prompt_id=instruction.prompt_id,
+                    chosen=result.chosen,
+                    rejected=result.rejected,
+                    chosen_model=names[result.chosen_role],
+                    rejected_model=names[result.rejected_role],
+                    chosen_reasoning=result.chosen_reasoning,
+                    rejected_reasoning=result.rejected_reasoning,
+                )
             )
-        )
-    used_roles = roles_used(strategies)
-    manifest = {
-        "backend": "+".join(sorted({engine.backend_name(role) for role in used_roles})),
-        "roles": {role: names[role] for role in used_roles},
-        "model_notes": {names[role]: describe_spec(engine.roles[role]) for role in used_roles},
-        "params": asdict(engine.default_params),
-        "role_params": {
-            role: asdict(engine.params[role]) for role in used_roles if engine.params[role] != engine.default_params
-        },
-        "prompts": prompts.describe(),
-        "template_hashes": templates.hashes(),
-        "elicitive_style": elicitive_style,
-        "keep_truncated": keep_truncated,
-        "max_shard_size": shard_size,
-    }
-    quality: dict[str, dict[str, Any]] = {}
-    score_stats = None
-    _require_rows(outcomes, out)
-    with staged(out) as folder:
-        if scoring:
-            quality, score_stats = _score(outcomes, scoring, context, engine.cache, folder)
-            manifest |= {"score": scoring.describe(), "quality": quality}
-        if judging:
-            manifest["judge"] = _judge(outcomes, judging, folder)
-        manifest["configs"] = _write_configs(outcomes, folder, shard_size)
-        for name, config in manifest["configs"].items():
-            strategy = STRATEGIES[name]
-            config |= {"chosen_model": names[strategy.chosen_role], "rejected_model": names[strategy.rejected_role]}
-        _write_recipe(folder, strategies, engine, prompts, context)
-        _write_manifest_and_card(manifest, folder, out)
+
+        engine.run_each(runs, collect, expected, check=ready)
+        for outcome in outcomes.values():
+            assert outcome.spool is not None
+            outcome.spool.close()
+            if scoring or judging:  # they need every row at once
+                outcome.rows, outcome.spool = outcome.spool.read(), None
+        used_roles = roles_used(strategies)
+        manifest = {
+            "backend": "+".join(sorted({engine.backend_name(role) for role in used_roles})),
+            "roles": {role: names[role] for role in used_roles},
+            "model_notes": {names[role]: describe_spec(engine.roles[role]) for role in used_roles},
+            "params": asdict(engine.default_params),
+            "role_params": {
+                role: asdict(engine.params[role]) for role in used_roles if engine.params[role] != engine.default_params
+            },
+            "prompts": prompts.describe(),
+            "template_hashes": templates.hashes(),
+            "elicitive_style": elicitive_style,
+            "keep_truncated": keep_truncated,
+            "max_shard_size": shard_size,
+        }
+        quality: dict[str, dict[str, Any]] = {}
+        score_stats = None
+        _require_rows(outcomes, out)
+        with staged(out) as folder:
+            if scoring:
+                quality, score_stats = _score(outcomes, scoring, context, engine.cache, folder)
+                manifest |= {"score": scoring.describe(), "quality": quality}
+            if judging:
+                manifest["judge"] = _judge(outcomes, judging, folder)
+            manifest["configs"] = _write_configs(outcomes, folder, shard_size)
+            for name, config in manifest["configs"].items():
+                strategy = STRATEGIES[name]
+                config |= {
+                    "chosen_model": names[strategy.chosen_role],
+                    "rejected_model": names[strategy.rejected_role],
+                }
+            _write_recipe(folder, strategies, engine, prompts, context)
+            _write_manifest_and_card(manifest, folder, out)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
@@ -543,7 +567,7 @@ def _shard_size(manifest: dict[str, Any]) -> int:
 
 
 def _require_rows(outcomes: dict[str, StrategyOutcome], out: Path) -> None:
-    if not any(outcome.rows for outcome in outcomes.values()):
+    if not any(outcome.count for outcome in outcomes.values()):
         raise PopAlignError(
             f"{out}: every pair was dropped, nothing to write (answers are cached; see the drop counts)"
         )
@@ -560,11 +584,10 @@ def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path, shard_size: 
     }
     with tempfile.TemporaryDirectory(prefix="popalign-") as staging:
         for name, outcome in outcomes.items():
-            if not outcome.rows:
+            spool = outcome.spool or RowSpool.of(outcome.rows, Path(staging) / f"{name}.jsonl")
+            if not spool.count:
                 continue  # `datasets` cannot load a config with no rows: it is reported, not written
-            rows_file = Path(staging) / f"{name}.jsonl"
-            rows_file.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in outcome.rows))
-            builder = PopAlign(config_name=name, rows_file=str(rows_file), cache_dir=str(Path(staging) / "cache"))
+            builder = PopAlign(config_name=name, rows_file=str(spool.path), cache_dir=str(Path(staging) / "cache"))
             prepared = Path(staging) / "prepared" / name
             builder.download_and_prepare(output_dir=str(prepared), file_format="parquet", max_shard_size=shard_size)
             shards = sorted(prepared.glob("*-train*.parquet"))
@@ -573,15 +596,8 @@ def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path, shard_size: 
                 shutil.move(parquet, out / "data" / name / f"train-{index:05d}-of-{len(shards):05d}.parquet")
             info = builder.info._to_yaml_dict()
             configs[name] |= {
-                "rows": len(outcome.rows),
-                "chosen_chars": round(sum(len(r["chosen"][0]["content"]) for r in outcome.rows) / len(outcome.rows)),
-                "rejected_chars": round(
-                    sum(len(r["rejected"][0]["content"]) for r in outcome.rows) / len(outcome.rows)
-                ),
-                "example": {
-                    side: outcome.rows[0][side][0]["content"][:EXAMPLE_CHARS]
-                    for side in ("prompt", "chosen", "rejected")
-                },
+                "rows": spool.count,
+                **spool.describe(),
                 "dataset_info": {key: info[key] for key in ("features", "splits", "dataset_size") if key in info},
             }
     return configs

@@ -4,6 +4,7 @@ and accuracy comes with a Wilson interval."""
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,12 @@ def test_a_judge_that_cannot_load_is_one_line(scripted, tiny_model_dir: Path, tm
         refused = run_offline(POPALIGN, "judge", out, *flags, "--no-progress", HF_HUB_OFFLINE=offline)
         assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
         assert says in refused.stderr
+    refusing = build(tmp_path, url, "--strategies", "elicitive", tags=["judge-refused"], out="refused")[1]
+    refused = run_offline(POPALIGN, "judge", refusing, "--judge-model", url, "--no-progress", HF_HUB_OFFLINE="0")
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert "every request failed (endpoint http://127.0.0.1:" in refused.stderr
+    assert "this judge refuses" in refused.stderr
+    assert "judge" not in json.loads((refusing / "popalign_build.json").read_text())
     both = run_offline(POPALIGN, "judge", out, "--judge-model", url, "--judge-reward-model", tiny_model_dir)
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
     assert (out / "popalign_build.json").read_bytes() == before

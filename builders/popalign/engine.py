@@ -69,6 +69,7 @@ class EngineStats:
     generated: int = 0
     tokens: int = 0
     retried: int = 0
+    last_failure: str | None = None  # why the latest request refused for good was refused
     by_strategy: dict[str, RequestCounts] = field(default_factory=lambda: defaultdict(RequestCounts))
 
 
@@ -237,8 +238,9 @@ class Engine:
                 self._flush_if_idle()
                 try:
                     answers = list(await asyncio.gather(*waits))
-                except RequestFailed:
+                except RequestFailed as failure:
                     self.stats.by_strategy[label].failed += 1
+                    self.stats.last_failure = str(failure)
                     run.close()
                     return Dropped("failed")
                 finally:

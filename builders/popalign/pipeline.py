@@ -471,6 +471,9 @@ def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: Templat
 
     runs = [(row["strategy"], judge_run(row, templates)) for row in rows]
     answers = engine.run(runs, expected=2 * len(rows))  # each a pair of choices, or Dropped
+    if rows and all(isinstance(answer, Dropped) for answer in answers):
+        judge = _published_name(engine, "judge")
+        raise PopAlignError(f"judge {judge}: every request failed ({engine.stats.last_failure})")
     choices = {(i, order): pair[order] for i, pair in enumerate(answers) if isinstance(pair, tuple) for order in (0, 1)}
     spec, unread = engine.roles["judge"], [key for key, choice in choices.items() if choice is None]
     read: list[str | None] = []

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from popalign.build_folder import MAX_SHARD_SIZE
 from popalign.errors import ConfigError, PopAlignError
 from popalign.generation import ENDPOINT_MAX_NEW_TOKENS, LOCAL_MAX_NEW_TOKENS, check_setting
+from popalign.scale_out import EXECUTORS
 from popalign.strategies import ELICITIVE_STYLES
 
 EXIT_ERROR = 2
@@ -142,6 +143,16 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
     endpoints.add_argument(
         "--timeout", type=_positive_seconds, default=300.0, help="seconds per request (default: 300)"
     )
+    tasks = build.add_argument_group("scale-out (datatrove: one --shard per task, then one merge)")
+    tasks.add_argument("--executor", choices=EXECUTORS, help="run the build as --tasks datatrove tasks")
+    tasks.add_argument("--tasks", type=_positive_int, default=1, help="shards, one per task (default: 1)")
+    tasks.add_argument(
+        "--workers", type=_positive_int, help="tasks running at once (default: all; Slurm: the array's limit)"
+    )
+    tasks.add_argument("--logging-dir", help="datatrove's logs and completion marks (default: beside --out)")
+    tasks.add_argument("--slurm-partition", help="Slurm partition of the tasks")
+    tasks.add_argument("--slurm-time", default="24:00:00", help="Slurm time limit per task (default: 24:00:00)")
+    tasks.add_argument("--slurm-cpus", type=_positive_int, default=4, help="CPUs per Slurm task (default: 4)")
     build.add_argument("--push-to", metavar="ORG/NAME", help="publish the result as a version of this Hub dataset")
     build.add_argument("--version", metavar="X.Y.Z", help="the version to publish with --push-to")
     build.add_argument("--private", action="store_true", help="with --push-to: create the repository private")
@@ -410,6 +421,8 @@ def _build(args: argparse.Namespace) -> int:
     print(f"{len(prompts.instructions)} instructions{part} from {prompts.source}; strategies: {', '.join(strategies)}")
     for role in roles_used(strategies):
         print(f"  role {role:<8} {roles[role]}  ({describe_spec(roles[role])})")
+    if args.executor:
+        return _run_tasks(args, prompts.total)
 
     _quiet_libraries()
     local = endpoint = None
@@ -483,6 +496,21 @@ def _build(args: argparse.Namespace) -> int:
 
         result = push_dataset(args.out, args.push_to, args.version, token=None, private=args.private, force=args.force)
         _print_push(result)
+    return 0
+
+
+def _run_tasks(args: argparse.Namespace, instructions: int) -> int:
+    from popalign.scale_out import run_tasks, work_folder
+
+    if args.score or args.judge_model or args.judge_reward_model:
+        raise ConfigError("--executor builds the data; score or judge the merged folder after (popalign score/judge)")
+    if args.tasks > instructions:
+        raise ConfigError(f"--tasks {args.tasks}: more tasks than the {instructions} instructions")
+    print(f"{args.tasks} tasks on the {args.executor} executor; parts and logs in {work_folder(args.out)}")
+    if run_tasks(args):
+        print(f"merged {args.tasks} parts into {args.out}{f'; published to {args.push_to}' if args.push_to else ''}")
+    else:
+        print(f"submitted {args.tasks} Slurm tasks and a merge job that writes {args.out} once they finish")
     return 0
 
 

@@ -1,6 +1,7 @@
 """`popalign build --executor`: one shard per datatrove task, then one merge. The local executor gives exactly the
-rows of a one-process build and a rerun runs only the unfinished tasks; the Slurm executor's generated job script
-runs through a stand-in `sbatch` that executes the array tasks here."""
+rows of a one-process build and a rerun runs only the unfinished tasks; the Ray executor does the same on a local
+Ray instance; the Slurm executor's generated job script runs through a stand-in `sbatch` that executes the array
+tasks here."""
 
 from __future__ import annotations
 
@@ -121,6 +122,19 @@ def test_slurm_executor_runs_its_job_script_through_sbatch(scripted, tmp_path: P
     assert rows_by_prompt(merged) == rows_by_prompt(single)
     missing = run_offline(POPALIGN, "build", "--executor", "slurm", "--out", tmp_path / "x")
     assert missing.returncode == 2 and "--slurm-partition" in missing.stderr and not (tmp_path / "x").exists()
+
+
+def test_ray_executor_on_a_local_ray_instance_gives_the_same_rows(scripted, tmp_path: Path) -> None:  # noqa: F811
+    url, _ = scripted
+    one, single = executor_build(tmp_path, url, out="one")
+    assert one.returncode == 0, one.stderr
+    many, merged = executor_build(tmp_path, url, "--executor", "ray", "--tasks", "3", "--workers", "2", out="ray",
+                                  RAY_ADDRESS="")  # fmt: skip
+    assert many.returncode == 0, many.stderr
+    assert rows_by_prompt(merged) == rows_by_prompt(single)
+    assert sorted(path.name for path in (tmp_path / ".ray.popalign-tasks" / "logs" / "completions").iterdir()) == [
+        "00000", "00001", "00002",
+    ]  # fmt: skip
 
 
 def test_executor_bad_input_is_one_line(scripted, tmp_path: Path) -> None:  # noqa: F811

@@ -99,8 +99,13 @@ def run_tasks(args: argparse.Namespace) -> bool:
         merge.run()  # submits the build's array first, then the merge job that waits for it
         return False
     if args.executor == "ray":
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("--executor ray needs Ray: pip install 'popalign[ray]'") from None
         from datatrove.executor import RayPipelineExecutor
 
+        ray.init(ignore_reinit_error=True, log_to_driver=False)  # the cluster at $RAY_ADDRESS, or one started here
         executor: Any = RayPipelineExecutor(pipeline=pipeline, tasks=args.tasks, workers=workers, logging_dir=logs)
     else:
         from datatrove.executor import LocalPipelineExecutor

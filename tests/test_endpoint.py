@@ -221,7 +221,7 @@ def test_judge_runs_on_the_llama_server(llama_url: str, reference: tuple[Path, i
 
     out = tmp_path / "judged"
     shutil.copytree(reference[0], out)
-    result = run_offline(POPALIGN, "judge", out, "--judge-model", llama_url, "--max-new-tokens", 48,
+    result = run_offline(POPALIGN, "judge", out, "--judge-model", llama_url, "--judge-max-new-tokens", 48,
                          "--cache-dir", tmp_path / "cache", "--no-progress", HF_HUB_OFFLINE="0")  # fmt: skip
     assert result.returncode == 0, result.stderr
     judge = json.loads((out / "popalign_build.json").read_text())["judge"]

@@ -11,6 +11,7 @@ arrives. Each command runs `--repeats` times; the median is reported.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import subprocess
@@ -35,7 +36,8 @@ asyncio.run(main())
 
 
 class Handler(BaseHTTPRequestHandler):
-    """Answers `/v1/models` and chat completions at once; stamps the first chat request of each run."""
+    """Answers `/v1/models` and chat completions at once (each answer derived from its request, so the two sides of a
+    pair differ); stamps the first chat request of each run."""
 
     first_chat: float | None = None
 
@@ -43,10 +45,10 @@ class Handler(BaseHTTPRequestHandler):
         self._send({"object": "list", "data": [{"id": "bench", "object": "model"}]})
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
         if Handler.first_chat is None:
             Handler.first_chat = time.perf_counter()
-        message = {"role": "assistant", "content": "A short answer."}
+        message = {"role": "assistant", "content": f"An answer ({hashlib.sha256(body).hexdigest()[:12]})."}
         choice = {"index": 0, "finish_reason": "stop", "message": message}
         usage = {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
         self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "bench", "choices": [choice],

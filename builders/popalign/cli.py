@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -603,16 +604,17 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Keep the output to popalign's own progress bar and summary."""
-    import datasets
+    """Keep the output to popalign's own progress bar and summary. `datasets` and `transformers` read these
+    settings when they are first imported, which an endpoint build puts off until it writes (or never does)."""
     import huggingface_hub
-    import transformers
 
-    datasets.disable_progress_bars()
-    huggingface_hub.utils.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()  # transformers follows the Hub's setting
+    for name, value in (
+        ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+        ("DATASETS_VERBOSITY", "error"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+    ):
+        os.environ.setdefault(name, value)
 
 
 def _templates_list(args: argparse.Namespace) -> int:

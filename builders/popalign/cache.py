@@ -34,6 +34,9 @@ class GenerationCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
+            # a commit reaches the operating system at once, so a killed run keeps it; only a machine crash
+            # could lose the last answers, which a rerun makes again
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, text TEXT NOT NULL, created REAL)"
             )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 #: One chat message as (role, content); tuples keep requests hashable.
 Message = tuple[str, str]
@@ -113,7 +115,13 @@ def request_key(backend: str, model: str, request: Request, params: GenerationPa
         "backend": backend,
         "model": model,
         "messages": request.messages,
-        "params": asdict(params),
+        "params": _params_payload(params),
         "sample": request.sample,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+@functools.cache
+def _params_payload(params: GenerationParams) -> dict[str, Any]:
+    """The parameters as a request key holds them, worked out once per parameter set (not once per request)."""
+    return asdict(params)

@@ -143,7 +143,10 @@ def test_executor_bad_input_is_one_line(scripted, tmp_path: Path) -> None:  # no
         (["--executor", "local", "--tasks", "2", "--shard", "1/2"], "--shard and --executor"),
         (["--executor", "local", "--tasks", "99"], "more tasks than the 24 instructions"),
         (["--executor", "local", "--tasks", "2", "--judge-model", url], "score or judge the merged folder"),
+        (["--executor", "local", "--tasks", "2", "--token", "sk-secret"], "not --token or a URL"),
+        (["--executor", "local", "--model", f"planner={url.replace('//', '//u:sk-secret@')}"], "not --token or a URL"),
     ):
         refused, out = executor_build(tmp_path, url, *flags, out="bad")
         assert refused.returncode == 2 and says in refused.stderr and len(refused.stderr.splitlines()) == 1
+        assert "sk-secret" not in refused.stdout + refused.stderr
         assert not out.exists() and not (tmp_path / ".bad.popalign-tasks").exists()

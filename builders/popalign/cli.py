@@ -423,7 +423,7 @@ def _build(args: argparse.Namespace) -> int:
     for role in roles_used(strategies):
         print(f"  role {role:<8} {roles[role]}  ({describe_spec(roles[role])})")
     if args.executor:
-        return _run_tasks(args, prompts.total)
+        return _run_tasks(args, prompts.total, roles)
 
     _quiet_libraries()
     local = endpoint = None
@@ -500,11 +500,18 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_tasks(args: argparse.Namespace, instructions: int) -> int:
+def _run_tasks(args: argparse.Namespace, instructions: int, roles: dict[str, Any]) -> int:
+    from popalign.models import EndpointSpec
     from popalign.scale_out import run_tasks, work_folder
 
     if args.score or args.judge_model or args.judge_reward_model:
         raise ConfigError("--executor builds the data; score or judge the merged folder after (popalign score/judge)")
+    credentials = [key for spec in roles.values() if isinstance(spec, EndpointSpec) for key in spec.credentials]
+    if args.token or any(credentials):
+        raise ConfigError(
+            "--executor writes the command's arguments into the tasks' pickled pipeline: give endpoint keys "
+            "through a role's api_key_env or $HF_TOKEN (the tasks inherit the environment), not --token or a URL"
+        )
     if args.tasks > instructions:
         raise ConfigError(f"--tasks {args.tasks}: more tasks than the {instructions} instructions")
     print(f"{args.tasks} tasks on the {args.executor} executor; parts and logs in {work_folder(args.out)}")

@@ -1,5 +1,6 @@
 """A config larger than `--max-shard-size` is written as `train-0000K-of-0000N.parquet` files, with row groups of
-100 rows, and every reader (load_dataset, judge's rewrite, merge) reads all of them."""
+1,000 rows (a shard closes at a row group's end), and every reader (load_dataset, judge's rewrite, merge) reads
+all of them."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from conftest import run_offline
 from test_build import load
 from test_pairs import HERE, POPALIGN, build, manifest, scripted  # noqa: F401 (the fixture)
 
-COUNT = 400
+COUNT = 2100
 
 
 def tags(count: int) -> list[str]:
     """Distinct lower-case tags (`aaa`, `aab`, ...), so every instruction is its own."""
     letters = string.ascii_lowercase
-    return [letters[n // 676] + letters[n // 26 % 26] + letters[n % 26] for n in range(count)]
+    return [letters[n // 676 % 26] + letters[n // 26 % 26] + letters[n % 26] for n in range(count)]
 
 
 def shards(out: Path, name: str) -> list[Path]:
@@ -35,7 +36,7 @@ def test_a_config_larger_than_a_shard_is_split_and_read_whole(scripted, tmp_path
     assert len(files) > 1
     for file in files:
         metadata = pyarrow.parquet.ParquetFile(file).metadata
-        assert all(metadata.row_group(g).num_rows <= 100 for g in range(metadata.num_row_groups))
+        assert all(metadata.row_group(g).num_rows <= 1000 for g in range(metadata.num_row_groups))
     assert sum(pyarrow.parquet.ParquetFile(file).metadata.num_rows for file in files) == COUNT
     rows = load(out, "prefix")
     assert len(rows) == COUNT and len(set(rows["prompt_id"])) == COUNT

@@ -213,7 +213,13 @@ class Engine:
         """A run ended: hand over the results now in order, start the next runs, and let a local backend
         generate once every live run waits."""
         window.active.discard(task)
-        if task.cancelled() or window.finished.done():
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here, so asyncio does not report it again at exit
+        if window.finished.done():
+            return
+        if error is not None:
+            window.finished.set_exception(error)
             return
         try:
             window.results[index] = task.result()

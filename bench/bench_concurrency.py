@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from latency_server import running
 from popalign.cache import GenerationCache
 from popalign.endpoint_backend import EndpointBackend
 from popalign.engine import Engine
@@ -70,14 +68,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--delay", type=float, default=0.2)
     args = parser.parse_args()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server_script = Path(__file__).with_name("latency_server.py")
-    server = subprocess.Popen([sys.executable, server_script, "--port", str(port), "--delay", str(args.delay)])
-    url, count = f"http://127.0.0.1:{port}", args.requests
-    try:
-        time.sleep(1.0)
+    count = args.requests
+    with running(args.delay) as url:
         print(f"latency server: {args.delay:.2f} s per request; {count} requests per run")
         header = ("concurrency", "bare req/s", "popalign req/s", "ratio", "bare ms", "popalign ms")
         print(" ".join(f"{name:>{width}}" for name, width in zip(header, (11, 10, 14, 6, 8, 11), strict=True)))
@@ -90,9 +82,6 @@ def main() -> None:
                 f"{bare_cpu / count * 1000:>8.2f} {cpu / count * 1000:>11.2f}"
             )
         print("ratio: popalign's requests/s over the bare loop's (target >= 0.95); ms: client CPU per request")
-    finally:
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":

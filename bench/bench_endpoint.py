@@ -12,13 +12,10 @@ instruction with and without request sharing.
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
+from latency_server import running
 from popalign.endpoint_backend import EndpointBackend
 from popalign.engine import Engine
 from popalign.generation import GenerationParams
@@ -34,7 +31,7 @@ def run(url: str, instructions: list[Instruction], concurrency: int) -> tuple[En
     params = GenerationParams(max_new_tokens=64)
     # one served model: the contrast roles differ by their sampling settings, as with one real server
     role_params = {"small": replace(params, temperature=1.2), "second": replace(params, top_p=0.5)}
-    roles = dict.fromkeys(("default", "large", "small", "first", "second"), spec)
+    roles = dict.fromkeys(("default", "large", "small", "first", "second", "planner"), spec)
     engine = Engine(
         roles, params, endpoint=EndpointBackend(concurrency=concurrency), role_params=role_params, progress=False
     )
@@ -52,14 +49,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--delay", type=float, default=0.5)
     args = parser.parse_args()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server_script = Path(__file__).with_name("latency_server.py")
-    server = subprocess.Popen([sys.executable, server_script, "--port", str(port), "--delay", str(args.delay)])
-    try:
-        time.sleep(1.0)
-        url = f"http://127.0.0.1:{port}"
+    with running(args.delay) as url:
         texts = [f"Write a short note on topic number {n}." for n in range(args.instructions)]
         instructions = [Instruction.from_text(text) for text in texts]
         engine, wall, cpu = run(url, instructions, args.concurrency)
@@ -80,9 +70,6 @@ def main() -> None:
             f"backend calls per instruction (six strategies): {engine.stats.requested / count:.1f} without sharing, "
             f"{made / count:.1f} with sharing"
         )
-    finally:
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":

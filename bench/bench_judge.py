@@ -12,12 +12,9 @@ parallelism) runs on loopback; popalign's engine judges `--pairs` synthetic pair
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
+from latency_server import running
 from popalign.endpoint_backend import EndpointBackend
 from popalign.engine import Engine
 from popalign.generation import GenerationParams
@@ -58,14 +55,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--delay", type=float, default=0.2)
     args = parser.parse_args()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server_script = Path(__file__).with_name("latency_server.py")
-    server = subprocess.Popen([sys.executable, server_script, "--port", str(port), "--delay", str(args.delay)])
-    try:
-        time.sleep(1.0)
-        url = f"http://127.0.0.1:{port}"
+    with running(args.delay) as url:
         rows = pairs(args.pairs + args.sequential_pairs)
         wall, cpu = judge(url, rows[: args.pairs], args.concurrency)
         single_wall, _ = judge(url, rows[args.pairs :], 1)
@@ -76,9 +66,6 @@ def main() -> None:
         print(f"{'judge, one at a time':<28} {args.sequential_pairs:>6} {single_wall:>8.1f} {slow:>8.2f}")
         print(f"ratio: {fast / slow:.1f}x (ideal {args.concurrency}x)")
         print(f"client CPU time per pair: {cpu / args.pairs * 1000:.2f} ms")
-    finally:
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":

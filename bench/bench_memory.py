@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from latency_server import running
 
 POPALIGN = Path(sys.executable).with_name("popalign")
 
@@ -63,17 +64,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=256)
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server_script = Path(__file__).with_name("latency_server.py")
-    server = subprocess.Popen([sys.executable, server_script, "--port", str(port), "--delay", str(args.delay)])
-    try:
-        time.sleep(1.0)
-        results = {size: build(f"http://127.0.0.1:{port}", size, args.concurrency) for size in sizes}
-    finally:
-        server.terminate()
-        server.wait()
+    with running(args.delay) as url:
+        results = {size: build(url, size, args.concurrency) for size in sizes}
     print(f"latency server: {args.delay:.2f} s per request; six strategies; concurrency {args.concurrency}")
     print(f"{'instructions':>12} {'peak RSS MB':>12} {'seconds':>8} {'instr/s':>8}")
     for size, (rss, wall) in results.items():

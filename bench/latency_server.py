@@ -10,6 +10,12 @@ import argparse
 import asyncio
 import hashlib
 import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 MODEL = "latency-sim"
 
@@ -53,6 +59,21 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, del
         pass
     finally:
         writer.close()
+
+
+@contextmanager
+def running(delay: float) -> Iterator[str]:
+    """This server in its own process on a free loopback port, for the benchmarks: yields its URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, __file__, "--port", str(port), "--delay", str(delay)])
+    try:
+        time.sleep(1.0)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
 
 
 async def serve(port: int, delay: float) -> None:

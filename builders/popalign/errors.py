@@ -23,3 +23,9 @@ class BackendError(PopAlignError):
 
 class RequestFailed(PopAlignError):
     """One request was refused for good (for example a prompt too long for the endpoint); its pair is dropped."""
+
+
+def first_line(error: BaseException, fallback: str = "no detail") -> str:
+    """The first line of an error's message, for one-line errors; `fallback` when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else fallback

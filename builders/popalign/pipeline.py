@@ -230,8 +230,7 @@ def score_dataset(
     )
     _require_rows(outcomes, out)
     with staged(out) as folder:
-        if (out / QUALITY_DIR).is_dir():  # a judged build's chart stays; the score histograms are drawn anew
-            shutil.copytree(out / QUALITY_DIR, folder / QUALITY_DIR)
+        _copy_quality(out, folder)
         quality, score_stats = _score(outcomes, scoring, context, cache, folder)
         if "judge" in manifest:
             from popalign.judge import summarize
@@ -266,8 +265,7 @@ def judge_dataset(out: Path, *, judging: JudgeSettings) -> BuildSummary:
     outcomes = _read_outcomes(out, manifest)
     _require_rows(outcomes, out)
     with staged(out) as folder:
-        if (out / QUALITY_DIR).is_dir():
-            shutil.copytree(out / QUALITY_DIR, folder / QUALITY_DIR)
+        _copy_quality(out, folder)
         judge = _judge(outcomes, judging, folder)
         earlier = manifest.get("judge", {})
         replaced = dict.fromkeys([earlier.get("model"), *earlier.get("replaced", [])]).keys() - {None, judge["model"]}
@@ -395,6 +393,13 @@ def _copy_recipe(source: Path, folder: Path, *, drop_shard: bool = False) -> Non
         (folder / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
     if (source / "templates").is_dir():
         shutil.copytree(source / "templates", folder / "templates")
+
+
+def _copy_quality(source: Path, folder: Path) -> None:
+    """A build's charts into `folder` for a rewrite (score, judge): the other step's charts stay, and the
+    rewriting step draws its own anew over them."""
+    if (source / QUALITY_DIR).is_dir():
+        shutil.copytree(source / QUALITY_DIR, folder / QUALITY_DIR)
 
 
 def _agreed(manifest: dict[str, Any], key: str) -> Any:

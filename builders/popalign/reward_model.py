@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from popalign.errors import BackendError
+from popalign.errors import BackendError, first_line
 from popalign.models import ModelSpec
 
 Chat = list[dict[str, str]]
@@ -34,7 +34,8 @@ class RewardModel:
             self.tokenizer = AutoTokenizer.from_pretrained(**model_location(spec.source))
             self.model = AutoModelForSequenceClassification.from_pretrained(**model_location(spec.source))
         except (OSError, ValueError) as err:
-            raise BackendError(f"reward model {spec.source!r}: cannot load ({_first_line(err)})") from None
+            reason = first_line(err, type(err).__name__)
+            raise BackendError(f"reward model {spec.source!r}: cannot load ({reason})") from None
         if self.tokenizer.chat_template is None:
             raise BackendError(f"reward model {spec.source!r}: its tokenizer has no chat template")
         self.tokenizer.padding_side = "right"  # positions stay those of an unpadded text
@@ -77,8 +78,3 @@ class RewardModel:
 def pair_chats(row: dict[str, Any]) -> tuple[Chat, Chat]:
     """The two chats a reward model scores for a row: the prompt followed by each answer."""
     return row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

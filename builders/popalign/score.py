@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from popalign.cache import GenerationCache
 from popalign.credentials import authorization, split_credentials
-from popalign.errors import BackendError, ConfigError
+from popalign.errors import BackendError, ConfigError, first_line
 from popalign.models import ModelSpec
 from popalign.prompts import Instruction
 from popalign.strategies import STRATEGIES, StrategyContext, guided_messages
@@ -102,7 +102,7 @@ class TGIScorer:
             try:
                 return list(await asyncio.gather(*(one(text) for text in texts)))
             except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as err:
-                raise BackendError(f"TGI endpoint {self.url}: {type(err).__name__}: {_first_line(err)}") from None
+                raise BackendError(f"TGI endpoint {self.url}: {type(err).__name__}: {first_line(err)}") from None
 
 
 @dataclass(frozen=True)
@@ -227,8 +227,3 @@ def _swapped(row: dict[str, Any]) -> dict[str, Any]:
 def _logprob_key(scorer: str, text: str) -> str:
     payload = json.dumps({"kind": "sequence-logprob", "scorer": scorer, "text": text}, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no detail"

@@ -7,7 +7,7 @@ The steps are told apart by the markers of the test's own templates (`tests/scri
 (the paper's single-turn template). A lone one-line user message is the plain instruction, M(q); any other chat
 (a principle prefix, demonstrations) gets an answer derived from its whole text.
 
-    python tests/scripted_server.py --port 8080 --model scripted-default --log requests.jsonl
+    python tests/scripted_server.py --port 8080 --model scripted-default --log requests.jsonl [--delay 0.05]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import re
+import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def reply(messages: list[dict[str, str]]) -> tuple[int, str, str]:
 class Handler(JSONHandler):
     model = "scripted"
     log: Path
+    delay = 0.0
 
     def do_GET(self) -> None:
         self._reply(200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
@@ -87,6 +89,7 @@ class Handler(JSONHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         status, content, finish = reply(body["messages"])
+        time.sleep(self.delay)
         with self.log.open("a") as sink:
             entry = {"messages": body["messages"], "max_tokens": body.get("max_tokens")}
             sink.write(json.dumps(entry | {"authorization": self.headers.get("Authorization")}) + "\n")
@@ -113,6 +116,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", default="scripted")
     parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     args = parser.parse_args()
-    Handler.model, Handler.log = args.model, args.log
+    Handler.model, Handler.log, Handler.delay = args.model, args.log, args.delay
     ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()

@@ -23,9 +23,9 @@ TAGS = ["ok", "cut-plan", "empty-plan", "plan-is-answer", "near-copy", "identica
 ELICITIVE_DROPS = {"truncated": 2, "empty": 2, "plan-is-answer": 1, "near-copy": 1, "identical": 1, "failed": 1}
 
 
-def serve_scripted(folder: Path, model: str) -> Iterator[tuple[str, Path]]:
+def serve_scripted(folder: Path, model: str, *flags: str) -> Iterator[tuple[str, Path]]:
     port, log = free_port(), folder / f"{model}.jsonl"
-    command = [sys.executable, HERE / "scripted_server.py", "--port", port, "--model", model, "--log", log]
+    command = [sys.executable, HERE / "scripted_server.py", "--port", port, "--model", model, "--log", log, *flags]
     with serve_process(command, folder / f"{model}.log", f"http://127.0.0.1:{port}/v1/models"):
         yield f"http://127.0.0.1:{port}", log
 

@@ -6,13 +6,19 @@ tasks here."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from conftest import run_offline
 from test_build import load
-from test_pairs import POPALIGN, build, manifest, scripted  # noqa: F401 (the fixture)
+from test_pairs import HERE, POPALIGN, build, manifest, prompts, scripted, serve_scripted  # noqa: F401 (fixture)
 from test_shards import tags
 
 STRATEGIES = "prefix,elicitive"
@@ -100,6 +106,58 @@ def test_local_executor_gives_the_rows_of_one_process_and_reruns_only_unfinished
     shard = manifest(parts[2])["prompts"]["count"]
     assert len(log.read_text().splitlines()) - requests == shard * (2 + 5)  # prefix 2 + guided elicitive 5 each
     assert rows_by_prompt(merged) == rows_by_prompt(single)
+
+
+@pytest.fixture
+def slow_scripted(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The scripted server answering after 0.05 s, so a task lasts long enough to be killed in the middle."""
+    yield from serve_scripted(tmp_path, "scripted-default", "--delay", "0.05")
+
+
+def test_a_task_killed_while_it_generates_is_the_only_one_a_rerun_runs(slow_scripted, tmp_path: Path) -> None:
+    url, log = slow_scripted
+    one, single = executor_build(tmp_path, url, out="one")
+    assert one.returncode == 0, one.stderr
+    # one worker runs the tasks in turn in the command's own process: SIGKILL it while task 3 generates
+    command = [POPALIGN, "build", "--prompts", prompts(tmp_path, tags(COUNT)), "--out", tmp_path / "many",
+               "--cache-dir", tmp_path / "cache", "--no-progress", "--templates", HERE / "scripted_templates",
+               "--model", f"default={url}", "--strategies", STRATEGIES, "--concurrency", "1",
+               "--executor", "local", "--tasks", "4", "--workers", "1"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "0"}
+    work = tmp_path / ".many.popalign-tasks"
+    completions = work / "logs" / "completions"
+    process = subprocess.Popen(list(map(str, command)), env=env, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (completions / "00001").exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.02)
+        two_done = len(log.read_text().splitlines())
+        while len(log.read_text().splitlines()) < two_done + 10:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    answered = len(log.read_text().splitlines()) - two_done
+    assert not (completions / "00002").exists()
+    assert not (tmp_path / "many").exists()
+    parts = work / "parts"
+    before = {part: (part / "popalign_build.json").stat().st_mtime_ns for part in sorted(parts.iterdir())[:2]}
+    requests = len(log.read_text().splitlines())
+    again = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "merged 4 parts into" in again.stdout
+    assert {part: (part / "popalign_build.json").stat().st_mtime_ns for part in before} == before
+    # task 3 asks only what had not been answered when it died (one request may have been in flight), task 4 all;
+    # prefix makes 2 requests per instruction and guided elicitive 5
+    third, fourth = (manifest(part)["prompts"]["count"] * (2 + 5) for part in sorted(parts.iterdir())[2:])
+    assert 10 <= answered < third
+    rerun = len(log.read_text().splitlines()) - requests
+    assert third - answered + fourth <= rerun <= third - answered + fourth + 1
+    assert rows_by_prompt(tmp_path / "many") == rows_by_prompt(single)
 
 
 def test_slurm_executor_runs_its_job_script_through_sbatch(scripted, tmp_path: Path) -> None:  # noqa: F811

@@ -15,10 +15,11 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from popalign.errors import PopAlignError
+from popalign.errors import NotABuildError
 
 MANIFEST = "popalign_build.json"
 RECIPE = "popalign_recipe.yaml"
@@ -30,26 +31,65 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """A build's manifest (`popalign_build.json`), typed: each config's counts, the roles' published model names,
+    the generation parameters, the prompt source, the template hashes, and what scoring and judging added.
+
+    >>> Manifest.from_dict({"configs": {}, "roles": {}, "params": {}, "prompts": {"count": 0}}).elicitive_style
+    'guided'
+    """
+
+    configs: dict[str, dict[str, Any]]
+    roles: dict[str, str]
+    params: dict[str, Any]
+    prompts: dict[str, Any]
+    template_hashes: dict[str, str] = field(default_factory=dict)
+    backend: str = ""
+    model_notes: dict[str, str] = field(default_factory=dict)
+    role_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    elicitive_style: str = "guided"
+    keep_truncated: bool = False
+    max_shard_size: int = MAX_SHARD_SIZE
+    score: dict[str, Any] | None = None
+    quality: dict[str, dict[str, Any]] | None = None
+    judge: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        names = {f.name for f in fields(cls)} - {"extra"}
+        return cls(
+            **{key: value for key, value in data.items() if key in names},
+            extra={key: value for key, value in data.items() if key not in names},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as written to disk (fields never set are left out, as older builds have them)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {key: value for key, value in data.items() if value is not None} | self.extra
+
+
 def read_manifest(out: Path) -> dict[str, Any]:
     """The manifest (`popalign_build.json`) of a built folder: roles, parameters, template hashes, counts.
 
     Raises:
-        PopAlignError: `out` holds no build, or its manifest is unreadable, truncated or not a build's.
+        NotABuildError: `out` holds no build, or its manifest is unreadable, truncated or not a build's.
     """
     recover(out)
     path = out / MANIFEST
     if not path.is_file():
-        raise PopAlignError(f"{out}: no popalign build here ({MANIFEST} is missing)")
+        raise NotABuildError(f"{out}: no popalign build here ({MANIFEST} is missing)")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PopAlignError(f"{path}: unreadable manifest ({err}); rebuild the folder") from err
+        raise NotABuildError(f"{path}: unreadable manifest ({err}); rebuild the folder") from err
     except OSError as err:
-        raise PopAlignError(f"{path}: cannot read the manifest ({err.strerror})") from err
+        raise NotABuildError(f"{path}: cannot read the manifest ({err.strerror})") from err
     keys = ("configs", "roles", "params", "prompts")
     missing = [key for key in keys if not isinstance(manifest, dict) or key not in manifest]
     if missing:
-        raise PopAlignError(f"{path}: not a popalign manifest ({missing[0]!r} is missing); rebuild the folder")
+        raise NotABuildError(f"{path}: not a popalign manifest ({missing[0]!r} is missing); rebuild the folder")
     return manifest
 
 
@@ -64,20 +104,20 @@ def check_out(out: Path) -> None:
     """Refuse, before any work is done, an output path that cannot become a build folder.
 
     Raises:
-        PopAlignError: `out` is a file, a folder of something else, or cannot be created.
+        NotABuildError: `out` is a file, a folder of something else, or cannot be created.
     """
     recover(out)
     if out.exists() and not out.is_dir():
-        raise PopAlignError(f"{out}: output path exists and is not a folder")
+        raise NotABuildError(f"{out}: output path exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise PopAlignError(f"{out}: folder is not empty and holds no popalign build; choose another --out")
+        raise NotABuildError(f"{out}: folder is not empty and holds no popalign build; choose another --out")
     ancestor = out.absolute().parent
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise PopAlignError(f"{out}: cannot create the output folder ({ancestor} is not a folder)")
+        raise NotABuildError(f"{out}: cannot create the output folder ({ancestor} is not a folder)")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise PopAlignError(f"{out}: cannot create the output folder ({ancestor} is not writable)")
+        raise NotABuildError(f"{out}: cannot create the output folder ({ancestor} is not writable)")
 
 
 @contextmanager

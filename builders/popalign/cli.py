@@ -1,8 +1,10 @@
-"""The `popalign` command: build, score, push, versions, merge, templates. Errors end as one line and exit 2."""
+"""The `popalign` command: build, score, judge, push, versions, merge, show, templates. Each is a thin layer over
+the Python API (`popalign.api`): parse, call, print. Errors end as one line and exit 2."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import re
@@ -11,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import popalign
 from popalign.build_folder import MAX_SHARD_SIZE
 from popalign.errors import ConfigError, PopAlignError
 from popalign.generation import ENDPOINT_MAX_NEW_TOKENS, LOCAL_MAX_NEW_TOKENS, check_setting
@@ -71,6 +74,7 @@ def _setting(name: str) -> Callable[[str], int | float]:
 
 def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="popalign", description="Contrastive DPO preference data (PopAlign).")
+    parser.add_argument("--version", action="version", version=f"popalign {popalign.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     build = commands.add_parser("build", help="generate pairs and write a dataset folder (Hub layout)")
@@ -206,6 +210,22 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
     merge.add_argument("--out", type=Path, required=True, help="folder of the merged dataset")
     merge.set_defaults(func=_merge)
 
+    show = commands.add_parser("show", help="read a build's pairs in the terminal")
+    show.add_argument("dir", type=Path, help="a folder written by `popalign build`")
+    show.add_argument("config", nargs="?", default="all", help="a strategy's config, or all (default: all)")
+    show.add_argument("-n", type=_positive_int, default=5, help="pairs to show (default: 5)")
+    show.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COND",
+        help="show only pairs meeting FIELD OP VALUE (OP: = != < > <= >=, or ~ for contains), e.g. score<0, "
+        "judge_verdict=rejected, chosen~tide; repeatable (all must hold)",
+    )
+    show.add_argument("--side-by-side", action="store_true", help="chosen and rejected in two columns")
+    show.add_argument("--width", type=_positive_int, help="line width (default: the terminal's)")
+    show.set_defaults(func=_show)
+
     templates = commands.add_parser("templates", help="list or show the prompt templates")
     verbs = templates.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     listing = verbs.add_parser("list", help="every template and data file with its sha256")
@@ -279,33 +299,25 @@ def _add_judge_options(parser: argparse.ArgumentParser, *, required: bool) -> No
     )
 
 
-def _judge_settings(args: argparse.Namespace, local: Any, templates: Any, cache: Any) -> Any:
-    """The judge the flags ask for: a reward model, or an engine with a `judge` role (sharing `local`, the
-    build's local backend, when there is one)."""
-    from popalign.engine import Engine
-    from popalign.generation import GenerationParams
-    from popalign.models import EndpointSpec, ModelSpec, parse_spec
-    from popalign.pipeline import JudgeSettings
+def _score_options(args: argparse.Namespace) -> Any:
+    from popalign.api import ScoreOptions
 
-    if args.judge_reward_model:
-        from popalign.reward_model import RewardModel
+    return ScoreOptions(
+        model=args.score_model, tokenizer=args.score_tokenizer, contrast=args.score_contrast,
+        min_score=args.min_score, swap=args.swap, order=args.order,
+    )  # fmt: skip
 
-        model = RewardModel(ModelSpec.parse(args.judge_reward_model), batch_size=args.batch_size)
-        return JudgeSettings(reward_model=model, templates=templates, min_judge=args.min_judge)
-    spec = parse_spec(args.judge_model)
-    endpoint = None
-    if isinstance(spec, EndpointSpec):
-        from popalign.endpoint_backend import EndpointBackend, RetryPolicy
 
-        retry = RetryPolicy(attempts=args.retries, max_wait=args.max_retry_wait)
-        endpoint = EndpointBackend(token=args.token, concurrency=args.concurrency, timeout=args.timeout, retry=retry)
-    elif local is None:
-        from popalign.local_backend import LocalBackend
+def _judge_options(args: argparse.Namespace) -> Any:
+    """The judge the flags name, or None."""
+    from popalign.api import JudgeOptions
 
-        local = LocalBackend(batch_size=args.batch_size)
-    params = GenerationParams(max_new_tokens=args.judge_max_new_tokens, temperature=0.0, top_p=1.0, seed=0)
-    engine = Engine({"judge": spec}, params, local=local, endpoint=endpoint, cache=cache, progress=not args.no_progress)
-    return JudgeSettings(engine=engine, templates=templates, min_judge=args.min_judge)
+    if not (args.judge_model or args.judge_reward_model):
+        return None
+    return JudgeOptions(
+        model=args.judge_model, reward_model=args.judge_reward_model, max_new_tokens=args.judge_max_new_tokens,
+        min_judge=args.min_judge,
+    )  # fmt: skip
 
 
 def _print_judge(summary: Any) -> None:
@@ -330,33 +342,6 @@ def _print_judge(summary: Any) -> None:
     print(f"judged by {summary.judge['model']} ({summary.judge['kind']})")
 
 
-def _score_settings(args: argparse.Namespace, backend: Any, default_model: str) -> Any:
-    """The scorer, prompt renderer and curation options the flags ask for."""
-    from popalign.models import ModelSpec
-    from popalign.pipeline import ScoreSettings
-    from popalign.score import LocalScorer, TGIScorer
-
-    model = args.score_model or default_model
-    if model.startswith(("http://", "https://")):
-        scorer = TGIScorer(model, token=args.token)
-        template_source = ModelSpec.parse(args.score_tokenizer).source
-    else:
-        spec = ModelSpec.parse(model)
-        scorer, template_source = LocalScorer(backend, spec), spec.source
-    tokenizer = backend.tokenizer(template_source)
-
-    def render(chat: list[dict[str, str]]) -> str:
-        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-
-    def count_tokens(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    return ScoreSettings(
-        scorer=scorer, render=render, count_tokens=count_tokens, contrast=args.score_contrast,
-        min_score=args.min_score, swap=args.swap, order=args.order,
-    )  # fmt: skip
-
-
 def _print_quality(summary: Any) -> None:
     print(f"\n{'strategy':<12} {'rows':>5}  {'agreement':>9}  {'mean score':>10}  curation")
     for name, report in summary.quality.items():
@@ -371,32 +356,24 @@ def _print_quality(summary: Any) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from popalign.cache import GenerationCache, default_cache_dir
-    from popalign.pipeline import read_manifest, score_dataset
-    from popalign.templates import TemplateSet
+    from popalign.api import score
 
-    default_model = read_manifest(args.dir)["roles"].get("default", "smollm2")
-    templates = TemplateSet(args.templates)
     _quiet_libraries()
-    from popalign.local_backend import LocalBackend
-
-    settings = _score_settings(args, LocalBackend(batch_size=args.batch_size), default_model)
-    cache = None if args.no_cache else GenerationCache(args.cache_dir or default_cache_dir())
-    summary = score_dataset(args.dir, templates=templates, scoring=settings, cache=cache)
-    _print_quality(summary)
-    print(f"rewrote {summary.out} in {summary.seconds:.0f} s (scores, quality/*.png, README.md)")
+    built = score(
+        args.dir, _score_options(args), templates=args.templates, batch_size=args.batch_size, token=args.token,
+        cache_dir=args.cache_dir, cache=not args.no_cache,
+    )  # fmt: skip
+    _print_quality(built.summary)
+    print(f"rewrote {built.path} in {built.summary.seconds:.0f} s (scores, quality/*.png, README.md)")
     return 0
 
 
 def _build(args: argparse.Namespace) -> int:
-    from popalign.build_folder import check_out
-    from popalign.cache import GenerationCache, default_cache_dir
-    from popalign.engine import Engine
-    from popalign.models import EndpointSpec, describe_spec, parse_model_args, resolve_roles
-    from popalign.prompts import load_prompts, parse_shard
+    from popalign.api import Endpoints, build
+    from popalign.models import parse_model_args
     from popalign.recipe import Recipe
-    from popalign.strategies import STRATEGIES, parse_strategies, roles_used
-    from popalign.templates import TemplateSet
+    from popalign.scale_out import Executor
+    from popalign.strategies import STRATEGIES
 
     recipe: Recipe = args.recipe_data
     if bool(args.push_to) != bool(args.version):
@@ -406,63 +383,49 @@ def _build(args: argparse.Namespace) -> int:
 
         check_repo_id(args.push_to)
         parse_version(args.version)
-    check_out(args.out)
-    strategies = parse_strategies(args.strategies)
-    given = recipe.roles | parse_model_args(args.model)
-    role_generation = dict(recipe.role_generation)
-    if "planner" not in given and "default" in role_generation:
-        role_generation["planner"] = role_generation["default"]  # the planner is the default model
-    params, role_params = _generation_params(args, given, role_generation, roles_used(strategies))
-    needs = {name: STRATEGIES[name].roles for name in strategies}
-    roles = resolve_roles(given, needs, role_params)
-    templates = TemplateSet(args.templates)
-    shard = parse_shard(args.shard) if args.shard is not None else None
-    prompts = load_prompts(args.prompts, column=args.prompt_column, limit=args.limit, shard=shard)
-    part = f" (shard {shard[0]}/{shard[1]} of {prompts.total})" if shard else ""
-    print(f"{len(prompts.instructions)} instructions{part} from {prompts.source}; strategies: {', '.join(strategies)}")
-    for role in roles_used(strategies):
-        print(f"  role {role:<8} {roles[role]}  ({describe_spec(roles[role])})")
-    if args.executor:
-        return _run_tasks(args, prompts.total, roles)
-
-    _quiet_libraries()
-    local = endpoint = None
-    if any(isinstance(roles[role], EndpointSpec) for role in roles_used(strategies)):
-        from popalign.endpoint_backend import EndpointBackend, RetryPolicy
-
-        retry = RetryPolicy(attempts=args.retries, max_wait=args.max_retry_wait)
-        endpoint = EndpointBackend(token=args.token, concurrency=args.concurrency, timeout=args.timeout, retry=retry)
-    judge = args.judge_model or args.judge_reward_model
-    if args.min_judge and not judge:
+    if args.min_judge and not (args.judge_model or args.judge_reward_model):
         raise ConfigError("--min-judge needs a judge: --judge-model or --judge-reward-model")
-    if args.score or any(not isinstance(roles[role], EndpointSpec) for role in roles_used(strategies)):
-        from popalign.local_backend import LocalBackend
-
-        local = LocalBackend(batch_size=args.batch_size)
-    from popalign.pipeline import build_dataset
-
-    cache = None if args.no_cache else GenerationCache(args.cache_dir or default_cache_dir())
-    engine = Engine(
-        {role: roles[role] for role in roles_used(strategies)},
-        params,
-        local=local,
-        endpoint=endpoint,
-        role_params=role_params,
-        cache=cache,
+    executor = None
+    if args.executor:
+        executor = Executor(
+            kind=args.executor, tasks=args.tasks, workers=args.workers, logging_dir=args.logging_dir,
+            slurm_partition=args.slurm_partition, slurm_time=args.slurm_time, slurm_cpus=args.slurm_cpus,
+            push_to=args.push_to, version=args.version, private=args.private, force=args.force,
+        )  # fmt: skip
+    _quiet_libraries()
+    generation = ("max_new_tokens", "temperature", "top_p", "seed")
+    summary_build = build(
+        args.prompts,
+        strategies=args.strategies,
+        roles=recipe.roles | parse_model_args(args.model),
+        out=args.out,
+        params={name: getattr(args, name) for name in generation},
+        role_params=recipe.role_generation,
+        cache_dir=args.cache_dir,
+        cache=not args.no_cache,
+        templates=args.templates,
+        prompt_column=args.prompt_column,
+        limit=args.limit,
+        shard=args.shard,
+        elicitive_style=args.elicitive_style,
+        keep_truncated=args.keep_truncated,
+        max_shard_size=args.max_shard_size,
+        batch_size=args.batch_size,
+        endpoints=Endpoints(args.concurrency, args.retries, args.timeout, args.max_retry_wait, args.token),
+        score=_score_options(args) if args.score else None,
+        judge=_judge_options(args),
+        executor=executor,
         progress=not args.no_progress,
     )
-    summary = build_dataset(
-        prompts,
-        strategies=strategies,
-        engine=engine,
-        out=args.out,
-        templates=templates,
-        scoring=_score_settings(args, local, str(roles["default"])) if args.score else None,
-        judging=_judge_settings(args, local, templates, cache) if judge else None,
-        keep_truncated=args.keep_truncated,
-        elicitive_style=args.elicitive_style,
-        shard_size=args.max_shard_size,
-    )
+    if executor:
+        if summary_build is None:
+            print(f"submitted {args.tasks} Slurm tasks and a merge job that writes {args.out} once they finish")
+        else:
+            pushed = f"; published to {args.push_to}" if args.push_to else ""
+            print(f"merged {args.tasks} parts into {args.out}{pushed}")
+        return 0
+    assert summary_build is not None and summary_build.summary is not None
+    summary = summary_build.summary
     requests = "requests: made cached shared retried failed"
     print(f"\n{'strategy':<12} {'rows':>5}  {'cut':>7}  {'dropped':<34} {requests}")
     for name, outcome in summary.outcomes.items():
@@ -493,66 +456,18 @@ def _build(args: argparse.Namespace) -> int:
     example = "elicitive" if "elicitive" in written else written[0]
     print(f'load with: datasets.load_dataset("{summary.out}")  # every strategy; or one config: "{example}"')
     if args.push_to:
-        from popalign.publish import push_dataset
+        from popalign.api import push
 
-        result = push_dataset(args.out, args.push_to, args.version, token=None, private=args.private, force=args.force)
-        _print_push(result)
+        _print_push(push(args.out, repo_id=args.push_to, version=args.version, private=args.private, force=args.force))
     return 0
-
-
-def _run_tasks(args: argparse.Namespace, instructions: int, roles: dict[str, Any]) -> int:
-    from popalign.models import EndpointSpec
-    from popalign.scale_out import run_tasks, work_folder
-
-    if args.score or args.judge_model or args.judge_reward_model:
-        raise ConfigError("--executor builds the data; score or judge the merged folder after (popalign score/judge)")
-    credentials = [key for spec in roles.values() if isinstance(spec, EndpointSpec) for key in spec.credentials]
-    if args.token or any(credentials):
-        raise ConfigError(
-            "--executor writes the command's arguments into the tasks' pickled pipeline: give endpoint keys "
-            "through a role's api_key_env or $HF_TOKEN (the tasks inherit the environment), not --token or a URL"
-        )
-    if args.tasks > instructions:
-        raise ConfigError(f"--tasks {args.tasks}: more tasks than the {instructions} instructions")
-    print(f"{args.tasks} tasks on the {args.executor} executor; parts and logs in {work_folder(args.out)}")
-    if run_tasks(args):
-        print(f"merged {args.tasks} parts into {args.out}{f'; published to {args.push_to}' if args.push_to else ''}")
-    else:
-        print(f"submitted {args.tasks} Slurm tasks and a merge job that writes {args.out} once they finish")
-    return 0
-
-
-def _generation_params(
-    args: argparse.Namespace, given: dict[str, Any], role_generation: dict[str, dict[str, Any]], used: list[str]
-) -> tuple[Any, dict[str, Any]]:
-    """The run's generation parameters and each role's own. Without --max-new-tokens, local models get
-    `LOCAL_MAX_NEW_TOKENS` and endpoints `ENDPOINT_MAX_NEW_TOKENS`; a recipe's per-role settings win."""
-    from dataclasses import replace
-
-    from popalign.generation import GenerationParams
-    from popalign.models import EMBEDDED, EndpointSpec, ModelSpec
-
-    def default_tokens(role: str) -> int:
-        spec = given.get(role, given.get("default", ModelSpec(EMBEDDED)))
-        return ENDPOINT_MAX_NEW_TOKENS if isinstance(spec, EndpointSpec) else LOCAL_MAX_NEW_TOKENS
-
-    tokens = args.max_new_tokens or min(default_tokens(role) for role in used)
-    params = GenerationParams(max_new_tokens=tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    role_params = {}
-    for role in used:
-        values = role_generation.get(role, {})
-        if args.max_new_tokens is None and default_tokens(role) != tokens:
-            values = {"max_new_tokens": default_tokens(role), **values}
-        if values:
-            role_params[role] = replace(params, **values)
-    return params, role_params
 
 
 def _push(args: argparse.Namespace) -> int:
     _quiet_libraries()
-    from popalign.publish import push_dataset
+    from popalign.api import push
 
-    result = push_dataset(args.dir, args.repo, args.version, token=args.token, private=args.private, force=args.force)
+    result = push(args.dir, repo_id=args.repo, version=args.version, token=args.token, private=args.private,
+                  force=args.force)  # fmt: skip
     _print_push(result)
     return 0
 
@@ -566,7 +481,7 @@ def _print_push(result: Any) -> None:
 
 
 def _versions(args: argparse.Namespace) -> int:
-    from popalign.publish import list_versions
+    from popalign.api import versions as list_versions
 
     versions = list_versions(args.repo, token=args.token)
     if not versions:
@@ -583,31 +498,42 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from popalign.cache import GenerationCache, default_cache_dir
-    from popalign.pipeline import judge_dataset, read_manifest
-    from popalign.templates import TemplateSet
+    from popalign.api import Endpoints, judge
 
-    read_manifest(args.dir)  # a folder that is not a build is refused before any model loads
-    templates = TemplateSet(args.templates)
     _quiet_libraries()
-    cache = None if args.no_cache else GenerationCache(args.cache_dir or default_cache_dir())
-    summary = judge_dataset(args.dir, judging=_judge_settings(args, None, templates, cache))
-    _print_judge(summary)
-    print(f"rewrote {summary.out} in {summary.seconds:.0f} s (judge_verdict, quality/judge_accuracy.png, README.md)")
+    built = judge(
+        args.dir, _judge_options(args), templates=args.templates, batch_size=args.batch_size,
+        endpoints=Endpoints(args.concurrency, args.retries, args.timeout, args.max_retry_wait, args.token),
+        cache_dir=args.cache_dir, cache=not args.no_cache, progress=not args.no_progress,
+    )  # fmt: skip
+    _print_judge(built.summary)
+    seconds = built.summary.seconds
+    print(f"rewrote {built.path} in {seconds:.0f} s (judge_verdict, quality/judge_accuracy.png, README.md)")
     return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
     _quiet_libraries()
-    from popalign.pipeline import merge_builds
+    from popalign.api import merge
 
-    summary = merge_builds(args.dirs, args.out)
+    summary = merge(args.dirs, out=args.out).summary
     for name, outcome in summary.outcomes.items():
         dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(outcome.dropped.items())) or "0"
         print(f"{name:<12} {outcome.count:>6} rows  dropped {dropped}")
     total = sum(outcome.count for outcome in summary.outcomes.values())
     print(f"merged {len(args.dirs)} parts into {summary.out} ({total} rows) in {summary.seconds:.0f} s")
     return 0
+
+
+def _print_log() -> None:
+    """What the library reports while it runs (the `popalign` logger) goes to stdout as plain lines."""
+    logger = logging.getLogger("popalign")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _quiet_libraries() -> None:
@@ -622,6 +548,22 @@ def _quiet_libraries() -> None:
         ("TRANSFORMERS_VERBOSITY", "error"),
     ):
         os.environ.setdefault(name, value)
+
+
+def _show(args: argparse.Namespace) -> int:
+    import shutil
+
+    from popalign.show import format_pair, parse_condition, read_pairs
+
+    conditions = [parse_condition(text) for text in args.where]
+    width = args.width or shutil.get_terminal_size((100, 24)).columns
+    shown = 0
+    for row in read_pairs(args.dir, args.config, conditions, args.n):
+        print(format_pair(row, width=width, side_by_side=args.side_by_side), end="\n\n")
+        shown += 1
+    where = f" meeting {' and '.join(args.where)}" if args.where else ""
+    print(f"{shown} pair{'' if shown == 1 else 's'} of {args.config}{where}")
+    return 0
 
 
 def _templates_list(args: argparse.Namespace) -> int:
@@ -654,6 +596,7 @@ def _with_recipe(args: argparse.Namespace, argv: Sequence[str] | None) -> argpar
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `popalign` console script."""
     args = _parser().parse_args(argv)
+    _print_log()
     try:
         if args.command == "build":
             args = _with_recipe(args, argv)

@@ -21,6 +21,30 @@ class BackendError(PopAlignError):
     """A model could not be loaded or a generation request failed."""
 
 
+class NotABuildError(PopAlignError):
+    """A folder holds no popalign build, its manifest is unreadable, or it cannot become a build folder."""
+
+
+class ShardError(PopAlignError):
+    """The parts given to `merge` are not the complete shards of one build."""
+
+
+class PublishError(PopAlignError):
+    """A push or a listing failed, or was refused to keep published versions intact."""
+
+
+class VersionExistsError(PublishError):
+    """The version is already published and `force` was not given."""
+
+
+class VersionTooOldError(PublishError):
+    """The version is older than the newest published one, or an older one was to be replaced."""
+
+
+class ForeignRepositoryError(PublishError):
+    """The repository holds files popalign did not publish; it is never overwritten."""
+
+
 class RequestFailed(PopAlignError):
     """One request was refused for good (for example a prompt too long for the endpoint); its pair is dropped."""
 

@@ -118,12 +118,14 @@ class Mixture:
 def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
     """Load, filter, sample and concatenate the entries of `config`.
 
-    Example:
+    Example (a Hub dataset is named the same way: `"path": "org/popalign", "revision": "v1.0.0"`):
         >>> mixture = load_mixture(MixtureConfig(datasets=[
-        ...     {"path": "org/popalign", "name": "prefix", "fraction": 0.5, "revision": "v1.0.0"},
-        ...     {"path": "org/popalign", "name": "refine", "fraction": 0.5, "revision": "v1.0.0"},
+        ...     {"path": str(EXAMPLE), "name": "prefix", "fraction": 0.75},
+        ...     {"path": str(EXAMPLE), "name": "elicitive", "fraction": 0.25},
         ... ]), seed=0)
-        >>> mixture.splits["train"]
+        >>> from collections import Counter
+        >>> sorted(Counter(mixture.splits["train"]["strategy"]).items())  # all 6 prefix rows, then 1/4 of 8
+        [('elicitive', 2), ('prefix', 6)]
     """
     entries = [_pinned(entry, config.dataset_revision) for entry in config.datasets]
     _check_amounts(entries)

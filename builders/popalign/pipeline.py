@@ -18,7 +18,7 @@ from popalign.build_folder import MANIFEST, MAX_SHARD_SIZE, RECIPE, check_out, r
 from popalign.cache import GenerationCache
 from popalign.card import render_card
 from popalign.engine import Engine, EngineStats
-from popalign.errors import PopAlignError
+from popalign.errors import PopAlignError, ShardError
 from popalign.models import ModelSpec, describe_spec
 from popalign.prompts import BUNDLED_LABEL, PromptSet
 from popalign.quality import QUALITY_DIR, quality_report, write_histogram
@@ -291,32 +291,36 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     """Join the shard folders of one build (`popalign build --shard K/N`, every K once) into one dataset folder.
 
     The parts must agree on everything but their shard: prompts source, roles, parameters and templates.
+
+    Raises:
+        ShardError: the parts are not every shard of one unscored, unjudged build, once each.
+        NotABuildError: a part is not a build folder.
     """
     started = time.monotonic()
     manifests = [read_manifest(part) for part in parts]
     first = manifests[0]
     counts = {manifest["prompts"].get("shard", "").partition("/")[2] for manifest in manifests}
     if any("shard" not in manifest["prompts"] for manifest in manifests) or len(counts) != 1:
-        raise PopAlignError(f"{parts[0]}: merge joins the parts of one sharded build (popalign build --shard K/N)")
+        raise ShardError(f"{parts[0]}: merge joins the parts of one sharded build (popalign build --shard K/N)")
     for part, manifest in zip(parts, manifests, strict=True):
         for step in ("score", "judge"):
             if step in manifest:
-                raise PopAlignError(f"{part}: this part is {step}d; merge the parts before, then run popalign {step}")
+                raise ShardError(f"{part}: this part is {step}d; merge the parts before, then run popalign {step}")
         for key in ("backend", "roles", "params", "role_params", "template_hashes", "configs"):
             if _agreed(manifest, key) != _agreed(first, key):
-                raise PopAlignError(f"{part}: its {key} differ from those of {parts[0]}; parts of one build must agree")
+                raise ShardError(f"{part}: its {key} differ from those of {parts[0]}; parts of one build must agree")
         keys = ("source", "sha256", "total")
         if [manifest["prompts"].get(key) for key in keys] != [first["prompts"].get(key) for key in keys]:
-            raise PopAlignError(f"{part}: built from other prompts than {parts[0]}")
+            raise ShardError(f"{part}: built from other prompts than {parts[0]}")
     shards = {manifest["prompts"]["shard"]: part for part, manifest in zip(parts, manifests, strict=True)}
     count = int(counts.pop())
     if len(shards) != len(parts):
-        raise PopAlignError(f"{parts[-1]}: a shard is given twice (each of 1..{count} once)")
+        raise ShardError(f"{parts[-1]}: a shard is given twice (each of 1..{count} once)")
     missing = [f"{k}/{count}" for k in range(1, count + 1) if f"{k}/{count}" not in shards]
     if missing:
-        raise PopAlignError(f"shard {missing[0]} is missing: merge needs all {count} parts")
+        raise ShardError(f"shard {missing[0]} is missing: merge needs all {count} parts")
     if out.resolve() in {part.resolve() for part in parts}:
-        raise PopAlignError(f"{out}: write the merged dataset to a new folder, not into a part")
+        raise ShardError(f"{out}: write the merged dataset to a new folder, not into a part")
     check_out(out)
     outcomes = {name: StrategyOutcome() for name in first["configs"]}
     seen: dict[tuple[str, str], Path] = {}
@@ -328,14 +332,14 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
             outcomes[name].cut_kept += _cut_kept(config)
             for row in _read_rows(part, name) if config["rows"] else []:
                 if (name, row["prompt_id"]) in seen:
-                    raise PopAlignError(
+                    raise ShardError(
                         f"{part}: {name} row {row['prompt_id'][:12]} is also in {seen[name, row['prompt_id']]}"
                     )
                 seen[name, row["prompt_id"]] = part
                 outcomes[name].rows.append(row)
     total = sum(manifest["prompts"]["count"] for manifest in manifests)
     if total != first["prompts"]["total"]:
-        raise PopAlignError(f"the parts hold {total} instructions but their prompts have {first['prompts']['total']}")
+        raise ShardError(f"the parts hold {total} instructions but their prompts have {first['prompts']['total']}")
     prompts = {key: first["prompts"][key] for key in ("source", "sha256") if key in first["prompts"]}
     prompts |= {"count": total, "duplicates": first["prompts"]["duplicates"]}
     _require_rows(outcomes, out)

@@ -32,7 +32,13 @@ from huggingface_hub.utils import validate_repo_id
 
 from popalign.build_folder import MANIFEST, RECIPE, read_manifest
 from popalign.card import render_card
-from popalign.errors import PopAlignError
+from popalign.errors import (
+    ForeignRepositoryError,
+    PopAlignError,
+    PublishError,
+    VersionExistsError,
+    VersionTooOldError,
+)
 from popalign.quality import QUALITY_DIR
 
 VERSIONS = "popalign_versions.json"
@@ -40,10 +46,6 @@ VERSIONS = "popalign_versions.json"
 FRESH_REPO_FILES = {".gitattributes", "README.md"}
 _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-
-
-class PublishError(PopAlignError):
-    """A push or a listing failed, or was refused to keep published versions intact."""
 
 
 @dataclass
@@ -85,6 +87,13 @@ def push_dataset(
     """Publish `folder` (written by `popalign build`) as version `version` of the dataset repo `repo_id`.
 
     >>> push_dataset(Path("popalign-data"), "org/popalign", "1.0.0", token=None)  # doctest: +SKIP
+
+    Raises:
+        VersionExistsError: the version is published and `force` is not given.
+        VersionTooOldError: the version is older than the newest, or `force` would replace an older one.
+        ForeignRepositoryError: the repository holds files popalign did not publish.
+        PublishError: a bad repository id or version, or the Hub or network failed (nothing is half-published).
+        NotABuildError: `folder` is not a build.
     """
     check_repo_id(repo_id)
     number = parse_version(version)
@@ -114,17 +123,17 @@ def push_dataset(
         foreign = sorted(path for path in remote if path not in FRESH_REPO_FILES and "/" not in path)
         foreign += sorted({path.split("/")[0] + "/" for path in remote if "/" in path})
         if foreign:
-            raise PublishError(
+            raise ForeignRepositoryError(
                 f"{repo_id}: the repository holds files popalign did not publish ({', '.join(foreign[:3])}); "
                 "refusing to overwrite it: choose another --repo"
             )
     published = sorted((parse_version(entry["version"]) for entry in history), reverse=True)
     if tag in tags and not force:
-        raise PublishError(f"{repo_id}: {tag} is already published; pass --force to replace it")
+        raise VersionExistsError(f"{repo_id}: {tag} is already published; pass --force to replace it")
     if tag in tags and published and number != published[0]:
-        raise PublishError(f"{repo_id}: only the newest version ({_name(published[0])}) can be replaced")
+        raise VersionTooOldError(f"{repo_id}: only the newest version ({_name(published[0])}) can be replaced")
     if tag not in tags and published and number < published[0]:
-        raise PublishError(f"{repo_id}: {tag} is older than the newest published version {_name(published[0])}")
+        raise VersionTooOldError(f"{repo_id}: {tag} is older than the newest published version {_name(published[0])}")
 
     rebuilt = [name for name, config in manifest["configs"].items() if config["rows"]]
     merged, kept = _merge_configs(manifest, previous, rebuilt, version)

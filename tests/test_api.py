@@ -1,0 +1,82 @@
+"""The Python API, in process: every docstring example of the package runs (doctests), a build through
+`popalign.build` equals the same build through the CLI, and its errors are the named ones."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import json
+import pkgutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import popalign
+from conftest import run_offline
+from test_pairs import HERE, POPALIGN, prompts, serve_scripted
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The scripted endpoint (see scripted_server.py), for the whole module."""
+    yield from (url for url, _ in serve_scripted(tmp_path_factory.mktemp("scripted"), "scripted-default"))
+
+
+@pytest.fixture(scope="module")
+def example(server: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A build of six instructions, `prefix` and `elicitive`, made through the API."""
+    folder = tmp_path_factory.mktemp("example")
+    built = popalign.build(
+        prompts(folder, ["ok", "aaa", "bbb", "ccc", "ddd", "eee"]), strategies=["prefix", "elicitive"],
+        roles={"default": server}, out=folder / "example", templates=HERE / "scripted_templates", cache=False,
+        progress=False,
+    )  # fmt: skip
+    assert built.summary is not None and built.summary.outcomes["elicitive"].count == 6
+    return built.path
+
+
+def test_every_docstring_example_runs(example: Path, server: str, tmp_path: Path) -> None:
+    names = {"EXAMPLE": example, "PROMPTS": prompts(tmp_path, ["ok", "aaa"]), "SERVER": server, "OUT": tmp_path / "o"}
+    modules = [info.name for info in pkgutil.iter_modules(popalign.__path__, "popalign.")]
+    tried = failed = 0
+    for name in modules:
+        module = importlib.import_module(name)
+        result = doctest.testmod(module, extraglobs=names, optionflags=doctest.ELLIPSIS, report=True)
+        tried, failed = tried + result.attempted, failed + result.failed
+    assert failed == 0
+    assert tried >= 20  # the examples of api, build_folder, cache, credentials, models, show, templates, ...
+
+
+def test_the_api_and_the_cli_write_the_same_rows(example: Path, server: str, tmp_path: Path) -> None:
+    cli = run_offline(
+        POPALIGN, "build", "--prompts", prompts(tmp_path, ["ok", "aaa", "bbb", "ccc", "ddd", "eee"]),
+        "--strategies", "prefix,elicitive", "--model", f"default={server}", "--out", tmp_path / "cli",
+        "--templates", HERE / "scripted_templates", "--no-cache", "--no-progress", HF_HUB_OFFLINE="0",
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.startswith("6 instructions from prompts.jsonl; strategies: prefix, elicitive\n")
+    api, made = popalign.open_build(example), popalign.open_build(tmp_path / "cli")
+    assert api.configs == made.configs == ["all", "prefix", "elicitive"]
+    for config in api.configs:
+        assert api.rows(config).to_list() == made.rows(config).to_list()
+    assert api.manifest.configs == made.manifest.configs
+    assert api.manifest.to_dict() == json.loads((example / "popalign_build.json").read_text())
+
+
+def test_the_api_raises_named_errors(example: Path, tmp_path: Path) -> None:
+    (tmp_path / "stray").mkdir()
+    (tmp_path / "stray" / "notes.txt").write_text("mine")
+    with pytest.raises(popalign.NotABuildError, match="holds no popalign build"):
+        popalign.build(strategies="prefix", out=tmp_path / "stray")
+    with pytest.raises(popalign.NotABuildError, match="popalign_build.json is missing"):
+        popalign.open_build(tmp_path)
+    with pytest.raises(popalign.ShardError, match="merge joins the parts of one sharded build"):
+        popalign.merge([example, example], out=tmp_path / "merged")
+    with pytest.raises(popalign.ConfigError, match="unknown strategy"):
+        popalign.build(strategies="nonsense", out=tmp_path / "x")
+    with pytest.raises(popalign.PromptsError, match="prompts file not found"):
+        popalign.build(tmp_path / "missing.jsonl", out=tmp_path / "x")
+    with pytest.raises(popalign.ConfigError, match="no config 'demon'"):
+        popalign.open_build(example).rows("demon")
+    assert not (tmp_path / "x").exists() and (tmp_path / "stray" / "notes.txt").read_text() == "mine"

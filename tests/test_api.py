@@ -69,7 +69,7 @@ def test_the_api_raises_named_errors(example: Path, tmp_path: Path) -> None:
     (tmp_path / "stray" / "notes.txt").write_text("mine")
     with pytest.raises(popalign.NotABuildError, match="holds no popalign build"):
         popalign.build(strategies="prefix", out=tmp_path / "stray")
-    with pytest.raises(popalign.NotABuildError, match="popalign_build.json is missing"):
+    with pytest.raises(popalign.NotABuildError, match=r"popalign_build\.json is missing"):
         popalign.open_build(tmp_path)
     with pytest.raises(popalign.ShardError, match="merge joins the parts of one sharded build"):
         popalign.merge([example, example], out=tmp_path / "merged")

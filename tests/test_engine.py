@@ -27,7 +27,9 @@ def test_requests_shared_by_strategies_are_generated_once(tiny_model_dir: Path, 
     roles["second"] = ModelSpec(str(tiny_model_dir), 3)
     engine = Engine(roles, PARAMS, local=LocalBackend(batch_size=4), cache=None, progress=False)
     results = engine.run(runs(["nparam", "leaderboard", "refine"], ["Say hi.", "Say bye."]))
-    assert len(results) == 6 and all(result is not None for result in results)
+    sides = [("large", "small"), ("first", "second"), ("default", "default")] * 2
+    assert [(result.chosen_role, result.rejected_role) for result in results] == sides
+    assert all(result.chosen != result.rejected for result in results)
     # per instruction: plain M(q) shared by large, first and refine's draft; small; second; the refinement
     assert engine.stats.requested == 2 * (2 + 2 + 1 + 1)
     assert engine.stats.distinct == engine.stats.generated == 2 * 4

@@ -166,11 +166,17 @@ def test_popalign_score_rewrites_every_config_with_scores_and_a_report(
                                  "order": "curriculum"}  # fmt: skip
     from test_build import load
 
+    plain = tmp_path / "plain"  # the same scores, not curated: the agreement is read off its rows
+    shutil.copytree(source, plain)
+    assert popalign("score", plain, "--cache-dir", tmp_path / "cache").returncode == 0
+    plain_manifest = json.loads((plain / "popalign_build.json").read_text())
     for name, config in before["configs"].items():
         report = manifest["quality"][name]
-        assert report["rows"] == config["rows"]
-        if not config["rows"]:
-            continue
+        assert report["rows"] == config["rows"] > 0
+        uncurated = [row["score"] for row in load(plain, name)]
+        assert len(uncurated) == config["rows"]
+        assert report["agreement"] == plain_manifest["quality"][name]["agreement"]
+        assert report["agreement"] == round(sum(score > 0 for score in uncurated) / len(uncurated), 4)
         rows = list(load(out, name))
         scores = [row["score"] for row in rows]
         per_token = [row["score_per_token"] for row in rows]
@@ -181,7 +187,7 @@ def test_popalign_score_rewrites_every_config_with_scores_and_a_report(
         low = report["curation"].get("low-score", 0)
         assert len(rows) == config["rows"] - low == manifest["configs"][name]["rows"]
         assert manifest["configs"][name]["dropped"].get("low-score", 0) == low
-        assert 0 <= report["agreement"] <= 1 and report["histogram"] == f"quality/{name}_scores.png"
+        assert report["histogram"] == f"quality/{name}_scores.png"
         with Image.open(out / report["histogram"]) as image:
             assert image.format == "PNG" and image.size[0] > 100
             image.verify()
@@ -230,5 +236,6 @@ def test_build_with_score_writes_scored_rows(tiny_roles, popalign, tmp_path: Pat
     from test_build import load
 
     for name in ("prefix", "nparam"):
-        if manifest["configs"][name]["rows"]:
-            assert all(isinstance(row["score"], float) for row in load(out, name))
+        rows = load(out, name)
+        assert len(rows) == manifest["configs"][name]["rows"] == manifest["quality"][name]["rows"] > 0
+        assert all(isinstance(row["score"], float) for row in rows)

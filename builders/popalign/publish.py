@@ -81,6 +81,40 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+def check_publishable(
+    repo_id: str, version: tuple[int, int, int], *, tags: set[str], history: list[str], remote: list[str], force: bool
+) -> None:
+    """The rules that keep a repository's published versions intact, given what it holds: its tags, the versions
+    in its history file, and its files.
+
+    >>> check_publishable("org/d", (1, 0, 0), tags={"v1.0.0"}, history=["1.0.0"], remote=[], force=False)
+    Traceback (most recent call last):
+    popalign.errors.VersionExistsError: org/d: v1.0.0 is already published; pass --force to replace it
+
+    Raises:
+        ForeignRepositoryError: no popalign history, and files popalign would not have put there.
+        VersionExistsError: the version is tagged and `force` is not given.
+        VersionTooOldError: the version is older than the newest, or `force` would replace an older one.
+    """
+    tag = _name(version)
+    if not history:
+        foreign = sorted(path for path in remote if path not in FRESH_REPO_FILES and "/" not in path)
+        foreign += sorted({path.split("/")[0] + "/" for path in remote if "/" in path})
+        if foreign:
+            raise ForeignRepositoryError(
+                f"{repo_id}: the repository holds files popalign did not publish ({', '.join(foreign[:3])}); "
+                "refusing to overwrite it: choose another --repo"
+            )
+    published = sorted((parse_version(entry) for entry in history), reverse=True)
+    if tag in tags and not force:
+        raise VersionExistsError(f"{repo_id}: {tag} is already published; pass --force to replace it")
+    if tag in tags and published and version != published[0]:
+        raise VersionTooOldError(f"{repo_id}: only the newest version ({_name(published[0])}) can be replaced")
+    if tag not in tags and published and version < published[0]:
+        newest = _name(published[0])
+        raise VersionTooOldError(f"{repo_id}: {tag} is older than the newest published version {newest}")
+
+
 def push_dataset(
     folder: Path, repo_id: str, version: str, *, token: str | None, private: bool = False, force: bool = False
 ) -> PushResult:
@@ -119,21 +153,8 @@ def push_dataset(
             remote = [entry.path for entry in tree if isinstance(entry, RepoFile)]
             history = _read_json(repo_id, VERSIONS, main, token) if VERSIONS in remote else []
             previous = _read_json(repo_id, MANIFEST, main, token) if history else None
-    if not history:
-        foreign = sorted(path for path in remote if path not in FRESH_REPO_FILES and "/" not in path)
-        foreign += sorted({path.split("/")[0] + "/" for path in remote if "/" in path})
-        if foreign:
-            raise ForeignRepositoryError(
-                f"{repo_id}: the repository holds files popalign did not publish ({', '.join(foreign[:3])}); "
-                "refusing to overwrite it: choose another --repo"
-            )
-    published = sorted((parse_version(entry["version"]) for entry in history), reverse=True)
-    if tag in tags and not force:
-        raise VersionExistsError(f"{repo_id}: {tag} is already published; pass --force to replace it")
-    if tag in tags and published and number != published[0]:
-        raise VersionTooOldError(f"{repo_id}: only the newest version ({_name(published[0])}) can be replaced")
-    if tag not in tags and published and number < published[0]:
-        raise VersionTooOldError(f"{repo_id}: {tag} is older than the newest published version {_name(published[0])}")
+    check_publishable(repo_id, number, tags=set(tags), history=[entry["version"] for entry in history],
+                      remote=remote, force=force)  # fmt: skip
 
     rebuilt = [name for name, config in manifest["configs"].items() if config["rows"]]
     merged, kept = _merge_configs(manifest, previous, rebuilt, version)

@@ -7,6 +7,7 @@ import doctest
 import importlib
 import json
 import pkgutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,10 @@ import pytest
 
 import popalign
 from conftest import run_offline
+from hub_server import serve_hub
 from test_pairs import HERE, POPALIGN, prompts, serve_scripted
+
+README = HERE.parent / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +52,7 @@ def test_every_docstring_example_runs(example: Path, server: str, tmp_path: Path
     assert tried >= 20  # the examples of api, build_folder, cache, credentials, models, show, templates, ...
 
 
+@pytest.mark.slow
 def test_the_api_and_the_cli_write_the_same_rows(example: Path, server: str, tmp_path: Path) -> None:
     cli = run_offline(
         POPALIGN, "build", "--prompts", prompts(tmp_path, ["ok", "aaa", "bbb", "ccc", "ddd", "eee"]),
@@ -80,3 +85,33 @@ def test_the_api_raises_named_errors(example: Path, tmp_path: Path) -> None:
     with pytest.raises(popalign.ConfigError, match="no config 'demon'"):
         popalign.open_build(example).rows("demon")
     assert not (tmp_path / "x").exists() and (tmp_path / "stray" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_the_readme_python_api_runs_from_build_to_the_hub(server: str, tmp_path: Path) -> None:
+    """The README's "Python API" block as a user runs it, against the scripted endpoint and the test Hub."""
+    section = README.read_text().split("## Python API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    endpoint = 'roles={"default": "http://localhost:8080"},'
+    assert endpoint in code
+    # the scripted server answers by the markers of the tests' templates
+    code = code.replace(endpoint, f"roles={{'default': {server!r}}}, templates={str(HERE / 'scripted_templates')!r},")
+    (tmp_path / "readme_api.py").write_text(code)
+    prompts(tmp_path, ["ok", "aaa", "bbb"])
+    token = "hf_readmeApiToken42"
+    with serve_hub(tmp_path / "hub", token) as hub:
+        env = {"HF_ENDPOINT": hub, "HF_TOKEN": token, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
+               "HF_HOME": str(tmp_path / "hf-home")}  # fmt: skip
+        first = run_offline(sys.executable, "readme_api.py", cwd=tmp_path, **env)
+        again = run_offline(sys.executable, "readme_api.py", cwd=tmp_path, **env)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[0] == "['all', 'prefix', 'elicitive']" and lines[1] == "{}"
+    assert lines[2] == "3 scripted-default" and lines[3] == "A careful, complete answer about ok."
+    commit, version = lines[4].split()
+    assert len(commit) == 40 and version == "1.0.0"
+    assert (
+        again.returncode == 1
+        and again.stderr.strip() == "my-org/popalign: v1.0.0 is already published; pass --force to replace it"
+    )
+    assert token not in first.stdout + first.stderr + again.stderr

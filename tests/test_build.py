@@ -46,6 +46,7 @@ def check_config(folder: Path, name: str, instructions: set[str]) -> list[dict]:
     return list(rows)
 
 
+@pytest.mark.slow
 def test_build_on_a_tiny_model_writes_every_config_and_resumes(tiny_roles, popalign, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.jsonl"
     texts = [HOSTILE, "Say hello.", "Say hello.", "List two fruits."]
@@ -78,6 +79,7 @@ def test_build_on_a_tiny_model_writes_every_config_and_resumes(tiny_roles, popal
     assert json.loads((tmp_path / "out" / "popalign_build.json").read_text())["configs"] == manifest["configs"]
 
 
+@pytest.mark.slow
 def test_instruction_with_template_syntax_is_stored_verbatim(tiny_roles, popalign, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.csv"
     prompts.write_text('prompt\n"' + HOSTILE + '"\n')

@@ -39,6 +39,7 @@ def test_a_password_in_the_url_is_sent_as_basic_auth_and_never_shown(scripted, t
     assert PASSWORD not in written and HUB_TOKEN not in written and url in result.stdout
 
 
+@pytest.mark.slow
 def test_the_hub_token_never_goes_to_another_host(scripted, tmp_path: Path) -> None:  # noqa: F811
     url, log = scripted
     result, _ = build(tmp_path, url, "--strategies", "elicitive", tags=["ok"], HF_TOKEN=HUB_TOKEN)

@@ -1,8 +1,11 @@
-"""The engine on a tiny config-built model: shared requests are generated once, the cache resumes a run."""
+"""The engine on a tiny config-built model: shared requests are generated once, the cache resumes a run, batched
+generation equals one at a time, and weaker copies share the base's weights."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 from popalign.cache import GenerationCache
 from popalign.engine import Engine
@@ -13,6 +16,7 @@ from popalign.prompts import Instruction
 from popalign.strategies import STRATEGIES, StrategyContext
 from popalign.templates import TemplateSet
 
+pytestmark = pytest.mark.slow  # every test loads a model (the scripted engine tests are fast)
 PARAMS = GenerationParams(max_new_tokens=6, seed=1)
 
 

@@ -67,6 +67,7 @@ def test_summary_counts_accuracy_length_bias_and_dlma_agreement() -> None:
 JUDGE_TAGS = ["ok", "judge-first", "judge-wrong", "judge-mute", "judge-refused"]
 
 
+@pytest.mark.slow
 def test_popalign_judge_gives_exact_accuracies_from_a_scripted_judge(scripted, tmp_path: Path) -> None:  # noqa: F811
     url, _ = scripted
     result, out = build(tmp_path, url, "--strategies", "elicitive", tags=JUDGE_TAGS)
@@ -100,6 +101,7 @@ def test_popalign_judge_gives_exact_accuracies_from_a_scripted_judge(scripted, t
     assert "replaced" not in manifest(out)["judge"]  # the same judge again replaces nobody else's verdicts
 
 
+@pytest.mark.slow
 def test_scoring_a_judged_build_keeps_its_verdicts_on_their_sides(scripted, tiny_model_dir, tmp_path) -> None:  # noqa: F811
     url, _ = scripted
     result, out = build(tmp_path, url, "--strategies", "elicitive", "--judge-model", url, tags=JUDGE_TAGS)
@@ -139,6 +141,7 @@ def direct_reward(folder: Path, chat: list[dict]) -> float:
         return float(model(**ids).logits[0, 0])
 
 
+@pytest.mark.slow
 def test_a_reward_model_judges_as_a_direct_computation_does(scripted, tiny_reward_model_dir, tmp_path) -> None:  # noqa: F811
     url, _ = scripted
     tags = ["ok", "judge-first", "judge-wrong", "judge-mute", "tide-two", "tide-three"]
@@ -182,6 +185,7 @@ def test_a_reward_model_judges_as_a_direct_computation_does(scripted, tiny_rewar
     assert "--min-judge agree" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_judge_that_cannot_load_is_one_line(scripted, tiny_model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     url, _ = scripted
     result, out = build(tmp_path, url, "--strategies", "elicitive", tags=["ok"])
@@ -206,6 +210,7 @@ def test_a_judge_that_cannot_load_is_one_line(scripted, tiny_model_dir: Path, tm
     assert (out / "popalign_build.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_build_judges_and_keeps_only_agreed_pairs(scripted, tmp_path: Path) -> None:  # noqa: F811
     url, _ = scripted
     result, out = build(tmp_path, url, "--strategies", "elicitive", "--judge-model", url, "--min-judge", "agree",
@@ -226,6 +231,7 @@ def test_build_judges_and_keeps_only_agreed_pairs(scripted, tmp_path: Path) -> N
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_a_local_judge_that_names_no_choice_is_read_from_its_logprobs(scripted, tiny_model_dir, tmp_path) -> None:  # noqa: F811
     """The tiny random model never ends a reply with A or B; each order's choice is the likelier next token."""
     import torch

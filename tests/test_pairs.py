@@ -64,6 +64,7 @@ def requests(log: Path) -> list[list[dict]]:
     return [json.loads(line)["messages"] for line in log.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_every_drop_reason_is_counted_exactly(scripted, tmp_path: Path) -> None:
     url, _ = scripted
     result, out = build(tmp_path, url, "--strategies", "elicitive")
@@ -85,6 +86,7 @@ def test_every_drop_reason_is_counted_exactly(scripted, tmp_path: Path) -> None:
     assert "Demo-grade" not in card  # an endpoint's model, not the embedded demo
 
 
+@pytest.mark.slow
 def test_keep_truncated_keeps_and_counts_cut_pairs(scripted, tmp_path: Path) -> None:
     url, _ = scripted
     result, out = build(tmp_path, url, "--strategies", "elicitive", "--keep-truncated")

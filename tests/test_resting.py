@@ -72,6 +72,7 @@ def _quiet(reason: str, wait: float) -> None:
     """A retry: nothing to show here."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["burst", "reset", "timeout"])
 def test_a_fault_mix_costs_at_most_the_clean_run_again(fault: str, tmp_path: Path, capsys) -> None:
     with latency_server(tmp_path) as url:
@@ -84,6 +85,7 @@ def test_a_fault_mix_costs_at_most_the_clean_run_again(fault: str, tmp_path: Pat
     assert faulty <= 2 * clean, f"{fault}: {faulty:.1f} s against {clean:.1f} s clean"
 
 
+@pytest.mark.slow
 def test_a_huge_retry_after_is_capped_shown_and_counted_as_attempts(tmp_path: Path) -> None:
     with latency_server(tmp_path, "--fault", "retry-after") as url:
         started = time.monotonic()
@@ -104,6 +106,7 @@ def test_a_huge_retry_after_is_capped_shown_and_counted_as_attempts(tmp_path: Pa
     )
 
 
+@pytest.mark.slow
 def test_a_replica_down_at_start_is_left_out_then_joins(tmp_path: Path, capsys) -> None:
     port = free_port()
     late = f"http://127.0.0.1:{port}"
@@ -127,6 +130,7 @@ def test_a_replica_down_at_start_is_left_out_then_joins(tmp_path: Path, capsys) 
     assert answered(tmp_path, late) > 0 and answered(tmp_path, url) + answered(tmp_path, late) == REQUESTS
 
 
+@pytest.mark.slow
 def test_models_503_at_start_is_retried_and_named(tmp_path: Path) -> None:
     with latency_server(tmp_path, "--models-503", "2") as url:
         asyncio.run(answer_all(url, requests=4))

@@ -77,6 +77,7 @@ def executor_build(tmp_path: Path, url: str, *flags: str, out: str, **env: str):
                  **env)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_local_executor_gives_the_rows_of_one_process_and_reruns_only_unfinished_tasks(
     scripted,  # noqa: F811
     tmp_path: Path,
@@ -114,6 +115,7 @@ def slow_scripted(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     yield from serve_scripted(tmp_path, "scripted-default", "--delay", "0.05")
 
 
+@pytest.mark.slow
 def test_a_task_killed_while_it_generates_is_the_only_one_a_rerun_runs(slow_scripted, tmp_path: Path) -> None:
     url, log = slow_scripted
     one, single = executor_build(tmp_path, url, out="one")
@@ -160,6 +162,7 @@ def test_a_task_killed_while_it_generates_is_the_only_one_a_rerun_runs(slow_scri
     assert rows_by_prompt(tmp_path / "many") == rows_by_prompt(single)
 
 
+@pytest.mark.slow
 def test_slurm_executor_runs_its_job_script_through_sbatch(scripted, tmp_path: Path) -> None:  # noqa: F811
     url, _ = scripted
     bin_dir = tmp_path / "bin"
@@ -182,6 +185,7 @@ def test_slurm_executor_runs_its_job_script_through_sbatch(scripted, tmp_path: P
     assert missing.returncode == 2 and "--slurm-partition" in missing.stderr and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_ray_executor_on_a_local_ray_instance_gives_the_same_rows(scripted, tmp_path: Path) -> None:  # noqa: F811
     url, _ = scripted
     one, single = executor_build(tmp_path, url, out="one")

@@ -222,6 +222,7 @@ def test_scoring_through_a_tgi_endpoint_keeps_the_token_out_of_everything(embedd
         assert secret not in text
 
 
+@pytest.mark.slow
 def test_build_with_score_writes_scored_rows(tiny_roles, popalign, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = popalign(

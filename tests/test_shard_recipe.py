@@ -34,6 +34,7 @@ def test_shards_split_every_instruction_exactly_once(prompts_file: Path) -> None
     assert load_prompts(prompts_file, shard=(2, 3)).describe()["shard"] == "2/3"
 
 
+@pytest.mark.slow
 def test_merged_shards_equal_the_unsharded_build(
     popalign: Callable, tiny_roles: list[str], prompts_file: Path, tmp_path: Path
 ) -> None:
@@ -72,6 +73,7 @@ def test_bad_shard_is_refused(text: str) -> None:
         parse_shard(text)
 
 
+@pytest.mark.slow
 def test_a_recipe_sets_roles_and_generation_and_flags_win(
     popalign: Callable, tiny_model_dir: Path, prompts_file: Path, tmp_path: Path
 ) -> None:

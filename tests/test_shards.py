@@ -8,6 +8,7 @@ import string
 from pathlib import Path
 
 import pyarrow.parquet
+import pytest
 
 from conftest import run_offline
 from test_build import load
@@ -28,6 +29,7 @@ def shards(out: Path, name: str) -> list[Path]:
     return files
 
 
+@pytest.mark.slow
 def test_a_config_larger_than_a_shard_is_split_and_read_whole(scripted, tmp_path: Path) -> None:  # noqa: F811
     url, _ = scripted
     result, out = build(tmp_path, url, "--strategies", "prefix", "--max-shard-size", "40KB", tags=tags(COUNT))
@@ -51,6 +53,7 @@ def test_a_config_larger_than_a_shard_is_split_and_read_whole(scripted, tmp_path
     assert len(rows) == COUNT and None not in rows["judge_verdict"]
 
 
+@pytest.mark.slow
 def test_parts_of_many_shards_merge_whole(scripted, tmp_path: Path) -> None:  # noqa: F811
     url, _ = scripted
     parts = []

@@ -101,6 +101,7 @@ def test_dpo_script_from_flags_with_lora(embedded_build, tiny_model_dir, tmp_pat
     assert lora and any(tensor.abs().sum() > 0 for tensor in lora.values()), "LoRA B starts at zero and must move"
 
 
+@pytest.mark.slow
 def test_dpo_script_refuses_a_mixture_naming_a_missing_config(tmp_path: Path) -> None:
     from test_mixture import write_folder
 

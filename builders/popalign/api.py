@@ -15,12 +15,13 @@ functions; what they report while they run goes to the `popalign` logger.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from popalign.build_folder import MAX_SHARD_SIZE, Manifest, read_manifest
+from popalign.build_folder import DEFAULT_LICENSE, MAX_SHARD_SIZE, Manifest, read_manifest
 from popalign.errors import ConfigError
 from popalign.generation import ENDPOINT_MAX_NEW_TOKENS, LOCAL_MAX_NEW_TOKENS, GenerationParams, check_setting
 from popalign.models import EMBEDDED, EndpointSpec, ModelSpec, parse_spec
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from popalign.templates import TemplateSet
 
 log = logging.getLogger("popalign")
+_LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 
 Role = str | ModelSpec | EndpointSpec
 
@@ -135,6 +137,7 @@ def build(
     elicitive_style: str = "guided",
     keep_truncated: bool = False,
     max_shard_size: int = MAX_SHARD_SIZE,
+    license: str = DEFAULT_LICENSE,
     batch_size: int = 16,
     endpoints: Endpoints | None = None,
     score: ScoreOptions | None = None,
@@ -175,6 +178,8 @@ def build(
     out = Path(out)
     endpoints = endpoints or Endpoints()
     check_out(out)
+    if not _LICENSE.match(license):
+        raise ConfigError(f"--license {license!r}: expected a license identifier such as apache-2.0, mit or cc-by-4.0")
     names = parse_strategies(strategies if isinstance(strategies, str) else ",".join(strategies))
     given = {role: parse_spec(spec) if isinstance(spec, str) else spec for role, spec in (roles or {}).items()}
     per_role = {role: dict(values) for role, values in (role_params or {}).items()}
@@ -204,7 +209,7 @@ def build(
             "prompts": prompts, "strategies": names, "roles": given, "params": params, "role_params": role_params,
             "cache_dir": cache_dir, "cache": cache, "templates": templates, "prompt_column": prompt_column,
             "limit": limit, "elicitive_style": elicitive_style, "keep_truncated": keep_truncated,
-            "max_shard_size": max_shard_size, "batch_size": batch_size, "endpoints": endpoints,
+            "max_shard_size": max_shard_size, "license": license, "batch_size": batch_size, "endpoints": endpoints,
         }  # fmt: skip
         return _run_tasks(options, out, executor, prompt_set.total, [resolved[role] for role in used])
     needs_local = score is not None or any(not isinstance(resolved[role], EndpointSpec) for role in used)
@@ -233,6 +238,7 @@ def build(
         keep_truncated=keep_truncated,
         elicitive_style=elicitive_style,
         shard_size=max_shard_size,
+        license=license,
     )
     return Build(out, Manifest.from_dict(read_manifest(out)), summary)
 

@@ -25,6 +25,8 @@ MANIFEST = "popalign_build.json"
 RECIPE = "popalign_recipe.yaml"
 #: The default largest Parquet file per config (bytes), as `datasets` and the Hub's own conversion use.
 MAX_SHARD_SIZE = 500 * 1000 * 1000
+#: The card's license when a build names none: the Hub's "other", which the card explains.
+DEFAULT_LICENSE = "other"
 _STAGING = ".popalign-staging"
 _OLD = ".popalign-old"
 _RENAME_EXCHANGE = 2
@@ -51,6 +53,8 @@ class Manifest:
     elicitive_style: str = "guided"
     keep_truncated: bool = False
     max_shard_size: int = MAX_SHARD_SIZE
+    license: str = DEFAULT_LICENSE
+    overview: dict[str, str] = field(default_factory=dict)
     score: dict[str, Any] | None = None
     quality: dict[str, dict[str, Any]] | None = None
     judge: dict[str, Any] | None = None

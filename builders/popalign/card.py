@@ -8,6 +8,7 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData
 
 import popalign
+from popalign.build_folder import DEFAULT_LICENSE
 from popalign.errors import ConfigError
 from popalign.judge import PAPER_ACCURACY
 from popalign.models import EMBEDDED, ModelSpec
@@ -34,7 +35,7 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
     built = {name: config for name, config in manifest["configs"].items() if config["rows"]}
     card_data = DatasetCardData(
         language="en",
-        license="apache-2.0",
+        license=manifest.get("license", DEFAULT_LICENSE),
         task_categories=["text-generation"],
         tags=["dpo", "preference", "synthetic", "popalign", "trl"],
         pretty_name="PopAlign contrastive preference pairs",
@@ -71,6 +72,7 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
             "chosen_chars": c.get("chosen_chars", "–"),
             "rejected_chars": c.get("rejected_chars", "–"),
             "changed_in": c.get("changed_in"),
+            "tokens": c.get("tokens"),
             "example": c.get("example"),
         }
         for name, c in manifest["configs"].items()
@@ -107,6 +109,8 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
         score=manifest.get("score"),
         quality=manifest.get("quality", {}),
         judge=manifest.get("judge"),
+        overview=manifest.get("overview"),
+        license=manifest.get("license", DEFAULT_LICENSE),
         paper=PAPER_ACCURACY,
         popalign_version=popalign.__version__,
         datasets_version=version("datasets"),

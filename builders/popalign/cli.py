@@ -133,6 +133,13 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
         help="largest Parquet file per config; a larger config is split into train-0000K-of-0000N files "
         "(default: 500MB)",
     )
+    build.add_argument(
+        "--license",
+        default="other",
+        metavar="ID",
+        help="the card's license (a Hub identifier such as apache-2.0 or cc-by-4.0; default: other); generated text "
+        "also follows the generating models' terms",
+    )
     build.add_argument("--shard", metavar="K/N", help="build only part K of N of the instructions (see popalign merge)")
     endpoints = build.add_argument_group("endpoints (a role given as http(s) URLs, comma-separated replicas)")
     endpoints.add_argument(
@@ -410,6 +417,7 @@ def _build(args: argparse.Namespace) -> int:
         elicitive_style=args.elicitive_style,
         keep_truncated=args.keep_truncated,
         max_shard_size=args.max_shard_size,
+        license=args.license,
         batch_size=args.batch_size,
         endpoints=Endpoints(args.concurrency, args.retries, args.timeout, args.max_retry_wait, args.token),
         score=_score_options(args) if args.score else None,

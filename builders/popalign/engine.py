@@ -49,7 +49,8 @@ class Backend(Protocol):
 @dataclass
 class RequestCounts:
     """Requests of one strategy: asked for, answered from the cache, shared with an identical request in this run,
-    generated, retried, and failed for good (the pair is then dropped as `failed`)."""
+    generated, retried, and failed for good (the pair is then dropped as `failed`); `tokens` counts the tokens of
+    every answer the strategy used, however it was answered."""
 
     requests: int = 0
     cached: int = 0
@@ -57,6 +58,7 @@ class RequestCounts:
     generated: int = 0
     retried: int = 0
     failed: int = 0
+    tokens: int = 0
 
 
 @dataclass
@@ -244,6 +246,7 @@ class Engine:
                 self._flush_if_idle()
                 try:
                     answers = list(await asyncio.gather(*waits))
+                    self.stats.by_strategy[label].tokens += sum(answer.tokens for answer in answers)
                 except RequestFailed as failure:
                     self.stats.by_strategy[label].failed += 1
                     self.stats.last_failure = str(failure)

@@ -14,14 +14,23 @@ from typing import Any
 
 import yaml
 
-from popalign.build_folder import MANIFEST, MAX_SHARD_SIZE, RECIPE, check_out, read_manifest, staged, write_json
+from popalign.build_folder import (
+    DEFAULT_LICENSE,
+    MANIFEST,
+    MAX_SHARD_SIZE,
+    RECIPE,
+    check_out,
+    read_manifest,
+    staged,
+    write_json,
+)
 from popalign.cache import GenerationCache
 from popalign.card import render_card
 from popalign.engine import Engine, EngineStats
 from popalign.errors import PopAlignError, ShardError
 from popalign.models import ModelSpec, describe_spec
 from popalign.prompts import BUNDLED_LABEL, PromptSet
-from popalign.quality import QUALITY_DIR, quality_report, write_histogram
+from popalign.quality import OVERVIEW, QUALITY_DIR, quality_report, write_histogram, write_overview
 from popalign.reward_model import RewardModel
 from popalign.row_spool import RowSpool
 from popalign.schema import make_row
@@ -108,6 +117,7 @@ def build_dataset(
     keep_truncated: bool = False,
     elicitive_style: str = "guided",
     shard_size: int = MAX_SHARD_SIZE,
+    license: str = DEFAULT_LICENSE,
 ) -> BuildSummary:
     """Generate every strategy's pairs for `prompts` with `engine` and write `out` as a Hub dataset repository
     layout. Pairs with a side cut at the token limit are dropped unless `keep_truncated`; with `scoring` and
@@ -176,6 +186,7 @@ def build_dataset(
             "elicitive_style": elicitive_style,
             "keep_truncated": keep_truncated,
             "max_shard_size": shard_size,
+            "license": license,
         }
         quality: dict[str, dict[str, Any]] = {}
         score_stats = None
@@ -192,8 +203,9 @@ def build_dataset(
                 config |= {
                     "chosen_model": names[strategy.chosen_role],
                     "rejected_model": names[strategy.rejected_role],
+                    "tokens": engine.stats.by_strategy[name].tokens,
                 }
-            _write_recipe(folder, strategies, engine, prompts, context)
+            _write_recipe(folder, strategies, engine, prompts, context, license)
             _write_manifest_and_card(manifest, folder, out)
     return BuildSummary(
         out=out,
@@ -237,7 +249,7 @@ def score_dataset(
 
             for name, record in manifest["judge"]["configs"].items():
                 record["dlma_agreement"] = summarize(outcomes[name].rows).dlma_agreement
-        configs = _write_configs(outcomes, folder, _shard_size(manifest))
+        configs = _keep_sides(_write_configs(outcomes, folder, _shard_size(manifest)), manifest["configs"])
         manifest |= {"configs": configs, "score": scoring.describe(), "quality": quality}
         _copy_recipe(out, folder)
         _write_manifest_and_card(manifest, folder, out)
@@ -345,6 +357,8 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     _require_rows(outcomes, out)
     with staged(out) as folder:
         configs = _keep_sides(_write_configs(outcomes, folder, _shard_size(first)), first["configs"])
+        for name, config in configs.items():
+            config["tokens"] = sum(manifest["configs"][name].get("tokens", 0) for manifest in manifests)
         manifest = {**first, "prompts": prompts | {"merged_shards": count}, "configs": configs}
         _copy_recipe(parts[0], folder, drop_shard=True)
         _write_manifest_and_card(manifest, folder, out)
@@ -365,9 +379,11 @@ def _published_name(engine: Engine, role: str) -> str:
 
 
 def _keep_sides(configs: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Rewritten configs with the models of each side as an earlier manifest recorded them."""
+    """Rewritten configs with the models of each side and the tokens generated as an earlier manifest recorded
+    them."""
     for name, config in configs.items():
-        config |= {key: before[name][key] for key in ("chosen_model", "rejected_model") if key in before[name]}
+        kept = ("chosen_model", "rejected_model", "tokens")
+        config |= {key: before[name][key] for key in kept if key in before[name]}
     return configs
 
 
@@ -512,6 +528,7 @@ def _read_rows(out: Path, name: str) -> list[dict[str, Any]]:
 
 def _write_manifest_and_card(manifest: dict[str, Any], folder: Path, out: Path) -> None:
     """The card, then the manifest (last: a folder with a manifest is complete) of the build bound for `out`."""
+    manifest["overview"] = {key: path for key, path in OVERVIEW.items() if (folder / path).is_file()}
     (folder / "README.md").write_text(render_card(manifest, repo_id=_local_name(out)), encoding="utf-8")
     write_json(folder / MANIFEST, manifest)
 
@@ -524,7 +541,7 @@ def _local_name(out: Path) -> str:
 
 
 def _write_recipe(
-    out: Path, strategies: list[str], engine: Engine, prompts: PromptSet, context: StrategyContext
+    out: Path, strategies: list[str], engine: Engine, prompts: PromptSet, context: StrategyContext, license: str
 ) -> None:
     """`popalign_recipe.yaml` and `templates/`: what the build ran with, to publish next to the data. Endpoint
     roles are written by served model name (URLs and keys are left out)."""
@@ -540,6 +557,7 @@ def _write_recipe(
         "strategies": strategies,
         "elicitive_style": context.elicitive_style,
         "keep_truncated": context.keep_truncated,
+        "license": license,
         "generation": asdict(engine.default_params),
         "roles": roles,
         "templates": "templates",
@@ -594,9 +612,11 @@ def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path, shard_size: 
         name: {"rows": 0, "dropped": dict(outcome.dropped), "truncation": outcome.truncation()}
         for name, outcome in outcomes.items()
     }
+    lengths: dict[str, tuple[list[int], list[int]]] = {}
     with tempfile.TemporaryDirectory(prefix="popalign-") as staging:
         for name, outcome in outcomes.items():
             spool = outcome.spool or RowSpool.of(outcome.rows, Path(staging) / f"{name}.jsonl")
+            lengths[name] = (list(spool.words[0]), list(spool.words[1]))
             if not spool.count:
                 continue  # `datasets` cannot load a config with no rows: it is reported, not written
             builder = PopAlign(config_name=name, rows_file=str(spool.path), cache_dir=str(Path(staging) / "cache"))
@@ -612,4 +632,5 @@ def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path, shard_size: 
                 **spool.describe(),
                 "dataset_info": {key: info[key] for key in ("features", "splits", "dataset_size") if key in info},
             }
+    write_overview(lengths, configs, out)
     return configs

@@ -40,6 +40,7 @@ VALUE_KEYS = (
     "max_retry_wait",
     "shard",
     "elicitive_style",
+    "license",
 )
 FLAG_KEYS = ("keep_truncated",)
 GENERATION_KEYS = tuple(f.name for f in fields(GenerationParams))

@@ -4,6 +4,7 @@ need, so a build holds none of them in memory until the `datasets` builder turns
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ class RowSpool:
         self.path = path
         self.count = 0
         self._chosen_chars = self._rejected_chars = 0
+        self.words: tuple[array[int], array[int]] = (array("I"), array("I"))  # chosen, rejected answer lengths
         self.example: dict[str, str] | None = None
         self._file = path.open("w", encoding="utf-8")
 
@@ -40,6 +42,8 @@ class RowSpool:
         self.count += 1
         self._chosen_chars += len(row["chosen"][0]["content"])
         self._rejected_chars += len(row["rejected"][0]["content"])
+        for side, lengths in zip(("chosen", "rejected"), self.words, strict=True):
+            lengths.append(len(row[side][0]["content"].split()))
         if self.example is None:
             self.example = {side: row[side][0]["content"][:EXAMPLE_CHARS] for side in ("prompt", "chosen", "rejected")}
 

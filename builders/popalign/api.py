@@ -133,6 +133,7 @@ def build(
     templates: str | Path | None = None,
     prompt_column: str | None = None,
     limit: int | None = None,
+    prompts_revision: str | None = None,
     shard: str | None = None,
     elicitive_style: str = "guided",
     keep_truncated: bool = False,
@@ -145,8 +146,9 @@ def build(
     executor: Executor | None = None,
     progress: bool = True,
 ) -> Build | None:
-    """Generate every strategy's pairs for the instructions in `prompts` (a `.jsonl`, `.csv` or `.parquet` file;
-    default: the bundled demo set) and write `out` as a Hub dataset folder, one config per strategy plus `all`.
+    """Generate every strategy's pairs for the instructions in `prompts` (a `.jsonl`, `.csv` or `.parquet` file, or
+    a Hub dataset `ORG/NAME[:CONFIG][:SPLIT]` at `prompts_revision`, streamed when `limit` is given; default: the
+    bundled demo set) and write `out` as a Hub dataset folder, one config per strategy plus `all`.
 
     `roles` maps a role (`default`, `large`, `small`, `first`, `second`, `planner`) to a model spec or endpoint
     URLs; none given: the embedded SmolLM2 and weaker copies of it. `params` sets `max_new_tokens`,
@@ -171,7 +173,7 @@ def build(
     from popalign.engine import Engine
     from popalign.models import describe_spec, resolve_roles
     from popalign.pipeline import build_dataset
-    from popalign.prompts import load_prompts, parse_shard
+    from popalign.prompts import is_hub_dataset, load_hub_prompts, load_prompts, parse_shard
     from popalign.strategies import STRATEGIES, parse_strategies, roles_used
     from popalign.templates import TemplateSet
 
@@ -189,12 +191,15 @@ def build(
     run_params, run_role_params = generation_params(params or {}, given, per_role, used)
     resolved = resolve_roles(given, {name: STRATEGIES[name].roles for name in names}, run_role_params)
     template_set = TemplateSet(Path(templates) if templates else None)
-    prompt_set = load_prompts(
-        Path(prompts) if prompts is not None else None,
-        column=prompt_column,
-        limit=limit,
-        shard=parse_shard(shard) if shard is not None else None,
-    )
+    part_of = parse_shard(shard) if shard is not None else None
+    if isinstance(prompts, str) and is_hub_dataset(prompts):
+        prompt_set = load_hub_prompts(
+            prompts, column=prompt_column, limit=limit, shard=part_of, revision=prompts_revision
+        )
+    else:
+        prompt_set = load_prompts(
+            Path(prompts) if prompts is not None else None, column=prompt_column, limit=limit, shard=part_of
+        )
     part = f" (shard {prompt_set.shard[0]}/{prompt_set.shard[1]} of {prompt_set.total})" if prompt_set.shard else ""
     count = len(prompt_set.instructions)
     log.info(f"{count} instructions{part} from {prompt_set.source}; strategies: {', '.join(names)}")
@@ -208,8 +213,9 @@ def build(
         options = {
             "prompts": prompts, "strategies": names, "roles": given, "params": params, "role_params": role_params,
             "cache_dir": cache_dir, "cache": cache, "templates": templates, "prompt_column": prompt_column,
-            "limit": limit, "elicitive_style": elicitive_style, "keep_truncated": keep_truncated,
-            "max_shard_size": max_shard_size, "license": license, "batch_size": batch_size, "endpoints": endpoints,
+            "limit": limit, "prompts_revision": prompt_set.revision or None, "elicitive_style": elicitive_style,
+            "keep_truncated": keep_truncated, "max_shard_size": max_shard_size, "license": license,
+            "batch_size": batch_size, "endpoints": endpoints,
         }  # fmt: skip
         return _run_tasks(options, out, executor, prompt_set.total, [resolved[role] for role in used])
     needs_local = score is not None or any(not isinstance(resolved[role], EndpointSpec) for role in used)

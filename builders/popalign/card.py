@@ -12,6 +12,7 @@ from popalign.build_folder import DEFAULT_LICENSE
 from popalign.errors import ConfigError
 from popalign.judge import PAPER_ACCURACY
 from popalign.models import EMBEDDED, ModelSpec
+from popalign.prompts import BUNDLED_LABEL
 from popalign.resources import shipped_dir
 from popalign.strategies import DROP_REASONS, STRATEGIES
 
@@ -93,6 +94,7 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
         keep_truncated=manifest.get("keep_truncated", False),
         configs=configs,
         prompts=manifest["prompts"],
+        prompts_file=_prompts_file(manifest["prompts"]),
         backend=manifest["backend"],
         roles=roles,
         role_params=manifest.get("role_params", {}),
@@ -117,6 +119,13 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
         transformers_version=version("transformers"),
     )
     return str(card)
+
+
+def _prompts_file(prompts: dict[str, Any]) -> str | None:
+    """The prompts file a reproduction needs beside the recipe: none for the bundled set or a Hub dataset."""
+    if prompts.get("revision") or prompts["source"] == BUNDLED_LABEL:
+        return None
+    return prompts["source"]
 
 
 def _combined_info(infos: list[dict[str, Any]]) -> dict[str, Any]:

@@ -79,8 +79,11 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
 
     build = commands.add_parser("build", help="generate pairs and write a dataset folder (Hub layout)")
     build.add_argument(
-        "--prompts", type=Path, help=".jsonl, .csv or .parquet of instructions (default: bundled demo set)"
+        "--prompts",
+        help=".jsonl, .csv or .parquet of instructions, or a Hub dataset ORG/NAME[:CONFIG][:SPLIT] "
+        "(default: bundled demo set)",
     )
+    build.add_argument("--prompts-revision", metavar="REV", help="with a Hub dataset: its revision (default: newest)")
     build.add_argument("--prompt-column", help="column holding the instruction (default: prompt or instruction)")
     build.add_argument("--strategies", default="all", help="comma-separated strategies, or all (default: all)")
     build.add_argument("--limit", type=_positive_int, help="use at most N distinct instructions")
@@ -392,6 +395,8 @@ def _build(args: argparse.Namespace) -> int:
         parse_version(args.version)
     if args.min_judge and not (args.judge_model or args.judge_reward_model):
         raise ConfigError("--min-judge needs a judge: --judge-model or --judge-reward-model")
+    given = parse_model_args(args.model)
+    recipe.check_endpoints(given)
     executor = None
     if args.executor:
         executor = Executor(
@@ -404,7 +409,7 @@ def _build(args: argparse.Namespace) -> int:
     summary_build = build(
         args.prompts,
         strategies=args.strategies,
-        roles=recipe.roles | parse_model_args(args.model),
+        roles=recipe.roles | given,
         out=args.out,
         params={name: getattr(args, name) for name in generation},
         role_params=recipe.role_generation,
@@ -413,6 +418,7 @@ def _build(args: argparse.Namespace) -> int:
         templates=args.templates,
         prompt_column=args.prompt_column,
         limit=args.limit,
+        prompts_revision=args.prompts_revision,
         shard=args.shard,
         elicitive_style=args.elicitive_style,
         keep_truncated=args.keep_truncated,

@@ -553,7 +553,7 @@ def _write_recipe(
             roles[role] = {"spec": roles[role]} if isinstance(roles[role], str) else roles[role]
             roles[role]["generation"] = asdict(engine.params[role])
     recipe = {
-        **({} if prompts.source == BUNDLED_LABEL else {"prompts": prompts.source, "prompts_sha256": prompts.sha256}),
+        **_recipe_prompts(prompts),
         "strategies": strategies,
         "elicitive_style": context.elicitive_style,
         "keep_truncated": context.keep_truncated,
@@ -567,6 +567,17 @@ def _write_recipe(
     (out / "templates").mkdir()
     for entry in context.templates.entries():
         (out / "templates" / entry.name).write_text(context.templates.source(entry.name), encoding="utf-8")
+
+
+def _recipe_prompts(prompts: PromptSet) -> dict[str, Any]:
+    """How the recipe names the instructions: a file with its digest, or a Hub dataset at its commit; and the
+    `--limit` the build took (the bundled demo set is the default, and not named)."""
+    source: dict[str, Any] = {}
+    if prompts.revision:
+        source = {"prompts": prompts.source, "prompts_revision": prompts.revision}
+    elif prompts.source != BUNDLED_LABEL:
+        source = {"prompts": prompts.source, "prompts_sha256": prompts.sha256}
+    return source | ({"limit": prompts.limit} if prompts.limit is not None else {})
 
 
 def _check_contrasts(engine: Engine, strategies: list[str]) -> None:

@@ -18,6 +18,13 @@ BUNDLED_LABEL = "popalign's bundled demo instructions"
 DEFAULT_COLUMNS = ("prompt", "instruction")
 SUFFIXES = (".jsonl", ".csv", ".parquet")
 _SHARD = re.compile(r"([0-9]+)/([0-9]+)")
+_HUB_DATASET = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+){0,2}$")
+
+
+def is_hub_dataset(text: str) -> bool:
+    """Whether `--prompts` names a Hub dataset (`ORG/NAME`, `ORG/NAME:SPLIT` or `ORG/NAME:CONFIG:SPLIT`) rather
+    than a local file: it matches that form, is no file here, and has no prompts file suffix."""
+    return bool(_HUB_DATASET.match(text)) and not Path(text).exists() and Path(text).suffix not in SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -46,14 +53,20 @@ class PromptSet:
     total: int = 0
     shard: tuple[int, int] | None = None
     sha256: str = ""
+    revision: str = ""  # a Hub dataset's commit
+    limit: int | None = None
 
     def describe(self) -> dict[str, Any]:
         """The prompt source as the manifest records it."""
         shard = {"shard": f"{self.shard[0]}/{self.shard[1]}", "total": self.total} if self.shard else {}
         digest = {"sha256": self.sha256} if self.sha256 else {}
+        revision = {"revision": self.revision} if self.revision else {}
+        limit = {"limit": self.limit} if self.limit is not None else {}
         return {
             "source": self.source,
             **digest,
+            **revision,
+            **limit,
             "count": len(self.instructions),
             "duplicates": self.duplicates,
             **shard,
@@ -110,7 +123,61 @@ def load_prompts(
     if shard:
         instructions = [instruction for instruction in instructions if in_shard(instruction, shard)]
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    return PromptSet(instructions, duplicates, label, total=total, shard=shard, sha256=digest)
+    return PromptSet(instructions, duplicates, label, total=total, shard=shard, sha256=digest, limit=limit)
+
+
+def load_hub_prompts(
+    spec: str,
+    *,
+    column: str | None = None,
+    limit: int | None = None,
+    shard: tuple[int, int] | None = None,
+    revision: str | None = None,
+) -> PromptSet:
+    """Instructions from a Hub dataset, `ORG/NAME[:CONFIG][:SPLIT]` (split `train` unless given), at `revision`
+    (default: the newest commit, which is recorded); streamed when `limit` is given, so only the rows needed are
+    read. Deduplicated and validated as a file's are.
+
+    >>> load_hub_prompts("HuggingFaceH4/ultrafeedback_binarized:train_prefs", limit=100)  # doctest: +SKIP
+
+    Raises:
+        PromptsError: the dataset, config, split or revision is not there, or a row or column is bad.
+    """
+    import datasets
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    repo, *parts = spec.split(":")
+    config, split = (None, "train") if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    try:
+        commit = HfApi().dataset_info(repo, revision=revision or "main").sha or revision or ""
+        rows = datasets.load_dataset(repo, config, split=split, revision=commit, streaming=limit is not None)
+    except OfflineModeIsEnabled as err:
+        raise PromptsError(f"{spec}: HF_HUB_OFFLINE=1 is set; unset it to read prompts from the Hub") from err
+    except (HfHubHTTPError, datasets.exceptions.DatasetNotFoundError, FileNotFoundError, ValueError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise PromptsError(f"{spec}: cannot read this Hub dataset ({type(err).__name__}: {reason})") from err
+    field: str | None = None
+    seen: set[str] = set()
+    instructions: list[Instruction] = []
+    read = 0
+    for read, row in enumerate(rows, start=1):
+        field = field or _pick_column(spec, row, column)
+        instruction = Instruction.from_text(_text_field(spec, read, row, field))
+        if instruction.prompt_id not in seen:
+            seen.add(instruction.prompt_id)
+            instructions.append(instruction)
+        if limit is not None and len(instructions) >= limit:
+            break
+    if not read:
+        raise PromptsError(f"{spec}: no rows")
+    total = len(instructions)
+    if shard:
+        instructions = [instruction for instruction in instructions if in_shard(instruction, shard)]
+    digest = hashlib.sha256("".join(i.prompt_id for i in instructions).encode()).hexdigest()
+    return PromptSet(
+        instructions, read - total, spec, total=total, shard=shard, sha256=digest, revision=commit, limit=limit
+    )
 
 
 def _read_rows(source: Path) -> Iterator[dict[str, Any]]:
@@ -152,7 +219,7 @@ def _read_jsonl(source: Path) -> Iterator[dict[str, Any]]:
             yield row
 
 
-def _pick_column(source: Path, first_row: dict[str, Any], column: str | None) -> str:
+def _pick_column(source: Path | str, first_row: dict[str, Any], column: str | None) -> str:
     candidates = (column,) if column else DEFAULT_COLUMNS
     for name in candidates:
         if name in first_row:
@@ -162,7 +229,7 @@ def _pick_column(source: Path, first_row: dict[str, Any], column: str | None) ->
     raise PromptsError(f"{source}: no {wanted} (columns: {', '.join(map(str, first_row))}){hint}")
 
 
-def _text_field(source: Path, number: int, row: dict[str, Any], field: str) -> str:
+def _text_field(source: Path | str, number: int, row: dict[str, Any], field: str) -> str:
     if field not in row:
         raise PromptsError(f"{source}: row {number}: field {field!r} is missing")
     value = row[field]

@@ -1,7 +1,8 @@
 """A build recipe: the YAML file `popalign build --recipe` reads instead of (or under) its flags.
 
 ```yaml
-prompts: instructions.jsonl          # paths are relative to the recipe's folder, and stay inside it
+prompts: instructions.jsonl          # paths are relative to the recipe's folder, and stay inside it;
+                                     # or a Hub dataset: ORG/NAME[:CONFIG][:SPLIT], with prompts_revision: COMMIT
 strategies: [prefix, demon, elicitive, nparam, leaderboard, refine]
 out: popalign-data
 elicitive_style: guided              # or paper: the paper's single-turn Thought:/Response: template
@@ -18,6 +19,7 @@ roles:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import yaml
 from popalign.errors import ConfigError
 from popalign.generation import GenerationParams, check_setting
 from popalign.models import ROLES, EndpointSpec, ModelSpec, parse_spec
+from popalign.prompts import is_hub_dataset
 
 #: Top-level keys and the `build` flag (argparse dest) each sets.
 PATH_KEYS = ("prompts", "out", "templates", "cache_dir")
@@ -41,10 +44,11 @@ VALUE_KEYS = (
     "shard",
     "elicitive_style",
     "license",
+    "prompts_revision",
 )
 FLAG_KEYS = ("keep_truncated",)
 GENERATION_KEYS = tuple(f.name for f in fields(GenerationParams))
-ROLE_KEYS = ("url", "urls", "spec", "model", "api_key_env", "generation")
+ROLE_KEYS = ("url", "urls", "spec", "model", "api_key_env", "generation", "endpoint_model")
 
 
 @dataclass
@@ -54,6 +58,20 @@ class Recipe:
     defaults: dict[str, Any] = field(default_factory=dict)
     roles: dict[str, ModelSpec | EndpointSpec] = field(default_factory=dict)
     role_generation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: roles a published recipe names only by their endpoint's served model: `--model ROLE=URL` must give them
+    endpoint_models: dict[str, str] = field(default_factory=dict)
+
+    def check_endpoints(self, given: Iterable[str]) -> None:
+        """Refuse a recipe role known only by its served model name that the command line does not give (the
+        planner may be left out when it was the default model: it follows the default)."""
+        same = self.endpoint_models.get("planner") == self.endpoint_models.get("default")
+        missing = [role for role in self.endpoint_models if role not in given and not (role == "planner" and same)]
+        if missing:
+            role = missing[0]
+            raise ConfigError(
+                f"recipe role {role} was served by an endpoint as {self.endpoint_models[role]!r}: give a server of "
+                f"it with --model {role}=URL"
+            )
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -75,6 +93,10 @@ def load_recipe(path: Path) -> Recipe:
     recipe = Recipe()
     folder = path.parent.resolve()
     for key in PATH_KEYS:
+        value = str(data.get(key))
+        if key == "prompts" and is_hub_dataset(value) and not (folder / value).exists():
+            recipe.defaults[key] = value  # a Hub dataset, not a file beside the recipe
+            continue
         if key in data:
             resolved = (folder / str(data[key])).resolve()
             if not resolved.is_relative_to(folder):
@@ -103,7 +125,11 @@ def load_recipe(path: Path) -> Recipe:
     for role, value in roles.items():
         if role not in ROLES:
             raise ConfigError(f"{path}: roles: unknown role {role!r} (known: {', '.join(ROLES)})")
-        recipe.roles[role], generation = _role(path, role, value)
+        if isinstance(value, dict) and "endpoint_model" in value and not {"url", "urls", "spec"} & value.keys():
+            recipe.endpoint_models[role] = str(value["endpoint_model"])  # as popalign writes a published recipe
+            generation = _generation(path, f"roles.{role}.generation", value.get("generation") or {})
+        else:
+            recipe.roles[role], generation = _role(path, role, value)
         if generation:
             recipe.role_generation[role] = generation
     return recipe

@@ -1,0 +1,113 @@
+"""`--prompts ORG/NAME:SPLIT`: instructions read from a Hub dataset with `datasets` (streamed with `--limit`),
+published to the test Hub server and read back through olah; the recipe records the source, its commit and the
+limit, so `--recipe` alone builds the same rows again."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_offline
+from hub_server import serve_hub, serve_olah
+from test_build import load
+from test_pairs import HERE, POPALIGN, scripted  # noqa: F401 (the fixture)
+
+pytestmark = pytest.mark.slow
+TOKEN = "hf_promptsToken_55"
+REPO = "org/prompts"
+TEXTS = [f"Explain tides [{tag}]." for tag in ("ok", "aaa", "bbb", "ccc", "ok", "ddd", "eee")]  # one duplicate
+CARD = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train_prefs
+    path: data/train_prefs-*.parquet
+---
+"""
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, str]]:
+    """The test Hub holding `org/prompts` (split `train_prefs`, columns `prompt` and `score`), served for reading by
+    olah: its read URL, the HF_HOME to use, and the commit of the upload."""
+    work = tmp_path_factory.mktemp("hub")
+    with serve_hub(work / "root", TOKEN) as write_url, serve_olah(work / "root", work / "olah") as read_url:
+        code = (
+            "import io, sys, pyarrow, pyarrow.parquet\n"
+            "from huggingface_hub import HfApi\n"
+            f"table = pyarrow.table({{'prompt': {TEXTS!r}, 'score': list(range({len(TEXTS)}))}})\n"
+            "buffer = io.BytesIO(); pyarrow.parquet.write_table(table, buffer)\n"
+            "api = HfApi()\n"
+            f"api.create_repo({REPO!r}, repo_type='dataset')\n"
+            f"api.upload_file(path_or_fileobj={CARD.encode()!r}, path_in_repo='README.md', repo_id={REPO!r},"
+            " repo_type='dataset')\n"
+            f"info = api.upload_file(path_or_fileobj=buffer.getvalue(), repo_id={REPO!r}, repo_type='dataset',"
+            " path_in_repo='data/train_prefs-00000-of-00001.parquet')\n"
+            "print(info.oid)\n"
+        )
+        env = {"HF_ENDPOINT": write_url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0"}
+        made = run_offline(sys.executable, "-c", code, **env)
+        assert made.returncode == 0, made.stderr[-2000:]
+        yield read_url, work / "hf-home", made.stdout.split()[-1]
+
+
+def build(hub: tuple[str, Path, str], url: str, out: Path, *flags: str | Path) -> subprocess.CompletedProcess[str]:
+    read_url, home, _ = hub
+    return run_offline(
+        POPALIGN, "build", "--out", out, "--no-cache", "--no-progress", "--templates", HERE / "scripted_templates",
+        "--model", f"default={url}", "--strategies", "prefix,elicitive", *flags,
+        HF_ENDPOINT=read_url, HF_HOME=str(home), HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0",
+    )  # fmt: skip
+
+
+def prompts_of(out: Path) -> list[str]:
+    return sorted({row["prompt"][0]["content"] for row in load(out, "prefix")})
+
+
+def test_a_build_reads_its_prompts_from_a_hub_dataset_and_its_recipe_builds_it_again(
+    hub,
+    scripted,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    url, _ = scripted
+    _, _, commit = hub
+    streamed = build(hub, url, tmp_path / "three", "--prompts", f"{REPO}:train_prefs", "--limit", "3",
+                     "--prompt-column", "prompt")  # fmt: skip
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout.startswith(f"3 instructions from {REPO}:train_prefs;")
+    assert prompts_of(tmp_path / "three") == sorted(TEXTS[:3])
+    manifest = json.loads((tmp_path / "three" / "popalign_build.json").read_text())
+    assert manifest["prompts"] | {"sha256": ""} == {
+        "source": f"{REPO}:train_prefs", "sha256": "", "revision": commit, "limit": 3, "count": 3, "duplicates": 0,
+    }  # fmt: skip
+    recipe = yaml.safe_load((tmp_path / "three" / "popalign_recipe.yaml").read_text())
+    assert (recipe["prompts"], recipe["prompts_revision"], recipe["limit"]) == (f"{REPO}:train_prefs", commit, 3)
+    card = (tmp_path / "three" / "README.md").read_text()
+    assert f"the Hub dataset `{REPO}:train_prefs` at revision `{commit[:12]}`" in card
+    assert "popalign build --recipe popalign-recipe/popalign_recipe.yaml" in card
+
+    whole = build(hub, url, tmp_path / "all", "--prompts", f"{REPO}:train_prefs")  # read whole, not streamed
+    assert whole.returncode == 0, whole.stderr
+    assert "6 instructions from" in whole.stdout and "1 duplicate instructions skipped" in whole.stdout
+    assert prompts_of(tmp_path / "all") == sorted(set(TEXTS))
+
+    # the published recipe alone (with the endpoint's URL) builds the same rows from the same commit
+    again = build(hub, url, tmp_path / "again", "--recipe", tmp_path / "three" / "popalign_recipe.yaml")
+    assert again.returncode == 0, again.stderr
+    for config in ("prefix", "elicitive"):
+        assert load(tmp_path / "again", config).to_list() == load(tmp_path / "three", config).to_list()
+
+    for flags, says in (
+        (["--prompts", "org/missing:train"], "org/missing:train: cannot read this Hub dataset"),
+        (["--prompts", f"{REPO}:nosuchsplit"], f"{REPO}:nosuchsplit: cannot read this Hub dataset"),
+        (["--prompts", f"{REPO}:train_prefs", "--prompt-column", "text"], "no column 'text' (columns: prompt, score)"),
+    ):
+        refused = build(hub, url, tmp_path / "bad", *flags)
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()

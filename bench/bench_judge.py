@@ -3,7 +3,7 @@ in the same run.
 
 A latency-simulating OpenAI-compatible server (bench/latency_server.py: a fixed delay per request, unlimited
 parallelism) runs on loopback; popalign's engine judges `--pairs` synthetic pairs, each in both orders, exactly as
-`popalign judge` does (`popalign.judge.judge_run`). Reported: pairs/s at `--concurrency` and at concurrency 1 (on
+`popalign judge` does (`popalign.judging.judge_run`). Reported: pairs/s at `--concurrency` and at concurrency 1 (on
 `--sequential-pairs`), their ratio, the ideal ratio (concurrency), and client CPU time per pair.
 
     python bench/bench_judge.py [--pairs 1000] [--concurrency 64] [--delay 0.2]
@@ -18,7 +18,7 @@ from latency_server import running
 from popalign.endpoint_backend import EndpointBackend
 from popalign.engine import Engine
 from popalign.generation import GenerationParams
-from popalign.judge import judge_run
+from popalign.judging import judge_run
 from popalign.models import EndpointSpec
 from popalign.templates import TemplateSet
 

@@ -13,7 +13,7 @@ from popalign.local_backend import LocalBackend
 from popalign.models import ModelSpec
 from popalign.prompts import load_prompts
 from popalign.schema import make_row
-from popalign.score import LocalScorer, score_rows
+from popalign.scoring import LocalScorer, score_rows
 from popalign.strategies import StrategyContext
 from popalign.templates import TemplateSet
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import inspect
 import json
 import pkgutil
 import sys
@@ -50,6 +51,9 @@ def test_every_docstring_example_runs(example: Path, server: str, tmp_path: Path
         tried, failed = tried + result.attempted, failed + result.failed
     assert failed == 0
     assert tried >= 20  # the examples of api, build_folder, cache, credentials, models, show, templates, ...
+    # every submodule is imported now: none of them shadows a function of the API
+    for name in ("build", "score", "judge", "merge", "push", "versions", "open_build"):
+        assert inspect.isfunction(getattr(popalign, name)), name
 
 
 @pytest.mark.slow
@@ -113,3 +117,44 @@ def test_the_readme_python_api_runs_from_build_to_the_hub(server: str, tmp_path:
     refusal = "my-org/popalign: v1.0.0 is already published; pass --force to replace it"
     assert again.returncode == 1 and again.stderr.strip().splitlines()[-1] == refusal  # after datasets' progress
     assert token not in first.stdout + first.stderr + again.stderr
+
+
+@pytest.mark.slow
+def test_a_test_split_holds_whole_instructions_and_the_card_shows_its_pictures(server: str, tmp_path: Path) -> None:
+    texts = [f"Explain topic [{a}{b}]." for a in "abcd" for b in "abcd"]  # 16 instructions
+    built = popalign.build(
+        prompts(tmp_path, [text.split("[")[1][:2] for text in texts]), strategies=["prefix", "elicitive"],
+        roles={"default": server}, out=tmp_path / "d", templates=HERE / "scripted_templates", cache=False,
+        progress=False, test_size=0.3, license="cc-by-4.0",
+    )  # fmt: skip
+    manifest = built.manifest
+    assert manifest.test_size == 0.3 and manifest.license == "cc-by-4.0"
+    ids = {}
+    for config in ("prefix", "elicitive"):
+        splits = manifest.configs[config]["splits"]
+        assert splits["train"] > 0 and splits["test"] > 0 and sum(splits.values()) == manifest.configs[config]["rows"]
+        ids[config] = {split: set(built.rows(config, split)["prompt_id"]) for split in ("train", "test")}
+        assert len(built.rows(config, "test")) == splits["test"] and not ids[config]["train"] & ids[config]["test"]
+    assert ids["prefix"]["test"] == ids["elicitive"]["test"]  # an instruction is on one side in every config
+    assert len(built.rows("all", "test")) == sum(manifest.configs[c]["splits"]["test"] for c in ("prefix", "elicitive"))
+    # every answer used costs one token on the scripted server: prefix 2 per instruction, guided elicitive 5
+    assert (manifest.configs["prefix"]["tokens"], manifest.configs["elicitive"]["tokens"]) == (16 * 2, 16 * 5)
+    card = (built.path / "README.md").read_text()
+    assert "license: cc-by-4.0" in card and "also follows the terms of use of the models" in card
+    assert card.count("```mermaid") == 1 and 'prefix_c["M(p+ ⊕ q)' in card and "elicitive_pc" in card
+    assert "| 32 |" in card and "| 80 |" in card  # answer tokens per config
+    assert 'split="test"' in card and "--dataset_test_split test" in card
+    for key, picture in manifest.overview.items():
+        assert f"]({picture})" in card and (built.path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
+    # a judge rewrites the folder and keeps every instruction on its side
+    judged = popalign.judge(built, popalign.JudgeOptions(model=server), cache=False, progress=False)
+    for config in ("prefix", "elicitive"):
+        assert {split: set(judged.rows(config, split)["prompt_id"]) for split in ("train", "test")} == ids[config]
+    assert judged.manifest.overview == manifest.overview and judged.manifest.configs["prefix"]["tokens"] == 32
+    shown = run_offline(POPALIGN, "show", built.path, "elicitive", "-n", "2", "--where", "judge_verdict!=none",
+                        "--where", "chosen~careful", "--width", "80")  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("── elicitive · ") == 2 and "[reasoning] - Be exact and complete" in shown.stdout
+    assert "judge: chosen" in shown.stdout and shown.stdout.endswith(
+        "2 pairs of elicitive meeting judge_verdict!=none and chosen~careful\n"
+    )

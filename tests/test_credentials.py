@@ -12,7 +12,7 @@ import pytest
 from net import free_port
 from popalign.credentials import is_hugging_face_host, redacted, split_credentials
 from popalign.errors import ConfigError
-from popalign.score import TGIScorer
+from popalign.scoring import TGIScorer
 from test_pairs import build, scripted  # noqa: F401 (the fixture)
 
 PASSWORD, HUB_TOKEN = "s3cretPassw0rd", "hf_machineTokenNotForYou"

@@ -217,7 +217,7 @@ def test_empty_answers_are_dropped_and_counted(llama_url: str, tmp_path: Path) -
 
 
 def test_judge_runs_on_the_llama_server(llama_url: str, reference: tuple[Path, int, str], tmp_path: Path) -> None:
-    from popalign.judge import VERDICTS
+    from popalign.judging import VERDICTS
 
     out = tmp_path / "judged"
     shutil.copytree(reference[0], out)

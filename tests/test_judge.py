@@ -12,7 +12,7 @@ import pytest
 from conftest import run_offline
 from net import free_port
 from popalign.generation import Generation
-from popalign.judge import judge_chats, judge_run, parse_choice, summarize, verdict, wilson
+from popalign.judging import judge_chats, judge_run, parse_choice, summarize, verdict, wilson
 from popalign.templates import TemplateSet
 from test_build import load
 from test_pairs import HERE, POPALIGN, build, manifest, scripted  # noqa: F401 (the fixture)

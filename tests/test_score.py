@@ -14,7 +14,7 @@ from conftest import POPALIGN, run_offline
 from popalign.local_backend import LocalBackend
 from popalign.models import ModelSpec
 from popalign.schema import make_row
-from popalign.score import LocalScorer, TGIScorer, contrast_chats, curate, score_rows
+from popalign.scoring import LocalScorer, TGIScorer, contrast_chats, curate, score_rows
 from popalign.strategies import STRATEGIES, StrategyContext
 from popalign.templates import TemplateSet
 from tgi_server import received, serve_tgi
@@ -113,7 +113,7 @@ def test_elicitive_is_scored_in_the_contexts_its_answers_were_written_in() -> No
 
 
 def test_curriculum_order_ranks_by_per_token_score() -> None:
-    from popalign.score import order_rows
+    from popalign.scoring import order_rows
 
     rows = [row | {"score": s, "score_per_token": t} for row, s, t in
             zip(rows_for("prefix", "prefix", "prefix"), [9.0, 1.0, 4.0], [0.1, 0.5, 0.3], strict=True)]  # fmt: skip

@@ -139,6 +139,7 @@ def build(
     keep_truncated: bool = False,
     max_shard_size: int = MAX_SHARD_SIZE,
     license: str = DEFAULT_LICENSE,
+    test_size: float = 0.0,
     batch_size: int = 16,
     endpoints: Endpoints | None = None,
     score: ScoreOptions | None = None,
@@ -180,6 +181,8 @@ def build(
     out = Path(out)
     endpoints = endpoints or Endpoints()
     check_out(out)
+    if not 0 <= test_size < 1:
+        raise ConfigError(f"--test-size {test_size}: expected a share of the instructions, 0 <= F < 1")
     if not _LICENSE.match(license):
         raise ConfigError(f"--license {license!r}: expected a license identifier such as apache-2.0, mit or cc-by-4.0")
     names = parse_strategies(strategies if isinstance(strategies, str) else ",".join(strategies))
@@ -215,7 +218,7 @@ def build(
             "cache_dir": cache_dir, "cache": cache, "templates": templates, "prompt_column": prompt_column,
             "limit": limit, "prompts_revision": prompt_set.revision or None, "elicitive_style": elicitive_style,
             "keep_truncated": keep_truncated, "max_shard_size": max_shard_size, "license": license,
-            "batch_size": batch_size, "endpoints": endpoints,
+            "test_size": test_size, "batch_size": batch_size, "endpoints": endpoints,
         }  # fmt: skip
         return _run_tasks(options, out, executor, prompt_set.total, [resolved[role] for role in used])
     needs_local = score is not None or any(not isinstance(resolved[role], EndpointSpec) for role in used)
@@ -245,6 +248,7 @@ def build(
         elicitive_style=elicitive_style,
         shard_size=max_shard_size,
         license=license,
+        test_size=test_size,
     )
     return Build(out, Manifest.from_dict(read_manifest(out)), summary)
 
@@ -409,7 +413,7 @@ def score_settings(
 ) -> ScoreSettings:
     """The scorer, prompt renderer and curation that `options` ask for (one spec parser for roles and scorer)."""
     from popalign.pipeline import ScoreSettings
-    from popalign.score import LocalScorer, TGIScorer
+    from popalign.scoring import LocalScorer, TGIScorer
 
     backend = backend or _local_backend(8)
     spec = parse_spec(options.model or default_model)

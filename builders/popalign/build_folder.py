@@ -54,6 +54,7 @@ class Manifest:
     keep_truncated: bool = False
     max_shard_size: int = MAX_SHARD_SIZE
     license: str = DEFAULT_LICENSE
+    test_size: float = 0.0
     overview: dict[str, str] = field(default_factory=dict)
     score: dict[str, Any] | None = None
     quality: dict[str, dict[str, Any]] | None = None
@@ -69,9 +70,12 @@ class Manifest:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The manifest as written to disk (fields never set are left out, as older builds have them)."""
+        """The manifest as written to disk (fields a build did not set are left out, as on disk)."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        return {key: value for key, value in data.items() if value is not None} | self.extra
+        unset = {"test_size": 0.0}
+        return {key: value for key, value in data.items() if value is not None and unset.get(key, 1) != value} | (
+            self.extra
+        )
 
 
 def read_manifest(out: Path) -> dict[str, Any]:

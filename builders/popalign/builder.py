@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import datasets
 
+from popalign.prompts import in_test_split
 from popalign.schema import features
 from popalign.strategies import STRATEGIES
 
@@ -26,9 +27,11 @@ _CITATION = """\
 
 @dataclass
 class PopAlignConfig(datasets.BuilderConfig):
-    """One strategy's config; `rows_file` is the JSONL of assembled rows the pipeline staged."""
+    """One strategy's config; `rows_file` is the JSONL of assembled rows the pipeline staged, `test_size` the
+    share of instructions whose rows form the `test` split (0: a `train` split only)."""
 
     rows_file: str | None = None
+    test_size: float = 0.0
 
 
 class PopAlign(datasets.GeneratorBasedBuilder):
@@ -55,9 +58,16 @@ class PopAlign(datasets.GeneratorBasedBuilder):
         rows_file = self.config.rows_file
         if not rows_file or not Path(rows_file).is_file():
             raise ValueError(f"config {self.config.name!r} expects a staged rows file (.jsonl), got {rows_file!r}")
-        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"rows_file": rows_file})]
+        if not self.config.test_size:
+            return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"rows_file": rows_file})]
+        return [
+            datasets.SplitGenerator(name=split, gen_kwargs={"rows_file": rows_file, "test": split == "test"})
+            for split in (datasets.Split.TRAIN, datasets.Split.TEST)
+        ]
 
-    def _generate_examples(self, rows_file: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    def _generate_examples(self, rows_file: str, test: bool | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
         with open(rows_file, encoding="utf-8") as handle:
             for index, line in enumerate(handle):
-                yield index, json.loads(line)
+                row = json.loads(line)
+                if test is None or in_test_split(row["prompt_id"], self.config.test_size) == test:
+                    yield index, row

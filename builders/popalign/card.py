@@ -10,7 +10,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 import popalign
 from popalign.build_folder import DEFAULT_LICENSE
 from popalign.errors import ConfigError
-from popalign.judge import PAPER_ACCURACY
+from popalign.judging import PAPER_ACCURACY
 from popalign.models import EMBEDDED, ModelSpec
 from popalign.prompts import BUNDLED_LABEL
 from popalign.resources import shipped_dir
@@ -44,12 +44,22 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
         configs=[
             {
                 "config_name": ALL_CONFIG,
-                "data_files": [{"split": "train", "path": [f"data/{name}/train-*" for name in built]}],
+                "data_files": [
+                    {
+                        "split": split,
+                        "path": [f"data/{name}/{split}-*" for name in built if split in _splits(built[name])],
+                    }
+                    for split in ("train", "test")
+                    if any(split in _splits(c) for c in built.values())
+                ],
                 "default": True,
             },
             *(
-                {"config_name": name, "data_files": [{"split": "train", "path": f"data/{name}/train-*"}]}
-                for name in built
+                {
+                    "config_name": name,
+                    "data_files": [{"split": split, "path": f"data/{name}/{split}-*"} for split in _splits(c)],
+                }
+                for name, c in built.items()
             ),
         ],
         dataset_info=[
@@ -113,6 +123,7 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
         judge=manifest.get("judge"),
         overview=manifest.get("overview"),
         license=manifest.get("license", DEFAULT_LICENSE),
+        test_size=manifest.get("test_size", 0.0),
         paper=PAPER_ACCURACY,
         popalign_version=popalign.__version__,
         datasets_version=version("datasets"),
@@ -128,13 +139,27 @@ def _prompts_file(prompts: dict[str, Any]) -> str | None:
     return prompts["source"]
 
 
+def _splits(config: dict[str, Any]) -> list[str]:
+    """The splits a written config has files for: `train`, and `test` when it holds test rows."""
+    return [split for split, rows in config.get("splits", {"train": config["rows"]}).items() if rows]
+
+
 def _combined_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
-    """The `dataset_info` of the `all` config: the shared features, and the strategies' sizes added up."""
+    """The `dataset_info` of the `all` config: the shared features, and the strategies' sizes added up per split."""
     splits = [split for info in infos for split in info.get("splits", [])]
-    total = {key: sum(split.get(key, 0) for split in splits) for key in ("num_bytes", "num_examples")}
+    names = list(dict.fromkeys(split["name"] for split in splits if split.get("num_examples")))
     return {
         "features": infos[0]["features"],
-        "splits": [{"name": "train", **total}],
+        "splits": [
+            {
+                "name": name,
+                **{
+                    key: sum(split.get(key, 0) for split in splits if split["name"] == name)
+                    for key in ("num_bytes", "num_examples")
+                },
+            }
+            for name in names
+        ],
         "dataset_size": sum(info.get("dataset_size", 0) for info in infos),
     }
 

@@ -47,6 +47,16 @@ def _positive_seconds(text: str) -> float:
     return seconds
 
 
+def _share(text: str) -> float:
+    try:
+        share = float(text)
+    except ValueError:
+        share = math.nan
+    if not 0 <= share < 1:
+        raise argparse.ArgumentTypeError(f"expected a share 0 <= F < 1, got {text!r}")
+    return share
+
+
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -142,6 +152,13 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
         metavar="ID",
         help="the card's license (a Hub identifier such as apache-2.0 or cc-by-4.0; default: other); generated text "
         "also follows the generating models' terms",
+    )
+    build.add_argument(
+        "--test-size",
+        type=_share,
+        default=0.0,
+        metavar="F",
+        help="put this share of the instructions (all their rows) in a test split beside train (default: 0)",
     )
     build.add_argument("--shard", metavar="K/N", help="build only part K of N of the instructions (see popalign merge)")
     endpoints = build.add_argument_group("endpoints (a role given as http(s) URLs, comma-separated replicas)")
@@ -249,7 +266,7 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
 
 
 def _add_score_options(parser: argparse.ArgumentParser) -> None:
-    from popalign.score import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES
+    from popalign.scoring import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES
 
     group = parser.add_argument_group("scoring (DLMA self-reward, curation, curriculum)")
     group.add_argument(
@@ -289,7 +306,7 @@ def _add_score_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_judge_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    from popalign.judge import MIN_JUDGE
+    from popalign.judging import MIN_JUDGE
 
     group = parser.add_argument_group("judging (the paper's pairwise accuracy per strategy)")
     who = group.add_mutually_exclusive_group(required=required)
@@ -331,7 +348,7 @@ def _judge_options(args: argparse.Namespace) -> Any:
 
 
 def _print_judge(summary: Any) -> None:
-    from popalign.judge import PAPER_ACCURACY
+    from popalign.judging import PAPER_ACCURACY
 
     print(f"\n{'strategy':<12} {'judged':>6}  {'accuracy':>8}  {'95% interval':>13}  ties  unparsed  paper (GPT-4)")
     for name, result in summary.judge["configs"].items():
@@ -424,6 +441,7 @@ def _build(args: argparse.Namespace) -> int:
         keep_truncated=args.keep_truncated,
         max_shard_size=args.max_shard_size,
         license=args.license,
+        test_size=args.test_size,
         batch_size=args.batch_size,
         endpoints=Endpoints(args.concurrency, args.retries, args.timeout, args.max_retry_wait, args.token),
         score=_score_options(args) if args.score else None,

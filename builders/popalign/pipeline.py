@@ -34,7 +34,7 @@ from popalign.quality import OVERVIEW, QUALITY_DIR, quality_report, write_histog
 from popalign.reward_model import RewardModel
 from popalign.row_spool import RowSpool
 from popalign.schema import make_row
-from popalign.score import Scorer, ScoreStats, curate, order_rows, score_rows
+from popalign.scoring import Scorer, ScoreStats, curate, order_rows, score_rows
 from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext, roles_used
 from popalign.templates import TemplateSet
 
@@ -63,7 +63,7 @@ class StrategyOutcome:
 
 @dataclass(frozen=True)
 class ScoreSettings:
-    """How to score pairs (see `popalign.score`), then curate and order them."""
+    """How to score pairs (see `popalign.scoring`), then curate and order them."""
 
     scorer: Scorer
     render: Callable[[list[dict[str, str]]], str]
@@ -118,6 +118,7 @@ def build_dataset(
     elicitive_style: str = "guided",
     shard_size: int = MAX_SHARD_SIZE,
     license: str = DEFAULT_LICENSE,
+    test_size: float = 0.0,
 ) -> BuildSummary:
     """Generate every strategy's pairs for `prompts` with `engine` and write `out` as a Hub dataset repository
     layout. Pairs with a side cut at the token limit are dropped unless `keep_truncated`; with `scoring` and
@@ -187,6 +188,7 @@ def build_dataset(
             "keep_truncated": keep_truncated,
             "max_shard_size": shard_size,
             "license": license,
+            **({"test_size": test_size} if test_size else {}),
         }
         quality: dict[str, dict[str, Any]] = {}
         score_stats = None
@@ -197,7 +199,7 @@ def build_dataset(
                 manifest |= {"score": scoring.describe(), "quality": quality}
             if judging:
                 manifest["judge"] = _judge(outcomes, judging, folder)
-            manifest["configs"] = _write_configs(outcomes, folder, shard_size)
+            manifest["configs"] = _write_configs(outcomes, folder, shard_size, test_size)
             for name, config in manifest["configs"].items():
                 strategy = STRATEGIES[name]
                 config |= {
@@ -205,7 +207,7 @@ def build_dataset(
                     "rejected_model": names[strategy.rejected_role],
                     "tokens": engine.stats.by_strategy[name].tokens,
                 }
-            _write_recipe(folder, strategies, engine, prompts, context, license)
+            _write_recipe(folder, strategies, engine, prompts, context, license, test_size)
             _write_manifest_and_card(manifest, folder, out)
     return BuildSummary(
         out=out,
@@ -245,11 +247,13 @@ def score_dataset(
         _copy_quality(out, folder)
         quality, score_stats = _score(outcomes, scoring, context, cache, folder)
         if "judge" in manifest:
-            from popalign.judge import summarize
+            from popalign.judging import summarize
 
             for name, record in manifest["judge"]["configs"].items():
                 record["dlma_agreement"] = summarize(outcomes[name].rows).dlma_agreement
-        configs = _keep_sides(_write_configs(outcomes, folder, _shard_size(manifest)), manifest["configs"])
+        configs = _keep_sides(
+            _write_configs(outcomes, folder, _shard_size(manifest), _test_size(manifest)), manifest["configs"]
+        )
         manifest |= {"configs": configs, "score": scoring.describe(), "quality": quality}
         _copy_recipe(out, folder)
         _write_manifest_and_card(manifest, folder, out)
@@ -266,7 +270,7 @@ def score_dataset(
 
 
 def judge_dataset(out: Path, *, judging: JudgeSettings) -> BuildSummary:
-    """Judge every pair of a built folder (see `popalign.judge`) and rewrite the folder with a `judge_verdict` per
+    """Judge every pair of a built folder (see `popalign.judging`) and rewrite the folder with a `judge_verdict` per
     row and per-strategy accuracies in the manifest and card. A folder judged before is judged again: the newest
     verdicts replace the old, and the card names both judges.
 
@@ -284,7 +288,7 @@ def judge_dataset(out: Path, *, judging: JudgeSettings) -> BuildSummary:
         if replaced:
             judge["replaced"] = sorted(replaced)
         before = manifest["configs"]
-        configs = _keep_sides(_write_configs(outcomes, folder, _shard_size(manifest)), before)
+        configs = _keep_sides(_write_configs(outcomes, folder, _shard_size(manifest), _test_size(manifest)), before)
         manifest |= {"configs": configs, "judge": judge}
         _copy_recipe(out, folder)
         _write_manifest_and_card(manifest, folder, out)
@@ -318,10 +322,10 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         for step in ("score", "judge"):
             if step in manifest:
                 raise ShardError(f"{part}: this part is {step}d; merge the parts before, then run popalign {step}")
-        for key in ("backend", "roles", "params", "role_params", "template_hashes", "configs"):
+        for key in ("backend", "roles", "params", "role_params", "template_hashes", "configs", "test_size"):
             if _agreed(manifest, key) != _agreed(first, key):
                 raise ShardError(f"{part}: its {key} differ from those of {parts[0]}; parts of one build must agree")
-        keys = ("source", "sha256", "total")
+        keys = ("source", "sha256", "revision", "total")
         if [manifest["prompts"].get(key) for key in keys] != [first["prompts"].get(key) for key in keys]:
             raise ShardError(f"{part}: built from other prompts than {parts[0]}")
     shards = {manifest["prompts"]["shard"]: part for part, manifest in zip(parts, manifests, strict=True)}
@@ -356,7 +360,7 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     prompts |= {"count": total, "duplicates": first["prompts"]["duplicates"]}
     _require_rows(outcomes, out)
     with staged(out) as folder:
-        configs = _keep_sides(_write_configs(outcomes, folder, _shard_size(first)), first["configs"])
+        configs = _keep_sides(_write_configs(outcomes, folder, _shard_size(first), _test_size(first)), first["configs"])
         for name, config in configs.items():
             config["tokens"] = sum(manifest["configs"][name].get("tokens", 0) for manifest in manifests)
         manifest = {**first, "prompts": prompts | {"merged_shards": count}, "configs": configs}
@@ -464,7 +468,7 @@ def _score(
 def _judge(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings, out: Path) -> dict[str, Any]:
     """Judge all rows in one pass, summarize each strategy (before `--min-judge` curation), curate, and draw the
     accuracy chart into `out`; return the manifest's `judge` record."""
-    from popalign.judge import margin_verdict, summarize, write_accuracy_chart
+    from popalign.judging import margin_verdict, summarize, write_accuracy_chart
     from popalign.reward_model import pair_chats
 
     rows = [row for outcome in outcomes.values() for row in outcome.rows]
@@ -492,7 +496,7 @@ def _judge(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings, out: Pa
 def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: TemplateSet) -> dict[str, Any]:
     """Set each row's `judge_verdict` from the engine's `judge` role (None where a request failed for good). A
     local judge's reply that names no choice is read from its log-probabilities of `A` and `B` instead."""
-    from popalign.judge import JUDGE_TEMPLATE, judge_chats, judge_run, logprob_choices, verdict
+    from popalign.judging import JUDGE_TEMPLATE, judge_chats, judge_run, logprob_choices, verdict
 
     runs = [(row["strategy"], judge_run(row, templates)) for row in rows]
     answers = engine.run(runs, expected=2 * len(rows))  # each a pair of choices, or Dropped
@@ -520,7 +524,7 @@ def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: Templat
 def _read_rows(out: Path, name: str) -> list[dict[str, Any]]:
     import pyarrow.parquet
 
-    files = sorted((out / "data" / name).glob("train-*.parquet"))
+    files = [file for split in ("train", "test") for file in sorted((out / "data" / name).glob(f"{split}-*.parquet"))]
     rows = [row for file in files for row in pyarrow.parquet.read_table(file).to_pylist()]
     defaults = {"swapped": False, "score_per_token": None, "judge_verdict": None, "judge_margin": None}
     return [{**defaults, **row} for row in rows]
@@ -541,7 +545,13 @@ def _local_name(out: Path) -> str:
 
 
 def _write_recipe(
-    out: Path, strategies: list[str], engine: Engine, prompts: PromptSet, context: StrategyContext, license: str
+    out: Path,
+    strategies: list[str],
+    engine: Engine,
+    prompts: PromptSet,
+    context: StrategyContext,
+    license: str,
+    test_size: float,
 ) -> None:
     """`popalign_recipe.yaml` and `templates/`: what the build ran with, to publish next to the data. Endpoint
     roles are written by served model name (URLs and keys are left out)."""
@@ -558,6 +568,7 @@ def _write_recipe(
         "elicitive_style": context.elicitive_style,
         "keep_truncated": context.keep_truncated,
         "license": license,
+        **({"test_size": test_size} if test_size else {}),
         "generation": asdict(engine.default_params),
         "roles": roles,
         "templates": "templates",
@@ -602,6 +613,11 @@ def _check_contrasts(engine: Engine, strategies: list[str]) -> None:
             )
 
 
+def _test_size(manifest: dict[str, Any]) -> float:
+    """The share of instructions a build puts in its `test` split (0: none), as its manifest records it."""
+    return manifest.get("test_size", 0.0)
+
+
 def _shard_size(manifest: dict[str, Any]) -> int:
     """The largest Parquet file a build writes per config, as its manifest records it (older builds: the default)."""
     return manifest.get("max_shard_size", MAX_SHARD_SIZE)
@@ -614,9 +630,12 @@ def _require_rows(outcomes: dict[str, StrategyOutcome], out: Path) -> None:
         )
 
 
-def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path, shard_size: int) -> dict[str, dict[str, Any]]:
-    """Run the builder for each strategy and place its Parquet under `data/<strategy>/`: one file, or
-    `train-0000K-of-0000N.parquet` where the config is larger than `shard_size` bytes."""
+def _write_configs(
+    outcomes: dict[str, StrategyOutcome], out: Path, shard_size: int, test_size: float = 0.0
+) -> dict[str, dict[str, Any]]:
+    """Run the builder for each strategy and place its Parquet under `data/<strategy>/`: `train-00000-of-00001.parquet`
+    (and `test-…` with a `test_size`), or `train-0000K-of-0000N.parquet` where a split is larger than `shard_size`
+    bytes."""
     from popalign.builder import PopAlign  # datasets loads when there is something to write
 
     configs: dict[str, dict[str, Any]] = {
@@ -630,16 +649,21 @@ def _write_configs(outcomes: dict[str, StrategyOutcome], out: Path, shard_size: 
             lengths[name] = (list(spool.words[0]), list(spool.words[1]))
             if not spool.count:
                 continue  # `datasets` cannot load a config with no rows: it is reported, not written
-            builder = PopAlign(config_name=name, rows_file=str(spool.path), cache_dir=str(Path(staging) / "cache"))
+            builder = PopAlign(
+                config_name=name, rows_file=str(spool.path), test_size=test_size, cache_dir=str(Path(staging) / "cache")
+            )
             prepared = Path(staging) / "prepared" / name
             builder.download_and_prepare(output_dir=str(prepared), file_format="parquet", max_shard_size=shard_size)
-            shards = sorted(prepared.glob("*-train*.parquet"))
             (out / "data" / name).mkdir(parents=True)
-            for index, parquet in enumerate(shards):
-                shutil.move(parquet, out / "data" / name / f"train-{index:05d}-of-{len(shards):05d}.parquet")
+            for split in ("train", "test"):
+                shards = sorted(prepared.glob(f"*-{split}*.parquet"))
+                for index, parquet in enumerate(shards):
+                    shutil.move(parquet, out / "data" / name / f"{split}-{index:05d}-of-{len(shards):05d}.parquet")
             info = builder.info._to_yaml_dict()
+            splits = {split.name: split.num_examples for split in builder.info.splits.values()}
             configs[name] |= {
                 "rows": spool.count,
+                **({"splits": splits} if test_size else {}),
                 **spool.describe(),
                 "dataset_info": {key: info[key] for key in ("features", "splits", "dataset_size") if key in info},
             }

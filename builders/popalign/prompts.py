@@ -81,6 +81,16 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+def in_test_split(prompt_id: str, test_size: float) -> bool:
+    """Whether an instruction's rows go to the `test` split: fixed by its id (other digits than the shard's), so
+    every strategy, shard and rewrite puts it on the same side, and no instruction is in both splits.
+
+    >>> in_test_split("0" * 64, 0.1), in_test_split("f" * 64, 0.1), in_test_split("0" * 64, 0.0)
+    (True, False, False)
+    """
+    return int(prompt_id[16:32], 16) < test_size * 16**16
+
+
 def in_shard(instruction: Instruction, shard: tuple[int, int]) -> bool:
     """Whether an instruction belongs to part K of N: fixed by its id, so every machine splits alike."""
     return int(instruction.prompt_id[:16], 16) % shard[1] == shard[0] - 1
@@ -172,9 +182,9 @@ def load_hub_prompts(
     if not read:
         raise PromptsError(f"{spec}: no rows")
     total = len(instructions)
+    digest = hashlib.sha256("".join(i.prompt_id for i in instructions).encode()).hexdigest()  # every shard's alike
     if shard:
         instructions = [instruction for instruction in instructions if in_shard(instruction, shard)]
-    digest = hashlib.sha256("".join(i.prompt_id for i in instructions).encode()).hexdigest()
     return PromptSet(
         instructions, read - total, spec, total=total, shard=shard, sha256=digest, revision=commit, limit=limit
     )

@@ -45,6 +45,7 @@ VALUE_KEYS = (
     "elicitive_style",
     "license",
     "prompts_revision",
+    "test_size",
 )
 FLAG_KEYS = ("keep_truncated",)
 GENERATION_KEYS = tuple(f.name for f in fields(GenerationParams))

@@ -88,7 +88,10 @@ def read_pairs(out: Path, config: str, conditions: Sequence[Condition], limit: i
         raise ConfigError(f"{out}: no config {config!r} (configs: all, {', '.join(written)})")
     shown = 0
     for name in written if config == "all" else [config]:
-        for path in sorted((out / "data" / name).glob("train-*.parquet")):
+        for path in [
+            *sorted((out / "data" / name).glob("train-*.parquet")),
+            *sorted((out / "data" / name).glob("test-*.parquet")),
+        ]:
             for row in pyarrow.parquet.read_table(path).to_pylist():
                 if limit is not None and shown >= limit:
                     return

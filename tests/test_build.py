@@ -126,4 +126,10 @@ def test_readme_build_on_the_embedded_model_makes_every_config_with_no_cut_answe
     assert "`smollm2:layers=24`" in card and "weaker copy keeping 24 decoder layers" in card
     assert "**Demo-grade.**" in card and "a copy of it with a middle block of layers removed (keeping 24)" in card
     assert "Reinforcement Learning from Contrast Distillation" in card
+    # the default build's card shows its pictures and how each strategy makes a pair
+    assert manifest["overview"] == {"lengths": "quality/answer_lengths.png", "rows": "quality/rows_and_drops.png"}
+    for picture in manifest["overview"].values():
+        assert f"]({picture})" in card and (out / picture).read_bytes()[:4] == b"\x89PNG"
+    assert card.count("  subgraph ") == len(STRATEGIES) and "license: other" in card
+    assert all(manifest["configs"][name]["tokens"] > 0 for name in STRATEGIES)
     assert all(f"of 4 pairs ({round(c['truncation']['rate'] * 100)}%)" in card for c in manifest["configs"].values())

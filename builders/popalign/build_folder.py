@@ -101,6 +101,11 @@ def read_manifest(out: Path) -> dict[str, Any]:
     return manifest
 
 
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    """Write a build's manifest into `folder` (last, when a build is staged: a folder with one is complete)."""
+    write_json(folder / MANIFEST, manifest.to_dict())
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON next to `path` and rename it into place, so a reader never sees half of it."""
     partial = path.with_name(path.name + ".partial")

@@ -8,7 +8,7 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData
 
 import popalign
-from popalign.build_folder import DEFAULT_LICENSE
+from popalign.build_folder import Manifest
 from popalign.errors import ConfigError
 from popalign.judging import PAPER_ACCURACY
 from popalign.models import EMBEDDED, ModelSpec
@@ -29,14 +29,14 @@ def size_category(rows: int) -> str:
     return "n>1M"
 
 
-def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[str, Any]] | None = None) -> str:
+def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, Any]] | None = None) -> str:
     """The README.md of a built folder, from its manifest (see `pipeline.build_dataset`); `repo_id` is what
     the card tells users to load (the folder, or the Hub repository it is published to), `versions` the
     published versions, oldest first (see `publish.push_dataset`)."""
-    built = {name: config for name, config in manifest["configs"].items() if config["rows"]}
+    built = {name: config for name, config in manifest.configs.items() if config["rows"]}
     card_data = DatasetCardData(
         language="en",
-        license=manifest.get("license", DEFAULT_LICENSE),
+        license=manifest.license,
         task_categories=["text-generation"],
         tags=["dpo", "preference", "synthetic", "popalign", "trl"],
         pretty_name="PopAlign contrastive preference pairs",
@@ -67,7 +67,7 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
             *({"config_name": name, **c["dataset_info"]} for name, c in built.items()),
         ],
     )
-    roles = manifest["roles"]
+    roles = manifest.roles
     configs = [
         {
             "name": name,
@@ -86,7 +86,7 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
             "tokens": c.get("tokens"),
             "example": c.get("example"),
         }
-        for name, c in manifest["configs"].items()
+        for name, c in manifest.configs.items()
     ]
     card = DatasetCard.from_template(
         card_data,
@@ -98,32 +98,30 @@ def render_card(manifest: dict[str, Any], *, repo_id: str, versions: list[dict[s
         drop_reasons={
             reason: text
             for reason, text in DROP_REASONS.items()
-            if any(reason in c["dropped"] for c in manifest["configs"].values())
+            if any(reason in c["dropped"] for c in manifest.configs.values())
         },
-        elicitive_style=manifest.get("elicitive_style", "guided"),
-        keep_truncated=manifest.get("keep_truncated", False),
+        elicitive_style=manifest.elicitive_style,
+        keep_truncated=manifest.keep_truncated,
         configs=configs,
-        prompts=manifest["prompts"],
-        prompts_file=_prompts_file(manifest["prompts"]),
-        backend=manifest["backend"],
+        prompts=manifest.prompts,
+        prompts_file=_prompts_file(manifest.prompts),
+        backend=manifest.backend,
         roles=roles,
-        role_params=manifest.get("role_params", {}),
+        role_params=manifest.role_params,
         versions=list(reversed(versions or [])),
         kept=sorted(
-            name
-            for name, c in manifest["configs"].items()
-            if versions and c.get("changed_in") != versions[-1]["version"]
+            name for name, c in manifest.configs.items() if versions and c.get("changed_in") != versions[-1]["version"]
         ),
         latest=(versions or [{}])[-1].get("version"),
-        model_notes=manifest["model_notes"],
-        params=manifest["params"],
-        template_hashes=manifest["template_hashes"],
-        score=manifest.get("score"),
-        quality=manifest.get("quality", {}),
-        judge=manifest.get("judge"),
-        overview=manifest.get("overview"),
-        license=manifest.get("license", DEFAULT_LICENSE),
-        test_size=manifest.get("test_size", 0.0),
+        model_notes=manifest.model_notes,
+        params=manifest.params,
+        template_hashes=manifest.template_hashes,
+        score=manifest.score,
+        quality=manifest.quality or {},
+        judge=manifest.judge,
+        overview=manifest.overview,
+        license=manifest.license,
+        test_size=manifest.test_size,
         paper=PAPER_ACCURACY,
         popalign_version=popalign.__version__,
         datasets_version=version("datasets"),

@@ -16,13 +16,13 @@ import yaml
 
 from popalign.build_folder import (
     DEFAULT_LICENSE,
-    MANIFEST,
     MAX_SHARD_SIZE,
     RECIPE,
+    Manifest,
     check_out,
     read_manifest,
     staged,
-    write_json,
+    write_manifest,
 )
 from popalign.cache import GenerationCache
 from popalign.card import render_card
@@ -533,8 +533,9 @@ def _read_rows(out: Path, name: str) -> list[dict[str, Any]]:
 def _write_manifest_and_card(manifest: dict[str, Any], folder: Path, out: Path) -> None:
     """The card, then the manifest (last: a folder with a manifest is complete) of the build bound for `out`."""
     manifest["overview"] = {key: path for key, path in OVERVIEW.items() if (folder / path).is_file()}
-    (folder / "README.md").write_text(render_card(manifest, repo_id=_local_name(out)), encoding="utf-8")
-    write_json(folder / MANIFEST, manifest)
+    typed = Manifest.from_dict(manifest)
+    (folder / "README.md").write_text(render_card(typed, repo_id=_local_name(out)), encoding="utf-8")
+    write_manifest(folder, typed)
 
 
 def _local_name(out: Path) -> str:

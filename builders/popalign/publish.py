@@ -30,7 +30,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from popalign.build_folder import MANIFEST, RECIPE, read_manifest
+from popalign.build_folder import MANIFEST, RECIPE, Manifest, read_manifest
 from popalign.card import render_card
 from popalign.errors import (
     ForeignRepositoryError,
@@ -274,7 +274,7 @@ def _stage(
         shutil.copy2(folder / RECIPE, staging / RECIPE)
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (staging / VERSIONS).write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
-    card = render_card(manifest, repo_id=repo_id, versions=history)
+    card = render_card(Manifest.from_dict(manifest), repo_id=repo_id, versions=history)
     (staging / "README.md").write_text(card, encoding="utf-8")
     added = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
     replaced = ("templates/", *(f"data/{name}/" for name in rebuilt), *(f"{QUALITY_DIR}/{name}_" for name in rebuilt))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from popalign.build_folder import DEFAULT_LICENSE, MAX_SHARD_SIZE, Manifest, read_manifest
+from popalign.build_folder import DEFAULT_LICENSE, MAX_SHARD_SIZE, Manifest, open_manifest
 from popalign.errors import ConfigError
 from popalign.generation import ENDPOINT_MAX_NEW_TOKENS, LOCAL_MAX_NEW_TOKENS, GenerationParams, check_setting
 from popalign.models import EMBEDDED, EndpointSpec, ModelSpec, parse_spec
@@ -117,7 +117,7 @@ def open_build(path: str | Path) -> Build:
     Raises:
         NotABuildError: `path` holds no build, or its manifest is unreadable.
     """
-    return Build(Path(path), Manifest.from_dict(read_manifest(Path(path))))
+    return Build(Path(path), open_manifest(Path(path)))
 
 
 def build(
@@ -250,7 +250,7 @@ def build(
         license=license,
         test_size=test_size,
     )
-    return Build(out, Manifest.from_dict(read_manifest(out)), summary)
+    return Build(out, open_manifest(out), summary)
 
 
 def score(
@@ -277,11 +277,11 @@ def score(
     from popalign.templates import TemplateSet
 
     path = _path(build)
-    default_model = read_manifest(path)["roles"].get("default", EMBEDDED)
+    default_model = open_manifest(path).roles.get("default", EMBEDDED)
     template_set = TemplateSet(Path(templates) if templates else None)
     settings = score_settings(options or ScoreOptions(), _local_backend(batch_size), default_model, token)
     summary = score_dataset(path, templates=template_set, scoring=settings, cache=_cache(cache, cache_dir))
-    return Build(path, Manifest.from_dict(read_manifest(path)), summary)
+    return Build(path, open_manifest(path), summary)
 
 
 def judge(
@@ -308,12 +308,12 @@ def judge(
     from popalign.templates import TemplateSet
 
     path = _path(build)
-    read_manifest(path)  # a folder that is not a build is refused before any model loads
+    open_manifest(path)  # a folder that is not a build is refused before any model loads
     template_set = TemplateSet(Path(templates) if templates else None)
     generations = _cache(cache, cache_dir)
     settings = judge_settings(options, template_set, generations, endpoints or Endpoints(), None, batch_size, progress)
     summary = judge_dataset(path, judging=settings)
-    return Build(path, Manifest.from_dict(read_manifest(path)), summary)
+    return Build(path, open_manifest(path), summary)
 
 
 def merge(parts: Sequence[Build | str | Path], *, out: str | Path) -> Build:
@@ -328,7 +328,7 @@ def merge(parts: Sequence[Build | str | Path], *, out: str | Path) -> Build:
     from popalign.pipeline import merge_builds
 
     summary = merge_builds([_path(part) for part in parts], Path(out))
-    return Build(Path(out), Manifest.from_dict(read_manifest(Path(out))), summary)
+    return Build(Path(out), open_manifest(Path(out)), summary)
 
 
 def push(
@@ -480,7 +480,7 @@ def _run_tasks(
     log.info(f"{executor.tasks} tasks on the {executor.kind} executor; parts and logs in {work_folder(out)}")
     if not run_tasks(options, out, executor):
         return None
-    return Build(out, Manifest.from_dict(read_manifest(out)))
+    return Build(out, open_manifest(out))
 
 
 def _path(build: Build | str | Path) -> Path:

@@ -78,6 +78,15 @@ class Manifest:
         )
 
 
+def open_manifest(out: Path) -> Manifest:
+    """The typed manifest of a built folder (see `read_manifest`).
+
+    Raises:
+        NotABuildError: `out` holds no build, or its manifest is unreadable, truncated or not a build's.
+    """
+    return Manifest.from_dict(read_manifest(out))
+
+
 def read_manifest(out: Path) -> dict[str, Any]:
     """The manifest (`popalign_build.json`) of a built folder: roles, parameters, template hashes, counts.
 

@@ -8,7 +8,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from popalign.build_folder import (
     RECIPE,
     Manifest,
     check_out,
-    read_manifest,
+    open_manifest,
     staged,
     write_manifest,
 )
@@ -174,33 +174,34 @@ def build_dataset(
             if scoring or judging:  # they need every row at once
                 outcome.rows, outcome.spool = outcome.spool.read(), None
         used_roles = roles_used(strategies)
-        manifest = {
-            "backend": "+".join(sorted({engine.backend_name(role) for role in used_roles})),
-            "roles": {role: names[role] for role in used_roles},
-            "model_notes": {names[role]: describe_spec(engine.roles[role]) for role in used_roles},
-            "params": asdict(engine.default_params),
-            "role_params": {
+        manifest = Manifest(
+            backend="+".join(sorted({engine.backend_name(role) for role in used_roles})),
+            configs={},
+            roles={role: names[role] for role in used_roles},
+            model_notes={names[role]: describe_spec(engine.roles[role]) for role in used_roles},
+            params=asdict(engine.default_params),
+            role_params={
                 role: asdict(engine.params[role]) for role in used_roles if engine.params[role] != engine.default_params
             },
-            "prompts": prompts.describe(),
-            "template_hashes": templates.hashes(),
-            "elicitive_style": elicitive_style,
-            "keep_truncated": keep_truncated,
-            "max_shard_size": shard_size,
-            "license": license,
-            **({"test_size": test_size} if test_size else {}),
-        }
+            prompts=prompts.describe(),
+            template_hashes=templates.hashes(),
+            elicitive_style=elicitive_style,
+            keep_truncated=keep_truncated,
+            max_shard_size=shard_size,
+            license=license,
+            test_size=test_size,
+        )
         quality: dict[str, dict[str, Any]] = {}
         score_stats = None
         _require_rows(outcomes, out)
         with staged(out) as folder:
             if scoring:
                 quality, score_stats = _score(outcomes, scoring, context, engine.cache, folder)
-                manifest |= {"score": scoring.describe(), "quality": quality}
+                manifest = replace(manifest, score=scoring.describe(), quality=quality)
             if judging:
-                manifest["judge"] = _judge(outcomes, judging, folder)
-            manifest["configs"] = _write_configs(outcomes, folder, shard_size, test_size)
-            for name, config in manifest["configs"].items():
+                manifest = replace(manifest, judge=_judge(outcomes, judging, folder))
+            manifest = replace(manifest, configs=_write_configs(outcomes, folder, shard_size, test_size))
+            for name, config in manifest.configs.items():
                 strategy = STRATEGIES[name]
                 config |= {
                     "chosen_model": names[strategy.chosen_role],
@@ -212,13 +213,13 @@ def build_dataset(
     return BuildSummary(
         out=out,
         outcomes=outcomes,
-        roles=manifest["roles"],
+        roles=manifest.roles,
         duplicates=prompts.duplicates,
         stats=engine.stats,
         seconds=time.monotonic() - started,
         quality=quality,
         score_stats=score_stats,
-        judge=manifest.get("judge"),
+        judge=manifest.judge,
     )
 
 
@@ -231,37 +232,35 @@ def score_dataset(
     >>> score_dataset(Path("popalign-data"), templates=TemplateSet(), scoring=settings, cache=None)  # doctest: +SKIP
     """
     started = time.monotonic()
-    manifest = read_manifest(out)
-    recorded = manifest["template_hashes"]  # a template added since the build (the judge's) is not its concern
+    manifest = open_manifest(out)
+    recorded = manifest.template_hashes  # a template added since the build (the judge's) is not its concern
     changed = [name for name, digest in templates.hashes().items() if recorded.get(name, digest) != digest]
     if changed:
         raise PopAlignError(
             f"{out}: built with other templates ({changed[0]} differs); pass the --templates folder it was built with"
         )
     outcomes = _read_outcomes(out, manifest)
-    context = StrategyContext(
-        templates, seed=manifest["params"]["seed"], elicitive_style=manifest.get("elicitive_style", "guided")
-    )
+    context = StrategyContext(templates, seed=manifest.params["seed"], elicitive_style=manifest.elicitive_style)
     _require_rows(outcomes, out)
     with staged(out) as folder:
         _copy_quality(out, folder)
         quality, score_stats = _score(outcomes, scoring, context, cache, folder)
-        if "judge" in manifest:
+        if manifest.judge:
             from popalign.judging import summarize
 
-            for name, record in manifest["judge"]["configs"].items():
+            for name, record in manifest.judge["configs"].items():
                 record["dlma_agreement"] = summarize(outcomes[name].rows).dlma_agreement
         configs = _keep_sides(
-            _write_configs(outcomes, folder, _shard_size(manifest), _test_size(manifest)), manifest["configs"]
+            _write_configs(outcomes, folder, manifest.max_shard_size, manifest.test_size), manifest.configs
         )
-        manifest |= {"configs": configs, "score": scoring.describe(), "quality": quality}
+        manifest = replace(manifest, configs=configs, score=scoring.describe(), quality=quality)
         _copy_recipe(out, folder)
         _write_manifest_and_card(manifest, folder, out)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
-        roles=manifest["roles"],
-        duplicates=manifest["prompts"]["duplicates"],
+        roles=manifest.roles,
+        duplicates=manifest.prompts["duplicates"],
         stats=None,
         seconds=time.monotonic() - started,
         quality=quality,
@@ -277,26 +276,25 @@ def judge_dataset(out: Path, *, judging: JudgeSettings) -> BuildSummary:
     >>> judge_dataset(Path("popalign-data"), judging=JudgeSettings(reward_model=model))  # doctest: +SKIP
     """
     started = time.monotonic()
-    manifest = read_manifest(out)
+    manifest = open_manifest(out)
     outcomes = _read_outcomes(out, manifest)
     _require_rows(outcomes, out)
     with staged(out) as folder:
         _copy_quality(out, folder)
         judge = _judge(outcomes, judging, folder)
-        earlier = manifest.get("judge", {})
+        earlier = manifest.judge or {}
         replaced = dict.fromkeys([earlier.get("model"), *earlier.get("replaced", [])]).keys() - {None, judge["model"]}
         if replaced:
             judge["replaced"] = sorted(replaced)
-        before = manifest["configs"]
-        configs = _keep_sides(_write_configs(outcomes, folder, _shard_size(manifest), _test_size(manifest)), before)
-        manifest |= {"configs": configs, "judge": judge}
+        written = _write_configs(outcomes, folder, manifest.max_shard_size, manifest.test_size)
+        manifest = replace(manifest, configs=_keep_sides(written, manifest.configs), judge=judge)
         _copy_recipe(out, folder)
         _write_manifest_and_card(manifest, folder, out)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
-        roles=manifest["roles"],
-        duplicates=manifest["prompts"]["duplicates"],
+        roles=manifest.roles,
+        duplicates=manifest.prompts["duplicates"],
         stats=judging.engine.stats if judging.engine else None,
         seconds=time.monotonic() - started,
         judge=judge,
@@ -313,22 +311,22 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         NotABuildError: a part is not a build folder.
     """
     started = time.monotonic()
-    manifests = [read_manifest(part) for part in parts]
+    manifests = [open_manifest(part) for part in parts]
     first = manifests[0]
-    counts = {manifest["prompts"].get("shard", "").partition("/")[2] for manifest in manifests}
-    if any("shard" not in manifest["prompts"] for manifest in manifests) or len(counts) != 1:
+    counts = {manifest.prompts.get("shard", "").partition("/")[2] for manifest in manifests}
+    if any("shard" not in manifest.prompts for manifest in manifests) or len(counts) != 1:
         raise ShardError(f"{parts[0]}: merge joins the parts of one sharded build (popalign build --shard K/N)")
     for part, manifest in zip(parts, manifests, strict=True):
         for step in ("score", "judge"):
-            if step in manifest:
+            if getattr(manifest, step) is not None:
                 raise ShardError(f"{part}: this part is {step}d; merge the parts before, then run popalign {step}")
         for key in ("backend", "roles", "params", "role_params", "template_hashes", "configs", "test_size"):
             if _agreed(manifest, key) != _agreed(first, key):
                 raise ShardError(f"{part}: its {key} differ from those of {parts[0]}; parts of one build must agree")
         keys = ("source", "sha256", "revision", "total")
-        if [manifest["prompts"].get(key) for key in keys] != [first["prompts"].get(key) for key in keys]:
+        if [manifest.prompts.get(key) for key in keys] != [first.prompts.get(key) for key in keys]:
             raise ShardError(f"{part}: built from other prompts than {parts[0]}")
-    shards = {manifest["prompts"]["shard"]: part for part, manifest in zip(parts, manifests, strict=True)}
+    shards = {manifest.prompts["shard"]: part for part, manifest in zip(parts, manifests, strict=True)}
     count = int(counts.pop())
     if len(shards) != len(parts):
         raise ShardError(f"{parts[-1]}: a shard is given twice (each of 1..{count} once)")
@@ -338,12 +336,12 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     if out.resolve() in {part.resolve() for part in parts}:
         raise ShardError(f"{out}: write the merged dataset to a new folder, not into a part")
     check_out(out)
-    outcomes = {name: StrategyOutcome() for name in first["configs"]}
+    outcomes = {name: StrategyOutcome() for name in first.configs}
     seen: dict[tuple[str, str], Path] = {}
     for k in range(1, count + 1):
         part = shards[f"{k}/{count}"]
         manifest = manifests[parts.index(part)]
-        for name, config in manifest["configs"].items():
+        for name, config in manifest.configs.items():
             outcomes[name].dropped.update(config["dropped"])
             outcomes[name].cut_kept += _cut_kept(config)
             for row in _read_rows(part, name) if config["rows"] else []:
@@ -353,24 +351,24 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
                     )
                 seen[name, row["prompt_id"]] = part
                 outcomes[name].rows.append(row)
-    total = sum(manifest["prompts"]["count"] for manifest in manifests)
-    if total != first["prompts"]["total"]:
-        raise ShardError(f"the parts hold {total} instructions but their prompts have {first['prompts']['total']}")
-    prompts = {key: first["prompts"][key] for key in ("source", "sha256") if key in first["prompts"]}
-    prompts |= {"count": total, "duplicates": first["prompts"]["duplicates"]}
+    total = sum(manifest.prompts["count"] for manifest in manifests)
+    if total != first.prompts["total"]:
+        raise ShardError(f"the parts hold {total} instructions but their prompts have {first.prompts['total']}")
+    prompts = {key: first.prompts[key] for key in ("source", "sha256", "revision", "limit") if key in first.prompts}
+    prompts |= {"count": total, "duplicates": first.prompts["duplicates"]}
     _require_rows(outcomes, out)
     with staged(out) as folder:
-        configs = _keep_sides(_write_configs(outcomes, folder, _shard_size(first), _test_size(first)), first["configs"])
+        configs = _keep_sides(_write_configs(outcomes, folder, first.max_shard_size, first.test_size), first.configs)
         for name, config in configs.items():
-            config["tokens"] = sum(manifest["configs"][name].get("tokens", 0) for manifest in manifests)
-        manifest = {**first, "prompts": prompts | {"merged_shards": count}, "configs": configs}
+            config["tokens"] = sum(manifest.configs[name].get("tokens", 0) for manifest in manifests)
+        manifest = replace(first, prompts=prompts | {"merged_shards": count}, configs=configs)
         _copy_recipe(parts[0], folder, drop_shard=True)
         _write_manifest_and_card(manifest, folder, out)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
-        roles=first["roles"],
-        duplicates=first["prompts"]["duplicates"],
+        roles=first.roles,
+        duplicates=first.prompts["duplicates"],
         stats=None,
         seconds=time.monotonic() - started,
     )
@@ -391,7 +389,7 @@ def _keep_sides(configs: dict[str, dict[str, Any]], before: dict[str, dict[str, 
     return configs
 
 
-def _read_outcomes(out: Path, manifest: dict[str, Any]) -> dict[str, StrategyOutcome]:
+def _read_outcomes(out: Path, manifest: Manifest) -> dict[str, StrategyOutcome]:
     """Every config of a built folder as its rows and drop counts, to rewrite it (score, judge)."""
     return {
         name: StrategyOutcome(
@@ -399,7 +397,7 @@ def _read_outcomes(out: Path, manifest: dict[str, Any]) -> dict[str, StrategyOut
             dropped=Counter(config["dropped"]),
             cut_kept=_cut_kept(config),
         )
-        for name, config in manifest["configs"].items()
+        for name, config in manifest.configs.items()
     }
 
 
@@ -426,9 +424,9 @@ def _copy_quality(source: Path, folder: Path) -> None:
         shutil.copytree(source / QUALITY_DIR, folder / QUALITY_DIR)
 
 
-def _agreed(manifest: dict[str, Any], key: str) -> Any:
+def _agreed(manifest: Manifest, key: str) -> Any:
     """What parts of one build must share: for `configs`, only which strategies were built."""
-    value = manifest.get(key)
+    value = getattr(manifest, key)
     return sorted(value) if key == "configs" else value
 
 
@@ -530,12 +528,11 @@ def _read_rows(out: Path, name: str) -> list[dict[str, Any]]:
     return [{**defaults, **row} for row in rows]
 
 
-def _write_manifest_and_card(manifest: dict[str, Any], folder: Path, out: Path) -> None:
+def _write_manifest_and_card(manifest: Manifest, folder: Path, out: Path) -> None:
     """The card, then the manifest (last: a folder with a manifest is complete) of the build bound for `out`."""
-    manifest["overview"] = {key: path for key, path in OVERVIEW.items() if (folder / path).is_file()}
-    typed = Manifest.from_dict(manifest)
-    (folder / "README.md").write_text(render_card(typed, repo_id=_local_name(out)), encoding="utf-8")
-    write_manifest(folder, typed)
+    manifest = replace(manifest, overview={key: path for key, path in OVERVIEW.items() if (folder / path).is_file()})
+    (folder / "README.md").write_text(render_card(manifest, repo_id=_local_name(out)), encoding="utf-8")
+    write_manifest(folder, manifest)
 
 
 def _local_name(out: Path) -> str:
@@ -612,16 +609,6 @@ def _check_contrasts(engine: Engine, strategies: list[str]) -> None:
                 f"one server ({shared[0][0]} and {shared[0][1]}) with the same settings: give them different "
                 "models or generation parameters"
             )
-
-
-def _test_size(manifest: dict[str, Any]) -> float:
-    """The share of instructions a build puts in its `test` split (0: none), as its manifest records it."""
-    return manifest.get("test_size", 0.0)
-
-
-def _shard_size(manifest: dict[str, Any]) -> int:
-    """The largest Parquet file a build writes per config, as its manifest records it (older builds: the default)."""
-    return manifest.get("max_shard_size", MAX_SHARD_SIZE)
 
 
 def _require_rows(outcomes: dict[str, StrategyOutcome], out: Path) -> None:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from popalign.build_folder import MANIFEST, RECIPE, Manifest, read_manifest
+from popalign.build_folder import MANIFEST, RECIPE, Manifest, open_manifest
 from popalign.card import render_card
 from popalign.errors import (
     ForeignRepositoryError,
@@ -133,7 +133,7 @@ def push_dataset(
     number = parse_version(version)
     version = ".".join(map(str, number))
     tag = f"v{version}"
-    manifest = read_manifest(folder)
+    manifest = open_manifest(folder)
     api = HfApi(token=token)
     exists = True
     tags: dict[str, str] = {}
@@ -152,11 +152,11 @@ def push_dataset(
             tree = api.list_repo_tree(repo_id, repo_type="dataset", recursive=True)
             remote = [entry.path for entry in tree if isinstance(entry, RepoFile)]
             history = _read_json(repo_id, VERSIONS, main, token) if VERSIONS in remote else []
-            previous = _read_json(repo_id, MANIFEST, main, token) if history else None
+            previous = Manifest.from_dict(_read_json(repo_id, MANIFEST, main, token)) if history else None
     check_publishable(repo_id, number, tags=set(tags), history=[entry["version"] for entry in history],
                       remote=remote, force=force)  # fmt: skip
 
-    rebuilt = [name for name, config in manifest["configs"].items() if config["rows"]]
+    rebuilt = [name for name, config in manifest.configs.items() if config["rows"]]
     merged, kept = _merge_configs(manifest, previous, rebuilt, version)
     if tag not in tags and main and history and history[-1]["version"] == version and merged == previous:
         # an earlier push of this very folder committed, then stopped before its tag: tag that commit
@@ -169,7 +169,7 @@ def push_dataset(
             "version": version,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
             "rebuilt": rebuilt,
-            "configs": {name: merged["configs"][name]["rows"] for name in merged["configs"]},
+            "configs": {name: config["rows"] for name, config in merged.configs.items()},
         }
     )
     with tempfile.TemporaryDirectory(prefix="popalign-push-") as staging:
@@ -237,27 +237,30 @@ def _name(number: tuple[int, int, int]) -> str:
 
 
 def _merge_configs(
-    manifest: dict[str, Any], previous: dict[str, Any] | None, rebuilt: list[str], version: str
-) -> tuple[dict[str, Any], list[str]]:
+    manifest: Manifest, previous: Manifest | None, rebuilt: list[str], version: str
+) -> tuple[Manifest, list[str]]:
     """The manifest of the new version: rebuilt configs from `manifest`, the others as previously published."""
-    configs = {name: {**manifest["configs"][name], "changed_in": version} for name in rebuilt}
+    configs = {name: {**manifest.configs[name], "changed_in": version} for name in rebuilt}
     kept = []
-    for name, config in (previous or {}).get("configs", {}).items():
+    for name, config in (previous.configs if previous else {}).items():
         if name not in configs and config["rows"]:
             configs[name] = config
             kept.append(name)
-    order = list(manifest["configs"]) + [name for name in configs if name not in manifest["configs"]]
-    merged = {**manifest, "configs": {name: configs[name] for name in order if name in configs}}
+    order = list(manifest.configs) + [name for name in configs if name not in manifest.configs]
+    merged = replace(manifest, configs={name: configs[name] for name in order if name in configs})
     if previous:  # the roles and models of kept configs, where this build has no such role
-        merged["roles"] = previous["roles"] | manifest["roles"]
-        merged["model_notes"] = previous["model_notes"] | manifest["model_notes"]
+        merged = replace(
+            merged,
+            roles=previous.roles | manifest.roles,
+            model_notes=previous.model_notes | manifest.model_notes,
+        )
     return merged, kept
 
 
 def _stage(
     folder: Path,
     staging: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     history: list[dict[str, Any]],
     rebuilt: list[str],
     repo_id: str,
@@ -272,9 +275,11 @@ def _stage(
             shutil.copytree(folder / extra, staging / extra)
     if (folder / RECIPE).is_file():
         shutil.copy2(folder / RECIPE, staging / RECIPE)
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (staging / MANIFEST).write_text(
+        json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     (staging / VERSIONS).write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
-    card = render_card(Manifest.from_dict(manifest), repo_id=repo_id, versions=history)
+    card = render_card(manifest, repo_id=repo_id, versions=history)
     (staging / "README.md").write_text(card, encoding="utf-8")
     added = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
     replaced = ("templates/", *(f"data/{name}/" for name in rebuilt), *(f"{QUALITY_DIR}/{name}_" for name in rebuilt))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from popalign.build_folder import read_manifest
+from popalign.build_folder import open_manifest
 from popalign.errors import ConfigError
 
 _CONDITION = re.compile(r"^([a-z_]+)\s*(!=|>=|<=|=|>|<|~)\s*(.*)$", re.DOTALL)
@@ -82,8 +82,7 @@ def read_pairs(out: Path, config: str, conditions: Sequence[Condition], limit: i
     """
     import pyarrow.parquet
 
-    manifest = read_manifest(out)
-    written = [name for name, entry in manifest["configs"].items() if entry["rows"]]
+    written = [name for name, entry in open_manifest(out).configs.items() if entry["rows"]]
     if config != "all" and config not in written:
         raise ConfigError(f"{out}: no config {config!r} (configs: all, {', '.join(written)})")
     shown = 0

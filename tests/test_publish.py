@@ -111,7 +111,7 @@ def test_versions_round_trip(hub, embedded_build, tmp_path: Path) -> None:
     assert "`v1.0.0`" in card and "`v1.1.0`" in card and 'revision="v1.1.0"' in card
     assert "| `prefix` |" in card and "v1.0.0 |" in card  # the card says where each config last changed
     assert "config_name: nparam" in card and "dataset_info:" in card
-    assert git(root, "show", "v1.0.0:popalign_recipe.yaml").startswith("strategies:")
+    assert git(root, "show", "v1.0.0:popalign_recipe.yaml").startswith("limit: 4\nstrategies:")  # the bundled set
     assert "prefix.jinja" in git(root, "ls-tree", "-r", "--name-only", "v1.0.0", "templates")
 
     listing = run_offline(POPALIGN, "versions", REPO, **hub_env(read_url, home))

@@ -38,8 +38,9 @@ class Manifest:
     """A build's manifest (`popalign_build.json`), typed: each config's counts, the roles' published model names,
     the generation parameters, the prompt source, the template hashes, and what scoring and judging added.
 
-    >>> Manifest.from_dict({"configs": {}, "roles": {}, "params": {}, "prompts": {"count": 0}}).elicitive_style
-    'guided'
+    >>> manifest = Manifest.from_dict({"configs": {}, "roles": {}, "params": {}, "prompts": {}, "keep_truncated": True})
+    >>> manifest.elicitive_style, manifest.to_dict()["keep_truncated"], Manifest.from_dict(manifest.to_dict()) == manifest
+    ('guided', True, True)
     """
 
     configs: dict[str, dict[str, Any]]
@@ -73,9 +74,8 @@ class Manifest:
         """The manifest as written to disk (fields a build did not set are left out, as on disk)."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         unset = {"test_size": 0.0}
-        return {key: value for key, value in data.items() if value is not None and unset.get(key, 1) != value} | (
-            self.extra
-        )
+        kept = {key: value for key, value in data.items() if value is not None}
+        return {key: value for key, value in kept.items() if key not in unset or value != unset[key]} | self.extra
 
 
 def open_manifest(out: Path) -> Manifest:

@@ -39,7 +39,8 @@ class Manifest:
     the generation parameters, the prompt source, the template hashes, and what scoring and judging added.
 
     >>> manifest = Manifest.from_dict({"configs": {}, "roles": {}, "params": {}, "prompts": {}, "keep_truncated": True})
-    >>> manifest.elicitive_style, manifest.to_dict()["keep_truncated"], Manifest.from_dict(manifest.to_dict()) == manifest
+    >>> again = Manifest.from_dict(manifest.to_dict())
+    >>> manifest.elicitive_style, manifest.to_dict()["keep_truncated"], again == manifest
     ('guided', True, True)
     """
 

@@ -161,7 +161,7 @@ def build(
     >>> built = popalign.build(PROMPTS, strategies=["prefix"], roles={"default": SERVER}, out=OUT, cache=False,
     ...                        progress=False)
     >>> built.configs, len(built.rows("prefix"))
-    (['all', 'prefix'], 2)
+    (['all', 'prefix'], 6)
 
     Raises:
         PromptsError: the prompts file is missing, or a row or column is bad.
@@ -263,10 +263,13 @@ def score(
     cache_dir: str | Path | None = None,
     cache: bool = True,
 ) -> Build:
-    """Add DLMA self-reward scores (`score`, `score_chosen`, `score_rejected`), curation and a quality report to
-    a build, rewriting its folder whole.
+    """Add DLMA self-reward scores (`score`, `score_per_token`), curation and a quality report to a build,
+    rewriting its folder whole; `templates` are the ones the build used.
 
-    >>> popalign.score(OUT, ScoreOptions(min_score=0.0))  # doctest: +SKIP
+    >>> options = ScoreOptions(model=TINY_MODEL, swap="swap")  # any model spec or a TGI URL
+    >>> scored = popalign.score(COPY, options, templates=TEMPLATES, cache=False)
+    >>> scored.manifest.score["swap"], all(row["score"] >= 0 for row in scored.rows("prefix"))
+    ('swap', True)
 
     Raises:
         NotABuildError: not a build folder.
@@ -298,7 +301,9 @@ def judge(
     """Judge every pair of a build: `judge_verdict` (and `judge_margin` for a reward model) per row, and each
     strategy's accuracy with a 95% Wilson interval in the manifest and the card.
 
-    >>> popalign.judge(OUT, JudgeOptions(model="http://judge:8080"))  # doctest: +SKIP
+    >>> judged = popalign.judge(COPY, JudgeOptions(model=SERVER), cache=False, progress=False)
+    >>> judged.manifest.judge["configs"]["elicitive"]["accuracy"]  # the scripted judge prefers the careful answer
+    1.0
 
     Raises:
         NotABuildError: not a build folder.
@@ -319,7 +324,11 @@ def judge(
 def merge(parts: Sequence[Build | str | Path], *, out: str | Path) -> Build:
     """Join the parts of a sharded build (`build(..., shard="K/N")`, every K once) into one build in `out`.
 
-    >>> popalign.merge([PART_1, PART_2], out=OUT)  # doctest: +SKIP
+    >>> parts = [popalign.build(PROMPTS, strategies="prefix", roles={"default": SERVER}, out=f"{OUT}-{k}",
+    ...                         shard=f"{k}/2", cache=False, progress=False) for k in (1, 2)]
+    >>> merged = popalign.merge(parts, out=f"{OUT}-merged")
+    >>> [part.manifest.prompts["count"] for part in parts], merged.manifest.prompts["count"]
+    ([..., ...], 6)
 
     Raises:
         ShardError: the parts are not every shard of one unscored, unjudged build, once each.
@@ -342,7 +351,8 @@ def push(
 ) -> PushResult:
     """Publish a build as version `version` (tag `vX.Y.Z`) of the Hub dataset `repo_id`, in one commit.
 
-    >>> popalign.push(OUT, repo_id="org/popalign", version="1.0.0")  # doctest: +SKIP
+    >>> popalign.push(EXAMPLE, repo_id="org/popalign", version="1.0.0", token=HUB_TOKEN).rebuilt
+    ['prefix', 'elicitive']
 
     Raises:
         VersionExistsError: the version is published and `force` is not given.
@@ -358,8 +368,8 @@ def push(
 def versions(repo_id: str, *, token: str | None = None) -> list[dict[str, Any]]:
     """The published versions of `repo_id`, newest first: version, commit, rows per config, configs rebuilt.
 
-    >>> popalign.versions("org/popalign")[0]["version"]  # doctest: +SKIP
-    '1.0.0'
+    >>> popalign.versions("org/popalign", token=HUB_TOKEN)[0]["configs"]
+    {'prefix': 6, 'elicitive': 6}
 
     Raises:
         PublishError: the repository is missing or not popalign's, or the Hub failed.

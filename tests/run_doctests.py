@@ -1,6 +1,7 @@
 """Run the docstring examples of every popalign module, in a process of their own so that the Hub they push to
 is the test server (`HF_ENDPOINT` is read when huggingface_hub is imported). The names the examples use come
-as JSON on the command line; one JSON line reports the examples tried and failed.
+as JSON on the command line (`TINY_MODEL` is made here, where torch is imported anyway); one JSON line reports
+the examples tried and failed.
 
     HF_ENDPOINT=http://127.0.0.1:PORT python tests/run_doctests.py '{"EXAMPLE": "...", "SERVER": "...", ...}'
 """
@@ -13,11 +14,14 @@ import inspect
 import json
 import pkgutil
 import sys
+from pathlib import Path
 
 import popalign
+from tiny_model import save_tiny_model
 
 if __name__ == "__main__":
     names = json.loads(sys.argv[1])
+    save_tiny_model(Path(names["TINY_MODEL"]))
     tried = failed = 0
     for info in pkgutil.iter_modules(popalign.__path__, "popalign."):
         module = importlib.import_module(info.name)

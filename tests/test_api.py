@@ -38,14 +38,14 @@ def example(server: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built.path
 
 
-def test_every_docstring_example_runs(example: Path, server: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_every_docstring_example_runs(example: Path, server: str, tmp_path: Path) -> None:
     copy = tmp_path / "copy"  # score and judge rewrite it
     shutil.copytree(example, copy)
     token = "hf_doctestToken_7"
     names = {
         "EXAMPLE": str(example), "COPY": str(copy), "SERVER": server, "OUT": str(tmp_path / "o"),
         "PROMPTS": str(prompts(tmp_path, ["ok", "aaa", "bbb", "ccc", "ddd", "eee"])),
-        "TEMPLATES": str(HERE / "scripted_templates"), "TINY_MODEL": str(tiny_model_dir), "HUB_TOKEN": token,
+        "TEMPLATES": str(HERE / "scripted_templates"), "TINY_MODEL": str(tmp_path / "tiny"), "HUB_TOKEN": token,
     }  # fmt: skip
     with serve_hub(tmp_path / "hub", token) as hub:
         ran = run_offline(sys.executable, HERE / "run_doctests.py", json.dumps(names), cwd=tmp_path, HF_ENDPOINT=hub,

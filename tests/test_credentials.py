@@ -28,6 +28,7 @@ def authorizations(log: Path) -> set[str | None]:
     return {json.loads(line)["authorization"] for line in log.read_text().splitlines()}
 
 
+@pytest.mark.slow
 def test_a_password_in_the_url_is_sent_as_basic_auth_and_never_shown(scripted, tmp_path: Path) -> None:  # noqa: F811
     url, log = scripted
     secret_url = url.replace("http://", f"http://alice:{PASSWORD}@")
@@ -52,6 +53,7 @@ def test_the_hub_token_never_goes_to_another_host(scripted, tmp_path: Path) -> N
     assert authorizations(log) - {None, ""} == {"Bearer k123", "Bearer t456"}
 
 
+@pytest.mark.slow
 def test_errors_name_the_endpoint_without_its_credentials(tmp_path: Path) -> None:
     down = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}"
     result, _ = build(tmp_path, down, "--strategies", "prefix", tags=["ok"])

@@ -99,6 +99,7 @@ def test_keep_truncated_keeps_and_counts_cut_pairs(scripted, tmp_path: Path) -> 
     assert "they were **kept** (`--keep-truncated`)" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_guided_elicitive_gives_the_plan_as_guidance_in_a_fresh_context(scripted, planner, tmp_path: Path) -> None:
     (url, answers_log), (planner_url, plans_log) = scripted, planner
     result, out = build(tmp_path, url, "--strategies", "elicitive", "--model", f"planner={planner_url}", tags=["ok"])
@@ -116,6 +117,7 @@ def test_guided_elicitive_gives_the_plan_as_guidance_in_a_fresh_context(scripted
     assert row["chosen_model"] == row["rejected_model"] == "scripted-default"
 
 
+@pytest.mark.slow
 def test_paper_template_set_parses_thought_and_response(scripted, tmp_path: Path) -> None:
     url, log = scripted
     result, out = build(tmp_path, url, "--strategies", "elicitive", "--elicitive-style", "paper",
@@ -145,6 +147,7 @@ def test_shipped_paper_templates_ask_for_thought_then_response() -> None:
         assert "Thought:" in text and "Response:" in text and "{{ 7*7 }}" in text
 
 
+@pytest.mark.slow
 def test_all_config_is_the_default_and_holds_every_strategy(scripted, tmp_path: Path) -> None:
     url, _ = scripted
     result, out = build(tmp_path, url, "--strategies", "prefix,demon,elicitive", tags=["ok"])

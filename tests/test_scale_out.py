@@ -199,6 +199,7 @@ def test_ray_executor_on_a_local_ray_instance_gives_the_same_rows(scripted, tmp_
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_executor_bad_input_is_one_line(scripted, tmp_path: Path) -> None:  # noqa: F811
     url, _ = scripted
     for flags, says in (

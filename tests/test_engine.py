@@ -15,6 +15,7 @@ from popalign.models import ModelSpec, resolve_roles
 from popalign.prompts import Instruction
 from popalign.strategies import STRATEGIES, StrategyContext
 from popalign.templates import TemplateSet
+from test_engine_scripted import InFlight
 
 pytestmark = pytest.mark.slow  # every test loads a model (the scripted engine tests are fast)
 PARAMS = GenerationParams(max_new_tokens=6, seed=1)
@@ -50,17 +51,7 @@ def test_a_rerun_is_answered_from_the_cache_with_the_same_results(tiny_model_dir
 
 
 def test_runs_enter_through_a_bounded_window_and_results_come_in_order(tiny_model_dir: Path) -> None:
-    live = peak = 0
-
-    def tracked(run):  # counts the runs started and not yet finished
-        nonlocal live, peak
-        live += 1
-        peak = max(peak, live)
-        try:
-            return (yield from run)
-        finally:
-            live -= 1
-
+    flight = InFlight()
     roles = resolve_roles({"default": ModelSpec(str(tiny_model_dir))}, {"prefix": ("default",)})
     greedy = GenerationParams(max_new_tokens=6, temperature=0)
     texts = [f"Say {n}." for n in range(12)]
@@ -68,10 +59,10 @@ def test_runs_enter_through_a_bounded_window_and_results_come_in_order(tiny_mode
     handed: list[int] = []
     results: list = []
     narrow.run_each(
-        ((name, tracked(run)) for name, run in runs(["prefix", "refine"], texts)),
+        ((name, flight.track(run)) for name, run in runs(["prefix", "refine"], texts)),
         lambda index, result: (handed.append(index), results.append(result)),
     )
-    assert peak == 4 and live == 0 and handed == list(range(24))
+    assert flight.peak == 4 and flight.live == 0 and handed == list(range(24))
     wide = Engine(roles, greedy, local=LocalBackend(batch_size=4), window=1000, progress=False)
     assert wide.run(runs(["prefix", "refine"], texts)) == results
 

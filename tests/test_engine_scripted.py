@@ -128,20 +128,25 @@ def test_a_refused_request_drops_its_pair_only_and_another_failure_stops_the_run
         engine(ScriptedBackend()).run(runs(["prefix"], ["Explain tides.", "Explain BREAK here.", *TEXTS]))
 
 
-def test_the_window_bounds_the_runs_in_flight() -> None:
-    live = peak = 0
+class InFlight:
+    """Wraps strategy runs to count those started and not yet finished: `live` now, `peak` at most."""
 
-    def tracked(run):  # a strategy run, wrapped
-        nonlocal live, peak
-        live += 1
-        peak = max(peak, live)
+    def __init__(self) -> None:
+        self.live = self.peak = 0
+
+    def track(self, run):  # a strategy run, wrapped
+        self.live += 1
+        self.peak = max(self.peak, self.live)
         try:
             return (yield from run)
         finally:
-            live -= 1
+            self.live -= 1
 
+
+def test_the_window_bounds_the_runs_in_flight() -> None:
+    flight = InFlight()
     narrow = engine(ScriptedBackend(seed=5), window=4)
-    results = narrow.run((name, tracked(run)) for name, run in runs(["prefix", "refine"], TEXTS))
-    assert peak == 4 and live == 0 and len(results) == 60
+    results = narrow.run((name, flight.track(run)) for name, run in runs(["prefix", "refine"], TEXTS))
+    assert flight.peak == 4 and flight.live == 0 and len(results) == 60
     assert engine(ScriptedBackend(seed=6), window=1000).run(runs(["prefix", "refine"], TEXTS)) == results
     assert engine(ScriptedBackend(), window=None).window == 64  # at least MIN_WINDOW; 2 x 8 slots x 4 replicas

@@ -111,6 +111,11 @@ def read_manifest(out: Path) -> dict[str, Any]:
     return manifest
 
 
+def config_files(out: Path, name: str) -> list[Path]:
+    """The Parquet files of one config of a build, `train` shards first, then `test` ones, each in order."""
+    return [path for split in ("train", "test") for path in sorted((out / "data" / name).glob(f"{split}-*.parquet"))]
+
+
 def write_manifest(folder: Path, manifest: Manifest) -> None:
     """Write a build's manifest into `folder` (last, when a build is staged: a folder with one is complete)."""
     write_json(folder / MANIFEST, manifest.to_dict())

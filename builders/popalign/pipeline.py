@@ -20,6 +20,7 @@ from popalign.build_folder import (
     RECIPE,
     Manifest,
     check_out,
+    config_files,
     open_manifest,
     staged,
     write_manifest,
@@ -522,8 +523,7 @@ def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: Templat
 def _read_rows(out: Path, name: str) -> list[dict[str, Any]]:
     import pyarrow.parquet
 
-    files = [file for split in ("train", "test") for file in sorted((out / "data" / name).glob(f"{split}-*.parquet"))]
-    rows = [row for file in files for row in pyarrow.parquet.read_table(file).to_pylist()]
+    rows = [row for file in config_files(out, name) for row in pyarrow.parquet.read_table(file).to_pylist()]
     defaults = {"swapped": False, "score_per_token": None, "judge_verdict": None, "judge_margin": None}
     return [{**defaults, **row} for row in rows]
 

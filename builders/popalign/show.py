@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from popalign.build_folder import open_manifest
+from popalign.build_folder import config_files, open_manifest
 from popalign.errors import ConfigError
 
 _CONDITION = re.compile(r"^([a-z_]+)\s*(!=|>=|<=|=|>|<|~)\s*(.*)$", re.DOTALL)
@@ -87,10 +87,7 @@ def read_pairs(out: Path, config: str, conditions: Sequence[Condition], limit: i
         raise ConfigError(f"{out}: no config {config!r} (configs: all, {', '.join(written)})")
     shown = 0
     for name in written if config == "all" else [config]:
-        for path in [
-            *sorted((out / "data" / name).glob("train-*.parquet")),
-            *sorted((out / "data" / name).glob("test-*.parquet")),
-        ]:
+        for path in config_files(out, name):
             for row in pyarrow.parquet.read_table(path).to_pylist():
                 if limit is not None and shown >= limit:
                     return

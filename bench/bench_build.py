@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from popalign.backends.local import LocalBackend
 from popalign.generation import GenerationParams, Request, user
-from popalign.local_backend import LocalBackend
-from popalign.models import EMBEDDED, ModelSpec
 from popalign.prompts import load_prompts
+from popalign.roles import EMBEDDED, ModelSpec
 
 
 def tokens_per_second(backend: LocalBackend, requests: list[Request], params: GenerationParams) -> tuple[float, int]:

@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 from latency_server import running
+from popalign.backends.endpoint import EndpointBackend
 from popalign.cache import GenerationCache
-from popalign.endpoint_backend import EndpointBackend
+from popalign.config import Endpoints
 from popalign.engine import Engine
 from popalign.generation import GenerationParams
-from popalign.models import EndpointSpec
 from popalign.prompts import Instruction
+from popalign.roles import EndpointSpec
 from popalign.strategies import STRATEGIES, StrategyContext
 from popalign.templates import TemplateSet
 
@@ -47,7 +48,7 @@ def engine_run(url: str, count: int, concurrency: int, cache_dir: Path) -> None:
     engine = Engine(
         {"default": EndpointSpec.parse(url)},
         params,
-        endpoint=EndpointBackend(concurrency=concurrency),
+        endpoint=EndpointBackend(Endpoints(concurrency=concurrency)),
         cache=GenerationCache(cache_dir),
         progress=False,
     )

@@ -16,11 +16,12 @@ import time
 from dataclasses import replace
 
 from latency_server import running
-from popalign.endpoint_backend import EndpointBackend
+from popalign.backends.endpoint import EndpointBackend
+from popalign.config import Endpoints
 from popalign.engine import Engine
 from popalign.generation import GenerationParams
-from popalign.models import EndpointSpec
 from popalign.prompts import Instruction
+from popalign.roles import EndpointSpec
 from popalign.strategies import STRATEGIES, StrategyContext
 from popalign.templates import TemplateSet
 
@@ -33,7 +34,11 @@ def run(url: str, instructions: list[Instruction], concurrency: int) -> tuple[En
     role_params = {"small": replace(params, temperature=1.2), "second": replace(params, top_p=0.5)}
     roles = dict.fromkeys(("default", "large", "small", "first", "second", "planner"), spec)
     engine = Engine(
-        roles, params, endpoint=EndpointBackend(concurrency=concurrency), role_params=role_params, progress=False
+        roles,
+        params,
+        endpoint=EndpointBackend(Endpoints(concurrency=concurrency)),
+        role_params=role_params,
+        progress=False,
     )
     context = StrategyContext(TemplateSet())
     runs = [(name, STRATEGIES[name].run(i, context)) for i in instructions for name in STRATEGIES]

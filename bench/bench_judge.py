@@ -15,11 +15,12 @@ import argparse
 import time
 
 from latency_server import running
-from popalign.endpoint_backend import EndpointBackend
+from popalign.backends.endpoint import EndpointBackend
+from popalign.config import Endpoints
 from popalign.engine import Engine
 from popalign.generation import GenerationParams
 from popalign.judging import judge_run
-from popalign.models import EndpointSpec
+from popalign.roles import EndpointSpec
 from popalign.templates import TemplateSet
 
 
@@ -40,7 +41,10 @@ def judge(url: str, rows: list[dict], concurrency: int) -> tuple[float, float]:
     """Judge `rows` in both orders; return wall and client CPU seconds."""
     params = GenerationParams(max_new_tokens=16, temperature=0.0, top_p=1.0)
     engine = Engine(
-        {"judge": EndpointSpec.parse(url)}, params, endpoint=EndpointBackend(concurrency=concurrency), progress=False
+        {"judge": EndpointSpec.parse(url)},
+        params,
+        endpoint=EndpointBackend(Endpoints(concurrency=concurrency)),
+        progress=False,
     )
     templates = TemplateSet()
     wall, cpu = time.perf_counter(), time.process_time()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from popalign.local_backend import LocalBackend
-from popalign.models import DEMO_ROLES, ModelSpec
+from popalign.backends.local import LocalBackend
+from popalign.roles import DEMO_ROLES, ModelSpec
 
 
 def rss_mb() -> float:

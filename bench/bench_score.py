@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from popalign.local_backend import LocalBackend
-from popalign.models import ModelSpec
+from popalign.backends.local import LocalBackend
 from popalign.prompts import load_prompts
+from popalign.roles import ModelSpec
 from popalign.schema import make_row
 from popalign.scoring import LocalScorer, score_rows
 from popalign.strategies import StrategyContext

@@ -22,8 +22,8 @@ from typing import Any
 
 import pyarrow.parquet
 
+import popalign.backends.endpoint
 import popalign.build_folder
-import popalign.endpoint_backend
 import popalign.pipeline
 from popalign.cli import _quiet_libraries, main
 

@@ -106,7 +106,7 @@ def test_a_broken_manifest_is_one_line(popalign: Callable, embedded_build, tmp_p
         shutil.copytree(source, folder)
         (folder / "popalign_build.json").write_bytes(broken.encode("latin-1"))
         for command in (
-            ["push", folder, "--repo", "org/name", "--version", "1.0.0"],
+            ["push", folder, "--repo", "org/name", "--release", "1.0.0"],
             ["merge", folder, folder, "--out", tmp_path / "m"],
             ["score", folder],
         ):

@@ -100,7 +100,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     )
     flags["unknown role"] = (
         ["--model", "huge=smollm2"],
-        "popalign: error: --model 'huge=smollm2': unknown role 'huge' "
+        "popalign: error: roles: unknown role 'huge' "
         "(known: default, large, small, first, second, planner)",
     )
     flags["role missing"] = (
@@ -118,16 +118,16 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     )
     flags["shard of superscripts"] = (
         ["--shard", "²/3"],
-        "popalign: error: --shard '²/3': expected K/N with 1 <= K <= N",
+        "popalign: error: shard: expected K/N with 1 <= K <= N, got '²/3'",
     )
-    flags["empty shard"] = (["--shard", ""], "popalign: error: --shard '': expected K/N with 1 <= K <= N")
+    flags["empty shard"] = (["--shard", ""], "popalign: error: shard: expected K/N with 1 <= K <= N, got ''")
     flags["out under a file"] = (
         ["--out", "/dev/null/x"],
         "popalign: error: /dev/null/x: cannot create the output folder (/dev/null is not a folder)",
     )
     for repo in ("org/x.git", "org/da--ta", "../..", "org/dätä"):
         flags[f"push-to {repo}"] = (
-            ["--push-to", repo, "--version", "1.0.0"],
+            ["--push-to", repo, "--release", "1.0.0"],
             f"popalign: error: repository {repo!r}: ",
         )
     for flag, value, expected in [
@@ -137,10 +137,8 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         ("--max-new-tokens", "0", "a whole number >= 1"),
         ("--timeout", "-1", "a number of seconds > 0"),
     ]:
-        flags[f"{flag} {value}"] = (
-            [flag, value],
-            f"popalign build: error: argument {flag}: expected {expected}, got {value!r} (see popalign build --help)",
-        )
+        key = flag[2:].replace("-", "_")
+        flags[f"{flag} {value}"] = ([flag, value], f"popalign: error: {key}: expected {expected}, got {value}")
     flags["unreadable template"] = (
         ["--templates", str(templates)],
         f"popalign: error: {templates / 'refine.jinja'}: line 1: "
@@ -172,7 +170,7 @@ def test_bad_input_is_one_line_and_exit_2(case: str, bad_inputs, popalign, tmp_p
 @pytest.mark.parametrize("repo", ["org/x.git", "org/da--ta", "../..", "org/dätä", "a/b/c"])
 @pytest.mark.parametrize("command", ["push", "versions"])
 def test_a_bad_repo_id_is_one_line(command: str, repo: str, popalign, tmp_path: Path) -> None:
-    args = [tmp_path, "--repo", repo, "--version", "1.0.0"] if command == "push" else [repo]
+    args = [tmp_path, "--repo", repo, "--release", "1.0.0"] if command == "push" else [repo]
     result = popalign(command, *args)
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
@@ -187,9 +185,7 @@ def test_a_csv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
 def test_bad_flag_value_is_one_line(popalign) -> None:
     result = popalign("build", "--limit", "-3")
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [
-        "popalign build: error: argument --limit: expected a positive integer, got '-3' (see popalign build --help)"
-    ]
+    assert result.stderr.splitlines() == ["popalign: error: limit: expected a whole number >= 1, got -3"]
 
 
 def test_out_folder_of_something_else_is_refused(tmp_path: Path, popalign) -> None:

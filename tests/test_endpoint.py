@@ -26,7 +26,7 @@ from conftest import POPALIGN, run_offline
 from fault_proxy import fault_proxy
 from llama_server import SERVED_NAME, build_llama_server, serve_llama
 from net import free_port
-from popalign.local_backend import embedded_model_path
+from popalign.backends.local import embedded_model_path
 from popalign.strategies import STRATEGIES
 
 pytestmark = pytest.mark.slow

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from popalign.backends.local import LocalBackend
 from popalign.cache import GenerationCache
 from popalign.engine import Engine
 from popalign.generation import GenerationParams, Request, user
-from popalign.local_backend import LocalBackend
-from popalign.models import ModelSpec, resolve_roles
 from popalign.prompts import Instruction
+from popalign.roles import ModelSpec, resolve_roles
 from popalign.strategies import STRATEGIES, StrategyContext
 from popalign.templates import TemplateSet
 from test_engine_scripted import InFlight

@@ -17,8 +17,8 @@ from popalign.cache import GenerationCache
 from popalign.engine import Engine
 from popalign.errors import RequestFailed
 from popalign.generation import Generation, GenerationParams, Request
-from popalign.models import EndpointSpec
 from popalign.prompts import Instruction
+from popalign.roles import EndpointSpec
 from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext
 from popalign.templates import TemplateSet
 
@@ -57,6 +57,9 @@ class ScriptedBackend:
 
     def flush(self) -> None:
         pass
+
+    def slots(self, specs) -> int:
+        return self.concurrency * sum(len(spec.urls) for spec in specs)
 
     async def aclose(self) -> None:
         pass

@@ -38,7 +38,7 @@ def hub_env(url: str, home: Path) -> dict[str, str]:
 
 def push(hub: tuple[str, str, Path], folder: Path, version: str, *extra: str, token: str = TOKEN, repo: str = REPO):
     home = folder.parent / "hf-home"
-    return run_offline(POPALIGN, "push", folder, "--repo", repo, "--version", version, "--token", token, *extra,
+    return run_offline(POPALIGN, "push", folder, "--repo", repo, "--release", version, "--token", token, *extra,
                        **hub_env(hub[0], home))  # fmt: skip
 
 
@@ -84,7 +84,7 @@ def test_versions_round_trip(hub, embedded_build, tmp_path: Path) -> None:
     assert "published org/popalign v1.0.0" in first.stdout
     # build --push-to takes the Hub token from the environment, like the rest of the Hub stack
     env = hub_env(write_url, tmp_path / "home") | {"HF_TOKEN": TOKEN}
-    v2 = build(embedded_build, tmp_path / "v2", "nparam", "--push-to", REPO, "--version", "1.1.0", **env)
+    v2 = build(embedded_build, tmp_path / "v2", "nparam", "--push-to", REPO, "--release", "1.1.0", **env)
     assert "published org/popalign v1.1.0" in v2.stdout
     assert "kept from earlier versions: prefix, demon, elicitive" in v2.stdout
     printed += [v1.stdout, v1.stderr, first.stdout, first.stderr, v2.stdout, v2.stderr]
@@ -201,7 +201,7 @@ def test_a_repo_with_another_layout_or_a_bad_token_is_refused(hub, embedded_buil
         " repo_type='dataset')\n"
     )
     assert run_offline(sys.executable, "-c", code, **env).returncode == 0
-    refused = run_offline(POPALIGN, "push", tmp_path / "d", "--repo", "org/weights", "--version", "1.0.0",
+    refused = run_offline(POPALIGN, "push", tmp_path / "d", "--repo", "org/weights", "--release", "1.0.0",
                           "--token", TOKEN, **env)  # fmt: skip
     assert refused.returncode == 2
     assert "org/weights: the repository holds files popalign did not publish (weights.bin)" in refused.stderr

@@ -18,10 +18,11 @@ import pytest
 
 from conftest import POPALIGN, run_offline
 from net import free_port, serve_process
-from popalign.endpoint_backend import EndpointBackend, RetryPolicy, same_server
+from popalign.backends.endpoint import EndpointBackend, RetryPolicy, same_server
+from popalign.config import Endpoints
 from popalign.errors import BackendError
 from popalign.generation import GenerationParams, Request
-from popalign.models import EndpointSpec
+from popalign.roles import EndpointSpec
 
 HERE = Path(__file__).parent
 DELAY = 0.2
@@ -47,7 +48,7 @@ def answered(folder: Path, url: str) -> int:
 async def answer_all(urls: str, *, requests: int = REQUESTS, attempts: int = 8, max_wait: float = 120.0) -> float:
     """Seconds to answer `requests` distinct chats on the endpoint `urls` (replicas comma-separated)."""
     backend = EndpointBackend(
-        concurrency=CONCURRENCY, timeout=TIMEOUT, retry=RetryPolicy(attempts=attempts, max_wait=max_wait)
+        Endpoints(concurrency=CONCURRENCY, timeout=TIMEOUT), retry=RetryPolicy(attempts=attempts, max_wait=max_wait)
     )
     spec = EndpointSpec.parse(urls)
     try:

@@ -12,7 +12,7 @@ import httpx2
 import pytest
 from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 
-from popalign.endpoint_backend import (
+from popalign.backends.endpoint import (
     MAX_REST,
     REST_AFTER,
     EndpointBackend,
@@ -23,8 +23,8 @@ from popalign.endpoint_backend import (
     _retry_after,
 )
 from popalign.errors import ForeignRepositoryError, VersionExistsError, VersionTooOldError
-from popalign.models import EndpointSpec
 from popalign.publish import check_publishable
+from popalign.roles import EndpointSpec
 
 
 def http_error(status: int, **headers: str) -> HfHubHTTPError:

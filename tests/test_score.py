@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from conftest import POPALIGN, run_offline
-from popalign.local_backend import LocalBackend
-from popalign.models import ModelSpec
+from popalign.backends.local import LocalBackend
+from popalign.roles import ModelSpec
 from popalign.schema import make_row
 from popalign.scoring import LocalScorer, TGIScorer, contrast_chats, curate, score_rows
 from popalign.strategies import STRATEGIES, StrategyContext

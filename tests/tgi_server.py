@@ -61,8 +61,8 @@ def main() -> None:
     parser.add_argument("--token", help="answer 401 unless `Authorization: Bearer <token>`")
     options = parser.parse_args()
 
-    from popalign.local_backend import LocalBackend
-    from popalign.models import ModelSpec
+    from popalign.backends.local import LocalBackend
+    from popalign.roles import ModelSpec
 
     model, tokenizer = LocalBackend().load(ModelSpec("smollm2"))
     lock = threading.Lock()

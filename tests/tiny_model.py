@@ -12,7 +12,7 @@ def save_tiny_model(folder: Path, *, reward: bool = False) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from popalign.local_backend import embedded_model_path
+    from popalign.backends.local import embedded_model_path
 
     gguf = embedded_model_path()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

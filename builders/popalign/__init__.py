@@ -6,9 +6,6 @@ command runs; see `popalign.api`. The errors it raises are in `popalign.errors`.
 
 from popalign.api import (
     Build,
-    Endpoints,
-    JudgeOptions,
-    ScoreOptions,
     build,
     judge,
     merge,
@@ -18,6 +15,7 @@ from popalign.api import (
     versions,
 )
 from popalign.build_folder import Manifest
+from popalign.config import BuildConfig, Endpoints, Executor, GenerationParams, JudgeOptions, Push, ScoreOptions
 from popalign.errors import (
     BackendError,
     ConfigError,
@@ -31,23 +29,24 @@ from popalign.errors import (
     VersionExistsError,
     VersionTooOldError,
 )
-from popalign.scale_out import Executor
-
-__version__ = "0.1.0"
+from popalign.version import __version__
 
 __all__ = [
     "BackendError",
     "Build",
+    "BuildConfig",
     "ConfigError",
     "Endpoints",
     "Executor",
     "ForeignRepositoryError",
+    "GenerationParams",
     "JudgeOptions",
     "Manifest",
     "NotABuildError",
     "PopAlignError",
     "PromptsError",
     "PublishError",
+    "Push",
     "ScoreOptions",
     "ShardError",
     "TemplateError",

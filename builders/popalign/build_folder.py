@@ -19,14 +19,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from popalign.config import DEFAULT_LICENSE, MAX_SHARD_SIZE
 from popalign.errors import NotABuildError
 
 MANIFEST = "popalign_build.json"
 RECIPE = "popalign_recipe.yaml"
-#: The default largest Parquet file per config (bytes), as `datasets` and the Hub's own conversion use.
-MAX_SHARD_SIZE = 500 * 1000 * 1000
-#: The card's license when a build names none: the Hub's "other", which the card explains.
-DEFAULT_LICENSE = "other"
 _STAGING = ".popalign-staging"
 _OLD = ".popalign-old"
 _RENAME_EXCHANGE = 2

@@ -19,6 +19,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "popalign"
 
 
+def open_cache(enabled: bool, folder: str | Path | None) -> GenerationCache | None:
+    """The generation cache in `folder` (default: `default_cache_dir()`), or None when caching is off."""
+    return GenerationCache(Path(folder) if folder else default_cache_dir()) if enabled else None
+
+
 class GenerationCache:
     """Maps a request key (see `generation.request_key`) to the generation (text, tokens, finish reason); the
     scorer keeps its log-probabilities here as plain texts.

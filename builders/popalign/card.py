@@ -7,14 +7,14 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
-import popalign
 from popalign.build_folder import Manifest
 from popalign.errors import ConfigError
 from popalign.judging import PAPER_ACCURACY
-from popalign.models import EMBEDDED, ModelSpec
 from popalign.prompts import BUNDLED_LABEL
 from popalign.resources import shipped_dir
+from popalign.roles import EMBEDDED, ModelSpec
 from popalign.strategies import DROP_REASONS, STRATEGIES
+from popalign.version import __version__
 
 CARD_TEMPLATE = "README.md.jinja"
 #: The config holding every strategy's rows (with the `strategy` column); the card's default.
@@ -123,7 +123,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         license=manifest.license,
         test_size=manifest.test_size,
         paper=PAPER_ACCURACY,
-        popalign_version=popalign.__version__,
+        popalign_version=__version__,
         datasets_version=version("datasets"),
         transformers_version=version("transformers"),
     )

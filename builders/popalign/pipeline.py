@@ -7,16 +7,16 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from popalign.backends import open_backends
+from popalign.backends.endpoint import same_server
+from popalign.backends.reward_model import pair_chats
 from popalign.build_folder import (
-    DEFAULT_LICENSE,
-    MAX_SHARD_SIZE,
     RECIPE,
     Manifest,
     check_out,
@@ -25,17 +25,29 @@ from popalign.build_folder import (
     staged,
     write_manifest,
 )
-from popalign.cache import GenerationCache
+from popalign.cache import GenerationCache, open_cache
 from popalign.card import render_card
+from popalign.config import DEFAULT_LICENSE, MAX_SHARD_SIZE
 from popalign.engine import Engine, EngineStats
 from popalign.errors import PopAlignError, ShardError
-from popalign.models import ModelSpec, describe_spec
+from popalign.judging import (
+    JUDGE_TEMPLATE,
+    JudgeSettings,
+    judge_chats,
+    judge_run,
+    judge_settings,
+    logprob_choices,
+    margin_verdict,
+    summarize,
+    verdict,
+    write_accuracy_chart,
+)
+from popalign.plan import BuildPlan
 from popalign.prompts import BUNDLED_LABEL, PromptSet
 from popalign.quality import OVERVIEW, QUALITY_DIR, quality_report, write_histogram, write_overview
-from popalign.reward_model import RewardModel
 from popalign.row_spool import RowSpool
 from popalign.schema import make_row
-from popalign.scoring import Scorer, ScoreStats, curate, order_rows, score_rows
+from popalign.scoring import ScoreSettings, ScoreStats, curate, order_rows, score_rows, score_settings
 from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext, roles_used
 from popalign.templates import TemplateSet
 
@@ -62,35 +74,6 @@ class StrategyOutcome:
         return {"pairs": made, "cut": cut, "rate": round(cut / made, 4) if made else 0.0}
 
 
-@dataclass(frozen=True)
-class ScoreSettings:
-    """How to score pairs (see `popalign.scoring`), then curate and order them."""
-
-    scorer: Scorer
-    render: Callable[[list[dict[str, str]]], str]
-    count_tokens: Callable[[str], int]
-    contrast: str = "prefix"
-    min_score: float | None = None
-    swap: str = "keep"
-    order: str = "generated"
-
-    def describe(self) -> dict[str, Any]:
-        """The settings as the manifest and the card record them."""
-        keys = ("contrast", "min_score", "swap", "order")
-        return {"scorer": self.scorer.name, **{key: getattr(self, key) for key in keys}}
-
-
-@dataclass(frozen=True)
-class JudgeSettings:
-    """Who judges the pairs: an LLM (an engine with a `judge` role, prompted by `templates`) or a reward model;
-    `min_judge="agree"` keeps only the pairs the judge agrees with."""
-
-    engine: Engine | None = None
-    reward_model: RewardModel | None = None
-    templates: TemplateSet = field(default_factory=TemplateSet)
-    min_judge: str | None = None
-
-
 @dataclass
 class BuildSummary:
     """What a build (or a scoring pass) wrote, for the CLI's closing table."""
@@ -104,6 +87,48 @@ class BuildSummary:
     quality: dict[str, dict[str, Any]] = field(default_factory=dict)
     score_stats: ScoreStats | None = None
     judge: dict[str, Any] | None = None
+
+
+def run_plan(plan: BuildPlan, out: Path | None = None, *, progress: bool | None = None) -> BuildSummary:
+    """Run a build's plan into `out` (default: the plan's): open the backends its roles need and the cache,
+    generate, and write the folder (scored and judged first, when the plan says so)."""
+    config = plan.config
+    progress = config.progress if progress is None else progress
+    specs = [plan.roles[role] for role in plan.used]
+    backends = open_backends(
+        specs, batch_size=config.batch_size, endpoints=config.endpoints, kinds=["local"] if config.score else []
+    )
+    generations = open_cache(config.cache, config.cache_dir)
+    engine = Engine(
+        {role: plan.roles[role] for role in plan.used},
+        plan.params,
+        backends=backends,
+        role_params=dict(plan.role_params),
+        cache=generations,
+        progress=progress,
+    )
+    local, templates = backends.get("local"), plan.templates()
+    scoring = judging = None
+    if config.score:
+        scoring = score_settings(config.score, local, str(plan.roles["default"]), config.endpoints.token)
+    if config.judge:
+        judging = judge_settings(
+            config.judge, templates, generations, config.endpoints, local, config.batch_size, progress
+        )
+    return build_dataset(
+        plan.instructions(),
+        strategies=list(plan.strategies),
+        engine=engine,
+        out=out or plan.out,
+        templates=templates,
+        scoring=scoring,
+        judging=judging,
+        keep_truncated=config.keep_truncated,
+        elicitive_style=config.elicitive_style,
+        shard_size=config.max_shard_size,
+        license=config.license,
+        test_size=config.test_size,
+    )
 
 
 def build_dataset(
@@ -179,7 +204,7 @@ def build_dataset(
             backend="+".join(sorted({engine.backend_name(role) for role in used_roles})),
             configs={},
             roles={role: names[role] for role in used_roles},
-            model_notes={names[role]: describe_spec(engine.roles[role]) for role in used_roles},
+            model_notes={names[role]: engine.roles[role].describe() for role in used_roles},
             params=asdict(engine.default_params),
             role_params={
                 role: asdict(engine.params[role]) for role in used_roles if engine.params[role] != engine.default_params
@@ -247,8 +272,6 @@ def score_dataset(
         _copy_quality(out, folder)
         quality, score_stats = _score(outcomes, scoring, context, cache, folder)
         if manifest.judge:
-            from popalign.judging import summarize
-
             for name, record in manifest.judge["configs"].items():
                 record["dlma_agreement"] = summarize(outcomes[name].rows).dlma_agreement
         configs = _keep_sides(
@@ -377,8 +400,7 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
 
 def _published_name(engine: Engine, role: str) -> str:
     """How outputs name a role's model: a local spec by its own name, an endpoint by its served model."""
-    spec = engine.roles[role]
-    return spec.published if isinstance(spec, ModelSpec) else engine.identities[role]
+    return engine.roles[role].published(engine.identities.get(role, ""))
 
 
 def _keep_sides(configs: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -467,9 +489,6 @@ def _score(
 def _judge(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings, out: Path) -> dict[str, Any]:
     """Judge all rows in one pass, summarize each strategy (before `--min-judge` curation), curate, and draw the
     accuracy chart into `out`; return the manifest's `judge` record."""
-    from popalign.judging import margin_verdict, summarize, write_accuracy_chart
-    from popalign.reward_model import pair_chats
-
     rows = [row for outcome in outcomes.values() for row in outcome.rows]
     if judging.reward_model:
         scores = judging.reward_model.scores([chat for row in rows for chat in pair_chats(row)])
@@ -495,8 +514,6 @@ def _judge(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings, out: Pa
 def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: TemplateSet) -> dict[str, Any]:
     """Set each row's `judge_verdict` from the engine's `judge` role (None where a request failed for good). A
     local judge's reply that names no choice is read from its log-probabilities of `A` and `B` instead."""
-    from popalign.judging import JUDGE_TEMPLATE, judge_chats, judge_run, logprob_choices, verdict
-
     runs = [(row["strategy"], judge_run(row, templates)) for row in rows]
     answers = engine.run(runs, expected=2 * len(rows))  # each a pair of choices, or Dropped
     if rows and all(isinstance(answer, Dropped) for answer in answers):
@@ -505,7 +522,7 @@ def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: Templat
     choices = {(i, order): pair[order] for i, pair in enumerate(answers) if isinstance(pair, tuple) for order in (0, 1)}
     spec, unread = engine.roles["judge"], [key for key, choice in choices.items() if choice is None]
     read: list[str | None] = []
-    if isinstance(spec, ModelSpec) and engine.local and unread:
+    if spec.kind == "local" and engine.local and unread:
         read = logprob_choices(engine.local, spec, [judge_chats(rows[i], templates)[order] for i, order in unread])
         choices.update(zip(unread, read, strict=True))
     for i, row in enumerate(rows):
@@ -555,8 +572,7 @@ def _write_recipe(
     roles are written by served model name (URLs and keys are left out)."""
     roles: dict[str, Any] = {}
     for role in roles_used(strategies):
-        spec = engine.roles[role]
-        roles[role] = spec.published if isinstance(spec, ModelSpec) else {"endpoint_model": engine.identities[role]}
+        roles[role] = engine.roles[role].recipe_entry(engine.identities.get(role, ""))
         if engine.params[role] != engine.default_params:
             roles[role] = {"spec": roles[role]} if isinstance(roles[role], str) else roles[role]
             roles[role]["generation"] = asdict(engine.params[role])
@@ -592,13 +608,10 @@ def _recipe_prompts(prompts: PromptSet) -> dict[str, Any]:
 def _check_contrasts(engine: Engine, strategies: list[str]) -> None:
     """Refuse a model contrast whose two roles are one model on one server with the same settings, however its
     URLs are spelled: every such pair would be dropped as identical."""
-    from popalign.endpoint_backend import same_server
-    from popalign.models import EndpointSpec
-
     for name in strategies:
         first, second = STRATEGIES[name].chosen_role, STRATEGIES[name].rejected_role
         a, b = engine.roles[first], engine.roles[second]
-        if first == second or not isinstance(a, EndpointSpec) or not isinstance(b, EndpointSpec):
+        if first == second or not (a.kind == b.kind == "endpoint"):
             continue
         if engine.identities[first] != engine.identities[second] or engine.params[first] != engine.params[second]:
             continue

@@ -26,37 +26,30 @@ from typing import Any
 
 import yaml
 
-from popalign.errors import ConfigError
-from popalign.generation import GenerationParams, check_setting
-from popalign.models import ROLES, EndpointSpec, ModelSpec, parse_spec
-from popalign.prompts import is_hub_dataset
-
-#: Top-level keys and the `build` flag (argparse dest) each sets.
-PATH_KEYS = ("prompts", "out", "templates", "cache_dir")
-VALUE_KEYS = (
-    "prompt_column",
-    "limit",
-    "batch_size",
-    "concurrency",
-    "retries",
-    "timeout",
-    "max_retry_wait",
-    "shard",
-    "elicitive_style",
-    "license",
-    "prompts_revision",
-    "test_size",
+from popalign.config import (
+    PATH,
+    BuildConfig,
+    GenerationParams,
+    check_setting,
+    checked_values,
+    recipe_keys,
+    settings_index,
+    unknown_setting,
 )
-FLAG_KEYS = ("keep_truncated",)
+from popalign.errors import ConfigError
+from popalign.prompts import is_hub_dataset
+from popalign.roles import ROLES, EndpointSpec, ModelSpec, parse_spec
+
 GENERATION_KEYS = tuple(f.name for f in fields(GenerationParams))
 ROLE_KEYS = ("url", "urls", "spec", "model", "api_key_env", "generation", "endpoint_model")
 
 
 @dataclass
 class Recipe:
-    """Flag defaults, roles and per-role generation settings read from a recipe file."""
+    """The settings (by flat key, as `config.BuildConfig.of` takes them), roles and per-role generation
+    settings read from a recipe file."""
 
-    defaults: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
     roles: dict[str, ModelSpec | EndpointSpec] = field(default_factory=dict)
     role_generation: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: roles a published recipe names only by their endpoint's served model: `--model ROLE=URL` must give them
@@ -87,53 +80,62 @@ def load_recipe(path: Path) -> Recipe:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of keys (prompts, strategies, roles, ...)")
-    known = (*PATH_KEYS, *VALUE_KEYS, *FLAG_KEYS, "prompts_sha256", "strategies", "generation", "roles")
-    unknown = [key for key in data if key not in known]
-    if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
+    try:
+        return _read(path, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def _read(path: Path, data: dict[str, Any]) -> Recipe:
+    known = recipe_keys()
+    for key in data:
+        if key not in known:
+            raise ConfigError(unknown_setting(str(key), known))
     recipe = Recipe()
     folder = path.parent.resolve()
-    for key in PATH_KEYS:
-        value = str(data.get(key))
-        if key == "prompts" and is_hub_dataset(value) and not (folder / value).exists():
-            recipe.defaults[key] = value  # a Hub dataset, not a file beside the recipe
+    index = settings_index()
+    for key, value in data.items():
+        if key in ("generation", "roles", "prompts_sha256") or value is None:
             continue
-        if key in data:
-            resolved = (folder / str(data[key])).resolve()
+        if key == "strategies" and isinstance(value, list):
+            value = ",".join(map(str, value))
+        if key == "prompts" and is_hub_dataset(str(value)) and not (folder / str(value)).exists():
+            recipe.settings[key] = str(value)  # a Hub dataset, not a file beside the recipe
+            continue
+        if key == "prompts" or _is_path(index[key]):
+            resolved = (folder / str(value)).resolve()
             if not resolved.is_relative_to(folder):
                 raise ConfigError(
-                    f"{path}: {key}: {data[key]!r} leaves the recipe's folder; a recipe names files beside it "
+                    f"{key}: {value!r} leaves the recipe's folder; a recipe names files beside it "
                     f"(give --{key.replace('_', '-')} on the command line to use another place)"
                 )
-            recipe.defaults[key] = resolved
+            value = resolved
+        recipe.settings[key] = check_setting(key, value)
     if "prompts_sha256" in data:
-        _check_prompts_digest(path, recipe.defaults.get("prompts"), str(data["prompts_sha256"]))
-    for key in VALUE_KEYS:
-        if key in data:
-            recipe.defaults[key] = data[key]
-    for key in FLAG_KEYS:
-        if key in data:
-            if not isinstance(data[key], bool):
-                raise ConfigError(f"{path}: {key}: expected true or false, got {data[key]!r}")
-            recipe.defaults[key] = data[key]
-    if "strategies" in data:
-        strategies = data["strategies"]
-        recipe.defaults["strategies"] = ",".join(strategies) if isinstance(strategies, list) else str(strategies)
-    recipe.defaults |= _generation(path, "generation", data.get("generation") or {})
+        _check_prompts_digest(path, recipe.settings.get("prompts"), str(data["prompts_sha256"]))
+    recipe.settings |= _generation("", data.get("generation") or {})
     roles = data.get("roles") or {}
     if not isinstance(roles, dict):
-        raise ConfigError(f"{path}: roles: expected a mapping of role to model")
+        raise ConfigError("roles: expected a mapping of role to model")
     for role, value in roles.items():
         if role not in ROLES:
-            raise ConfigError(f"{path}: roles: unknown role {role!r} (known: {', '.join(ROLES)})")
+            raise ConfigError(f"roles: unknown role {role!r} (known: {', '.join(ROLES)})")
         if isinstance(value, dict) and "endpoint_model" in value and not {"url", "urls", "spec"} & value.keys():
             recipe.endpoint_models[role] = str(value["endpoint_model"])  # as popalign writes a published recipe
-            generation = _generation(path, f"roles.{role}.generation", value.get("generation") or {})
+            generation = _generation(f"roles.{role}.generation", value.get("generation") or {})
         else:
-            recipe.roles[role], generation = _role(path, role, value)
+            recipe.roles[role], generation = _role(role, value)
         if generation:
             recipe.role_generation[role] = generation
     return recipe
+
+
+def _is_path(where: tuple[str | None, str]) -> bool:
+    """Whether a setting names a file or folder (resolved beside the recipe)."""
+    group, name = where
+    return group is None and any(
+        item.name == name and item.metadata.get("check") is PATH for item in fields(BuildConfig)
+    )
 
 
 def _check_prompts_digest(path: Path, prompts: Path | None, expected: str) -> None:
@@ -146,8 +148,8 @@ def _check_prompts_digest(path: Path, prompts: Path | None, expected: str) -> No
         )
 
 
-def _role(path: Path, role: str, value: Any) -> tuple[ModelSpec | EndpointSpec, dict[str, Any]]:
-    where = f"{path}: roles.{role}"
+def _role(role: str, value: Any) -> tuple[ModelSpec | EndpointSpec, dict[str, Any]]:
+    where = f"roles.{role}"
     if isinstance(value, str):
         return _spec(where, value), {}
     if not isinstance(value, dict):
@@ -158,7 +160,7 @@ def _role(path: Path, role: str, value: Any) -> tuple[ModelSpec | EndpointSpec, 
     given = [key for key in ("url", "urls", "spec") if key in value]
     if len(given) != 1:
         raise ConfigError(f"{where}: give exactly one of url, urls, spec")
-    generation = _generation(path, f"roles.{role}.generation", value.get("generation") or {})
+    generation = _generation(f"roles.{role}.generation", value.get("generation") or {})
     if given[0] == "spec":
         if "model" in value or "api_key_env" in value:
             raise ConfigError(f"{where}: model and api_key_env are for endpoints (url/urls)")
@@ -182,13 +184,8 @@ def _spec(where: str, text: str) -> ModelSpec | EndpointSpec:
         raise ConfigError(f"{where}: {err}") from err
 
 
-def _generation(path: Path, where: str, value: Any) -> dict[str, Any]:
+def _generation(where: str, value: Any) -> dict[str, Any]:
+    """Generation settings of the run (`where` empty: the same line as a flag's) or of one role."""
     if not isinstance(value, dict):
-        raise ConfigError(f"{path}: {where}: expected a mapping of {', '.join(GENERATION_KEYS)}")
-    unknown = [key for key in value if key not in GENERATION_KEYS]
-    if unknown:
-        raise ConfigError(f"{path}: {where}: unknown key {unknown[0]!r} (known: {', '.join(GENERATION_KEYS)})")
-    try:
-        return {key: check_setting(key, setting) for key, setting in value.items()}
-    except ValueError as err:
-        raise ConfigError(f"{path}: {where}.{err}") from err
+        raise ConfigError(f"{where or 'generation'}: expected a mapping of {', '.join(GENERATION_KEYS)}")
+    return checked_values(GenerationParams, value, f"{where}." if where else "")

@@ -9,13 +9,14 @@ runs only the tasks that did not finish; each of those resumes from the cache li
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from popalign.config import Push
 from popalign.errors import ConfigError, PopAlignError
-
-EXECUTORS = ("local", "slurm", "ray")
+from popalign.pipeline import merge_builds, run_plan
+from popalign.plan import BuildPlan
+from popalign.publish import push_dataset
 
 
 def work_folder(out: Path) -> Path:
@@ -27,71 +28,51 @@ def part_folder(out: Path, rank: int, world_size: int) -> Path:
     return work_folder(out) / "parts" / f"part-{rank + 1:05d}-of-{world_size:05d}"
 
 
-@dataclass(frozen=True)
-class Executor:
-    """How to run a build as `tasks` datatrove tasks (`kind`: local, slurm or ray; `workers` at once, default
-    all), where datatrove logs (default: beside `out`), the Slurm settings, and the push of the merged build
-    (`push_to`, `version`): on Slurm the merge and the push are a job of their own, after the array."""
-
-    kind: str = "local"
-    tasks: int = 1
-    workers: int | None = None
-    logging_dir: str | None = None
-    slurm_partition: str | None = None
-    slurm_time: str = "24:00:00"
-    slurm_cpus: int = 4
-    push_to: str | None = None
-    version: str | None = None
-    private: bool = False
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        if self.kind not in EXECUTORS:
-            raise ConfigError(f"executor {self.kind!r}: expected one of {', '.join(EXECUTORS)}")
-
-
 class ShardTask:
-    """A datatrove pipeline step: task `rank` of `world_size` builds shard `rank + 1`/`world_size` with the
-    build's own options into its part folder (pickled with the executor for Slurm and Ray)."""
+    """A datatrove pipeline step: task `rank` of `world_size` runs the build's plan for shard `rank + 1` of
+    `world_size` into its part folder (pickled with the executor for Slurm and Ray)."""
 
-    def __init__(self, options: dict[str, Any], out: Path) -> None:
-        self.options, self.out = options, out
+    def __init__(self, plan: BuildPlan) -> None:
+        self.plan = plan
 
     def __call__(self, data: Any, rank: int = 0, world_size: int = 1) -> None:
-        from popalign.api import build
-
-        part = part_folder(self.out, rank, world_size)
-        build(**self.options, out=part, shard=f"{rank + 1}/{world_size}", progress=False)
+        run_plan(
+            self.plan.for_shard(rank + 1, world_size), part_folder(self.plan.out, rank, world_size), progress=False
+        )
 
 
 class MergeTask:
     """The last step: merge every part into `out`, then push if asked (a Slurm job after the build's array)."""
 
-    def __init__(self, out: Path, executor: Executor) -> None:
-        self.out, self.executor = out, executor
+    def __init__(self, out: Path, tasks: int, push: Push | None) -> None:
+        self.out, self.tasks, self.push = out, tasks, push
 
     def __call__(self, data: Any = None, rank: int = 0, world_size: int = 1) -> None:
-        from popalign.pipeline import merge_builds
-
-        tasks = self.executor.tasks
-        merge_builds([part_folder(self.out, k, tasks) for k in range(tasks)], self.out)
-        if self.executor.push_to:
-            from popalign.publish import push_dataset
-
-            push = self.executor
-            push_dataset(self.out, push.push_to, push.version or "", token=None, private=push.private, force=push.force)
+        merge_builds([part_folder(self.out, k, self.tasks) for k in range(self.tasks)], self.out)
+        if self.push:
+            push = self.push
+            push_dataset(self.out, push.repo_id, push.release, token=None, private=push.private, force=push.force)
 
 
-def run_tasks(options: dict[str, Any], out: Path, executor: Executor) -> bool:
-    """Run the build of `options` into `out` as datatrove tasks, then merge (and push). Returns True when the
-    merged build is written, False when the work was only submitted (Slurm: a merge job follows the array)."""
+def run_tasks(plan: BuildPlan) -> bool:
+    """Run `plan` as datatrove tasks, then merge (and push). Returns True when the merged build is written, False
+    when the work was only submitted (Slurm: a merge job follows the array)."""
+    executor, out = plan.config.executor, plan.out
+    assert executor is not None
+    credentials = [key for role in plan.used for key in plan.roles[role].credentials]
+    if plan.config.endpoints.token or any(credentials):
+        raise ConfigError(
+            "--executor writes the command's arguments into the tasks' pickled pipeline: give endpoint keys "
+            "through a role's api_key_env or $HF_TOKEN (the tasks inherit the environment), not --token or a URL"
+        )
     try:
         import datatrove  # noqa: F401
     except ImportError:
         raise ConfigError("--executor needs datatrove: pip install 'popalign[scale]'") from None
     logs = str(executor.logging_dir or work_folder(out) / "logs")
     workers = executor.workers or -1  # datatrove: every task at once
-    pipeline = [ShardTask(options, out)]
+    pipeline = [ShardTask(plan)]
+    merge_task = MergeTask(out, executor.tasks, plan.config.push)
     if executor.kind == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
 
@@ -107,7 +88,7 @@ def run_tasks(options: dict[str, Any], out: Path, executor: Executor) -> bool:
             pipeline=pipeline, tasks=executor.tasks, workers=workers, logging_dir=logs, job_name="popalign", **slurm
         )
         merge = SlurmPipelineExecutor(
-            pipeline=[MergeTask(out, executor)], tasks=1, logging_dir=f"{logs}/merge", job_name="popalign-merge",
+            pipeline=[merge_task], tasks=1, logging_dir=f"{logs}/merge", job_name="popalign-merge",
             depends=build, **slurm,
         )  # fmt: skip
         merge.run()  # submits the build's array first, then the merge job that waits for it
@@ -132,5 +113,5 @@ def run_tasks(options: dict[str, Any], out: Path, executor: Executor) -> bool:
         raise PopAlignError(
             f"a task failed ({reason}); its log is under {logs}/logs; rerun to run the unfinished"
         ) from None
-    MergeTask(out, executor)()
+    merge_task()
     return True

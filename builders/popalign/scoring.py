@@ -24,21 +24,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from popalign.backends import local_backend
 from popalign.cache import GenerationCache
+from popalign.config import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES, ScoreOptions
 from popalign.credentials import authorization, split_credentials
 from popalign.errors import BackendError, ConfigError, first_line
-from popalign.models import ModelSpec
 from popalign.prompts import Instruction
+from popalign.roles import ModelSpec, parse_spec
 from popalign.strategies import STRATEGIES, StrategyContext, guided_messages
 
 if TYPE_CHECKING:  # torch loads only where a local model is used
-    from popalign.local_backend import LocalBackend
+    from popalign.backends.local import LocalBackend
 
 PROMPT_CONTRASTS = tuple(name for name, strategy in STRATEGIES.items() if strategy.kind == "prompt")
 #: The prompt pairs that depend on the instruction alone, which the model and pipeline strategies are scored with.
-SCORE_CONTRASTS = ("prefix", "demon")
-SWAP_POLICIES = ("keep", "drop", "swap")
-ORDERS = ("generated", "curriculum")
 _SWAPPED_VERDICT = {"chosen": "rejected", "rejected": "chosen"}
 
 
@@ -227,3 +226,47 @@ def _swapped(row: dict[str, Any]) -> dict[str, Any]:
 def _logprob_key(scorer: str, text: str) -> str:
     payload = json.dumps({"kind": "sequence-logprob", "scorer": scorer, "text": text}, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How to score pairs (see `popalign.scoring`), then curate and order them."""
+
+    scorer: Scorer
+    render: Callable[[list[dict[str, str]]], str]
+    count_tokens: Callable[[str], int]
+    contrast: str = "prefix"
+    min_score: float | None = None
+    swap: str = "keep"
+    order: str = "generated"
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as the manifest and the card record them."""
+        keys = ("contrast", "min_score", "swap", "order")
+        return {"scorer": self.scorer.name, **{key: getattr(self, key) for key in keys}}
+
+
+def score_settings(
+    options: ScoreOptions, backend: LocalBackend | None, default_model: str, token: str | None
+) -> ScoreSettings:
+    """The scorer, prompt renderer and curation that `options` ask for: a TGI endpoint, or a local model on
+    `backend` (a build's own local backend, when it has one)."""
+    backend = backend or local_backend(8)
+    spec = parse_spec(options.model or default_model)
+    if spec.kind == "endpoint":
+        scorer: Scorer = TGIScorer(options.model or default_model, token=token)
+        template_source = ModelSpec.parse(options.tokenizer).source
+    else:
+        scorer, template_source = LocalScorer(backend, spec), spec.source
+    tokenizer = backend.tokenizer(template_source)
+
+    def render(chat: list[dict[str, str]]) -> str:
+        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return ScoreSettings(
+        scorer=scorer, render=render, count_tokens=count_tokens, contrast=options.contrast,
+        min_score=options.min_score, swap=options.swap, order=options.order,
+    )  # fmt: skip

@@ -13,10 +13,11 @@ import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 
+from popalign.config import ELICITIVE_STYLES
 from popalign.errors import ConfigError
 from popalign.generation import Generation, Message, Request, assistant, system, user
-from popalign.models import ROLES
 from popalign.prompts import Instruction
+from popalign.roles import ROLES
 from popalign.templates import TemplateSet
 
 #: Why a pair is not written. Every drop is counted under one of these in the summary, manifest and card.
@@ -29,7 +30,6 @@ DROP_REASONS: dict[str, str] = {
     "unparsed": "elicitive, paper template: the output has no `Thought:` / `Response:` parts",
     "failed": "an endpoint refused a request for good",
 }
-ELICITIVE_STYLES = ("guided", "paper")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from popalign.errors import BackendError, first_line
-from popalign.models import ModelSpec
+from popalign.roles import ModelSpec
 
 Chat = list[dict[str, str]]
 
@@ -24,7 +24,7 @@ class RewardModel:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from popalign.local_backend import model_location
+        from popalign.backends.local import model_location
 
         if spec.layers is not None:
             raise BackendError(f"reward model {spec}: layers=N is for generating models, not reward models")
@@ -48,7 +48,7 @@ class RewardModel:
     @property
     def name(self) -> str:
         """The model as outputs name it."""
-        return self.spec.published
+        return self.spec.published()
 
     def scores(self, chats: Sequence[Chat]) -> list[float]:
         """The reward of each chat (its last turn the answer), in order."""

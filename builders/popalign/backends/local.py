@@ -7,7 +7,7 @@ import copy
 import hashlib
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,8 +16,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from popalign.errors import BackendError
 from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request
-from popalign.models import EMBEDDED, ModelSpec
+from popalign.roles import EMBEDDED, ModelSpec
 
+#: The local backend batches from the requests of this many batches' worth of runs (sorted by prompt length).
+LOCAL_BATCHES_IN_FLIGHT = 8
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 T = TypeVar("T")
 _Waiter = tuple["asyncio.Future[Generation]", OnDone]
@@ -55,6 +57,10 @@ class LocalBackend:
     async def identity(self, spec: ModelSpec) -> str:
         """The spec itself names the model."""
         return str(spec)
+
+    def slots(self, specs: Sequence[ModelSpec]) -> int:
+        """Requests waiting at once: batches' worth of `LOCAL_BATCHES_IN_FLIGHT`, sorted by length into batches."""
+        return self.batch_size * LOCAL_BATCHES_IN_FLIGHT
 
     def submit(
         self, spec: ModelSpec, request: Request, params: GenerationParams, on_done: OnDone, on_retry: OnRetry

@@ -24,6 +24,7 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -32,10 +33,11 @@ from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OfflineModeIsEnabled
 from huggingface_hub.utils import get_async_session
 
+from popalign.config import Endpoints
 from popalign.credentials import authorization
 from popalign.errors import BackendError, RequestFailed
 from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request
-from popalign.models import EndpointSpec
+from popalign.roles import EndpointSpec
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -44,6 +46,7 @@ REST_AFTER = 3
 MAX_REST = 30.0
 PROBE_EVERY = 1.0
 START_ATTEMPTS = 3
+_DEFAULT = Endpoints()
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,10 @@ class RetryPolicy:
     """At most `attempts` tries per request; the wait before try n+1 is uniform in [0, min(cap, base * 2**n)],
     and never shorter than the server's `Retry-After`, which is capped at `max_wait` seconds."""
 
-    attempts: int = 6
+    attempts: int = _DEFAULT.retries
     base: float = 1.0
     cap: float = 60.0
-    max_wait: float = 120.0
+    max_wait: float = _DEFAULT.max_retry_wait
 
     @property
     def patience(self) -> float:
@@ -112,25 +115,19 @@ class _Endpoint:
 class EndpointBackend:
     """Answers requests on endpoints, with bounded concurrency per replica, retries and resting replicas.
 
-    >>> backend = EndpointBackend(token=None, concurrency=64)
+    >>> backend = EndpointBackend(Endpoints(concurrency=64))
     >>> await backend.identity(EndpointSpec.parse("http://localhost:8080"))  # doctest: +SKIP
     'HuggingFaceTB/SmolLM2-135M-Instruct'
     """
 
     name = "endpoint"
 
-    def __init__(
-        self,
-        *,
-        token: str | None = None,
-        concurrency: int = 64,
-        timeout: float = 300.0,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self.token = token
-        self.concurrency = concurrency
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
+    def __init__(self, settings: Endpoints | None = None, *, retry: RetryPolicy | None = None) -> None:
+        settings = settings or Endpoints()
+        self.token = settings.token
+        self.concurrency = settings.concurrency
+        self.timeout = settings.timeout
+        self.retry = retry or RetryPolicy(attempts=settings.retries, max_wait=settings.max_retry_wait)
         self._endpoints: dict[EndpointSpec, _Endpoint] = {}
 
     def _authorization(self, spec: EndpointSpec, url: str) -> str | None:
@@ -225,6 +222,10 @@ class EndpointBackend:
         if spec.model:
             return spec.model
         raise BackendError(f"endpoint {url}: neither /v1/models nor /info names the served model; give it a model")
+
+    def slots(self, specs: Sequence[EndpointSpec]) -> int:
+        """Requests in flight at once: `concurrency` per replica of every endpoint."""
+        return self.concurrency * sum(len(spec.urls) for spec in specs)
 
     async def aclose(self) -> None:
         """Close every replica's connections; the next run opens new ones."""

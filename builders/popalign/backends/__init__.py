@@ -1,0 +1,51 @@
+"""The backends that answer a role's requests, behind one contract (`base.Backend`), and the one registry from
+a role spec's kind (`spec.kind`: `local` or `endpoint`) to the backend that answers it.
+
+`open_backends` makes one backend of each kind a build needs; the heavy libraries (torch and transformers for
+local models) load here, when a backend of that kind is first made, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from popalign.backends.base import Backend
+from popalign.config import Endpoints
+from popalign.roles import Spec
+
+if TYPE_CHECKING:
+    from popalign.backends.local import LocalBackend
+
+
+def local_backend(batch_size: int) -> LocalBackend:
+    """The in-process transformers backend (loads torch and transformers)."""
+    from popalign.backends.local import LocalBackend
+
+    return LocalBackend(batch_size=batch_size)
+
+
+def _endpoint_backend(batch_size: int, endpoints: Endpoints) -> Backend:
+    from popalign.backends.endpoint import EndpointBackend
+
+    return EndpointBackend(endpoints)
+
+
+#: Each kind of role spec and how to make the backend that answers it.
+REGISTRY: dict[str, Callable[[int, Endpoints], Backend]] = {
+    "local": lambda batch_size, endpoints: local_backend(batch_size),
+    "endpoint": _endpoint_backend,
+}
+
+
+def open_backends(
+    specs: Iterable[Spec], *, batch_size: int, endpoints: Endpoints, kinds: Iterable[str] = ()
+) -> dict[str, Backend]:
+    """One backend of each kind that `specs` (and `kinds`, wanted besides) need, by kind.
+
+    >>> from popalign.roles import parse_spec
+    >>> sorted(open_backends([parse_spec("http://localhost:8080")], batch_size=16, endpoints=Endpoints()))
+    ['endpoint']
+    """
+    needed = {spec.kind for spec in specs} | set(kinds)
+    return {kind: REGISTRY[kind](batch_size, endpoints) for kind in sorted(needed)}

@@ -1,0 +1,33 @@
+"""The contract every generation backend keeps: a name for cache keys, model identities, and asynchronous
+answers (see `popalign.engine`, which drives them)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol
+
+from popalign.config import GenerationParams
+from popalign.generation import Generation, OnDone, OnRetry, Request
+
+
+class Backend(Protocol):
+    """What the engine needs of a backend: a name for cache keys, model identities, and asynchronous answers."""
+
+    name: str
+
+    async def identity(self, spec: Any) -> str: ...
+
+    def submit(
+        self, spec: Any, request: Request, params: GenerationParams, on_done: OnDone, on_retry: OnRetry
+    ) -> Awaitable[Generation]:
+        """Start answering `request`; call `on_done` with the generation as soon as it exists, `on_retry` on
+        each retry."""
+        ...
+
+    def flush(self) -> None:
+        """Answer what is queued (local batching); endpoints answer on submit and do nothing here."""
+        ...
+
+    def slots(self, specs: Sequence[Any]) -> int:
+        """How many requests for these specs the backend answers at once."""
+        ...

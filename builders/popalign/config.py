@@ -1,0 +1,602 @@
+"""Every user setting, declared once: typed, frozen dataclasses whose fields carry their help text and their
+check. The `popalign` parser and the recipe keys are generated from these declarations (see `flags` and
+`settings_index`), and `__post_init__` checks every value, so the command line, a recipe and the Python API accept
+and refuse the same values with the same line.
+
+Each setting has one flat key, used alike as the flag (`--max-new-tokens`), the recipe key (`max_new_tokens`, the
+generation settings under `generation:`) and the Python API's keyword (`popalign.build(..., max_new_tokens=64)`).
+
+>>> Endpoints(concurrency=8).retries
+6
+>>> Endpoints(concurrency="0")
+Traceback (most recent call last):
+...
+popalign.errors.ConfigError: concurrency: expected a whole number >= 1, got 0
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from popalign.errors import ConfigError
+from popalign.roles import EMBEDDED, ROLES, Spec, parse_spec
+
+#: Default answer lengths: endpoints serve real models whose answers run long; the local default is what the
+#: embedded demo can afford on two CPU cores while keeping cut answers (dropped as `truncated`) a minority.
+ENDPOINT_MAX_NEW_TOKENS = 1024
+LOCAL_MAX_NEW_TOKENS = 384
+#: The largest Parquet file per config; a larger config is split into `train-0000K-of-0000N` files.
+MAX_SHARD_SIZE = 500 * 1000 * 1000
+#: The card's license unless one is given: the generated text follows the generating models' terms.
+DEFAULT_LICENSE = "other"
+
+ELICITIVE_STYLES = ("guided", "paper")
+SCORE_CONTRASTS = ("prefix", "demon")
+SWAP_POLICIES = ("keep", "drop", "swap")
+ORDERS = ("generated", "curriculum")
+MIN_JUDGE = ("agree",)
+EXECUTORS = ("local", "slurm", "ray")
+
+
+@dataclass(frozen=True)
+class Check:
+    """What a setting's value must be: its type (`kind`), a test of the typed value, and the words that say what
+    is expected; `parse` turns text (a flag's, a recipe's) into the type when plain conversion is not enough."""
+
+    kind: type
+    expected: str
+    test: Callable[[Any], bool] = lambda value: True
+    parse: Callable[[str], Any] | None = None
+    #: How `--help` names a value of this kind.
+    metavar: str = "VALUE"
+
+    def __call__(self, key: str, value: Any) -> Any:
+        """`value` as the setting's type, or a `ConfigError` naming the key, what is expected and what was given."""
+        try:
+            typed = self._typed(value)
+            ok = self.test(typed)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{key}: expected {self.expected}, got {_shown(value)}")
+        return typed
+
+    def _typed(self, value: Any) -> Any:
+        if isinstance(value, str) and self.parse:
+            return self.parse(value.strip())
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if isinstance(value, bool) or (self.kind is int and isinstance(value, float)):
+            raise ValueError
+        typed = self.kind(value.strip() if isinstance(value, str) else value)
+        if isinstance(typed, float) and not math.isfinite(typed):
+            raise ValueError
+        return typed
+
+
+def _shown(value: Any) -> str:
+    """A given value as errors show it: a number the same whether it came as text (a flag) or as a number."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return repr(value)
+        return value.strip()
+    return repr(value)
+
+
+def one_of(options: Iterable[str]) -> Check:
+    options = tuple(options)
+    return Check(
+        str, f"one of {', '.join(options)}", lambda value: value in options, metavar="{" + ",".join(options) + "}"
+    )
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def _size(text: str) -> int:
+    """A byte count such as `500MB`, `64KiB` or `1000000`."""
+    match = _SIZE.match(text)
+    if not match or not text.isascii():
+        raise ValueError
+    return int(float(match[1]) * _UNITS[(match[2] or "b").lower()])
+
+
+POSITIVE = Check(int, "a whole number >= 1", lambda value: value >= 1, metavar="N")
+NON_NEGATIVE = Check(int, "a whole number >= 0", lambda value: value >= 0, metavar="N")
+SECONDS = Check(float, "a number of seconds > 0", lambda value: value > 0, metavar="SECONDS")
+NUMBER = Check(float, "a number", metavar="X")
+TEXT = Check(str, "text", lambda value: bool(value.strip()), metavar="TEXT")
+FLAG = Check(bool, "true or false")
+PATH = Check(Path, "a path", lambda value: str(value) != "")
+SIZE = Check(int, "a size such as 500MB or 64KiB", lambda value: value >= 1, parse=_size)
+SHARE = Check(float, "a share of the instructions, 0 <= F < 1", lambda value: 0 <= value < 1)
+SHARD = Check(str, "K/N with 1 <= K <= N", lambda value: _is_shard(value))
+LICENSE = Check(
+    str,
+    "a license identifier such as apache-2.0, mit or cc-by-4.0",
+    lambda value: bool(re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", value)),
+)
+VERSION = Check(str, "a version X.Y.Z", lambda value: bool(re.fullmatch(r"\d+\.\d+\.\d+", value)))
+
+
+def _is_shard(text: str) -> bool:
+    match = re.fullmatch(r"([0-9]+)/([0-9]+)", text.strip())
+    return bool(match) and 1 <= int(match[1]) <= int(match[2])
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    help: str,
+    check: Check | None = None,
+    key: str | None = None,
+    metavar: str | None = None,
+    recipe: bool = True,
+    cli: bool = True,
+    negated: str | None = None,
+    switch: bool = False,
+) -> Any:
+    """A dataclass field that is a user setting: its default, help text and check; `key` is its flat name (default:
+    the field's); `recipe=False` keeps it out of recipes (a secret, a per-run switch), `cli=False` off the command
+    line; a boolean whose default is True is set on the command line by the flag `negated` (`--no-cache`), and a
+    `switch` (a group turned on with its defaults, `--score`) by its bare flag."""
+    metadata = {"help": help, "check": check, "key": key, "metavar": metavar, "recipe": recipe, "cli": cli}
+    metadata |= {"negated": negated, "switch": switch}
+    return field(default=default, metadata=metadata)
+
+
+def check_fields(settings: Any) -> None:
+    """Type and check every declared setting of a dataclass instance in place (its `__post_init__`)."""
+    for item in fields(settings):
+        check, value = item.metadata.get("check"), getattr(settings, item.name)
+        if check is not None and value is not None:
+            object.__setattr__(settings, item.name, check(key_of(item), value))
+
+
+def key_of(item: Field[Any]) -> str:
+    """A setting's flat key: flag, recipe key and keyword."""
+    return item.metadata.get("key") or item.name
+
+
+def declared(cls: type) -> list[Field[Any]]:
+    """The fields of a settings dataclass that are user settings."""
+    return [item for item in fields(cls) if "help" in item.metadata]
+
+
+def group_of(cls: type, flat: Mapping[str, Any]) -> Any:
+    """A settings group made from those of the flat keys in `flat` that are its own (the others are left)."""
+    names = {key_of(item): item.name for item in declared(cls)}
+    return cls(**{names[key]: value for key, value in flat.items() if key in names})
+
+
+def checked_values(cls: type, values: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """Some of `cls`'s settings (by field name), typed and checked, as a partial override; unknown names are
+    refused as unknown settings."""
+    known = {item.name: item for item in declared(cls)}
+    result = {}
+    for name, value in values.items():
+        if name not in known:
+            raise ConfigError(f"{where}{unknown_setting(name, known)}")
+        check = known[name].metadata["check"]
+        if value is not None:
+            try:
+                result[name] = check(key_of(known[name]), value) if check else value
+            except ConfigError as err:
+                raise ConfigError(f"{where}{err}") from None
+    return result
+
+
+def unknown_setting(name: str, known: Iterable[str]) -> str:
+    """The words for a setting nobody declared, with the nearest known one."""
+    known = list(known)
+    near = [key for key in known if key.startswith(name)][:1] or difflib.get_close_matches(name, known, n=1)
+    return f"unknown setting {name!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings of the requests of a run (or of one role)."""
+
+    max_new_tokens: int = setting(
+        LOCAL_MAX_NEW_TOKENS,
+        check=POSITIVE,
+        help=f"tokens per answer (default: {LOCAL_MAX_NEW_TOKENS} for local models, {ENDPOINT_MAX_NEW_TOKENS} for "
+        "endpoints); an answer cut at the limit drops its pair as truncated",
+    )
+    temperature: float = setting(
+        0.7,
+        check=Check(float, "a number >= 0 (0 is greedy)", lambda value: 0 <= value <= 100, metavar="T"),
+        help="sampling temperature; 0 is greedy",
+    )
+    top_p: float = setting(
+        0.9,
+        check=Check(float, "a number in (0, 1]", lambda value: 0 < value <= 1, metavar="P"),
+        help="nucleus sampling mass",
+    )
+    seed: int = setting(0, check=NON_NEGATIVE, help="sampling and principle-choice seed")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """How endpoint roles (and an endpoint judge or TGI scorer) are called: requests in flight per replica,
+    attempts per request, seconds per request, the longest `Retry-After` honoured, and an API key (default:
+    none; `$HF_TOKEN` or the saved login go to Hugging Face hosts only)."""
+
+    concurrency: int = setting(64, check=POSITIVE, help="requests in flight per endpoint replica")
+    retries: int = setting(6, check=POSITIVE, help="attempts per endpoint request")
+    timeout: float = setting(300.0, check=SECONDS, help="seconds per endpoint request")
+    max_retry_wait: float = setting(
+        120.0, check=SECONDS, help="longest wait a server's Retry-After can ask for; each wait uses up an attempt"
+    )
+    token: str | None = setting(
+        None,
+        check=TEXT,
+        recipe=False,
+        help="API key for endpoints (default: none; $HF_TOKEN or the saved login go to Hugging Face hosts only)",
+    )
+
+    def __repr__(self) -> str:  # the key never reaches a log or an error
+        shown = ", ".join(f"{item.name}={getattr(self, item.name)!r}" for item in fields(self) if item.name != "token")
+        return f"Endpoints({shown})"
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """DLMA self-reward scoring: the scoring model (a spec or a TGI URL; default: the build's `default` role),
+    the local spec whose chat template renders prompts for a TGI scorer, the contrastive prompt pair of the model
+    and pipeline strategies, and the curation (`min_score`, `swap`, `order`)."""
+
+    model: str | None = setting(
+        None,
+        key="score_model",
+        check=TEXT,
+        metavar="SPEC|URL",
+        help="model that scores: a model spec (default: the build's default role) or a TGI endpoint URL",
+    )
+    tokenizer: str = setting(
+        EMBEDDED,
+        key="score_tokenizer",
+        check=TEXT,
+        metavar="SPEC",
+        help="with a TGI URL: the local model spec whose chat template renders prompts",
+    )
+    contrast: str = setting(
+        "prefix",
+        key="score_contrast",
+        check=one_of(SCORE_CONTRASTS),
+        help="prompt pair (x+, x-) for the model and pipeline strategies",
+    )
+    min_score: float | None = setting(None, check=NUMBER, help="drop pairs scoring below this (counted as low-score)")
+    swap: str = setting(
+        "keep",
+        check=one_of(SWAP_POLICIES),
+        help="pairs whose score favours the rejected side: keep, drop, or swap the sides and mark them",
+    )
+    order: str = setting(
+        "generated", check=one_of(ORDERS), help="row order; curriculum = easiest (largest per-token score) first"
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class JudgeOptions:
+    """A judge: an LLM (`model`, a spec or endpoint URLs, asked in both orders) or a reward model
+    (`reward_model`, a sequence-classification model); `min_judge="agree"` keeps only the pairs it agrees with."""
+
+    model: str | None = setting(
+        None,
+        key="judge_model",
+        check=TEXT,
+        metavar="SPEC|URL",
+        help="an LLM judge: a local model spec or endpoint URLs (both orders)",
+    )
+    reward_model: str | None = setting(
+        None,
+        key="judge_reward_model",
+        check=TEXT,
+        metavar="SPEC",
+        help="a reward-model judge: a transformers sequence-classification model (folder or Hub id)",
+    )
+    max_new_tokens: int = setting(256, key="judge_max_new_tokens", check=POSITIVE, help="the LLM judge's reply")
+    min_judge: str | None = setting(
+        None,
+        check=one_of(MIN_JUDGE),
+        help="agree: keep only the pairs the judge agrees with (counted as dropped)",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if bool(self.model) == bool(self.reward_model):
+            raise ConfigError("a judge is an LLM (judge_model) or a reward model (judge_reward_model): give one")
+
+
+@dataclass(frozen=True)
+class Push:
+    """Publishing a finished build: the Hub dataset, the version (tagged `vX.Y.Z`), a private repository, and
+    whether an already published version is replaced."""
+
+    repo_id: str = setting(
+        MISSING,
+        key="push_to",
+        check=TEXT,
+        metavar="ORG/NAME",
+        help="publish the result as a version of this Hub dataset",
+    )
+    release: str = setting(MISSING, check=VERSION, metavar="X.Y.Z", help="the version to publish with --push-to")
+    private: bool = setting(False, check=FLAG, help="with --push-to: create the repository private")
+    force: bool = setting(False, check=FLAG, help="with --push-to: replace an already published version")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class Executor:
+    """How to run a build as `tasks` datatrove tasks (`kind`: local, slurm or ray; `workers` at once, default
+    all), where datatrove logs (default: beside `out`), and the Slurm settings."""
+
+    kind: str = setting(
+        "local", key="executor", check=one_of(EXECUTORS), help="run the build as --tasks datatrove tasks"
+    )
+    tasks: int = setting(1, check=POSITIVE, help="shards, one per task")
+    workers: int | None = setting(
+        None, check=POSITIVE, help="tasks running at once (default: all; Slurm: the array's limit)"
+    )
+    logging_dir: str | None = setting(
+        None, check=TEXT, help="datatrove's logs and completion marks (default: beside --out)"
+    )
+    slurm_partition: str | None = setting(None, check=TEXT, help="Slurm partition of the tasks")
+    slurm_time: str = setting("24:00:00", check=TEXT, help="Slurm time limit per task")
+    slurm_cpus: int = setting(4, check=POSITIVE, help="CPUs per Slurm task")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+#: The settings groups a build holds, by the `BuildConfig` field that holds each.
+GROUPS: dict[str, type] = {
+    "params": GenerationParams,
+    "endpoints": Endpoints,
+    "score": ScoreOptions,
+    "judge": JudgeOptions,
+    "push": Push,
+    "executor": Executor,
+}
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything `popalign build` is told, checked: where the instructions come from, which strategies and
+    roles, the output, and the settings groups (generation, endpoints, scoring, judging, publishing, executor).
+
+    Build one from flat keys as a user gives them with `BuildConfig.of(**settings)`.
+
+    >>> BuildConfig.of(strategies="prefix", temperature=0, concurrency=8).endpoints.concurrency
+    8
+    >>> BuildConfig.of(roles={"defualt": "http://localhost:8080"})
+    Traceback (most recent call last):
+    ...
+    popalign.errors.ConfigError: roles: unknown role 'defualt' (known: default, large, small, first, second, planner)
+    """
+
+    prompts: str | Path | None = setting(
+        None,
+        metavar="FILE|ORG/NAME",
+        help=".jsonl, .csv or .parquet of instructions, or a Hub dataset ORG/NAME[:CONFIG][:SPLIT] "
+        "(default: the bundled demo set)",
+    )
+    prompts_revision: str | None = setting(
+        None, check=TEXT, metavar="REV", help="with a Hub dataset: its revision (default: newest)"
+    )
+    prompt_column: str | None = setting(
+        None, check=TEXT, help="column holding the instruction (default: prompt or instruction)"
+    )
+    strategies: str | tuple[str, ...] = setting("all", help="comma-separated strategies, or all")
+    limit: int | None = setting(None, check=POSITIVE, metavar="N", help="use at most N distinct instructions")
+    out: Path = setting(Path("popalign-data"), check=PATH, metavar="DIR", help="output folder")
+    roles: Mapping[str, str | Spec] = setting(
+        None,
+        key="model",
+        recipe=False,
+        metavar="ROLE=SPEC",
+        help="model of a role (default, large, small, first, second, planner); repeatable. With none, the "
+        "embedded SmolLM2 and weaker copies of it fill every role",
+    )
+    role_params: Mapping[str, Mapping[str, Any]] = setting(
+        None, cli=False, recipe=False, help="per role, generation settings that override the run's"
+    )
+    templates: Path | None = setting(
+        None, check=PATH, metavar="DIR", help="folder of templates overriding the shipped ones by name"
+    )
+    keep_truncated: bool = setting(False, check=FLAG, help="keep pairs with a side cut at the token limit (counted)")
+    elicitive_style: str = setting(
+        "guided",
+        check=one_of(ELICITIVE_STYLES),
+        help="guided: plan, then an answer guided by the plan in a fresh context (works on small models); "
+        "paper: the paper's single-turn Thought:/Response: template, for capable models",
+    )
+    batch_size: int = setting(16, check=POSITIVE, help="local generation batch size")
+    cache_dir: Path | None = setting(
+        None, check=PATH, metavar="DIR", help="generation cache folder (default: ~/.cache/popalign)"
+    )
+    cache: bool = setting(
+        True, check=FLAG, recipe=False, negated="no_cache", help="generate everything anew and store nothing"
+    )
+    progress: bool = setting(True, check=FLAG, recipe=False, negated="no_progress", help="hide progress bars")
+    max_shard_size: int = setting(
+        MAX_SHARD_SIZE,
+        check=SIZE,
+        metavar="SIZE",
+        help="largest Parquet file per config; a larger config is split into train-0000K-of-0000N files "
+        "(default: 500MB)",
+    )
+    license: str = setting(
+        DEFAULT_LICENSE,
+        check=LICENSE,
+        metavar="ID",
+        help="the card's license (a Hub identifier such as apache-2.0 or cc-by-4.0); generated text also follows "
+        "the generating models' terms",
+    )
+    test_size: float = setting(
+        0.0,
+        check=SHARE,
+        metavar="F",
+        help="put this share of the instructions (all their rows) in a test split beside train",
+    )
+    shard: str | None = setting(
+        None, check=SHARD, metavar="K/N", help="build only part K of N of the instructions (see popalign merge)"
+    )
+    params: Mapping[str, Any] = field(default_factory=dict)
+    endpoints: Endpoints = field(default_factory=Endpoints)
+    score: ScoreOptions | None = setting(
+        None, switch=True, help="score every pair (DLMA self-reward) before writing (see the scoring settings)"
+    )
+    judge: JudgeOptions | None = None
+    push: Push | None = None
+    executor: Executor | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if isinstance(self.prompts, str) and not self.prompts.strip():
+            raise ConfigError("prompts: expected a file or a Hub dataset ORG/NAME, got ''")
+        if not isinstance(self.strategies, str):
+            object.__setattr__(self, "strategies", ",".join(self.strategies))
+        roles = dict(self.roles or {})
+        for role in [*roles, *(self.role_params or {})]:
+            if role not in ROLES:
+                raise ConfigError(f"roles: unknown role {role!r} (known: {', '.join(ROLES)})")
+        object.__setattr__(self, "roles", {role: _spec(spec) for role, spec in roles.items()})
+        object.__setattr__(self, "params", _generation(self.params, ""))
+        object.__setattr__(
+            self,
+            "role_params",
+            {role: _generation(values, f"role {role}: ") for role, values in (self.role_params or {}).items()},
+        )
+        if self.executor and self.shard is not None:
+            raise ConfigError("shard and executor do not go together: the executor gives each task its shard")
+        if self.executor and (self.score or self.judge):
+            raise ConfigError("executor builds the data; score or judge the merged folder after")
+
+    @classmethod
+    def of(cls, **settings: Any) -> BuildConfig:
+        """A build's config from flat keys (`temperature=0`, `concurrency=8`, `judge_model=URL`) and/or whole
+        groups (`params={...}`, `endpoints=Endpoints(...)`, `score=True` or `ScoreOptions(...)`); every value is
+        checked, and a key nobody declared is refused with the nearest known one."""
+        index = settings_index()
+        top: dict[str, Any] = {}
+        flat: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
+        for key, value in settings.items():
+            if key in GROUPS and not (key == "executor" and isinstance(value, str)):
+                top[key] = value
+            elif key in index:
+                group, name = index[key]
+                (top if group is None else flat[group])[name] = value
+            else:
+                raise ConfigError(unknown_setting(key, [*index, *GROUPS]))
+        top["params"] = {**_generation(top.get("params") or {}, ""), **flat.pop("params")}
+        for group, values in flat.items():
+            top[group] = _group(group, top.get(group), values)
+        return cls(**{key: value for key, value in top.items() if value is not None})
+
+
+def _generation(values: Mapping[str, Any] | GenerationParams, where: str) -> dict[str, Any]:
+    """Generation settings as a checked partial override (a whole `GenerationParams` gives every one)."""
+    if isinstance(values, GenerationParams):
+        return {item.name: getattr(values, item.name) for item in fields(values)}
+    if not isinstance(values, Mapping):
+        raise ConfigError(
+            f"{where}generation: expected a mapping of {', '.join(f.name for f in fields(GenerationParams))}"
+        )
+    return checked_values(GenerationParams, values, where)
+
+
+#: Of a group given by flat keys alone, the setting that must be among them (the others only refine it).
+_NAMED_BY = {"executor": "kind", "push": "repo_id", "judge": None, "endpoints": None}
+
+
+def _group(group: str, whole: Any, values: dict[str, Any]) -> Any:
+    """One settings group from a whole object (or `True`: the defaults) and the flat keys given beside it."""
+    cls = GROUPS[group]
+    if whole is None or whole is False:
+        needed = _NAMED_BY.get(group, "")
+        if values and needed is not None and needed not in values:
+            named = "score" if group == "score" else _key(cls, needed)
+            raise ConfigError(f"{_key(cls, next(iter(values)))}: given without {named}")
+        if not values:
+            return cls() if group == "endpoints" else None
+        whole = {}
+    if whole is True:
+        whole = {}
+    if isinstance(whole, cls):
+        return replace(whole, **values) if values else whole
+    if not isinstance(whole, Mapping):
+        raise ConfigError(f"{group}: expected {cls.__name__}, got {type(whole).__name__}")
+    given = {**whole, **values}
+    missing = [_key(cls, item.name) for item in declared(cls) if item.default is MISSING and item.name not in given]
+    if missing:
+        raise ConfigError(f"{_key(cls, next(iter(given)))} needs {' and '.join(missing)}")
+    return cls(**given)
+
+
+def _key(cls: type, name: str) -> str:
+    return key_of(next(item for item in fields(cls) if item.name == name))
+
+
+def _spec(spec: str | Spec) -> Spec:
+    return parse_spec(spec) if isinstance(spec, str) else spec
+
+
+def settings_index() -> dict[str, tuple[str | None, str]]:
+    """Every flat key, with the `BuildConfig` group that holds it (None: `BuildConfig` itself) and its field."""
+    index: dict[str, tuple[str | None, str]] = {item.name: (None, item.name) for item in declared(BuildConfig)}
+    index |= {key_of(item): (None, item.name) for item in declared(BuildConfig)}
+    for group, cls in GROUPS.items():
+        index |= {key_of(item): (group, item.name) for item in declared(cls)}
+    return index
+
+
+def check_setting(key: str, value: Any) -> Any:
+    """One flat setting's value, typed and checked as its declaration says (a recipe's values, one by one)."""
+    index = settings_index()
+    if key not in index:
+        raise ConfigError(unknown_setting(key, index))
+    group, name = index[key]
+    item = next(item for item in fields(GROUPS[group] if group else BuildConfig) if item.name == name)
+    check = item.metadata.get("check")
+    return check(key, value) if check and value is not None else value
+
+
+def recipe_keys() -> list[str]:
+    """The keys a recipe may hold at its top level (generation settings go under `generation:`)."""
+    index = settings_index()
+    keys = []
+    for key, (group, name) in index.items():
+        cls = BuildConfig if group is None else GROUPS[group]
+        item = next(item for item in fields(cls) if item.name == name)
+        if item.metadata.get("recipe", True) and group != "params":
+            keys.append(key)
+    return [*keys, "generation", "roles", "prompts_sha256"]
+
+
+def default_max_new_tokens(spec: Spec) -> int:
+    """The answer length of a role whose run gave none: long on endpoints, short on local models."""
+    return ENDPOINT_MAX_NEW_TOKENS if spec.kind == "endpoint" else LOCAL_MAX_NEW_TOKENS

@@ -1,0 +1,144 @@
+"""A build, resolved and checked once: the `BuildPlan` that `api.build` runs in this process or hands to the
+executor, whose every task runs `plan.for_shard(k, n)`.
+
+Resolving a plan reads the instructions (refusing a bad file before any model loads), resolves the roles the
+strategies use (the demo roles when none are given, the `planner` following `default`), and gives every role its
+generation settings. A task receives the plan itself, so no setting can be left behind on the way to a shard.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from popalign.config import BuildConfig, GenerationParams, default_max_new_tokens
+from popalign.errors import ConfigError
+from popalign.prompts import PromptSet, is_hub_dataset, load_hub_prompts, load_prompts, parse_shard
+from popalign.roles import Spec, resolve_roles
+from popalign.strategies import STRATEGIES, parse_strategies, roles_used
+from popalign.templates import TemplateSet
+
+log = logging.getLogger("popalign")
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What a build runs: its checked config, the strategies, every used role's spec and generation settings,
+    and its instructions (`prompt_set`, this plan's part of them; a Hub dataset pinned at `revision`).
+
+    >>> plan = make_plan(BuildConfig.of(strategies="prefix", roles={"default": "http://localhost:8080"}, limit=4))
+    >>> plan.strategies, plan.params.max_new_tokens, plan.for_shard(1, 2).shard
+    (('prefix',), 1024, (1, 2))
+    """
+
+    config: BuildConfig
+    strategies: tuple[str, ...]
+    roles: Mapping[str, Spec]
+    params: GenerationParams
+    role_params: Mapping[str, GenerationParams]
+    revision: str | None = None
+    total: int = 0
+    shard: tuple[int, int] | None = None
+    prompt_set: PromptSet | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def used(self) -> list[str]:
+        """The roles the strategies generate with."""
+        return roles_used(list(self.strategies))
+
+    def templates(self) -> TemplateSet:
+        return TemplateSet(self.config.templates)
+
+    def for_shard(self, k: int, n: int) -> BuildPlan:
+        """The plan of part `k` of `n` of the instructions (a task of the executor); it loads its own part."""
+        return replace(self, shard=(k, n), prompt_set=None, config=replace(self.config, executor=None, push=None))
+
+    def instructions(self) -> PromptSet:
+        """This plan's instructions: read at planning, or (a shard's) read now."""
+        return self.prompt_set or _load(self.config, self.shard, self.revision)
+
+    def describe(self) -> None:
+        """Log what the build will do, as the command prints it before generating."""
+        prompt_set = self.instructions()
+        part = f" (shard {prompt_set.shard[0]}/{prompt_set.shard[1]} of {prompt_set.total})" if prompt_set.shard else ""
+        count = len(prompt_set.instructions)
+        log.info(f"{count} instructions{part} from {prompt_set.source}; strategies: {', '.join(self.strategies)}")
+        for role in self.used:
+            log.info(f"  role {role:<8} {self.roles[role]}  ({self.roles[role].describe()})")
+
+
+def make_plan(config: BuildConfig) -> BuildPlan:
+    """Resolve and check a build's config: the strategies, the roles and their generation settings, the
+    templates and the instructions (read now, so a bad file is refused before any model loads).
+
+    Raises:
+        ConfigError: an unknown strategy, roles a strategy needs are missing, or one model on both sides.
+        PromptsError: the instructions file is missing, or a row or column is bad.
+        TemplateError: a template of the override folder is bad.
+    """
+    names = parse_strategies(config.strategies)
+    given = dict(config.roles)
+    per_role = {role: dict(values) for role, values in config.role_params.items()}
+    if "planner" not in given and "default" in per_role:
+        per_role["planner"] = per_role["default"]  # the planner is the default model
+    used = roles_used(names)
+    needs = {name: STRATEGIES[name].roles for name in names}
+    missing = [role for role in used if role not in resolve_roles(given, {})]
+    resolved = resolve_roles(given, needs) if missing else resolve_roles(given, {})  # names the missing roles
+    params, role_params = _generation(config.params, resolved, per_role, used)
+    resolve_roles(given, needs, role_params)  # one model with one setting on both sides of a contrast
+    TemplateSet(config.templates)  # a bad override folder is refused now
+    shard = parse_shard(config.shard) if config.shard is not None else None
+    prompt_set = _load(config, shard, config.prompts_revision)
+    if config.executor and config.executor.tasks > prompt_set.total:
+        raise ConfigError(f"tasks {config.executor.tasks}: more tasks than the {prompt_set.total} instructions")
+    return BuildPlan(
+        config=config,
+        strategies=tuple(names),
+        roles=resolved,
+        params=params,
+        role_params=role_params,
+        revision=prompt_set.revision or None,
+        total=prompt_set.total,
+        shard=shard,
+        prompt_set=prompt_set,
+    )
+
+
+def _load(config: BuildConfig, shard: tuple[int, int] | None, revision: str | None) -> PromptSet:
+    prompts, column, limit = config.prompts, config.prompt_column, config.limit
+    if isinstance(prompts, str) and is_hub_dataset(prompts):
+        return load_hub_prompts(prompts, column=column, limit=limit, shard=shard, revision=revision)
+    return load_prompts(Path(prompts) if prompts is not None else None, column=column, limit=limit, shard=shard)
+
+
+def _generation(
+    params: Mapping[str, int | float],
+    roles: Mapping[str, Spec],
+    per_role: Mapping[str, Mapping[str, int | float]],
+    used: list[str],
+) -> tuple[GenerationParams, dict[str, GenerationParams]]:
+    """The run's generation settings and each role's own. Without `max_new_tokens`, local models get 384 tokens and
+    endpoints 1024 (`config.default_max_new_tokens`); per-role settings win.
+
+    >>> from popalign.roles import parse_spec
+    >>> _generation({"temperature": 0}, {"default": parse_spec("http://a:1")}, {}, ["default"])[0].max_new_tokens
+    1024
+    """
+    explicit = params.get("max_new_tokens")
+    tokens = int(explicit or min(default_max_new_tokens(roles[role]) for role in used))
+    run = replace(GenerationParams(), **{**params, "max_new_tokens": tokens})
+    role_params = {}
+    for role in used:
+        values = dict(per_role.get(role, {}))
+        if explicit is None and default_max_new_tokens(roles[role]) != tokens:
+            values = {"max_new_tokens": default_max_new_tokens(roles[role]), **values}
+        if values:
+            role_params[role] = replace(run, **values)
+    return run, role_params

@@ -1,0 +1,124 @@
+"""Every setting is declared once (`popalign.config`): the command line, a recipe and the Python API accept and
+refuse the same values with the same line, and a datatrove task receives the build's plan itself."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import field, fields, make_dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import popalign
+from popalign import cli, scale_out
+from popalign.config import BuildConfig, Endpoints, JudgeOptions
+from popalign.plan import BuildPlan, make_plan
+
+URL = "http://localhost:9"  # nothing is ever asked of it: every case is refused before a request
+KNOWN_ROLES = "(known: default, large, small, first, second, planner)"
+
+#: Each bad value: the flags, the recipe and the API calls that give it, and the one line all of them answer.
+CASES: dict[str, tuple[list[str], str, list[dict[str, Any]], str]] = {
+    "unknown role": (
+        ["--model", f"defualt={URL}"],
+        f"roles: {{defualt: '{URL}'}}\n",
+        [{"roles": {"defualt": URL}}],
+        f"roles: unknown role 'defualt' {KNOWN_ROLES}",
+    ),
+    "misspelt key": (
+        ["--concurrncy", "8"],
+        "concurrncy: 8\n",
+        [{"concurrncy": 8}],
+        "unknown setting 'concurrncy' (did you mean 'concurrency'?)",
+    ),
+    "concurrency 0": (
+        ["--concurrency", "0"],
+        "concurrency: 0\n",
+        [{"concurrency": 0}, {"endpoints": {"concurrency": 0}}],
+        "concurrency: expected a whole number >= 1, got 0",
+    ),
+    "max_new_tokens 0": (
+        ["--max-new-tokens", "0"],
+        "generation: {max_new_tokens: 0}\n",
+        [{"max_new_tokens": 0}, {"params": {"max_new_tokens": 0}}],
+        "max_new_tokens: expected a whole number >= 1, got 0",
+    ),
+    "judge_max_new_tokens 0": (
+        ["--judge-model", URL, "--judge-max-new-tokens", "0"],
+        f"judge_model: '{URL}'\njudge_max_new_tokens: 0\n",
+        [{"judge_model": URL, "judge_max_new_tokens": 0}, {"judge": {"model": URL, "max_new_tokens": 0}}],
+        "judge_max_new_tokens: expected a whole number >= 1, got 0",
+    ),
+    "min_judge agreed": (
+        ["--judge-model", URL, "--min-judge", "agreed"],
+        f"judge_model: '{URL}'\nmin_judge: agreed\n",
+        [{"judge_model": URL, "min_judge": "agreed"}],
+        "min_judge: expected one of agree, got 'agreed'",
+    ),
+    "temperature nan": (
+        ["--temperature", "nan"],
+        "generation: {temperature: .nan}\n",
+        [{"temperature": math.nan}, {"params": {"temperature": math.nan}}],
+        "temperature: expected a number >= 0 (0 is greedy), got nan",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_cli_a_recipe_and_the_api_refuse_a_bad_value_with_one_line(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags, recipe, calls, line = CASES[case]
+    out = tmp_path / "out"
+    assert cli.main(["build", "--out", str(out), *flags]) == 2
+    assert capsys.readouterr().err == f"popalign: error: {line}\n"
+    (tmp_path / "recipe.yaml").write_text(f"strategies: [prefix]\n{recipe}")
+    assert cli.main(["build", "--config", str(tmp_path / "recipe.yaml"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"popalign: error: {tmp_path / 'recipe.yaml'}: {line}\n"
+    for settings in calls:
+        with pytest.raises(popalign.ConfigError) as refused:
+            popalign.build(out=out, **settings)
+        assert str(refused.value) == line
+    assert not out.exists()
+
+
+def test_the_settings_objects_check_their_own_values() -> None:
+    with pytest.raises(popalign.ConfigError, match=r"^concurrency: expected a whole number >= 1, got 0$"):
+        Endpoints(concurrency=0)
+    with pytest.raises(popalign.ConfigError, match=r"^judge_max_new_tokens: expected a whole number >= 1, got 0$"):
+        JudgeOptions(model=URL, max_new_tokens=0)
+    with pytest.raises(popalign.ConfigError, match=r"^min_judge: expected one of agree, got 'agreed'$"):
+        JudgeOptions(model=URL, min_judge="agreed")
+    assert "sk-secret" not in repr(Endpoints(token="sk-secret"))
+
+
+def test_the_parser_and_the_recipe_keys_come_from_the_declarations() -> None:
+    help_text = cli._parser()._subparsers._group_actions[0].choices["build"].format_help()  # type: ignore[union-attr]
+    for cls in (BuildConfig, Endpoints, JudgeOptions):
+        for item in fields(cls):
+            key = item.metadata.get("key") or item.name
+            if "help" in item.metadata and item.metadata["cli"]:
+                flag = item.metadata["negated"] or key
+                assert f"--{flag.replace('_', '-')}" in help_text, key
+
+
+def test_a_shard_task_receives_the_plan_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A field added to `BuildPlan` reaches every task with no other edit: the task is given the plan."""
+    (tmp_path / "p.jsonl").write_text("".join(f'{{"prompt": "q{n}"}}\n' for n in range(6)))
+    config = BuildConfig.of(prompts=str(tmp_path / "p.jsonl"), strategies="prefix", roles={"default": URL},
+                            out=tmp_path / "out", executor="local", tasks=3, temperature=0.2)  # fmt: skip
+    plan = make_plan(config)
+    extended = make_dataclass("ExtendedPlan", [("added", str, field(default=""))], bases=(BuildPlan,), frozen=True)
+    given = extended(**{item.name: getattr(plan, item.name) for item in fields(plan)}, added="seen by the task")
+    ran = []
+    monkeypatch.setattr(scale_out, "run_plan", lambda plan, out, progress: ran.append((plan, out)))
+    scale_out.ShardTask(given)(None, rank=1, world_size=3)
+    ((task_plan, out),) = ran
+    assert task_plan.added == "seen by the task" and task_plan.shard == (2, 3)
+    assert task_plan.params == plan.params and task_plan.params.temperature == 0.2
+    assert task_plan.config.executor is None and task_plan.config.strategies == "prefix"
+    assert out == scale_out.part_folder(tmp_path / "out", 1, 3)
+    assert len(task_plan.instructions().instructions) == task_plan.instructions().total - sum(
+        len(plan.for_shard(k, 3).instructions().instructions) for k in (1, 3)
+    )

@@ -25,7 +25,8 @@ import pyarrow.parquet
 import popalign.backends.endpoint
 import popalign.build_folder
 import popalign.pipeline
-from popalign.cli import _quiet_libraries, main
+from popalign.api import quiet_libraries
+from popalign.cli import main
 
 CHANGES: list[tuple[Any, str]] = [
     (os, "rename"), (os, "replace"), (os, "rmdir"), (os, "mkdir"), (os, "unlink"), (shutil, "rmtree"),
@@ -61,7 +62,7 @@ def run_child(argv: list[str], kill_at: int | None, exchange: bool, report: int)
 
 
 def serve() -> None:
-    _quiet_libraries()
+    quiet_libraries()
     for line in sys.stdin:
         command = json.loads(line)
         read, write = os.pipe()

@@ -93,31 +93,34 @@ def test_the_api_raises_named_errors(example: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_readme_python_api_runs_from_build_to_the_hub(server: str, tmp_path: Path) -> None:
-    """The README's "Python API" block as a user runs it, against the scripted endpoint and the test Hub."""
-    section = README.read_text().split("## Python API", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+def test_the_readme_python_examples_run_as_written(server: str, tmp_path: Path) -> None:
+    """The README's "Python API" blocks as a user runs them: the first as written, offline on the embedded model;
+    the endpoint one against the scripted endpoint and the test Hub."""
+    blocks = [
+        block.split("```", 1)[0] for block in README.read_text().split("## Python API", 1)[1].split("```python\n")[1:3]
+    ]
+    (tmp_path / "readme_api.py").write_text(blocks[0])
+    first = run_offline(sys.executable, "readme_api.py", cwd=tmp_path, POPALIGN_CACHE=str(tmp_path / "cache"))
+    assert first.returncode == 0, first.stderr
+    configs, rows = first.stdout.splitlines()[-2:]
+    assert configs == "['all', 'prefix', 'refine']" and rows.split()[0].isdigit() and rows.split()[1] == "smollm2"
     endpoint = 'roles={"default": "http://localhost:8080"},'
-    assert endpoint in code
+    assert endpoint in blocks[1]
     # the scripted server answers by the markers of the tests' templates
-    code = code.replace(endpoint, f"roles={{'default': {server!r}}}, templates={str(HERE / 'scripted_templates')!r},")
-    (tmp_path / "readme_api.py").write_text(code)
-    prompts(tmp_path, ["ok", "aaa", "bbb"])
+    code = blocks[1].replace(
+        endpoint, f"roles={{'default': {server!r}}}, templates={str(HERE / 'scripted_templates')!r},"
+    )
+    (tmp_path / "readme_endpoint.py").write_text(f"import popalign\n{code}")
     token = "hf_readmeApiToken42"
     with serve_hub(tmp_path / "hub", token) as hub:
         env = {"HF_ENDPOINT": hub, "HF_TOKEN": token, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
                "HF_HOME": str(tmp_path / "hf-home")}  # fmt: skip
-        first = run_offline(sys.executable, "readme_api.py", cwd=tmp_path, **env)
-        again = run_offline(sys.executable, "readme_api.py", cwd=tmp_path, **env)
-    assert first.returncode == 0, first.stderr
-    lines = first.stdout.splitlines()
-    assert lines[0] == "['all', 'prefix', 'elicitive']" and lines[1] == "{}"
-    assert lines[2] == "3 scripted-default" and lines[3] == "A careful, complete answer about ok."
-    commit, version = lines[4].split()
-    assert len(commit) == 40 and version == "1.0.0"
+        pushed = run_offline(sys.executable, "readme_endpoint.py", cwd=tmp_path, **env)
+        again = run_offline(sys.executable, "readme_endpoint.py", cwd=tmp_path, **env)
+    assert pushed.returncode == 0, pushed.stderr
     refusal = "my-org/popalign: v1.0.0 is already published; pass --force to replace it"
-    assert again.returncode == 1 and again.stderr.strip().splitlines()[-1] == refusal  # after datasets' progress
-    assert token not in first.stdout + first.stderr + again.stderr
+    assert again.returncode == 1 and again.stderr.strip().splitlines()[-1].endswith(refusal)
+    assert token not in pushed.stdout + pushed.stderr + again.stderr
 
 
 @pytest.mark.slow

@@ -203,7 +203,7 @@ def test_ray_executor_on_a_local_ray_instance_gives_the_same_rows(scripted, tmp_
 def test_executor_bad_input_is_one_line(scripted, tmp_path: Path) -> None:  # noqa: F811
     url, _ = scripted
     for flags, says in (
-        (["--executor", "local", "--tasks", "2", "--shard", "1/2"], "--shard and --executor"),
+        (["--executor", "local", "--tasks", "2", "--shard", "1/2"], "shard and executor do not go together"),
         (["--executor", "local", "--tasks", "99"], "more tasks than the 24 instructions"),
         (["--executor", "local", "--tasks", "2", "--judge-model", url], "score or judge the merged folder"),
         (["--executor", "local", "--tasks", "2", "--token", "sk-secret"], "not --token or a URL"),

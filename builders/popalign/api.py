@@ -15,10 +15,14 @@ functions; what they report while they run goes to the `popalign` logger.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import huggingface_hub
 
 from popalign.backends import local_backend
 from popalign.build_folder import Manifest, check_out, open_manifest
@@ -109,6 +113,8 @@ def build(prompts: str | Path | None = None, *, config: BuildConfig | None = Non
         config = BuildConfig.of(**({"prompts": prompts} if prompts is not None else {}), **settings)
     elif settings or prompts is not None:
         raise ConfigError("give a whole config, or prompts and settings, not both")
+    if not config.progress:
+        quiet_libraries()
     check_out(Path(config.out))
     if config.push:  # checked before generating; the Hub token comes from $HF_TOKEN or the saved login
         check_publish(config.push.repo_id, config.push.release)
@@ -238,6 +244,20 @@ def versions(repo_id: str, *, token: str | None = None) -> list[dict[str, Any]]:
         PublishError: the repository is missing or not popalign's, or the Hub failed.
     """
     return list_versions(repo_id, token=token)
+
+
+def quiet_libraries() -> None:
+    """Keep the output to popalign's own progress bar and summary (the command always; `progress=False` in the
+    API): the Hub's, `datasets`' and transformers' bars and notices are silenced."""
+    huggingface_hub.utils.disable_progress_bars()  # transformers follows the Hub's setting
+    for name, value in (
+        ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+        ("DATASETS_VERBOSITY", "error"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+    ):
+        os.environ.setdefault(name, value)  # read when `datasets` and transformers are first imported
+    if "datasets" in sys.modules:  # imported already: tell it directly
+        sys.modules["datasets"].disable_progress_bars()
 
 
 def check_publish(repo_id: str, release: str) -> None:

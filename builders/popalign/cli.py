@@ -15,8 +15,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
-import huggingface_hub
-
 from popalign import api
 from popalign.config import (
     FLAG,
@@ -230,7 +228,7 @@ def _print_quality(summary: Any) -> None:
 
 def _score(args: argparse.Namespace) -> int:
     given = _given(args, "dir")
-    _quiet_libraries()
+    api.quiet_libraries()
     built = api.score(
         args.dir,
         group_of(ScoreOptions, given),
@@ -254,7 +252,7 @@ def _build(args: argparse.Namespace) -> int:
     settings = {**recipe.settings, **given}
     settings["roles"], settings["role_params"] = {**recipe.roles, **roles}, recipe.role_generation
     config = BuildConfig.of(**settings)
-    _quiet_libraries()
+    api.quiet_libraries()
     summary_build = api.build(config=config)
     if config.executor:
         if summary_build is None:
@@ -315,7 +313,7 @@ def _push(args: argparse.Namespace) -> int:
     if "release" not in given:
         raise ConfigError("release: required (--release X.Y.Z)")
     options = group_of(Push, {"push_to": args.repo, **given})
-    _quiet_libraries()
+    api.quiet_libraries()
     result = api.push(
         args.dir, repo_id=args.repo, version=options.release, token=args.token, private=options.private,
         force=options.force,
@@ -349,7 +347,7 @@ def _versions(args: argparse.Namespace) -> int:
 
 def _judge(args: argparse.Namespace) -> int:
     given = _given(args, "dir")
-    _quiet_libraries()
+    api.quiet_libraries()
     built = api.judge(
         args.dir,
         group_of(JudgeOptions, given),
@@ -367,7 +365,7 @@ def _judge(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    _quiet_libraries()
+    api.quiet_libraries()
     summary = api.merge(args.dirs, out=args.out).summary
     for name, outcome in summary.outcomes.items():
         dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(outcome.dropped.items())) or "0"
@@ -386,18 +384,6 @@ def _print_log() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-
-
-def _quiet_libraries() -> None:
-    """Keep the output to popalign's own progress bar and summary. `datasets` and `transformers` read these
-    settings when they are first imported, which an endpoint build puts off until it writes (or never does)."""
-    huggingface_hub.utils.disable_progress_bars()  # transformers follows the Hub's setting
-    for name, value in (
-        ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
-        ("DATASETS_VERBOSITY", "error"),
-        ("TRANSFORMERS_VERBOSITY", "error"),
-    ):
-        os.environ.setdefault(name, value)
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -20,8 +20,8 @@ from pathlib import Path
 import yaml
 from datasets import Dataset
 
+from popalign.dataset.schema import FEATURES
 from popalign.mixture import MixtureConfig, load_mixture
-from popalign.schema import FEATURES
 from popalign.strategies import STRATEGIES
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))

@@ -10,9 +10,9 @@ import argparse
 import time
 
 from popalign.backends.local import LocalBackend
+from popalign.dataset.schema import make_row
 from popalign.prompts import load_prompts
 from popalign.roles import ModelSpec
-from popalign.schema import make_row
 from popalign.scoring import LocalScorer, score_rows
 from popalign.strategies import StrategyContext
 from popalign.templates import TemplateSet

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow.parquet
 
 import popalign.backends.endpoint
-import popalign.build_folder
+import popalign.dataset.folder
 import popalign.pipeline
 from popalign.api import quiet_libraries
 from popalign.cli import main
@@ -52,7 +52,7 @@ def run_child(argv: list[str], kill_at: int | None, exchange: bool, report: int)
     for owner, name in CHANGES:
         setattr(owner, name, counted(getattr(owner, name)))
     if not exchange:
-        popalign.build_folder._exchange = lambda a, b: False
+        popalign.dataset.folder._exchange = lambda a, b: False
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)

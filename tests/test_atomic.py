@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow.parquet
 import pytest
 
-from popalign.build_folder import recover
+from popalign.dataset.folder import recover
 from test_pairs import HERE, prompts, serve_scripted
 
 pytestmark = pytest.mark.slow

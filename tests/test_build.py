@@ -10,8 +10,8 @@ import pytest
 import yaml
 from datasets import load_dataset
 
+from popalign.dataset.schema import features
 from popalign.prompts import load_prompts
-from popalign.schema import features
 from popalign.strategies import STRATEGIES, clean_answer
 
 HOSTILE = "Explain {{ 7*7 }} and {% for x in y %}{{ x }}{% endfor %} literally."

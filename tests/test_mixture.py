@@ -9,8 +9,8 @@ import pytest
 import yaml
 from datasets import Dataset
 
+from popalign.dataset.schema import features, make_row
 from popalign.mixture import MixtureConfig, MixtureError, load_mixture
-from popalign.schema import features, make_row
 from popalign.strategies import STRATEGIES
 
 RECIPES = Path(__file__).parents[1] / "train" / "recipes"

@@ -12,8 +12,8 @@ from PIL import Image
 
 from conftest import POPALIGN, run_offline
 from popalign.backends.local import LocalBackend
+from popalign.dataset.schema import make_row
 from popalign.roles import ModelSpec
-from popalign.schema import make_row
 from popalign.scoring import LocalScorer, TGIScorer, contrast_chats, curate, score_rows
 from popalign.strategies import STRATEGIES, StrategyContext
 from popalign.templates import TemplateSet

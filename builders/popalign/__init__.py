@@ -14,8 +14,8 @@ from popalign.api import (
     score,
     versions,
 )
-from popalign.build_folder import Manifest
 from popalign.config import BuildConfig, Endpoints, Executor, GenerationParams, JudgeOptions, Push, ScoreOptions
+from popalign.dataset.folder import Manifest
 from popalign.errors import (
     BackendError,
     ConfigError,

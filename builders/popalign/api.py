@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 import huggingface_hub
 
 from popalign.backends import local_backend
-from popalign.build_folder import Manifest, check_out, open_manifest
 from popalign.cache import open_cache
 from popalign.config import BuildConfig, Endpoints, JudgeOptions, ScoreOptions
+from popalign.dataset.folder import Manifest, check_out, open_manifest
 from popalign.errors import ConfigError
 from popalign.judging import judge_settings
-from popalign.pipeline import BuildSummary, judge_dataset, merge_builds, run_plan, score_dataset
+from popalign.merge import merge_builds
+from popalign.pipeline import BuildSummary, judge_dataset, run_plan, score_dataset
 from popalign.plan import make_plan
 from popalign.publish import PushResult, check_repo_id, list_versions, parse_version, push_dataset
 from popalign.roles import EMBEDDED

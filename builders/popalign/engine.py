@@ -285,6 +285,10 @@ class Engine:
             self._answers.popitem(last=False)  # an old answer: the runs that could share it have finished
         return answer
 
+    def published_name(self, role: str) -> str:
+        """How outputs name a role's model: a local spec by its own name, an endpoint by its served model."""
+        return self.roles[role].published(self.identities.get(role, ""))
+
     def backend_name(self, role: str) -> str:
         """`local` or `endpoint`: the backend of a role."""
         return self.roles[role].kind

@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from popalign.backends import open_backends
-from popalign.backends.reward_model import RewardModel
+from popalign.backends.reward_model import RewardModel, pair_chats
 from popalign.cache import GenerationCache
 from popalign.config import Endpoints, GenerationParams, JudgeOptions
+from popalign.dataset.quality import QUALITY_DIR
+from popalign.dataset.rows import StrategyOutcome
 from popalign.engine import Engine
+from popalign.errors import PopAlignError
 from popalign.generation import Generation, Request, user
-from popalign.quality import QUALITY_DIR
 from popalign.roles import ModelSpec, parse_spec
+from popalign.strategies import Dropped
 from popalign.templates import TemplateSet
 
 if TYPE_CHECKING:
@@ -236,3 +239,54 @@ def judge_settings(
     params = GenerationParams(max_new_tokens=options.max_new_tokens, temperature=0.0, top_p=1.0, seed=0)
     engine = Engine({"judge": spec}, params, backends=backends, cache=cache, progress=progress)
     return JudgeSettings(engine=engine, templates=templates, min_judge=options.min_judge)
+
+
+def judge_outcomes(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings, out: Path) -> dict[str, Any]:
+    """Judge all rows in one pass, summarize each strategy (before `--min-judge` curation), curate, and draw the
+    accuracy chart into `out`; return the manifest's `judge` record."""
+    rows = [row for outcome in outcomes.values() for row in outcome.rows]
+    if judging.reward_model:
+        scores = judging.reward_model.scores([chat for row in rows for chat in pair_chats(row)])
+        for index, row in enumerate(rows):
+            margin = scores[2 * index] - scores[2 * index + 1]
+            row["judge_verdict"], row["judge_margin"] = margin_verdict(margin), margin
+        judge: dict[str, Any] = {"model": judging.reward_model.name, "kind": "reward-model"}
+    else:
+        assert judging.engine is not None
+        judge = _llm_verdicts(rows, judging.engine, judging.templates)
+    summaries = {name: summarize(outcome.rows) for name, outcome in outcomes.items() if outcome.rows}
+    judge |= {"min_judge": judging.min_judge, "configs": {name: s.describe() for name, s in summaries.items()}}
+    judge["chart"] = write_accuracy_chart(summaries, judge["model"], out)
+    if judging.min_judge == "agree":
+        for outcome in outcomes.values():
+            for row in outcome.rows:
+                if row["judge_verdict"] != "chosen":
+                    outcome.dropped["judge-failed" if row["judge_verdict"] is None else "judge-disagrees"] += 1
+            outcome.rows = [row for row in outcome.rows if row["judge_verdict"] == "chosen"]
+    return judge
+
+
+def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: TemplateSet) -> dict[str, Any]:
+    """Set each row's `judge_verdict` from the engine's `judge` role (None where a request failed for good). A
+    local judge's reply that names no choice is read from its log-probabilities of `A` and `B` instead."""
+    runs = [(row["strategy"], judge_run(row, templates)) for row in rows]
+    answers = engine.run(runs, expected=2 * len(rows))  # each a pair of choices, or Dropped
+    if rows and all(isinstance(answer, Dropped) for answer in answers):
+        judge = engine.published_name("judge")
+        raise PopAlignError(f"judge {judge}: every request failed ({engine.stats.last_failure})")
+    choices = {(i, order): pair[order] for i, pair in enumerate(answers) if isinstance(pair, tuple) for order in (0, 1)}
+    spec, unread = engine.roles["judge"], [key for key, choice in choices.items() if choice is None]
+    read: list[str | None] = []
+    if spec.kind == "local" and engine.local and unread:
+        read = logprob_choices(engine.local, spec, [judge_chats(rows[i], templates)[order] for i, order in unread])
+        choices.update(zip(unread, read, strict=True))
+    for i, row in enumerate(rows):
+        row["judge_verdict"] = verdict(choices[i, 0], choices[i, 1]) if (i, 0) in choices else None
+        row["judge_margin"] = None
+    return {
+        "model": engine.published_name("judge"),
+        "kind": "llm",
+        "template_sha256": templates.hashes()[JUDGE_TEMPLATE],
+        "from_logprobs": sum(choice is not None for choice in read),
+        "judgements": len(choices),
+    }

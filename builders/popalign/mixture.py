@@ -20,7 +20,7 @@ import datasets
 from datasets.exceptions import DatasetNotFoundError
 from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 
-from popalign.build_folder import MANIFEST
+from popalign.dataset.folder import MANIFEST
 from popalign.errors import PopAlignError
 
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,63 +12,33 @@ import yaml
 
 from popalign.backends import open_backends
 from popalign.backends.endpoint import same_server
-from popalign.backends.reward_model import pair_chats
-from popalign.build_folder import (
+from popalign.cache import GenerationCache, open_cache
+from popalign.config import DEFAULT_LICENSE, MAX_SHARD_SIZE
+from popalign.dataset.card import write_card_and_manifest
+from popalign.dataset.folder import (
     RECIPE,
     Manifest,
     check_out,
-    config_files,
+    copy_quality,
+    copy_recipe,
     open_manifest,
     staged,
-    write_manifest,
 )
-from popalign.cache import GenerationCache, open_cache
-from popalign.card import render_card
-from popalign.config import DEFAULT_LICENSE, MAX_SHARD_SIZE
+from popalign.dataset.rows import RowSpool, StrategyOutcome, keep_sides, read_outcomes, require_rows, write_configs
+from popalign.dataset.schema import make_row
 from popalign.engine import Engine, EngineStats
-from popalign.errors import PopAlignError, ShardError
+from popalign.errors import PopAlignError
 from popalign.judging import (
-    JUDGE_TEMPLATE,
     JudgeSettings,
-    judge_chats,
-    judge_run,
+    judge_outcomes,
     judge_settings,
-    logprob_choices,
-    margin_verdict,
     summarize,
-    verdict,
-    write_accuracy_chart,
 )
 from popalign.plan import BuildPlan
 from popalign.prompts import BUNDLED_LABEL, PromptSet
-from popalign.quality import OVERVIEW, QUALITY_DIR, quality_report, write_histogram, write_overview
-from popalign.row_spool import RowSpool
-from popalign.schema import make_row
-from popalign.scoring import ScoreSettings, ScoreStats, curate, order_rows, score_rows, score_settings
+from popalign.scoring import ScoreSettings, ScoreStats, score_outcomes, score_settings
 from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext, roles_used
 from popalign.templates import TemplateSet
-
-
-@dataclass
-class StrategyOutcome:
-    """Rows written and pairs dropped (by reason) for one strategy; `cut_kept` counts pairs kept with a side
-    cut at the token limit (`--keep-truncated`)."""
-
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    dropped: Counter[str] = field(default_factory=Counter)
-    cut_kept: int = 0
-    spool: RowSpool | None = None  # a build's rows, on disk as they finish, where none need to be in memory
-
-    @property
-    def count(self) -> int:
-        """Rows written (or to be written)."""
-        return self.spool.count if self.spool else len(self.rows)
-
-    def truncation(self) -> dict[str, Any]:
-        """How many pairs had a side cut at the token limit (dropped or kept), of all pairs made."""
-        made = self.count + sum(self.dropped.values())
-        cut = self.dropped.get("truncated", 0) + self.cut_kept
-        return {"pairs": made, "cut": cut, "rate": round(cut / made, 4) if made else 0.0}
 
 
 @dataclass
@@ -164,7 +131,7 @@ def build_dataset(
 
     def ready() -> None:  # the roles' identities are known: check the contrasts, name the models in rows
         _check_contrasts(engine, strategies)
-        names.update({role: _published_name(engine, role) for role in engine.roles})
+        names.update({role: engine.published_name(role) for role in engine.roles})
 
     outcomes = {name: StrategyOutcome() for name in strategies}
     with tempfile.TemporaryDirectory(prefix="popalign-rows-") as spools:
@@ -219,14 +186,14 @@ def build_dataset(
         )
         quality: dict[str, dict[str, Any]] = {}
         score_stats = None
-        _require_rows(outcomes, out)
+        require_rows(outcomes, out)
         with staged(out) as folder:
             if scoring:
-                quality, score_stats = _score(outcomes, scoring, context, engine.cache, folder)
+                quality, score_stats = score_outcomes(outcomes, scoring, context, engine.cache, folder)
                 manifest = replace(manifest, score=scoring.describe(), quality=quality)
             if judging:
-                manifest = replace(manifest, judge=_judge(outcomes, judging, folder))
-            manifest = replace(manifest, configs=_write_configs(outcomes, folder, shard_size, test_size))
+                manifest = replace(manifest, judge=judge_outcomes(outcomes, judging, folder))
+            manifest = replace(manifest, configs=write_configs(outcomes, folder, shard_size, test_size))
             for name, config in manifest.configs.items():
                 strategy = STRATEGIES[name]
                 config |= {
@@ -235,7 +202,7 @@ def build_dataset(
                     "tokens": engine.stats.by_strategy[name].tokens,
                 }
             _write_recipe(folder, strategies, engine, prompts, context, license, test_size)
-            _write_manifest_and_card(manifest, folder, out)
+            write_card_and_manifest(manifest, folder, out)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
@@ -265,21 +232,21 @@ def score_dataset(
         raise PopAlignError(
             f"{out}: built with other templates ({changed[0]} differs); pass the --templates folder it was built with"
         )
-    outcomes = _read_outcomes(out, manifest)
+    outcomes = read_outcomes(out, manifest)
     context = StrategyContext(templates, seed=manifest.params["seed"], elicitive_style=manifest.elicitive_style)
-    _require_rows(outcomes, out)
+    require_rows(outcomes, out)
     with staged(out) as folder:
-        _copy_quality(out, folder)
-        quality, score_stats = _score(outcomes, scoring, context, cache, folder)
+        copy_quality(out, folder)
+        quality, score_stats = score_outcomes(outcomes, scoring, context, cache, folder)
         if manifest.judge:
             for name, record in manifest.judge["configs"].items():
                 record["dlma_agreement"] = summarize(outcomes[name].rows).dlma_agreement
-        configs = _keep_sides(
-            _write_configs(outcomes, folder, manifest.max_shard_size, manifest.test_size), manifest.configs
+        configs = keep_sides(
+            write_configs(outcomes, folder, manifest.max_shard_size, manifest.test_size), manifest.configs
         )
         manifest = replace(manifest, configs=configs, score=scoring.describe(), quality=quality)
-        _copy_recipe(out, folder)
-        _write_manifest_and_card(manifest, folder, out)
+        copy_recipe(out, folder)
+        write_card_and_manifest(manifest, folder, out)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
@@ -301,19 +268,19 @@ def judge_dataset(out: Path, *, judging: JudgeSettings) -> BuildSummary:
     """
     started = time.monotonic()
     manifest = open_manifest(out)
-    outcomes = _read_outcomes(out, manifest)
-    _require_rows(outcomes, out)
+    outcomes = read_outcomes(out, manifest)
+    require_rows(outcomes, out)
     with staged(out) as folder:
-        _copy_quality(out, folder)
-        judge = _judge(outcomes, judging, folder)
+        copy_quality(out, folder)
+        judge = judge_outcomes(outcomes, judging, folder)
         earlier = manifest.judge or {}
         replaced = dict.fromkeys([earlier.get("model"), *earlier.get("replaced", [])]).keys() - {None, judge["model"]}
         if replaced:
             judge["replaced"] = sorted(replaced)
-        written = _write_configs(outcomes, folder, manifest.max_shard_size, manifest.test_size)
-        manifest = replace(manifest, configs=_keep_sides(written, manifest.configs), judge=judge)
-        _copy_recipe(out, folder)
-        _write_manifest_and_card(manifest, folder, out)
+        written = write_configs(outcomes, folder, manifest.max_shard_size, manifest.test_size)
+        manifest = replace(manifest, configs=keep_sides(written, manifest.configs), judge=judge)
+        copy_recipe(out, folder)
+        write_card_and_manifest(manifest, folder, out)
     return BuildSummary(
         out=out,
         outcomes=outcomes,
@@ -323,240 +290,6 @@ def judge_dataset(out: Path, *, judging: JudgeSettings) -> BuildSummary:
         seconds=time.monotonic() - started,
         judge=judge,
     )
-
-
-def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
-    """Join the shard folders of one build (`popalign build --shard K/N`, every K once) into one dataset folder.
-
-    The parts must agree on everything but their shard: prompts source, roles, parameters and templates.
-
-    Raises:
-        ShardError: the parts are not every shard of one unscored, unjudged build, once each.
-        NotABuildError: a part is not a build folder.
-    """
-    started = time.monotonic()
-    manifests = [open_manifest(part) for part in parts]
-    first = manifests[0]
-    counts = {manifest.prompts.get("shard", "").partition("/")[2] for manifest in manifests}
-    if any("shard" not in manifest.prompts for manifest in manifests) or len(counts) != 1:
-        raise ShardError(f"{parts[0]}: merge joins the parts of one sharded build (popalign build --shard K/N)")
-    for part, manifest in zip(parts, manifests, strict=True):
-        for step in ("score", "judge"):
-            if getattr(manifest, step) is not None:
-                raise ShardError(f"{part}: this part is {step}d; merge the parts before, then run popalign {step}")
-        for key in ("backend", "roles", "params", "role_params", "template_hashes", "configs", "test_size"):
-            if _agreed(manifest, key) != _agreed(first, key):
-                raise ShardError(f"{part}: its {key} differ from those of {parts[0]}; parts of one build must agree")
-        keys = ("source", "sha256", "revision", "total")
-        if [manifest.prompts.get(key) for key in keys] != [first.prompts.get(key) for key in keys]:
-            raise ShardError(f"{part}: built from other prompts than {parts[0]}")
-    shards = {manifest.prompts["shard"]: part for part, manifest in zip(parts, manifests, strict=True)}
-    count = int(counts.pop())
-    if len(shards) != len(parts):
-        raise ShardError(f"{parts[-1]}: a shard is given twice (each of 1..{count} once)")
-    missing = [f"{k}/{count}" for k in range(1, count + 1) if f"{k}/{count}" not in shards]
-    if missing:
-        raise ShardError(f"shard {missing[0]} is missing: merge needs all {count} parts")
-    if out.resolve() in {part.resolve() for part in parts}:
-        raise ShardError(f"{out}: write the merged dataset to a new folder, not into a part")
-    check_out(out)
-    outcomes = {name: StrategyOutcome() for name in first.configs}
-    seen: dict[tuple[str, str], Path] = {}
-    for k in range(1, count + 1):
-        part = shards[f"{k}/{count}"]
-        manifest = manifests[parts.index(part)]
-        for name, config in manifest.configs.items():
-            outcomes[name].dropped.update(config["dropped"])
-            outcomes[name].cut_kept += _cut_kept(config)
-            for row in _read_rows(part, name) if config["rows"] else []:
-                if (name, row["prompt_id"]) in seen:
-                    raise ShardError(
-                        f"{part}: {name} row {row['prompt_id'][:12]} is also in {seen[name, row['prompt_id']]}"
-                    )
-                seen[name, row["prompt_id"]] = part
-                outcomes[name].rows.append(row)
-    total = sum(manifest.prompts["count"] for manifest in manifests)
-    if total != first.prompts["total"]:
-        raise ShardError(f"the parts hold {total} instructions but their prompts have {first.prompts['total']}")
-    prompts = {key: first.prompts[key] for key in ("source", "sha256", "revision", "limit") if key in first.prompts}
-    prompts |= {"count": total, "duplicates": first.prompts["duplicates"]}
-    _require_rows(outcomes, out)
-    with staged(out) as folder:
-        configs = _keep_sides(_write_configs(outcomes, folder, first.max_shard_size, first.test_size), first.configs)
-        for name, config in configs.items():
-            config["tokens"] = sum(manifest.configs[name].get("tokens", 0) for manifest in manifests)
-        manifest = replace(first, prompts=prompts | {"merged_shards": count}, configs=configs)
-        _copy_recipe(parts[0], folder, drop_shard=True)
-        _write_manifest_and_card(manifest, folder, out)
-    return BuildSummary(
-        out=out,
-        outcomes=outcomes,
-        roles=first.roles,
-        duplicates=first.prompts["duplicates"],
-        stats=None,
-        seconds=time.monotonic() - started,
-    )
-
-
-def _published_name(engine: Engine, role: str) -> str:
-    """How outputs name a role's model: a local spec by its own name, an endpoint by its served model."""
-    return engine.roles[role].published(engine.identities.get(role, ""))
-
-
-def _keep_sides(configs: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Rewritten configs with the models of each side and the tokens generated as an earlier manifest recorded
-    them."""
-    for name, config in configs.items():
-        kept = ("chosen_model", "rejected_model", "tokens")
-        config |= {key: before[name][key] for key in kept if key in before[name]}
-    return configs
-
-
-def _read_outcomes(out: Path, manifest: Manifest) -> dict[str, StrategyOutcome]:
-    """Every config of a built folder as its rows and drop counts, to rewrite it (score, judge)."""
-    return {
-        name: StrategyOutcome(
-            rows=_read_rows(out, name) if config["rows"] else [],
-            dropped=Counter(config["dropped"]),
-            cut_kept=_cut_kept(config),
-        )
-        for name, config in manifest.configs.items()
-    }
-
-
-def _cut_kept(config: dict[str, Any]) -> int:
-    """Pairs of a written config kept with a cut side (`--keep-truncated`), from its manifest entry."""
-    return config.get("truncation", {}).get("cut", 0) - config["dropped"].get("truncated", 0)
-
-
-def _copy_recipe(source: Path, folder: Path, *, drop_shard: bool = False) -> None:
-    """The recipe and templates of a build (a part's, without its shard, for a merged build) into `folder`."""
-    if (source / RECIPE).is_file():
-        recipe = yaml.safe_load((source / RECIPE).read_text(encoding="utf-8"))
-        if drop_shard:
-            recipe.pop("shard", None)
-        (folder / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    if (source / "templates").is_dir():
-        shutil.copytree(source / "templates", folder / "templates")
-
-
-def _copy_quality(source: Path, folder: Path) -> None:
-    """A build's charts into `folder` for a rewrite (score, judge): the other step's charts stay, and the
-    rewriting step draws its own anew over them."""
-    if (source / QUALITY_DIR).is_dir():
-        shutil.copytree(source / QUALITY_DIR, folder / QUALITY_DIR)
-
-
-def _agreed(manifest: Manifest, key: str) -> Any:
-    """What parts of one build must share: for `configs`, only which strategies were built."""
-    value = getattr(manifest, key)
-    return sorted(value) if key == "configs" else value
-
-
-def _score(
-    outcomes: dict[str, StrategyOutcome],
-    scoring: ScoreSettings,
-    context: StrategyContext,
-    cache: GenerationCache | None,
-    out: Path,
-) -> tuple[dict[str, dict[str, Any]], ScoreStats]:
-    """Score all rows in one pass (batched across strategies), report on them, then curate and order them."""
-    rows = [row for outcome in outcomes.values() for row in outcome.rows]
-    scores, per_token, stats = score_rows(
-        rows,
-        scorer=scoring.scorer,
-        render=scoring.render,
-        context=context,
-        contrast=scoring.contrast,
-        cache=cache,
-        count_tokens=scoring.count_tokens,
-    )
-    for row, score, normalised in zip(rows, scores, per_token, strict=True):
-        row["score"], row["score_per_token"] = score, normalised
-    quality = {}
-    for name, outcome in outcomes.items():
-        report = quality_report(outcome.rows, outcome.dropped)
-        if outcome.rows:
-            report["histogram"] = write_histogram([row["score"] for row in outcome.rows], name, out)
-        kept, actions = curate(outcome.rows, min_score=scoring.min_score, swap=scoring.swap)
-        report["curation"] = dict(actions)
-        outcome.dropped.update({reason: n for reason, n in actions.items() if reason != "swapped"})
-        outcome.rows = order_rows(kept, scoring.order)
-        quality[name] = report
-    return quality, stats
-
-
-def _judge(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings, out: Path) -> dict[str, Any]:
-    """Judge all rows in one pass, summarize each strategy (before `--min-judge` curation), curate, and draw the
-    accuracy chart into `out`; return the manifest's `judge` record."""
-    rows = [row for outcome in outcomes.values() for row in outcome.rows]
-    if judging.reward_model:
-        scores = judging.reward_model.scores([chat for row in rows for chat in pair_chats(row)])
-        for index, row in enumerate(rows):
-            margin = scores[2 * index] - scores[2 * index + 1]
-            row["judge_verdict"], row["judge_margin"] = margin_verdict(margin), margin
-        judge: dict[str, Any] = {"model": judging.reward_model.name, "kind": "reward-model"}
-    else:
-        assert judging.engine is not None
-        judge = _llm_verdicts(rows, judging.engine, judging.templates)
-    summaries = {name: summarize(outcome.rows) for name, outcome in outcomes.items() if outcome.rows}
-    judge |= {"min_judge": judging.min_judge, "configs": {name: s.describe() for name, s in summaries.items()}}
-    judge["chart"] = write_accuracy_chart(summaries, judge["model"], out)
-    if judging.min_judge == "agree":
-        for outcome in outcomes.values():
-            for row in outcome.rows:
-                if row["judge_verdict"] != "chosen":
-                    outcome.dropped["judge-failed" if row["judge_verdict"] is None else "judge-disagrees"] += 1
-            outcome.rows = [row for row in outcome.rows if row["judge_verdict"] == "chosen"]
-    return judge
-
-
-def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: TemplateSet) -> dict[str, Any]:
-    """Set each row's `judge_verdict` from the engine's `judge` role (None where a request failed for good). A
-    local judge's reply that names no choice is read from its log-probabilities of `A` and `B` instead."""
-    runs = [(row["strategy"], judge_run(row, templates)) for row in rows]
-    answers = engine.run(runs, expected=2 * len(rows))  # each a pair of choices, or Dropped
-    if rows and all(isinstance(answer, Dropped) for answer in answers):
-        judge = _published_name(engine, "judge")
-        raise PopAlignError(f"judge {judge}: every request failed ({engine.stats.last_failure})")
-    choices = {(i, order): pair[order] for i, pair in enumerate(answers) if isinstance(pair, tuple) for order in (0, 1)}
-    spec, unread = engine.roles["judge"], [key for key, choice in choices.items() if choice is None]
-    read: list[str | None] = []
-    if spec.kind == "local" and engine.local and unread:
-        read = logprob_choices(engine.local, spec, [judge_chats(rows[i], templates)[order] for i, order in unread])
-        choices.update(zip(unread, read, strict=True))
-    for i, row in enumerate(rows):
-        row["judge_verdict"] = verdict(choices[i, 0], choices[i, 1]) if (i, 0) in choices else None
-        row["judge_margin"] = None
-    return {
-        "model": _published_name(engine, "judge"),
-        "kind": "llm",
-        "template_sha256": templates.hashes()[JUDGE_TEMPLATE],
-        "from_logprobs": sum(choice is not None for choice in read),
-        "judgements": len(choices),
-    }
-
-
-def _read_rows(out: Path, name: str) -> list[dict[str, Any]]:
-    import pyarrow.parquet
-
-    rows = [row for file in config_files(out, name) for row in pyarrow.parquet.read_table(file).to_pylist()]
-    defaults = {"swapped": False, "score_per_token": None, "judge_verdict": None, "judge_margin": None}
-    return [{**defaults, **row} for row in rows]
-
-
-def _write_manifest_and_card(manifest: Manifest, folder: Path, out: Path) -> None:
-    """The card, then the manifest (last: a folder with a manifest is complete) of the build bound for `out`."""
-    manifest = replace(manifest, overview={key: path for key, path in OVERVIEW.items() if (folder / path).is_file()})
-    (folder / "README.md").write_text(render_card(manifest, repo_id=_local_name(out)), encoding="utf-8")
-    write_manifest(folder, manifest)
-
-
-def _local_name(out: Path) -> str:
-    """How the card names a local build in its loading examples: the path from the working folder when the build
-    lies under it, else the folder's name (never an absolute path, which the card would publish)."""
-    relative = os.path.relpath(out.absolute())
-    return out.name if relative.startswith("..") else relative
 
 
 def _write_recipe(
@@ -622,51 +355,3 @@ def _check_contrasts(engine: Engine, strategies: list[str]) -> None:
                 f"one server ({shared[0][0]} and {shared[0][1]}) with the same settings: give them different "
                 "models or generation parameters"
             )
-
-
-def _require_rows(outcomes: dict[str, StrategyOutcome], out: Path) -> None:
-    if not any(outcome.count for outcome in outcomes.values()):
-        raise PopAlignError(
-            f"{out}: every pair was dropped, nothing to write (answers are cached; see the drop counts)"
-        )
-
-
-def _write_configs(
-    outcomes: dict[str, StrategyOutcome], out: Path, shard_size: int, test_size: float = 0.0
-) -> dict[str, dict[str, Any]]:
-    """Run the builder for each strategy and place its Parquet under `data/<strategy>/`: `train-00000-of-00001.parquet`
-    (and `test-…` with a `test_size`), or `train-0000K-of-0000N.parquet` where a split is larger than `shard_size`
-    bytes."""
-    from popalign.builder import PopAlign  # datasets loads when there is something to write
-
-    configs: dict[str, dict[str, Any]] = {
-        name: {"rows": 0, "dropped": dict(outcome.dropped), "truncation": outcome.truncation()}
-        for name, outcome in outcomes.items()
-    }
-    lengths: dict[str, tuple[list[int], list[int]]] = {}
-    with tempfile.TemporaryDirectory(prefix="popalign-") as staging:
-        for name, outcome in outcomes.items():
-            spool = outcome.spool or RowSpool.of(outcome.rows, Path(staging) / f"{name}.jsonl")
-            lengths[name] = (list(spool.words[0]), list(spool.words[1]))
-            if not spool.count:
-                continue  # `datasets` cannot load a config with no rows: it is reported, not written
-            builder = PopAlign(
-                config_name=name, rows_file=str(spool.path), test_size=test_size, cache_dir=str(Path(staging) / "cache")
-            )
-            prepared = Path(staging) / "prepared" / name
-            builder.download_and_prepare(output_dir=str(prepared), file_format="parquet", max_shard_size=shard_size)
-            (out / "data" / name).mkdir(parents=True)
-            for split in ("train", "test"):
-                shards = sorted(prepared.glob(f"*-{split}*.parquet"))
-                for index, parquet in enumerate(shards):
-                    shutil.move(parquet, out / "data" / name / f"{split}-{index:05d}-of-{len(shards):05d}.parquet")
-            info = builder.info._to_yaml_dict()
-            splits = {split.name: split.num_examples for split in builder.info.splits.values()}
-            configs[name] |= {
-                "rows": spool.count,
-                **({"splits": splits} if test_size else {}),
-                **spool.describe(),
-                "dataset_info": {key: info[key] for key in ("features", "splits", "dataset_size") if key in info},
-            }
-    write_overview(lengths, configs, out)
-    return configs

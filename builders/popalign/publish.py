@@ -30,8 +30,9 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from popalign.build_folder import MANIFEST, RECIPE, Manifest, open_manifest
-from popalign.card import render_card
+from popalign.dataset.card import render_card
+from popalign.dataset.folder import MANIFEST, RECIPE, Manifest, config_dir, config_prefix, open_manifest
+from popalign.dataset.quality import QUALITY_DIR
 from popalign.errors import (
     ForeignRepositoryError,
     PopAlignError,
@@ -39,7 +40,6 @@ from popalign.errors import (
     VersionExistsError,
     VersionTooOldError,
 )
-from popalign.quality import QUALITY_DIR
 
 VERSIONS = "popalign_versions.json"
 #: What a repository may hold before popalign's first version (what the Hub creates with a repo).
@@ -269,7 +269,7 @@ def _stage(
     """Write what the commit holds under `staging` and return its operations: additions, plus deletions of
     files a rebuilt config (or the templates) no longer has."""
     for name in rebuilt:
-        shutil.copytree(folder / "data" / name, staging / "data" / name)
+        shutil.copytree(config_dir(folder, name), config_dir(staging, name))
     for extra in ("templates", QUALITY_DIR):
         if (folder / extra).is_dir():
             shutil.copytree(folder / extra, staging / extra)
@@ -282,7 +282,11 @@ def _stage(
     card = render_card(manifest, repo_id=repo_id, versions=history)
     (staging / "README.md").write_text(card, encoding="utf-8")
     added = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
-    replaced = ("templates/", *(f"data/{name}/" for name in rebuilt), *(f"{QUALITY_DIR}/{name}_" for name in rebuilt))
+    replaced = (
+        "templates/",
+        *(config_prefix(name) for name in rebuilt),
+        *(f"{QUALITY_DIR}/{name}_" for name in rebuilt),
+    )
     stale = [path for path in remote if path.startswith(replaced) and path not in added]
     return [CommitOperationAdd(path, str(staging / path)) for path in added] + [
         CommitOperationDelete(path) for path in stale

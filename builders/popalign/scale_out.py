@@ -14,7 +14,8 @@ from typing import Any
 
 from popalign.config import Push
 from popalign.errors import ConfigError, PopAlignError
-from popalign.pipeline import merge_builds, run_plan
+from popalign.merge import merge_builds
+from popalign.pipeline import run_plan
 from popalign.plan import BuildPlan
 from popalign.publish import push_dataset
 

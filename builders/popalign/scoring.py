@@ -22,12 +22,15 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from popalign.backends import local_backend
 from popalign.cache import GenerationCache
 from popalign.config import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES, ScoreOptions
 from popalign.credentials import authorization, split_credentials
+from popalign.dataset.quality import quality_report, write_histogram
+from popalign.dataset.rows import StrategyOutcome
 from popalign.errors import BackendError, ConfigError, first_line
 from popalign.prompts import Instruction
 from popalign.roles import ModelSpec, parse_spec
@@ -270,3 +273,36 @@ def score_settings(
         scorer=scorer, render=render, count_tokens=count_tokens, contrast=options.contrast,
         min_score=options.min_score, swap=options.swap, order=options.order,
     )  # fmt: skip
+
+
+def score_outcomes(
+    outcomes: dict[str, StrategyOutcome],
+    scoring: ScoreSettings,
+    context: StrategyContext,
+    cache: GenerationCache | None,
+    out: Path,
+) -> tuple[dict[str, dict[str, Any]], ScoreStats]:
+    """Score all rows in one pass (batched across strategies), report on them, then curate and order them."""
+    rows = [row for outcome in outcomes.values() for row in outcome.rows]
+    scores, per_token, stats = score_rows(
+        rows,
+        scorer=scoring.scorer,
+        render=scoring.render,
+        context=context,
+        contrast=scoring.contrast,
+        cache=cache,
+        count_tokens=scoring.count_tokens,
+    )
+    for row, score, normalised in zip(rows, scores, per_token, strict=True):
+        row["score"], row["score_per_token"] = score, normalised
+    quality = {}
+    for name, outcome in outcomes.items():
+        report = quality_report(outcome.rows, outcome.dropped)
+        if outcome.rows:
+            report["histogram"] = write_histogram([row["score"] for row in outcome.rows], name, out)
+        kept, actions = curate(outcome.rows, min_score=scoring.min_score, swap=scoring.swap)
+        report["curation"] = dict(actions)
+        outcome.dropped.update({reason: n for reason, n in actions.items() if reason != "swapped"})
+        outcome.rows = order_rows(kept, scoring.order)
+        quality[name] = report
+    return quality, stats

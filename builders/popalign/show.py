@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from popalign.build_folder import config_files, open_manifest
+from popalign.dataset.folder import open_manifest
+from popalign.dataset.rows import iter_rows
 from popalign.errors import ConfigError
 
 _CONDITION = re.compile(r"^([a-z_]+)\s*(!=|>=|<=|=|>|<|~)\s*(.*)$", re.DOTALL)
@@ -80,20 +81,17 @@ def read_pairs(out: Path, config: str, conditions: Sequence[Condition], limit: i
         NotABuildError: `out` is not a build.
         ConfigError: the build has no such config.
     """
-    import pyarrow.parquet
-
     written = [name for name, entry in open_manifest(out).configs.items() if entry["rows"]]
     if config != "all" and config not in written:
         raise ConfigError(f"{out}: no config {config!r} (configs: all, {', '.join(written)})")
     shown = 0
     for name in written if config == "all" else [config]:
-        for path in config_files(out, name):
-            for row in pyarrow.parquet.read_table(path).to_pylist():
-                if limit is not None and shown >= limit:
-                    return
-                if matches(row, conditions):
-                    shown += 1
-                    yield row
+        for row in iter_rows(out, name):
+            if limit is not None and shown >= limit:
+                return
+            if matches(row, conditions):
+                shown += 1
+                yield row
 
 
 def format_pair(row: dict[str, Any], *, width: int = 100, side_by_side: bool = False) -> str:

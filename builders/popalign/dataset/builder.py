@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 
 import datasets
 
+from popalign.dataset.schema import features
 from popalign.prompts import in_test_split
-from popalign.schema import features
 from popalign.strategies import STRATEGIES
 
 VERSION = datasets.Version("1.0.0")

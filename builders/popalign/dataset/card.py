@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from popalign.build_folder import Manifest
+from popalign.dataset.folder import Manifest, split_pattern, write_manifest
+from popalign.dataset.quality import OVERVIEW
 from popalign.errors import ConfigError
 from popalign.judging import PAPER_ACCURACY
 from popalign.prompts import BUNDLED_LABEL
@@ -47,7 +51,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
                 "data_files": [
                     {
                         "split": split,
-                        "path": [f"data/{name}/{split}-*" for name in built if split in _splits(built[name])],
+                        "path": [split_pattern(name, split) for name in built if split in _splits(built[name])],
                     }
                     for split in ("train", "test")
                     if any(split in _splits(c) for c in built.values())
@@ -57,7 +61,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
             *(
                 {
                     "config_name": name,
-                    "data_files": [{"split": split, "path": f"data/{name}/{split}-*"} for split in _splits(c)],
+                    "data_files": [{"split": split, "path": split_pattern(name, split)} for split in _splits(c)],
                 }
                 for name, c in built.items()
             ),
@@ -183,3 +187,17 @@ def _local_spec(model: str | None) -> ModelSpec | None:
         return ModelSpec.parse(model) if model else None
     except ConfigError:
         return None
+
+
+def write_card_and_manifest(manifest: Manifest, folder: Path, out: Path) -> None:
+    """The card, then the manifest (last: a folder with a manifest is complete) of the build bound for `out`."""
+    manifest = replace(manifest, overview={key: path for key, path in OVERVIEW.items() if (folder / path).is_file()})
+    (folder / "README.md").write_text(render_card(manifest, repo_id=_local_name(out)), encoding="utf-8")
+    write_manifest(folder, manifest)
+
+
+def _local_name(out: Path) -> str:
+    """How the card names a local build in its loading examples: the path from the working folder when the build
+    lies under it, else the folder's name (never an absolute path, which the card would publish)."""
+    relative = os.path.relpath(out.absolute())
+    return out.name if relative.startswith("..") else relative

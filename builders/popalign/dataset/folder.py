@@ -19,10 +19,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from popalign.config import DEFAULT_LICENSE, MAX_SHARD_SIZE
+from popalign.dataset.quality import QUALITY_DIR
 from popalign.errors import NotABuildError
 
 MANIFEST = "popalign_build.json"
+#: The folder of the configs' Parquet files, and the splits a config can have.
+DATA = "data"
+SPLITS = ("train", "test")
 RECIPE = "popalign_recipe.yaml"
 _STAGING = ".popalign-staging"
 _OLD = ".popalign-old"
@@ -108,9 +114,29 @@ def read_manifest(out: Path) -> dict[str, Any]:
     return manifest
 
 
+def config_dir(out: Path, name: str) -> Path:
+    """Where a config's Parquet files lie: `data/<config>/`."""
+    return out / DATA / name
+
+
+def split_file(out: Path, name: str, split: str, index: int, count: int) -> Path:
+    """Shard `index` of `count` of one split of a config: `data/<config>/<split>-0000K-of-0000N.parquet`."""
+    return config_dir(out, name) / f"{split}-{index:05d}-of-{count:05d}.parquet"
+
+
+def split_pattern(name: str, split: str) -> str:
+    """The pattern of one split's files, as the card's `configs:` gives it to `load_dataset`."""
+    return f"{DATA}/{name}/{split}-*"
+
+
+def config_prefix(name: str) -> str:
+    """The repository path every file of a config starts with."""
+    return f"{DATA}/{name}/"
+
+
 def config_files(out: Path, name: str) -> list[Path]:
     """The Parquet files of one config of a build, `train` shards first, then `test` ones, each in order."""
-    return [path for split in ("train", "test") for path in sorted((out / "data" / name).glob(f"{split}-*.parquet"))]
+    return [path for split in SPLITS for path in sorted(config_dir(out, name).glob(f"{split}-*.parquet"))]
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
@@ -207,3 +233,21 @@ def _exchange(a: Path, b: Path) -> bool:
 def _sibling(out: Path, suffix: str) -> Path:
     absolute = out.absolute()
     return absolute.parent / f".{absolute.name}{suffix}"
+
+
+def copy_recipe(source: Path, folder: Path, *, drop_shard: bool = False) -> None:
+    """The recipe and templates of a build (a part's, without its shard, for a merged build) into `folder`."""
+    if (source / RECIPE).is_file():
+        recipe = yaml.safe_load((source / RECIPE).read_text(encoding="utf-8"))
+        if drop_shard:
+            recipe.pop("shard", None)
+        (folder / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    if (source / "templates").is_dir():
+        shutil.copytree(source / "templates", folder / "templates")
+
+
+def copy_quality(source: Path, folder: Path) -> None:
+    """A build's charts into `folder` for a rewrite (score, judge): the other step's charts stay, and the
+    rewriting step draws its own anew over them."""
+    if (source / QUALITY_DIR).is_dir():
+        shutil.copytree(source / QUALITY_DIR, folder / QUALITY_DIR)

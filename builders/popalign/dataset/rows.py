@@ -1,0 +1,184 @@
+"""One config's rows on disk: appended to a JSONL file as they finish, with the figures the manifest and card
+need, so a build holds none of them in memory until the `datasets` builder turns the file into Parquet."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from popalign.dataset.folder import SPLITS, Manifest, config_dir, config_files, split_file
+from popalign.dataset.quality import write_overview
+from popalign.errors import PopAlignError
+
+EXAMPLE_CHARS = 400
+
+
+class RowSpool:
+    """Rows appended to `path`, counted as they go.
+
+    >>> spool = RowSpool(Path("rows/prefix.jsonl"))  # doctest: +SKIP
+    >>> spool.add(row); spool.count  # doctest: +SKIP
+    1
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self._chosen_chars = self._rejected_chars = 0
+        self.words: tuple[array[int], array[int]] = (array("I"), array("I"))  # chosen, rejected answer lengths
+        self.example: dict[str, str] | None = None
+        self._file = path.open("w", encoding="utf-8")
+
+    @classmethod
+    def of(cls, rows: Iterable[dict[str, Any]], path: Path) -> RowSpool:
+        """A closed spool of rows held in memory."""
+        spool = cls(path)
+        for row in rows:
+            spool.add(row)
+        spool.close()
+        return spool
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.count += 1
+        self._chosen_chars += len(row["chosen"][0]["content"])
+        self._rejected_chars += len(row["rejected"][0]["content"])
+        for side, lengths in zip(("chosen", "rejected"), self.words, strict=True):
+            lengths.append(len(row[side][0]["content"].split()))
+        if self.example is None:
+            self.example = {side: row[side][0]["content"][:EXAMPLE_CHARS] for side in ("prompt", "chosen", "rejected")}
+
+    def close(self) -> None:
+        self._file.close()
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every row, in the order added (the spool is closed first)."""
+        self.close()
+        with self.path.open(encoding="utf-8") as lines:
+            return [json.loads(line) for line in lines]
+
+    def describe(self) -> dict[str, Any]:
+        """Mean answer lengths and the first row's texts, as the manifest records them."""
+        return {
+            "chosen_chars": round(self._chosen_chars / self.count),
+            "rejected_chars": round(self._rejected_chars / self.count),
+            "example": self.example,
+        }
+
+
+@dataclass
+class StrategyOutcome:
+    """Rows written and pairs dropped (by reason) for one strategy; `cut_kept` counts pairs kept with a side
+    cut at the token limit (`--keep-truncated`)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
+    cut_kept: int = 0
+    spool: RowSpool | None = None  # a build's rows, on disk as they finish, where none need to be in memory
+
+    @property
+    def count(self) -> int:
+        """Rows written (or to be written)."""
+        return self.spool.count if self.spool else len(self.rows)
+
+    def truncation(self) -> dict[str, Any]:
+        """How many pairs had a side cut at the token limit (dropped or kept), of all pairs made."""
+        made = self.count + sum(self.dropped.values())
+        cut = self.dropped.get("truncated", 0) + self.cut_kept
+        return {"pairs": made, "cut": cut, "rate": round(cut / made, 4) if made else 0.0}
+
+
+def read_outcomes(out: Path, manifest: Manifest) -> dict[str, StrategyOutcome]:
+    """Every config of a built folder as its rows and drop counts, to rewrite it (score, judge)."""
+    return {
+        name: StrategyOutcome(
+            rows=read_rows(out, name) if config["rows"] else [],
+            dropped=Counter(config["dropped"]),
+            cut_kept=cut_kept(config),
+        )
+        for name, config in manifest.configs.items()
+    }
+
+
+def cut_kept(config: dict[str, Any]) -> int:
+    """Pairs of a written config kept with a cut side (`--keep-truncated`), from its manifest entry."""
+    return config.get("truncation", {}).get("cut", 0) - config["dropped"].get("truncated", 0)
+
+
+def iter_rows(out: Path, name: str) -> Iterator[dict[str, Any]]:
+    """The rows of one config of a build, file by file (`train` first), as Parquet holds them."""
+    import pyarrow.parquet  # loaded when rows are read, not on start-up
+
+    for file in config_files(out, name):
+        yield from pyarrow.parquet.read_table(file).to_pylist()
+
+
+def read_rows(out: Path, name: str) -> list[dict[str, Any]]:
+    """Every row of one config, with the columns a later step adds (score, judge) filled in where missing."""
+    rows = iter_rows(out, name)
+    defaults = {"swapped": False, "score_per_token": None, "judge_verdict": None, "judge_margin": None}
+    return [{**defaults, **row} for row in rows]
+
+
+def require_rows(outcomes: dict[str, StrategyOutcome], out: Path) -> None:
+    if not any(outcome.count for outcome in outcomes.values()):
+        raise PopAlignError(
+            f"{out}: every pair was dropped, nothing to write (answers are cached; see the drop counts)"
+        )
+
+
+def write_configs(
+    outcomes: dict[str, StrategyOutcome], out: Path, shard_size: int, test_size: float = 0.0
+) -> dict[str, dict[str, Any]]:
+    """Run the builder for each strategy and place its Parquet under `data/<strategy>/`: `train-00000-of-00001.parquet`
+    (and `test-…` with a `test_size`), or `train-0000K-of-0000N.parquet` where a split is larger than `shard_size`
+    bytes."""
+    from popalign.dataset.builder import PopAlign  # datasets loads when there is something to write
+
+    configs: dict[str, dict[str, Any]] = {
+        name: {"rows": 0, "dropped": dict(outcome.dropped), "truncation": outcome.truncation()}
+        for name, outcome in outcomes.items()
+    }
+    lengths: dict[str, tuple[list[int], list[int]]] = {}
+    with tempfile.TemporaryDirectory(prefix="popalign-") as staging:
+        for name, outcome in outcomes.items():
+            spool = outcome.spool or RowSpool.of(outcome.rows, Path(staging) / f"{name}.jsonl")
+            lengths[name] = (list(spool.words[0]), list(spool.words[1]))
+            if not spool.count:
+                continue  # `datasets` cannot load a config with no rows: it is reported, not written
+            builder = PopAlign(
+                config_name=name, rows_file=str(spool.path), test_size=test_size, cache_dir=str(Path(staging) / "cache")
+            )
+            prepared = Path(staging) / "prepared" / name
+            builder.download_and_prepare(output_dir=str(prepared), file_format="parquet", max_shard_size=shard_size)
+            config_dir(out, name).mkdir(parents=True)
+            for split in SPLITS:
+                shards = sorted(prepared.glob(f"*-{split}*.parquet"))
+                for index, parquet in enumerate(shards):
+                    shutil.move(parquet, split_file(out, name, split, index, len(shards)))
+            info = builder.info._to_yaml_dict()
+            splits = {split.name: split.num_examples for split in builder.info.splits.values()}
+            configs[name] |= {
+                "rows": spool.count,
+                **({"splits": splits} if test_size else {}),
+                **spool.describe(),
+                "dataset_info": {key: info[key] for key in ("features", "splits", "dataset_size") if key in info},
+            }
+    write_overview(lengths, configs, out)
+    return configs
+
+
+def keep_sides(configs: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Rewritten configs with the models of each side and the tokens generated as an earlier manifest recorded
+    them."""
+    for name, config in configs.items():
+        kept = ("chosen_model", "rejected_model", "tokens")
+        config |= {key: before[name][key] for key in kept if key in before[name]}
+    return configs

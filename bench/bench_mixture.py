@@ -25,7 +25,7 @@ from popalign.mixture import MixtureConfig, load_mixture
 from popalign.strategies import STRATEGIES
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-from tiny_model import save_tiny_model
+from helpers import save_tiny_model
 
 
 def write_configs(folder: Path, rows: int) -> None:

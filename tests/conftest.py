@@ -3,17 +3,13 @@ the CLI runner."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tiny_model import save_tiny_model
-
-POPALIGN = Path(sys.executable).with_name("popalign")
+from helpers import POPALIGN, run_offline, save_tiny_model, serve_scripted
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +29,6 @@ def tiny_roles(tiny_model_dir: Path) -> list[str]:
     """`--model` flags giving every role the tiny model, the contrast roles a 2- or 3-layer copy of it."""
     roles = {"default": "", "large": "", "small": ":layers=2", "first": "", "second": ":layers=3"}
     return [flag for role, option in roles.items() for flag in ("--model", f"{role}={tiny_model_dir}{option}")]
-
-
-def run_offline(*command: str | Path, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run a command as a user would on a machine with no Hub, with extra environment variables."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env}
-    return subprocess.run(list(map(str, command)), cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
 
 
 def _run_popalign(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -61,3 +51,15 @@ def embedded_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subp
     )
     assert result.returncode == 0, result.stderr
     return folder / "d", result
+
+
+@pytest.fixture
+def scripted(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The scripted server as model `scripted-default`: its URL and its request log."""
+    yield from serve_scripted(tmp_path, "scripted-default")
+
+
+@pytest.fixture
+def planner(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A second scripted server, as model `scripted-planner`."""
+    yield from serve_scripted(tmp_path, "scripted-planner")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import popalign
-from tiny_model import save_tiny_model
+from helpers import save_tiny_model
 
 if __name__ == "__main__":
     names = json.loads(sys.argv[1])

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 import popalign
-from conftest import run_offline
+from helpers import HERE, POPALIGN, prompts, run_offline, serve_scripted
 from hub_server import serve_hub
-from test_pairs import HERE, POPALIGN, prompts, serve_scripted
 
 README = HERE.parent / "README.md"
 

@@ -18,8 +18,8 @@ from typing import Any
 import pyarrow.parquet
 import pytest
 
+from helpers import HERE, prompts, serve_scripted
 from popalign.dataset.folder import recover
-from test_pairs import HERE, prompts, serve_scripted
 
 pytestmark = pytest.mark.slow
 Run = Callable[..., dict[str, Any]]

@@ -7,24 +7,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-import yaml
 from datasets import load_dataset
 
+from helpers import card_metadata, load
 from popalign.dataset.schema import features
 from popalign.prompts import load_prompts
 from popalign.strategies import STRATEGIES, clean_answer
 
 HOSTILE = "Explain {{ 7*7 }} and {% for x in y %}{{ x }}{% endfor %} literally."
-
-
-def load(folder: Path, name: str):
-    """`load_dataset(folder, name)` with a cache of the test's own: `datasets` may otherwise reuse the cache of
-    an earlier folder with the same name."""
-    return load_dataset(str(folder), name, split="train", cache_dir=str(folder.parent / "hf-datasets-cache"))
-
-
-def card_metadata(folder: Path) -> dict:
-    return yaml.safe_load((folder / "README.md").read_text().split("---")[1])
 
 
 def check_config(folder: Path, name: str, instructions: set[str]) -> list[dict]:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import build
 from net import free_port
 from popalign.credentials import is_hugging_face_host, redacted, split_credentials
 from popalign.errors import ConfigError
 from popalign.scoring import TGIScorer
-from test_pairs import build, scripted  # noqa: F401 (the fixture)
 
 PASSWORD, HUB_TOKEN = "s3cretPassw0rd", "hf_machineTokenNotForYou"
 
@@ -29,7 +29,7 @@ def authorizations(log: Path) -> set[str | None]:
 
 
 @pytest.mark.slow
-def test_a_password_in_the_url_is_sent_as_basic_auth_and_never_shown(scripted, tmp_path: Path) -> None:  # noqa: F811
+def test_a_password_in_the_url_is_sent_as_basic_auth_and_never_shown(scripted, tmp_path: Path) -> None:
     url, log = scripted
     secret_url = url.replace("http://", f"http://alice:{PASSWORD}@")
     result, out = build(tmp_path, secret_url, "--strategies", "elicitive", tags=["ok"], HF_TOKEN=HUB_TOKEN)
@@ -41,7 +41,7 @@ def test_a_password_in_the_url_is_sent_as_basic_auth_and_never_shown(scripted, t
 
 
 @pytest.mark.slow
-def test_the_hub_token_never_goes_to_another_host(scripted, tmp_path: Path) -> None:  # noqa: F811
+def test_the_hub_token_never_goes_to_another_host(scripted, tmp_path: Path) -> None:
     url, log = scripted
     result, _ = build(tmp_path, url, "--strategies", "elicitive", tags=["ok"], HF_TOKEN=HUB_TOKEN)
     assert result.returncode == 0, result.stderr

@@ -22,8 +22,8 @@ from pathlib import Path
 import pyarrow.parquet
 import pytest
 
-from conftest import POPALIGN, run_offline
 from fault_proxy import fault_proxy
+from helpers import POPALIGN, run_offline
 from llama_server import SERVED_NAME, build_llama_server, serve_llama
 from net import free_port
 from popalign.backends.local import embedded_model_path

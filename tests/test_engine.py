@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import InFlight
 from popalign.backends.local import LocalBackend
 from popalign.cache import GenerationCache
 from popalign.engine import Engine
@@ -15,7 +16,6 @@ from popalign.prompts import Instruction
 from popalign.roles import ModelSpec, resolve_roles
 from popalign.strategies import STRATEGIES, StrategyContext
 from popalign.templates import TemplateSet
-from test_engine_scripted import InFlight
 
 pytestmark = pytest.mark.slow  # every test loads a model (the scripted engine tests are fast)
 PARAMS = GenerationParams(max_new_tokens=6, seed=1)

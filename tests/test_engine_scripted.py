@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import InFlight
 from popalign.cache import GenerationCache
 from popalign.engine import Engine
 from popalign.errors import RequestFailed
@@ -129,21 +130,6 @@ def test_a_refused_request_drops_its_pair_only_and_another_failure_stops_the_run
     assert run.stats.last_failure == "prompt too long"
     with pytest.raises(RuntimeError, match="the backend broke"):
         engine(ScriptedBackend()).run(runs(["prefix"], ["Explain tides.", "Explain BREAK here.", *TEXTS]))
-
-
-class InFlight:
-    """Wraps strategy runs to count those started and not yet finished: `live` now, `peak` at most."""
-
-    def __init__(self) -> None:
-        self.live = self.peak = 0
-
-    def track(self, run):  # a strategy run, wrapped
-        self.live += 1
-        self.peak = max(self.peak, self.live)
-        try:
-            return (yield from run)
-        finally:
-            self.live -= 1
 
 
 def test_the_window_bounds_the_runs_in_flight() -> None:

@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_offline
+from helpers import HERE, POPALIGN, load, run_offline
 from hub_server import serve_hub, serve_olah
-from test_build import load
-from test_pairs import HERE, POPALIGN, scripted  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.slow
 TOKEN = "hf_promptsToken_55"
@@ -72,7 +70,7 @@ def prompts_of(out: Path) -> list[str]:
 
 def test_a_build_reads_its_prompts_from_a_hub_dataset_and_its_recipe_builds_it_again(
     hub,
-    scripted,  # noqa: F811
+    scripted,
     tmp_path: Path,
 ) -> None:
     url, _ = scripted

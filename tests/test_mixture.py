@@ -6,36 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from datasets import Dataset
 
+from helpers import write_folder
 from popalign.dataset.schema import features, make_row
 from popalign.mixture import MixtureConfig, MixtureError, load_mixture
 from popalign.strategies import STRATEGIES
 
 RECIPES = Path(__file__).parents[1] / "train" / "recipes"
-
-
-def write_folder(folder: Path, sizes: dict[str, int]) -> Path:
-    """A Hub-layout folder with `sizes[name]` rows per config. Row i has score i - 2 and per-token score -i (so
-    the two rank rows in opposite orders), reasoning on even rows of elicitive, and a chosen answer i*10
-    characters long."""
-    for name, size in sizes.items():
-        rows = []
-        for i in range(size):
-            reasoning = "plan" if name == "elicitive" and i % 2 == 0 else None
-            row = make_row(
-                strategy=name, instruction=f"q{i}", prompt_id=f"{name}-{i}", chosen="c" * (10 * i + 1),
-                rejected="r", chosen_model="m", rejected_model="m", chosen_reasoning=reasoning,
-                rejected_reasoning=reasoning,
-            )  # fmt: skip
-            rows.append(row | {"score": float(i - 2), "score_per_token": float(-i)})
-        target = folder / "data" / name / "train-00000-of-00001.parquet"
-        target.parent.mkdir(parents=True)
-        Dataset.from_list(rows, features=features()).to_parquet(str(target))
-    configs = [{"config_name": n, "data_files": [{"split": "train", "path": f"data/{n}/*.parquet"}]} for n in sizes]
-    (folder / "README.md").write_text("---\n" + yaml.safe_dump({"configs": configs}) + "---\n")
-    return folder
 
 
 @pytest.fixture

@@ -4,64 +4,14 @@ the `all` config holds every strategy's rows."""
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import run_offline
-from net import free_port, serve_process
-from test_build import card_metadata, load
+from helpers import build, card_metadata, load, manifest, requests
 
-POPALIGN = Path(sys.executable).with_name("popalign")
-HERE = Path(__file__).parent
-TAGS = ["ok", "cut-plan", "empty-plan", "plan-is-answer", "near-copy", "identical", "cut-answer", "refused",
-        "empty-answer"]  # fmt: skip
 #: What the scripted server makes of each tag in the guided elicitive flow.
 ELICITIVE_DROPS = {"truncated": 2, "empty": 2, "plan-is-answer": 1, "near-copy": 1, "identical": 1, "failed": 1}
-
-
-def serve_scripted(folder: Path, model: str, *flags: str) -> Iterator[tuple[str, Path]]:
-    port, log = free_port(), folder / f"{model}.jsonl"
-    command = [sys.executable, HERE / "scripted_server.py", "--port", port, "--model", model, "--log", log, *flags]
-    with serve_process(command, folder / f"{model}.log", f"http://127.0.0.1:{port}/v1/models"):
-        yield f"http://127.0.0.1:{port}", log
-
-
-@pytest.fixture
-def scripted(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """The scripted server as model `scripted-default`: its URL and its request log."""
-    yield from serve_scripted(tmp_path, "scripted-default")
-
-
-@pytest.fixture
-def planner(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A second scripted server, as model `scripted-planner`."""
-    yield from serve_scripted(tmp_path, "scripted-planner")
-
-
-def prompts(folder: Path, tags: list[str]) -> Path:
-    path = folder / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Explain tides [{tag}]."}) + "\n" for tag in tags))
-    return path
-
-
-def build(folder: Path, url: str, *flags: str | Path, tags: list[str] = TAGS, out: str = "d", **env: str):
-    result = run_offline(
-        POPALIGN, "build", "--prompts", prompts(folder, tags), "--out", folder / out, "--no-cache", "--no-progress",
-        "--templates", HERE / "scripted_templates", "--model", f"default={url}", *flags, HF_HUB_OFFLINE="0", **env,
-    )  # fmt: skip
-    return result, folder / out
-
-
-def manifest(out: Path) -> dict:
-    return json.loads((out / "popalign_build.json").read_text())
-
-
-def requests(log: Path) -> list[list[dict]]:
-    return [json.loads(line)["messages"] for line in log.read_text().splitlines()]
 
 
 @pytest.mark.slow

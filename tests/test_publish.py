@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet
 import pytest
 
-from conftest import POPALIGN, run_offline
+from helpers import POPALIGN, run_offline
 from hub_server import serve_hub, serve_olah
 
 pytestmark = pytest.mark.slow

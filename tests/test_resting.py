@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import POPALIGN, run_offline
+from helpers import POPALIGN, run_offline
 from net import free_port, serve_process
 from popalign.backends.endpoint import EndpointBackend, RetryPolicy, same_server
 from popalign.config import Endpoints

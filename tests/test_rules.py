@@ -13,7 +13,6 @@ import pytest
 from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 
 from popalign.backends.endpoint import (
-    MAX_REST,
     REST_AFTER,
     EndpointBackend,
     RetryPolicy,
@@ -71,36 +70,51 @@ def test_a_wait_is_the_backoff_but_never_less_than_retry_after_capped() -> None:
     assert policy.patience == sum(min(60.0, 2.0**attempt) for attempt in range(6))
 
 
-def resting(base: float = 0.05) -> tuple[EndpointBackend, _Endpoint, _Replica]:
-    backend = EndpointBackend(retry=RetryPolicy(base=base, max_wait=120.0))
+class Clock:
+    """The time as the resting rules read it, moved on by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def resting(clock: Clock, base: float = 1.0) -> tuple[EndpointBackend, _Endpoint, _Replica]:
+    backend = EndpointBackend(retry=RetryPolicy(base=base, max_wait=120.0), clock=clock)
     replica = _Replica(url="http://a:1", client=None, slots=None)  # type: ignore[arg-type]
     return backend, _Endpoint(EndpointSpec.parse("http://a:1"), "m", [replica]), replica
 
 
 def test_a_replica_rests_after_failures_in_a_row_and_is_well_once_it_answers() -> None:
-    backend, endpoint, replica = resting()
-    sent = time.monotonic()
+    clock = Clock()
+    backend, endpoint, replica = resting(clock)
+    down = _classify(httpx2.ConnectError("down"))
+    sent = clock.now
+    clock.now += 0.01
     for _ in range(REST_AFTER + 2):  # a burst of failures of requests sent together counts once
-        backend._failed(endpoint, replica, _classify(httpx2.ConnectError("down")), sent, probe=False)
-    assert replica.failures == 1 and replica.resting_until <= time.monotonic()
+        backend._failed(endpoint, replica, down, sent, probe=False)
+    assert replica.failures == 1 and replica.resting_until <= clock.now
     for _ in range(REST_AFTER - 1):
-        backend._failed(endpoint, replica, _classify(httpx2.ConnectError("down")), time.monotonic(), probe=False)
-    assert replica.failures == REST_AFTER and replica.resting_until <= time.monotonic()  # not yet `base` seconds
-    time.sleep(0.06)
-    backend._failed(endpoint, replica, _classify(httpx2.ConnectError("down")), time.monotonic(), probe=False)
-    now = time.monotonic()
-    assert now < replica.resting_until <= now + MAX_REST and replica.last.startswith("connection failed")
+        clock.now += 0.01
+        backend._failed(endpoint, replica, down, clock.now, probe=False)
+    assert replica.failures == REST_AFTER and replica.resting_until <= clock.now  # failing for less than `base`
+    clock.now += 1.0
+    backend._failed(endpoint, replica, down, clock.now, probe=False)
+    # the fourth failure in a row, failing for `base` seconds: rest base * 2 ** (4 - REST_AFTER) = 2 s
+    assert replica.resting_until == clock.now + 2.0 and replica.last.startswith("connection failed")
     backend._answered(endpoint, replica, probe=True)
     assert (replica.failures, replica.resting_until, replica.probing) == (0, 0.0, False)
 
 
 def test_a_replica_rests_as_long_as_retry_after_asks_up_to_the_cap() -> None:
-    backend, endpoint, replica = resting()
+    clock = Clock()
+    backend, endpoint, replica = resting(clock)
     backend._failed(endpoint, replica, _classify(http_error(503, **{"Retry-After": "20"})), 0.0, probe=False)
-    assert 19 < replica.resting_until - time.monotonic() <= 20
-    backend, endpoint, replica = resting()
+    assert replica.resting_until == clock.now + 20
+    backend, endpoint, replica = resting(clock)
     backend._failed(endpoint, replica, _classify(http_error(429, **{"Retry-After": "86400"})), 0.0, probe=False)
-    assert 119 < replica.resting_until - time.monotonic() <= 120
+    assert replica.resting_until == clock.now + 120
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_offline
-from test_build import load
-from test_pairs import HERE, POPALIGN, build, manifest, prompts, scripted, serve_scripted  # noqa: F401 (fixture)
-from test_shards import tags
+from helpers import HERE, POPALIGN, build, load, manifest, prompts, run_offline, serve_scripted, tags
 
 STRATEGIES = "prefix,elicitive"
 COUNT = 24
@@ -79,7 +76,7 @@ def executor_build(tmp_path: Path, url: str, *flags: str, out: str, **env: str):
 
 @pytest.mark.slow
 def test_local_executor_gives_the_rows_of_one_process_and_reruns_only_unfinished_tasks(
-    scripted,  # noqa: F811
+    scripted,
     tmp_path: Path,
 ) -> None:
     url, log = scripted
@@ -163,7 +160,7 @@ def test_a_task_killed_while_it_generates_is_the_only_one_a_rerun_runs(slow_scri
 
 
 @pytest.mark.slow
-def test_slurm_executor_runs_its_job_script_through_sbatch(scripted, tmp_path: Path) -> None:  # noqa: F811
+def test_slurm_executor_runs_its_job_script_through_sbatch(scripted, tmp_path: Path) -> None:
     url, _ = scripted
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -186,7 +183,7 @@ def test_slurm_executor_runs_its_job_script_through_sbatch(scripted, tmp_path: P
 
 
 @pytest.mark.slow
-def test_ray_executor_on_a_local_ray_instance_gives_the_same_rows(scripted, tmp_path: Path) -> None:  # noqa: F811
+def test_ray_executor_on_a_local_ray_instance_gives_the_same_rows(scripted, tmp_path: Path) -> None:
     url, _ = scripted
     one, single = executor_build(tmp_path, url, out="one")
     assert one.returncode == 0, one.stderr
@@ -200,7 +197,7 @@ def test_ray_executor_on_a_local_ray_instance_gives_the_same_rows(scripted, tmp_
 
 
 @pytest.mark.slow
-def test_executor_bad_input_is_one_line(scripted, tmp_path: Path) -> None:  # noqa: F811
+def test_executor_bad_input_is_one_line(scripted, tmp_path: Path) -> None:
     url, _ = scripted
     for flags, says in (
         (["--executor", "local", "--tasks", "2", "--shard", "1/2"], "shard and executor do not go together"),

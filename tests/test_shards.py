@@ -4,23 +4,14 @@ all of them."""
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
 import pyarrow.parquet
 import pytest
 
-from conftest import run_offline
-from test_build import load
-from test_pairs import HERE, POPALIGN, build, manifest, scripted  # noqa: F401 (the fixture)
+from helpers import POPALIGN, build, load, manifest, run_offline, tags
 
 COUNT = 2100
-
-
-def tags(count: int) -> list[str]:
-    """Distinct lower-case tags (`aaa`, `aab`, ...), so every instruction is its own."""
-    letters = string.ascii_lowercase
-    return [letters[n // 676 % 26] + letters[n // 26 % 26] + letters[n % 26] for n in range(count)]
 
 
 def shards(out: Path, name: str) -> list[Path]:
@@ -30,7 +21,7 @@ def shards(out: Path, name: str) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_a_config_larger_than_a_shard_is_split_and_read_whole(scripted, tmp_path: Path) -> None:  # noqa: F811
+def test_a_config_larger_than_a_shard_is_split_and_read_whole(scripted, tmp_path: Path) -> None:
     url, _ = scripted
     result, out = build(tmp_path, url, "--strategies", "prefix", "--max-shard-size", "40KB", tags=tags(COUNT))
     assert result.returncode == 0, result.stderr
@@ -54,7 +45,7 @@ def test_a_config_larger_than_a_shard_is_split_and_read_whole(scripted, tmp_path
 
 
 @pytest.mark.slow
-def test_parts_of_many_shards_merge_whole(scripted, tmp_path: Path) -> None:  # noqa: F811
+def test_parts_of_many_shards_merge_whole(scripted, tmp_path: Path) -> None:
     url, _ = scripted
     parts = []
     for k in (1, 2):

@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import run_offline
+from helpers import run_offline, write_folder
 
 DPO_SCRIPT = Path(__file__).parents[1] / "train" / "dpo.py"
 TRL = Path(sys.executable).with_name("trl")
@@ -103,8 +103,6 @@ def test_dpo_script_from_flags_with_lora(embedded_build, tiny_model_dir, tmp_pat
 
 @pytest.mark.slow
 def test_dpo_script_refuses_a_mixture_naming_a_missing_config(tmp_path: Path) -> None:
-    from test_mixture import write_folder
-
     data = write_folder(tmp_path / "data", {"prefix": 3})
     result = run_offline(
         sys.executable, DPO_SCRIPT, "--dataset_name", data, "--dataset_config", "refine",

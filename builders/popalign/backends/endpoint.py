@@ -24,7 +24,7 @@ import random
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -122,8 +122,16 @@ class EndpointBackend:
 
     name = "endpoint"
 
-    def __init__(self, settings: Endpoints | None = None, *, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        settings: Endpoints | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         settings = settings or Endpoints()
+        #: What the resting rules read the time from (a test gives its own).
+        self.clock = clock
         self.token = settings.token
         self.concurrency = settings.concurrency
         self.timeout = settings.timeout
@@ -158,7 +166,7 @@ class EndpointBackend:
                 replica = _Replica(url, client, asyncio.Semaphore(self.concurrency), verified=url not in down)
                 if url in down:
                     print(f"popalign: warning: {down[url]}; going on with the other replicas", file=sys.stderr)
-                    replica.resting_until = time.monotonic() + PROBE_EVERY
+                    replica.resting_until = self.clock() + PROBE_EVERY
                 else:
                     self._add_slots(endpoint)
                 endpoint.replicas.append(replica)
@@ -252,7 +260,7 @@ class EndpointBackend:
             await endpoint.slots.acquire()  # a slot on some answering replica; which one is picked then
             try:
                 replica, probe = await self._pick(endpoint)
-                sent_at = time.monotonic()
+                sent_at = self.clock()
                 async with replica.slots:
                     replica.busy += 1
                     try:
@@ -288,7 +296,7 @@ class EndpointBackend:
                 raise RequestFailed(f"endpoint {replica.url}: {failure.reason}")
             self._failed(endpoint, replica, failure, sent_at, probe)
             if attempt + 1 < self.retry.attempts:
-                wait = self.retry.delay(attempt, failure.retry_after, time.monotonic() - sent_at)
+                wait = self.retry.delay(attempt, failure.retry_after, self.clock() - sent_at)
                 on_retry(f"{replica.url}: {failure.reason}{_asked(failure.retry_after, self.retry.max_wait)}", wait)
                 await self._back_off(endpoint, wait, min(failure.retry_after or 0.0, self.retry.max_wait))
         raise BackendError(
@@ -325,7 +333,7 @@ class EndpointBackend:
         one request at a time (at most one per `PROBE_EVERY` seconds) probes the replica that wakes first; the
         others wait until a replica answers or wakes."""
         while True:
-            now = time.monotonic()
+            now = self.clock()
             usable = [replica for replica in endpoint.replicas if not replica.excluded]
             if not usable:
                 reasons = "; ".join(f"{replica.url} {replica.excluded}" for replica in endpoint.replicas)
@@ -364,7 +372,7 @@ class EndpointBackend:
         """Count a failure, unless the request was sent before the replica's last counted failure (a burst of
         concurrent failures counts once); rest the replica when it asks (`Retry-After`, capped) or after
         `REST_AFTER` failures in a row with no answer for `base` seconds, for at most `MAX_REST` seconds."""
-        now = time.monotonic()
+        now = self.clock()
         if probe:
             replica.probing = False
             endpoint.wake()

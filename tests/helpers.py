@@ -1,0 +1,144 @@
+"""Helpers the tests share (fixtures live in conftest.py): running `popalign` as a user does, the scripted
+server and its prompts, reading a build back, and the tiny config-built models."""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+from datasets import Dataset, load_dataset
+
+from net import free_port, serve_process
+from popalign.dataset.schema import features, make_row
+
+POPALIGN = Path(sys.executable).with_name("popalign")
+
+
+HERE = Path(__file__).parent
+
+
+TAGS = ["ok", "cut-plan", "empty-plan", "plan-is-answer", "near-copy", "identical", "cut-answer", "refused",
+        "empty-answer"]  # fmt: skip
+
+
+def run_offline(*command: str | Path, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a command as a user would on a machine with no Hub, with extra environment variables."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env}
+    return subprocess.run(list(map(str, command)), cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+
+
+def serve_scripted(folder: Path, model: str, *flags: str) -> Iterator[tuple[str, Path]]:
+    port, log = free_port(), folder / f"{model}.jsonl"
+    command = [sys.executable, HERE / "scripted_server.py", "--port", port, "--model", model, "--log", log, *flags]
+    with serve_process(command, folder / f"{model}.log", f"http://127.0.0.1:{port}/v1/models"):
+        yield f"http://127.0.0.1:{port}", log
+
+
+def prompts(folder: Path, tags: list[str]) -> Path:
+    path = folder / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Explain tides [{tag}]."}) + "\n" for tag in tags))
+    return path
+
+
+def build(folder: Path, url: str, *flags: str | Path, tags: list[str] = TAGS, out: str = "d", **env: str):
+    result = run_offline(
+        POPALIGN, "build", "--prompts", prompts(folder, tags), "--out", folder / out, "--no-cache", "--no-progress",
+        "--templates", HERE / "scripted_templates", "--model", f"default={url}", *flags, HF_HUB_OFFLINE="0", **env,
+    )  # fmt: skip
+    return result, folder / out
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "popalign_build.json").read_text())
+
+
+def requests(log: Path) -> list[list[dict]]:
+    return [json.loads(line)["messages"] for line in log.read_text().splitlines()]
+
+
+def load(folder: Path, name: str):
+    """`load_dataset(folder, name)` with a cache of the test's own: `datasets` may otherwise reuse the cache of
+    an earlier folder with the same name."""
+    return load_dataset(str(folder), name, split="train", cache_dir=str(folder.parent / "hf-datasets-cache"))
+
+
+def card_metadata(folder: Path) -> dict:
+    return yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+
+
+def tags(count: int) -> list[str]:
+    """Distinct lower-case tags (`aaa`, `aab`, ...), so every instruction is its own."""
+    letters = string.ascii_lowercase
+    return [letters[n // 676 % 26] + letters[n // 26 % 26] + letters[n % 26] for n in range(count)]
+
+
+class InFlight:
+    """Wraps strategy runs to count those started and not yet finished: `live` now, `peak` at most."""
+
+    def __init__(self) -> None:
+        self.live = self.peak = 0
+
+    def track(self, run):  # a strategy run, wrapped
+        self.live += 1
+        self.peak = max(self.peak, self.live)
+        try:
+            return (yield from run)
+        finally:
+            self.live -= 1
+
+
+def save_tiny_model(folder: Path, *, reward: bool = False) -> Path:
+    """Save a 4-layer, 32-wide Llama into `folder`, seeded, loadable offline by path; with `reward`, a
+    one-label sequence classifier (a reward model) instead of a causal LM."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    from popalign.backends.local import embedded_model_path
+
+    gguf = embedded_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
+    )
+    (LlamaForSequenceClassification if reward else LlamaForCausalLM)(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_folder(folder: Path, sizes: dict[str, int]) -> Path:
+    """A Hub-layout folder with `sizes[name]` rows per config. Row i has score i - 2 and per-token score -i (so
+    the two rank rows in opposite orders), reasoning on even rows of elicitive, and a chosen answer i*10
+    characters long."""
+    for name, size in sizes.items():
+        rows = []
+        for i in range(size):
+            reasoning = "plan" if name == "elicitive" and i % 2 == 0 else None
+            row = make_row(
+                strategy=name, instruction=f"q{i}", prompt_id=f"{name}-{i}", chosen="c" * (10 * i + 1),
+                rejected="r", chosen_model="m", rejected_model="m", chosen_reasoning=reasoning,
+                rejected_reasoning=reasoning,
+            )  # fmt: skip
+            rows.append(row | {"score": float(i - 2), "score_per_token": float(-i)})
+        target = folder / "data" / name / "train-00000-of-00001.parquet"
+        target.parent.mkdir(parents=True)
+        Dataset.from_list(rows, features=features()).to_parquet(str(target))
+    configs = [{"config_name": n, "data_files": [{"split": "train", "path": f"data/{n}/*.parquet"}]} for n in sizes]
+    (folder / "README.md").write_text("---\n" + yaml.safe_dump({"configs": configs}) + "---\n")
+    return folder

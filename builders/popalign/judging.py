@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from popalign.backends import open_backends
-from popalign.backends.reward_model import RewardModel, pair_chats
+from popalign.backends import open_backends, reward_model
 from popalign.cache import GenerationCache
 from popalign.config import Endpoints, GenerationParams, JudgeOptions
-from popalign.dataset.quality import QUALITY_DIR
+from popalign.dataset.quality import QUALITY_DIR, load_pyplot
 from popalign.dataset.rows import StrategyOutcome
 from popalign.engine import Engine
 from popalign.errors import PopAlignError
@@ -33,6 +32,7 @@ from popalign.templates import TemplateSet
 
 if TYPE_CHECKING:
     from popalign.backends.local import LocalBackend
+    from popalign.backends.reward_model import RewardModel
 
 VERDICTS = ("chosen", "rejected", "tie", "unparsed")
 #: `--min-judge` policies: `agree` keeps only the pairs whose verdict is `chosen`.
@@ -178,11 +178,7 @@ def summarize(rows: Iterable[dict[str, Any]]) -> JudgeSummary:
 def write_accuracy_chart(summaries: dict[str, JudgeSummary], judge: str, out: Path) -> str:
     """Save a bar chart of accuracy per strategy with its 95% interval, beside the paper's GPT-4 figure, as
     `quality/judge_accuracy.png` under `out`; return its relative path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
+    pyplot = load_pyplot()
     names = [name for name, summary in summaries.items() if summary.accuracy is not None]
     accuracy = [summaries[name].accuracy or 0.0 for name in names]
     errors = [
@@ -231,7 +227,7 @@ def judge_settings(
     """The judge `options` ask for: a reward model, or an engine with a `judge` role (sharing `local`, a build's
     local backend, when there is one)."""
     if options.reward_model:
-        model = RewardModel(ModelSpec.parse(options.reward_model), batch_size=batch_size)
+        model = reward_model(ModelSpec.parse(options.reward_model), batch_size)
         return JudgeSettings(reward_model=model, templates=templates, min_judge=options.min_judge)
     spec = parse_spec(options.model or "")
     backends = {"local": local} if local else {}
@@ -290,3 +286,8 @@ def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: Templat
         "from_logprobs": sum(choice is not None for choice in read),
         "judgements": len(choices),
     }
+
+
+def pair_chats(row: dict[str, Any]) -> tuple[Chat, Chat]:
+    """The two chats a reward model scores for a row: the prompt followed by each answer."""
+    return row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]

@@ -18,6 +18,7 @@ from typing import Any
 
 import datasets
 from datasets.exceptions import DatasetNotFoundError
+from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 
 from popalign.dataset.folder import MANIFEST
@@ -223,8 +224,6 @@ def _manifest_configs(entry: MixtureEntry) -> dict[str, Any] | None:
         if Path(entry.path).is_dir():
             manifest = Path(entry.path) / MANIFEST
         else:
-            from huggingface_hub import hf_hub_download
-
             manifest = Path(hf_hub_download(entry.path, MANIFEST, repo_type="dataset", revision=entry.revision))
         return json.loads(manifest.read_text(encoding="utf-8"))["configs"]
     except (OSError, ValueError, KeyError, HfHubHTTPError):

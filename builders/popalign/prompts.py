@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
 from popalign.errors import PromptsError
 
 BUNDLED_PROMPTS = Path(__file__).with_name("instructions.jsonl")
@@ -154,8 +157,6 @@ def load_hub_prompts(
         PromptsError: the dataset, config, split or revision is not there, or a row or column is bad.
     """
     import datasets
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     repo, *parts = spec.split(":")
     config, split = (None, "train") if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])

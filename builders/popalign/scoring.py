@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import httpx2  # huggingface_hub's HTTP client: its transport errors reach us unwrapped
+from huggingface_hub import AsyncInferenceClient
+from huggingface_hub.errors import HfHubHTTPError
+
 from popalign.backends import local_backend
 from popalign.cache import GenerationCache
 from popalign.config import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES, ScoreOptions
@@ -84,9 +88,6 @@ class TGIScorer:
             yield indices, asyncio.run(self._prefill_sums([texts[i] for i in indices]))
 
     async def _prefill_sums(self, texts: list[str]) -> list[float]:
-        import httpx2  # huggingface_hub's HTTP client: its transport errors reach us unwrapped
-        from huggingface_hub import AsyncInferenceClient
-        from huggingface_hub.errors import HfHubHTTPError
 
         limit = asyncio.Semaphore(self.concurrency)
         async with AsyncInferenceClient(model=self.url, headers=self.headers, timeout=120) as client:

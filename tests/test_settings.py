@@ -122,3 +122,26 @@ def test_a_shard_task_receives_the_plan_itself(tmp_path: Path, monkeypatch: pyte
     assert len(task_plan.instructions().instructions) == task_plan.instructions().total - sum(
         len(plan.for_shard(k, 3).instructions().instructions) for k in (1, 3)
     )
+
+
+def test_publishing_takes_release_and_the_old_version_flag_still_works_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["push", str(tmp_path), "--repo", "org/name", "--version", "1.0.0"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "popalign: warning: --version X.Y.Z is deprecated here, use --release X.Y.Z",
+        f"popalign: error: {tmp_path}: no popalign build here (popalign_build.json is missing)",
+    ]
+    assert cli.main(["build", "--push-to", "org/name", "--release", "1.0", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == "popalign: error: release: expected a version X.Y.Z, got 1.0\n"
+    assert cli.main(["build", "--private", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == "popalign: error: private: given without push_to\n"
+
+
+def test_env_prints_the_versions_and_the_embedded_model_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["env"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"- popalign version: {popalign.__version__}" in lines
+    assert any(line.startswith("- transformers version: 5.") for line in lines)
+    (model,) = [line for line in lines if line.startswith("- Embedded model file: ")]
+    assert model.endswith(" MiB)") and "SmolLM2-135M-Instruct" in model

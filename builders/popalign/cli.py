@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from popalign import api
+from popalign.cache import default_cache_dir
 from popalign.config import (
     FLAG,
     POSITIVE,
@@ -422,7 +423,7 @@ def _env(args: argparse.Namespace) -> int:
         "HF_ENDPOINT": os.environ.get("HF_ENDPOINT", "(default)"),
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "(unset)"),
         "Embedded model file": _embedded_model(),
-        "Cache folder": str(api.default_cache_dir()),
+        "Cache folder": str(default_cache_dir()),
     }
     print("\nCopy-paste the following information when reporting an issue:\n")
     for name, value in lines.items():

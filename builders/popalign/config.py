@@ -341,9 +341,9 @@ class Push:
         metavar="ORG/NAME",
         help="publish the result as a version of this Hub dataset",
     )
-    release: str = setting(MISSING, check=VERSION, metavar="X.Y.Z", help="the version to publish with --push-to")
-    private: bool = setting(False, check=FLAG, help="with --push-to: create the repository private")
-    force: bool = setting(False, check=FLAG, help="with --push-to: replace an already published version")
+    release: str = setting(MISSING, check=VERSION, metavar="X.Y.Z", help="the version to publish, tagged vX.Y.Z")
+    private: bool = setting(False, check=FLAG, help="create the repository private")
+    force: bool = setting(False, check=FLAG, help="replace an already published version (the newest)")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -102,7 +102,7 @@ def test_the_readme_python_examples_run_as_written(server: str, tmp_path: Path) 
     first = run_offline(sys.executable, "readme_api.py", cwd=tmp_path, POPALIGN_CACHE=str(tmp_path / "cache"))
     assert first.returncode == 0, first.stderr
     configs, rows = first.stdout.splitlines()[-2:]
-    assert configs == "['all', 'prefix', 'refine']" and rows.split()[0].isdigit() and rows.split()[1] == "smollm2"
+    assert configs == "['all', 'prefix', 'demon']" and rows.split()[0].isdigit() and rows.split()[1] == "smollm2"
     endpoint = 'roles={"default": "http://localhost:8080"},'
     assert endpoint in blocks[1]
     # the scripted server answers by the markers of the tests' templates

@@ -257,8 +257,10 @@ def quiet_libraries() -> None:
         ("TRANSFORMERS_VERBOSITY", "error"),
     ):
         os.environ.setdefault(name, value)  # read when `datasets` and transformers are first imported
-    if "datasets" in sys.modules:  # imported already: tell it directly
+    if "datasets" in sys.modules:  # imported already: tell them directly
         sys.modules["datasets"].disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def check_publish(repo_id: str, release: str) -> None:

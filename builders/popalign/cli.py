@@ -422,6 +422,7 @@ def _env(args: argparse.Namespace) -> int:
         **{f"{name} version": _installed(name) for name in packages},
         "HF_ENDPOINT": os.environ.get("HF_ENDPOINT", "(default)"),
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "(unset)"),
+        "Accelerator": _accelerator(),
         "Embedded model file": _embedded_model(),
         "Cache folder": str(default_cache_dir()),
     }
@@ -437,6 +438,16 @@ def _installed(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+def _accelerator() -> str:
+    try:
+        import torch  # only to say which device local models would run on
+    except ImportError:
+        return "none (torch is not installed)"
+    if torch.cuda.is_available():
+        return ", ".join(torch.cuda.get_device_name(n) for n in range(torch.cuda.device_count()))
+    return "cpu"
 
 
 def _embedded_model() -> str:

@@ -219,8 +219,8 @@ def list_versions(repo_id: str, *, token: str | None) -> list[dict[str, Any]]:
         for ref in refs.tags:
             if not _VERSION.match(ref.name.removeprefix("v")):
                 continue
-            manifest = _read_json(repo_id, MANIFEST, ref.name, token)
-            configs = {name: config for name, config in manifest["configs"].items() if config["rows"]}
+            manifest = Manifest.from_dict(_read_json(repo_id, MANIFEST, ref.name, token))
+            configs = {name: config for name, config in manifest.configs.items() if config["rows"]}
             versions.append(
                 {
                     "version": ref.name.removeprefix("v"),

@@ -21,7 +21,7 @@ from datasets.exceptions import DatasetNotFoundError
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 
-from popalign.dataset.folder import MANIFEST, Manifest
+from popalign.dataset.folder import MANIFEST
 from popalign.errors import PopAlignError
 
 
@@ -225,8 +225,8 @@ def _manifest_configs(entry: MixtureEntry) -> dict[str, Any] | None:
             manifest = Path(entry.path) / MANIFEST
         else:
             manifest = Path(hf_hub_download(entry.path, MANIFEST, repo_type="dataset", revision=entry.revision))
-        return Manifest.from_dict(json.loads(manifest.read_text(encoding="utf-8"))).configs
-    except (OSError, ValueError, KeyError, TypeError, HfHubHTTPError):
+        return json.loads(manifest.read_text(encoding="utf-8"))["configs"]
+    except (OSError, ValueError, KeyError, HfHubHTTPError):
         return None
 
 

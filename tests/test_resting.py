@@ -18,11 +18,11 @@ import pytest
 
 from helpers import POPALIGN, run_offline
 from net import free_port, serve_process
-from popalign.backends.endpoint import EndpointBackend, RetryPolicy, same_server
+from popalign.backends.endpoint import EndpointBackend, RetryPolicy
 from popalign.config import Endpoints
 from popalign.errors import BackendError
 from popalign.generation import GenerationParams, Request
-from popalign.roles import EndpointSpec
+from popalign.roles import EndpointSpec, same_server
 
 HERE = Path(__file__).parent
 DELAY = 0.2

@@ -11,7 +11,6 @@ from typing import Any
 import yaml
 
 from popalign.backends import open_backends
-from popalign.backends.endpoint import same_server
 from popalign.cache import GenerationCache, open_cache
 from popalign.config import DEFAULT_LICENSE, MAX_SHARD_SIZE
 from popalign.dataset.card import write_card_and_manifest
@@ -36,6 +35,7 @@ from popalign.judging import (
 )
 from popalign.plan import BuildPlan
 from popalign.prompts import BUNDLED_LABEL, PromptSet
+from popalign.roles import check_contrast
 from popalign.scoring import ScoreSettings, ScoreStats, score_outcomes, score_settings
 from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext, roles_used
 from popalign.templates import TemplateSet
@@ -342,16 +342,6 @@ def _check_contrasts(engine: Engine, strategies: list[str]) -> None:
     """Refuse a model contrast whose two roles are one model on one server with the same settings, however its
     URLs are spelled: every such pair would be dropped as identical."""
     for name in strategies:
-        first, second = STRATEGIES[name].chosen_role, STRATEGIES[name].rejected_role
-        a, b = engine.roles[first], engine.roles[second]
-        if first == second or not (a.kind == b.kind == "endpoint"):
-            continue
-        if engine.identities[first] != engine.identities[second] or engine.params[first] != engine.params[second]:
-            continue
-        shared = [(x, y) for x in a.urls for y in b.urls if same_server(x, y)]
-        if shared:
-            raise PopAlignError(
-                f"strategy {name!r} contrasts roles {first} and {second}, but both are {engine.identities[first]} on "
-                f"one server ({shared[0][0]} and {shared[0][1]}) with the same settings: give them different "
-                "models or generation parameters"
-            )
+        sides = STRATEGIES[name].chosen_role, STRATEGIES[name].rejected_role
+        same_settings = engine.params[sides[0]] == engine.params[sides[1]]
+        check_contrast(name, sides, engine.roles, same_settings, engine.identities)

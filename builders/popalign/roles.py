@@ -7,14 +7,17 @@ how outputs name it, so no other module needs to test which kind a spec is."""
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 from popalign.credentials import redacted, split_credentials
 from popalign.errors import ConfigError
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 ROLES = ("default", "large", "small", "first", "second", "planner")
 EMBEDDED = "smollm2"
 
@@ -67,6 +70,10 @@ class ModelSpec:
 
     def __str__(self) -> str:
         return self.source if self.layers is None else f"{self.source}:layers={self.layers}"
+
+    def shared_server(self, other: ModelSpec | EndpointSpec) -> tuple[str, str] | None:
+        """A local model is served by no server."""
+        return None
 
     def published(self, identity: str = "") -> str:
         """The spec as outputs (rows, manifest, card, saved recipe) name it: a local file or folder by its own
@@ -121,6 +128,10 @@ class EndpointSpec:
 
     def __str__(self) -> str:
         return ",".join(self.urls)
+
+    def shared_server(self, other: ModelSpec | EndpointSpec) -> tuple[str, str] | None:
+        """A replica URL of this endpoint and one of `other`'s that reach the same server, if there are such."""
+        return next(((x, y) for x in self.urls for y in getattr(other, "urls", ()) if same_server(x, y)), None)
 
     def published(self, identity: str) -> str:
         """How outputs name an endpoint: by the model it serves (`identity`), never by its URLs."""
@@ -177,10 +188,52 @@ def resolve_roles(
         if missing:
             flags = " ".join(f"--model {role}=SPEC" for role in missing)
             raise ConfigError(f"strategy {strategy!r} needs model roles {', '.join(wanted)}: pass {flags}")
-        first, second = wanted[0], wanted[-1]
-        if len(wanted) == 2 and (roles[first], role_params.get(first)) == (roles[second], role_params.get(second)):
-            raise ConfigError(
-                f"strategy {strategy!r} contrasts roles {wanted[0]} and {wanted[1]}, "
-                f"but both are {roles[wanted[0]]}: give them different models or generation parameters"
-            )
+        if len(wanted) == 2:
+            first, second = wanted
+            check_contrast(strategy, (first, second), roles, role_params.get(first) == role_params.get(second))
     return roles
+
+
+def check_contrast(
+    strategy: str,
+    sides: tuple[str, str],
+    roles: Mapping[str, ModelSpec | EndpointSpec],
+    same_settings: bool,
+    identities: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse a contrast whose two roles (`sides`) would be one model with one setting, so that every pair would be
+    dropped as identical: the same spec, or, once the endpoints have told their served models (`identities`), one
+    served model on one server however its URLs are spelled."""
+    first, second = sides
+    a, b = roles[first], roles[second]
+    if not same_settings or first == second:
+        return
+    if a == b:
+        shown = str(a)
+    elif identities and identities.get(first) == identities.get(second) and (shared := a.shared_server(b)):
+        shown = f"{identities[first]} on one server ({shared[0]} and {shared[1]}) with the same settings"
+    else:
+        return
+    raise ConfigError(
+        f"strategy {strategy!r} contrasts roles {first} and {second}, but both are {shown}: give them different "
+        "models or generation parameters"
+    )
+
+
+def same_server(a: str, b: str) -> bool:
+    """Whether two endpoint URLs reach one server: the same port and path on hosts with a shared address
+    (`localhost` and `127.0.0.1`, a name and its IP)."""
+    first, second = urlsplit(a), urlsplit(b)
+    if (first.port or _DEFAULT_PORTS.get(first.scheme), first.path.rstrip("/")) != (
+        second.port or _DEFAULT_PORTS.get(second.scheme),
+        second.path.rstrip("/"),
+    ):
+        return False
+    return bool(_addresses(first.hostname or "") & _addresses(second.hostname or ""))
+
+
+def _addresses(host: str) -> set[str]:
+    try:
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)} | {host.lower()}
+    except (OSError, UnicodeError):
+        return {host.lower()}

@@ -21,12 +21,10 @@ import contextlib
 import email.utils
 import hashlib
 import random
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import httpx2
 from huggingface_hub import AsyncInferenceClient
@@ -39,7 +37,6 @@ from popalign.errors import BackendError, RequestFailed
 from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request
 from popalign.roles import EndpointSpec
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 FATAL_STATUS = {401: "unauthorized", 403: "forbidden", 404: "no chat completions route here"}
 REST_AFTER = 3
@@ -386,25 +383,6 @@ class EndpointBackend:
         if replica.failures >= REST_AFTER and now - replica.failing_since >= self.retry.base:
             rest = max(rest, min(MAX_REST, self.retry.base * 2 ** (replica.failures - REST_AFTER)))
         replica.resting_until = max(replica.resting_until, now + rest)
-
-
-def same_server(a: str, b: str) -> bool:
-    """Whether two endpoint URLs reach one server: the same port and path on hosts with a shared address
-    (`localhost` and `127.0.0.1`, a name and its IP)."""
-    first, second = urlsplit(a), urlsplit(b)
-    if (first.port or _DEFAULT_PORTS.get(first.scheme), first.path.rstrip("/")) != (
-        second.port or _DEFAULT_PORTS.get(second.scheme),
-        second.path.rstrip("/"),
-    ):
-        return False
-    return bool(_addresses(first.hostname or "") & _addresses(second.hostname or ""))
-
-
-def _addresses(host: str) -> set[str]:
-    try:
-        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)} | {host.lower()}
-    except (OSError, UnicodeError):
-        return {host.lower()}
 
 
 def _classify(err: Exception) -> _Failure:

@@ -202,7 +202,7 @@ def test_a_judge_that_cannot_load_is_one_line(scripted, tiny_model_dir: Path, tm
     assert "this judge refuses" in refused.stderr
     assert "judge" not in json.loads((refusing / "popalign_build.json").read_text())
     both = run_offline(POPALIGN, "judge", out, "--judge-model", url, "--judge-reward-model", tiny_model_dir)
-    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    assert both.returncode == 2 and "or a reward model (judge_reward_model): give one" in both.stderr
     assert (out / "popalign_build.json").read_bytes() == before
 
 

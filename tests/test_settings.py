@@ -145,3 +145,15 @@ def test_env_prints_the_versions_and_the_embedded_model_file(capsys: pytest.Capt
     assert any(line.startswith("- transformers version: 5.") for line in lines)
     (model,) = [line for line in lines if line.startswith("- Embedded model file: ")]
     assert model.endswith(" MiB)") and "SmolLM2-135M-Instruct" in model
+
+
+@pytest.mark.parametrize("command", ["score", "judge"])
+def test_score_and_judge_check_their_settings_as_build_does(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([command, str(tmp_path), "--batch-size", "0", "--judge-model" if command == "judge" else "--swap",
+                     URL if command == "judge" else "keep"]) == 2  # fmt: skip
+    assert capsys.readouterr().err == "popalign: error: batch_size: expected a whole number >= 1, got 0\n"
+    assert cli.main([command, str(tmp_path), "--concurrency" if command == "judge" else "--order", "x"]) == 2
+    expected = "concurrency: expected a whole number >= 1" if command == "judge" else "order: expected one of"
+    assert capsys.readouterr().err.startswith(f"popalign: error: {expected}")

@@ -27,6 +27,7 @@ from popalign.config import (
     JudgeOptions,
     Push,
     ScoreOptions,
+    check_setting,
     declared,
     group_of,
     key_of,
@@ -228,7 +229,7 @@ def _print_quality(summary: Any) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    given = _given(args, "dir")
+    given = {key: check_setting(key, value) for key, value in _given(args, "dir").items()}
     api.quiet_libraries()
     built = api.score(
         args.dir,
@@ -347,7 +348,7 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    given = _given(args, "dir")
+    given = {key: check_setting(key, value) for key, value in _given(args, "dir").items()}
     api.quiet_libraries()
     built = api.judge(
         args.dir,

@@ -210,7 +210,7 @@ def test_a_repo_with_another_layout_or_a_bad_token_is_refused(hub, embedded_buil
     assert "HTTP 401 (check --token, HF_TOKEN or `hf auth login`)" in wrong.stderr
     assert "hf_wrong_token_77" not in wrong.stderr + wrong.stdout
     bad = push(hub, tmp_path / "d", "1.0")
-    assert bad.stderr.strip() == "popalign: error: version '1.0': expected X.Y.Z, for example 1.0.0"
+    assert bad.stderr.strip() == "popalign: error: release: expected a version X.Y.Z, got 1.0"
 
 
 def test_a_forced_push_stopped_before_its_tag_is_listed_and_a_rerun_tags_it(

@@ -223,7 +223,7 @@ def test_build_judges_and_keeps_only_agreed_pairs(scripted, tmp_path: Path) -> N
     merged = run_offline(POPALIGN, "merge", out, "--out", tmp_path / "merged")  # judged parts: merge, then judge
     assert merged.returncode == 2 and "this part is judged" in merged.stderr and not (tmp_path / "merged").exists()
     no_judge = run_offline(POPALIGN, "build", "--min-judge", "agree", "--out", tmp_path / "x")
-    assert no_judge.returncode == 2 and "--min-judge needs a judge" in no_judge.stderr
+    assert no_judge.returncode == 2 and "a judge is an LLM (judge_model) or a reward model" in no_judge.stderr
     assert not (tmp_path / "x").exists()
 
 

@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
+from huggingface_hub import constants
 
 from helpers import build
 from net import free_port
 from popalign.credentials import is_hugging_face_host, redacted, split_credentials
 from popalign.errors import ConfigError
+from popalign.roles import parse_spec
 from popalign.scoring import TGIScorer
 
 PASSWORD, HUB_TOKEN = "s3cretPassw0rd", "hf_machineTokenNotForYou"
@@ -85,3 +87,23 @@ def test_url_credentials_are_split_out() -> None:
 )  # fmt: skip
 def test_hugging_face_hosts(url: str, hub: bool) -> None:
     assert is_hugging_face_host(url) is hub
+
+
+def test_the_hub_token_goes_to_hf_endpoint_only_on_its_own_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:18081")
+    assert is_hugging_face_host("http://127.0.0.1:18081/api") and is_hugging_face_host("HTTP://127.0.0.1:18081")
+    assert not is_hugging_face_host("http://127.0.0.1:8080") and not is_hugging_face_host("https://127.0.0.1:18081")
+    assert not is_hugging_face_host("http://127.0.0.1:8201:99")
+
+
+@pytest.mark.parametrize(
+    "spec", [f"HTTP://alice:{PASSWORD}@host:1:2", f"htp://alice:{PASSWORD}@host", f"alice:{PASSWORD}@host"]
+)
+def test_no_spec_error_shows_a_urls_credentials(spec: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_spec(spec)
+    assert PASSWORD not in str(refused.value) and "alice" not in str(refused.value)
+
+
+def test_an_upper_case_scheme_is_an_endpoint() -> None:
+    assert parse_spec(f"HTTPS://alice:{PASSWORD}@Host:8080").kind == "endpoint"

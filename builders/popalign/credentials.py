@@ -56,10 +56,27 @@ def redacted(url: str) -> str:
 
 
 def is_hugging_face_host(url: str) -> bool:
-    """Whether `url` is on a Hugging Face domain (the Hub, Inference Endpoints, Spaces) or on `HF_ENDPOINT`."""
+    """Whether `url` is on a Hugging Face domain (the Hub, Inference Endpoints, Spaces) or is `HF_ENDPOINT`'s
+    origin: its scheme, host and port alike (another port of `HF_ENDPOINT`'s host is another server).
+
+    >>> is_hugging_face_host("https://router.huggingface.co/v1"), is_hugging_face_host("http://127.0.0.1:9")
+    (True, False)
+    """
     host = (urlsplit(url).hostname or "").lower()
-    hub = (urlsplit(constants.ENDPOINT).hostname or "").lower()
-    return host == hub or any(host == domain or host.endswith("." + domain) for domain in HUGGING_FACE_DOMAINS)
+    return _origin(url) == _origin(constants.ENDPOINT) or any(
+        host == domain or host.endswith("." + domain) for domain in HUGGING_FACE_DOMAINS
+    )
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """A URL's scheme, host and port (the scheme's default port when none is written)."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # not a port: no origin to match
+        return scheme, "", None
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
 
 
 def authorization(

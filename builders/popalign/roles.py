@@ -56,6 +56,8 @@ class ModelSpec:
     def parse(cls, text: str) -> ModelSpec:
         text = text.strip()
         source, _, options = text.partition(":")
+        if ("://" in text or "@" in text) and not Path(source).exists():  # a URL that is not http(s), say
+            raise ConfigError(f"model spec {redacted(text)!r}: neither a model name nor an http(s):// URL")
         if not source:
             raise ConfigError(f"model spec {text!r}: empty model name")
         layers = None
@@ -119,7 +121,7 @@ class EndpointSpec:
     @classmethod
     def parse(cls, text: str, *, model: str | None = None, api_key_env: str | None = None) -> EndpointSpec:
         given = [url.strip() for url in text.split(",") if url.strip()]
-        bad = [url for url in given if not re.match(r"^https?://[^/\s]+", url)]
+        bad = [url for url in given if not re.match(r"^https?://[^/\s]+", url, re.IGNORECASE) or not _has_port(url)]
         if bad or not given:
             shown = ",".join(redacted(url) for url in given)
             raise ConfigError(f"endpoint {shown!r}: expected http(s)://HOST[:PORT] URLs separated by commas")
@@ -151,9 +153,18 @@ class EndpointSpec:
 Spec = ModelSpec | EndpointSpec
 
 
+def _has_port(url: str) -> bool:
+    """Whether a URL's port, if it names one, is a port (1 to 65535)."""
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        return False
+    return port is None or port > 0
+
+
 def parse_spec(text: str) -> ModelSpec | EndpointSpec:
     """A local model spec, or an endpoint when the text is one or more URLs."""
-    return EndpointSpec.parse(text) if re.match(r"^\s*https?://", text) else ModelSpec.parse(text)
+    return EndpointSpec.parse(text) if re.match(r"^\s*https?://", text, re.IGNORECASE) else ModelSpec.parse(text)
 
 
 def parse_model_args(pairs: Iterable[str]) -> dict[str, str]:

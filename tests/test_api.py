@@ -9,11 +9,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import datasets
 import pytest
+import yaml
 
 import popalign
 from helpers import HERE, POPALIGN, prompts, run_offline, serve_scripted
 from hub_server import serve_hub
+from popalign.prompts import Instruction, in_test_split
 
 README = HERE.parent / "README.md"
 
@@ -161,3 +164,27 @@ def test_a_test_split_holds_whole_instructions_and_the_card_shows_its_pictures(s
     assert "judge: chosen" in shown.stdout and shown.stdout.endswith(
         "2 pairs of elicitive meeting judge_verdict!=none and chosen~careful\n"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("share", "empty"), [(0.1, "test"), (0.95, "train")])
+def test_every_split_the_card_lists_loads_when_a_share_leaves_one_empty(
+    server: str, share: float, empty: str, tmp_path: Path
+) -> None:
+    """Instructions picked so that `--test-size` puts none of them on one side: the card lists only the other
+    split, in `configs:` and `dataset_info` alike, and every config loads each split it lists."""
+    tags = [f"t{n}" for n in range(400)]
+    kept = [tag for tag in tags if in_test_split(Instruction.from_text(f"Explain tides [{tag}].").prompt_id, share)
+            == (empty == "train")][:6]  # fmt: skip
+    built = popalign.build(prompts(tmp_path, kept), strategies=["prefix", "elicitive"], roles={"default": server},
+                           out=tmp_path / "d", templates=HERE / "scripted_templates", cache=False, progress=False,
+                           test_size=share)  # fmt: skip
+    card = yaml.safe_load((built.path / "README.md").read_text().split("---")[1])
+    for config in card["configs"]:
+        listed = [entry["split"] for entry in config["data_files"]]
+        assert listed == ["test" if empty == "train" else "train"]
+        for split in listed:
+            assert len(datasets.load_dataset(str(built.path), config["config_name"], split=split)) > 0
+    for info in card["dataset_info"]:
+        assert [split["name"] for split in info["splits"]] == listed
+    assert not list(built.path.glob(f"data/*/{empty}-*"))

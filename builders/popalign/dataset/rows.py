@@ -159,12 +159,15 @@ def write_configs(
             prepared = Path(staging) / "prepared" / name
             builder.download_and_prepare(output_dir=str(prepared), file_format="parquet", max_shard_size=shard_size)
             config_dir(out, name).mkdir(parents=True)
+            splits = {split.name: split.num_examples for split in builder.info.splits.values()}
             for split in SPLITS:
-                shards = sorted(prepared.glob(f"*-{split}*.parquet"))
+                shards = sorted(prepared.glob(f"*-{split}*.parquet")) if splits.get(split) else []
                 for index, parquet in enumerate(shards):
                     shutil.move(parquet, split_file(out, name, split, index, len(shards)))
             info = builder.info._to_yaml_dict()
-            splits = {split.name: split.num_examples for split in builder.info.splits.values()}
+            # a split with no rows has no files: the card's `dataset_info` leaves it out, as its `configs:` do, or
+            # `load_dataset` would expect it (ExpectedMoreSplitsError)
+            info["splits"] = [split for split in info.get("splits", []) if split.get("num_examples")]
             configs[name] |= {
                 "rows": spool.count,
                 **({"splits": splits} if test_size else {}),

@@ -190,6 +190,7 @@ def test_a_judge_that_cannot_load_is_one_line(scripted, tiny_model_dir: Path, tm
     for flags, says, offline in (
         (["--judge-reward-model", tmp_path / "nothing-here"], "reward model", "1"),
         (["--judge-reward-model", out], "reward model", "1"),
+        (["--judge-reward-model", tiny_model_dir], "its weights have no trained score head (score.weight", "1"),
         (["--judge-model", f"http://127.0.0.1:{free_port()}"], "unreachable", "0"),
     ):
         refused = run_offline(POPALIGN, "judge", out, *flags, "--no-progress", HF_HUB_OFFLINE=offline)

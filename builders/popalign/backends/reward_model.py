@@ -31,10 +31,18 @@ class RewardModel:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(**model_location(spec.source))
-            self.model = AutoModelForSequenceClassification.from_pretrained(**model_location(spec.source))
+            self.model, loading = AutoModelForSequenceClassification.from_pretrained(
+                **model_location(spec.source), output_loading_info=True
+            )
         except (OSError, ValueError) as err:
             reason = first_line(err, type(err).__name__)
             raise BackendError(f"reward model {spec.source!r}: cannot load ({reason})") from None
+        untrained = sorted(loading.get("missing_keys", ()))  # transformers gave them new random weights
+        if untrained:
+            raise BackendError(
+                f"reward model {spec.source!r}: its weights have no trained score head ({untrained[0]} is newly "
+                "initialised), so its verdicts would be random; give a sequence-classification reward model"
+            )
         if self.tokenizer.chat_template is None:
             raise BackendError(f"reward model {spec.source!r}: its tokenizer has no chat template")
         self.tokenizer.padding_side = "right"  # positions stay those of an unpadded text

@@ -55,9 +55,10 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         part = shards[f"{k}/{count}"]
         manifest = manifests[parts.index(part)]
         for name, config in manifest.configs.items():
+            rows = _part_rows(part, name, config)
             outcomes[name].dropped.update(config["dropped"])
             outcomes[name].cut_kept += cut_kept(config)
-            for row in read_rows(part, name) if config["rows"] else []:
+            for row in rows:
                 if (name, row["prompt_id"]) in seen:
                     raise ShardError(
                         f"{part}: {name} row {row['prompt_id'][:12]} is also in {seen[name, row['prompt_id']]}"
@@ -85,6 +86,18 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         stats=None,
         seconds=time.monotonic() - started,
     )
+
+
+def _part_rows(part: Path, name: str, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """A part's rows of one config, checked against what the part's manifest records of it."""
+    if not isinstance(config.get("rows"), int) or not isinstance(config.get("dropped"), dict):
+        raise ShardError(f"{part}: its manifest's {name!r} entry has no row or drop counts; rebuild this part")
+    rows = read_rows(part, name)
+    if len(rows) != config["rows"]:
+        raise ShardError(
+            f"{part}: {name} holds {len(rows)} rows but its manifest records {config['rows']}; rebuild this part"
+        )
+    return rows
 
 
 def _agreed(manifest: Manifest, key: str) -> Any:

@@ -142,3 +142,9 @@ def write_folder(folder: Path, sizes: dict[str, int]) -> Path:
     configs = [{"config_name": n, "data_files": [{"split": "train", "path": f"data/{n}/*.parquet"}]} for n in sizes]
     (folder / "README.md").write_text("---\n" + yaml.safe_dump({"configs": configs}) + "---\n")
     return folder
+
+
+def work_of(out: Path) -> Path:
+    """The executor's work folder of the one build made into `out` (named by its plan's fingerprint)."""
+    (work,) = (out.parent / f".{out.name}.popalign-tasks").iterdir()
+    return work

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import HERE, POPALIGN, build, load, manifest, prompts, run_offline, serve_scripted, tags
+from helpers import HERE, POPALIGN, build, load, manifest, prompts, run_offline, serve_scripted, tags, work_of
 
 STRATEGIES = "prefix,elicitive"
 COUNT = 24
@@ -87,7 +87,7 @@ def test_local_executor_gives_the_rows_of_one_process_and_reruns_only_unfinished
     assert "merged 4 parts into" in many.stdout
     assert rows_by_prompt(merged) == rows_by_prompt(single)
     assert manifest(merged)["prompts"]["merged_shards"] == 4
-    work = tmp_path / ".many.popalign-tasks"
+    work = work_of(tmp_path / "many")
     parts = sorted((work / "parts").iterdir())
     assert [part.name for part in parts] == [f"part-{k:05d}-of-00004" for k in range(1, 5)]
     # task 3 dies before datatrove marks it complete: its mark and part are gone; a rerun runs task 3 alone
@@ -104,6 +104,23 @@ def test_local_executor_gives_the_rows_of_one_process_and_reruns_only_unfinished
     shard = manifest(parts[2])["prompts"]["count"]
     assert len(log.read_text().splitlines()) - requests == shard * (2 + 5)  # prefix 2 + guided elicitive 5 each
     assert rows_by_prompt(merged) == rows_by_prompt(single)
+
+
+@pytest.mark.slow
+def test_a_rerun_with_other_options_never_merges_the_old_parts(scripted, tmp_path: Path) -> None:
+    url, _ = scripted
+    first, out = executor_build(tmp_path, url, "--executor", "local", "--tasks", "4", "--workers", "2", out="many")
+    assert first.returncode == 0, first.stderr
+    assert sorted(manifest(out)["configs"]) == ["elicitive", "prefix"] and manifest(out)["params"]["seed"] == 0
+    # other prompts, strategies, seed and task count: fresh parts, the new rows only
+    again = build(tmp_path, url, "--strategies", "prefix", "--seed", "1", "--concurrency", "4", "--executor", "local",
+                  "--tasks", "3", "--workers", "2", tags=tags(COUNT + 4)[COUNT:], out="many")[0]  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "merged 3 parts into" in again.stdout
+    written = manifest(out)
+    assert list(written["configs"]) == ["prefix"] and written["params"]["seed"] == 1
+    assert written["prompts"]["count"] == 4 and written["prompts"]["merged_shards"] == 3
+    assert len(list((tmp_path / ".many.popalign-tasks").iterdir())) == 2  # the first build's work is left as it was
 
 
 @pytest.fixture
@@ -123,13 +140,12 @@ def test_a_task_killed_while_it_generates_is_the_only_one_a_rerun_runs(slow_scri
                "--model", f"default={url}", "--strategies", STRATEGIES, "--concurrency", "1",
                "--executor", "local", "--tasks", "4", "--workers", "1"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "0"}
-    work = tmp_path / ".many.popalign-tasks"
-    completions = work / "logs" / "completions"
+    tasks = tmp_path / ".many.popalign-tasks"  # then the plan's fingerprint/logs/completions
     process = subprocess.Popen(list(map(str, command)), env=env, start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 300
-        while not (completions / "00001").exists():
+        while not list(tasks.glob("*/logs/completions/00001")):
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.02)
         two_done = len(log.read_text().splitlines())
@@ -141,7 +157,8 @@ def test_a_task_killed_while_it_generates_is_the_only_one_a_rerun_runs(slow_scri
         process.kill()
         process.wait()
     answered = len(log.read_text().splitlines()) - two_done
-    assert not (completions / "00002").exists()
+    work = work_of(tmp_path / "many")
+    assert not (work / "logs" / "completions" / "00002").exists()
     assert not (tmp_path / "many").exists()
     parts = work / "parts"
     before = {part: (part / "popalign_build.json").stat().st_mtime_ns for part in sorted(parts.iterdir())[:2]}
@@ -174,7 +191,7 @@ def test_slurm_executor_runs_its_job_script_through_sbatch(scripted, tmp_path: P
                                        "cpu", out="slurm", PATH=path)  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
     assert "submitted 3 Slurm tasks and a merge job" in submitted.stdout
-    script = (tmp_path / ".slurm.popalign-tasks" / "logs" / "launch_script.slurm").read_text()
+    script = (work_of(tmp_path / "slurm") / "logs" / "launch_script.slurm").read_text()
     assert "#SBATCH --partition=cpu" in script and "#SBATCH --array=0-2" in script
     assert "launch_pickled_pipeline" in script and f"source {Path(sys.prefix)}/bin/activate" in script
     assert rows_by_prompt(merged) == rows_by_prompt(single)
@@ -191,7 +208,7 @@ def test_ray_executor_on_a_local_ray_instance_gives_the_same_rows(scripted, tmp_
                                   RAY_ADDRESS="")  # fmt: skip
     assert many.returncode == 0, many.stderr
     assert rows_by_prompt(merged) == rows_by_prompt(single)
-    assert sorted(path.name for path in (tmp_path / ".ray.popalign-tasks" / "logs" / "completions").iterdir()) == [
+    assert sorted(path.name for path in (work_of(tmp_path / "ray") / "logs" / "completions").iterdir()) == [
         "00000", "00001", "00002",
     ]  # fmt: skip
 

@@ -113,12 +113,12 @@ def test_a_shard_task_receives_the_plan_itself(tmp_path: Path, monkeypatch: pyte
     given = extended(**{item.name: getattr(plan, item.name) for item in fields(plan)}, added="seen by the task")
     ran = []
     monkeypatch.setattr(scale_out, "run_plan", lambda plan, out, progress: ran.append((plan, out)))
-    scale_out.ShardTask(given)(None, rank=1, world_size=3)
+    scale_out.ShardTask(given, tmp_path / "work")(None, rank=1, world_size=3)
     ((task_plan, out),) = ran
     assert task_plan.added == "seen by the task" and task_plan.shard == (2, 3)
     assert task_plan.params == plan.params and task_plan.params.temperature == 0.2
     assert task_plan.config.executor is None and task_plan.config.strategies == "prefix"
-    assert out == scale_out.part_folder(tmp_path / "out", 1, 3)
+    assert out == scale_out.part_folder(tmp_path / "work", 1, 3)
     assert len(task_plan.instructions().instructions) == task_plan.instructions().total - sum(
         len(plan.for_shard(k, 3).instructions().instructions) for k in (1, 3)
     )

@@ -123,7 +123,7 @@ def build(prompts: str | Path | None = None, *, config: BuildConfig | None = Non
     plan.describe()
     if config.executor:
         tasks, kind = config.executor.tasks, config.executor.kind
-        log.info(f"{tasks} tasks on the {kind} executor; parts and logs in {work_folder(plan.out)}")
+        log.info(f"{tasks} tasks on the {kind} executor; parts and logs in {work_folder(plan.out, plan)}")
         return Build(plan.out, open_manifest(plan.out)) if run_tasks(plan) else None
     summary = run_plan(plan)
     built = Build(plan.out, open_manifest(plan.out), summary)

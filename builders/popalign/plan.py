@@ -8,9 +8,11 @@ generation settings. A task receives the plan itself, so no setting can be left 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from popalign.config import BuildConfig, GenerationParams, default_max_new_tokens
@@ -62,6 +64,26 @@ class BuildPlan:
     def instructions(self) -> PromptSet:
         """This plan's instructions: read at planning, or (a shard's) read now."""
         return self.prompt_set or _load(self.config, self.shard, self.revision)
+
+    def fingerprint(self) -> str:
+        """A digest of everything that decides the rows of this build and how it is cut into tasks: strategies,
+        roles and their settings, the instructions' content, templates, output settings and the task count. The
+        executor keys its parts and completion marks by it, so a rerun with other options never reuses them."""
+        prompts = self.instructions()
+        config = self.config
+        payload = {
+            "strategies": self.strategies,
+            "roles": {role: [str(spec), getattr(spec, "model", None)] for role, spec in self.roles.items()},
+            "params": asdict(self.params),
+            "role_params": {role: asdict(params) for role, params in self.role_params.items()},
+            "prompts": [prompts.source, prompts.sha256, prompts.revision, prompts.limit, prompts.total],
+            "prompt_column": config.prompt_column,
+            "templates": self.templates().hashes(),
+            "output": [config.elicitive_style, config.keep_truncated, config.test_size, config.max_shard_size],
+            "card": config.license,
+            "tasks": config.executor.tasks if config.executor else None,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
     def describe(self) -> None:
         """Log what the build will do, as the command prints it before generating."""

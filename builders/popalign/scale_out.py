@@ -20,36 +20,37 @@ from popalign.plan import BuildPlan
 from popalign.publish import push_dataset
 
 
-def work_folder(out: Path) -> Path:
-    """Where the tasks of a build into `out` write their parts and logs: a sibling of `out`."""
-    return out.parent / f".{out.name}.popalign-tasks"
+def work_folder(out: Path, plan: BuildPlan | None = None) -> Path:
+    """Where the tasks of a build into `out` write their parts and logs: a sibling of `out`, then (given the plan)
+    a folder named by the plan's fingerprint, so a rerun with other options starts afresh beside the old work."""
+    tasks = out.parent / f".{out.name}.popalign-tasks"
+    return tasks / plan.fingerprint()[:16] if plan else tasks
 
 
-def part_folder(out: Path, rank: int, world_size: int) -> Path:
-    return work_folder(out) / "parts" / f"part-{rank + 1:05d}-of-{world_size:05d}"
+def part_folder(work: Path, rank: int, world_size: int) -> Path:
+    """The part task `rank` of `world_size` writes, in the build's work folder."""
+    return work / "parts" / f"part-{rank + 1:05d}-of-{world_size:05d}"
 
 
 class ShardTask:
     """A datatrove pipeline step: task `rank` of `world_size` runs the build's plan for shard `rank + 1` of
     `world_size` into its part folder (pickled with the executor for Slurm and Ray)."""
 
-    def __init__(self, plan: BuildPlan) -> None:
-        self.plan = plan
+    def __init__(self, plan: BuildPlan, work: Path) -> None:
+        self.plan, self.work = plan, work
 
     def __call__(self, data: Any, rank: int = 0, world_size: int = 1) -> None:
-        run_plan(
-            self.plan.for_shard(rank + 1, world_size), part_folder(self.plan.out, rank, world_size), progress=False
-        )
+        run_plan(self.plan.for_shard(rank + 1, world_size), part_folder(self.work, rank, world_size), progress=False)
 
 
 class MergeTask:
     """The last step: merge every part into `out`, then push if asked (a Slurm job after the build's array)."""
 
-    def __init__(self, out: Path, tasks: int, push: Push | None) -> None:
-        self.out, self.tasks, self.push = out, tasks, push
+    def __init__(self, out: Path, work: Path, tasks: int, push: Push | None) -> None:
+        self.out, self.work, self.tasks, self.push = out, work, tasks, push
 
     def __call__(self, data: Any = None, rank: int = 0, world_size: int = 1) -> None:
-        merge_builds([part_folder(self.out, k, self.tasks) for k in range(self.tasks)], self.out)
+        merge_builds([part_folder(self.work, k, self.tasks) for k in range(self.tasks)], self.out)
         if self.push:
             push = self.push
             push_dataset(self.out, push.repo_id, push.release, token=None, private=push.private, force=push.force)
@@ -70,10 +71,12 @@ def run_tasks(plan: BuildPlan) -> bool:
         import datatrove  # noqa: F401
     except ImportError:
         raise ConfigError("--executor needs datatrove: pip install 'popalign[scale]'") from None
-    logs = str(executor.logging_dir or work_folder(out) / "logs")
+    work = work_folder(out, plan)
+    # datatrove's completion marks: under the plan's fingerprint too, so other options never find them
+    logs = str(Path(executor.logging_dir) / work.name if executor.logging_dir else work / "logs")
     workers = executor.workers or -1  # datatrove: every task at once
-    pipeline = [ShardTask(plan)]
-    merge_task = MergeTask(out, executor.tasks, plan.config.push)
+    pipeline = [ShardTask(plan, work)]
+    merge_task = MergeTask(out, work, executor.tasks, plan.config.push)
     if executor.kind == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
 

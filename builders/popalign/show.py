@@ -19,6 +19,7 @@ from popalign.dataset.folder import open_manifest
 from popalign.dataset.rows import iter_rows
 from popalign.errors import ConfigError
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _CONDITION = re.compile(r"^([a-z_]+)\s*(!=|>=|<=|=|>|<|~)\s*(.*)$", re.DOTALL)
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "=": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le,
@@ -131,9 +132,19 @@ def _side(label: str, model: str, answer: str, reasoning: str | None) -> list[st
     return parts
 
 
+def printable(text: str) -> str:
+    """`text` safe to print to a terminal: control characters other than newline and tab (an escape sequence that
+    sets the title or colours, a carriage return that overwrites the line) are shown as `\\xNN` escapes.
+
+    >>> printable("ok\\x1b]0;owned\\x07\\rline")
+    'ok\\\\x1b]0;owned\\\\x07\\\\x0dline'
+    """
+    return _CONTROL.sub(lambda match: f"\\x{ord(match[0]):02x}", text)
+
+
 def _wrap(text: str, width: int) -> list[str]:
     lines = []
-    for paragraph in text.splitlines() or [""]:
+    for paragraph in printable(text).split("\n"):
         lines.extend(textwrap.wrap(paragraph, width, replace_whitespace=False, drop_whitespace=True) or [""])
     return lines
 

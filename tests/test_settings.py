@@ -157,3 +157,31 @@ def test_score_and_judge_check_their_settings_as_build_does(
     assert cli.main([command, str(tmp_path), "--concurrency" if command == "judge" else "--order", "x"]) == 2
     expected = "concurrency: expected a whole number >= 1" if command == "judge" else "order: expected one of"
     assert capsys.readouterr().err.startswith(f"popalign: error: {expected}")
+
+
+API_MISUSE = {
+    "prompts=123": (lambda out: popalign.build(123, out=out), "prompts: expected a file or a Hub dataset ORG/NAME"),
+    "strategies=None": (lambda out: popalign.build(strategies=None, out=out), "strategies: expected a value, got None"),
+    "license=None": (lambda out: popalign.build(license=None, out=out), "license: expected a license identifier"),
+    "shard=2": (lambda out: popalign.build(shard=2, out=out), "shard: expected K/N with 1 <= K <= N, got 2"),
+    "out=None": (lambda out: popalign.build(out=None), "out: expected a path, got None"),
+    "roles=list": (lambda out: popalign.build(roles=["x"], out=out), "roles: expected a mapping"),
+    "Default role": (lambda out: popalign.build(roles={"Default": URL}, out=out), "roles: unknown role 'Default'"),
+    "limit=-1": (lambda out: popalign.build(limit=-1, out=out), "limit: expected a whole number >= 1, got -1"),
+    "retries=0": (lambda out: Endpoints(retries=0), "retries: expected a whole number >= 1, got 0"),
+    "timeout=-1": (lambda out: Endpoints(timeout=-1), "timeout: expected a number of seconds > 0, got -1"),
+    "max_shard_size=-5": (lambda out: popalign.build(max_shard_size=-5, out=out), "max_shard_size: expected a size"),
+    "batch_size=0": (lambda out: popalign.build(batch_size=0, out=out), "batch_size: expected a whole number >= 1"),
+    "merge([])": (lambda out: popalign.merge([], out=out), "merge joins the part folders of a sharded build"),
+    "judge(b, None)": (lambda out: popalign.judge(out, None), "judge: expected JudgeOptions("),
+    "push(version=1)": (lambda out: popalign.push(out, repo_id="org/x", version=1), "push: repo_id and version"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("call", list(API_MISUSE))
+def test_the_api_refuses_wrong_types_with_named_errors(call: str, tmp_path: Path) -> None:
+    misuse, says = API_MISUSE[call]
+    with pytest.raises(popalign.PopAlignError) as refused:
+        misuse(tmp_path / "out")
+    assert str(refused.value).startswith(says) and len(str(refused.value).splitlines()) == 1
+    assert not (tmp_path / "out").exists()

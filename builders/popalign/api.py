@@ -28,7 +28,7 @@ from popalign.backends import local_backend
 from popalign.cache import open_cache
 from popalign.config import BuildConfig, Endpoints, JudgeOptions, ScoreOptions
 from popalign.dataset.folder import Manifest, check_out, open_manifest
-from popalign.errors import ConfigError
+from popalign.errors import ConfigError, PublishError, ShardError
 from popalign.judging import judge_settings
 from popalign.merge import merge_builds
 from popalign.pipeline import BuildSummary, judge_dataset, run_plan, score_dataset
@@ -157,6 +157,8 @@ def score(
         BackendError: the scoring model cannot be loaded or reached.
     """
     path = _path(build)
+    if options is not None and not isinstance(options, ScoreOptions):
+        raise ConfigError(f"score: expected ScoreOptions(...), got {options!r}")
     default_model = open_manifest(path).roles.get("default", EMBEDDED)
     template_set = TemplateSet(Path(templates) if templates else None)
     settings = score_settings(options or ScoreOptions(), local_backend(batch_size), default_model, token)
@@ -187,6 +189,8 @@ def judge(
         BackendError: the judge cannot be loaded, or every request to it failed.
     """
     path = _path(build)
+    if not isinstance(options, JudgeOptions):
+        raise ConfigError(f"judge: expected JudgeOptions(model=...) or JudgeOptions(reward_model=...), got {options!r}")
     open_manifest(path)  # a folder that is not a build is refused before any model loads
     template_set = TemplateSet(Path(templates) if templates else None)
     generations = open_cache(cache, cache_dir)
@@ -208,6 +212,8 @@ def merge(parts: Sequence[Build | str | Path], *, out: str | Path) -> Build:
         ShardError: the parts are not every shard of one unscored, unjudged build, once each.
         NotABuildError: a part is not a build.
     """
+    if not parts or isinstance(parts, str | Path):
+        raise ShardError("merge joins the part folders of a sharded build: give a list of them")
     summary = merge_builds([_path(part) for part in parts], Path(out))
     return Build(Path(out), open_manifest(Path(out)), summary)
 
@@ -232,6 +238,8 @@ def push(
         ForeignRepositoryError: the repository holds files popalign did not publish.
         PublishError: a bad repository id or version, or the Hub failed (nothing is half-published).
     """
+    if not isinstance(version, str) or not isinstance(repo_id, str):
+        raise PublishError(f"push: repo_id and version are text (ORG/NAME, X.Y.Z), got {repo_id!r} and {version!r}")
     return push_dataset(_path(build), repo_id, version, token=token, private=private, force=force)
 
 

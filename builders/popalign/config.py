@@ -76,6 +76,10 @@ class Check:
             return value
         if isinstance(value, bool) or (self.kind is int and isinstance(value, float)):
             raise ValueError
+        if self.kind in (str, Path) and not isinstance(value, str | Path):  # 2 is no shard, 123 no file
+            raise ValueError
+        if self.kind is str and isinstance(value, Path):  # a path stays a path (never read as a Hub dataset)
+            return value
         typed = self.kind(value.strip() if isinstance(value, str) else value)
         if isinstance(typed, float) and not math.isfinite(typed):
             raise ValueError
@@ -160,6 +164,9 @@ def check_fields(settings: Any) -> None:
     """Type and check every declared setting of a dataclass instance in place (its `__post_init__`)."""
     for item in fields(settings):
         check, value = item.metadata.get("check"), getattr(settings, item.name)
+        if value is None and item.default not in (None, MISSING) and "help" in item.metadata:
+            expected = check.expected if check else "a value"  # None is no way to ask for the default
+            raise ConfigError(f"{key_of(item)}: expected {expected}, got None")
         if check is not None and value is not None:
             object.__setattr__(settings, item.name, check(key_of(item), value))
 
@@ -400,6 +407,7 @@ class BuildConfig:
 
     prompts: str | Path | None = setting(
         None,
+        check=Check(str, "a file or a Hub dataset ORG/NAME", lambda value: bool(str(value).strip())),
         metavar="FILE|ORG/NAME",
         help=".jsonl, .csv or .parquet of instructions, or a Hub dataset ORG/NAME[:CONFIG][:SPLIT] "
         "(default: the bundled demo set)",
@@ -476,10 +484,12 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if isinstance(self.prompts, str) and not self.prompts.strip():
-            raise ConfigError("prompts: expected a file or a Hub dataset ORG/NAME, got ''")
         if not isinstance(self.strategies, str):
-            object.__setattr__(self, "strategies", ",".join(self.strategies))
+            if not isinstance(self.strategies, list | tuple):
+                raise ConfigError(f"strategies: expected names or a comma-separated text, got {self.strategies!r}")
+            object.__setattr__(self, "strategies", ",".join(map(str, self.strategies)))
+        if not isinstance(self.roles or {}, Mapping) or not isinstance(self.role_params or {}, Mapping):
+            raise ConfigError("roles: expected a mapping of role to model spec or endpoint URLs")
         roles = dict(self.roles or {})
         for role in [*roles, *(self.role_params or {})]:
             if role not in ROLES:
@@ -515,7 +525,8 @@ class BuildConfig:
         top["params"] = {**_generation(top.get("params") or {}, ""), **flat.pop("params")}
         for group, values in flat.items():
             top[group] = _group(group, top.get(group), values)
-        return cls(**{key: value for key, value in top.items() if value is not None})
+        groups = {key for key in GROUPS if top.get(key) is None}  # a group not given takes its default
+        return cls(**{key: value for key, value in top.items() if key not in groups})
 
 
 def _generation(values: Mapping[str, Any] | GenerationParams, where: str) -> dict[str, Any]:

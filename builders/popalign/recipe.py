@@ -95,10 +95,15 @@ def _read(path: Path, data: dict[str, Any]) -> Recipe:
     folder = path.parent.resolve()
     index = settings_index()
     for key, value in data.items():
-        if key in ("generation", "roles", "prompts_sha256") or value is None:
+        if key in ("generation", "roles", "prompts_sha256"):
+            continue
+        if value is None:  # `out: null` asks for no default: the setting's own check refuses it
+            recipe.settings[key] = None
             continue
         if key == "strategies" and isinstance(value, list):
-            value = ",".join(map(str, value))
+            if not all(isinstance(name, str) for name in value):
+                raise ConfigError(f"strategies: expected strategy names, got {value!r}")
+            value = ",".join(value)
         if key == "prompts" and is_hub_dataset(str(value)) and not (folder / str(value)).exists():
             recipe.settings[key] = str(value)  # a Hub dataset, not a file beside the recipe
             continue
@@ -165,6 +170,9 @@ def _role(role: str, value: Any) -> tuple[ModelSpec | EndpointSpec, dict[str, An
         if "model" in value or "api_key_env" in value:
             raise ConfigError(f"{where}: model and api_key_env are for endpoints (url/urls)")
         return _spec(where, str(value["spec"])), generation
+    for key in ("model", "api_key_env"):
+        if key in value and not isinstance(value[key], str):
+            raise ConfigError(f"{where}: {key}: expected text, got {value[key]!r}")
     urls = value["urls"] if given[0] == "urls" else [value["url"]]
     if not isinstance(urls, list) or not urls:
         raise ConfigError(f"{where}: urls: expected a list of URLs")

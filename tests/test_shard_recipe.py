@@ -132,7 +132,7 @@ def test_a_recipe_sets_roles_and_generation_and_flags_win(
         ("generation: {temperature: hot}\n", "temperature: expected a number >= 0 (0 is greedy), got 'hot'"),
         ("roles: {small: {spec: smollm2, generation: {top_p: 5}}}\n", "roles.small.generation.top_p: expected"),
         ("generation: {max_new_tokens: 0}\n", "max_new_tokens: expected a whole number >= 1, got 0"),
-        ("out: null\n", "out: expected a path, got None"),
+        ("license: null\n", "license: expected a license identifier such as apache-2.0, mit or cc-by-4.0, got None"),
         ("strategies: [1, 2]\n", "strategies: expected strategy names, got [1, 2]"),
         ("strategies: [[prefix]]\n", "strategies: expected strategy names, got [['prefix']]"),
         ("roles: {large: {url: 'http://a:1', model: [a, b]}}\n", "roles.large: model: expected text, got ['a', 'b']"),

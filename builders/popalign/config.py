@@ -593,6 +593,8 @@ def check_setting(key: str, value: Any) -> Any:
     group, name = index[key]
     item = next(item for item in fields(GROUPS[group] if group else BuildConfig) if item.name == name)
     check = item.metadata.get("check")
+    if value is None and item.default not in (None, MISSING):
+        raise ConfigError(f"{key}: expected {check.expected if check else 'a value'}, got None")
     return check(key, value) if check and value is not None else value
 
 

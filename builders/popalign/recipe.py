@@ -97,8 +97,8 @@ def _read(path: Path, data: dict[str, Any]) -> Recipe:
     for key, value in data.items():
         if key in ("generation", "roles", "prompts_sha256"):
             continue
-        if value is None:  # `out: null` asks for no default: the setting's own check refuses it
-            recipe.settings[key] = None
+        if value is None:  # `license: null` is no way to ask for the default: refused unless None is the default
+            recipe.settings[key] = check_setting(key, value)
             continue
         if key == "strategies" and isinstance(value, list):
             if not all(isinstance(name, str) for name in value):

@@ -18,7 +18,7 @@ from pathlib import Path
 from popalign.config import BuildConfig, GenerationParams, default_max_new_tokens
 from popalign.errors import ConfigError
 from popalign.prompts import PromptSet, is_hub_dataset, load_hub_prompts, load_prompts, parse_shard
-from popalign.roles import Spec, resolve_roles
+from popalign.roles import Spec, check_contrast, resolve_roles
 from popalign.strategies import STRATEGIES, parse_strategies, roles_used
 from popalign.templates import TemplateSet
 
@@ -111,10 +111,12 @@ def make_plan(config: BuildConfig) -> BuildPlan:
         per_role["planner"] = per_role["default"]  # the planner is the default model
     used = roles_used(names)
     needs = {name: STRATEGIES[name].roles for name in names}
-    missing = [role for role in used if role not in resolve_roles(given, {})]
-    resolved = resolve_roles(given, needs) if missing else resolve_roles(given, {})  # names the missing roles
+    resolved = resolve_roles(given, needs)
     params, role_params = _generation(config.params, resolved, per_role, used)
-    resolve_roles(given, needs, role_params)  # one model with one setting on both sides of a contrast
+    for name in names:  # one model with one setting on both sides of a contrast
+        if len(needs[name]) == 2:
+            first, second = needs[name]
+            check_contrast(name, (first, second), resolved, role_params.get(first) == role_params.get(second))
     TemplateSet(config.templates)  # a bad override folder is refused now
     shard = parse_shard(config.shard) if config.shard is not None else None
     prompt_set = _load(config, shard, config.prompts_revision)

@@ -179,19 +179,16 @@ def parse_model_args(pairs: Iterable[str]) -> dict[str, str]:
 
 
 def resolve_roles(
-    given: Mapping[str, ModelSpec | EndpointSpec],
-    needs: Mapping[str, tuple[str, ...]],
-    role_params: Mapping[str, object] | None = None,
+    given: Mapping[str, ModelSpec | EndpointSpec], needs: Mapping[str, tuple[str, ...]]
 ) -> dict[str, ModelSpec | EndpointSpec]:
     """The role map of a run: the demo roles when none are given, else the given ones plus `default`; the
     `planner` is `default` unless given.
 
-    `needs` maps each requested strategy to the roles it uses; a strategy whose roles are missing, or whose
-    two sides would use the same model with the same generation parameters (`role_params`), is refused.
+    `needs` maps each requested strategy to the roles it uses; a strategy whose roles are missing is refused
+    (whether its two sides are one model is `check_contrast`'s to say, once the roles' settings are known).
     """
     roles: dict[str, ModelSpec | EndpointSpec]
     roles = {role: ModelSpec.parse(spec) for role, spec in DEMO_ROLES.items()} if not given else dict(given)
-    role_params = role_params or {}
     roles.setdefault("default", ModelSpec(EMBEDDED))
     roles.setdefault("planner", roles["default"])
     for strategy, wanted in needs.items():
@@ -199,9 +196,6 @@ def resolve_roles(
         if missing:
             flags = " ".join(f"--model {role}=SPEC" for role in missing)
             raise ConfigError(f"strategy {strategy!r} needs model roles {', '.join(wanted)}: pass {flags}")
-        if len(wanted) == 2:
-            first, second = wanted
-            check_contrast(strategy, (first, second), roles, role_params.get(first) == role_params.get(second))
     return roles
 
 

@@ -116,7 +116,8 @@ def make_plan(config: BuildConfig) -> BuildPlan:
     for name in names:  # one model with one setting on both sides of a contrast
         if len(needs[name]) == 2:
             first, second = needs[name]
-            check_contrast(name, (first, second), resolved, role_params.get(first) == role_params.get(second))
+            same = role_params.get(first, params) == role_params.get(second, params)  # as each role runs
+            check_contrast(name, (first, second), resolved, same)
     TemplateSet(config.templates)  # a bad override folder is refused now
     shard = parse_shard(config.shard) if config.shard is not None else None
     prompt_set = _load(config, shard, config.prompts_revision)

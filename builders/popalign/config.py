@@ -162,13 +162,19 @@ def setting(
 
 def check_fields(settings: Any) -> None:
     """Type and check every declared setting of a dataclass instance in place (its `__post_init__`)."""
-    for item in fields(settings):
-        check, value = item.metadata.get("check"), getattr(settings, item.name)
-        if value is None and item.default not in (None, MISSING) and "help" in item.metadata:
-            expected = check.expected if check else "a value"  # None is no way to ask for the default
-            raise ConfigError(f"{key_of(item)}: expected {expected}, got None")
-        if check is not None and value is not None:
-            object.__setattr__(settings, item.name, check(key_of(item), value))
+    for item in declared(type(settings)):
+        object.__setattr__(settings, item.name, checked(item, getattr(settings, item.name)))
+
+
+def checked(item: Field[Any], value: Any) -> Any:
+    """One setting's value, typed and checked as its declaration says. None stands for "not given" only where the
+    default is None: for any other setting it is no way to ask for the default, and is refused."""
+    check = item.metadata.get("check")
+    if value is None:
+        if item.default not in (None, MISSING):
+            raise ConfigError(f"{key_of(item)}: expected {check.expected if check else 'a value'}, got None")
+        return None
+    return check(key_of(item), value) if check else value
 
 
 def key_of(item: Field[Any]) -> str:
@@ -195,12 +201,10 @@ def checked_values(cls: type, values: Mapping[str, Any], where: str = "") -> dic
     for name, value in values.items():
         if name not in known:
             raise ConfigError(f"{where}{unknown_setting(name, known)}")
-        check = known[name].metadata["check"]
-        if value is not None:
-            try:
-                result[name] = check(key_of(known[name]), value) if check else value
-            except ConfigError as err:
-                raise ConfigError(f"{where}{err}") from None
+        try:
+            result[name] = checked(known[name], value)
+        except ConfigError as err:
+            raise ConfigError(f"{where}{err}") from None
     return result
 
 
@@ -568,8 +572,12 @@ def _group(group: str, whole: Any, values: dict[str, Any]) -> Any:
     return cls(**given)
 
 
+def _field(cls: type, name: str) -> Field[Any]:
+    return next(item for item in fields(cls) if item.name == name)
+
+
 def _key(cls: type, name: str) -> str:
-    return key_of(next(item for item in fields(cls) if item.name == name))
+    return key_of(_field(cls, name))
 
 
 def _spec(spec: str | Spec) -> Spec:
@@ -591,22 +599,16 @@ def check_setting(key: str, value: Any) -> Any:
     if key not in index:
         raise ConfigError(unknown_setting(key, index))
     group, name = index[key]
-    item = next(item for item in fields(GROUPS[group] if group else BuildConfig) if item.name == name)
-    check = item.metadata.get("check")
-    if value is None and item.default not in (None, MISSING):
-        raise ConfigError(f"{key}: expected {check.expected if check else 'a value'}, got None")
-    return check(key, value) if check and value is not None else value
+    return checked(_field(GROUPS[group] if group else BuildConfig, name), value)
 
 
 def recipe_keys() -> list[str]:
     """The keys a recipe may hold at its top level (generation settings go under `generation:`)."""
-    index = settings_index()
-    keys = []
-    for key, (group, name) in index.items():
-        cls = BuildConfig if group is None else GROUPS[group]
-        item = next(item for item in fields(cls) if item.name == name)
-        if item.metadata.get("recipe", True) and group != "params":
-            keys.append(key)
+    keys = [
+        key
+        for key, (group, name) in settings_index().items()
+        if group != "params" and _field(GROUPS[group] if group else BuildConfig, name).metadata["recipe"]
+    ]
     return [*keys, "generation", "roles", "prompts_sha256"]
 
 

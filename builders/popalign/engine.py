@@ -99,8 +99,6 @@ class Engine:
         given = {"local": local, "endpoint": endpoint}
         #: By spec kind (see `popalign.backends`), the backend that answers such roles.
         self.backends: dict[str, Backend] = {**(backends or {}), **{k: b for k, b in given.items() if b is not None}}
-        self.local: LocalBackend | None = self.backends.get("local")  # type: ignore[assignment]
-        self.endpoint: EndpointBackend | None = self.backends.get("endpoint")  # type: ignore[assignment]
         self.cache = cache
         self.progress = progress
         self.stats = EngineStats()
@@ -284,6 +282,16 @@ class Engine:
         while len(self._answers) > 4 * self.window and next(iter(self._answers.values())).done():
             self._answers.popitem(last=False)  # an old answer: the runs that could share it have finished
         return answer
+
+    @property
+    def local(self) -> LocalBackend | None:
+        """The local backend, when roles or a judge run in process."""
+        return self.backends.get("local")  # type: ignore[return-value]
+
+    @property
+    def endpoint(self) -> EndpointBackend | None:
+        """The endpoint backend, when roles are served."""
+        return self.backends.get("endpoint")  # type: ignore[return-value]
 
     def published_name(self, role: str) -> str:
         """How outputs name a role's model: a local spec by its own name, an endpoint by its served model."""

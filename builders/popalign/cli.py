@@ -228,18 +228,16 @@ def _print_quality(summary: Any) -> None:
     print(f"{stats.cached} cached, {stats.computed} computed")
 
 
+def _run_settings(given: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """Those of `keys` the command line gave (the others take the API function's defaults)."""
+    return {key: given[key] for key in keys if key in given}
+
+
 def _score(args: argparse.Namespace) -> int:
     given = {key: check_setting(key, value) for key, value in _given(args, "dir").items()}
     api.quiet_libraries()
-    built = api.score(
-        args.dir,
-        group_of(ScoreOptions, given),
-        templates=given.get("templates"),
-        batch_size=given.get("batch_size", 8),
-        token=group_of(Endpoints, given).token,
-        cache_dir=given.get("cache_dir"),
-        cache=given.get("cache", True),
-    )
+    run = _run_settings(given, "templates", "batch_size", "cache_dir", "cache")
+    built = api.score(args.dir, group_of(ScoreOptions, given), token=group_of(Endpoints, given).token, **run)
     _print_quality(built.summary)
     print(f"rewrote {built.path} in {built.summary.seconds:.0f} s (scores, quality/*.png, README.md)")
     return 0
@@ -350,16 +348,8 @@ def _versions(args: argparse.Namespace) -> int:
 def _judge(args: argparse.Namespace) -> int:
     given = {key: check_setting(key, value) for key, value in _given(args, "dir").items()}
     api.quiet_libraries()
-    built = api.judge(
-        args.dir,
-        group_of(JudgeOptions, given),
-        templates=given.get("templates"),
-        batch_size=given.get("batch_size", 16),
-        endpoints=group_of(Endpoints, given),
-        cache_dir=given.get("cache_dir"),
-        cache=given.get("cache", True),
-        progress=given.get("progress", True),
-    )
+    run = _run_settings(given, "templates", "batch_size", "cache_dir", "cache", "progress")
+    built = api.judge(args.dir, group_of(JudgeOptions, given), endpoints=group_of(Endpoints, given), **run)
     _print_judge(built.summary)
     seconds = built.summary.seconds
     print(f"rewrote {built.path} in {seconds:.0f} s (judge_verdict, quality/judge_accuracy.png, README.md)")

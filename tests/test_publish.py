@@ -248,7 +248,9 @@ def test_a_refused_push_creates_no_repository(hub, embedded_build, tmp_path: Pat
     shutil.rmtree(tmp_path / "d" / "data" / "demon")
     refused = push(hub, tmp_path / "d", "1.0.0", repo="org/never-made")
     assert refused.returncode == 2, refused.stderr
+    rows = json.loads((tmp_path / "d" / "popalign_build.json").read_text())["configs"]["demon"]["rows"]
     assert refused.stderr.splitlines() == [
-        f"popalign: error: {tmp_path / 'd'}: data/demon is missing or unreadable; rebuild the folder"
+        f"popalign: error: {tmp_path / 'd' / 'data/demon/train-*.parquet'}: demon train holds 0 rows but the manifest "
+        f"records {rows}; rebuild the folder"
     ]
     assert not (root / "datasets" / "org" / "never-made").exists()

@@ -4,8 +4,6 @@ all of them."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet
@@ -63,49 +61,3 @@ def test_parts_of_many_shards_merge_whole(scripted, tmp_path: Path) -> None:
     assert len(rows) == COUNT and len(set(rows["prompt_id"])) == COUNT
     bad = run_offline(POPALIGN, "build", "--max-shard-size", "big", "--out", tmp_path / "x")
     assert bad.returncode == 2 and "max_shard_size: expected a size" in bad.stderr and not (tmp_path / "x").exists()
-
-
-@pytest.mark.slow
-def test_merge_checks_each_parts_files_against_its_manifest(scripted, tmp_path: Path) -> None:
-    url, _ = scripted
-    parts = []
-    for k in (1, 2):
-        result, part = build(tmp_path, url, "--strategies", "prefix,elicitive", "--shard", f"{k}/2", tags=tags(8),
-                             out=f"part{k}")  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        parts.append(part)
-    rows = manifest(parts[0])["configs"]["prefix"]["rows"]
-    assert rows > 0
-
-    def tampered(name: str, change) -> Path:
-        copy = tmp_path / name
-        shutil.copytree(parts[0], copy)
-        change(copy)
-        return copy
-
-    def rewrite(copy: Path, edit) -> None:
-        data = json.loads((copy / "popalign_build.json").read_text())
-        edit(data["configs"]["prefix"])
-        (copy / "popalign_build.json").write_text(json.dumps(data))
-
-    def zero_rows(copy: Path) -> None:
-        rewrite(copy, lambda config: config.update(rows=0))
-
-    def no_data(copy: Path) -> None:
-        shutil.rmtree(copy / "data" / "prefix")
-
-    def no_dropped(copy: Path) -> None:
-        rewrite(copy, lambda config: config.pop("dropped"))
-
-    cases = {
-        "rows-0": (zero_rows, f"prefix holds {rows} rows but its manifest records 0"),
-        "no-data": (no_data, f"prefix holds 0 rows but its manifest records {rows}"),
-        "no-dropped": (no_dropped, "its manifest's 'prefix' entry has no row or drop counts"),
-    }
-    for name, (change, says) in cases.items():
-        copy = tampered(name, change)
-        merged = run_offline(POPALIGN, "merge", copy, parts[1], "--out", tmp_path / "merged")
-        assert merged.returncode == 2 and merged.stderr == f"popalign: error: {copy}: {says}; rebuild this part\n", name
-        assert not (tmp_path / "merged").exists()
-    whole = run_offline(POPALIGN, "merge", *parts, "--out", tmp_path / "merged")
-    assert whole.returncode == 0, whole.stderr

@@ -211,6 +211,7 @@ def merge(parts: Sequence[Build | str | Path], *, out: str | Path) -> Build:
     Raises:
         ShardError: the parts are not every shard of one unscored, unjudged build, once each.
         NotABuildError: a part is not a build.
+        TamperedBuildError: a part's files are not what its manifest records.
     """
     if not parts or isinstance(parts, str | Path):
         raise ShardError("merge joins the part folders of a sharded build: give a list of them")
@@ -237,6 +238,7 @@ def push(
         VersionTooOldError: the version is older than the newest published one.
         ForeignRepositoryError: the repository holds files popalign did not publish.
         PublishError: a bad repository id or version, or the Hub failed (nothing is half-published).
+        TamperedBuildError: a file of the build is not what its manifest records (the Hub is not asked).
     """
     if not isinstance(version, str) or not isinstance(repo_id, str):
         raise PublishError(f"push: repo_id and version are text (ORG/NAME, X.Y.Z), got {repo_id!r} and {version!r}")

@@ -25,6 +25,10 @@ class NotABuildError(PopAlignError):
     """A folder holds no popalign build, its manifest is unreadable, or it cannot become a build folder."""
 
 
+class TamperedBuildError(NotABuildError):
+    """A build folder's files are not what its manifest records: a missing, extra, linked or edited file."""
+
+
 class ShardError(PopAlignError):
     """The parts given to `merge` are not the complete shards of one build."""
 

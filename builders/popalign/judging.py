@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from popalign.backends import open_backends, reward_model
 from popalign.cache import GenerationCache
 from popalign.config import Endpoints, GenerationParams, JudgeOptions
-from popalign.dataset.quality import QUALITY_DIR, load_pyplot
+from popalign.dataset.quality import JUDGE_CHART, QUALITY_DIR, load_pyplot
 from popalign.dataset.rows import StrategyOutcome
 from popalign.engine import Engine
 from popalign.errors import PopAlignError
@@ -185,7 +185,7 @@ def write_accuracy_chart(summaries: dict[str, JudgeSummary], judge: str, out: Pa
         [value - summaries[name].interval[0] for name, value in zip(names, accuracy, strict=True)],
         [summaries[name].interval[1] - value for name, value in zip(names, accuracy, strict=True)],
     ]
-    relative = f"{QUALITY_DIR}/judge_accuracy.png"
+    relative = JUDGE_CHART
     (out / QUALITY_DIR).mkdir(parents=True, exist_ok=True)
     figure, axes = pyplot.subplots(figsize=(6, 3.2), dpi=100)
     positions = range(len(names))

@@ -9,6 +9,7 @@ from typing import Any
 
 from popalign.dataset.card import write_card_and_manifest
 from popalign.dataset.folder import Manifest, check_out, copy_recipe, open_manifest, staged
+from popalign.dataset.integrity import check_build
 from popalign.dataset.rows import StrategyOutcome, cut_kept, keep_sides, read_rows, require_rows, write_configs
 from popalign.errors import ShardError
 from popalign.pipeline import BuildSummary
@@ -22,9 +23,12 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     Raises:
         ShardError: the parts are not every shard of one unscored, unjudged build, once each.
         NotABuildError: a part is not a build folder.
+        TamperedBuildError: a part's files are not what its manifest records.
     """
     started = time.monotonic()
     manifests = [open_manifest(part) for part in parts]
+    for part, manifest in zip(parts, manifests, strict=True):
+        check_build(part, manifest)
     first = manifests[0]
     counts = {manifest.prompts.get("shard", "").partition("/")[2] for manifest in manifests}
     if any("shard" not in manifest.prompts for manifest in manifests) or len(counts) != 1:
@@ -55,7 +59,7 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         part = shards[f"{k}/{count}"]
         manifest = manifests[parts.index(part)]
         for name, config in manifest.configs.items():
-            rows = _part_rows(part, name, config)
+            rows = read_rows(part, name) if config["rows"] else []
             outcomes[name].dropped.update(config["dropped"])
             outcomes[name].cut_kept += cut_kept(config)
             for row in rows:
@@ -86,18 +90,6 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         stats=None,
         seconds=time.monotonic() - started,
     )
-
-
-def _part_rows(part: Path, name: str, config: dict[str, Any]) -> list[dict[str, Any]]:
-    """A part's rows of one config, checked against what the part's manifest records of it."""
-    if not isinstance(config.get("rows"), int) or not isinstance(config.get("dropped"), dict):
-        raise ShardError(f"{part}: its manifest's {name!r} entry has no row or drop counts; rebuild this part")
-    rows = read_rows(part, name)
-    if len(rows) != config["rows"]:
-        raise ShardError(
-            f"{part}: {name} holds {len(rows)} rows but its manifest records {config['rows']}; rebuild this part"
-        )
-    return rows
 
 
 def _agreed(manifest: Manifest, key: str) -> Any:

@@ -32,6 +32,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from popalign.dataset.card import render_card
 from popalign.dataset.folder import MANIFEST, RECIPE, Manifest, config_dir, config_prefix, open_manifest
+from popalign.dataset.integrity import check_build
 from popalign.dataset.quality import QUALITY_DIR
 from popalign.errors import (
     ForeignRepositoryError,
@@ -128,12 +129,14 @@ def push_dataset(
         ForeignRepositoryError: the repository holds files popalign did not publish.
         PublishError: a bad repository id or version, or the Hub or network failed (nothing is half-published).
         NotABuildError: `folder` is not a build.
+        TamperedBuildError: a file of `folder` is not what its manifest records (nothing is asked of the Hub).
     """
     check_repo_id(repo_id)
     number = parse_version(version)
     version = ".".join(map(str, number))
     tag = f"v{version}"
     manifest = open_manifest(folder)
+    check_build(folder, manifest)  # before anything is asked of the Hub
     api = HfApi(token=token)
     exists = True
     tags: dict[str, str] = {}

@@ -10,6 +10,13 @@ from typing import Any
 QUALITY_DIR = "quality"
 #: The card's pictures of every build, scored or not: answer lengths and rows with drop reasons per strategy.
 OVERVIEW = {"lengths": f"{QUALITY_DIR}/answer_lengths.png", "rows": f"{QUALITY_DIR}/rows_and_drops.png"}
+#: The judge's accuracy chart (`popalign judge`).
+JUDGE_CHART = f"{QUALITY_DIR}/judge_accuracy.png"
+
+
+def score_chart(strategy: str) -> str:
+    """Where `popalign score` draws a strategy's score histogram."""
+    return f"{QUALITY_DIR}/{strategy}_scores.png"
 
 
 def load_pyplot() -> Any:
@@ -45,7 +52,7 @@ def quality_report(rows: list[dict[str, Any]], dropped: dict[str, int]) -> dict[
 def write_histogram(scores: list[float], strategy: str, out: Path) -> str:
     """Save a histogram of `scores` as `quality/<strategy>_scores.png` under `out`; return its relative path."""
     pyplot = load_pyplot()
-    relative = f"{QUALITY_DIR}/{strategy}_scores.png"
+    relative = score_chart(strategy)
     (out / QUALITY_DIR).mkdir(parents=True, exist_ok=True)
     figure, axes = pyplot.subplots(figsize=(5, 3), dpi=100)
     axes.hist(scores, bins=min(30, max(5, len(scores) // 2)), color="#4a7ebb")

@@ -1,0 +1,130 @@
+"""A build folder checked against its manifest before anything passes it on (`push`, `merge`): each config is a
+strategy, each file is a regular file of a name popalign writes, and each Parquet file opens with the row schema
+and the row counts the manifest records."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from popalign.dataset.folder import DATA, MANIFEST, RECIPE, SPLITS, Manifest, config_dir
+from popalign.dataset.quality import JUDGE_CHART, OVERVIEW, score_chart
+from popalign.errors import TamperedBuildError
+from popalign.strategies import STRATEGIES
+from popalign.templates import TEMPLATE_FILES
+
+CARD = "README.md"
+_SHARD = re.compile(r"(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet")
+
+
+def check_build(out: Path, manifest: Manifest) -> None:
+    """Refuse a folder whose files are not exactly those its manifest describes.
+
+    Raises:
+        TamperedBuildError: naming the first file (or manifest entry) that does not match.
+    """
+    for name, config in manifest.configs.items():
+        if name not in STRATEGIES:
+            raise _tampered(out / MANIFEST, f"config {name!r} is not a strategy (known: {', '.join(STRATEGIES)})")
+        if not isinstance(config, dict) or not isinstance(config.get("rows"), int) or config["rows"] < 0:
+            raise _tampered(out / MANIFEST, f"config {name!r} has no row count")
+        if not isinstance(config.get("dropped"), dict):
+            raise _tampered(out / MANIFEST, f"config {name!r} has no drop counts")
+    allowed = _allowed_files(manifest)
+    for path in _walk(out):
+        relative = path.relative_to(out).as_posix()
+        if relative not in allowed and not _is_shard_of(relative, manifest):
+            raise _tampered(path, "a file popalign did not write")
+    for name, config in manifest.configs.items():
+        _check_config(out, name, config)
+
+
+def _allowed_files(manifest: Manifest) -> set[str]:
+    """The names of every file but the Parquet shards that a build with this manifest may hold."""
+    charts = {*OVERVIEW.values(), JUDGE_CHART, *(score_chart(name) for name in manifest.configs)}
+    return {MANIFEST, RECIPE, CARD, *charts, *(f"templates/{name}" for name in TEMPLATE_FILES)}
+
+
+def _is_shard_of(relative: str, manifest: Manifest) -> bool:
+    parts = relative.split("/")
+    return len(parts) == 3 and parts[0] == DATA and parts[1] in manifest.configs and bool(_SHARD.fullmatch(parts[2]))
+
+
+def _walk(out: Path) -> list[Path]:
+    """Every file under `out`, refusing a link or anything but files and folders (links are never followed)."""
+    files = []
+    for folder, names, filenames in os.walk(out):
+        for entry in sorted([*names, *filenames]):
+            path = Path(folder) / entry
+            if path.is_symlink():
+                raise _tampered(path, "a symbolic link; a build holds only its own files")
+            if not path.is_dir() and not path.is_file():
+                raise _tampered(path, "not a regular file")
+            if path.is_file():
+                files.append(path)
+    return files
+
+
+def _check_config(out: Path, name: str, config: dict[str, Any]) -> None:
+    """A config's shards: numbered 0..N-1 of N per split, each with the row schema, together the recorded
+    counts; a config with no rows has no files."""
+    import pyarrow
+    import pyarrow.parquet
+
+    from popalign.dataset.schema import features
+
+    expected = _split_counts(out, name, config)
+    folder = config_dir(out, name)
+    if not config["rows"]:
+        if folder.exists():
+            raise _tampered(folder, "holds files but the manifest records no rows")
+        return
+    schema = features().arrow_schema
+    for split in SPLITS:
+        shards = sorted(folder.glob(f"{split}-*.parquet")) if folder.is_dir() else []
+        counts = {_SHARD.fullmatch(path.name)["count"] for path in shards}  # type: ignore[index]
+        numbers = [int(_SHARD.fullmatch(path.name)["index"]) for path in shards]  # type: ignore[index]
+        if len(counts) > 1 or numbers != list(range(len(shards))) or (counts and int(counts.pop()) != len(shards)):
+            raise _tampered(folder, f"its {split} shards are not numbered 0..N-1 of N")
+        rows = 0
+        for path in shards:
+            try:
+                parquet = pyarrow.parquet.ParquetFile(path)
+                if not parquet.schema_arrow.remove_metadata().equals(schema):
+                    raise _tampered(path, "its columns are not popalign's row schema")
+                rows += sum(batch.num_rows for batch in parquet.iter_batches())
+            except (OSError, pyarrow.ArrowException) as err:
+                raise _tampered(path, f"not a readable Parquet file ({str(err).splitlines()[0]})") from err
+        if rows != expected.get(split, 0):
+            where = shards[0] if shards else folder / f"{split}-*.parquet"
+            recorded = expected.get(split, 0)
+            raise _tampered(where, f"{name} {split} holds {rows} rows but the manifest records {recorded}")
+
+
+def _split_counts(out: Path, name: str, config: dict[str, Any]) -> dict[str, int]:
+    """Rows per split as the manifest records them (every row is in `train` unless a test share was set), checked
+    against its total and against the `dataset_info` the card gives `load_dataset`."""
+    from popalign.dataset.schema import features
+
+    splits = config.get("splits") or {"train": config["rows"]}
+    if (
+        not isinstance(splits, dict)
+        or set(splits) - set(SPLITS)
+        or not all(isinstance(count, int) for count in splits.values())
+        or sum(splits.values()) != config["rows"]
+    ):
+        raise _tampered(out / MANIFEST, f"config {name!r}: its split counts do not add up to its {config['rows']} rows")
+    info = config.get("dataset_info")
+    if config["rows"] and info is not None:
+        recorded = {split.get("name"): split.get("num_examples") for split in info.get("splits", [])}
+        if recorded != {split: count for split, count in splits.items() if count}:
+            raise _tampered(out / MANIFEST, f"config {name!r}: its dataset_info splits differ from its row counts")
+        if info.get("features") != features()._to_yaml_list():
+            raise _tampered(out / MANIFEST, f"config {name!r}: its dataset_info features are not the row schema")
+    return splits
+
+
+def _tampered(path: Path, reason: str) -> TamperedBuildError:
+    return TamperedBuildError(f"{path}: {reason}; rebuild the folder")

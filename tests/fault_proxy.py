@@ -1,6 +1,8 @@
 """A fault-injecting HTTP proxy for the endpoint tests: it sits in front of a real server and, by a fixed schedule
 of chat requests, answers 429 with `Retry-After`, 503, resets the connection, stalls past the client's time-out,
-or returns garbage; every other request is forwarded. It records what reached the server."""
+returns garbage, drips the real answer one byte at a time (`drip`), or sends an endless answer with a length
+(`huge`) or without one (`flood`, chunked); every other request is forwarded. It records what reached the server
+and how many bytes of the endless answers went out before the client hung up."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-FAULTS = ("429", "503", "reset", "stall", "garbage", "empty")
+FAULTS = ("429", "503", "reset", "stall", "garbage", "empty", "drip", "huge", "flood")
+HUGE = 50_000_000
 CHAT_ROUTE = "/v1/chat/completions"
 
 
@@ -27,12 +30,17 @@ class FaultProxy(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
 
-    def __init__(self, upstream: str, schedule: Sequence[str] = ("pass",), *, token: str | None = None, stall=8.0):
+    def __init__(
+        self, upstream: str, schedule: Sequence[str] = ("pass",), *, token: str | None = None, stall=8.0, drip=0.5
+    ):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.upstream = urlsplit(upstream)
         self.schedule = list(schedule)
         self.token = token
         self.stall = stall
+        self.drip = drip
+        self.hung_up: Counter[str] = Counter()  # drips and endless answers the client stopped reading
+        self.endless_bytes = 0  # of the endless answers, bytes written before the client hung up
         self.lock = threading.Lock()
         self.chats = 0
         self.injected: Counter[str] = Counter()
@@ -86,6 +94,8 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if fault == "garbage":
             return self._reply(200, b"<html>502 upstream hiccup</html>")
+        if fault in ("huge", "flood"):
+            return self._endless(fault)
         status, headers, answer = self._forward(body)
         if self.path == CHAT_ROUTE and status == 200:
             with proxy.lock:
@@ -94,6 +104,8 @@ class _Handler(BaseHTTPRequestHandler):
                 data = json.loads(answer)
                 data["choices"][0]["message"]["content"] = ""
                 answer = json.dumps(data).encode()
+            if fault == "drip":
+                return self._drip(answer)
         return self._reply(status, answer, {k: v for k, v in headers if k.lower() == "content-type"})
 
     def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -106,6 +118,45 @@ class _Handler(BaseHTTPRequestHandler):
             return response.status, response.getheaders(), response.read()
         finally:
             connection.close()
+
+    def _drip(self, answer: bytes) -> None:
+        """The real answer, one byte every `drip` seconds (each read is quick; the whole is not)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        try:
+            for index in range(len(answer)):
+                self.wfile.write(answer[index : index + 1])
+                self.wfile.flush()
+                time.sleep(self.server.drip)
+        except (BrokenPipeError, ConnectionResetError):
+            with self.server.lock:
+                self.server.hung_up["drip"] += 1
+        self.close_connection = True
+
+    def _endless(self, fault: str) -> None:
+        """A chat answer of `HUGE` bytes, its length declared (`huge`) or chunked (`flood`), until the client
+        hangs up."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if fault == "huge":
+            self.send_header("Content-Length", str(HUGE))
+        else:
+            self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        start, chunk = b'{"choices": [{"message": {"role": "assistant", "content": "', b"a" * 65536
+        sent = 0
+        try:
+            for part in [start] + [chunk] * (HUGE // len(chunk)):
+                self.wfile.write(part if fault == "huge" else b"%x\r\n%s\r\n" % (len(part), part))
+                sent += len(part)
+        except (BrokenPipeError, ConnectionResetError):
+            with self.server.lock:
+                self.server.hung_up[fault] += 1
+        with self.server.lock:
+            self.server.endless_bytes += sent
+        self.close_connection = True
 
     def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)

@@ -249,7 +249,7 @@ class Endpoints:
 
     concurrency: int = setting(64, check=POSITIVE, help="requests in flight per endpoint replica")
     retries: int = setting(6, check=POSITIVE, help="attempts per endpoint request")
-    timeout: float = setting(300.0, check=SECONDS, help="seconds per endpoint request")
+    timeout: float = setting(300.0, check=SECONDS, help="deadline in seconds for each whole endpoint request")
     max_retry_wait: float = setting(
         120.0, check=SECONDS, help="longest wait a server's Retry-After can ask for; each wait uses up an attempt"
     )

@@ -1,4 +1,4 @@
-"""Generation on TGI or OpenAI-compatible endpoints through `huggingface_hub.AsyncInferenceClient.chat_completion`.
+"""Generation on TGI or OpenAI-compatible endpoints: chat completions over `huggingface_hub`'s HTTP client.
 
 Each replica URL has its own semaphore of `concurrency` slots, so requests go out as soon as a slot frees (never
 batch-and-wait). A request goes to the least busy replica that is not resting. Failures that may pass (429, 5xx,
@@ -12,6 +12,10 @@ and while every replica rests one request at a time probes the one that wakes fi
 while it still has work and has not given up. A replica down at start is left out with a warning and probed
 again later; the run stops only when no replica answers. An error that will not pass (401, 403, 404, or a
 replica that stays down) stops the run with one line naming the endpoint.
+
+Every answer is bounded: `timeout` is a deadline for the whole request (a server that drips its answer byte by
+byte times out like one that says nothing), and an answer longer than `answer_limit(max_new_tokens)` bytes is
+abandoned as it arrives; both are failed tries, retried, and never stored.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import contextlib
 import email.utils
 import hashlib
+import json
 import random
 import sys
 import time
@@ -27,8 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx2
-from huggingface_hub import AsyncInferenceClient
-from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OfflineModeIsEnabled
+from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.utils import get_async_session
 
 from popalign.config import Endpoints
@@ -43,7 +47,20 @@ REST_AFTER = 3
 MAX_REST = 30.0
 PROBE_EVERY = 1.0
 START_ATTEMPTS = 3
+#: The most bytes an answer may take per token it may hold (JSON escapes included), and for its envelope.
+BYTES_PER_TOKEN = 64
+ENVELOPE_BYTES = 64 * 1024
 _DEFAULT = Endpoints()
+
+
+def answer_limit(max_new_tokens: int) -> int:
+    """The most bytes a chat completion with at most `max_new_tokens` tokens may take: a generous bound (a token
+    is a few characters; escaped as JSON, rarely more than 24 bytes).
+
+    >>> answer_limit(384)
+    90112
+    """
+    return ENVELOPE_BYTES + BYTES_PER_TOKEN * max_new_tokens
 
 
 @dataclass(frozen=True)
@@ -80,7 +97,8 @@ class _Failure:
 @dataclass
 class _Replica:
     url: str
-    client: AsyncInferenceClient
+    http: httpx2.AsyncClient
+    headers: dict[str, str]
     slots: asyncio.Semaphore
     busy: int = 0
     failures: int = 0  # counted failures in a row (a burst of concurrent ones counts once)
@@ -157,10 +175,10 @@ class EndpointBackend:
             model = spec.model or next(iter(names.values()))
             endpoint = _Endpoint(spec, model)
             for url in spec.urls:
-                # set explicitly, even empty: left out, huggingface_hub would send the machine's Hub token
-                headers = {"Authorization": self._authorization(spec, url) or ""}
-                client = AsyncInferenceClient(base_url=url, headers=headers, timeout=self.timeout)
-                replica = _Replica(url, client, asyncio.Semaphore(self.concurrency), verified=url not in down)
+                header = self._authorization(spec, url)
+                headers = {"Authorization": header} if header else {}
+                http = get_async_session()  # huggingface_hub's client, so HF_HUB_OFFLINE and its proxies apply
+                replica = _Replica(url, http, headers, asyncio.Semaphore(self.concurrency), verified=url not in down)
                 if url in down:
                     print(f"popalign: warning: {down[url]}; going on with the other replicas", file=sys.stderr)
                     replica.resting_until = self.clock() + PROBE_EVERY
@@ -236,7 +254,7 @@ class EndpointBackend:
         """Close every replica's connections; the next run opens new ones."""
         for endpoint in self._endpoints.values():
             for replica in endpoint.replicas:
-                await replica.client.close()
+                await replica.http.aclose()
         self._endpoints.clear()
 
     def submit(
@@ -263,17 +281,11 @@ class EndpointBackend:
                     try:
                         if not replica.verified:
                             await self._verify(endpoint, replica)
-                        output = await replica.client.chat_completion(
-                            request.chat(),
-                            model=endpoint.model,
-                            max_tokens=params.max_new_tokens,
-                            temperature=params.temperature,
-                            top_p=params.top_p,
-                            seed=seed,
+                        generation = await asyncio.wait_for(
+                            self._chat(replica, endpoint.model, request, params, seed), timeout=self.timeout
                         )
-                        choice = output.choices[0]
-                        finish = LENGTH if choice.finish_reason == LENGTH else STOP  # TGI also says eos_token
-                        generation = Generation(choice.message.content or "", _tokens(output), finish)
+                    except TimeoutError:
+                        failure = _Failure(f"no whole answer within {self.timeout:g} s (--timeout)")
                     except _Unavailable as err:
                         failure = _Failure(str(err).removeprefix(f"endpoint {replica.url}: "))
                     except Exception as err:  # classified below; anything unknown is re-raised
@@ -301,6 +313,30 @@ class EndpointBackend:
             f"({failure.reason}{_asked(failure.retry_after, self.retry.max_wait)}); "
             "finished answers are cached: rerun to resume"
         )
+
+    async def _chat(
+        self, replica: _Replica, model: str, request: Request, params: GenerationParams, seed: int
+    ) -> Generation:
+        """One chat completion, read no further than `answer_limit` bytes."""
+        payload = {
+            "model": model,
+            "messages": request.chat(),
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": seed,
+        }
+        limit = answer_limit(params.max_new_tokens)
+        url, headers = chat_url(replica.url), replica.headers
+        async with replica.http.stream("POST", url, json=payload, headers=headers, timeout=self.timeout) as sent:
+            body = await _read_capped(sent, limit)
+        if sent.status_code >= 400:
+            raise _HTTPStatus(sent.status_code, sent.headers.get("Retry-After"), body.decode("utf-8", "replace"))
+        output = json.loads(body)
+        choice = output["choices"][0]
+        finish = LENGTH if choice.get("finish_reason") == LENGTH else STOP  # TGI also says eos_token
+        tokens = int((output.get("usage") or {}).get("completion_tokens") or 0)
+        return Generation(choice["message"].get("content") or "", tokens, finish)
 
     async def _back_off(self, endpoint: _Endpoint, wait: float, asked: float) -> None:
         """Wait `wait` seconds before the next try, or only `asked` (the server's `Retry-After`) if the endpoint
@@ -385,16 +421,58 @@ class EndpointBackend:
         replica.resting_until = max(replica.resting_until, now + rest)
 
 
+def chat_url(url: str) -> str:
+    """The chat-completions route of an endpoint URL, as `huggingface_hub` builds it: a URL that ends in
+    `/chat/completions` is used as it is, one that ends in `/v1` gets `/chat/completions`, any other
+    `/v1/chat/completions`.
+
+    >>> chat_url("http://h:8080"), chat_url("https://api.example.com/v1/")
+    ('http://h:8080/v1/chat/completions', 'https://api.example.com/v1/chat/completions')
+    """
+    base = url.rstrip("/")
+    if base.endswith("/chat/completions"):
+        return base
+    return base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+
+
+async def _read_capped(response: httpx2.Response, limit: int) -> bytes:
+    """A response's body, abandoned (`_Oversized`) as soon as it passes `limit` bytes."""
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _Oversized(f"answer of {int(length):,} bytes, over the {limit:,} its max_new_tokens allow")
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _Oversized(f"answer over the {limit:,} bytes its max_new_tokens allow")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _HTTPStatus(Exception):
+    """An endpoint answered an HTTP error status."""
+
+    def __init__(self, status: int, retry_after: str | None, text: str) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status, self.retry_after, self.text = status, retry_after, text
+
+
+class _Oversized(Exception):
+    """An answer longer than its `max_new_tokens` allow."""
+
+
 def _classify(err: Exception) -> _Failure:
     """What a failed call means: retry (with the server's `Retry-After`), refuse this request, or stop."""
-    if isinstance(err, HfHubHTTPError) and err.response is not None:
-        status = err.response.status_code
+    if isinstance(err, _HTTPStatus):
+        status = err.status
         if status in FATAL_STATUS:
             return _Failure(f"{FATAL_STATUS[status]} (HTTP {status})", fatal=True)
         if status in RETRYABLE_STATUS:
-            return _Failure(f"HTTP {status}", retry_after=_retry_after(err.response.headers.get("Retry-After")))
-        return _Failure(f"request refused (HTTP {status}: {err.response.text[:200]!r})", refused=True)
-    if isinstance(err, InferenceTimeoutError | httpx2.TimeoutException):
+            return _Failure(f"HTTP {status}", retry_after=_retry_after(err.retry_after))
+        return _Failure(f"request refused (HTTP {status}: {err.text[:200]!r})", refused=True)
+    if isinstance(err, _Oversized):
+        return _Failure(str(err))
+    if isinstance(err, httpx2.TimeoutException):
         return _Failure("timed out")
     if isinstance(err, httpx2.TransportError):
         return _Failure(f"connection failed ({type(err).__name__}: {err})")
@@ -424,11 +502,6 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
-
-
-def _tokens(output: object) -> int:
-    usage = getattr(output, "usage", None)
-    return int(getattr(usage, "completion_tokens", 0) or 0)
 
 
 def _request_seed(seed: int, request: Request) -> int:

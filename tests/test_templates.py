@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import build
 from popalign.errors import TemplateError
 from popalign.generation import Generation
 from popalign.prompts import Instruction
@@ -126,3 +127,53 @@ def test_a_template_that_resolves_outside_its_folder_is_refused(tmp_path: Path, 
     (folder / "refine.jinja").symlink_to(folder / ".real-refine")  # a link inside the folder is fine
     (folder / ".real-refine").write_text("Improve it: {{ instruction }}")
     assert TemplateSet(folder).render("refine.jinja", instruction="q") == "Improve it: q"
+
+
+BOUNDS = {
+    "nested loops": ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                     "rendering stopped: more than 1,000,000 steps (loop iterations, operators, calls)"),
+    "huge repeat": ('{{ "x" * 4000000000 }}', "rendering stopped: a value of more than 4,000,000 characters or items"),
+    "huge power": ("{{ 10**100000 }}", "rendering stopped: a number of more than 65,536 bits"),
+    "huge width": ('{{ "x"|center(1000000000) }}', "rendering stopped: a size argument of 1e+09, over 4,000,000"),
+    "replace growth": ('{{ ("x" * 1000000)|replace("x", "xxxxxxxx") }}',
+                       "rendering stopped: a value of more than 4,000,000 characters or items"),
+    "join growth": ('{{ (["x" * 1000000] * 100)|join }}',
+                    "rendering stopped: a value of more than 4,000,000 characters or items"),
+    "doubling": ('{% set ns = namespace(s="xy") %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}',
+                 "rendering stopped: a value of more than 4,000,000 characters or items"),
+    "format width": ('{{ "%999999999d" % 1 }}', "rendering stopped: a %-format width or precision over 10,000"),
+    "mutation": ("{% set l = [1] %}{% for i in range(30) %}{{ l.extend(l) }}{% endfor %}",
+                 "cannot render (access to attribute 'extend' of 'list' object is unsafe.)"),
+    "str.join": ('{{ ",".join(["a"] * 10) }}', "cannot render (access to attribute 'join' of 'str' object is unsafe.)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BOUNDS))
+def test_a_template_is_bounded_in_work_and_size(tmp_path: Path, case: str) -> None:
+    text, says = BOUNDS[case]
+    (tmp_path / "prefix.jinja").write_text(text)
+    with pytest.raises(TemplateError) as raised:
+        TemplateSet(tmp_path).render("prefix.jinja", principle="p", instruction="q")
+    bounded = "; templates are bounded" if says.startswith("rendering stopped") else ""
+    assert str(raised.value) == f"{tmp_path / 'prefix.jinja'}: {says}{bounded}"
+
+
+def test_a_bounded_template_still_has_what_prompts_need(tmp_path: Path) -> None:
+    (tmp_path / "prefix.jinja").write_text(
+        "{{ principle|trim }}\n{% for line in instruction.splitlines() %}- {{ line|upper }}\n{% endfor %}"
+        "{{ (instruction ~ '!')|length }} {{ [1, 2, 3]|join(',') }} {{ '%5.1f' % 2.25 }}"
+    )
+    rendered = TemplateSet(tmp_path).render("prefix.jinja", principle=" Be exact. ", instruction="a\n{{ 7*7 }}")
+    assert rendered == "Be exact.\n- A\n- {{ 7*7 }}\n12 1,2,3   2.2"
+
+
+def test_a_build_with_an_unbounded_template_stops_in_one_line(scripted, tmp_path: Path) -> None:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "prefix.jinja").write_text(BOUNDS["huge repeat"][0])
+    result, out = build(tmp_path, scripted[0], "--strategies", "prefix", "--templates", folder, tags=["ok"])
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.splitlines()[-1] == (
+        f"popalign: error: {folder / 'prefix.jinja'}: rendering stopped: a value of more than 4,000,000 characters "
+        "or items; templates are bounded"
+    )

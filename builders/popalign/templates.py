@@ -1,7 +1,8 @@
 """The prompt templates and their data files: a registry, user overrides by name, sandboxed rendering.
 
 Templates are data. User text (the instruction, demonstrations) is only ever passed as a variable, never
-compiled, so an instruction containing `{{ 7*7 }}` is rendered verbatim.
+compiled, so an instruction containing `{{ 7*7 }}` is rendered verbatim. A template itself (a published recipe
+ships its own) is untrusted too: it renders in a sandbox, bounded in work, time and size (`template_bounds`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Any
 
 import jinja2
 import yaml
-from jinja2.sandbox import SandboxedEnvironment
 
-from popalign.errors import TemplateError
+from popalign.errors import TemplateError, first_line
 from popalign.resources import shipped_dir
+from popalign.template_bounds import BoundedEnvironment, TemplateBoundError, render
 
 #: Every file a strategy reads, with what it holds. A user folder overrides any of them by file name.
 TEMPLATE_FILES: dict[str, str] = {
@@ -60,7 +61,7 @@ class TemplateSet:
         self._override = Path(override_dir) if override_dir is not None else None
         if self._override is not None:
             self._check_override_dir(self._override)
-        self._env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+        self._env = BoundedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
         self._sources = {name: self._read(name) for name in TEMPLATE_FILES}
         self._compiled = {
             name: self._compile(name, source) for name, source in self._sources.items() if name.endswith(".jinja")
@@ -98,9 +99,11 @@ class TemplateSet:
         """Render template `name` with `variables` as data; surrounding whitespace is stripped."""
         self._check_name(name)
         try:
-            return self._compiled[name].render(**variables).strip()
+            return render(self._compiled[name], variables).strip()
+        except TemplateBoundError as err:
+            raise TemplateError(f"{self.path(name)}: rendering stopped: {err}; templates are bounded") from err
         except jinja2.TemplateError as err:
-            raise TemplateError(f"{self.path(name)}: cannot render ({err})") from err
+            raise TemplateError(f"{self.path(name)}: cannot render ({first_line(err)})") from err
 
     def records(self, name: str, fields: tuple[str, ...]) -> list[dict[str, str]]:
         """A data file (`.yaml` list or `.jsonl`) as non-empty records, each with text `fields`."""
@@ -155,6 +158,8 @@ class TemplateSet:
                 raise TemplateError(
                     f"{self.path(name)}: line {node.lineno}: {{% {tag} %}} is not allowed: templates are self-contained"
                 )
-            return self._env.from_string(tree)
+            return self._env.from_string(self._env.bound(tree))
         except jinja2.TemplateSyntaxError as err:
             raise TemplateError(f"{self.path(name)}: line {err.lineno}: template syntax error ({err.message})") from err
+        except (jinja2.TemplateError, ValueError, OverflowError, RecursionError) as err:
+            raise TemplateError(f"{self.path(name)}: cannot compile ({type(err).__name__}: {first_line(err)})") from err

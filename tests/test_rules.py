@@ -10,7 +10,6 @@ import time
 
 import httpx2
 import pytest
-from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 
 from popalign.backends.endpoint import (
     REST_AFTER,
@@ -18,6 +17,8 @@ from popalign.backends.endpoint import (
     RetryPolicy,
     _classify,
     _Endpoint,
+    _HTTPStatus,
+    _Oversized,
     _Replica,
     _retry_after,
 )
@@ -26,9 +27,8 @@ from popalign.publish import check_publishable
 from popalign.roles import EndpointSpec
 
 
-def http_error(status: int, **headers: str) -> HfHubHTTPError:
-    request = httpx2.Request("POST", "http://host:8080/v1/chat/completions")
-    return HfHubHTTPError(f"HTTP {status}", response=httpx2.Response(status, headers=headers, request=request))
+def http_error(status: int, **headers: str) -> _HTTPStatus:
+    return _HTTPStatus(status, headers.get("Retry-After"), '{"error": "no"}')
 
 
 def test_failures_are_retried_refused_or_fatal_by_kind() -> None:
@@ -41,7 +41,7 @@ def test_failures_are_retried_refused_or_fatal_by_kind() -> None:
         assert failure.fatal and says in failure.reason
     too_long = _classify(http_error(400))
     assert too_long.refused and not too_long.fatal and "HTTP 400" in too_long.reason
-    assert _classify(InferenceTimeoutError("slow")).reason == "timed out"
+    assert _classify(_Oversized("answer over the 90,112 bytes")).reason == "answer over the 90,112 bytes"
     assert _classify(httpx2.ReadTimeout("slow")).reason == "timed out"
     assert _classify(httpx2.ConnectError("refused")).reason.startswith("connection failed (ConnectError")
     assert _classify(KeyError("choices")).reason.startswith("unreadable answer")
@@ -82,7 +82,7 @@ class Clock:
 
 def resting(clock: Clock, base: float = 1.0) -> tuple[EndpointBackend, _Endpoint, _Replica]:
     backend = EndpointBackend(retry=RetryPolicy(base=base, max_wait=120.0), clock=clock)
-    replica = _Replica(url="http://a:1", client=None, slots=None)  # type: ignore[arg-type]
+    replica = _Replica(url="http://a:1", http=None, headers={}, slots=None)  # type: ignore[arg-type]
     return backend, _Endpoint(EndpointSpec.parse("http://a:1"), "m", [replica]), replica
 
 

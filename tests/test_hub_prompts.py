@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 TOKEN = "hf_promptsToken_55"
 REPO = "org/prompts"
 TEXTS = [f"Explain tides [{tag}]." for tag in ("ok", "aaa", "bbb", "ccc", "ok", "ddd", "eee")]  # one duplicate
+BROKEN, BROKEN_LINES = "org/broken-prompts", b'{"prompt": "Explain tides [ok]."}\n{"prompt": "Expl\n{"prompt": "x"}\n'
 CARD = """---
 configs:
 - config_name: default
@@ -47,6 +48,9 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, s
             " repo_type='dataset')\n"
             f"info = api.upload_file(path_or_fileobj=buffer.getvalue(), repo_id={REPO!r}, repo_type='dataset',"
             " path_in_repo='data/train_prefs-00000-of-00001.parquet')\n"
+            f"api.create_repo({BROKEN!r}, repo_type='dataset')\n"
+            f"api.upload_file(path_or_fileobj={BROKEN_LINES!r}, path_in_repo='data/train.jsonl', repo_id={BROKEN!r},"
+            " repo_type='dataset')\n"
             "print(info.oid)\n"
         )
         env = {"HF_ENDPOINT": write_url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0"}
@@ -105,6 +109,8 @@ def test_a_build_reads_its_prompts_from_a_hub_dataset_and_its_recipe_builds_it_a
         (["--prompts", "org/missing:train"], "org/missing:train: cannot read this Hub dataset"),
         (["--prompts", f"{REPO}:nosuchsplit"], f"{REPO}:nosuchsplit: cannot read this Hub dataset"),
         (["--prompts", f"{REPO}:train_prefs", "--prompt-column", "text"], "no column 'text' (columns: prompt, score)"),
+        (["--prompts", f"{BROKEN}:train"], f"{BROKEN}:train: cannot read this Hub dataset"),  # a malformed JSON line
+        (["--prompts", f"{BROKEN}:train", "--limit", "2"], f"{BROKEN}:train: cannot read this Hub dataset"),
     ):
         refused = build(hub, url, tmp_path / "bad", *flags)
         assert refused.returncode == 2 and says in refused.stderr, refused.stderr

@@ -157,29 +157,43 @@ def load_hub_prompts(
         PromptsError: the dataset, config, split or revision is not there, or a row or column is bad.
     """
     import datasets
+    import pyarrow
 
     repo, *parts = spec.split(":")
     config, split = (None, "train") if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-    try:
-        commit = HfApi().dataset_info(repo, revision=revision or "main").sha or revision or ""
-        rows = datasets.load_dataset(repo, config, split=split, revision=commit, streaming=limit is not None)
-    except OfflineModeIsEnabled as err:
-        raise PromptsError(f"{spec}: HF_HUB_OFFLINE=1 is set; unset it to read prompts from the Hub") from err
-    except (HfHubHTTPError, datasets.exceptions.DatasetNotFoundError, FileNotFoundError, ValueError) as err:
-        reason = " ".join(str(err).split())[:200]
-        raise PromptsError(f"{spec}: cannot read this Hub dataset ({type(err).__name__}: {reason})") from err
     field: str | None = None
     seen: set[str] = set()
     instructions: list[Instruction] = []
     read = 0
-    for read, row in enumerate(rows, start=1):
-        field = field or _pick_column(spec, row, column)
-        instruction = Instruction.from_text(_text_field(spec, read, row, field))
-        if instruction.prompt_id not in seen:
-            seen.add(instruction.prompt_id)
-            instructions.append(instruction)
-        if limit is not None and len(instructions) >= limit:
-            break
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad file is said once, in the error below
+    try:
+        commit = HfApi().dataset_info(repo, revision=revision or "main").sha or revision or ""
+        rows = datasets.load_dataset(repo, config, split=split, revision=commit, streaming=limit is not None)
+        for read, row in enumerate(rows, start=1):  # a streamed file's bad line is met here, not at the load
+            field = field or _pick_column(spec, row, column)
+            instruction = Instruction.from_text(_text_field(spec, read, row, field))
+            if instruction.prompt_id not in seen:
+                seen.add(instruction.prompt_id)
+                instructions.append(instruction)
+            if limit is not None and len(instructions) >= limit:
+                break
+    except OfflineModeIsEnabled as err:
+        raise PromptsError(f"{spec}: HF_HUB_OFFLINE=1 is set; unset it to read prompts from the Hub") from err
+    except (
+        HfHubHTTPError,
+        datasets.exceptions.DatasetNotFoundError,
+        datasets.exceptions.DatasetGenerationError,
+        pyarrow.ArrowException,
+        FileNotFoundError,
+        ValueError,
+    ) as err:
+        generic = isinstance(err, datasets.exceptions.DatasetGenerationError) and err.__cause__ is not None
+        cause = err.__cause__ if generic else err  # `datasets` wraps what is wrong with a file in a generic error
+        reason = " ".join(str(cause).split())[:200]
+        raise PromptsError(f"{spec}: cannot read this Hub dataset ({type(cause).__name__}: {reason})") from err
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     if not read:
         raise PromptsError(f"{spec}: no rows")
     total = len(instructions)

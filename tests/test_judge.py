@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -182,15 +183,19 @@ def test_a_reward_model_judges_as_a_direct_computation_does(scripted, tiny_rewar
 
 
 @pytest.mark.slow
-def test_a_judge_that_cannot_load_is_one_line(scripted, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_a_judge_that_cannot_load_is_one_line(scripted, tiny_model_dir, tiny_reward_model_dir, tmp_path) -> None:
     url, _ = scripted
     result, out = build(tmp_path, url, "--strategies", "elicitive", tags=["ok"])
     assert result.returncode == 0, result.stderr
     before = (out / "popalign_build.json").read_bytes()
+    corrupt = tmp_path / "corrupt-reward-model"
+    shutil.copytree(tiny_reward_model_dir, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
     for flags, says, offline in (
         (["--judge-reward-model", tmp_path / "nothing-here"], "reward model", "1"),
         (["--judge-reward-model", out], "reward model", "1"),
         (["--judge-reward-model", tiny_model_dir], "its weights have no trained score head (score.weight", "1"),
+        (["--judge-reward-model", corrupt], f"reward model '{corrupt}': cannot load (Error while deserializing", "1"),
         (["--judge-model", f"http://127.0.0.1:{free_port()}"], "unreachable", "0"),
     ):
         refused = run_offline(POPALIGN, "judge", out, *flags, "--no-progress", HF_HUB_OFFLINE=offline)

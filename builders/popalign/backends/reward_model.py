@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from popalign.backends.local import model_location
+from popalign.backends.local import LOAD_ERRORS, model_location
 from popalign.errors import BackendError, first_line
 from popalign.roles import ModelSpec
 
@@ -34,7 +34,7 @@ class RewardModel:
             self.model, loading = AutoModelForSequenceClassification.from_pretrained(
                 **model_location(spec.source), output_loading_info=True
             )
-        except (OSError, ValueError) as err:
+        except LOAD_ERRORS as err:
             reason = first_line(err, type(err).__name__)
             raise BackendError(f"reward model {spec.source!r}: cannot load ({reason})") from None
         untrained = sorted(loading.get("missing_keys", ()))  # transformers gave them new random weights

@@ -26,8 +26,8 @@ import huggingface_hub
 
 from popalign.backends import local_backend
 from popalign.cache import open_cache
-from popalign.config import BuildConfig, Endpoints, JudgeOptions, ScoreOptions
-from popalign.dataset.folder import Manifest, check_out, open_manifest
+from popalign.config import BuildConfig, Endpoints, JudgeOptions, ScoreOptions, check_cache_outside
+from popalign.dataset.folder import Manifest, check_out, claimed, open_manifest
 from popalign.errors import ConfigError, PublishError, ShardError
 from popalign.judging import judge_settings
 from popalign.merge import merge_builds
@@ -117,20 +117,22 @@ def build(prompts: str | Path | None = None, *, config: BuildConfig | None = Non
     if not config.progress:
         quiet_libraries()
     check_out(Path(config.out))
-    if config.push:  # checked before generating; the Hub token comes from $HF_TOKEN or the saved login
-        check_publish(config.push.repo_id, config.push.release)
-    plan = make_plan(config)
-    plan.describe()
-    if config.executor:
-        tasks, kind = config.executor.tasks, config.executor.kind
-        log.info(f"{tasks} tasks on the {kind} executor; parts and logs in {work_folder(plan.out, plan)}")
-        return Build(plan.out, open_manifest(plan.out)) if run_tasks(plan) else None
-    summary = run_plan(plan)
-    built = Build(plan.out, open_manifest(plan.out), summary)
-    if config.push:
-        built = Build(built.path, built.manifest, summary, push(built, repo_id=config.push.repo_id,
-                      version=config.push.release, private=config.push.private, force=config.push.force))  # fmt: skip
-    return built
+    with claimed(Path(config.out)):  # a second command on this folder meanwhile is refused
+        if config.push:  # checked before generating; the Hub token comes from $HF_TOKEN or the saved login
+            check_publish(config.push.repo_id, config.push.release)
+        plan = make_plan(config)
+        plan.describe()
+        if config.executor:
+            tasks, kind = config.executor.tasks, config.executor.kind
+            log.info(f"{tasks} tasks on the {kind} executor; parts and logs in {work_folder(plan.out, plan)}")
+            return Build(plan.out, open_manifest(plan.out)) if run_tasks(plan) else None
+        summary = run_plan(plan)
+        built = Build(plan.out, open_manifest(plan.out), summary)
+        if config.push:
+            pushed = push(built, repo_id=config.push.repo_id, version=config.push.release,
+                          private=config.push.private, force=config.push.force)  # fmt: skip
+            built = Build(built.path, built.manifest, summary, pushed)
+        return built
 
 
 def score(
@@ -157,12 +159,14 @@ def score(
         BackendError: the scoring model cannot be loaded or reached.
     """
     path = _path(build)
+    check_cache_outside(cache_dir, path)
     if options is not None and not isinstance(options, ScoreOptions):
         raise ConfigError(f"score: expected ScoreOptions(...), got {options!r}")
-    default_model = open_manifest(path).roles.get("default", EMBEDDED)
-    template_set = TemplateSet(Path(templates) if templates else None)
-    settings = score_settings(options or ScoreOptions(), local_backend(batch_size), default_model, token)
-    summary = score_dataset(path, templates=template_set, scoring=settings, cache=open_cache(cache, cache_dir))
+    default_model = open_manifest(path).roles.get("default", EMBEDDED)  # not a build: refused, nothing written
+    with claimed(path):  # a second command on this folder meanwhile is refused
+        template_set = TemplateSet(Path(templates) if templates else None)
+        settings = score_settings(options or ScoreOptions(), local_backend(batch_size), default_model, token)
+        summary = score_dataset(path, templates=template_set, scoring=settings, cache=open_cache(cache, cache_dir))
     return Build(path, open_manifest(path), summary)
 
 
@@ -191,11 +195,15 @@ def judge(
     path = _path(build)
     if not isinstance(options, JudgeOptions):
         raise ConfigError(f"judge: expected JudgeOptions(model=...) or JudgeOptions(reward_model=...), got {options!r}")
+    check_cache_outside(cache_dir, path)
     open_manifest(path)  # a folder that is not a build is refused before any model loads
-    template_set = TemplateSet(Path(templates) if templates else None)
-    generations = open_cache(cache, cache_dir)
-    settings = judge_settings(options, template_set, generations, endpoints or Endpoints(), None, batch_size, progress)
-    summary = judge_dataset(path, judging=settings)
+    with claimed(path):  # a second command on this folder meanwhile is refused
+        template_set = TemplateSet(Path(templates) if templates else None)
+        generations = open_cache(cache, cache_dir)
+        settings = judge_settings(
+            options, template_set, generations, endpoints or Endpoints(), None, batch_size, progress
+        )
+        summary = judge_dataset(path, judging=settings)
     return Build(path, open_manifest(path), summary)
 
 
@@ -215,7 +223,9 @@ def merge(parts: Sequence[Build | str | Path], *, out: str | Path) -> Build:
     """
     if not parts or isinstance(parts, str | Path):
         raise ShardError("merge joins the part folders of a sharded build: give a list of them")
-    summary = merge_builds([_path(part) for part in parts], Path(out))
+    check_out(Path(out))
+    with claimed(Path(out)):
+        summary = merge_builds([_path(part) for part in parts], Path(out))
     return Build(Path(out), open_manifest(Path(out)), summary)
 
 

@@ -394,6 +394,21 @@ GROUPS: dict[str, type] = {
 }
 
 
+def check_cache_outside(cache_dir: str | Path | None, out: Path) -> None:
+    """Refuse a cache inside the build folder: each build, score or judge replaces that folder whole.
+
+    >>> check_cache_outside("d/cache", Path("d"))
+    Traceback (most recent call last):
+    popalign.errors.ConfigError: cache_dir: d/cache is inside the output folder d, which every build, score and \
+judge replaces whole; give a folder outside it
+    """
+    if cache_dir is not None and Path(cache_dir).resolve().is_relative_to(out.resolve()):
+        raise ConfigError(
+            f"cache_dir: {cache_dir} is inside the output folder {out}, which every build, score and judge replaces "
+            "whole; give a folder outside it"
+        )
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """Everything `popalign build` is told, checked: where the instructions come from, which strategies and
@@ -505,6 +520,7 @@ class BuildConfig:
             "role_params",
             {role: _generation(values, f"role {role}: ") for role, values in (self.role_params or {}).items()},
         )
+        check_cache_outside(self.cache_dir, Path(self.out))
         if self.executor and self.shard is not None:
             raise ConfigError("shard and executor do not go together: the executor gives each task its shard")
         if self.executor and (self.score or self.judge):

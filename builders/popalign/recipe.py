@@ -19,6 +19,7 @@ roles:
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -108,13 +109,13 @@ def _read(path: Path, data: dict[str, Any]) -> Recipe:
             recipe.settings[key] = str(value)  # a Hub dataset, not a file beside the recipe
             continue
         if key == "prompts" or _is_path(index[key]):
-            resolved = (folder / str(value)).resolve()
-            if not resolved.is_relative_to(folder):
+            joined = folder / str(value)
+            if not joined.resolve().is_relative_to(folder):
                 raise ConfigError(
                     f"{key}: {value!r} leaves the recipe's folder; a recipe names files beside it "
                     f"(give --{key.replace('_', '-')} on the command line to use another place)"
                 )
-            value = resolved
+            value = Path(os.path.normpath(joined))  # links kept: `out` must not be a link, and is told so
         recipe.settings[key] = check_setting(key, value)
     if "prompts_sha256" in data:
         _check_prompts_digest(path, recipe.settings.get("prompts"), str(data["prompts_sha256"]))

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -32,6 +33,7 @@ SPLITS = ("train", "test")
 RECIPE = "popalign_recipe.yaml"
 _STAGING = ".popalign-staging"
 _OLD = ".popalign-old"
+_LOCK = ".popalign-lock"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -157,6 +159,8 @@ def check_out(out: Path) -> None:
     Raises:
         NotABuildError: `out` is a file, a folder of something else, or cannot be created.
     """
+    if out.is_symlink():  # the swap would replace the link, not the folder it names
+        raise NotABuildError(f"{out}: a symbolic link (to {os.readlink(out)}); give the folder itself as the output")
     recover(out)
     if out.exists() and not out.is_dir():
         raise NotABuildError(f"{out}: output path exists and is not a folder")
@@ -169,6 +173,32 @@ def check_out(out: Path) -> None:
         raise NotABuildError(f"{out}: cannot create the output folder ({ancestor} is not a folder)")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise NotABuildError(f"{out}: cannot create the output folder ({ancestor} is not writable)")
+
+
+@contextmanager
+def claimed(out: Path) -> Iterator[None]:
+    """Hold `out` for one command (build, score, judge, merge) from its start to its end: another command on the
+    same folder meanwhile is refused. The lock is the system's advisory lock on a file beside `out`, so it ends
+    with the process however that ends.
+
+    Raises:
+        NotABuildError: another popalign command holds `out`.
+    """
+    if sys.platform == "win32":  # no advisory locks there: the atomic swap still keeps `out` whole
+        yield
+        return
+    import fcntl
+
+    lock = _sibling(out, _LOCK)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NotABuildError(
+                f"{out}: in use by another popalign command; wait for it to end, or give another output folder"
+            ) from None
+        yield
 
 
 @contextmanager

@@ -179,7 +179,7 @@ def check_out(out: Path) -> None:
 def claimed(out: Path) -> Iterator[None]:
     """Hold `out` for one command (build, score, judge, merge) from its start to its end: another command on the
     same folder meanwhile is refused. The lock is the system's advisory lock on a file beside `out`, so it ends
-    with the process however that ends.
+    with the process however that ends; the file is removed when the command ends normally.
 
     Raises:
         NotABuildError: another popalign command holds `out`.
@@ -189,16 +189,28 @@ def claimed(out: Path) -> Iterator[None]:
         return
     import fcntl
 
-    lock = _sibling(out, _LOCK)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as handle:
+    path = _sibling(out, _LOCK)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = path.open("a")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
             raise NotABuildError(
                 f"{out}: in use by another popalign command; wait for it to end, or give another output folder"
             ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break  # the lock is on the file the path names, not one a finishing command just removed
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
         yield
+    finally:
+        path.unlink(missing_ok=True)  # still holding the lock: whoever opens the path next makes a new file
+        handle.close()
 
 
 @contextmanager

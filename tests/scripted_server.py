@@ -80,18 +80,26 @@ def reply(messages: list[dict[str, str]]) -> tuple[int, str, str]:
 
 class Handler(JSONHandler):
     model = "scripted"
+    also: tuple[str, ...] = ()  # more models it lists: then each answer starts with the model asked for
     log: Path
     delay = 0.0
 
     def do_GET(self) -> None:
-        self._reply(200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        models = [{"id": name, "object": "model"} for name in (self.model, *self.also)]
+        self._reply(200, {"object": "list", "data": models})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        asked = body.get("model")
+        if self.also and asked not in (self.model, *self.also):
+            self._reply(404, {"error": {"message": f"The model `{asked}` does not exist."}})
+            return
         status, content, finish = reply(body["messages"])
+        if self.also:
+            content = f"[{asked}] {content}"
         time.sleep(self.delay)
         with self.log.open("a") as sink:
-            entry = {"messages": body["messages"], "max_tokens": body.get("max_tokens")}
+            entry = {"messages": body["messages"], "max_tokens": body.get("max_tokens"), "model": asked}
             sink.write(json.dumps(entry | {"authorization": self.headers.get("Authorization")}) + "\n")
         if status != 200:
             self._reply(status, {"error": {"message": content}})
@@ -102,7 +110,7 @@ class Handler(JSONHandler):
                 "id": "scripted",
                 "object": "chat.completion",
                 "created": 0,
-                "model": self.model,
+                "model": asked or self.model,
                 "choices": [
                     {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}
                 ],
@@ -115,8 +123,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", default="scripted")
+    parser.add_argument("--also", action="append", default=[], help="another model it lists (repeatable)")
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     args = parser.parse_args()
-    Handler.model, Handler.log, Handler.delay = args.model, args.log, args.delay
+    Handler.model, Handler.also, Handler.log, Handler.delay = args.model, tuple(args.also), args.log, args.delay
     ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()

@@ -71,4 +71,6 @@ def test_a_folder_another_command_holds_is_refused(scripted, tmp_path: Path) -> 
         again = build(tmp_path, scripted[0], "--strategies", "prefix", tags=["ok", "aaa"])[0]
         assert (again.returncode, again.stderr) == (2, f"popalign: error: {says}\n")
     assert sorted((path.relative_to(out), path.read_bytes()) for path in out.rglob("*") if path.is_file()) == before
-    assert build(tmp_path, scripted[0], "--strategies", "prefix", tags=["ok", "aaa"])[0].returncode == 0  # released
+    with claimed(out):  # released: it is free again, and its lock file is gone
+        pass
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".d.")] == []

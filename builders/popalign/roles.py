@@ -103,8 +103,8 @@ class ModelSpec:
 @dataclass(frozen=True)
 class EndpointSpec:
     """A model served over HTTP (TGI, or an OpenAI-compatible server: vLLM, llama.cpp, SGLang, Inference
-    Endpoints), by one or more replica URLs. `model` is the served model name sent with each request; when left
-    out, the server's `/v1/models` (or TGI's `/info`) tells it.
+    Endpoints, OpenAI, a router), by one or more replica URLs. `model` is the served model name sent with each
+    request (`URL#MODEL`); when left out, the server's `/v1/models` (or TGI's `/info`) must list exactly one.
 
     >>> EndpointSpec.parse("http://a:8080, http://b:8080/")
     EndpointSpec(urls=('http://a:8080', 'http://b:8080'), model=None, api_key_env=None)
@@ -120,6 +120,22 @@ class EndpointSpec:
 
     @classmethod
     def parse(cls, text: str, *, model: str | None = None, api_key_env: str | None = None) -> EndpointSpec:
+        """One or more comma-separated replica URLs, optionally naming the served model after a `#`
+        (`https://api.openai.com/v1#gpt-4o`): a fragment is never sent to the server.
+
+        >>> EndpointSpec.parse("http://vllm:8000#meta-llama/Llama-3.1-8B-Instruct").model
+        'meta-llama/Llama-3.1-8B-Instruct'
+        """
+        text, hashed, named = text.partition("#")
+        named = named.strip()
+        if hashed and not named:
+            raise ConfigError(f"endpoint {redacted(text.strip())!r}: nothing after '#'; write URL#MODEL")
+        if named and model and named != model:
+            raise ConfigError(
+                f"endpoint {redacted(text.strip())!r}: names the model {named!r} after '#' and {model!r} as its model; "
+                "give one"
+            )
+        model = model or named or None
         given = [url.strip() for url in text.split(",") if url.strip()]
         bad = [url for url in given if not re.match(r"^https?://[^/\s]+", url, re.IGNORECASE) or not _has_port(url)]
         if bad or not given:

@@ -32,12 +32,12 @@ from huggingface_hub.errors import HfHubHTTPError
 from popalign.backends import local_backend
 from popalign.cache import GenerationCache
 from popalign.config import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES, ScoreOptions
-from popalign.credentials import authorization, split_credentials
+from popalign.credentials import authorization
 from popalign.dataset.quality import quality_report, write_histogram
 from popalign.dataset.rows import StrategyOutcome
 from popalign.errors import BackendError, ConfigError, first_line
 from popalign.prompts import Instruction
-from popalign.roles import ModelSpec, parse_spec
+from popalign.roles import EndpointSpec, ModelSpec, parse_spec
 from popalign.strategies import STRATEGIES, StrategyContext, guided_messages
 
 if TYPE_CHECKING:  # torch loads only where a local model is used
@@ -76,7 +76,11 @@ class TGIScorer:
     """
 
     def __init__(self, url: str, *, token: str | None, concurrency: int = 16, chunk: int = 256) -> None:
-        self.url, credential = split_credentials(url)
+        spec = EndpointSpec.parse(url)
+        if len(spec.urls) > 1:
+            raise ConfigError(f"score_model: scoring asks one endpoint URL, got {len(spec.urls)} replicas")
+        self.url, self.model = spec.urls[0], spec.model  # TGI serves one model: a named one is checked on /info
+        credential = spec.credentials[0] if spec.credentials else None
         # set explicitly, even empty: left out, huggingface_hub would send the machine's Hub token
         self.headers = {"Authorization": authorization(self.url, url_credential=credential, token=token) or ""}
         self.concurrency, self.chunk = concurrency, chunk
@@ -103,6 +107,10 @@ class TGIScorer:
                 return sum(token.logprob for token in prefill if token.logprob is not None)
 
             try:
+                if self.model:
+                    served = (await client.get_endpoint_info()).get("model_id")
+                    if served != self.model:
+                        raise BackendError(f"TGI endpoint {self.url}: serves {served!r}, not {self.model!r}")
                 return list(await asyncio.gather(*(one(text) for text in texts)))
             except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as err:
                 raise BackendError(f"TGI endpoint {self.url}: {type(err).__name__}: {first_line(err)}") from None

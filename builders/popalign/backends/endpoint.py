@@ -160,20 +160,21 @@ class EndpointBackend:
         return authorization(url, url_credential=credential, token=self.token, api_key_env=spec.api_key_env)
 
     async def identity(self, spec: EndpointSpec) -> str:
-        """The served model's name, asked of every replica; replicas serving different models are refused. A
+        """The served model's name: the one the spec names (`URL#MODEL`), which every replica that lists models
+        must list, or else the only one the replicas list; replicas serving different models are refused. A
         replica that does not answer is left out with a warning and tried again later; none answering is an
         error."""
         if spec not in self._endpoints:
-            names, down = await self._served_models(spec, attempts=1)
-            if not names:  # none answers yet: ask again, a few times, before giving up
-                names, down = await self._served_models(spec, attempts=START_ATTEMPTS)
-            if not names:
+            listed, down = await self._served_models(spec, attempts=1)
+            if not listed:  # none answers yet: ask again, a few times, before giving up
+                listed, down = await self._served_models(spec, attempts=START_ATTEMPTS)
+            if not listed:
                 raise next(iter(down.values()))
+            names = {url: choose_model(url, spec.model, models) for url, models in listed.items()}
             if len(set(names.values())) > 1:
                 listing = ", ".join(f"{url} serves {name}" for url, name in names.items())
                 raise BackendError(f"endpoint replicas serve different models: {listing}")
-            model = spec.model or next(iter(names.values()))
-            endpoint = _Endpoint(spec, model)
+            endpoint = _Endpoint(spec, next(iter(names.values())))
             for url in spec.urls:
                 header = self._authorization(spec, url)
                 headers = {"Authorization": header} if header else {}
@@ -188,8 +189,10 @@ class EndpointBackend:
             self._endpoints[spec] = endpoint
         return self._endpoints[spec].model
 
-    async def _served_models(self, spec: EndpointSpec, attempts: int) -> tuple[dict[str, str], dict[str, BackendError]]:
-        """Every replica's served model, asked at once; and why each replica that did not answer did not."""
+    async def _served_models(
+        self, spec: EndpointSpec, attempts: int
+    ) -> tuple[dict[str, tuple[str, ...]], dict[str, BackendError]]:
+        """The models every replica lists, asked at once; and why each replica that did not answer did not."""
         asked = await asyncio.gather(
             *(self._served_model(url, spec, attempts) for url in spec.urls), return_exceptions=True
         )
@@ -203,9 +206,9 @@ class EndpointBackend:
                 names[url] = answer
         return names, down
 
-    async def _served_model(self, url: str, spec: EndpointSpec, attempts: int = 1) -> str:
-        """`/v1/models` (OpenAI-compatible servers, TGI) or `/info` (TGI) tells the served model; an answer that
-        may pass (429, 5xx, unreachable) is asked again, up to `attempts` times."""
+    async def _served_model(self, url: str, spec: EndpointSpec, attempts: int = 1) -> tuple[str, ...]:
+        """The models `/v1/models` (OpenAI-compatible servers, TGI) or `/info` (TGI) lists; an answer that may pass
+        (429, 5xx, unreachable) is asked again, up to `attempts` times."""
         for attempt in range(attempts):
             try:
                 return await self._ask_served_model(url, spec)
@@ -215,13 +218,13 @@ class EndpointBackend:
                 await asyncio.sleep(self.retry.delay(attempt, None))
         raise AssertionError("unreachable")
 
-    async def _ask_served_model(self, url: str, spec: EndpointSpec) -> str:
+    async def _ask_served_model(self, url: str, spec: EndpointSpec) -> tuple[str, ...]:
         header = self._authorization(spec, url)
         headers = {"Authorization": header} if header else {}
         try:
             async with get_async_session() as session:
-                for route in ("/v1/models", "/info"):
-                    response = await session.get(url + route, headers=headers, timeout=30)
+                for route, address in (("/v1/models", openai_url(url, "models")), ("/info", url.rstrip("/") + "/info")):
+                    response = await session.get(address, headers=headers, timeout=30)
                     status = response.status_code
                     if status in FATAL_STATUS and status != 404:
                         raise BackendError(f"endpoint {url}: {FATAL_STATUS[status]} (HTTP {status})")
@@ -230,9 +233,10 @@ class EndpointBackend:
                     if status != 200:
                         continue
                     body = response.json()
-                    name = body.get("model_id") if route == "/info" else (body.get("data") or [{}])[0].get("id")
-                    if name:
-                        return spec.model or str(name)
+                    entries = [{"id": body.get("model_id")}] if route == "/info" else body.get("data") or []
+                    names = tuple(str(entry["id"]) for entry in entries if entry.get("id"))
+                    if names:
+                        return names
         except OfflineModeIsEnabled as err:
             raise BackendError(
                 f"endpoint {url}: HF_HUB_OFFLINE=1 blocks huggingface_hub's HTTP client, which endpoints are called "
@@ -240,11 +244,9 @@ class EndpointBackend:
             ) from err
         except httpx2.HTTPError as err:
             raise _Unavailable(f"endpoint {url}: unreachable ({type(err).__name__}: {err})") from err
-        except (ValueError, AttributeError, IndexError) as err:
+        except (ValueError, AttributeError, IndexError, TypeError) as err:
             raise BackendError(f"endpoint {url}: unreadable answer to /v1/models ({err})") from err
-        if spec.model:
-            return spec.model
-        raise BackendError(f"endpoint {url}: neither /v1/models nor /info names the served model; give it a model")
+        return ()
 
     def slots(self, specs: Sequence[EndpointSpec]) -> int:
         """Requests in flight at once: `concurrency` per replica of every endpoint."""
@@ -327,7 +329,7 @@ class EndpointBackend:
             "seed": seed,
         }
         limit = answer_limit(params.max_new_tokens)
-        url, headers = chat_url(replica.url), replica.headers
+        url, headers = openai_url(replica.url, "chat/completions"), replica.headers
         async with replica.http.stream("POST", url, json=payload, headers=headers, timeout=self.timeout) as sent:
             body = await _read_capped(sent, limit)
         if sent.status_code >= 400:
@@ -347,10 +349,10 @@ class EndpointBackend:
             await asyncio.wait_for(answered.wait(), timeout=max(0.0, wait - asked))
 
     async def _verify(self, endpoint: _Endpoint, replica: _Replica) -> None:
-        """Before its first request, ask a replica that was down at start which model it serves."""
-        name = await self._served_model(replica.url, endpoint.spec)
-        if not endpoint.spec.model and name != endpoint.model:
-            replica.excluded = f"serves {name}, not {endpoint.model}"
+        """Before its first request, ask a replica that was down at start which models it serves."""
+        listed = await self._served_model(replica.url, endpoint.spec)
+        if listed and endpoint.model not in listed:
+            replica.excluded = f"serves {', '.join(listed[:3])}, not {endpoint.model}"
             print(f"popalign: warning: endpoint {replica.url} {replica.excluded}; leaving it out", file=sys.stderr)
             raise _Unavailable(f"endpoint {replica.url}: {replica.excluded}")
         replica.verified = True
@@ -421,18 +423,38 @@ class EndpointBackend:
         replica.resting_until = max(replica.resting_until, now + rest)
 
 
-def chat_url(url: str) -> str:
-    """The chat-completions route of an endpoint URL, as `huggingface_hub` builds it: a URL that ends in
-    `/chat/completions` is used as it is, one that ends in `/v1` gets `/chat/completions`, any other
-    `/v1/chat/completions`.
+def choose_model(url: str, named: str | None, listed: tuple[str, ...]) -> str:
+    """The model to ask `url` for: the one `named` (which the server must list, where it lists any), or the only
+    one it lists.
 
-    >>> chat_url("http://h:8080"), chat_url("https://api.example.com/v1/")
-    ('http://h:8080/v1/chat/completions', 'https://api.example.com/v1/chat/completions')
+    >>> choose_model("http://h:1", None, ("a", "b"))
+    Traceback (most recent call last):
+    popalign.errors.BackendError: endpoint http://h:1: serves several models (a, b); name one: http://h:1#MODEL
+    """
+    shown = ", ".join(listed[:8]) + (f", and {len(listed) - 8} more" if len(listed) > 8 else "")
+    if named:
+        if listed and named not in listed:
+            raise BackendError(f"endpoint {url}: serves no model {named!r} (it lists {shown})")
+        return named
+    if not listed:
+        raise BackendError(f"endpoint {url}: neither /v1/models nor /info names the served model; write {url}#MODEL")
+    if len(listed) > 1:
+        raise BackendError(f"endpoint {url}: serves several models ({shown}); name one: {url}#MODEL")
+    return listed[0]
+
+
+def openai_url(url: str, route: str) -> str:
+    """An OpenAI-style route (`chat/completions`, `models`) of an endpoint URL, as `huggingface_hub` builds the
+    chat one: a URL that ends in the route is used as it is, one that ends in `/v1` gets the route, any other
+    `/v1/` and the route.
+
+    >>> openai_url("http://h:8080", "chat/completions"), openai_url("https://api.example.com/v1/", "models")
+    ('http://h:8080/v1/chat/completions', 'https://api.example.com/v1/models')
     """
     base = url.rstrip("/")
-    if base.endswith("/chat/completions"):
+    if base.endswith(f"/{route}"):
         return base
-    return base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+    return f"{base}/{route}" if base.endswith("/v1") else f"{base}/v1/{route}"
 
 
 async def _read_capped(response: httpx2.Response, limit: int) -> bytes:

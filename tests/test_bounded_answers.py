@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from fault_proxy import fault_proxy
 from popalign.backends.endpoint import EndpointBackend, RetryPolicy, answer_limit
 from popalign.config import Endpoints
@@ -33,6 +35,7 @@ async def answer(url: str) -> tuple[list[Generation], list[str]]:
         await backend.aclose()
 
 
+@pytest.mark.slow
 def test_a_dripped_or_oversized_answer_is_a_failed_try_and_never_kept(scripted) -> None:
     url, _ = scripted
     clean, none = asyncio.run(answer(url))

@@ -95,6 +95,7 @@ def cases(rows: int) -> dict[str, tuple[Callable[[Path], None], str, str]]:
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_push_and_merge_refuse_every_tampered_copy_in_one_line(part: tuple[Path, int], tmp_path: Path) -> None:
     out, rows = part
     check_build(out, open_manifest(out))  # the build as written passes

@@ -52,6 +52,7 @@ def test_a_cache_inside_the_output_is_refused(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_folder_another_command_holds_is_refused(scripted, tmp_path: Path) -> None:
     result, out = build(tmp_path, scripted[0], "--strategies", "prefix", tags=["ok", "aaa"])
     assert result.returncode == 0, result.stderr

@@ -32,6 +32,7 @@ def asked(log: Path) -> list[str]:
     return [json.loads(line)["model"] for line in log.read_text().splitlines()] if log.exists() else []
 
 
+@pytest.mark.slow
 def test_a_role_asks_for_the_model_it_names(router, tmp_path: Path) -> None:
     url, log = router
     result, out = build(tmp_path, url, "--strategies", "prefix,nparam", "--model", f"default={url}#{MODELS[2]}",
@@ -72,6 +73,7 @@ def test_an_unnamed_or_unlisted_model_is_refused_before_any_request(router, tmp_
     assert asked(log) == []  # no chat request reached the server
 
 
+@pytest.mark.slow
 def test_a_recipe_names_the_model_either_way(router, tmp_path: Path) -> None:
     url, log = router
     for role in ({"url": url, "model": MODELS[1]}, {"url": f"{url}#{MODELS[1]}"}):

@@ -137,20 +137,37 @@ def test_dpo_script_data_parallel_over_two_processes(embedded_build, tiny_model_
     assert trained(tmp_path / "out", tiny_model_dir)["global_step"] == math.ceil(rows_per_config(data)["prefix"] / 2)
 
 
+def recipe_commands() -> list[tuple[Path, str]]:
+    """Each recipe with each command its header names (`# Run: COMMAND`)."""
+    return [
+        (recipe, line.removeprefix("# Run: ").split("  (")[0])
+        for recipe in sorted((DPO_SCRIPT.parent / "recipes").glob("*.yaml"))
+        for line in recipe.read_text().splitlines()
+        if line.startswith("# Run: ")
+    ]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", sorted((DPO_SCRIPT.parent / "recipes").glob("*.yaml")), ids=lambda path: path.stem)
-def test_every_recipe_trains_on_the_readme_build(embedded_build, tiny_model_dir, tmp_path, recipe: Path) -> None:
-    """The recipes read `popalign-data`, the folder the README's first command writes: each trains one step."""
+@pytest.mark.parametrize(("recipe", "command"), recipe_commands(), ids=lambda value: getattr(value, "stem", value))
+def test_every_recipe_trains_on_the_readme_build_with_the_command_it_names(
+    embedded_build, tiny_model_dir, tmp_path, recipe: Path, command: str
+) -> None:
+    """The recipes read `popalign-data`, the folder the README's first command writes: each trains one step, run
+    as its header says (`trl dpo --config ...` where every key is TRL's, `python train/dpo.py --config ...`)."""
     data, _ = embedded_build
     (tmp_path / "popalign-data").symlink_to(data)
+    (tmp_path / "train").symlink_to(DPO_SCRIPT.parent)  # the command's paths, from the repository's root
+    program, *arguments = command.split()
+    executable = {"python": sys.executable, "trl": str(Path(sys.executable).with_name("trl"))}[program]
     result = run_offline(
-        sys.executable, DPO_SCRIPT, "--config", recipe, "--model_name_or_path", tiny_model_dir,
+        executable, *arguments, "--model_name_or_path", tiny_model_dir,
         "--output_dir", tmp_path / "out", "--max_steps", 1, "--per_device_train_batch_size", 1,
         "--gradient_accumulation_steps", 1, *CPU_FLAGS, cwd=tmp_path, HF_DATASETS_CACHE=str(tmp_path / "hf-cache"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     names = [entry["name"] for entry in yaml.safe_load(recipe.read_text())["datasets"]]
-    for name in names:
-        assert f"mixture popalign-data:{name}: " in result.stdout
+    if program == "python":  # the script says what it mixed
+        for name in names:
+            assert f"mixture popalign-data:{name}: " in result.stdout
     state = json.loads((tmp_path / "out" / "checkpoint-1" / "trainer_state.json").read_text())
     assert state["global_step"] == 1

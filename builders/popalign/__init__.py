@@ -1,12 +1,13 @@
 """popalign: contrastive DPO preference data, one Hugging Face dataset config per contrast strategy.
 
-The Python API (`build`, `score`, `judge`, `merge`, `push`, `versions`, `open_build`) is what the `popalign`
+The Python API (`build`, `score`, `judge`, `merge`, `push`, `export`, `versions`, `open_build`) is what the `popalign`
 command runs; see `popalign.api`. The errors it raises are in `popalign.errors`.
 """
 
 from popalign.api import (
     Build,
     build,
+    export,
     judge,
     merge,
     open_build,
@@ -20,6 +21,7 @@ from popalign.errors import (
     BackendError,
     ConfigError,
     ForeignRepositoryError,
+    MissingExtraError,
     NotABuildError,
     PopAlignError,
     PromptsError,
@@ -43,6 +45,7 @@ __all__ = [
     "GenerationParams",
     "JudgeOptions",
     "Manifest",
+    "MissingExtraError",
     "NotABuildError",
     "PopAlignError",
     "PromptsError",
@@ -56,6 +59,7 @@ __all__ = [
     "VersionTooOldError",
     "__version__",
     "build",
+    "export",
     "judge",
     "merge",
     "open_build",

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import huggingface_hub
 
-from popalign.backends import local_backend
 from popalign.cache import open_cache
 from popalign.config import BuildConfig, Endpoints, JudgeOptions, ScoreOptions, check_cache_outside
 from popalign.dataset.folder import Manifest, check_out, claimed, open_manifest
 from popalign.errors import ConfigError, PublishError, ShardError
+from popalign.export import export_build
 from popalign.judging import judge_settings
 from popalign.merge import merge_builds
 from popalign.pipeline import BuildSummary, judge_dataset, run_plan, score_dataset
@@ -165,7 +165,7 @@ def score(
     default_model = open_manifest(path).roles.get("default", EMBEDDED)  # not a build: refused, nothing written
     with claimed(path):  # a second command on this folder meanwhile is refused
         template_set = TemplateSet(Path(templates) if templates else None)
-        settings = score_settings(options or ScoreOptions(), local_backend(batch_size), default_model, token)
+        settings = score_settings(options or ScoreOptions(), None, default_model, token, batch_size)
         summary = score_dataset(path, templates=template_set, scoring=settings, cache=open_cache(cache, cache_dir))
     return Build(path, open_manifest(path), summary)
 
@@ -255,6 +255,20 @@ def push(
     return push_dataset(_path(build), repo_id, version, token=token, private=private, force=force)
 
 
+def export(build: Build | str | Path, *, out: str | Path, format: str = "llamafactory") -> dict[str, int]:
+    """Write a build in another trainer's format into the new folder `out` (`llamafactory`: one ranking JSON file
+    per config and split, and its `dataset_info.json`); return the rows per dataset name.
+
+    >>> popalign.export(EXAMPLE, out=f"{OUT}-llamafactory")["popalign_prefix"]
+    6
+
+    Raises:
+        NotABuildError: not a build, or `out` is not a new folder.
+        ConfigError: an unknown format.
+    """
+    return export_build(_path(build), Path(out), format=format)
+
+
 def versions(repo_id: str, *, token: str | None = None) -> list[dict[str, Any]]:
     """The published versions of `repo_id`, newest first: version, commit, rows per config, configs rebuilt.
 
@@ -277,9 +291,9 @@ def quiet_libraries() -> None:
         ("TRANSFORMERS_VERBOSITY", "error"),
     ):
         os.environ.setdefault(name, value)  # read when `datasets` and transformers are first imported
-    if "datasets" in sys.modules:  # imported already: tell them directly
+    if sys.modules.get("datasets") is not None:  # imported already: tell them directly
         sys.modules["datasets"].disable_progress_bars()
-    if "transformers" in sys.modules:
+    if sys.modules.get("transformers") is not None:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 

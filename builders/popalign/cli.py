@@ -21,6 +21,7 @@ from popalign.config import (
     FLAG,
     POSITIVE,
     BuildConfig,
+    Card,
     Endpoints,
     Executor,
     GenerationParams,
@@ -35,6 +36,7 @@ from popalign.config import (
     unknown_setting,
 )
 from popalign.errors import ConfigError, PopAlignError
+from popalign.export import FORMATS
 from popalign.judging import PAPER_ACCURACY
 from popalign.recipe import Recipe, load_recipe
 from popalign.roles import parse_model_args
@@ -122,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     add_settings(
         build.add_argument_group("endpoints (a role given as http(s) URLs, comma-separated replicas)"), Endpoints
     )
+    add_settings(build.add_argument_group("the dataset card"), Card)
     add_settings(build.add_argument_group("scale-out (datatrove: one --shard per task, then one merge)"), Executor)
     publish = build.add_argument_group("publishing")
     add_settings(publish, Push)
@@ -179,6 +182,12 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--side-by-side", action="store_true", help="chosen and rejected in two columns")
     show.add_argument("--width", type=_positive_int, help="line width (default: the terminal's)")
     show.set_defaults(func=_show)
+
+    export = commands.add_parser("export", help="write a build in another trainer's format (LLaMA-Factory)")
+    export.add_argument("dir", type=Path, help="a folder written by `popalign build`")
+    export.add_argument("--format", choices=FORMATS, default="llamafactory", help="the format (default: llamafactory)")
+    export.add_argument("--out", type=Path, required=True, help="a new folder for the files and dataset_info.json")
+    export.set_defaults(func=_export)
 
     templates = commands.add_parser("templates", help="list or show the prompt templates")
     verbs = templates.add_subparsers(dest="verb", required=True, parser_class=_Parser)
@@ -387,6 +396,14 @@ def _show(args: argparse.Namespace) -> int:
         shown += 1
     where = f" meeting {' and '.join(args.where)}" if args.where else ""
     print(f"{shown} pair{'' if shown == 1 else 's'} of {args.config}{where}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    counts = api.export(args.dir, out=args.out, format=args.format)
+    for dataset, rows in counts.items():
+        print(f"{dataset:<28} {rows:>6} rows")
+    print(f"wrote {args.out} ({args.format}: {len(counts)} datasets in dataset_info.json)")
     return 0
 
 

@@ -33,8 +33,11 @@ ENDPOINT_MAX_NEW_TOKENS = 1024
 LOCAL_MAX_NEW_TOKENS = 384
 #: The largest Parquet file per config; a larger config is split into `train-0000K-of-0000N` files.
 MAX_SHARD_SIZE = 500 * 1000 * 1000
-#: The card's license unless one is given: the generated text follows the generating models' terms.
+#: The card's license unless one is given: the generated text follows the generating models' terms, which the
+#: build's LICENSE.md names (the Hub's card asks a `license: other` for a `license_name` and a `license_link`).
 DEFAULT_LICENSE = "other"
+DEFAULT_LICENSE_NAME = "generating-models-terms"
+LICENSE_FILE = "LICENSE.md"
 
 ELICITIVE_STYLES = ("guided", "paper")
 SCORE_CONTRASTS = ("prefix", "demon")
@@ -132,6 +135,12 @@ LICENSE = Check(
     lambda value: bool(re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", value)),
 )
 VERSION = Check(str, "a version X.Y.Z", lambda value: bool(re.fullmatch(r"\d+\.\d+\.\d+", value)))
+LANGUAGES = Check(
+    str,
+    "language codes separated by commas, such as en or en,fr",
+    lambda value: all(re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*", code.strip()) for code in value.split(",")),
+    metavar="CODES",
+)
 
 
 def _is_shard(text: str) -> bool:
@@ -341,6 +350,53 @@ class JudgeOptions:
 
 
 @dataclass(frozen=True)
+class Card:
+    """What the dataset card says of the data besides its rows: its license (with `other`, the license's id and
+    where its text is), its languages and its title; recorded in the manifest, so a push writes the same card."""
+
+    license: str = setting(
+        DEFAULT_LICENSE,
+        check=LICENSE,
+        metavar="ID",
+        help="the card's license (a Hub identifier such as apache-2.0 or cc-by-4.0); generated text also follows "
+        "the generating models' terms",
+    )
+    license_name: str = setting(
+        DEFAULT_LICENSE_NAME,
+        check=LICENSE,
+        metavar="ID",
+        help="with --license other: the license's id on the card",
+    )
+    license_link: str = setting(
+        LICENSE_FILE,
+        check=TEXT,
+        metavar="URL|FILE",
+        help=f"with --license other: a URL of the license's text, or {LICENSE_FILE}, which the build writes "
+        "(naming the generating models)",
+    )
+    language: str = setting("en", check=LANGUAGES, help="the language codes of the instructions and answers")
+    pretty_name: str = setting(
+        "PopAlign contrastive preference pairs", check=TEXT, metavar="TEXT", help="the card's title"
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.license != DEFAULT_LICENSE and (self.license_name, self.license_link) != (
+            DEFAULT_LICENSE_NAME,
+            LICENSE_FILE,
+        ):
+            raise ConfigError(f"license_name and license_link are for license other, not {self.license}")
+
+    def recorded(self) -> dict[str, str]:
+        """What the manifest records (the license itself has its own key there)."""
+        return {item.name: getattr(self, item.name) for item in fields(self) if item.name != "license"}
+
+    @property
+    def languages(self) -> list[str]:
+        return [code.strip() for code in self.language.split(",")]
+
+
+@dataclass(frozen=True)
 class Push:
     """Publishing a finished build: the Hub dataset, the version (tagged `vX.Y.Z`), a private repository, and
     whether an already published version is replaced."""
@@ -387,6 +443,7 @@ class Executor:
 GROUPS: dict[str, type] = {
     "params": GenerationParams,
     "endpoints": Endpoints,
+    "card": Card,
     "score": ScoreOptions,
     "judge": JudgeOptions,
     "push": Push,
@@ -476,13 +533,6 @@ class BuildConfig:
         help="largest Parquet file per config; a larger config is split into train-0000K-of-0000N files "
         "(default: 500MB)",
     )
-    license: str = setting(
-        DEFAULT_LICENSE,
-        check=LICENSE,
-        metavar="ID",
-        help="the card's license (a Hub identifier such as apache-2.0 or cc-by-4.0); generated text also follows "
-        "the generating models' terms",
-    )
     test_size: float = setting(
         0.0,
         check=SHARE,
@@ -494,6 +544,7 @@ class BuildConfig:
     )
     params: Mapping[str, Any] = field(default_factory=dict)
     endpoints: Endpoints = field(default_factory=Endpoints)
+    card: Card = field(default_factory=Card)
     score: ScoreOptions | None = setting(
         None, switch=True, help="score every pair (DLMA self-reward) before writing (see the scoring settings)"
     )
@@ -561,7 +612,9 @@ def _generation(values: Mapping[str, Any] | GenerationParams, where: str) -> dic
 
 
 #: Of a group given by flat keys alone, the setting that must be among them (the others only refine it).
-_NAMED_BY = {"executor": "kind", "push": "repo_id", "judge": None, "endpoints": None}
+_NAMED_BY = {"executor": "kind", "push": "repo_id", "judge": None, "endpoints": None, "card": None}
+#: The groups that are always there, with their defaults where none of their settings is given.
+_ALWAYS = ("endpoints", "card")
 
 
 def _group(group: str, whole: Any, values: dict[str, Any]) -> Any:
@@ -573,7 +626,7 @@ def _group(group: str, whole: Any, values: dict[str, Any]) -> Any:
             named = "score" if group == "score" else _key(cls, needed)
             raise ConfigError(f"{_key(cls, next(iter(values)))}: given without {named}")
         if not values:
-            return cls() if group == "endpoints" else None
+            return cls() if group in _ALWAYS else None
         whole = {}
     if whole is True:
         whole = {}

@@ -17,6 +17,10 @@ class ConfigError(PopAlignError):
     """An unknown strategy, role or model spec, or roles a strategy needs are not configured."""
 
 
+class MissingExtraError(ConfigError):
+    """A feature needs an optional part of popalign that is not installed; the message names its extra."""
+
+
 class BackendError(PopAlignError):
     """A model could not be loaded or a generation request failed."""
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from popalign.backends import open_backends, reward_model
+from popalign.backends import check_installed, open_backends, reward_model
 from popalign.cache import GenerationCache
 from popalign.config import Endpoints, GenerationParams, JudgeOptions
 from popalign.dataset.quality import JUDGE_CHART, QUALITY_DIR, load_pyplot
@@ -230,6 +230,7 @@ def judge_settings(
         model = reward_model(ModelSpec.parse(options.reward_model), batch_size)
         return JudgeSettings(reward_model=model, templates=templates, min_judge=options.min_judge)
     spec = parse_spec(options.model or "")
+    check_installed([spec])
     backends = {"local": local} if local else {}
     backends |= open_backends([spec] if spec.kind not in backends else [], batch_size=batch_size, endpoints=endpoints)
     params = GenerationParams(max_new_tokens=options.max_new_tokens, temperature=0.0, top_p=1.0, seed=0)

@@ -12,7 +12,7 @@ import yaml
 
 from popalign.backends import open_backends
 from popalign.cache import GenerationCache, open_cache
-from popalign.config import DEFAULT_LICENSE, MAX_SHARD_SIZE
+from popalign.config import MAX_SHARD_SIZE, Card
 from popalign.dataset.card import write_card_and_manifest
 from popalign.dataset.folder import (
     RECIPE,
@@ -93,7 +93,7 @@ def run_plan(plan: BuildPlan, out: Path | None = None, *, progress: bool | None 
         keep_truncated=config.keep_truncated,
         elicitive_style=config.elicitive_style,
         shard_size=config.max_shard_size,
-        license=config.license,
+        card=config.card,
         test_size=config.test_size,
     )
 
@@ -110,7 +110,7 @@ def build_dataset(
     keep_truncated: bool = False,
     elicitive_style: str = "guided",
     shard_size: int = MAX_SHARD_SIZE,
-    license: str = DEFAULT_LICENSE,
+    card: Card = Card(),  # noqa: B008 (frozen)
     test_size: float = 0.0,
 ) -> BuildSummary:
     """Generate every strategy's pairs for `prompts` with `engine` and write `out` as a Hub dataset repository
@@ -181,7 +181,8 @@ def build_dataset(
             elicitive_style=elicitive_style,
             keep_truncated=keep_truncated,
             max_shard_size=shard_size,
-            license=license,
+            license=card.license,
+            card=card.recorded(),
             test_size=test_size,
         )
         quality: dict[str, dict[str, Any]] = {}
@@ -201,7 +202,7 @@ def build_dataset(
                     "rejected_model": names[strategy.rejected_role],
                     "tokens": engine.stats.by_strategy[name].tokens,
                 }
-            _write_recipe(folder, strategies, engine, prompts, context, license, test_size)
+            _write_recipe(folder, strategies, engine, prompts, context, card, test_size)
             write_card_and_manifest(manifest, folder, out)
     return BuildSummary(
         out=out,
@@ -298,7 +299,7 @@ def _write_recipe(
     engine: Engine,
     prompts: PromptSet,
     context: StrategyContext,
-    license: str,
+    card: Card,
     test_size: float,
 ) -> None:
     """`popalign_recipe.yaml` and `templates/`: what the build ran with, to publish next to the data. Endpoint
@@ -314,7 +315,8 @@ def _write_recipe(
         "strategies": strategies,
         "elicitive_style": context.elicitive_style,
         "keep_truncated": context.keep_truncated,
-        "license": license,
+        "license": card.license,
+        **{key: value for key, value in card.recorded().items() if value != Card().recorded()[key]},
         **({"test_size": test_size} if test_size else {}),
         "generation": asdict(engine.default_params),
         "roles": roles,

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from popalign.backends import check_installed
 from popalign.config import BuildConfig, GenerationParams, default_max_new_tokens
 from popalign.errors import ConfigError
 from popalign.prompts import PromptSet, is_hub_dataset, load_hub_prompts, load_prompts, parse_shard
@@ -80,7 +81,7 @@ class BuildPlan:
             "prompt_column": config.prompt_column,
             "templates": self.templates().hashes(),
             "output": [config.elicitive_style, config.keep_truncated, config.test_size, config.max_shard_size],
-            "card": config.license,
+            "card": asdict(config.card),
             "tasks": config.executor.tasks if config.executor else None,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
@@ -103,6 +104,7 @@ def make_plan(config: BuildConfig) -> BuildPlan:
         ConfigError: an unknown strategy, roles a strategy needs are missing, or one model on both sides.
         PromptsError: the instructions file is missing, or a row or column is bad.
         TemplateError: a template of the override folder is bad.
+        MissingExtraError: a role's model needs an extra that is not installed.
     """
     names = parse_strategies(config.strategies)
     given = dict(config.roles)
@@ -112,6 +114,7 @@ def make_plan(config: BuildConfig) -> BuildPlan:
     used = roles_used(names)
     needs = {name: STRATEGIES[name].roles for name in names}
     resolved = resolve_roles(given, needs)
+    check_installed(resolved[role] for role in used)  # a missing extra is said before any file is read
     params, role_params = _generation(config.params, resolved, per_role, used)
     for name in names:  # one model with one setting on both sides of a contrast
         if len(needs[name]) == 2:

@@ -30,7 +30,8 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from popalign.dataset.card import render_card
+from popalign.config import LICENSE_FILE
+from popalign.dataset.card import card_files
 from popalign.dataset.folder import MANIFEST, RECIPE, Manifest, config_dir, config_prefix, open_manifest
 from popalign.dataset.integrity import check_build
 from popalign.dataset.quality import QUALITY_DIR
@@ -282,11 +283,12 @@ def _stage(
         json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     (staging / VERSIONS).write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
-    card = render_card(manifest, repo_id=repo_id, versions=history)
-    (staging / "README.md").write_text(card, encoding="utf-8")
+    for name, text in card_files(manifest, repo_id=repo_id, versions=history).items():
+        (staging / name).write_text(text, encoding="utf-8")
     added = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
     replaced = (
         "templates/",
+        LICENSE_FILE,  # a version with a chosen license has none
         *(config_prefix(name) for name in rebuilt),
         *(f"{QUALITY_DIR}/{name}_" for name in rebuilt),
     )

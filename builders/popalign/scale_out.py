@@ -14,6 +14,7 @@ from typing import Any
 
 from popalign.config import Push
 from popalign.errors import ConfigError, PopAlignError
+from popalign.extras import require
 from popalign.merge import merge_builds
 from popalign.pipeline import run_plan
 from popalign.plan import BuildPlan
@@ -67,10 +68,7 @@ def run_tasks(plan: BuildPlan) -> bool:
             "--executor writes the command's arguments into the tasks' pickled pipeline: give endpoint keys "
             "through a role's api_key_env or $HF_TOKEN (the tasks inherit the environment), not --token or a URL"
         )
-    try:
-        import datatrove  # noqa: F401
-    except ImportError:
-        raise ConfigError("--executor needs datatrove: pip install 'popalign[scale]'") from None
+    require("ray" if executor.kind == "ray" else "scale", f"--executor {executor.kind}")
     work = work_folder(out, plan)
     # datatrove's completion marks: under the plan's fingerprint too, so other options never find them
     logs = str(Path(executor.logging_dir) / work.name if executor.logging_dir else work / "logs")
@@ -98,10 +96,7 @@ def run_tasks(plan: BuildPlan) -> bool:
         merge.run()  # submits the build's array first, then the merge job that waits for it
         return False
     if executor.kind == "ray":
-        try:
-            import ray
-        except ImportError:
-            raise ConfigError("--executor ray needs Ray: pip install 'popalign[ray]'") from None
+        import ray
         from datatrove.executor import RayPipelineExecutor
 
         ray.init(ignore_reinit_error=True, log_to_driver=False)  # the cluster at $RAY_ADDRESS, or one started here

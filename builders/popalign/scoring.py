@@ -29,13 +29,14 @@ import httpx2  # huggingface_hub's HTTP client: its transport errors reach us un
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
-from popalign.backends import local_backend
+from popalign.backends import check_installed, local_backend
 from popalign.cache import GenerationCache
 from popalign.config import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES, ScoreOptions
 from popalign.credentials import authorization
 from popalign.dataset.quality import quality_report, write_histogram
 from popalign.dataset.rows import StrategyOutcome
 from popalign.errors import BackendError, ConfigError, first_line
+from popalign.extras import require
 from popalign.prompts import Instruction
 from popalign.roles import EndpointSpec, ModelSpec, parse_spec
 from popalign.strategies import STRATEGIES, StrategyContext, guided_messages
@@ -259,12 +260,14 @@ class ScoreSettings:
 
 
 def score_settings(
-    options: ScoreOptions, backend: LocalBackend | None, default_model: str, token: str | None
+    options: ScoreOptions, backend: LocalBackend | None, default_model: str, token: str | None, batch_size: int = 8
 ) -> ScoreSettings:
     """The scorer, prompt renderer and curation that `options` ask for: a TGI endpoint, or a local model on
     `backend` (a build's own local backend, when it has one)."""
-    backend = backend or local_backend(8)
     spec = parse_spec(options.model or default_model)
+    check_installed([spec])
+    require("local", "scoring (the chat template is rendered by transformers)")
+    backend = backend or local_backend(batch_size)
     if spec.kind == "endpoint":
         scorer: Scorer = TGIScorer(options.model or default_model, token=token)
         template_source = ModelSpec.parse(options.tokenizer).source

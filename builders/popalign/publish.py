@@ -32,7 +32,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from popalign.config import LICENSE_FILE
 from popalign.dataset.card import card_files
-from popalign.dataset.folder import MANIFEST, RECIPE, Manifest, config_dir, config_prefix, open_manifest
+from popalign.dataset.folder import CARD, MANIFEST, RECIPE, Manifest, config_dir, config_prefix, open_manifest
 from popalign.dataset.integrity import check_build
 from popalign.dataset.quality import QUALITY_DIR
 from popalign.errors import (
@@ -45,7 +45,7 @@ from popalign.errors import (
 
 VERSIONS = "popalign_versions.json"
 #: What a repository may hold before popalign's first version (what the Hub creates with a repo).
-FRESH_REPO_FILES = {".gitattributes", "README.md"}
+FRESH_REPO_FILES = {".gitattributes", CARD}
 _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 

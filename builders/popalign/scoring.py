@@ -88,9 +88,21 @@ class TGIScorer:
         self.name = f"tgi:{self.url}"
 
     def logprobs(self, texts: list[str]) -> Iterator[tuple[list[int], list[float]]]:
+        if self.model:
+            asyncio.run(self._check_served_model())
         for start in range(0, len(texts), self.chunk):
             indices = list(range(start, min(start + self.chunk, len(texts))))
             yield indices, asyncio.run(self._prefill_sums([texts[i] for i in indices]))
+
+    async def _check_served_model(self) -> None:
+        """TGI serves one model: the one the URL names (`URL#MODEL`) must be it (`/info`)."""
+        async with AsyncInferenceClient(model=self.url, headers=self.headers, timeout=120) as client:
+            try:
+                served = (await client.get_endpoint_info()).get("model_id")
+            except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as err:
+                raise BackendError(f"TGI endpoint {self.url}: {type(err).__name__}: {first_line(err)}") from None
+        if served != self.model:
+            raise BackendError(f"TGI endpoint {self.url}: serves {served!r}, not {self.model!r}")
 
     async def _prefill_sums(self, texts: list[str]) -> list[float]:
 
@@ -108,10 +120,6 @@ class TGIScorer:
                 return sum(token.logprob for token in prefill if token.logprob is not None)
 
             try:
-                if self.model:
-                    served = (await client.get_endpoint_info()).get("model_id")
-                    if served != self.model:
-                        raise BackendError(f"TGI endpoint {self.url}: serves {served!r}, not {self.model!r}")
                 return list(await asyncio.gather(*(one(text) for text in texts)))
             except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as err:
                 raise BackendError(f"TGI endpoint {self.url}: {type(err).__name__}: {first_line(err)}") from None

@@ -153,11 +153,12 @@ class EndpointBackend:
         self.retry = retry or RetryPolicy(attempts=settings.retries, max_wait=settings.max_retry_wait)
         self._endpoints: dict[EndpointSpec, _Endpoint] = {}
 
-    def _authorization(self, spec: EndpointSpec, url: str) -> str | None:
-        """The `Authorization` header for one replica (see `credentials.authorization`): never the Hugging Face
-        token for a host that is not Hugging Face's."""
+    def _headers(self, spec: EndpointSpec, url: str) -> dict[str, str]:
+        """The `Authorization` header for one replica, if it has one (see `credentials.authorization`): never the
+        Hugging Face token for a host that is not Hugging Face's."""
         credential = spec.credentials[spec.urls.index(url)] if spec.credentials else None
-        return authorization(url, url_credential=credential, token=self.token, api_key_env=spec.api_key_env)
+        header = authorization(url, url_credential=credential, token=self.token, api_key_env=spec.api_key_env)
+        return {"Authorization": header} if header else {}
 
     async def identity(self, spec: EndpointSpec) -> str:
         """The served model's name: the one the spec names (`URL#MODEL`), which every replica that lists models
@@ -176,10 +177,9 @@ class EndpointBackend:
                 raise BackendError(f"endpoint replicas serve different models: {listing}")
             endpoint = _Endpoint(spec, next(iter(names.values())))
             for url in spec.urls:
-                header = self._authorization(spec, url)
-                headers = {"Authorization": header} if header else {}
                 http = get_async_session()  # huggingface_hub's client, so HF_HUB_OFFLINE and its proxies apply
-                replica = _Replica(url, http, headers, asyncio.Semaphore(self.concurrency), verified=url not in down)
+                slots = asyncio.Semaphore(self.concurrency)
+                replica = _Replica(url, http, self._headers(spec, url), slots, verified=url not in down)
                 if url in down:
                     print(f"popalign: warning: {down[url]}; going on with the other replicas", file=sys.stderr)
                     replica.resting_until = self.clock() + PROBE_EVERY
@@ -219,8 +219,7 @@ class EndpointBackend:
         raise AssertionError("unreachable")
 
     async def _ask_served_model(self, url: str, spec: EndpointSpec) -> tuple[str, ...]:
-        header = self._authorization(spec, url)
-        headers = {"Authorization": header} if header else {}
+        headers = self._headers(spec, url)
         try:
             async with get_async_session() as session:
                 for route, address in (("/v1/models", openai_url(url, "models")), ("/info", url.rstrip("/") + "/info")):

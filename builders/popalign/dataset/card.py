@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from popalign.config import DEFAULT_LICENSE, LICENSE_FILE, Card
-from popalign.dataset.folder import Manifest, split_pattern, write_manifest
+from popalign.dataset.folder import CARD, Manifest, split_pattern, write_manifest
 from popalign.dataset.quality import OVERVIEW
 from popalign.errors import ConfigError
 from popalign.judging import PAPER_ACCURACY
@@ -19,7 +19,7 @@ from popalign.prompts import BUNDLED_LABEL
 from popalign.resources import shipped_dir
 from popalign.roles import EMBEDDED, ModelSpec
 from popalign.strategies import DROP_REASONS, STRATEGIES
-from popalign.version import __version__
+from popalign.version import __version__, installed_version
 
 CARD_TEMPLATE = "README.md.jinja"
 #: The config holding every strategy's rows (with the `strategy` column); the card's default.
@@ -135,24 +135,13 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         judge=manifest.judge,
         overview=manifest.overview,
         license=manifest.license,
-        license_name=details.license_name,
-        license_link=details.license_link,
-        pretty_name=details.pretty_name,
         test_size=manifest.test_size,
         paper=PAPER_ACCURACY,
         popalign_version=__version__,
         datasets_version=version("datasets"),
-        transformers_version=_installed("transformers"),
+        transformers_version=installed_version("transformers"),
     )
     return str(card)
-
-
-def _installed(name: str) -> str | None:
-    """A package's version, or None where it is not installed (transformers, on a core install)."""
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def _prompts_file(prompts: dict[str, Any]) -> str | None:
@@ -234,7 +223,7 @@ def render_license(manifest: Manifest) -> str | None:
 
 def card_files(manifest: Manifest, *, repo_id: str, versions: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """The card (`README.md`) and, where its license names one, `LICENSE.md`, by file name."""
-    files = {"README.md": render_card(manifest, repo_id=repo_id, versions=versions)}
+    files = {CARD: render_card(manifest, repo_id=repo_id, versions=versions)}
     license_text = render_license(manifest)
     return files | ({LICENSE_FILE: license_text} if license_text else {})
 

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from popalign.dataset.quality import QUALITY_DIR
 from popalign.errors import NotABuildError
 
 MANIFEST = "popalign_build.json"
+CARD = "README.md"
 #: The folder of the configs' Parquet files, and the splits a config can have.
 DATA = "data"
 SPLITS = ("train", "test")
@@ -125,6 +127,10 @@ def config_dir(out: Path, name: str) -> Path:
 def split_file(out: Path, name: str, split: str, index: int, count: int) -> Path:
     """Shard `index` of `count` of one split of a config: `data/<config>/<split>-0000K-of-0000N.parquet`."""
     return config_dir(out, name) / f"{split}-{index:05d}-of-{count:05d}.parquet"
+
+
+#: The name `split_file` gives a shard, with its split, index and count.
+SHARD_NAME = re.compile(r"(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet")
 
 
 def split_pattern(name: str, split: str) -> str:

@@ -5,19 +5,15 @@ and the row counts the manifest records."""
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from popalign.config import LICENSE_FILE
-from popalign.dataset.folder import DATA, MANIFEST, RECIPE, SPLITS, Manifest, config_dir
+from popalign.dataset.folder import CARD, DATA, MANIFEST, RECIPE, SHARD_NAME, SPLITS, Manifest, config_dir
 from popalign.dataset.quality import JUDGE_CHART, OVERVIEW, score_chart
 from popalign.errors import TamperedBuildError
 from popalign.strategies import STRATEGIES
 from popalign.templates import TEMPLATE_FILES
-
-CARD = "README.md"
-_SHARD = re.compile(r"(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet")
 
 
 def check_build(out: Path, manifest: Manifest) -> None:
@@ -50,7 +46,9 @@ def _allowed_files(manifest: Manifest) -> set[str]:
 
 def _is_shard_of(relative: str, manifest: Manifest) -> bool:
     parts = relative.split("/")
-    return len(parts) == 3 and parts[0] == DATA and parts[1] in manifest.configs and bool(_SHARD.fullmatch(parts[2]))
+    return (
+        len(parts) == 3 and parts[0] == DATA and parts[1] in manifest.configs and bool(SHARD_NAME.fullmatch(parts[2]))
+    )
 
 
 def _walk(out: Path) -> list[Path]:
@@ -85,8 +83,8 @@ def _check_config(out: Path, name: str, config: dict[str, Any]) -> None:
     schema = features().arrow_schema
     for split in SPLITS:
         shards = sorted(folder.glob(f"{split}-*.parquet")) if folder.is_dir() else []
-        counts = {_SHARD.fullmatch(path.name)["count"] for path in shards}  # type: ignore[index]
-        numbers = [int(_SHARD.fullmatch(path.name)["index"]) for path in shards]  # type: ignore[index]
+        counts = {SHARD_NAME.fullmatch(path.name)["count"] for path in shards}  # type: ignore[index]
+        numbers = [int(SHARD_NAME.fullmatch(path.name)["index"]) for path in shards]  # type: ignore[index]
         if len(counts) > 1 or numbers != list(range(len(shards))) or (counts and int(counts.pop()) != len(shards)):
             raise _tampered(folder, f"its {split} shards are not numbered 0..N-1 of N")
         rows = 0

@@ -12,10 +12,10 @@ from huggingface_hub import constants
 
 from helpers import build
 from net import free_port
+from popalign.backends.endpoint_scorer import EndpointScorer
 from popalign.credentials import is_hugging_face_host, redacted, split_credentials
 from popalign.errors import ConfigError
 from popalign.roles import parse_spec
-from popalign.scoring import TGIScorer
 
 PASSWORD, HUB_TOKEN = "s3cretPassw0rd", "hf_machineTokenNotForYou"
 
@@ -75,7 +75,7 @@ def test_url_credentials_are_split_out() -> None:
     assert redacted(f"user:{PASSWORD}@host") == "host" and redacted("ftp://a:b@h/x#f") == "ftp://h/x"
     with pytest.raises(ConfigError, match="give one credential"):
         split_credentials("http://a:b@host/?key=c")
-    scorer = TGIScorer(f"http://alice:{PASSWORD}@127.0.0.1:9/", token=None)
+    scorer = EndpointScorer(f"http://alice:{PASSWORD}@127.0.0.1:9/", token=None, protocol="tgi")
     assert scorer.name == "tgi:http://127.0.0.1:9" and scorer.headers["Authorization"].startswith("Basic ")
 
 

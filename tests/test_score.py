@@ -1,4 +1,4 @@
-"""DLMA self-reward scores: against a direct forward pass, through a TGI prefill server, and `popalign score`."""
+"""DLMA self-reward scores: against a direct forward pass, and `popalign score` (served: test_served_logprobs)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 
 from helpers import POPALIGN, load, run_offline
+from logprob_server import received, serve_logprobs
 from popalign.backends.local import LocalBackend
 from popalign.dataset.quality import quality_report
 from popalign.dataset.schema import make_row
 from popalign.roles import ModelSpec
-from popalign.scoring import LocalScorer, TGIScorer, contrast_chats, curate, score_rows
+from popalign.scoring import LocalScorer, contrast_chats, curate, score_rows
 from popalign.strategies import STRATEGIES, StrategyContext
 from popalign.templates import TemplateSet
-from tgi_server import received, serve_tgi
 
 # Direct and batched log-probs differ only by float32 summation order and padding: 1e-3 on scores of
 # magnitude 1-100 (sums over ~50-token answers).
@@ -144,23 +144,6 @@ def test_curation_swaps_drops_and_counts() -> None:
 
 
 @pytest.mark.slow
-def test_tgi_prefill_scores_equal_local_scores(smollm2, tmp_path: Path) -> None:
-    backend, spec = smollm2
-    context = StrategyContext(TemplateSet(), seed=0)
-    rows = rows_for("prefix", "demon", "nparam")
-    local, _, _ = score_rows(rows, scorer=LocalScorer(backend, spec), render=renderer(backend), context=context)
-    with serve_tgi(tmp_path / "requests.jsonl") as url:
-        remote, _, stats = score_rows(
-            rows, scorer=TGIScorer(url, token=None), render=renderer(backend), context=context
-        )
-    assert remote == pytest.approx(local, abs=TOLERANCE)
-    requests = received(tmp_path / "requests.jsonl")
-    # nparam is scored with prefix's prompt pair, and the answers are the same: 8 distinct sequences, not 12
-    assert len(requests) == stats.computed == 8
-    assert all(r["parameters"]["details"] and r["parameters"]["decoder_input_details"] for r in requests)
-
-
-@pytest.mark.slow
 def test_popalign_score_rewrites_every_config_with_scores_and_a_report(
     embedded_build, popalign, tmp_path: Path
 ) -> None:
@@ -212,7 +195,7 @@ def test_scoring_through_a_tgi_endpoint_keeps_the_token_out_of_everything(embedd
     out = tmp_path / "scored"
     shutil.copytree(source, out)
     secret = "hf_tgiSecretToken123"
-    with serve_tgi(tmp_path / "requests.jsonl", token=secret) as url:
+    with serve_logprobs(tmp_path / "requests.jsonl", "tgi", token=secret) as url:
         # the endpoint is on loopback: the Hub stays offline (no model download), the client must not be
         refused = run_offline(
             POPALIGN, "score", out, "--score-model", url, "--token", "hf_wrong", "--no-cache", HF_HUB_OFFLINE="0"
@@ -221,12 +204,13 @@ def test_scoring_through_a_tgi_endpoint_keeps_the_token_out_of_everything(embedd
             POPALIGN, "score", out, "--score-model", url, "--token", secret, "--no-cache", HF_HUB_OFFLINE="0"
         )
     assert refused.returncode == 2
-    assert refused.stderr.startswith(f"popalign: error: TGI endpoint {url}: ") and "401" in refused.stderr
+    assert refused.stderr.startswith(f"popalign: error: endpoint {url}: unauthorized (HTTP 401)")
     assert len(refused.stderr.strip().splitlines()) == 1 and "hf_wrong" not in refused.stderr
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "popalign_build.json").read_text())["score"]["scorer"] == f"tgi:{url}"
     requests = received(tmp_path / "requests.jsonl")
-    assert requests and all(request["path"] in ("/", "/generate") for request in requests)
+    posts = [request for request in requests if request["method"] == "POST"]
+    assert posts and all(request["path"] == "/generate" for request in posts)
     for text in [result.stdout, result.stderr, *(p.read_text() for p in out.glob("*") if p.is_file())]:
         assert secret not in text
 

@@ -17,7 +17,6 @@ from helpers import POPALIGN, build, load, manifest, prompts, run_offline, serve
 from popalign.errors import ConfigError
 from popalign.recipe import load_recipe
 from popalign.roles import EndpointSpec
-from popalign.scoring import TGIScorer
 
 MODELS = ("gpt-4o", "gpt-4o-mini", "llama-3-8b")
 
@@ -96,5 +95,4 @@ def test_the_model_after_the_hash_is_parsed_and_checked() -> None:
         EndpointSpec.parse("http://h:1#a", model="b")
     with pytest.raises(ConfigError, match="nothing after '#'"):
         EndpointSpec.parse("http://h:1#")
-    scorer = TGIScorer("http://alice:pw@h:1#org/model", token=None)
-    assert (scorer.url, scorer.model, "pw" in scorer.name) == ("http://h:1", "org/model", False)
+    assert EndpointSpec.parse("http://alice:pw@h:1#org/model").urls == ("http://h:1",)

@@ -41,6 +41,8 @@ LICENSE_FILE = "LICENSE.md"
 
 ELICITIVE_STYLES = ("guided", "paper")
 SCORE_CONTRASTS = ("prefix", "demon")
+#: How a served scoring model is asked for prompt log-probs (see `popalign.backends.endpoint_scorer`).
+SCORE_PROTOCOLS = ("auto", "tgi", "vllm", "sglang")
 SWAP_POLICIES = ("keep", "drop", "swap")
 ORDERS = ("generated", "curriculum")
 MIN_JUDGE = ("agree",)
@@ -252,7 +254,7 @@ class GenerationParams:
 
 @dataclass(frozen=True)
 class Endpoints:
-    """How endpoint roles (and an endpoint judge or TGI scorer) are called: requests in flight per replica,
+    """How endpoint roles (and an endpoint judge or scorer) are called: requests in flight per replica,
     attempts per request, seconds per request, the longest `Retry-After` honoured, and an API key (default:
     none; `$HF_TOKEN` or the saved login go to Hugging Face hosts only)."""
 
@@ -279,23 +281,30 @@ class Endpoints:
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    """DLMA self-reward scoring: the scoring model (a spec or a TGI URL; default: the build's `default` role),
-    the local spec whose chat template renders prompts for a TGI scorer, the contrastive prompt pair of the model
-    and pipeline strategies, and the curation (`min_score`, `swap`, `order`)."""
+    """DLMA self-reward scoring: the scoring model (a spec or a served model's URL; default: the build's `default`
+    role), how a served one is asked for prompt log-probs, the local spec whose chat template renders its prompts,
+    the contrastive prompt pair of the model and pipeline strategies, and the curation (`min_score`, `swap`,
+    `order`)."""
 
     model: str | None = setting(
         None,
         key="score_model",
         check=TEXT,
         metavar="SPEC|URL",
-        help="model that scores: a model spec (default: the build's default role) or a TGI endpoint URL",
+        help="model that scores: a model spec (default: the build's default role) or a TGI, vLLM or SGLang URL",
+    )
+    protocol: str = setting(
+        "auto",
+        key="score_protocol",
+        check=one_of(SCORE_PROTOCOLS),
+        help="with a URL: how prompt log-probs are asked (auto: from the routes the server answers)",
     )
     tokenizer: str = setting(
         EMBEDDED,
         key="score_tokenizer",
         check=TEXT,
         metavar="SPEC",
-        help="with a TGI URL: the local model spec whose chat template renders prompts",
+        help="with a URL: the local model spec whose chat template renders prompts",
     )
     contrast: str = setting(
         "prefix",

@@ -10,8 +10,11 @@ Accuracy = chosen wins / judged, with a Wilson 95% interval.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
@@ -26,15 +29,18 @@ from popalign.dataset.rows import StrategyOutcome
 from popalign.engine import Engine
 from popalign.errors import PopAlignError
 from popalign.generation import Generation, Request, user
-from popalign.roles import ModelSpec, parse_spec
+from popalign.roles import EndpointSpec, ModelSpec, parse_spec
 from popalign.strategies import Dropped
 from popalign.templates import TemplateSet
 
 if TYPE_CHECKING:
+    from popalign.backends.endpoint import EndpointBackend
     from popalign.backends.local import LocalBackend
     from popalign.backends.reward_model import RewardModel
 
 VERDICTS = ("chosen", "rejected", "tie", "unparsed")
+#: How many of the likeliest first tokens an endpoint judge is asked for (TGI allows 5 unless told otherwise).
+TOP_LOGPROBS = 5
 #: `--min-judge` policies: `agree` keeps only the pairs whose verdict is `chosen`.
 JUDGE_TEMPLATE = "judge_pairwise.jinja"
 Chat = list[dict[str, str]]
@@ -98,6 +104,45 @@ def logprob_choices(backend: LocalBackend, spec: ModelSpec, chats: list[Chat]) -
         "A" if found[2 * i] > found[2 * i + 1] else "B" if found[2 * i] < found[2 * i + 1] else None
         for i in range(len(chats))
     ]
+
+
+def likelier_letter(top: dict[str, float] | None) -> str | None:
+    """The likelier of `A` and `B` among a first token's top log-probs (token texts, spaces aside); a letter not
+    listed is the less likely; None when neither is listed, or both alike.
+
+    >>> likelier_letter({"The": -0.5, " B": -2.0, "A": -3.1}), likelier_letter({"The": -0.1}), likelier_letter(None)
+    ('B', None, None)
+    """
+    best = {"A": -math.inf, "B": -math.inf}
+    for token, value in (top or {}).items():
+        if token.strip() in best:
+            best[token.strip()] = max(best[token.strip()], value)
+    return "A" if best["A"] > best["B"] else "B" if best["B"] > best["A"] else None
+
+
+def served_logprob_choices(
+    backend: EndpointBackend, spec: EndpointSpec, model: str, chats: list[Chat], cache: GenerationCache | None
+) -> list[str | None]:
+    """For an endpoint judge whose reply named no choice: the likelier of `A` and `B` as its whole answer, read
+    from the top log-probs of the first token (`EndpointBackend.first_token_logprobs`), cached by model and chat.
+    None where the server gave no log-probs (it is told in a warning) or listed neither letter."""
+    keys = [_top_logprobs_key(model, chat) for chat in chats]
+    found = {key: json.loads(text) for key, text in (cache.get_many(keys) if cache else {}).items()}
+    missing = [i for i, key in enumerate(keys) if key not in found]
+    asks = [Request("judge", (user(chats[i][0]["content"]),)) for i in missing]
+    asked = backend.first_token_logprobs(spec, asks, TOP_LOGPROBS)
+    found |= {keys[i]: top for i, top in zip(missing, asked, strict=True) if top is not None}
+    if cache:
+        cache.put_many({keys[i]: json.dumps(top) for i, top in zip(missing, asked, strict=True) if top is not None})
+    if none := sum(top is None for top in asked):
+        print(f"popalign: warning: judge {model} gave no log-probs for {none} of {len(chats)} replies that name no "
+              "letter; they stay unparsed", file=sys.stderr)  # fmt: skip
+    return [likelier_letter(found.get(key)) for key in keys]
+
+
+def _top_logprobs_key(model: str, chat: Chat) -> str:
+    payload = {"kind": "first-token-logprobs", "model": model, "chat": chat, "top": TOP_LOGPROBS}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def verdict(chosen_first: str | None, rejected_first: str | None) -> str:
@@ -265,7 +310,8 @@ def judge_outcomes(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings,
 
 def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: TemplateSet) -> dict[str, Any]:
     """Set each row's `judge_verdict` from the engine's `judge` role (None where a request failed for good). A
-    local judge's reply that names no choice is read from its log-probabilities of `A` and `B` instead."""
+    reply that names no choice is read from the judge's log-probabilities of `A` and `B` instead: teacher-forced
+    for a local judge, the first token's top log-probs for an endpoint."""
     runs = [(row["strategy"], judge_run(row, templates)) for row in rows]
     answers = engine.run(runs, expected=2 * len(rows))  # each a pair of choices, or Dropped
     if rows and all(isinstance(answer, Dropped) for answer in answers):
@@ -274,8 +320,12 @@ def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: Templat
     choices = {(i, order): pair[order] for i, pair in enumerate(answers) if isinstance(pair, tuple) for order in (0, 1)}
     spec, unread = engine.roles["judge"], [key for key, choice in choices.items() if choice is None]
     read: list[str | None] = []
-    if spec.kind == "local" and engine.local and unread:
-        read = logprob_choices(engine.local, spec, [judge_chats(rows[i], templates)[order] for i, order in unread])
+    unread_chats = [judge_chats(rows[i], templates)[order] for i, order in unread]
+    if isinstance(spec, ModelSpec) and engine.local and unread:
+        read = logprob_choices(engine.local, spec, unread_chats)
+    elif isinstance(spec, EndpointSpec) and engine.endpoint and unread:
+        read = served_logprob_choices(engine.endpoint, spec, engine.identities["judge"], unread_chats, engine.cache)
+    if read:
         choices.update(zip(unread, read, strict=True))
     for i, row in enumerate(rows):
         row["judge_verdict"] = verdict(choices[i, 0], choices[i, 1]) if (i, 0) in choices else None

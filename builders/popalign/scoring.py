@@ -6,7 +6,8 @@ For a pair (y+, y−) and a contrastive prompt pair (x+, x−) around the same i
 
 Each prompt's own log-probability appears once with each sign, so it cancels: with LP(s) the log-probability
 of a whole sequence, score = LP(x+ ⊕ y+) − LP(x− ⊕ y+) − LP(x+ ⊕ y−) + LP(x− ⊕ y−). Both scorers compute
-LP: the local backend in batches, and a TGI endpoint from its prefill log-probs (`decoder_input_details`).
+LP: the local backend in batches, and a served model (TGI, vLLM or SGLang) from its prompt log-probs
+(`popalign.backends.endpoint_scorer`).
 A positive score says the contrast agrees with the pair's label.
 
 The per-token score divides each side's conditional term by its answer's length in tokens, so pairs of long and
@@ -16,7 +17,6 @@ log p(y|x) = LP(x ⊕ y) − LP(x). It is what curricula rank on.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections import Counter
@@ -25,20 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx2  # huggingface_hub's HTTP client: its transport errors reach us unwrapped
-from huggingface_hub import AsyncInferenceClient
-from huggingface_hub.errors import HfHubHTTPError
-
 from popalign.backends import check_installed, local_backend
+from popalign.backends.endpoint_scorer import EndpointScorer
 from popalign.cache import GenerationCache
 from popalign.config import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES, ScoreOptions
-from popalign.credentials import authorization
 from popalign.dataset.quality import quality_report, write_histogram
 from popalign.dataset.rows import StrategyOutcome
-from popalign.errors import BackendError, ConfigError, first_line
+from popalign.errors import ConfigError
 from popalign.extras import require
 from popalign.prompts import Instruction
-from popalign.roles import EndpointSpec, ModelSpec, parse_spec
+from popalign.roles import ModelSpec, parse_spec
 from popalign.strategies import STRATEGIES, StrategyContext, guided_messages
 
 if TYPE_CHECKING:  # torch loads only where a local model is used
@@ -68,61 +64,6 @@ class LocalScorer:
 
     def logprobs(self, texts: list[str]) -> Iterator[tuple[list[int], list[float]]]:
         yield from self.backend.sequence_logprobs(self.spec, texts)
-
-
-class TGIScorer:
-    """LP from a TGI endpoint's prefill log-probs (`/generate` with `details` and `decoder_input_details`).
-
-    >>> scorer = TGIScorer("http://localhost:8080", token=None, concurrency=16)  # doctest: +SKIP
-    """
-
-    def __init__(self, url: str, *, token: str | None, concurrency: int = 16, chunk: int = 256) -> None:
-        spec = EndpointSpec.parse(url)
-        if len(spec.urls) > 1:
-            raise ConfigError(f"score_model: scoring asks one endpoint URL, got {len(spec.urls)} replicas")
-        self.url, self.model = spec.urls[0], spec.model  # TGI serves one model: a named one is checked on /info
-        credential = spec.credentials[0] if spec.credentials else None
-        # set explicitly, even empty: left out, huggingface_hub would send the machine's Hub token
-        self.headers = {"Authorization": authorization(self.url, url_credential=credential, token=token) or ""}
-        self.concurrency, self.chunk = concurrency, chunk
-        self.name = f"tgi:{self.url}"
-
-    def logprobs(self, texts: list[str]) -> Iterator[tuple[list[int], list[float]]]:
-        if self.model:
-            asyncio.run(self._check_served_model())
-        for start in range(0, len(texts), self.chunk):
-            indices = list(range(start, min(start + self.chunk, len(texts))))
-            yield indices, asyncio.run(self._prefill_sums([texts[i] for i in indices]))
-
-    async def _check_served_model(self) -> None:
-        """TGI serves one model: the one the URL names (`URL#MODEL`) must be it (`/info`)."""
-        async with AsyncInferenceClient(model=self.url, headers=self.headers, timeout=120) as client:
-            try:
-                served = (await client.get_endpoint_info()).get("model_id")
-            except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as err:
-                raise BackendError(f"TGI endpoint {self.url}: {type(err).__name__}: {first_line(err)}") from None
-        if served != self.model:
-            raise BackendError(f"TGI endpoint {self.url}: serves {served!r}, not {self.model!r}")
-
-    async def _prefill_sums(self, texts: list[str]) -> list[float]:
-
-        limit = asyncio.Semaphore(self.concurrency)
-        async with AsyncInferenceClient(model=self.url, headers=self.headers, timeout=120) as client:
-
-            async def one(text: str) -> float:
-                async with limit:
-                    output = await client.text_generation(
-                        text, max_new_tokens=1, details=True, decoder_input_details=True
-                    )
-                prefill = output.details.prefill if output.details else []
-                if not prefill:
-                    raise BackendError(f"TGI endpoint {self.url}: no prefill log-probs in the answer")
-                return sum(token.logprob for token in prefill if token.logprob is not None)
-
-            try:
-                return list(await asyncio.gather(*(one(text) for text in texts)))
-            except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as err:
-                raise BackendError(f"TGI endpoint {self.url}: {type(err).__name__}: {first_line(err)}") from None
 
 
 @dataclass(frozen=True)
@@ -270,14 +211,16 @@ class ScoreSettings:
 def score_settings(
     options: ScoreOptions, backend: LocalBackend | None, default_model: str, token: str | None, batch_size: int = 8
 ) -> ScoreSettings:
-    """The scorer, prompt renderer and curation that `options` ask for: a TGI endpoint, or a local model on
-    `backend` (a build's own local backend, when it has one)."""
+    """The scorer, prompt renderer and curation that `options` ask for: a served model (TGI, vLLM or SGLang), or
+    a local model on `backend` (a build's own local backend, when it has one)."""
     spec = parse_spec(options.model or default_model)
+    if spec.kind != "endpoint" and options.protocol != "auto":
+        raise ConfigError(f"score_protocol: {options.protocol} is for a served scoring model; {spec} is local")
     check_installed([spec])
     require("local", "scoring (the chat template is rendered by transformers)")
     backend = backend or local_backend(batch_size)
     if spec.kind == "endpoint":
-        scorer: Scorer = TGIScorer(options.model or default_model, token=token)
+        scorer: Scorer = EndpointScorer(options.model or default_model, token=token, protocol=options.protocol)
         template_source = ModelSpec.parse(options.tokenizer).source
     else:
         scorer, template_source = LocalScorer(backend, spec), spec.source

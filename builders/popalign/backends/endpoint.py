@@ -25,11 +25,13 @@ import contextlib
 import email.utils
 import hashlib
 import json
+import math
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import httpx2
 from huggingface_hub.errors import OfflineModeIsEnabled
@@ -51,6 +53,7 @@ START_ATTEMPTS = 3
 BYTES_PER_TOKEN = 64
 ENVELOPE_BYTES = 64 * 1024
 _DEFAULT = Endpoints()
+_T = TypeVar("_T")
 
 
 def answer_limit(max_new_tokens: int) -> int:
@@ -262,15 +265,51 @@ class EndpointBackend:
         self, spec: EndpointSpec, request: Request, params: GenerationParams, on_done: OnDone, on_retry: OnRetry
     ) -> asyncio.Task[Generation]:
         """Send `request` now (within the replica's slots); the task ends with its generation."""
-        return asyncio.ensure_future(self._answer(self._endpoints[spec], request, params, on_done, on_retry))
+        endpoint, seed = self._endpoints[spec], _request_seed(params.seed, request)
+
+        def call(replica: _Replica) -> Awaitable[Generation]:
+            return self._chat(replica, endpoint.model, request, params, seed)
+
+        return asyncio.ensure_future(self._answer(endpoint, call, on_done, on_retry))
+
+    def first_token_logprobs(
+        self, spec: EndpointSpec, requests: Sequence[Request], top: int
+    ) -> list[dict[str, float] | None]:
+        """For each request, the log-probs the server gives its first answer token's `top` likeliest
+        tokens (`logprobs` and `top_logprobs` on chat completions, greedy, one token), by token text; None where
+        the answer carries no log-probs (a server that does not give them) or the server refused the request."""
+
+        async def ask() -> list[dict[str, float] | None]:
+            await self.identity(spec)
+            endpoint = self._endpoints[spec]
+
+            async def one(request: Request) -> dict[str, float] | None:
+                def call(replica: _Replica) -> Awaitable[dict[str, float] | None]:
+                    return self._top_logprobs(replica, endpoint.model, request, top)
+
+                try:
+                    return await self._answer(endpoint, call, lambda _: None, lambda reason, wait: None)
+                except RequestFailed:
+                    return None
+
+            try:
+                return list(await asyncio.gather(*(one(request) for request in requests)))
+            finally:
+                await self.aclose()
+
+        return asyncio.run(ask())
 
     def flush(self) -> None:
         """Nothing is queued: endpoints batch on the server side."""
 
     async def _answer(
-        self, endpoint: _Endpoint, request: Request, params: GenerationParams, on_done: OnDone, on_retry: OnRetry
-    ) -> Generation:
-        seed = _request_seed(params.seed, request)
+        self,
+        endpoint: _Endpoint,
+        call: Callable[[_Replica], Awaitable[_T]],
+        on_done: Callable[[_T], None],
+        on_retry: OnRetry,
+    ) -> _T:
+        """`call` on a replica until it answers: the retry, resting and probing rules of the module's doc."""
         failure = _Failure("no attempt made")
         for attempt in range(self.retry.attempts):
             await endpoint.slots.acquire()  # a slot on some answering replica; which one is picked then
@@ -282,9 +321,7 @@ class EndpointBackend:
                     try:
                         if not replica.verified:
                             await self._verify(endpoint, replica)
-                        generation = await asyncio.wait_for(
-                            self._chat(replica, endpoint.model, request, params, seed), timeout=self.timeout
-                        )
+                        answer = await asyncio.wait_for(call(replica), timeout=self.timeout)
                     except TimeoutError:
                         failure = _Failure(f"no whole answer within {self.timeout:g} s (--timeout)")
                     except _Unavailable as err:
@@ -293,8 +330,8 @@ class EndpointBackend:
                         failure = _classify(err)
                     else:
                         self._answered(endpoint, replica, probe)
-                        on_done(generation)
-                        return generation
+                        on_done(answer)
+                        return answer
                     finally:
                         replica.busy -= 1
             finally:
@@ -338,6 +375,24 @@ class EndpointBackend:
         finish = LENGTH if choice.get("finish_reason") == LENGTH else STOP  # TGI also says eos_token
         tokens = int((output.get("usage") or {}).get("completion_tokens") or 0)
         return Generation(choice["message"].get("content") or "", tokens, finish)
+
+    async def _top_logprobs(self, replica: _Replica, model: str, request: Request, top: int) -> dict[str, float] | None:
+        """One greedy token with `top_logprobs`; the log-prob of each listed token text (the largest, where two
+        tokens read alike)."""
+        payload = {"model": model, "messages": request.chat(), "max_tokens": 1, "temperature": 0.0,
+                   "logprobs": True, "top_logprobs": top}  # fmt: skip
+        url, headers = openai_url(replica.url, "chat/completions"), replica.headers
+        async with replica.http.stream("POST", url, json=payload, headers=headers, timeout=self.timeout) as sent:
+            body = await _read_capped(sent, answer_limit(1) + 1024 * top)
+        if sent.status_code >= 400:
+            raise _HTTPStatus(sent.status_code, sent.headers.get("Retry-After"), body.decode("utf-8", "replace"))
+        content = ((json.loads(body)["choices"][0].get("logprobs") or {}).get("content")) or []
+        if not content:
+            return None
+        found: dict[str, float] = {}
+        for entry in content[0].get("top_logprobs") or [content[0]]:
+            found[entry["token"]] = max(float(entry["logprob"]), found.get(entry["token"], -math.inf))
+        return found
 
     async def _back_off(self, endpoint: _Endpoint, wait: float, asked: float) -> None:
         """Wait `wait` seconds before the next try, or only `asked` (the server's `Retry-After`) if the endpoint

@@ -1,0 +1,221 @@
+"""LP, the teacher-forced log-probability of a whole text (the sum over its tokens after the first), from a
+served model, in the protocol of the server that serves it (for DLMA scores, `popalign.scoring`):
+
+| server | request | LP read from |
+|---|---|---|
+| TGI | `POST /generate`, `details` + `decoder_input_details` | `details.prefill[].logprob` |
+| vLLM | `POST /v1/completions`, `prompt_logprobs: 0`, `max_tokens: 1` | `choices[0].prompt_logprobs` |
+| SGLang | `POST /generate`, `return_logprob` + `logprob_start_len: 0` | `meta_info.input_token_logprobs` |
+
+`auto` tells them apart by a route only that server has, asked in this order: TGI's `/info` (with `model_id`),
+SGLang's `/get_model_info` (`model_path`), vLLM's `/version` (`version`). A server with none of them (llama.cpp's,
+OpenAI's API) has no prompt log-probs to give, and is refused in one line. Requests go through `huggingface_hub`'s
+HTTP client, as generation's do, with the same `Authorization` rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub.utils import get_async_session
+
+from popalign.backends.endpoint import choose_model, openai_url
+from popalign.config import SCORE_PROTOCOLS
+from popalign.credentials import authorization
+from popalign.errors import BackendError, ConfigError, first_line
+from popalign.roles import EndpointSpec
+
+
+class _Unreadable(ValueError):
+    """An answer without the log-probs its protocol promises."""
+
+
+def _tgi_body(text: str, model: str | None) -> dict[str, Any]:
+    return {"inputs": text, "parameters": {"max_new_tokens": 1, "details": True, "decoder_input_details": True}}
+
+
+def _tgi_sum(answer: dict[str, Any]) -> float:
+    prefill = (answer.get("details") or {}).get("prefill") or []
+    if not prefill:
+        raise _Unreadable("no prefill log-probs in the answer")
+    return sum(token["logprob"] for token in prefill if token.get("logprob") is not None)
+
+
+def _vllm_body(text: str, model: str | None) -> dict[str, Any]:
+    # the rendered chat template already holds any BOS token: the server must not add another
+    return {"model": model, "prompt": text, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0,
+            "add_special_tokens": False}  # fmt: skip
+
+
+def _vllm_sum(answer: dict[str, Any]) -> float:
+    """The sum of `prompt_logprobs`: per position after the first, a map from token id to its log-prob, which
+    with `prompt_logprobs: 0` holds the prompt's own token only (else `prompt_token_ids` says which it is)."""
+    choice = answer["choices"][0]
+    positions, ids = choice.get("prompt_logprobs"), choice.get("prompt_token_ids")
+    if not positions:
+        raise _Unreadable("no prompt_logprobs in the answer")
+    total = 0.0
+    for index, entry in enumerate(positions):
+        if entry is None:
+            continue
+        if ids:
+            entry = {str(ids[index]): entry[str(ids[index])]}
+        if len(entry) != 1:
+            raise _Unreadable(f"prompt position {index} lists {len(entry)} tokens and the answer no prompt_token_ids")
+        total += next(iter(entry.values()))["logprob"]
+    return total
+
+
+def _sglang_body(text: str, model: str | None) -> dict[str, Any]:
+    return {"text": text, "sampling_params": {"max_new_tokens": 1, "temperature": 0.0}, "return_logprob": True,
+            "logprob_start_len": 0}  # fmt: skip
+
+
+def _sglang_sum(answer: dict[str, Any]) -> float:
+    """The sum of `input_token_logprobs`, `[logprob, token_id, text]` per prompt token (the first has none)."""
+    entries = (answer.get("meta_info") or {}).get("input_token_logprobs")
+    if not entries:
+        raise _Unreadable("no input_token_logprobs in the answer")
+    return sum(entry[0] for entry in entries if entry[0] is not None)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one kind of server is asked for LP: the route only it has and a key its JSON answer holds, where LP is
+    asked, and how."""
+
+    label: str
+    probe: str
+    key: str
+    route: Callable[[str], str]
+    body: Callable[[str, str | None], dict[str, Any]]
+    read: Callable[[dict[str, Any]], float]
+
+
+PROTOCOLS = {
+    "tgi": Protocol("TGI", "/info", "model_id", lambda url: native_url(url, "generate"), _tgi_body, _tgi_sum),
+    "sglang": Protocol(
+        "SGLang", "/get_model_info", "model_path", lambda url: native_url(url, "generate"), _sglang_body, _sglang_sum
+    ),
+    "vllm": Protocol("vLLM", "/version", "version", lambda url: openai_url(url, "completions"), _vllm_body, _vllm_sum),
+}
+assert set(PROTOCOLS) == set(SCORE_PROTOCOLS) - {"auto"}
+
+
+def native_url(url: str, route: str) -> str:
+    """A server's own route (not under `/v1`), from a base URL that may end in `/v1`.
+
+    >>> native_url("http://h:30000/v1/", "generate")
+    'http://h:30000/generate'
+    """
+    return f"{url.rstrip('/').removesuffix('/v1')}/{route}"
+
+
+class EndpointScorer:
+    """LP from a served model: TGI, vLLM or SGLang (`protocol`, or `auto` to ask the server which it is). A model
+    named in the URL (`URL#MODEL`) must be the one the server serves; vLLM is asked for it by name.
+
+    >>> scorer = EndpointScorer("http://localhost:8000#Qwen/Qwen3-8B", token=None)  # doctest: +SKIP
+    >>> scorer.name  # doctest: +SKIP
+    'vllm:http://localhost:8000#Qwen/Qwen3-8B'
+    """
+
+    def __init__(
+        self, url: str, *, token: str | None, protocol: str = "auto", concurrency: int = 16, chunk: int = 256
+    ) -> None:
+        spec = EndpointSpec.parse(url)
+        if len(spec.urls) > 1:
+            raise ConfigError(f"score_model: scoring asks one endpoint URL, got {len(spec.urls)} replicas")
+        if protocol not in SCORE_PROTOCOLS:
+            raise ConfigError(f"score_protocol: expected one of {', '.join(SCORE_PROTOCOLS)}, got {protocol!r}")
+        self.url, self.model = spec.urls[0], spec.model
+        credential = spec.credentials[0] if spec.credentials else None
+        header = authorization(self.url, url_credential=credential, token=token)
+        self.headers = {"Authorization": header} if header else {}
+        self.concurrency, self.chunk = concurrency, chunk
+        if protocol == "auto" or self.model or protocol == "vllm":
+            protocol, self.model = asyncio.run(self._resolve(protocol))
+        self.protocol = PROTOCOLS[protocol]
+        self.name = f"{protocol}:{self.url}" + (f"#{self.model}" if protocol == "vllm" else "")
+
+    def logprobs(self, texts: list[str]) -> Iterator[tuple[list[int], list[float]]]:
+        """Yield `(indices into texts, their LP)` for each chunk of `chunk` texts, asked `concurrency` at a time."""
+        for start in range(0, len(texts), self.chunk):
+            indices = list(range(start, min(start + self.chunk, len(texts))))
+            yield indices, asyncio.run(self._sums([texts[i] for i in indices]))
+
+    def _failed(self, what: str, label: str = "") -> BackendError:
+        """One line naming the endpoint (and its kind, once known) and what went wrong."""
+        return BackendError(f"{label} endpoint {self.url}: {what}".lstrip())
+
+    async def _get(self, http: httpx2.AsyncClient, address: str) -> Any:
+        """The JSON answer to a GET of `address`; None for any other status or an answer not in JSON."""
+        response = await http.get(address, headers=self.headers, timeout=30)
+        if response.status_code in (401, 403):
+            refusal = "unauthorized" if response.status_code == 401 else "forbidden"
+            raise self._failed(f"{refusal} (HTTP {response.status_code})")
+        try:
+            return response.json() if response.status_code == 200 else None
+        except ValueError:
+            return None
+
+    async def _resolve(self, protocol: str) -> tuple[str, str | None]:
+        """The protocol (asked of the server when `auto`) and the model to ask for: the named one, checked
+        against what the server serves, or for vLLM the one it lists."""
+        try:
+            async with get_async_session() as http:
+                if protocol == "auto":
+                    for name, candidate in PROTOCOLS.items():
+                        answer = await self._get(http, native_url(self.url, candidate.probe.lstrip("/")))
+                        if isinstance(answer, dict) and candidate.key in answer:
+                            protocol = name
+                            break
+                    else:
+                        raise self._failed(
+                            "answers none of TGI's /info, SGLang's /get_model_info and vLLM's /version, "
+                            "so it has no prompt log-probs to give (name its protocol with --score-protocol)"
+                        )  # fmt: skip
+                label = PROTOCOLS[protocol].label
+                if protocol == "tgi":  # one model, named on /info
+                    info = await self._get(http, native_url(self.url, "info"))
+                    served = (info or {}).get("model_id")
+                    if self.model and served != self.model:
+                        raise self._failed(f"serves {served!r}, not {self.model!r}", label)
+                    return protocol, self.model
+                listing = await self._get(http, openai_url(self.url, "models"))
+                listed = tuple(str(entry["id"]) for entry in (listing or {}).get("data") or [] if entry.get("id"))
+                if protocol == "sglang" and not self.model:
+                    return protocol, None
+                return protocol, choose_model(self.url, self.model, listed)
+        except OfflineModeIsEnabled:
+            raise self._failed("HF_HUB_OFFLINE=1 blocks huggingface_hub's HTTP client; unset it") from None
+        except (httpx2.HTTPError, OSError) as err:
+            raise self._failed(f"unreachable ({type(err).__name__}: {first_line(err)})") from None
+
+    async def _sums(self, texts: list[str]) -> list[float]:
+        protocol, limit = self.protocol, asyncio.Semaphore(self.concurrency)
+        address = protocol.route(self.url)
+        async with get_async_session() as http:
+
+            async def one(text: str) -> float:
+                async with limit:
+                    body = protocol.body(text, self.model)
+                    response = await http.post(address, json=body, headers=self.headers, timeout=120)
+                if response.status_code >= 400:
+                    shown = first_line(response.text[:200]) if response.text else ""
+                    raise self._failed(f"HTTP {response.status_code} on {address} {shown}".rstrip(), protocol.label)
+                try:
+                    return protocol.read(json.loads(response.content))
+                except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+                    raise self._failed(f"unreadable answer ({first_line(err)})", protocol.label) from None
+
+            try:
+                return list(await asyncio.gather(*(one(text) for text in texts)))
+            except (httpx2.HTTPError, OSError) as err:
+                raise self._failed(f"{type(err).__name__}: {first_line(err)}", protocol.label) from None

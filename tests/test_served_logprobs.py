@@ -1,0 +1,167 @@
+"""Log-probs from served models: DLMA scores through TGI's, vLLM's and SGLang's own protocols (told apart by
+the routes each server answers) equal the local scores on the same model, and an endpoint judge whose reply
+names no letter is read from the first token's `top_logprobs`, equal to the local teacher-forced reading."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import popalign
+from helpers import build
+from logprob_server import KINDS, MODEL_ID, received, serve_logprobs
+from popalign import JudgeOptions
+from popalign.backends.endpoint_scorer import EndpointScorer
+from popalign.backends.local import LocalBackend
+from popalign.dataset.schema import make_row
+from popalign.errors import BackendError
+from popalign.judging import judge_chats, likelier_letter, verdict
+from popalign.roles import ModelSpec
+from popalign.scoring import LocalScorer, score_rows
+from popalign.strategies import StrategyContext
+from popalign.templates import TemplateSet
+
+# Served and local log-probs differ by float32 summation order and padding only (as in test_score).
+TOLERANCE = 1e-3
+ADAPTER = "org/smollm2-adapter"  # a second model the vLLM stand-in lists, as a LoRA adapter would be
+INSTRUCTIONS = ("Give one tip for writing clear emails.", "Name a good habit for learning a language.")
+ANSWERS = (
+    ("Put the main request in the first sentence, and keep each paragraph to one idea.", "emails are whatever lol"),
+    ("Practise a little every day, out loud.", "Just buy a dictionary and hope."),
+)
+STRATEGIES = ("prefix", "demon", "nparam")
+
+
+def rows() -> list[dict]:
+    return [
+        make_row(strategy=strategy, instruction=instruction, prompt_id=f"p{i}", chosen=chosen, rejected=rejected,
+                 chosen_model="m", rejected_model="m")
+        for i, (instruction, (chosen, rejected)) in enumerate(zip(INSTRUCTIONS, ANSWERS, strict=True))
+        for strategy in STRATEGIES
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> LocalBackend:
+    backend = LocalBackend(batch_size=4)
+    backend.load(ModelSpec("smollm2"))
+    return backend
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[str, Path]]]:
+    """One stand-in of each kind, each computing with the embedded SmolLM2; the vLLM one lists two models."""
+    folder = tmp_path_factory.mktemp("servers")
+    with (
+        serve_logprobs(folder / "tgi.jsonl", "tgi") as tgi,
+        serve_logprobs(folder / "vllm.jsonl", "vllm", also=(ADAPTER,)) as vllm,
+        serve_logprobs(folder / "sglang.jsonl", "sglang") as sglang,
+    ):
+        yield {"tgi": (tgi, folder / "tgi.jsonl"), "vllm": (vllm, folder / "vllm.jsonl"),
+               "sglang": (sglang, folder / "sglang.jsonl")}  # fmt: skip
+
+
+def render(backend: LocalBackend):
+    tokenizer = backend.tokenizer("smollm2")
+    return lambda chat: tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_protocol_scores_equal_the_local_scores(smollm2, servers, kind: str) -> None:
+    url, log = servers[kind]
+    context, given = StrategyContext(TemplateSet(), seed=0), rows()
+    local, _, _ = score_rows(given, scorer=LocalScorer(smollm2, ModelSpec("smollm2")), render=render(smollm2),
+                             context=context)  # fmt: skip
+    address = f"{url}#{MODEL_ID}" if kind == "vllm" else url  # vLLM lists two models: one is named
+    scorer = EndpointScorer(address, token=None)  # protocol: auto, from the routes the server answers
+    assert scorer.name == f"{kind}:{url}" + (f"#{MODEL_ID}" if kind == "vllm" else "")
+    served, _, stats = score_rows(given, scorer=scorer, render=render(smollm2), context=context)
+    assert served == pytest.approx(local, abs=TOLERANCE) and len(set(served)) > 2
+    posts = [request for request in received(log) if request["method"] == "POST"]
+    # nparam is scored with prefix's prompt pair, and the answers are the same: 8 distinct sequences per instruction
+    assert len(posts) == stats.computed == 16
+    if kind == "tgi":
+        assert all(p["parameters"]["details"] and p["parameters"]["decoder_input_details"] for p in posts)
+    elif kind == "vllm":
+        assert all(p["path"] == "/v1/completions" and p["prompt_logprobs"] == 0 and p["model"] == MODEL_ID
+                   and p["add_special_tokens"] is False for p in posts)  # fmt: skip
+    else:
+        assert all(p["path"] == "/generate" and p["return_logprob"] and p["logprob_start_len"] == 0 for p in posts)
+
+
+@pytest.mark.slow
+def test_a_served_scorer_is_refused_in_one_line_when_it_cannot_answer(servers, scripted) -> None:
+    vllm, tgi = servers["vllm"][0], servers["tgi"][0]
+    with pytest.raises(BackendError, match=f"endpoint {vllm}: serves several models .*{ADAPTER}.*name one"):
+        EndpointScorer(vllm, token=None)
+    with pytest.raises(BackendError, match="serves no model 'org/none'"):
+        EndpointScorer(f"{vllm}#org/none", token=None)
+    assert EndpointScorer(f"{vllm}#{ADAPTER}", token=None).model == ADAPTER
+    with pytest.raises(BackendError, match=f"TGI endpoint {tgi}: serves '{MODEL_ID}', not 'org/other'"):
+        EndpointScorer(f"{tgi}#org/other", token=None)
+    wrong = EndpointScorer(tgi, token=None, protocol="sglang")  # named by hand, and wrongly
+    with pytest.raises(
+        BackendError, match=f"SGLang endpoint {tgi}: HTTP 422 on {tgi}/generate .*missing field `inputs`"
+    ):
+        list(wrong.logprobs(["Hello there."]))
+    with pytest.raises(BackendError) as refused:  # an OpenAI-style server has no prompt log-probs
+        EndpointScorer(scripted[0], token=None)
+    assert str(refused.value) == (
+        f"endpoint {scripted[0]}: answers none of TGI's /info, SGLang's /get_model_info and vLLM's /version, so it has "
+        "no prompt log-probs to give (name its protocol with --score-protocol)"
+    )
+
+
+def test_the_likelier_letter_is_read_from_top_logprobs() -> None:
+    assert likelier_letter({" A": -1.0, "A": -0.5, "B": -0.7}) == "A"  # the likelier spelling of a letter counts
+    assert likelier_letter({"B": -4.0, "The": -0.1}) == "B"  # the letter not listed is the less likely
+    assert likelier_letter({"A": -1.0, "B": -1.0}) is None and likelier_letter({}) is None
+
+
+JUDGE_TEMPLATE = """Which response answers the request better?
+
+Request: {{ instruction }}
+Response A: {{ answer_a }}
+Response B: {{ answer_b }}
+
+Reply with the letter of the better response, A or B."""
+
+
+@pytest.mark.slow
+def test_an_endpoint_judge_without_a_letter_is_read_from_top_logprobs(smollm2, servers, scripted, tmp_path) -> None:
+    """The stand-in's chat replies name no letter; each order's choice is then the likelier of A and B as the
+    first token, which a direct forward pass of the same model gives too."""
+    import torch
+
+    url, log = servers["sglang"]  # any kind: every stand-in answers chat completions, with log-probs when asked
+    result, out = build(tmp_path, scripted[0], "--strategies", "prefix,demon", tags=["ok", "tide-two"])
+    assert result.returncode == 0, result.stderr
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "judge_pairwise.jinja").write_text(JUDGE_TEMPLATE)
+    options, cache = JudgeOptions(model=url), tmp_path / "cache"
+    judged = popalign.judge(out, options, templates=templates, cache_dir=cache, progress=False)
+    record = judged.manifest.judge
+    rows = [row for name in judged.manifest.configs for row in judged.rows(name)]
+    assert rows and record["from_logprobs"] == record["judgements"] == 2 * len(rows)
+
+    model, tokenizer = smollm2.load(ModelSpec("smollm2"))
+    a, b = (tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in "AB")
+
+    def choice(chat: list[dict]) -> str:
+        prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        with torch.inference_mode():
+            logits = model(**tokenizer(prompt, add_special_tokens=False, return_tensors="pt")).logits[0, -1]
+        return "A" if logits[a] > logits[b] else "B"
+
+    expected = [verdict(*(choice(chat) for chat in judge_chats(row, TemplateSet(templates)))) for row in rows]
+    assert [row["judge_verdict"] for row in rows] == expected
+    asked = [request for request in received(log) if request.get("logprobs")]
+    assert len(asked) == record["judgements"]
+    assert all(request["max_tokens"] == 1 and request["top_logprobs"] == 5 for request in asked)
+    again = popalign.judge(out, options, templates=templates, cache_dir=cache, progress=False)
+    assert again.manifest.judge["from_logprobs"] == record["from_logprobs"]
+    assert len([request for request in received(log) if request.get("logprobs")]) == len(asked)  # from the cache

@@ -148,7 +148,7 @@ def score(
     """Add DLMA self-reward scores (`score`, `score_per_token`), curation and a quality report to a build,
     rewriting its folder whole; `templates` are the ones the build used.
 
-    >>> options = ScoreOptions(model=TINY_MODEL, swap="swap")  # any model spec or a TGI URL
+    >>> options = ScoreOptions(model=TINY_MODEL, swap="swap")  # any model spec, or a TGI, vLLM or SGLang URL
     >>> scored = popalign.score(COPY, options, templates=TEMPLATES, cache=False)
     >>> scored.manifest.score["swap"], all(row["score"] >= 0 for row in scored.rows("prefix"))
     ('swap', True)

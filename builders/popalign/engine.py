@@ -297,6 +297,10 @@ class Engine:
         """How outputs name a role's model: a local spec by its own name, an endpoint by its served model."""
         return self.roles[role].published(self.identities.get(role, ""))
 
+    def backend(self, role: str) -> Backend:
+        """The backend that answers a role."""
+        return self._backend(self.roles[role])
+
     def backend_name(self, role: str) -> str:
         """`local` or `endpoint`: the backend of a role."""
         return self.roles[role].kind

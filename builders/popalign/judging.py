@@ -29,18 +29,18 @@ from popalign.dataset.rows import StrategyOutcome
 from popalign.engine import Engine
 from popalign.errors import PopAlignError
 from popalign.generation import Generation, Request, user
-from popalign.roles import EndpointSpec, ModelSpec, parse_spec
+from popalign.roles import ModelSpec, Spec, parse_spec
 from popalign.strategies import Dropped
 from popalign.templates import TemplateSet
 
 if TYPE_CHECKING:
-    from popalign.backends.endpoint import EndpointBackend
+    from popalign.backends.base import Backend
     from popalign.backends.local import LocalBackend
     from popalign.backends.reward_model import RewardModel
 
 VERDICTS = ("chosen", "rejected", "tie", "unparsed")
-#: How many of the likeliest first tokens an endpoint judge is asked for (TGI allows 5 unless told otherwise).
-TOP_LOGPROBS = 5
+#: What a judge's reply ends with: the letter of the better answer.
+CHOICES = ("A", "B")
 #: `--min-judge` policies: `agree` keeps only the pairs whose verdict is `chosen`.
 JUDGE_TEMPLATE = "judge_pairwise.jinja"
 Chat = list[dict[str, str]]
@@ -91,57 +91,39 @@ def judge_run(row: dict[str, Any], templates: TemplateSet) -> JudgeRun:
     return parse_choice(first.text), parse_choice(second.text)
 
 
-def logprob_choices(backend: LocalBackend, spec: ModelSpec, chats: list[Chat]) -> list[str | None]:
-    """For a local judge whose reply named no choice: the letter the model finds likelier as its whole answer,
-    log p(A | chat) against log p(B | chat), from one teacher-forced pass (None when they are equal)."""
-    tokenizer = backend.tokenizer(spec.source)
-    prompts = [tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) for chat in chats]
-    texts = [prompt + letter for prompt in prompts for letter in "AB"]
-    found: dict[int, float] = {}
-    for indices, values in backend.sequence_logprobs(spec, texts):
-        found.update(zip(indices, values, strict=True))
-    return [
-        "A" if found[2 * i] > found[2 * i + 1] else "B" if found[2 * i] < found[2 * i + 1] else None
-        for i in range(len(chats))
-    ]
+def likelier_letter(found: dict[str, float] | None) -> str | None:
+    """The likelier of `A` and `B` by their log-probs as a judge's whole answer; a letter with none (outside an
+    endpoint's top log-probs) is the less likely; None when neither has one, or both alike.
 
-
-def likelier_letter(top: dict[str, float] | None) -> str | None:
-    """The likelier of `A` and `B` among a first token's top log-probs (token texts, spaces aside); a letter not
-    listed is the less likely; None when neither is listed, or both alike.
-
-    >>> likelier_letter({"The": -0.5, " B": -2.0, "A": -3.1}), likelier_letter({"The": -0.1}), likelier_letter(None)
-    ('B', None, None)
+    >>> likelier_letter({"A": -3.1, "B": -2.0}), likelier_letter({"A": -0.4}), likelier_letter({})
+    ('B', 'A', None)
     """
-    best = {"A": -math.inf, "B": -math.inf}
-    for token, value in (top or {}).items():
-        if token.strip() in best:
-            best[token.strip()] = max(best[token.strip()], value)
-    return "A" if best["A"] > best["B"] else "B" if best["B"] > best["A"] else None
+    a, b = ((found or {}).get(letter, -math.inf) for letter in CHOICES)
+    return "A" if a > b else "B" if b > a else None
 
 
-def served_logprob_choices(
-    backend: EndpointBackend, spec: EndpointSpec, model: str, chats: list[Chat], cache: GenerationCache | None
+def read_choices(
+    backend: Backend, spec: Spec, model: str, chats: list[Chat], cache: GenerationCache | None
 ) -> list[str | None]:
-    """For an endpoint judge whose reply named no choice: the likelier of `A` and `B` as its whole answer, read
-    from the top log-probs of the first token (`EndpointBackend.first_token_logprobs`), cached by model and chat.
-    None where the server gave no log-probs (it is told in a warning) or listed neither letter."""
-    keys = [_top_logprobs_key(model, chat) for chat in chats]
+    """For judge replies that named no choice: the letter the model finds likelier as its whole answer, from the
+    backend's log-probs (`choice_logprobs`: teacher-forced for a local model, the first token's top log-probs for
+    an endpoint), cached by backend, model and chat. None where neither letter has a log-prob, or where the
+    server gave none (it is told in a warning)."""
+    keys = [_choice_key(backend.name, model, chat) for chat in chats]
     found = {key: json.loads(text) for key, text in (cache.get_many(keys) if cache else {}).items()}
     missing = [i for i, key in enumerate(keys) if key not in found]
-    asks = [Request("judge", (user(chats[i][0]["content"]),)) for i in missing]
-    asked = backend.first_token_logprobs(spec, asks, TOP_LOGPROBS)
-    found |= {keys[i]: top for i, top in zip(missing, asked, strict=True) if top is not None}
+    asked = backend.choice_logprobs(spec, [chats[i] for i in missing], CHOICES) if missing else []
+    read = {keys[i]: values for i, values in zip(missing, asked, strict=True) if values is not None}
     if cache:
-        cache.put_many({keys[i]: json.dumps(top) for i, top in zip(missing, asked, strict=True) if top is not None})
-    if none := sum(top is None for top in asked):
+        cache.put_many({key: json.dumps(values) for key, values in read.items()})
+    if none := sum(values is None for values in asked):
         print(f"popalign: warning: judge {model} gave no log-probs for {none} of {len(chats)} replies that name no "
               "letter; they stay unparsed", file=sys.stderr)  # fmt: skip
-    return [likelier_letter(found.get(key)) for key in keys]
+    return [likelier_letter((found | read).get(key)) for key in keys]
 
 
-def _top_logprobs_key(model: str, chat: Chat) -> str:
-    payload = {"kind": "first-token-logprobs", "model": model, "chat": chat, "top": TOP_LOGPROBS}
+def _choice_key(backend: str, model: str, chat: Chat) -> str:
+    payload = {"kind": "choice-logprobs", "backend": backend, "model": model, "chat": chat, "choices": CHOICES}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -319,14 +301,9 @@ def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: Templat
         raise PopAlignError(f"judge {judge}: every request failed ({engine.stats.last_failure})")
     choices = {(i, order): pair[order] for i, pair in enumerate(answers) if isinstance(pair, tuple) for order in (0, 1)}
     spec, unread = engine.roles["judge"], [key for key, choice in choices.items() if choice is None]
-    read: list[str | None] = []
-    unread_chats = [judge_chats(rows[i], templates)[order] for i, order in unread]
-    if isinstance(spec, ModelSpec) and engine.local and unread:
-        read = logprob_choices(engine.local, spec, unread_chats)
-    elif isinstance(spec, EndpointSpec) and engine.endpoint and unread:
-        read = served_logprob_choices(engine.endpoint, spec, engine.identities["judge"], unread_chats, engine.cache)
-    if read:
-        choices.update(zip(unread, read, strict=True))
+    chats = [judge_chats(rows[i], templates)[order] for i, order in unread]
+    read = read_choices(engine.backend("judge"), spec, engine.identities["judge"], chats, engine.cache)
+    choices.update(zip(unread, read, strict=True))
     for i, row in enumerate(rows):
         row["judge_verdict"] = verdict(choices[i, 0], choices[i, 1]) if (i, 0) in choices else None
         row["judge_margin"] = None

@@ -1,5 +1,5 @@
-"""The contract every generation backend keeps: a name for cache keys, model identities, and asynchronous
-answers (see `popalign.engine`, which drives them)."""
+"""The contract every generation backend keeps: a name for cache keys, model identities, asynchronous answers
+(see `popalign.engine`, which drives them), and the log-probs of short answers (a judge's letters)."""
 
 from __future__ import annotations
 
@@ -30,4 +30,11 @@ class Backend(Protocol):
 
     def slots(self, specs: Sequence[Any]) -> int:
         """How many requests for these specs the backend answers at once."""
+        ...
+
+    def choice_logprobs(
+        self, spec: Any, chats: Sequence[list[dict[str, str]]], choices: Sequence[str]
+    ) -> list[dict[str, float] | None]:
+        """For each chat, the log-prob of each of `choices` (short texts, such as a judge's letters) as the whole
+        answer, where the backend can tell it; None where the model gave no log-probs at all."""
         ...

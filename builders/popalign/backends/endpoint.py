@@ -52,6 +52,8 @@ START_ATTEMPTS = 3
 #: The most bytes an answer may take per token it may hold (JSON escapes included), and for its envelope.
 BYTES_PER_TOKEN = 64
 ENVELOPE_BYTES = 64 * 1024
+#: How many of the likeliest first tokens `choice_logprobs` asks for (TGI allows 5 unless told otherwise).
+TOP_LOGPROBS = 5
 _DEFAULT = Endpoints()
 _T = TypeVar("_T")
 
@@ -271,6 +273,22 @@ class EndpointBackend:
             return self._chat(replica, endpoint.model, request, params, seed)
 
         return asyncio.ensure_future(self._answer(endpoint, call, on_done, on_retry))
+
+    def choice_logprobs(
+        self, spec: EndpointSpec, chats: Sequence[list[dict[str, str]]], choices: Sequence[str]
+    ) -> list[dict[str, float] | None]:
+        """For each chat, the log-prob of each choice that is among the first answer token's `TOP_LOGPROBS`
+        likeliest (spaces aside; the likeliest spelling where several read alike); None where the server gave no
+        log-probs."""
+        requests = [Request("judge", tuple((turn["role"], turn["content"]) for turn in chat)) for chat in chats]
+        found = []
+        for top in self.first_token_logprobs(spec, requests, TOP_LOGPROBS):
+            listed: dict[str, float] = {}
+            for token, value in (top or {}).items():
+                if token.strip() in choices:
+                    listed[token.strip()] = max(value, listed.get(token.strip(), -math.inf))
+            found.append(None if top is None else listed)
+        return found
 
     def first_token_logprobs(
         self, spec: EndpointSpec, requests: Sequence[Request], top: int

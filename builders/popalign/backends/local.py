@@ -117,6 +117,20 @@ class LocalBackend:
             batch = order[start : start + self.batch_size]
             yield batch, self._logprob_batch(model, [encoded[i] for i in batch])
 
+    def choice_logprobs(
+        self, spec: ModelSpec, chats: Sequence[list[dict[str, str]]], choices: Sequence[str]
+    ) -> list[dict[str, float] | None]:
+        """For each chat, log p(choice | chat) of each choice as the whole answer, teacher-forced in one pass (as
+        LP(prompt + choice): the prompt's own log-prob is the same for every choice)."""
+        tokenizer = self.tokenizer(spec.source)
+        prompts = [tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) for chat in chats]
+        texts = [prompt + choice for prompt in prompts for choice in choices]
+        found: dict[int, float] = {}
+        for indices, values in self.sequence_logprobs(spec, texts):
+            found.update(zip(indices, values, strict=True))
+        width = len(choices)
+        return [{choice: found[width * i + k] for k, choice in enumerate(choices)} for i in range(len(chats))]
+
     def load(self, spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """The model and tokenizer of `spec`, loading each at most once; `on_load` hears of a load as it starts
         (seconds None) and as it ends."""

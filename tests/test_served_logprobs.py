@@ -12,14 +12,14 @@ import pytest
 import popalign
 from helpers import build
 from logprob_server import KINDS, MODEL_ID, received, serve_logprobs
-from popalign import JudgeOptions
+from popalign import JudgeOptions, ScoreOptions
 from popalign.backends.endpoint_scorer import EndpointScorer
 from popalign.backends.local import LocalBackend
 from popalign.dataset.schema import make_row
-from popalign.errors import BackendError
+from popalign.errors import BackendError, ConfigError
 from popalign.judging import judge_chats, likelier_letter, verdict
 from popalign.roles import ModelSpec
-from popalign.scoring import LocalScorer, score_rows
+from popalign.scoring import LocalScorer, score_rows, score_settings
 from popalign.strategies import StrategyContext
 from popalign.templates import TemplateSet
 
@@ -164,3 +164,10 @@ def test_an_endpoint_judge_without_a_letter_is_read_from_top_logprobs(smollm2, s
     again = popalign.judge(out, options, templates=templates, cache_dir=cache, progress=False)
     assert again.manifest.judge["from_logprobs"] == record["from_logprobs"]
     assert len([request for request in received(log) if request.get("logprobs")]) == len(asked)  # from the cache
+
+
+def test_a_protocol_for_a_local_scorer_is_refused() -> None:
+    with pytest.raises(ConfigError, match="^score_protocol: vllm is for a served scoring model; smollm2 is local$"):
+        score_settings(ScoreOptions(model="smollm2", protocol="vllm"), None, "smollm2", None)
+    with pytest.raises(ConfigError, match="^score_protocol: expected one of auto, tgi, vllm, sglang, got 'tei'$"):
+        ScoreOptions(protocol="tei")

@@ -167,7 +167,7 @@ def test_an_endpoint_judge_without_a_letter_is_read_from_top_logprobs(smollm2, s
 
 
 def test_a_protocol_for_a_local_scorer_is_refused() -> None:
-    with pytest.raises(ConfigError, match="^score_protocol: vllm is for a served scoring model; smollm2 is local$"):
+    with pytest.raises(ConfigError, match=r"^score_protocol: vllm is for a served scoring model; smollm2 is local$"):
         score_settings(ScoreOptions(model="smollm2", protocol="vllm"), None, "smollm2", None)
-    with pytest.raises(ConfigError, match="^score_protocol: expected one of auto, tgi, vllm, sglang, got 'tei'$"):
+    with pytest.raises(ConfigError, match=r"^score_protocol: expected one of auto, tgi, vllm, sglang, got 'tei'$"):
         ScoreOptions(protocol="tei")

@@ -122,10 +122,10 @@ def save_tiny_model(folder: Path, *, reward: bool = False) -> Path:
     return folder
 
 
-def write_folder(folder: Path, sizes: dict[str, int]) -> Path:
-    """A Hub-layout folder with `sizes[name]` rows per config. Row i has score i - 2 and per-token score -i (so
-    the two rank rows in opposite orders), reasoning on even rows of elicitive, and a chosen answer i*10
-    characters long."""
+def write_folder(folder: Path, sizes: dict[str, int], *, scored: bool = True) -> Path:
+    """A Hub-layout folder with `sizes[name]` rows per config. Row i has score (and margin) i - 2 and per-token
+    score -i (so the two rank rows in opposite orders) unless not `scored`, reasoning on even rows of elicitive,
+    and a chosen answer i*10 characters long."""
     for name, size in sizes.items():
         rows = []
         for i in range(size):
@@ -135,7 +135,8 @@ def write_folder(folder: Path, sizes: dict[str, int]) -> Path:
                 rejected="r", chosen_model="m", rejected_model="m", chosen_reasoning=reasoning,
                 rejected_reasoning=reasoning,
             )  # fmt: skip
-            rows.append(row | {"score": float(i - 2), "score_per_token": float(-i)})
+            scores = {"score": float(i - 2), "margin": float(i - 2), "score_per_token": float(-i)} if scored else {}
+            rows.append(row | scores)
         target = folder / "data" / name / "train-00000-of-00001.parquet"
         target.parent.mkdir(parents=True)
         Dataset.from_list(rows, features=features()).to_parquet(str(target))

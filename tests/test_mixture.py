@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from datasets import Dataset
 
 from helpers import write_folder
@@ -116,17 +117,23 @@ def test_recipes_name_real_configs_at_the_paper_defaults(recipe: Path, tmp_path:
     from dpo import make_parser
 
     six = write_folder(tmp_path / "six", dict.fromkeys(STRATEGIES, 12))
-    _, training_args, _, mixture_args = make_parser().parse_args_and_config(
+    card = yaml.safe_load((six / "README.md").read_text().split("---")[1])  # and `all`, as a build's card has
+    card["configs"].append({"config_name": "all", "data_files": [
+        {"split": "train", "path": [f"data/{name}/*.parquet" for name in STRATEGIES]}]})  # fmt: skip
+    (six / "README.md").write_text("---\n" + yaml.safe_dump(card) + "---\n")
+    _, training_args, _, mixture_args, _ = make_parser().parse_args_and_config(
         ["--config", str(recipe), "--output_dir", str(tmp_path / "out"), "--use_cpu", "--bf16", "false"]
     )
-    assert (training_args.beta, training_args.learning_rate, training_args.num_train_epochs) == (0.01, 5e-7, 1.0)
+    beta = 0.1 if "dlma_margin_weight" in recipe.read_text() else 0.01  # DLMA's recipe: DLMA's beta
+    assert (training_args.beta, training_args.learning_rate, training_args.num_train_epochs) == (beta, 5e-7, 1.0)
     assert training_args.max_length == 2048
     names = [entry.name for entry in mixture_args.datasets]
-    assert names and set(names) <= set(STRATEGIES)
+    assert names and set(names) <= {*STRATEGIES, "all"}
     for entry in mixture_args.datasets:
         entry.path = str(six)
     mixture_args.dataset_revision = None
     strategies = load_mixture(mixture_args).splits["train"]["strategy"]
+    names = list(STRATEGIES) if names == ["all"] else names  # `all`: every pair of every strategy
     assert sorted(set(strategies)) == sorted(names)
     assert len({strategies.count(name) for name in names}) == 1, "configs of a recipe are mixed equally"
 

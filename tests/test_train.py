@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from helpers import run_offline, write_folder
+from helpers import POPALIGN, run_offline, write_folder
 
 DPO_SCRIPT = Path(__file__).parents[1] / "train" / "dpo.py"
 TRL = Path(sys.executable).with_name("trl")
@@ -155,8 +156,18 @@ def test_every_recipe_trains_on_the_readme_build_with_the_command_it_names(
     """The recipes read `popalign-data`, the folder the README's first command writes: each trains one step, run
     as its header says (`trl dpo --config ...` where every key is TRL's, `python train/dpo.py --config ...`)."""
     data, _ = embedded_build
-    (tmp_path / "popalign-data").symlink_to(data)
     (tmp_path / "train").symlink_to(DPO_SCRIPT.parent)  # the command's paths, from the repository's root
+    first = [line.removeprefix("# First: ").split("  (")[0] for line in recipe.read_text().splitlines()
+             if line.startswith("# First: ")]  # fmt: skip
+    if first:  # a step the recipe needs before it (`popalign score`): on a copy, scored by the tiny model
+        shutil.copytree(data, tmp_path / "popalign-data")
+        for step in first:
+            program, *arguments = step.split()
+            assert program == "popalign", step
+            done = run_offline(POPALIGN, *arguments, "--score-model", tiny_model_dir, "--no-cache", cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+    else:
+        (tmp_path / "popalign-data").symlink_to(data)
     program, *arguments = command.split()
     executable = {"python": sys.executable, "trl": str(Path(sys.executable).with_name("trl"))}[program]
     result = run_offline(
@@ -171,3 +182,5 @@ def test_every_recipe_trains_on_the_readme_build_with_the_command_it_names(
             assert f"mixture popalign-data:{name}: " in result.stdout
     state = json.loads((tmp_path / "out" / "checkpoint-1" / "trainer_state.json").read_text())
     assert state["global_step"] == 1
+    if "dlma_margin_weight" in yaml.safe_load(recipe.read_text()):  # trained with DLMA's loss: its margin is logged
+        assert any("dlma/margin" in entry for entry in state["log_history"]), state["log_history"]

@@ -16,6 +16,11 @@ python train/dpo.py \
     --output_dir SmolLM2-135M-popalign-elicitive
 ```
 
+# DLMA's loss on a scored build (`popalign score popalign-data` first): DPO with each pair's score as a margin
+```bash
+python train/dpo.py --config train/recipes/dlma.yaml   # --dlma_margin_weight 0.2 --dlma_margin_range 40
+```
+
 # LoRA on several GPUs
 ```bash
 accelerate launch train/dpo.py --config train/recipes/popalign-all.yaml \
@@ -29,6 +34,7 @@ import sys
 
 from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
+from popalign.dlma_loss import DLMAConfig, DLMATrainer, check_dlma
 from popalign.errors import PopAlignError
 from popalign.mixture import MixtureConfig, MixtureEntry, load_mixture
 
@@ -36,13 +42,19 @@ PAPER_DEFAULTS = {"beta": 0.01, "num_train_epochs": 1.0, "max_length": 2048, "le
 
 
 def main(
-    script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelConfig, mixture_args: MixtureConfig
+    script_args: ScriptArguments,
+    training_args: DPOConfig,
+    model_args: ModelConfig,
+    mixture_args: MixtureConfig,
+    dlma_args: DLMAConfig,
 ) -> None:
     if not mixture_args.datasets and script_args.dataset_name:
         mixture_args.datasets = [MixtureEntry(path=script_args.dataset_name, name=script_args.dataset_config)]
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     try:
         mixture = load_mixture(mixture_args, seed=seed)
+        if dlma_args.enabled:
+            check_dlma(dlma_args, training_args, mixture.splits["train"]["score"])
     except PopAlignError as error:
         sys.exit(f"dpo.py: error: {error}")
 
@@ -55,13 +67,15 @@ def main(
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }
-    trainer = DPOTrainer(
+    dlma = {"margin_weight": dlma_args.dlma_margin_weight, "margin_range": dlma_args.dlma_margin_range}
+    trainer = (DLMATrainer if dlma_args.enabled else DPOTrainer)(
         model=model_args.model_name_or_path,
         args=training_args,
         train_dataset=mixture.splits["train"],
         eval_dataset=mixture.splits.get("test") if training_args.eval_strategy != "no" else None,
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
+        **(dlma if dlma_args.enabled else {}),
     )
     for line in mixture.describe():
         trainer.accelerator.print(line)
@@ -76,7 +90,7 @@ def main(
 
 
 def make_parser() -> TrlParser:
-    parser = TrlParser((ScriptArguments, DPOConfig, ModelConfig, MixtureConfig))
+    parser = TrlParser((ScriptArguments, DPOConfig, ModelConfig, MixtureConfig, DLMAConfig))
     parser.set_defaults(**PAPER_DEFAULTS)
     return parser
 

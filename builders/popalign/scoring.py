@@ -177,6 +177,7 @@ def _swapped(row: dict[str, Any]) -> dict[str, Any]:
         "chosen_reasoning": row["rejected_reasoning"],
         "rejected_reasoning": row["chosen_reasoning"],
         "score": -row["score"],
+        "margin": -row["score"],
         "score_per_token": None if row.get("score_per_token") is None else -row["score_per_token"],
         "swapped": True,
         # a judge's verdict names a side, so it follows the answers
@@ -257,7 +258,7 @@ def score_outcomes(
         count_tokens=scoring.count_tokens,
     )
     for row, score, normalised in zip(rows, scores, per_token, strict=True):
-        row["score"], row["score_per_token"] = score, normalised
+        row["score"], row["score_per_token"], row["margin"] = score, normalised, score
     quality = {}
     for name, outcome in outcomes.items():
         report = quality_report(outcome.rows, outcome.dropped)

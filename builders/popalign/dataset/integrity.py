@@ -91,7 +91,10 @@ def _check_config(out: Path, name: str, config: dict[str, Any]) -> None:
         for path in shards:
             try:
                 parquet = pyarrow.parquet.ParquetFile(path)
-                if not parquet.schema_arrow.remove_metadata().equals(schema):
+                written = parquet.schema_arrow.remove_metadata()
+                if written.equals(schema.remove(schema.get_field_index("margin"))):
+                    raise _tampered(path, "written by an earlier popalign (no `margin` column)")
+                if not written.equals(schema):
                     raise _tampered(path, "its columns are not popalign's row schema")
                 rows += sum(batch.num_rows for batch in parquet.iter_batches())
             except (OSError, pyarrow.ArrowException) as err:

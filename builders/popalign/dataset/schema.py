@@ -1,4 +1,6 @@
-"""The row schema shared by every config: TRL's explicit-prompt conversational preference format + provenance."""
+"""The row schema shared by every config: TRL's explicit-prompt conversational preference format + provenance.
+
+`margin` is the DLMA `score` again, under the name TRL's `RewardTrainer` reads as a pair's margin."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ def features() -> Features:
             "rejected_reasoning": Value("string"),
             "score": Value("float64"),
             "score_per_token": Value("float64"),
+            "margin": Value("float64"),
             "swapped": Value("bool"),
             "judge_verdict": Value("string"),
             "judge_margin": Value("float64"),
@@ -60,6 +63,7 @@ def make_row(
         "rejected_reasoning": rejected_reasoning,
         "score": None,
         "score_per_token": None,
+        "margin": None,
         "swapped": False,
         "judge_verdict": None,
         "judge_margin": None,

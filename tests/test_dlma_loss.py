@@ -12,9 +12,9 @@ import torch.nn.functional as F
 import yaml
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import DPOConfig
+from trl import DPOConfig, RewardConfig, RewardTrainer
 
-from helpers import run_offline, write_folder
+from helpers import load, run_offline, write_folder
 from popalign.dlma_loss import DLMAConfig, DLMATrainer, check_dlma
 from popalign.errors import PopAlignError
 
@@ -110,3 +110,14 @@ def test_dpo_script_refuses_dlma_on_an_unscored_build_in_one_line(tmp_path: Path
         "dpo.py: error: --dlma_margin_weight trains on DLMA scores, and 24 of 24 rows have none: "
         "run `popalign score DIR` on the build first"
     )
+
+
+@pytest.mark.slow
+def test_trls_reward_trainer_reads_the_margin_column(tiny_reward_model_dir: Path, tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "data", {"prefix": 4})
+    rows = load(folder, "prefix").select_columns(["prompt", "chosen", "rejected", "margin"])
+    args = RewardConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, use_cpu=True, bf16=False,
+                        report_to="none")  # fmt: skip
+    trainer = RewardTrainer(model=str(tiny_reward_model_dir), args=args, train_dataset=rows)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert sorted(batch["margin"].tolist()) == [-2.0, -1.0, 0.0, 1.0]  # the rows' scores, i - 2

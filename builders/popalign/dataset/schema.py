@@ -1,6 +1,7 @@
 """The row schema shared by every config: TRL's explicit-prompt conversational preference format + provenance.
 
-`margin` is the DLMA `score` again, under the name TRL's `RewardTrainer` reads as a pair's margin."""
+`margin` is the DLMA `score` again, under the name TRL's `RewardTrainer` reads as a pair's margin, and 0 (no
+margin: the plain pairwise loss) on an unscored row, since that trainer cannot read a null one."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def make_row(
         "rejected_reasoning": rejected_reasoning,
         "score": None,
         "score_per_token": None,
-        "margin": None,
+        "margin": 0.0,
         "swapped": False,
         "judge_verdict": None,
         "judge_margin": None,

@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny config-built models (a causal LM, a reward model) saved with the SmolLM2 tokenizer, and
-the CLI runner."""
+"""Shared fixtures: tiny config-built models (a causal LM, a reward model, a pairwise ranker) saved with the SmolLM2
+tokenizer, and the CLI runner."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import POPALIGN, run_offline, save_tiny_model, serve_scripted
+from helpers import POPALIGN, run_offline, save_tiny_model, save_tiny_pair_ranker, serve_scripted
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +22,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same Llama as a one-label sequence classifier: a reward model with random weights."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny-reward"), reward=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_ranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PairRM-architecture pairwise ranker built from a config (random weights)."""
+    return save_tiny_pair_ranker(tmp_path_factory.mktemp("tiny-pairrm"))
 
 
 @pytest.fixture

@@ -122,6 +122,34 @@ def save_tiny_model(folder: Path, *, reward: bool = False) -> Path:
     return folder
 
 
+def save_tiny_pair_ranker(folder: Path) -> Path:
+    """Save a 2-layer, 32-wide PairRM-architecture model (DeBERTa-v2, relative positions as DeBERTa-v3 has them)
+    into `folder`, seeded, with SmolLM2's tokenizer and PairRM's three prefix tokens added; its config names
+    PairRM's architecture, as `llm-blender/PairRM-hf`'s does."""
+    import torch
+    from transformers import AutoTokenizer, DebertaV2Config
+
+    from popalign.backends.local import embedded_model_path
+    from popalign.backends.pair_ranker import ARCHITECTURE, PREFIXES, PairRankerModel
+
+    gguf = embedded_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(PREFIXES.values())})
+    torch.manual_seed(0)
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in PREFIXES.items()}
+    config = DebertaV2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=512, relative_attention=True, position_buckets=256, position_biased_input=False,
+        pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm", pad_token_id=tokenizer.pad_token_id,
+        n_tasks=1, drop_out=0.05, initializer_range=1.0, **ids,  # wide weights: content outweighs position
+    )  # fmt: skip
+    PairRankerModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    written = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(written | {"architectures": [ARCHITECTURE]}, indent=2))
+    return folder
+
+
 def write_folder(folder: Path, sizes: dict[str, int], *, scored: bool = True) -> Path:
     """A Hub-layout folder with `sizes[name]` rows per config. Row i has score (and margin) i - 2 and per-token
     score -i (so the two rank rows in opposite orders) unless not `scored`, reasoning on even rows of elicitive,

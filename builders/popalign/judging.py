@@ -4,8 +4,10 @@ judge agrees that the chosen answer is the better one.
 An LLM judge sees the instruction and the two answers twice, once in each order (`judge_pairwise.jinja`); a
 verdict counts only when both orders agree, otherwise it is a `tie`; an answer with no final `A` or `B` is
 `unparsed`. A reward-model judge (`popalign.backends.reward_model`) scores each side; its verdict is the sign of
-the margin.
-Accuracy = chosen wins / judged, with a Wilson 95% interval.
+the margin. A pairwise ranker (PairRM, `popalign.backends.pair_ranker`) reads the instruction with both answers,
+in each order, and like the LLM judge its verdict counts only when both orders agree.
+Accuracy = chosen wins / judged, with a Wilson 95% interval, beside the paper's figure for the same kind of judge:
+GPT-4's for an LLM judge, PairRM's for a pairwise ranker or a reward model (`paper_judge`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from popalign.templates import TemplateSet
 if TYPE_CHECKING:
     from popalign.backends.base import Backend
     from popalign.backends.local import LocalBackend
+    from popalign.backends.pair_ranker import PairRanker
     from popalign.backends.reward_model import RewardModel
 
 VERDICTS = ("chosen", "rejected", "tie", "unparsed")
@@ -202,9 +205,18 @@ def summarize(rows: Iterable[dict[str, Any]]) -> JudgeSummary:
     )
 
 
-def write_accuracy_chart(summaries: dict[str, JudgeSummary], judge: str, out: Path) -> str:
-    """Save a bar chart of accuracy per strategy with its 95% interval, beside the paper's GPT-4 figure, as
-    `quality/judge_accuracy.png` under `out`; return its relative path."""
+def paper_judge(kind: str) -> str:
+    """The paper's judge to compare a judge of this kind with: GPT-4 for an LLM, PairRM for a model judge.
+
+    >>> paper_judge("llm"), paper_judge("pairwise"), paper_judge("reward-model")
+    ('GPT-4', 'PairRM', 'PairRM')
+    """
+    return "GPT-4" if kind == "llm" else "PairRM"
+
+
+def write_accuracy_chart(summaries: dict[str, JudgeSummary], judge: str, kind: str, out: Path) -> str:
+    """Save a bar chart of accuracy per strategy with its 95% interval, beside the paper's figure for the same kind
+    of judge (`paper_judge`), as `quality/judge_accuracy.png` under `out`; return its relative path."""
     pyplot = load_pyplot()
     names = [name for name, summary in summaries.items() if summary.accuracy is not None]
     accuracy = [summaries[name].accuracy or 0.0 for name in names]
@@ -217,8 +229,8 @@ def write_accuracy_chart(summaries: dict[str, JudgeSummary], judge: str, out: Pa
     figure, axes = pyplot.subplots(figsize=(6, 3.2), dpi=100)
     positions = range(len(names))
     axes.bar([x - 0.2 for x in positions], accuracy, width=0.4, yerr=errors, capsize=3, color="#4a7ebb", label=judge)
-    paper = [PAPER_ACCURACY["GPT-4"].get(name, 0.0) for name in names]
-    axes.bar([x + 0.2 for x in positions], paper, width=0.4, color="#bbbbbb", label="paper (GPT-4)")
+    paper = [PAPER_ACCURACY[paper_judge(kind)].get(name, 0.0) for name in names]
+    axes.bar([x + 0.2 for x in positions], paper, width=0.4, color="#bbbbbb", label=f"paper ({paper_judge(kind)})")
     axes.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
     axes.set_xticks(list(positions), names)
     axes.set_ylim(0, 1)
@@ -233,11 +245,11 @@ def write_accuracy_chart(summaries: dict[str, JudgeSummary], judge: str, out: Pa
 
 @dataclass(frozen=True)
 class JudgeSettings:
-    """Who judges the pairs: an LLM (an engine with a `judge` role, prompted by `templates`) or a reward model;
-    `min_judge="agree"` keeps only the pairs the judge agrees with."""
+    """Who judges the pairs: an LLM (an engine with a `judge` role, prompted by `templates`) or a model judge (a
+    reward model or a pairwise ranker); `min_judge="agree"` keeps only the pairs the judge agrees with."""
 
     engine: Engine | None = None
-    reward_model: RewardModel | None = None
+    reward_model: RewardModel | PairRanker | None = None
     templates: TemplateSet = field(default_factory=TemplateSet)
     min_judge: str | None = None
 
@@ -269,18 +281,20 @@ def judge_outcomes(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings,
     """Judge all rows in one pass, summarize each strategy (before `--min-judge` curation), curate, and draw the
     accuracy chart into `out`; return the manifest's `judge` record."""
     rows = [row for outcome in outcomes.values() for row in outcome.rows]
-    if judging.reward_model:
+    if judging.reward_model and judging.reward_model.kind == "pairwise":
+        judge: dict[str, Any] = _ranked_verdicts(rows, judging.reward_model)
+    elif judging.reward_model:
         scores = judging.reward_model.scores([chat for row in rows for chat in pair_chats(row)])
         for index, row in enumerate(rows):
             margin = scores[2 * index] - scores[2 * index + 1]
             row["judge_verdict"], row["judge_margin"] = margin_verdict(margin), margin
-        judge: dict[str, Any] = {"model": judging.reward_model.name, "kind": "reward-model"}
+        judge = {"model": judging.reward_model.name, "kind": "reward-model"}
     else:
         assert judging.engine is not None
         judge = _llm_verdicts(rows, judging.engine, judging.templates)
     summaries = {name: summarize(outcome.rows) for name, outcome in outcomes.items() if outcome.rows}
     judge |= {"min_judge": judging.min_judge, "configs": {name: s.describe() for name, s in summaries.items()}}
-    judge["chart"] = write_accuracy_chart(summaries, judge["model"], out)
+    judge["chart"] = write_accuracy_chart(summaries, judge["model"], judge["kind"], out)
     if judging.min_judge == "agree":
         for outcome in outcomes.values():
             for row in outcome.rows:
@@ -288,6 +302,29 @@ def judge_outcomes(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings,
                     outcome.dropped["judge-failed" if row["judge_verdict"] is None else "judge-disagrees"] += 1
             outcome.rows = [row for row in outcome.rows if row["judge_verdict"] == "chosen"]
     return judge
+
+
+def _ranked_verdicts(rows: list[dict[str, Any]], ranker: PairRanker) -> dict[str, Any]:
+    """Set each row's verdict from a pairwise ranker's logits in both orders (chosen as A, then as B): each order's
+    choice is the sign of its logit, and the verdict counts only when both agree; `judge_margin` is the logit with
+    the chosen answer first minus the logit with it second."""
+    triples = [
+        (row["prompt"][0]["content"], *order)
+        for row in rows
+        for order in ((row["chosen"][0]["content"], row["rejected"][0]["content"]),
+                      (row["rejected"][0]["content"], row["chosen"][0]["content"]))
+    ]  # fmt: skip
+    logits = ranker.logits(triples)
+    for index, row in enumerate(rows):
+        first, second = logits[2 * index], logits[2 * index + 1]
+        row["judge_verdict"] = verdict(_letter(first), _letter(second))
+        row["judge_margin"] = first - second
+    return {"model": ranker.name, "kind": "pairwise", "judgements": len(triples)}
+
+
+def _letter(logit: float) -> str | None:
+    """The answer a ranker's logit picks: `A` when positive, `B` when negative, none when zero."""
+    return "A" if logit > 0 else "B" if logit < 0 else None
 
 
 def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: TemplateSet) -> dict[str, Any]:

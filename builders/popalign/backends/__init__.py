@@ -17,6 +17,7 @@ from popalign.roles import EMBEDDED, ModelSpec, Spec
 
 if TYPE_CHECKING:
     from popalign.backends.local import LocalBackend
+    from popalign.backends.pair_ranker import PairRanker
     from popalign.backends.reward_model import RewardModel
 
 
@@ -42,11 +43,15 @@ def local_backend(batch_size: int) -> LocalBackend:
     return LocalBackend(batch_size=batch_size)
 
 
-def reward_model(spec: ModelSpec, batch_size: int) -> RewardModel:
-    """A sequence-classification reward model (loads torch and transformers)."""
+def reward_model(spec: ModelSpec, batch_size: int) -> RewardModel | PairRanker:
+    """A model judge (loads torch and transformers): a pairwise ranker where the model's config names PairRM's
+    architecture, else a sequence-classification reward model."""
     require("local", "a reward-model judge")
+    from popalign.backends.pair_ranker import PairRanker, is_pair_ranker
     from popalign.backends.reward_model import RewardModel
 
+    if is_pair_ranker(spec):
+        return PairRanker(spec, batch_size=batch_size)
     return RewardModel(spec, batch_size=batch_size)
 
 

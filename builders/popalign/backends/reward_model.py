@@ -1,4 +1,4 @@
-"""A reward-model judge: a `transformers` sequence-classification model (the PairRM, Skywork-Reward, ArmoRM kind)
+"""A reward-model judge: a `transformers` sequence-classification model (the Skywork-Reward, ArmoRM kind)
 scores each side of a pair as TRL's reward modelling does, by the first logit over the chat template of the
 prompt followed by the answer."""
 
@@ -23,6 +23,8 @@ class RewardModel:
     >>> RewardModel(ModelSpec("Skywork/Skywork-Reward-V2-Qwen3-0.6B")).scores([chat])  # doctest: +SKIP
     [3.25]
     """
+
+    kind = "reward-model"
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 16, device: str | None = None) -> None:
         if spec.layers is not None:

@@ -14,7 +14,7 @@ from popalign.config import DEFAULT_LICENSE, LICENSE_FILE, Card
 from popalign.dataset.folder import CARD, Manifest, split_pattern, write_manifest
 from popalign.dataset.quality import OVERVIEW
 from popalign.errors import ConfigError
-from popalign.judging import PAPER_ACCURACY
+from popalign.judging import PAPER_ACCURACY, paper_judge
 from popalign.prompts import BUNDLED_LABEL
 from popalign.resources import shipped_dir
 from popalign.roles import EMBEDDED, ModelSpec
@@ -137,6 +137,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         license=manifest.license,
         test_size=manifest.test_size,
         paper=PAPER_ACCURACY,
+        paper_judge=paper_judge(manifest.judge["kind"]) if manifest.judge else None,
         popalign_version=__version__,
         datasets_version=version("datasets"),
         transformers_version=installed_version("transformers"),

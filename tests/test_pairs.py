@@ -93,8 +93,8 @@ def test_shipped_paper_templates_ask_for_thought_then_response() -> None:
 
     for side in ("good", "bad"):
         text = TemplateSet().render(f"elicitive_paper_{side}.jinja", instruction="{{ 7*7 }}")
-        assert f"principles of crafting a {side} response" in text
-        assert "Thought:" in text and "Response:" in text and "{{ 7*7 }}" in text
+        assert f"the principles a {side} response to it follows, then write that response" in text  # one turn
+        assert text.index("Thought:") < text.index("Response:") and "{{ 7*7 }}" in text
 
 
 @pytest.mark.slow

@@ -40,6 +40,9 @@ DEFAULT_LICENSE_NAME = "generating-models-terms"
 LICENSE_FILE = "LICENSE.md"
 
 ELICITIVE_STYLES = ("guided", "paper")
+#: How `prefix` contrasts its sides: a principle sentence in the user turn, or a label of the response (RLCD's
+#: and PopAlign's mechanism) from the helpfulness or the harmlessness set.
+PREFIX_STYLES = ("sentences", "helpful", "harmless")
 SCORE_CONTRASTS = ("prefix", "demon")
 #: How a served scoring model is asked for prompt log-probs (see `popalign.backends.endpoint_scorer`).
 SCORE_PROTOCOLS = ("auto", "tgi", "vllm", "sglang")
@@ -526,6 +529,13 @@ class BuildConfig:
         check=one_of(ELICITIVE_STYLES),
         help="guided: plan, then an answer guided by the plan in a fresh context (works on small models); "
         "paper: the paper's single-turn Thought:/Response: template, for capable models",
+    )
+    prefix_style: str = setting(
+        "sentences",
+        check=one_of(PREFIX_STYLES),
+        help="sentences: a positive or negative principle sentence before the instruction; helpful, harmless: "
+        "RLCD's and the paper's mechanism, a short label of the response on the assistant's side (a prefill on a "
+        "local model, a system message on an endpoint) from the helpfulness or the harmlessness set",
     )
     batch_size: int = setting(16, check=POSITIVE, help="local generation batch size")
     cache_dir: Path | None = setting(

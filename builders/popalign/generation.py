@@ -86,3 +86,12 @@ def request_key(backend: str, model: str, request: Request, params: GenerationPa
 def _params_payload(params: GenerationParams) -> dict[str, Any]:
     """The parameters as a request key holds them, worked out once per parameter set (not once per request)."""
     return asdict(params)
+
+
+def chat_prompt(tokenizer: Any, chat: list[dict[str, str]]) -> str:
+    """A chat as a local model reads it (its chat template): the generation prompt after the last turn, or, when
+    the chat ends in an assistant turn (a prefill), that turn left open for the model to continue."""
+    prefilled = bool(chat) and chat[-1]["role"] == "assistant"
+    return tokenizer.apply_chat_template(
+        chat, add_generation_prompt=not prefilled, continue_final_message=prefilled, tokenize=False
+    )

@@ -92,6 +92,7 @@ def run_plan(plan: BuildPlan, out: Path | None = None, *, progress: bool | None 
         judging=judging,
         keep_truncated=config.keep_truncated,
         elicitive_style=config.elicitive_style,
+        prefix_style=config.prefix_style,
         shard_size=config.max_shard_size,
         card=config.card,
         test_size=config.test_size,
@@ -109,6 +110,7 @@ def build_dataset(
     judging: JudgeSettings | None = None,
     keep_truncated: bool = False,
     elicitive_style: str = "guided",
+    prefix_style: str = "sentences",
     shard_size: int = MAX_SHARD_SIZE,
     card: Card = Card(),  # noqa: B008 (frozen)
     test_size: float = 0.0,
@@ -122,7 +124,12 @@ def build_dataset(
     started = time.monotonic()
     check_out(out)
     context = StrategyContext(
-        templates, seed=engine.default_params.seed, keep_truncated=keep_truncated, elicitive_style=elicitive_style
+        templates,
+        seed=engine.default_params.seed,
+        keep_truncated=keep_truncated,
+        elicitive_style=elicitive_style,
+        prefix_style=prefix_style,
+        prefill="default" in engine.roles and engine.backend("default").prefills,
     )
     instructions = prompts.instructions
     expected = len(instructions) * sum(STRATEGIES[name].requests for name in strategies)
@@ -179,6 +186,8 @@ def build_dataset(
             prompts=prompts.describe(),
             template_hashes=templates.hashes(),
             elicitive_style=elicitive_style,
+            prefix_style=prefix_style,
+            prefix_placement=context.prefix_placement,
             keep_truncated=keep_truncated,
             max_shard_size=shard_size,
             license=card.license,
@@ -234,7 +243,13 @@ def score_dataset(
             f"{out}: built with other templates ({changed[0]} differs); pass the --templates folder it was built with"
         )
     outcomes = read_outcomes(out, manifest)
-    context = StrategyContext(templates, seed=manifest.params["seed"], elicitive_style=manifest.elicitive_style)
+    context = StrategyContext(
+        templates,
+        seed=manifest.params["seed"],
+        elicitive_style=manifest.elicitive_style,
+        prefix_style=manifest.prefix_style,
+        prefill=manifest.prefix_placement == "prefill",
+    )
     require_rows(outcomes, out)
     with staged(out) as folder:
         copy_quality(out, folder)
@@ -315,6 +330,7 @@ def _write_recipe(
         **_recipe_prompts(prompts),
         "strategies": strategies,
         "elicitive_style": context.elicitive_style,
+        "prefix_style": context.prefix_style,
         "keep_truncated": context.keep_truncated,
         "license": card.license,
         **{key: value for key, value in card.recorded().items() if value != defaults[key]},

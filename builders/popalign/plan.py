@@ -80,7 +80,13 @@ class BuildPlan:
             "prompts": [prompts.source, prompts.sha256, prompts.revision, prompts.limit, prompts.total],
             "prompt_column": config.prompt_column,
             "templates": self.templates().hashes(),
-            "output": [config.elicitive_style, config.keep_truncated, config.test_size, config.max_shard_size],
+            "output": [
+                config.elicitive_style,
+                config.prefix_style,
+                config.keep_truncated,
+                config.test_size,
+                config.max_shard_size,
+            ],
             "card": asdict(config.card),
             "tasks": config.executor.tasks if config.executor else None,
         }

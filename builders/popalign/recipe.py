@@ -6,6 +6,7 @@ prompts: instructions.jsonl          # paths are relative to the recipe's folder
 strategies: [prefix, demon, elicitive, nparam, leaderboard, refine]
 out: popalign-data
 elicitive_style: guided              # or paper: the paper's single-turn Thought:/Response: template
+prefix_style: sentences              # or helpful / harmless: a label of the response on the assistant's side
 keep_truncated: false                # pairs with a side cut at max_new_tokens are dropped as `truncated`
 generation: {max_new_tokens: 1024, temperature: 0.7, top_p: 0.9, seed: 0}
 concurrency: 64

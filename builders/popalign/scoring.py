@@ -33,6 +33,7 @@ from popalign.dataset.quality import quality_report, write_histogram
 from popalign.dataset.rows import StrategyOutcome
 from popalign.errors import ConfigError
 from popalign.extras import require
+from popalign.generation import chat_prompt
 from popalign.prompts import Instruction
 from popalign.roles import ModelSpec, parse_spec
 from popalign.strategies import STRATEGIES, StrategyContext, guided_messages
@@ -228,7 +229,7 @@ def score_settings(
     tokenizer = backend.tokenizer(template_source)
 
     def render(chat: list[dict[str, str]]) -> str:
-        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        return chat_prompt(tokenizer, chat)
 
     def count_tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])

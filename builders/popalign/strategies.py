@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 
-from popalign.config import ELICITIVE_STYLES
+from popalign.config import ELICITIVE_STYLES, PREFIX_STYLES
 from popalign.errors import ConfigError
 from popalign.generation import Generation, Message, Request, assistant, system, user
 from popalign.prompts import Instruction
@@ -58,19 +58,41 @@ StrategyRun = Generator[list[Request], list[Generation], Pair | Dropped]
 
 class StrategyContext:
     """What strategies read besides the instruction: templates, their data files, the run's seed, whether pairs
-    with a cut side are kept, and the elicitive style (`guided`: plan, then an answer guided by it in a fresh
-    context; `paper`: the paper's single-turn `Thought:` / `Response:` template)."""
+    with a cut side are kept, the elicitive style (`guided`: plan, then an answer guided by it in a fresh
+    context; `paper`: the paper's single-turn `Thought:` / `Response:` template), and the prefix style
+    (`sentences`, or a set of response labels) with where a label goes (`prefill`: the assistant's own opening,
+    where the backend continues a turn; else a system message)."""
+
+    @property
+    def prefix_placement(self) -> str:
+        """Where `prefix` puts its contrast: `user` (a sentence), `prefill` or `system` (a response label)."""
+        return "user" if self.prefix_style == "sentences" else "prefill" if self.prefill else "system"
 
     def __init__(
-        self, templates: TemplateSet, seed: int = 0, *, keep_truncated: bool = False, elicitive_style: str = "guided"
+        self,
+        templates: TemplateSet,
+        seed: int = 0,
+        *,
+        keep_truncated: bool = False,
+        elicitive_style: str = "guided",
+        prefix_style: str = "sentences",
+        prefill: bool = False,
     ) -> None:
         if elicitive_style not in ELICITIVE_STYLES:
             raise ConfigError(f"unknown elicitive style {elicitive_style!r} (known: {', '.join(ELICITIVE_STYLES)})")
+        if prefix_style not in PREFIX_STYLES:
+            raise ConfigError(f"unknown prefix style {prefix_style!r} (known: {', '.join(PREFIX_STYLES)})")
         self.templates = templates
         self.seed = seed
         self.keep_truncated = keep_truncated
         self.elicitive_style = elicitive_style
+        self.prefix_style, self.prefill = prefix_style, prefill
         self.principles = templates.records("prefix_principles.yaml", ("positive", "negative"))
+        self.labels = (
+            templates.records(f"prefix_labels_{prefix_style}.yaml", ("positive", "negative"))
+            if prefix_style != "sentences"
+            else []
+        )
         self.good_demos = templates.records("demon_good.jsonl", ("instruction", "response"))
         self.bad_demos = templates.records("demon_bad.jsonl", ("instruction", "response"))
 
@@ -174,13 +196,30 @@ def demonstration_turns(demos: list[dict[str, str]], instruction: str) -> tuple[
     return (*turns, user(instruction))
 
 
-def _prefix(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
-    principle = ctx.principles[ctx.pick(instruction, len(ctx.principles))]
-    good, bad = (
-        ctx.templates.render("prefix.jinja", principle=principle[side], instruction=instruction.text)
+def prefix_messages(ctx: StrategyContext, instruction: Instruction) -> tuple[tuple[Message, ...], ...]:
+    """The chats of `prefix`'s two sides: a principle sentence before the instruction (`sentences`), or a label of
+    the response on the assistant's side, as its prefilled opening or as a system message."""
+    if ctx.prefix_style == "sentences":
+        principle = ctx.principles[ctx.pick(instruction, len(ctx.principles))]
+        return tuple(
+            (user(ctx.templates.render("prefix.jinja", principle=principle[side], instruction=instruction.text)),)
+            for side in ("positive", "negative")
+        )
+    labels = ctx.labels[ctx.pick(instruction, len(ctx.labels))]
+    if ctx.prefill:
+        return tuple(
+            (user(instruction.text), assistant(ctx.templates.render("prefix_label_prefill.jinja", label=labels[side])))
+            for side in ("positive", "negative")
+        )
+    return tuple(
+        (system(ctx.templates.render("prefix_label_system.jinja", label=labels[side])), user(instruction.text))
         for side in ("positive", "negative")
     )
-    chosen, rejected = yield [Request("default", (user(good),)), Request("default", (user(bad),))]
+
+
+def _prefix(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
+    good, bad = prefix_messages(ctx, instruction)
+    chosen, rejected = yield [Request("default", good), Request("default", bad)]
     return check_pair(chosen, rejected, ("default", "default"), ctx)
 
 

@@ -22,8 +22,13 @@ from popalign.template_bounds import BoundedEnvironment, TemplateBoundError, ren
 
 #: Every file a strategy reads, with what it holds. A user folder overrides any of them by file name.
 TEMPLATE_FILES: dict[str, str] = {
-    "prefix.jinja": "prefix: principle prefix + instruction (vars: principle, instruction)",
-    "prefix_principles.yaml": "prefix: list of {positive, negative} principle pairs",
+    "prefix.jinja": "prefix (sentences): principle prefix + instruction (vars: principle, instruction)",
+    "prefix_principles.yaml": "prefix (sentences): list of {positive, negative} principle pairs",
+    "prefix_labels_helpful.yaml": "prefix (helpful): list of {positive, negative} labels of a response's helpfulness",
+    "prefix_labels_harmless.yaml": "prefix (harmless): list of {positive, negative} labels of a response's "
+    "harmlessness",
+    "prefix_label_prefill.jinja": "prefix (labels) on a local model: the assistant's prefilled opening (vars: label)",
+    "prefix_label_system.jinja": "prefix (labels) on an endpoint: system message naming the response (vars: label)",
     "demon_good.jsonl": "demon: good demonstrations, given as earlier chat turns, {instruction, response} per line",
     "demon_bad.jsonl": "demon: bad demonstrations, given as earlier chat turns, {instruction, response} per line",
     "elicitive_good.jinja": "elicitive (guided) step 1: the planner plans a good answer (vars: instruction)",

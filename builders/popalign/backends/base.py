@@ -14,6 +14,8 @@ class Backend(Protocol):
     """What the engine needs of a backend: a name for cache keys, model identities, and asynchronous answers."""
 
     name: str
+    #: Whether a request's chat may end in an assistant turn for the model to continue (a prefill).
+    prefills: bool
 
     async def identity(self, spec: Any) -> str: ...
 

@@ -141,6 +141,8 @@ class EndpointBackend:
     """
 
     name = "endpoint"
+    #: Servers differ on continuing an assistant turn (OpenAI's API never does): chats end in a user turn.
+    prefills = False
 
     def __init__(
         self,

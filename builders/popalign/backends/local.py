@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from popalign.errors import BackendError, first_line
 from popalign.extras import require
-from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request
+from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request, chat_prompt
 from popalign.roles import EMBEDDED, ModelSpec
 
 #: The local backend batches from the requests of this many batches' worth of runs (sorted by prompt length).
@@ -49,6 +49,8 @@ class LocalBackend:
     """
 
     name = "local"
+    #: A chat may end in an assistant turn the model continues (`generation.chat_prompt`).
+    prefills = True
 
     def __init__(self, *, batch_size: int = 8, device: str | None = None) -> None:
         if batch_size < 1:
@@ -98,9 +100,7 @@ class LocalBackend:
         """Answer `(tag, request)` pairs in batches formed by prompt length; yield `(tags, generations)`
         as each batch finishes, so a caller can store it before the next one starts."""
         model, tokenizer = self.load(spec)
-        chats = [
-            tokenizer.apply_chat_template(r.chat(), add_generation_prompt=True, tokenize=False) for _, r in requests
-        ]
+        chats = [chat_prompt(tokenizer, r.chat()) for _, r in requests]
         order = sorted(range(len(requests)), key=lambda i: len(chats[i]))
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
@@ -123,7 +123,7 @@ class LocalBackend:
         """For each chat, log p(choice | chat) of each choice as the whole answer, teacher-forced in one pass (as
         LP(prompt + choice): the prompt's own log-prob is the same for every choice)."""
         tokenizer = self.tokenizer(spec.source)
-        prompts = [tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) for chat in chats]
+        prompts = [chat_prompt(tokenizer, list(chat)) for chat in chats]
         texts = [prompt + choice for prompt in prompts for choice in choices]
         found: dict[int, float] = {}
         for indices, values in self.sequence_logprobs(spec, texts):

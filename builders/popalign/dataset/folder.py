@@ -60,6 +60,8 @@ class Manifest:
     model_notes: dict[str, str] = field(default_factory=dict)
     role_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     elicitive_style: str = "guided"
+    prefix_style: str = "sentences"
+    prefix_placement: str = "user"  # `StrategyContext.prefix_placement`: user, prefill or system
     keep_truncated: bool = False
     max_shard_size: int = MAX_SHARD_SIZE
     license: str = DEFAULT_LICENSE

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import POPALIGN, build, card_metadata, manifest, requests, run_offline
+from popalign.config import Styles
 from popalign.errors import ConfigError
 from popalign.generation import chat_prompt
 from popalign.prompts import Instruction
@@ -26,8 +27,8 @@ def labels(style: str) -> list[dict[str, str]]:
 @pytest.mark.parametrize("style", ["helpful", "harmless"])
 def test_a_label_goes_to_the_assistants_side_and_the_instruction_stays_plain(style: str) -> None:
     instruction = Instruction.from_text(HOSTILE)
-    prefilled = prefix_messages(StrategyContext(TemplateSet(), prefix_style=style, prefill=True), instruction)
-    system = prefix_messages(StrategyContext(TemplateSet(), prefix_style=style), instruction)
+    prefilled = prefix_messages(StrategyContext(TemplateSet(), styles=Styles(prefix=style), prefill=True), instruction)
+    system = prefix_messages(StrategyContext(TemplateSet(), styles=Styles(prefix=style)), instruction)
     pair = next(p for p in labels(style) if f"(response: {p['positive']})" == prefilled[0][1][1])
     assert prefilled == (
         (("user", HOSTILE), ("assistant", f"(response: {pair['positive']})")),
@@ -44,11 +45,11 @@ def test_a_label_goes_to_the_assistants_side_and_the_instruction_stays_plain(sty
 
 
 def test_the_labels_of_each_set_are_picked_by_seed_over_instructions() -> None:
-    context = StrategyContext(TemplateSet(), prefix_style="harmless")
+    context = StrategyContext(TemplateSet(), styles=Styles(prefix="harmless"))
     seen = {prefix_messages(context, Instruction.from_text(f"Task {i}."))[0][0][1] for i in range(40)}
     assert len(seen) == len(labels("harmless"))
-    with pytest.raises(ConfigError, match=r"^unknown prefix style 'rude' \(known: sentences, helpful, harmless\)$"):
-        StrategyContext(TemplateSet(), prefix_style="rude")
+    with pytest.raises(ConfigError, match=r"^prefix_style: expected one of sentences, helpful, harmless, got 'rude'$"):
+        Styles(prefix="rude")
 
 
 def test_a_prefilled_chat_leaves_the_assistant_turn_open(tiny_model_dir: Path) -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 from helpers import POPALIGN, load, run_offline
 from logprob_server import received, serve_logprobs
 from popalign.backends.local import LocalBackend
+from popalign.config import Styles
 from popalign.dataset.quality import quality_report
 from popalign.dataset.schema import make_row
 from popalign.roles import ModelSpec
@@ -108,9 +109,9 @@ def test_elicitive_is_scored_in_the_contexts_its_answers_were_written_in() -> No
             {"role": "system", "content": f"Guidelines for your answer:\n{plan}"},
             {"role": "user", "content": INSTRUCTION},
         ]
-    paper = StrategyContext(TemplateSet(), seed=0, elicitive_style="paper")
+    paper = StrategyContext(TemplateSet(), seed=0, styles=Styles(elicitive="paper"))
     positive, negative = contrast_chats(rows_for("elicitive")[0], paper, "prefix")
-    assert "crafting a good response" in positive[0]["content"] and "crafting a bad" in negative[0]["content"]
+    assert "principles a good response" in positive[0]["content"] and "a bad response" in negative[0]["content"]
 
 
 def test_curriculum_order_ranks_by_per_token_score() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from popalign.config import Styles
 from popalign.generation import Generation
 from popalign.prompts import Instruction
 from popalign.strategies import (
@@ -106,11 +107,11 @@ def test_elicitive_drop_reasons(plans, answers, reason: str) -> None:
 
 def test_paper_elicitive_is_one_turn_per_side() -> None:
     good, bad = "Thought: name it and say why.\nResponse: Blue.", "Thought: be vague.\nResponse: A colour."
-    asked, result = drive("elicitive", said(good, bad), elicitive_style="paper")
+    asked, result = drive("elicitive", said(good, bad), styles=Styles(elicitive="paper"))
     assert [r.role for r in asked[0]] == ["default", "default"] and len(asked) == 1
-    assert "crafting a good response" in asked[0][0].messages[0][1]
+    assert "the principles a good response to it follows" in asked[0][0].messages[0][1]
     assert result == Pair("Blue.", "A colour.", "default", "default", "name it and say why.", "be vague.")
-    assert drive("elicitive", said(good, "A colour."), elicitive_style="paper")[1] == Dropped("unparsed")
+    assert drive("elicitive", said(good, "A colour."), styles=Styles(elicitive="paper"))[1] == Dropped("unparsed")
 
 
 def test_demon_gives_demonstrations_as_earlier_chat_turns() -> None:

@@ -27,6 +27,7 @@ from popalign.config import (
     JudgeOptions,
     Push,
     ScoreOptions,
+    Styles,
     check_setting,
     declared,
     group_of,
@@ -123,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     add_settings(
         build.add_argument_group("endpoints (a role given as http(s) URLs, comma-separated replicas)"), Endpoints
     )
+    add_settings(build.add_argument_group("how the prompt and pipeline contrasts ask for their sides"), Styles)
     add_settings(build.add_argument_group("the dataset card"), Card)
     add_settings(build.add_argument_group("scale-out (datatrove: one --shard per task, then one merge)"), Executor)
     publish = build.add_argument_group("publishing")

@@ -43,6 +43,8 @@ ELICITIVE_STYLES = ("guided", "paper")
 #: How `prefix` contrasts its sides: a principle sentence in the user turn, or a label of the response (RLCD's
 #: and PopAlign's mechanism) from the helpfulness or the harmlessness set.
 PREFIX_STYLES = ("sentences", "helpful", "harmless")
+#: How `refine` gets its chosen side: the model refines its own answer, or a reviser revises it minimally (CLAIR).
+REFINE_STYLES = ("self", "clair")
 SCORE_CONTRASTS = ("prefix", "demon")
 #: How a served scoring model is asked for prompt log-probs (see `popalign.backends.endpoint_scorer`).
 SCORE_PROTOCOLS = ("auto", "tgi", "vllm", "sglang")
@@ -452,10 +454,57 @@ class Executor:
 
 
 #: The settings groups a build holds, by the `BuildConfig` field that holds each.
+@dataclass(frozen=True)
+class Styles:
+    """How the prompt and pipeline contrasts ask for their sides (`popalign.strategies`): the elicitive style, the
+    prefix style and the refine style. Recorded in the manifest and the recipe by their flat keys."""
+
+    elicitive: str = setting(
+        "guided",
+        key="elicitive_style",
+        check=one_of(ELICITIVE_STYLES),
+        help="guided: plan, then an answer guided by the plan in a fresh context (works on small models); "
+        "paper: the paper's single-turn Thought:/Response: template, for capable models",
+    )
+    prefix: str = setting(
+        "sentences",
+        key="prefix_style",
+        check=one_of(PREFIX_STYLES),
+        help="sentences: a positive or negative principle sentence before the instruction; helpful, harmless: "
+        "RLCD's and the paper's mechanism, a short label of the response on the assistant's side (a prefill on a "
+        "local model, a system message on an endpoint) from the helpfulness or the harmlessness set",
+    )
+    refine: str = setting(
+        "self",
+        key="refine_style",
+        check=one_of(REFINE_STYLES),
+        help="self: the model refines its own first answer (the paper); clair: the reviser role revises it "
+        "minimally, keeping all it does not correct (CLAIR), so the pair stays contrastive and short",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def recorded(self) -> dict[str, str]:
+        """The styles by their flat keys, as the manifest and the recipe hold them.
+
+        >>> Styles(prefix="harmless").recorded()
+        {'elicitive_style': 'guided', 'prefix_style': 'harmless', 'refine_style': 'self'}
+        """
+        return {key_of(item): getattr(self, item.name) for item in fields(self)}
+
+    @classmethod
+    def from_recorded(cls, values: Mapping[str, Any]) -> Styles:
+        """The styles a manifest (or a recipe) records; one it does not record takes its default."""
+        known = {key_of(item): item.name for item in fields(cls)}
+        return cls(**{known[key]: value for key, value in values.items() if key in known})
+
+
 GROUPS: dict[str, type] = {
     "params": GenerationParams,
     "endpoints": Endpoints,
     "card": Card,
+    "styles": Styles,
     "score": ScoreOptions,
     "judge": JudgeOptions,
     "push": Push,
@@ -524,19 +573,6 @@ class BuildConfig:
         None, check=PATH, metavar="DIR", help="folder of templates overriding the shipped ones by name"
     )
     keep_truncated: bool = setting(False, check=FLAG, help="keep pairs with a side cut at the token limit (counted)")
-    elicitive_style: str = setting(
-        "guided",
-        check=one_of(ELICITIVE_STYLES),
-        help="guided: plan, then an answer guided by the plan in a fresh context (works on small models); "
-        "paper: the paper's single-turn Thought:/Response: template, for capable models",
-    )
-    prefix_style: str = setting(
-        "sentences",
-        check=one_of(PREFIX_STYLES),
-        help="sentences: a positive or negative principle sentence before the instruction; helpful, harmless: "
-        "RLCD's and the paper's mechanism, a short label of the response on the assistant's side (a prefill on a "
-        "local model, a system message on an endpoint) from the helpfulness or the harmlessness set",
-    )
     batch_size: int = setting(16, check=POSITIVE, help="local generation batch size")
     cache_dir: Path | None = setting(
         None, check=PATH, metavar="DIR", help="generation cache folder (default: ~/.cache/popalign)"
@@ -564,6 +600,7 @@ class BuildConfig:
     params: Mapping[str, Any] = field(default_factory=dict)
     endpoints: Endpoints = field(default_factory=Endpoints)
     card: Card = field(default_factory=Card)
+    styles: Styles = field(default_factory=Styles)
     score: ScoreOptions | None = setting(
         None, switch=True, help="score every pair (DLMA self-reward) before writing (see the scoring settings)"
     )
@@ -631,9 +668,9 @@ def _generation(values: Mapping[str, Any] | GenerationParams, where: str) -> dic
 
 
 #: Of a group given by flat keys alone, the setting that must be among them (the others only refine it).
-_NAMED_BY = {"executor": "kind", "push": "repo_id", "judge": None, "endpoints": None, "card": None}
+_NAMED_BY = {"executor": "kind", "push": "repo_id", "judge": None, "endpoints": None, "card": None, "styles": None}
 #: The groups that are always there, with their defaults where none of their settings is given.
-_ALWAYS = ("endpoints", "card")
+_ALWAYS = ("endpoints", "card", "styles")
 
 
 def _group(group: str, whole: Any, values: dict[str, Any]) -> Any:

@@ -12,7 +12,7 @@ import yaml
 
 from popalign.backends import open_backends
 from popalign.cache import GenerationCache, open_cache
-from popalign.config import MAX_SHARD_SIZE, Card
+from popalign.config import MAX_SHARD_SIZE, Card, Styles
 from popalign.dataset.card import write_card_and_manifest
 from popalign.dataset.folder import (
     RECIPE,
@@ -91,8 +91,7 @@ def run_plan(plan: BuildPlan, out: Path | None = None, *, progress: bool | None 
         scoring=scoring,
         judging=judging,
         keep_truncated=config.keep_truncated,
-        elicitive_style=config.elicitive_style,
-        prefix_style=config.prefix_style,
+        styles=config.styles,
         shard_size=config.max_shard_size,
         card=config.card,
         test_size=config.test_size,
@@ -109,8 +108,7 @@ def build_dataset(
     scoring: ScoreSettings | None = None,
     judging: JudgeSettings | None = None,
     keep_truncated: bool = False,
-    elicitive_style: str = "guided",
-    prefix_style: str = "sentences",
+    styles: Styles = Styles(),  # noqa: B008 (frozen)
     shard_size: int = MAX_SHARD_SIZE,
     card: Card = Card(),  # noqa: B008 (frozen)
     test_size: float = 0.0,
@@ -127,8 +125,7 @@ def build_dataset(
         templates,
         seed=engine.default_params.seed,
         keep_truncated=keep_truncated,
-        elicitive_style=elicitive_style,
-        prefix_style=prefix_style,
+        styles=styles,
         prefill="default" in engine.roles and engine.backend("default").prefills,
     )
     instructions = prompts.instructions
@@ -185,9 +182,7 @@ def build_dataset(
             },
             prompts=prompts.describe(),
             template_hashes=templates.hashes(),
-            elicitive_style=elicitive_style,
-            prefix_style=prefix_style,
-            prefix_placement=context.prefix_placement,
+            styles=styles.recorded() | {"prefix_placement": context.prefix_placement},
             keep_truncated=keep_truncated,
             max_shard_size=shard_size,
             license=card.license,
@@ -246,9 +241,8 @@ def score_dataset(
     context = StrategyContext(
         templates,
         seed=manifest.params["seed"],
-        elicitive_style=manifest.elicitive_style,
-        prefix_style=manifest.prefix_style,
-        prefill=manifest.prefix_placement == "prefill",
+        styles=Styles.from_recorded(manifest.styles),
+        prefill=manifest.styles.get("prefix_placement") == "prefill",
     )
     require_rows(outcomes, out)
     with staged(out) as folder:
@@ -329,8 +323,7 @@ def _write_recipe(
     recipe = {
         **_recipe_prompts(prompts),
         "strategies": strategies,
-        "elicitive_style": context.elicitive_style,
-        "prefix_style": context.prefix_style,
+        **context.styles.recorded(),
         "keep_truncated": context.keep_truncated,
         "license": card.license,
         **{key: value for key, value in card.recorded().items() if value != defaults[key]},

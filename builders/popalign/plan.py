@@ -80,13 +80,8 @@ class BuildPlan:
             "prompts": [prompts.source, prompts.sha256, prompts.revision, prompts.limit, prompts.total],
             "prompt_column": config.prompt_column,
             "templates": self.templates().hashes(),
-            "output": [
-                config.elicitive_style,
-                config.prefix_style,
-                config.keep_truncated,
-                config.test_size,
-                config.max_shard_size,
-            ],
+            "output": [config.keep_truncated, config.test_size, config.max_shard_size],
+            "styles": asdict(config.styles),
             "card": asdict(config.card),
             "tasks": config.executor.tasks if config.executor else None,
         }

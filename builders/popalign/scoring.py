@@ -81,7 +81,7 @@ def contrast_chats(row: dict[str, Any], context: StrategyContext, fallback: str)
     """The (x+, x−) chats of a row: the contexts its answers were generated in for a prompt-contrast strategy
     (guided elicitive: each side's plan as guidance, then the instruction), else `fallback`'s prompt pair."""
     strategy, instruction = row["strategy"], row["prompt"][0]["content"]
-    if strategy == "elicitive" and context.elicitive_style == "guided":
+    if strategy == "elicitive" and context.styles.elicitive == "guided":
         positive, negative = (
             [{"role": role, "content": content} for role, content in guided_messages(context, instruction, plan)]
             for plan in (row["chosen_reasoning"], row["rejected_reasoning"])

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 
-from popalign.config import ELICITIVE_STYLES, PREFIX_STYLES
+from popalign.config import Styles
 from popalign.errors import ConfigError
 from popalign.generation import Generation, Message, Request, assistant, system, user
 from popalign.prompts import Instruction
@@ -66,7 +66,7 @@ class StrategyContext:
     @property
     def prefix_placement(self) -> str:
         """Where `prefix` puts its contrast: `user` (a sentence), `prefill` or `system` (a response label)."""
-        return "user" if self.prefix_style == "sentences" else "prefill" if self.prefill else "system"
+        return "user" if self.styles.prefix == "sentences" else "prefill" if self.prefill else "system"
 
     def __init__(
         self,
@@ -74,23 +74,17 @@ class StrategyContext:
         seed: int = 0,
         *,
         keep_truncated: bool = False,
-        elicitive_style: str = "guided",
-        prefix_style: str = "sentences",
+        styles: Styles = Styles(),  # noqa: B008 (frozen)
         prefill: bool = False,
     ) -> None:
-        if elicitive_style not in ELICITIVE_STYLES:
-            raise ConfigError(f"unknown elicitive style {elicitive_style!r} (known: {', '.join(ELICITIVE_STYLES)})")
-        if prefix_style not in PREFIX_STYLES:
-            raise ConfigError(f"unknown prefix style {prefix_style!r} (known: {', '.join(PREFIX_STYLES)})")
         self.templates = templates
         self.seed = seed
         self.keep_truncated = keep_truncated
-        self.elicitive_style = elicitive_style
-        self.prefix_style, self.prefill = prefix_style, prefill
+        self.styles, self.prefill = styles, prefill
         self.principles = templates.records("prefix_principles.yaml", ("positive", "negative"))
         self.labels = (
-            templates.records(f"prefix_labels_{prefix_style}.yaml", ("positive", "negative"))
-            if prefix_style != "sentences"
+            templates.records(f"prefix_labels_{styles.prefix}.yaml", ("positive", "negative"))
+            if styles.prefix != "sentences"
             else []
         )
         self.good_demos = templates.records("demon_good.jsonl", ("instruction", "response"))
@@ -199,7 +193,7 @@ def demonstration_turns(demos: list[dict[str, str]], instruction: str) -> tuple[
 def prefix_messages(ctx: StrategyContext, instruction: Instruction) -> tuple[tuple[Message, ...], ...]:
     """The chats of `prefix`'s two sides: a principle sentence before the instruction (`sentences`), or a label of
     the response on the assistant's side, as its prefilled opening or as a system message."""
-    if ctx.prefix_style == "sentences":
+    if ctx.styles.prefix == "sentences":
         principle = ctx.principles[ctx.pick(instruction, len(ctx.principles))]
         return tuple(
             (user(ctx.templates.render("prefix.jinja", principle=principle[side], instruction=instruction.text)),)
@@ -230,7 +224,7 @@ def _demon(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
 
 
 def _elicitive(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
-    if ctx.elicitive_style == "paper":
+    if ctx.styles.elicitive == "paper":
         return (yield from _elicitive_paper(instruction, ctx))
     asks = [
         Request("planner", (user(ctx.templates.render(f"elicitive_{side}.jinja", instruction=instruction.text)),))

@@ -114,9 +114,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
             for reason, text in DROP_REASONS.items()
             if any(reason in c["dropped"] for c in manifest.configs.values())
         },
-        elicitive_style=manifest.elicitive_style,
-        prefix_style=manifest.prefix_style,
-        prefix_placement=manifest.prefix_placement,
+        **manifest.styles,
         keep_truncated=manifest.keep_truncated,
         configs=configs,
         prompts=manifest.prompts,

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from popalign.config import DEFAULT_LICENSE, MAX_SHARD_SIZE
+from popalign.config import DEFAULT_LICENSE, MAX_SHARD_SIZE, Styles
 from popalign.dataset.quality import QUALITY_DIR
 from popalign.errors import NotABuildError
 
@@ -47,7 +47,7 @@ class Manifest:
 
     >>> manifest = Manifest.from_dict({"configs": {}, "roles": {}, "params": {}, "prompts": {}, "keep_truncated": True})
     >>> again = Manifest.from_dict(manifest.to_dict())
-    >>> manifest.elicitive_style, manifest.to_dict()["keep_truncated"], again == manifest
+    >>> manifest.styles["elicitive_style"], manifest.to_dict()["keep_truncated"], again == manifest
     ('guided', True, True)
     """
 
@@ -59,9 +59,8 @@ class Manifest:
     backend: str = ""
     model_notes: dict[str, str] = field(default_factory=dict)
     role_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    elicitive_style: str = "guided"
-    prefix_style: str = "sentences"
-    prefix_placement: str = "user"  # `StrategyContext.prefix_placement`: user, prefill or system
+    #: `Styles.recorded()` and where `prefix` put its contrast (`prefix_placement`), flat in the file.
+    styles: dict[str, str] = field(default_factory=dict)
     keep_truncated: bool = False
     max_shard_size: int = MAX_SHARD_SIZE
     license: str = DEFAULT_LICENSE
@@ -75,15 +74,19 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        names = {f.name for f in fields(cls)} - {"extra"}
+        names = {f.name for f in fields(cls)} - {"extra", "styles"}
+        styles = Styles().recorded() | {"prefix_placement": "user"}  # what a build before a style existed used
+        styles |= {key: value for key, value in data.items() if key in styles}
         return cls(
             **{key: value for key, value in data.items() if key in names},
-            extra={key: value for key, value in data.items() if key not in names},
+            styles=styles,
+            extra={key: value for key, value in data.items() if key not in names and key not in styles},
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as written to disk (fields a build did not set are left out, as on disk)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "styles")}
+        data |= self.styles
         unset = {"test_size": 0.0}
         kept = {key: value for key, value in data.items() if value is not None}
         return {key: value for key, value in kept.items() if key not in unset or value != unset[key]} | self.extra

@@ -100,7 +100,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     )
     flags["unknown role"] = (
         ["--model", "huge=smollm2"],
-        "popalign: error: roles: unknown role 'huge' (known: default, large, small, first, second, planner)",
+        "popalign: error: roles: unknown role 'huge' (known: default, large, small, first, second, planner, reviser)",
     )
     flags["role missing"] = (
         ["--model", "default=smollm2", "--strategies", "prefix,nparam"],

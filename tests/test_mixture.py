@@ -124,7 +124,7 @@ def test_recipes_name_real_configs_at_the_paper_defaults(recipe: Path, tmp_path:
     _, training_args, _, mixture_args, _ = make_parser().parse_args_and_config(
         ["--config", str(recipe), "--output_dir", str(tmp_path / "out"), "--use_cpu", "--bf16", "false"]
     )
-    beta = 0.1 if "dlma_margin_weight" in recipe.read_text() else 0.01  # DLMA's recipe: DLMA's beta
+    beta = 0.1 if recipe.stem in ("dlma", "clair-apo") else 0.01  # DLMA's and APO's recipes: their papers' beta
     assert (training_args.beta, training_args.learning_rate, training_args.num_train_epochs) == (beta, 5e-7, 1.0)
     assert training_args.max_length == 2048
     names = [entry.name for entry in mixture_args.datasets]

@@ -89,8 +89,8 @@ def build(prompts: str | Path | None = None, *, config: BuildConfig | None = Non
 
     `settings` are the build's settings by the same keys as the command's flags and a recipe's keys (see
     `popalign.config.BuildConfig`): `strategies`, `roles` (a role, `default`, `large`, `small`, `first`,
-    `second` or `planner`, to a model spec or endpoint URLs; none given: the embedded SmolLM2 and weaker copies
-    of it), `out`, generation settings (`max_new_tokens`, `temperature`, ... or `params={...}`, and
+    `second`, `planner` or `reviser`, to a model spec or endpoint URLs; none given: the embedded SmolLM2 and
+    weaker copies of it), `out`, generation settings (`max_new_tokens`, `temperature`, ... or `params={...}`, and
     `role_params` per role), `concurrency` and the other endpoint settings (or `endpoints=Endpoints(...)`),
     `score=True` or `ScoreOptions(...)`, `judge=JudgeOptions(...)`, `push_to` with `release`, `executor`... Or
     pass a whole `config`. `executor` runs the parts as datatrove tasks and merges them (None is returned when

@@ -536,10 +536,10 @@ class BuildConfig:
 
     >>> BuildConfig.of(strategies="prefix", temperature=0, concurrency=8).endpoints.concurrency
     8
-    >>> BuildConfig.of(roles={"defualt": "http://localhost:8080"})
+    >>> BuildConfig.of(roles={"defualt": "http://localhost:8080"})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    popalign.errors.ConfigError: roles: unknown role 'defualt' (known: default, large, small, first, second, planner)
+    popalign.errors.ConfigError: roles: unknown role 'defualt' (known: default, large, small, ..., reviser)
     """
 
     prompts: str | Path | None = setting(
@@ -563,7 +563,7 @@ class BuildConfig:
         key="model",
         recipe=False,
         metavar="ROLE=SPEC",
-        help="model of a role (default, large, small, first, second, planner); repeatable. With none, the "
+        help="model of a role (default, large, small, first, second, planner, reviser); repeatable. With none, the "
         "embedded SmolLM2 and weaker copies of it fill every role",
     )
     role_params: Mapping[str, Mapping[str, Any]] = setting(

@@ -19,7 +19,7 @@ from popalign.backends import check_installed
 from popalign.config import BuildConfig, GenerationParams, default_max_new_tokens
 from popalign.errors import ConfigError
 from popalign.prompts import PromptSet, is_hub_dataset, load_hub_prompts, load_prompts, parse_shard
-from popalign.roles import Spec, check_contrast, resolve_roles
+from popalign.roles import FOLLOW_DEFAULT, Spec, check_contrast, resolve_roles
 from popalign.strategies import STRATEGIES, parse_strategies, roles_used
 from popalign.templates import TemplateSet
 
@@ -110,8 +110,9 @@ def make_plan(config: BuildConfig) -> BuildPlan:
     names = parse_strategies(config.strategies)
     given = dict(config.roles)
     per_role = {role: dict(values) for role, values in config.role_params.items()}
-    if "planner" not in given and "default" in per_role:
-        per_role["planner"] = per_role["default"]  # the planner is the default model
+    for helper in FOLLOW_DEFAULT:
+        if helper not in given and "default" in per_role:
+            per_role[helper] = per_role["default"]  # a helper role not given is the default model
     used = roles_used(names)
     needs = {name: STRATEGIES[name].roles for name in names}
     resolved = resolve_roles(given, needs)

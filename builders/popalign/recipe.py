@@ -40,7 +40,7 @@ from popalign.config import (
 )
 from popalign.errors import ConfigError
 from popalign.prompts import is_hub_dataset
-from popalign.roles import ROLES, EndpointSpec, ModelSpec, parse_spec
+from popalign.roles import FOLLOW_DEFAULT, ROLES, EndpointSpec, ModelSpec, parse_spec
 
 GENERATION_KEYS = tuple(f.name for f in fields(GenerationParams))
 ROLE_KEYS = ("url", "urls", "spec", "model", "api_key_env", "generation", "endpoint_model")
@@ -58,10 +58,14 @@ class Recipe:
     endpoint_models: dict[str, str] = field(default_factory=dict)
 
     def check_endpoints(self, given: Iterable[str]) -> None:
-        """Refuse a recipe role known only by its served model name that the command line does not give (the
-        planner may be left out when it was the default model: it follows the default)."""
-        same = self.endpoint_models.get("planner") == self.endpoint_models.get("default")
-        missing = [role for role in self.endpoint_models if role not in given and not (role == "planner" and same)]
+        """Refuse a recipe role known only by its served model name that the command line does not give (a helper
+        role, the planner or the reviser, may be left out when it was the default model: it follows the default)."""
+        default = self.endpoint_models.get("default")
+        missing = [
+            role
+            for role in self.endpoint_models
+            if role not in given and not (role in FOLLOW_DEFAULT and self.endpoint_models[role] == default)
+        ]
         if missing:
             role = missing[0]
             raise ConfigError(

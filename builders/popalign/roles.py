@@ -1,5 +1,6 @@
-"""Role specs: what model a role (`default`, `large`, `small`, `first`, `second`, and the elicitive `planner`,
-which is `default` unless given) generates with, a local model (`ModelSpec`) or an endpoint (`EndpointSpec`).
+"""Role specs: what model a role (`default`, `large`, `small`, `first`, `second`, and the helper roles, the
+elicitive `planner` and refine's `reviser`, which are `default` unless given) generates with, a local model
+(`ModelSpec`) or an endpoint (`EndpointSpec`).
 
 Each kind of spec says what it is (`kind`, the name the backend registry knows it by), how it is described and
 how outputs name it, so no other module needs to test which kind a spec is."""
@@ -18,7 +19,9 @@ from popalign.credentials import redacted, split_credentials
 from popalign.errors import ConfigError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-ROLES = ("default", "large", "small", "first", "second", "planner")
+ROLES = ("default", "large", "small", "first", "second", "planner", "reviser")
+#: The helper roles (the elicitive planner, refine's CLAIR reviser) that are the `default` model unless given.
+FOLLOW_DEFAULT = ("planner", "reviser")
 EMBEDDED = "smollm2"
 
 #: The roles of the bare demo: the embedded model against copies of it with middle layers removed,
@@ -198,7 +201,7 @@ def resolve_roles(
     given: Mapping[str, ModelSpec | EndpointSpec], needs: Mapping[str, tuple[str, ...]]
 ) -> dict[str, ModelSpec | EndpointSpec]:
     """The role map of a run: the demo roles when none are given, else the given ones plus `default`; the
-    `planner` is `default` unless given.
+    helper roles (`FOLLOW_DEFAULT`) are `default` unless given.
 
     `needs` maps each requested strategy to the roles it uses; a strategy whose roles are missing is refused
     (whether its two sides are one model is `check_contrast`'s to say, once the roles' settings are known).
@@ -206,7 +209,8 @@ def resolve_roles(
     roles: dict[str, ModelSpec | EndpointSpec]
     roles = {role: ModelSpec.parse(spec) for role, spec in DEMO_ROLES.items()} if not given else dict(given)
     roles.setdefault("default", ModelSpec(EMBEDDED))
-    roles.setdefault("planner", roles["default"])
+    for helper in FOLLOW_DEFAULT:
+        roles.setdefault(helper, roles["default"])
     for strategy, wanted in needs.items():
         missing = [role for role in wanted if role not in roles]
         if missing:

@@ -278,6 +278,10 @@ def _refine(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
         return Dropped("truncated")
     if not clean_answer(draft.text):
         return Dropped("empty")
+    if ctx.styles.refine == "clair":  # a minimal revision, by the reviser, in a fresh chat
+        revise = ctx.templates.render("refine_clair.jinja", instruction=instruction.text, answer=draft.text)
+        (revised,) = yield [Request("reviser", (user(revise),))]
+        return check_pair(revised, draft, ("reviser", "default"), ctx)
     again = user(ctx.templates.render("refine.jinja", instruction=instruction.text))
     (refined,) = yield [Request("default", (ask, assistant(draft.text), again))]
     return check_pair(refined, draft, ("default", "default"), ctx)
@@ -342,7 +346,9 @@ STRATEGIES: dict[str, Strategy] = {
             "M(q ⊕ r− ⊕ refine)",
             "r− = M(q)",
             _refine,
-            "The model's first answer is rejected and its own refinement of it is chosen.",
+            "The model's first answer is rejected and its own refinement of it is chosen (or, with --refine-style "
+            "clair, the reviser's minimal revision of it).",
+            helper_roles=("reviser",),
         ),
     )
 }

@@ -36,7 +36,8 @@ TEMPLATE_FILES: dict[str, str] = {
     "elicitive_answer.jinja": "elicitive (guided) step 2: system message giving the plan as guidance (vars: plan)",
     "elicitive_paper_good.jinja": "elicitive (paper): Thought: then Response: of a good answer (vars: instruction)",
     "elicitive_paper_bad.jinja": "elicitive (paper): Thought: then Response: of a bad answer (vars: instruction)",
-    "refine.jinja": "refine turn 2: improve the first answer (vars: instruction)",
+    "refine.jinja": "refine (self) turn 2: improve the first answer (vars: instruction)",
+    "refine_clair.jinja": "refine (clair): the reviser minimally revises the first answer (vars: instruction, answer)",
     "judge_pairwise.jinja": "judge: which of two answers is better, ending in A or B (vars: instruction, answer_a, "
     "answer_b)",
 }

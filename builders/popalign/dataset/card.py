@@ -86,7 +86,9 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         {
             "name": name,
             "kind": STRATEGIES[name].kind,
-            "chosen": STRATEGIES[name].chosen,
+            "chosen": "M_reviser(revise ⊕ q ⊕ r−)"
+            if (name, manifest.styles.get("refine_style")) == ("refine", "clair")
+            else STRATEGIES[name].chosen,
             "rejected": STRATEGIES[name].rejected,
             "description": _describe(name, c.get("chosen_model"), c.get("rejected_model")),
             "chosen_model": c.get("chosen_model") or roles[STRATEGIES[name].chosen_role],
@@ -98,6 +100,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
             "rejected_chars": c.get("rejected_chars", "–"),
             "changed_in": c.get("changed_in"),
             "tokens": c.get("tokens"),
+            "edits": c.get("edits"),
             "example": c.get("example"),
         }
         for name, c in manifest.configs.items()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import tempfile
 from array import array
 from collections import Counter
@@ -12,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rapidfuzz.distance import Levenshtein
 
 from popalign.dataset.folder import SPLITS, Manifest, config_dir, config_files, split_file
 from popalign.dataset.quality import write_overview
@@ -33,6 +36,7 @@ class RowSpool:
         self.count = 0
         self._chosen_chars = self._rejected_chars = 0
         self.words: tuple[array[int], array[int]] = (array("I"), array("I"))  # chosen, rejected answer lengths
+        self.edits: tuple[array[float], array[float]] = (array("d"), array("d"))  # edit similarity, length ratio
         self.example: dict[str, str] | None = None
         self._file = path.open("w", encoding="utf-8")
 
@@ -52,6 +56,9 @@ class RowSpool:
         self._rejected_chars += len(row["rejected"][0]["content"])
         for side, lengths in zip(("chosen", "rejected"), self.words, strict=True):
             lengths.append(len(row[side][0]["content"].split()))
+        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        self.edits[0].append(Levenshtein.normalized_similarity(chosen, rejected))
+        self.edits[1].append(len(chosen) / max(1, len(rejected)))
         if self.example is None:
             self.example = {side: row[side][0]["content"][:EXAMPLE_CHARS] for side in ("prompt", "chosen", "rejected")}
 
@@ -65,10 +72,20 @@ class RowSpool:
             return [json.loads(line) for line in lines]
 
     def describe(self) -> dict[str, Any]:
-        """Mean answer lengths and the first row's texts, as the manifest records them."""
+        """Mean answer lengths, how far each chosen answer is from its rejected one (`edits`: the median edit
+        similarity, 1 − Levenshtein distance / the longer length, and the median and largest chosen / rejected
+        length ratio, and the share of pairs whose chosen side is over 1.5 times as long), and the first row's
+        texts, as the manifest records them."""
+        similarity, ratio = self.edits
         return {
             "chosen_chars": round(self._chosen_chars / self.count),
             "rejected_chars": round(self._rejected_chars / self.count),
+            "edits": {
+                "similarity_median": round(statistics.median(similarity), 3),
+                "length_ratio_median": round(statistics.median(ratio), 2),
+                "length_ratio_max": round(max(ratio), 2),
+                "over_half_longer": round(sum(value > 1.5 for value in ratio) / len(ratio), 3),
+            },
             "example": self.example,
         }
 

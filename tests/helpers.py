@@ -150,11 +150,13 @@ def save_tiny_pair_ranker(folder: Path) -> Path:
     return folder
 
 
-def write_folder(folder: Path, sizes: dict[str, int], *, scored: bool = True) -> Path:
+def write_folder(folder: Path, sizes: dict[str, int], *, scored: bool = True, judged: bool = False) -> Path:
     """A Hub-layout folder with `sizes[name]` rows per config. Row i has score (and margin) i - 2 and per-token
     score -i (so the two rank rows in opposite orders) unless not `scored`, reasoning on even rows of elicitive,
-    and a chosen answer i*10 characters long."""
-    for name, size in sizes.items():
+    and a chosen answer i*10 characters long. With `judged`, row i of the k-th config has judge margin
+    (7 * i) % size and the verdict `rejected` when i is a multiple of k + 2, else `chosen` (so later configs are
+    judged more accurate)."""
+    for k, (name, size) in enumerate(sizes.items()):
         rows = []
         for i in range(size):
             reasoning = "plan" if name == "elicitive" and i % 2 == 0 else None
@@ -164,7 +166,9 @@ def write_folder(folder: Path, sizes: dict[str, int], *, scored: bool = True) ->
                 rejected_reasoning=reasoning,
             )  # fmt: skip
             scores = {"score": float(i - 2), "margin": float(i - 2), "score_per_token": float(-i)} if scored else {}
-            rows.append(row | scores)
+            verdicts = {"judge_margin": float(7 * i % size), "judge_verdict": "rejected" if i % (k + 2) == 0 else
+                        "chosen"} if judged else {}  # fmt: skip
+            rows.append(row | scores | verdicts)
         target = folder / "data" / name / "train-00000-of-00001.parquet"
         target.parent.mkdir(parents=True)
         Dataset.from_list(rows, features=features()).to_parquet(str(target))

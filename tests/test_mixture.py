@@ -151,6 +151,37 @@ def test_curriculum_trains_in_stages_ranked_within_each_config(folder: Path) -> 
     assert first["prompt_id"] == rows["prompt_id"]  # seeded: the same order again
 
 
+def test_curriculum_by_a_judges_margin_ranks_within_each_config(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    folder = write_folder(tmp_path / "judged", {"prefix": 10, "refine": 6}, judged=True)
+    entries = [{"path": str(folder), "name": "prefix"}, {"path": str(folder), "name": "refine"}]
+    options = {"curriculum": True, "curriculum_stages": 2, "curriculum_by": "judge_margin"}
+    rows = load_mixture(MixtureConfig(datasets=entries, **options)).splits["train"]
+    # the larger half of each config's margins first: margin (7 i) % size, so not the order of the scores
+    easy = {"prefix": {i for i in range(10) if 7 * i % 10 >= 5}, "refine": {i for i in range(6) if 7 * i % 6 >= 3}}
+    stage = [int(pid.split("-")[1]) not in easy[name] for name, pid in zip(rows["strategy"], rows["prompt_id"],
+                                                                          strict=True)]  # fmt: skip
+    assert stage == sorted(stage) and stage.count(False) == 8 and set(rows["strategy"][:8]) == {"prefix", "refine"}
+    assert rows["score_per_token"] != sorted(rows["score_per_token"], reverse=True)
+
+
+def test_curriculum_by_judged_accuracy_puts_the_most_agreed_strategies_first(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    sizes = {"prefix": 12, "demon": 12, "refine": 12}  # accuracies 6/12, 8/12, 9/12
+    folder = write_folder(tmp_path / "judged", sizes, judged=True)
+    entries = [{"path": str(folder), "name": name} for name in sizes]
+    options = {"curriculum": True, "curriculum_stages": 3, "curriculum_by": "judge_accuracy"}
+    strategies = load_mixture(MixtureConfig(datasets=entries, **options)).splits["train"]["strategy"]
+    assert strategies == ["refine"] * 12 + ["demon"] * 12 + ["prefix"] * 12
+    unjudged = [{"path": str(write_folder(tmp_path / "plain", {"prefix": 4})), "name": "prefix"}]
+    with pytest.raises(MixtureError, match=r"curriculum by judge_margin needs a judge's margin on every row: run"):
+        load_mixture(MixtureConfig(datasets=unjudged, curriculum=True, curriculum_by="judge_margin"))
+    with pytest.raises(MixtureError, match=r"curriculum by judge_accuracy needs judged pairs of prefix$"):
+        load_mixture(MixtureConfig(datasets=unjudged, curriculum=True, curriculum_by="judge_accuracy"))
+    with pytest.raises(MixtureError, match=r"^curriculum_by: expected one of score, judge_margin, judge_accuracy, got"):
+        load_mixture(MixtureConfig(datasets=entries, curriculum=True, curriculum_by="length"))
+
+
 def test_a_missing_config_says_why_and_can_be_skipped(folder: Path, capsys: pytest.CaptureFixture) -> None:
     manifest = {"configs": {"prefix": {"rows": 40, "dropped": {}}, "nparam": {"rows": 0, "dropped": {"truncated": 3,
                 "near-copy": 1}}}}  # fmt: skip
@@ -187,7 +218,7 @@ def test_curriculum_needs_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     target = tmp_path / "plain" / "data" / "prefix" / "train-00000-of-00001.parquet"
     target.parent.mkdir(parents=True)
     unscored.to_parquet(str(target))
-    with pytest.raises(MixtureError, match="curriculum needs a per-token self-reward score on every row"):
+    with pytest.raises(MixtureError, match="a curriculum by score needs a per-token self-reward score on every row"):
         load_mixture(
             MixtureConfig(datasets=[{"path": str(tmp_path / "plain"), "data_files": str(target)}], curriculum=True)
         )

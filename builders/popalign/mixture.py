@@ -75,11 +75,20 @@ class MixtureConfig:
     curriculum: bool = field(
         default=False,
         metadata={
-            "help": "Train easy to hard: each config's rows are ranked by per-token self-reward score and cut into "
-            "`curriculum_stages` buckets; stage 1 of every config comes first (mixed), then stage 2, and so on."
+            "help": "Train easy to hard: rows are ranked by `curriculum_by` and cut into `curriculum_stages` "
+            "buckets; stage 1 comes first (its configs mixed), then stage 2, and so on."
         },
     )
     curriculum_stages: int = field(default=3, metadata={"help": "Number of curriculum buckets (easy to hard)."})
+    curriculum_by: str = field(
+        default="score",
+        metadata={
+            "help": "What makes a pair easy: `score` (its per-token self-reward score, within its config), "
+            "`judge_margin` (a reward-model or PairRM judge's margin, within its config), or `judge_accuracy` (its "
+            "strategy's judged accuracy: the strategies the judge agrees with most come first, Xu et al.'s "
+            "far-apart sources before close ones)."
+        },
+    )
     skip_missing: bool = field(
         default=False,
         metadata={"help": "Skip, with a one-line warning, a config the dataset does not have (else: stop)."},
@@ -132,6 +141,8 @@ def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
     _check_amounts(entries)
     if config.curriculum and config.curriculum_stages < 1:
         raise MixtureError(f"curriculum_stages must be at least 1, got {config.curriculum_stages}")
+    if config.curriculum_by not in CURRICULA:
+        raise MixtureError(f"curriculum_by: expected one of {', '.join(CURRICULA)}, got {config.curriculum_by!r}")
     if config.skip_missing:
         entries = _present(entries)
     keep = _row_filter(config)
@@ -146,8 +157,9 @@ def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
     if sum(counts) == 0:
         raise MixtureError("the mixture has no rows left to train on (check the filters and the configs)")
     if config.curriculum:
+        accuracy = _strategy_accuracy(pools, entries) if config.curriculum_by == "judge_accuracy" else {}
         taken = [
-            _with_stages(part, config.curriculum_stages, _where(i, e))
+            _with_stages(part, config.curriculum_stages, _where(i, e), config.curriculum_by, accuracy)
             for i, (part, e) in enumerate(zip(taken, entries, strict=True))
         ]
     taken = [
@@ -171,22 +183,57 @@ def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
 
 
 STAGE = "curriculum_stage"
+#: What a curriculum ranks pairs by, and the column it reads.
+CURRICULA = {"score": "score_per_token", "judge_margin": "judge_margin", "judge_accuracy": "judge_verdict"}
+_NEEDS = {
+    "score": "a per-token self-reward score on every row: run `popalign score`",
+    "judge_margin": "a judge's margin on every row: run `popalign judge --judge-reward-model` (a reward model or "
+    "PairRM)",
+    "judge_accuracy": "a judge's verdicts: run `popalign judge`",
+}
 
 
-def _with_stages(rows: datasets.Dataset, stages: int, where: str) -> datasets.Dataset:
-    """`rows` with their curriculum stage (0 = easiest): their rank by per-token score within this config, cut
-    into `stages` equal buckets, so every stage holds each config's easiest share rather than one strategy's."""
+def _with_stages(
+    rows: datasets.Dataset, stages: int, where: str, by: str = "score", accuracy: dict[str, float] | None = None
+) -> datasets.Dataset:
+    """`rows` with their curriculum stage (0 = easiest). By `score` or `judge_margin`: their rank by that measure
+    (largest first) within this config, cut into `stages` equal buckets, so every stage holds each config's easiest
+    share rather than one strategy's. By `judge_accuracy`: their strategy's rank by `accuracy` (highest first)
+    among the mixture's strategies, cut into `stages` buckets of strategies."""
     if not len(rows):
         return rows.add_column(STAGE, [])
-    if "score_per_token" not in rows.column_names or None in rows["score_per_token"]:
-        raise MixtureError(
-            f"{where}: curriculum needs a per-token self-reward score on every row: run `popalign score`"
-        )
-    order = sorted(range(len(rows)), key=lambda i: -rows["score_per_token"][i])
+    if by == "judge_accuracy":
+        accuracy = accuracy or {}
+        unjudged = sorted(set(rows["strategy"]) - set(accuracy))
+        if unjudged:
+            raise MixtureError(f"{where}: a curriculum by judge_accuracy needs judged pairs of {unjudged[0]}")
+        ranked = sorted(accuracy, key=lambda name: (-accuracy[name], name))
+        return rows.add_column(STAGE, [ranked.index(name) * stages // len(ranked) for name in rows["strategy"]])
+    column = CURRICULA[by]
+    if column not in rows.column_names or None in rows[column]:
+        raise MixtureError(f"{where}: a curriculum by {by} needs {_NEEDS[by]}")
+    values = rows[column]
+    order = sorted(range(len(rows)), key=lambda i: -values[i])
     stage = [0] * len(rows)
     for rank, index in enumerate(order):
         stage[index] = rank * stages // len(rows)
     return rows.add_column(STAGE, stage)
+
+
+def _strategy_accuracy(pools: list[datasets.Dataset], entries: list[MixtureEntry]) -> dict[str, float]:
+    """Each strategy's judged accuracy over every row of the mixture's pools: chosen wins / (wins + losses + ties),
+    as the card reports it; a row the judge did not decide on (unparsed, failed) does not count."""
+    wins: dict[str, int] = {}
+    judged: dict[str, int] = {}
+    for index, (pool, entry) in enumerate(zip(pools, entries, strict=True)):
+        if "judge_verdict" not in pool.column_names:
+            needs = _NEEDS["judge_accuracy"]
+            raise MixtureError(f"{_where(index, entry)}: a curriculum by judge_accuracy needs {needs}")
+        for name, verdict in zip(pool["strategy"], pool["judge_verdict"], strict=True):
+            if verdict in ("chosen", "rejected", "tie"):
+                judged[name] = judged.get(name, 0) + 1
+                wins[name] = wins.get(name, 0) + (verdict == "chosen")
+    return {name: wins[name] / judged[name] for name in judged}
 
 
 def _present(entries: list[MixtureEntry]) -> list[MixtureEntry]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 import yaml
 from datasets import Dataset
@@ -111,12 +112,14 @@ def test_a_missing_dataset_is_named(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda path: path.stem)
 def test_recipes_name_real_configs_at_the_paper_defaults(recipe: Path, tmp_path: Path, monkeypatch) -> None:
-    """Every recipe parses with TRL's parser, and its mixture loads from a folder holding all six configs."""
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    """Every recipe parses with TRL's parser, and its mixture loads from a folder holding all six configs, every
+    row of each config it names."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")  # read once, at import
     monkeypatch.syspath_prepend(str(RECIPES.parent))
     from dpo import make_parser
 
-    six = write_folder(tmp_path / "six", dict.fromkeys(STRATEGIES, 12))
+    sizes = dict(zip(STRATEGIES, (12, 10, 8, 12, 6, 9), strict=True))  # unequal: a fraction would cap them
+    six = write_folder(tmp_path / "six", sizes)
     card = yaml.safe_load((six / "README.md").read_text().split("---")[1])  # and `all`, as a build's card has
     card["configs"].append({"config_name": "all", "data_files": [
         {"split": "train", "path": [f"data/{name}/*.parquet" for name in STRATEGIES]}]})  # fmt: skip
@@ -135,7 +138,9 @@ def test_recipes_name_real_configs_at_the_paper_defaults(recipe: Path, tmp_path:
     strategies = load_mixture(mixture_args).splits["train"]["strategy"]
     names = list(STRATEGIES) if names == ["all"] else names  # `all`: every pair of every strategy
     assert sorted(set(strategies)) == sorted(names)
-    assert len({strategies.count(name) for name in names}) == 1, "configs of a recipe are mixed equally"
+    halved = "elicitive" if mixture_args.filter_require_reasoning else None  # reasoning on even rows only
+    expected = {name: (sizes[name] + 1) // 2 if name == halved else sizes[name] for name in names}
+    assert {name: strategies.count(name) for name in names} == expected  # every row (that the filters keep)
 
 
 def test_curriculum_trains_in_stages_ranked_within_each_config(folder: Path) -> None:

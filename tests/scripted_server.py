@@ -83,6 +83,7 @@ class Handler(JSONHandler):
     also: tuple[str, ...] = ()  # more models it lists: then each answer starts with the model asked for
     log: Path
     delay = 0.0
+    refuse: tuple[str, ...] = ()  # request fields it does not take, as OpenAI's API refuses an unknown one
 
     def do_GET(self) -> None:
         models = [{"id": name, "object": "model"} for name in (self.model, *self.also)]
@@ -94,12 +95,18 @@ class Handler(JSONHandler):
         if self.also and asked not in (self.model, *self.also):
             self._reply(404, {"error": {"message": f"The model `{asked}` does not exist."}})
             return
+        unknown = [name for name in self.refuse if name in body]
+        if unknown:
+            self._reply(400, {"error": {"message": f"Unrecognized request argument supplied: {unknown[0]}"}})
+            return
         status, content, finish = reply(body["messages"])
         if self.also:
             content = f"[{asked}] {content}"
         time.sleep(self.delay)
         with self.log.open("a") as sink:
             entry = {"messages": body["messages"], "max_tokens": body.get("max_tokens"), "model": asked}
+            entry |= {key: body[key] for key in ("repetition_penalty", "frequency_penalty", "presence_penalty",
+                                                 "min_p") if key in body}  # fmt: skip
             sink.write(json.dumps(entry | {"authorization": self.headers.get("Authorization")}) + "\n")
         if status != 200:
             self._reply(status, {"error": {"message": content}})
@@ -126,6 +133,8 @@ if __name__ == "__main__":
     parser.add_argument("--also", action="append", default=[], help="another model it lists (repeatable)")
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--refuse", action="append", default=[], help="a request field it answers 400 to")
     args = parser.parse_args()
     Handler.model, Handler.also, Handler.log, Handler.delay = args.model, tuple(args.also), args.log, args.delay
+    Handler.refuse = tuple(args.refuse)
     ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()

@@ -252,9 +252,44 @@ class GenerationParams:
         help="nucleus sampling mass",
     )
     seed: int = setting(0, check=NON_NEGATIVE, help="sampling and principle-choice seed")
+    repetition_penalty: float = setting(
+        1.0,
+        check=Check(float, "a number in (0, 10] (1 is off)", lambda value: 0 < value <= 10, metavar="X"),
+        help="divide the odds of every token already in the prompt or the answer by this (TGI, vLLM, "
+        "transformers; 1 is off)",
+    )
+    frequency_penalty: float = setting(
+        0.0,
+        check=Check(float, "a number in [-2, 2] (0 is off)", lambda value: -2 <= value <= 2, metavar="X"),
+        help="lower each token's logit by this times its count in the answer so far (OpenAI, vLLM; 0 is off)",
+    )
+    presence_penalty: float = setting(
+        0.0,
+        check=Check(float, "a number in [-2, 2] (0 is off)", lambda value: -2 <= value <= 2, metavar="X"),
+        help="lower the logit of every token already in the answer by this (OpenAI, vLLM; 0 is off)",
+    )
+    min_p: float = setting(
+        0.0,
+        check=Check(float, "a number in [0, 1) (0 is off)", lambda value: 0 <= value < 1, metavar="P"),
+        help="drop tokens less likely than this share of the likeliest one (vLLM, SGLang, transformers; 0 is off)",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+    def penalties(self) -> dict[str, float]:
+        """The settings beyond temperature and top-p that this run sets (not at their off value), by name: what an
+        endpoint request carries besides the OpenAI basics, and what the cache key holds only when set.
+
+        >>> GenerationParams(min_p=0.05).penalties()
+        {'min_p': 0.05}
+        """
+        return {name: getattr(self, name) for name, off in OFF_VALUES.items() if getattr(self, name) != off}
+
+
+#: The generation settings that are off at these values, and left out of requests and cache keys when off (so
+#: answers cached before the settings existed stay found).
+OFF_VALUES = {"repetition_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0, "min_p": 0.0}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from popalign.config import GenerationParams
+from popalign.config import OFF_VALUES, GenerationParams
 
 #: One chat message as (role, content); tuples keep requests hashable.
 Message = tuple[str, str]
@@ -84,8 +84,10 @@ def request_key(backend: str, model: str, request: Request, params: GenerationPa
 
 @functools.cache
 def _params_payload(params: GenerationParams) -> dict[str, Any]:
-    """The parameters as a request key holds them, worked out once per parameter set (not once per request)."""
-    return asdict(params)
+    """The parameters as a request key holds them, worked out once per parameter set (not once per request): the
+    penalties only where set, so a key from before they existed still finds its answer."""
+    plain = {name: value for name, value in asdict(params).items() if name not in OFF_VALUES}
+    return plain | params.penalties()
 
 
 def chat_prompt(tokenizer: Any, chat: list[dict[str, str]]) -> str:

@@ -39,7 +39,7 @@ from huggingface_hub.utils import get_async_session
 
 from popalign.config import Endpoints
 from popalign.credentials import authorization
-from popalign.errors import BackendError, RequestFailed
+from popalign.errors import BackendError, RequestFailed, first_line
 from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request
 from popalign.roles import EndpointSpec
 
@@ -383,13 +383,22 @@ class EndpointBackend:
             "temperature": params.temperature,
             "top_p": params.top_p,
             "seed": seed,
+            **params.penalties(),  # only those set: a server that knows none of them still answers the rest
         }
         limit = answer_limit(params.max_new_tokens)
         url, headers = openai_url(replica.url, "chat/completions"), replica.headers
         async with replica.http.stream("POST", url, json=payload, headers=headers, timeout=self.timeout) as sent:
             body = await _read_capped(sent, limit)
         if sent.status_code >= 400:
-            raise _HTTPStatus(sent.status_code, sent.headers.get("Retry-After"), body.decode("utf-8", "replace"))
+            text = body.decode("utf-8", "replace")
+            refused = [name for name in params.penalties() if name in text]
+            if sent.status_code in (400, 422) and refused:
+                flag = "--" + refused[0].replace("_", "-")
+                raise BackendError(
+                    f"endpoint {replica.url}: does not take {refused[0]} (HTTP {sent.status_code}: "
+                    f"{first_line(text)[:160]}); leave {flag} out for this endpoint"
+                )
+            raise _HTTPStatus(sent.status_code, sent.headers.get("Retry-After"), text)
         output = json.loads(body)
         choice = output["choices"][0]
         finish = LENGTH if choice.get("finish_reason") == LENGTH else STOP  # TGI also says eos_token

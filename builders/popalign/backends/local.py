@@ -14,7 +14,14 @@ from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from popalign.errors import BackendError, first_line
 from popalign.extras import require
@@ -180,10 +187,18 @@ class LocalBackend:
         encoded = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         torch.manual_seed(_batch_seed(params.seed, chats))
         sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        if params.min_p:
+            sampling["min_p"] = params.min_p
+        penalties = LogitsProcessorList()
+        if params.frequency_penalty or params.presence_penalty:
+            width = encoded["input_ids"].shape[1]
+            penalties.append(AnswerPenalty(width, params.frequency_penalty, params.presence_penalty))
         output = model.generate(
             **encoded,
             max_new_tokens=params.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
+            repetition_penalty=params.repetition_penalty,
+            logits_processor=penalties,
             **(sampling if params.temperature > 0 else {"do_sample": False}),
         )
         new_tokens = output[:, encoded["input_ids"].shape[1] :]
@@ -211,6 +226,20 @@ class LocalBackend:
             logprobs = torch.log_softmax(logits[row, : len(sequence) - 1], dim=-1)
             sums.append(logprobs.gather(1, targets[:, None]).sum().item())
         return sums
+
+
+class AnswerPenalty(LogitsProcessor):
+    """OpenAI's frequency and presence penalties, which transformers lacks: each token's logit is lowered by
+    `frequency` times its count in the answer so far, and by `presence` once it is there at all. The answer is
+    what follows the batch's `width` prompt columns (left-padded, so every row's answer starts there)."""
+
+    def __init__(self, width: int, frequency: float, presence: float) -> None:
+        self.width, self.frequency, self.presence = width, frequency, presence
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        answer = input_ids[:, self.width :]
+        counts = torch.zeros_like(scores).scatter_add_(1, answer, torch.ones_like(answer, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
 def _end_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:

@@ -15,6 +15,7 @@ import pytest
 
 from helpers import InFlight
 from popalign.cache import GenerationCache
+from popalign.config import Styles
 from popalign.engine import Engine
 from popalign.errors import RequestFailed
 from popalign.generation import Generation, GenerationParams, Request
@@ -28,8 +29,8 @@ ROLES = {role: EndpointSpec.parse(f"http://{role}:8080") for role in ("default",
 
 
 class ScriptedBackend:
-    """Answers each request after a random short delay with a text derived from it: `REFUSE` in a request is
-    refused for good, `BREAK` raises an unexpected error. Counts what it was asked."""
+    """Answers each request after a random short delay with a text derived from it and its draw: `REFUSE` in a
+    request is refused for good, `BREAK` raises an unexpected error. Counts what it was asked."""
 
     name = "endpoint"
     concurrency = 8
@@ -44,15 +45,16 @@ class ScriptedBackend:
     def submit(self, spec, request: Request, params, on_done, on_retry):
         text = "\n".join(message["content"] for message in request.chat())
         self.asked[(spec.urls[0], text)] += 1
-        return self._answer(spec, text, on_done)
+        return self._answer(spec, text, on_done, request.sample)
 
-    async def _answer(self, spec: EndpointSpec, text: str, on_done) -> Generation:
+    async def _answer(self, spec: EndpointSpec, text: str, on_done, draw: int = 0) -> Generation:
         await asyncio.sleep(self.random.uniform(0, 0.01))
         if "REFUSE" in text:
             raise RequestFailed("prompt too long")
         if "BREAK" in text:
             raise RuntimeError("the backend broke")
-        generation = Generation(f"{spec.urls[0]} says {len(text)}: {text[-30:]}", 7, "stop")
+        drawn = f" (draw {draw})" if draw else ""  # a sampler's second draw of one prompt is another text
+        generation = Generation(f"{spec.urls[0]} says {len(text)}{drawn}: {text[-30:]}", 7, "stop")
         on_done(generation)
         return generation
 
@@ -66,8 +68,8 @@ class ScriptedBackend:
         pass
 
 
-def runs(names: list[str], texts: list[str]) -> Iterator[tuple[str, object]]:
-    context = StrategyContext(TemplateSet())
+def runs(names: list[str], texts: list[str], styles: Styles = Styles()) -> Iterator[tuple[str, object]]:  # noqa: B008
+    context = StrategyContext(TemplateSet(), styles=styles)
     return ((name, STRATEGIES[name].run(Instruction.from_text(text), context)) for text in texts for name in names)
 
 
@@ -95,15 +97,21 @@ def test_results_come_in_run_order_whatever_order_the_answers_arrive_in() -> Non
 
 
 def test_identical_requests_of_several_strategies_are_asked_once() -> None:
-    # `large` is the default model: nparam's M_large(q) is refine's draft M(q)
+    # `large` is the default model: with shared answers, nparam's M_large(q) is refine's draft M(q)
     roles = {**ROLES, "large": ROLES["default"]}
     backend = ScriptedBackend()
     run = engine(backend, roles)
-    results = run.run(runs(["nparam", "refine"], TEXTS[:5]))
+    results = run.run(runs(["nparam", "refine"], TEXTS[:5], Styles(shared_answers=True)))
     assert all(isinstance(result, Pair) for result in results)
     # per instruction: M_large(q), M_small(q), the draft M(q) (shared) and its refinement
     assert run.stats.requested == 5 * 4 and run.stats.distinct == sum(backend.asked.values()) == 5 * 3
     assert max(backend.asked.values()) == 1 and run.stats.by_strategy["refine"].shared == 5
+    # by default each strategy draws its own M(q): one text is never chosen in nparam and rejected in refine
+    own = ScriptedBackend()
+    drawn = engine(own, roles).run(runs(["nparam", "refine"], TEXTS[:5]))
+    assert sum(own.asked.values()) == 5 * 4
+    for nparam, refine in zip(drawn[::2], drawn[1::2], strict=True):
+        assert nparam.chosen != refine.rejected
     apart = ScriptedBackend()
     assert engine(apart).run(runs(["nparam", "refine"], TEXTS[:5])) != results  # other servers, other answers
     assert sum(apart.asked.values()) == 5 * 4

@@ -227,3 +227,20 @@ def test_curriculum_needs_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         load_mixture(
             MixtureConfig(datasets=[{"path": str(tmp_path / "plain"), "data_files": str(target)}], curriculum=True)
         )
+
+
+def test_a_mixture_with_one_answer_on_both_sides_says_so(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    folder = write_folder(tmp_path / "shared", {"nparam": 3, "refine": 3})
+    entries = [{"path": str(folder), "name": "nparam"}, {"path": str(folder), "name": "refine"}]
+    load_mixture(MixtureConfig(datasets=entries))
+    assert "warning" not in capsys.readouterr().err  # write_folder's chosen sides differ row to row
+    table = folder / "data" / "refine" / "train-00000-of-00001.parquet"
+    rows = Dataset.from_parquet(str(table)).to_list()
+    nparam = Dataset.from_parquet(str(folder / "data" / "nparam" / "train-00000-of-00001.parquet")).to_list()
+    rows[1] = rows[1] | {"prompt_id": nparam[1]["prompt_id"], "rejected": nparam[1]["chosen"]}  # shared M(q)
+    Dataset.from_list(rows, features=features()).to_parquet(str(table))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache-2")  # not the first load's
+    load_mixture(MixtureConfig(datasets=entries))
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warning.startswith("warning: the mixture holds 1 answers as chosen in one pair and as rejected in another")

@@ -3,6 +3,7 @@ chat, and the card reports each config's edit similarity and length ratio, compu
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ from rapidfuzz.distance import Levenshtein
 
 from helpers import build, manifest, requests
 from popalign.config import Styles
+from popalign.dataset.card import render_card
+from popalign.dataset.folder import open_manifest
 from popalign.dataset.rows import RowSpool
 from popalign.dataset.schema import make_row
 from popalign.generation import Generation
@@ -67,3 +70,9 @@ def test_a_clair_build_records_the_style_the_reviser_and_the_edits(scripted, tmp
     edits = recorded["configs"]["refine"]["edits"]
     assert f"| `refine` | {edits['similarity_median']:.3f} | {edits['length_ratio_median']:.2f} |" in card
     assert "refine_style: clair" in (out / "popalign_recipe.yaml").read_text()
+    # with a model contrast beside refine, the card says whether they shared the plain answer M(q)
+    built = open_manifest(out)
+    both = replace(built, configs={**built.configs, "nparam": built.configs["refine"]})
+    assert "each\nmodel and pipeline strategy drew its own plain answer" in render_card(both, repo_id="org/d")
+    shared = replace(both, styles={**both.styles, "share_answers": True})
+    assert "shared one draw of the plain answer M(q)\n(`--share-answers`)" in render_card(shared, repo_id="org/d")

@@ -491,8 +491,9 @@ class Executor:
 #: The settings groups a build holds, by the `BuildConfig` field that holds each.
 @dataclass(frozen=True)
 class Styles:
-    """How the prompt and pipeline contrasts ask for their sides (`popalign.strategies`): the elicitive style, the
-    prefix style and the refine style. Recorded in the manifest and the recipe by their flat keys."""
+    """How the contrasts ask for their sides (`popalign.strategies`): the elicitive, prefix and refine styles, and
+    whether the strategies share one draw of the plain answer. Recorded in the manifest and the recipe by their
+    flat keys."""
 
     elicitive: str = setting(
         "guided",
@@ -517,14 +518,22 @@ class Styles:
         "minimally, keeping all it does not correct (CLAIR), so the pair stays contrastive and short",
     )
 
+    shared_answers: bool = setting(
+        False,
+        key="share_answers",
+        check=FLAG,
+        help="let the model and pipeline strategies share one draw of the plain answer M(q) (fewer requests; the "
+        "same text may then be chosen in nparam or leaderboard and rejected in refine)",
+    )
+
     def __post_init__(self) -> None:
         check_fields(self)
 
-    def recorded(self) -> dict[str, str]:
+    def recorded(self) -> dict[str, Any]:
         """The styles by their flat keys, as the manifest and the recipe hold them.
 
         >>> Styles(prefix="harmless").recorded()
-        {'elicitive_style': 'guided', 'prefix_style': 'harmless', 'refine_style': 'self'}
+        {'elicitive_style': 'guided', 'prefix_style': 'harmless', 'refine_style': 'self', 'share_answers': False}
         """
         return {key_of(item): getattr(self, item.name) for item in fields(self)}
 

@@ -167,6 +167,11 @@ def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
         for part, e in zip(taken, entries, strict=True)
     ]
     mixed = datasets.concatenate_datasets(taken)
+    both = both_sides(mixed)
+    if both:
+        print(f"warning: the mixture holds {both} answers as chosen in one pair and as rejected in another of the "
+              "same instruction (a build with --share-answers shares the plain answer M(q) between strategies); "
+              "DPO then pushes each both up and down", file=sys.stderr)  # fmt: skip
     if config.test_split_size is None:
         splits = datasets.DatasetDict({"train": mixed})
     else:
@@ -180,6 +185,18 @@ def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
         for entry, pool, dropped, count in zip(entries, pools, filtered, counts, strict=True)
     )
     return Mixture(splits=splits, parts=parts)
+
+
+def both_sides(rows: datasets.Dataset) -> int:
+    """How many answers are chosen in one row and rejected in another row of the same instruction."""
+    if "prompt_id" not in rows.column_names:
+        return 0
+    sides: dict[tuple[str, int], set[str]] = {}  # by instruction and the answer's hash: memory stays small
+    for batch in rows.select_columns(["prompt_id", "chosen", "rejected"]).iter(batch_size=1024):
+        for prompt_id, chosen, rejected in zip(batch["prompt_id"], batch["chosen"], batch["rejected"], strict=True):
+            sides.setdefault((prompt_id, hash(chosen[-1]["content"])), set()).add("chosen")
+            sides.setdefault((prompt_id, hash(rejected[-1]["content"])), set()).add("rejected")
+    return sum(len(seen) == 2 for seen in sides.values())
 
 
 STAGE = "curriculum_stage"

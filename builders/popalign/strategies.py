@@ -263,10 +263,24 @@ def _elicitive_paper(instruction: Instruction, ctx: StrategyContext) -> Strategy
     return check_pair(*sides, ("default", "default"), ctx, (good[0], bad[0]))
 
 
-def _model_contrast(chosen_role: str, rejected_role: str) -> Callable[[Instruction, StrategyContext], StrategyRun]:
+#: Which draw of the plain answer M(q) each strategy asks for: refine's first answer is draw 0 (as is elicitive's
+#: plan check, never a side), nparam's and leaderboard's their own, so one text is not chosen in one config and
+#: rejected in another; with `share_answers` every strategy takes draw 0 (one request where the models agree).
+PLAIN_DRAW = {"refine": 0, "nparam": 1, "leaderboard": 2}
+
+
+def plain_request(ctx: StrategyContext, strategy: str, role: str, instruction: Instruction) -> Request:
+    """The request for a strategy's plain answer M(q) by `role`: its own draw unless the run shares answers."""
+    draw = 0 if ctx.styles.shared_answers else PLAIN_DRAW[strategy]
+    return Request(role, (user(instruction.text),), sample=draw)
+
+
+def _model_contrast(
+    strategy: str, chosen_role: str, rejected_role: str
+) -> Callable[[Instruction, StrategyContext], StrategyRun]:
     def run(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
-        ask = (user(instruction.text),)
-        chosen, rejected = yield [Request(chosen_role, ask), Request(rejected_role, ask)]
+        asks = [plain_request(ctx, strategy, role, instruction) for role in (chosen_role, rejected_role)]
+        chosen, rejected = yield asks
         return check_pair(chosen, rejected, (chosen_role, rejected_role), ctx)
 
     return run
@@ -274,7 +288,7 @@ def _model_contrast(chosen_role: str, rejected_role: str) -> Callable[[Instructi
 
 def _refine(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
     ask = user(instruction.text)
-    (draft,) = yield [Request("default", (ask,))]
+    (draft,) = yield [plain_request(ctx, "refine", "default", instruction)]
     if ctx.cut(draft):
         return Dropped("truncated")
     if not clean_answer(draft.text):
@@ -328,7 +342,7 @@ STRATEGIES: dict[str, Strategy] = {
             ("large", "small"),
             "M_large(q)",
             "M_small(q)",
-            _model_contrast("large", "small"),
+            _model_contrast("nparam", "large", "small"),
             "A larger model's answer is chosen over a smaller model's.",
         ),
         Strategy(
@@ -337,7 +351,7 @@ STRATEGIES: dict[str, Strategy] = {
             ("first", "second"),
             "M_first(q)",
             "M_second(q)",
-            _model_contrast("first", "second"),
+            _model_contrast("leaderboard", "first", "second"),
             "A higher-ranked model's answer is chosen over a lower-ranked model's.",
         ),
         Strategy(

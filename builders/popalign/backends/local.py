@@ -111,7 +111,8 @@ class LocalBackend:
         order = sorted(range(len(requests)), key=lambda i: len(chats[i]))
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            generations = self._generate_batch(model, tokenizer, [chats[i] for i in batch], params)
+            samples = [requests[i][1].sample for i in batch]
+            generations = self._generate_batch(model, tokenizer, [chats[i] for i in batch], params, samples)
             yield [requests[i][0] for i in batch], generations
 
     def sequence_logprobs(self, spec: ModelSpec, texts: list[str]) -> Iterator[tuple[list[int], list[float]]]:
@@ -183,9 +184,10 @@ class LocalBackend:
         tokenizer: PreTrainedTokenizerBase,
         chats: list[str],
         params: GenerationParams,
+        samples: Sequence[int] = (),
     ) -> list[Generation]:
         encoded = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        torch.manual_seed(_batch_seed(params.seed, chats))
+        torch.manual_seed(_batch_seed(params.seed, chats, samples))
         sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
         if params.min_p:
             sampling["min_p"] = params.min_p
@@ -299,7 +301,10 @@ def _shallow_copy(module: torch.nn.Module) -> torch.nn.Module:
     return clone
 
 
-def _batch_seed(seed: int, chats: list[str]) -> int:
-    """A sampling seed fixed by the run's seed and the batch's prompts, so a rerun draws the same."""
-    digest = hashlib.sha256("\0".join([str(seed), *chats]).encode("utf-8")).digest()
+def _batch_seed(seed: int, chats: list[str], samples: Sequence[int] = ()) -> int:
+    """A sampling seed fixed by the run's seed, the batch's prompts and their draws (`Request.sample`, where not
+    the first), so a rerun draws the same and a second draw of one prompt is another draw."""
+    draws = list(samples) or [0] * len(chats)
+    drawn = [f"{chat}\0draw {draw}" if draw else chat for chat, draw in zip(chats, draws, strict=True)]
+    digest = hashlib.sha256("\0".join([str(seed), *drawn]).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % (2**63)

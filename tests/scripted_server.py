@@ -106,7 +106,7 @@ class Handler(JSONHandler):
         with self.log.open("a") as sink:
             entry = {"messages": body["messages"], "max_tokens": body.get("max_tokens"), "model": asked}
             entry |= {key: body[key] for key in ("repetition_penalty", "frequency_penalty", "presence_penalty",
-                                                 "min_p") if key in body}  # fmt: skip
+                                                 "min_p", "stop") if key in body}  # fmt: skip
             sink.write(json.dumps(entry | {"authorization": self.headers.get("Authorization")}) + "\n")
         if status != 200:
             self._reply(status, {"error": {"message": content}})

@@ -90,8 +90,9 @@ def add_settings(
             options |= {"action": "store_const", "const": False}
         elif item.metadata["check"] is FLAG or item.metadata["switch"]:
             options |= {"action": "store_const", "const": True}
-        elif key == "model":
-            options |= {"action": "append", "metavar": item.metadata["metavar"]}
+        elif key == "model" or item.metadata["repeat"]:
+            check = item.metadata["check"]
+            options |= {"action": "append", "metavar": item.metadata["metavar"] or (check.metavar if check else None)}
         else:
             check = item.metadata["check"]
             options["metavar"] = item.metadata["metavar"] or (check.metavar if check else "VALUE")

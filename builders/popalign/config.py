@@ -20,7 +20,7 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,13 @@ FLAG = Check(bool, "true or false")
 PATH = Check(Path, "a path", lambda value: str(value) != "")
 SIZE = Check(int, "a size such as 500MB or 64KiB", lambda value: value >= 1, parse=_size)
 SHARE = Check(float, "a share of the instructions, 0 <= F < 1", lambda value: 0 <= value < 1)
+STOPS = Check(
+    tuple,
+    "up to 4 non-empty texts",
+    lambda value: len(value) <= 4 and all(isinstance(text, str) and text for text in value),
+    parse=lambda text: (text,),
+    metavar="TEXT",
+)
 SHARD = Check(str, "K/N with 1 <= K <= N", lambda value: _is_shard(value))
 LICENSE = Check(
     str,
@@ -166,13 +173,15 @@ def setting(
     cli: bool = True,
     negated: str | None = None,
     switch: bool = False,
+    repeat: bool = False,
 ) -> Any:
     """A dataclass field that is a user setting: its default, help text and check; `key` is its flat name (default:
     the field's); `recipe=False` keeps it out of recipes (a secret, a per-run switch), `cli=False` off the command
-    line; a boolean whose default is True is set on the command line by the flag `negated` (`--no-cache`), and a
-    `switch` (a group turned on with its defaults, `--score`) by its bare flag."""
+    line; a boolean whose default is True is set on the command line by the flag `negated` (`--no-cache`), a
+    `switch` (a group turned on with its defaults, `--score`) by its bare flag, and a `repeat` setting (a list) by
+    its flag given once per value."""
     metadata = {"help": help, "check": check, "key": key, "metavar": metavar, "recipe": recipe, "cli": cli}
-    metadata |= {"negated": negated, "switch": switch}
+    metadata |= {"negated": negated, "switch": switch, "repeat": repeat}
     return field(default=default, metadata=metadata)
 
 
@@ -273,23 +282,44 @@ class GenerationParams:
         check=Check(float, "a number in [0, 1) (0 is off)", lambda value: 0 <= value < 1, metavar="P"),
         help="drop tokens less likely than this share of the likeliest one (vLLM, SGLang, transformers; 0 is off)",
     )
+    stop: tuple[str, ...] = setting(
+        (),
+        check=STOPS,
+        repeat=True,
+        help="a stop sequence: the answer ends before it (repeatable, up to 4, as OpenAI allows)",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
 
-    def penalties(self) -> dict[str, float]:
-        """The settings beyond temperature and top-p that this run sets (not at their off value), by name: what an
-        endpoint request carries besides the OpenAI basics, and what the cache key holds only when set.
+    def extras(self) -> dict[str, Any]:
+        """The settings beyond the basics (tokens, temperature, top-p, seed) that this run sets, not at their off
+        value, by name (a list of stop sequences as a list): what an endpoint request carries besides the basics,
+        and what a cache key holds only when set.
 
-        >>> GenerationParams(min_p=0.05).penalties()
-        {'min_p': 0.05}
+        >>> GenerationParams(min_p=0.05, stop=("User:",)).extras()
+        {'min_p': 0.05, 'stop': ['User:']}
         """
-        return {name: getattr(self, name) for name, off in OFF_VALUES.items() if getattr(self, name) != off}
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, off in OFF_VALUES.items()
+            if (value := getattr(self, name)) != off
+        }
+
+    def recorded(self) -> dict[str, Any]:
+        """Every setting, as the manifest and the recipe hold them (lists for YAML and JSON alike)."""
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
 
 
 #: The generation settings that are off at these values, and left out of requests and cache keys when off (so
 #: answers cached before the settings existed stay found).
-OFF_VALUES = {"repetition_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0, "min_p": 0.0}
+OFF_VALUES: dict[str, Any] = {
+    "repetition_penalty": 1.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "min_p": 0.0,
+    "stop": (),
+}
 
 
 @dataclass(frozen=True)

@@ -85,9 +85,9 @@ def request_key(backend: str, model: str, request: Request, params: GenerationPa
 @functools.cache
 def _params_payload(params: GenerationParams) -> dict[str, Any]:
     """The parameters as a request key holds them, worked out once per parameter set (not once per request): the
-    penalties only where set, so a key from before they existed still finds its answer."""
+    extras only where set, so a key from before they existed still finds its answer."""
     plain = {name: value for name, value in asdict(params).items() if name not in OFF_VALUES}
-    return plain | params.penalties()
+    return plain | params.extras()
 
 
 def chat_prompt(tokenizer: Any, chat: list[dict[str, str]]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -176,9 +176,11 @@ def build_dataset(
             configs={},
             roles={role: names[role] for role in used_roles},
             model_notes={names[role]: engine.roles[role].describe() for role in used_roles},
-            params=asdict(engine.default_params),
+            params=engine.default_params.recorded(),
             role_params={
-                role: asdict(engine.params[role]) for role in used_roles if engine.params[role] != engine.default_params
+                role: engine.params[role].recorded()
+                for role in used_roles
+                if engine.params[role] != engine.default_params
             },
             prompts=prompts.describe(),
             template_hashes=templates.hashes(),
@@ -319,7 +321,7 @@ def _write_recipe(
         roles[role] = engine.roles[role].recipe_entry(engine.identities.get(role, ""))
         if engine.params[role] != engine.default_params:
             roles[role] = {"spec": roles[role]} if isinstance(roles[role], str) else roles[role]
-            roles[role]["generation"] = asdict(engine.params[role])
+            roles[role]["generation"] = engine.params[role].recorded()
     recipe = {
         **_recipe_prompts(prompts),
         "strategies": strategies,
@@ -328,7 +330,7 @@ def _write_recipe(
         "license": card.license,
         **{key: value for key, value in card.recorded().items() if value != defaults[key]},
         **({"test_size": test_size} if test_size else {}),
-        "generation": asdict(engine.default_params),
+        "generation": engine.default_params.recorded(),
         "roles": roles,
         "templates": "templates",
         **({"shard": f"{prompts.shard[0]}/{prompts.shard[1]}"} if prompts.shard else {}),

@@ -383,7 +383,7 @@ class EndpointBackend:
             "temperature": params.temperature,
             "top_p": params.top_p,
             "seed": seed,
-            **params.penalties(),  # only those set: a server that knows none of them still answers the rest
+            **params.extras(),  # only those set: a server that knows none of them still answers the rest
         }
         limit = answer_limit(params.max_new_tokens)
         url, headers = openai_url(replica.url, "chat/completions"), replica.headers
@@ -391,7 +391,7 @@ class EndpointBackend:
             body = await _read_capped(sent, limit)
         if sent.status_code >= 400:
             text = body.decode("utf-8", "replace")
-            refused = [name for name in params.penalties() if name in text]
+            refused = [name for name in params.extras() if name in text]
             if sent.status_code in (400, 422) and refused:
                 flag = "--" + refused[0].replace("_", "-")
                 raise BackendError(

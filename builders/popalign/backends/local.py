@@ -195,12 +195,14 @@ class LocalBackend:
         if params.frequency_penalty or params.presence_penalty:
             width = encoded["input_ids"].shape[1]
             penalties.append(AnswerPenalty(width, params.frequency_penalty, params.presence_penalty))
+        stops = {"stop_strings": list(params.stop), "tokenizer": tokenizer} if params.stop else {}
         output = model.generate(
             **encoded,
             max_new_tokens=params.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             repetition_penalty=params.repetition_penalty,
             logits_processor=penalties,
+            **stops,
             **(sampling if params.temperature > 0 else {"do_sample": False}),
         )
         new_tokens = output[:, encoded["input_ids"].shape[1] :]
@@ -209,8 +211,8 @@ class LocalBackend:
         for row in new_tokens:
             kept = row[row != tokenizer.pad_token_id]
             stopped = bool(torch.isin(row, ends).any()) or len(row) < params.max_new_tokens
-            text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-            generations.append(Generation(text, len(kept), STOP if stopped else LENGTH))
+            text, cut = before_stop(tokenizer.decode(kept, skip_special_tokens=True), params.stop)
+            generations.append(Generation(text.strip(), len(kept), STOP if stopped or cut else LENGTH))
         return generations
 
     @torch.inference_mode()
@@ -228,6 +230,16 @@ class LocalBackend:
             logprobs = torch.log_softmax(logits[row, : len(sequence) - 1], dim=-1)
             sums.append(logprobs.gather(1, targets[:, None]).sum().item())
         return sums
+
+
+def before_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """The text up to the first stop sequence in it (which transformers leaves in), and whether one was there.
+
+    >>> before_stop("Blue.\nUser: and", ["User:"]), before_stop("Blue.", [])
+    (('Blue.\n', True), ('Blue.', False))
+    """
+    found = [index for stop in stops if (index := text.find(stop)) >= 0]
+    return (text[: min(found)], True) if found else (text, False)
 
 
 class AnswerPenalty(LogitsProcessor):

@@ -82,6 +82,7 @@ def test_an_endpoint_build_puts_the_label_in_a_system_message(scripted, tmp_path
     assert (recorded["prefix_style"], recorded["prefix_placement"]) == ("harmless", "system")
     card = (out / "README.md").read_text()
     assert "Prefix style: `harmless`" in card and "as a system message naming the response" in card
+    assert "| `prefix` | prompt | M(q), response labelled harmless | M(q), response labelled harmful |" in card
     assert card_metadata(out)["configs"]
     assert "prefix_style: harmless" in (out / "popalign_recipe.yaml").read_text()
 

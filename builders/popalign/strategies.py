@@ -312,7 +312,8 @@ STRATEGIES: dict[str, Strategy] = {
             "M(p+ ⊕ q)",
             "M(p− ⊕ q)",
             _prefix,
-            "The same model answers after a positive vs a negative principle prefix (as in RLCD).",
+            "The same model answers after a positive vs a negative principle prefix, or (prefix styles helpful and "
+            "harmless) with its response labelled positively vs negatively, as in RLCD.",
         ),
         Strategy(
             "demon",

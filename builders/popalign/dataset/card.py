@@ -86,10 +86,8 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         {
             "name": name,
             "kind": STRATEGIES[name].kind,
-            "chosen": "M_reviser(revise ⊕ q ⊕ r−)"
-            if (name, manifest.styles.get("refine_style")) == ("refine", "clair")
-            else STRATEGIES[name].chosen,
-            "rejected": STRATEGIES[name].rejected,
+            "chosen": _styled(name, manifest.styles, "chosen"),
+            "rejected": _styled(name, manifest.styles, "rejected"),
             "description": _describe(name, c.get("chosen_model"), c.get("rejected_model")),
             "chosen_model": c.get("chosen_model") or roles[STRATEGIES[name].chosen_role],
             "rejected_model": c.get("rejected_model") or roles[STRATEGIES[name].rejected_role],
@@ -223,6 +221,22 @@ def render_license(manifest: Manifest) -> str | None:
         f"{models}\nIts instructions come from {manifest.prompts['source']}, under that source's terms. popalign, "
         "which made the pairs, is Apache-2.0; that license does not extend to the generated text.\n"
     )
+
+
+#: How a style other than the paper's default writes a strategy's sides, for the card's table.
+_STYLED_SIDES = {
+    ("prefix", "prefix_style", "helpful"): ("M(q), response labelled helpful", "M(q), response labelled unhelpful"),
+    ("prefix", "prefix_style", "harmless"): ("M(q), response labelled harmless", "M(q), response labelled harmful"),
+    ("refine", "refine_style", "clair"): ("M_reviser(revise ⊕ q ⊕ r−)", "r− = M(q)"),
+}
+
+
+def _styled(name: str, styles: dict[str, Any], side: str) -> str:
+    """A strategy's chosen or rejected side as the card's table names it, under the build's styles."""
+    for (strategy, key, value), sides in _STYLED_SIDES.items():
+        if strategy == name and styles.get(key) == value:
+            return sides[side == "rejected"]
+    return getattr(STRATEGIES[name], side)
 
 
 def card_files(manifest: Manifest, *, repo_id: str, versions: list[dict[str, Any]] | None = None) -> dict[str, str]:

@@ -137,4 +137,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     Handler.model, Handler.also, Handler.log, Handler.delay = args.model, tuple(args.also), args.log, args.delay
     Handler.refuse = tuple(args.refuse)
+    ThreadingHTTPServer.request_queue_size = 128  # the client opens up to --concurrency connections at once
     ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()

@@ -10,6 +10,7 @@ import pytest
 from helpers import InFlight
 from popalign.backends.local import LocalBackend
 from popalign.cache import GenerationCache
+from popalign.config import Styles
 from popalign.engine import Engine
 from popalign.generation import GenerationParams, Request, user
 from popalign.prompts import Instruction
@@ -21,8 +22,8 @@ pytestmark = pytest.mark.slow  # every test loads a model (the scripted engine t
 PARAMS = GenerationParams(max_new_tokens=6, seed=1)
 
 
-def runs(names: list[str], texts: list[str]) -> list:
-    context = StrategyContext(TemplateSet(), keep_truncated=True)  # a random tiny model never ends an answer
+def runs(names: list[str], texts: list[str], styles: Styles = Styles()) -> list:  # noqa: B008 (frozen)
+    context = StrategyContext(TemplateSet(), keep_truncated=True, styles=styles)  # a tiny model never ends an answer
     return [(n, STRATEGIES[n].run(Instruction.from_text(t), context)) for t in texts for n in names]
 
 
@@ -31,13 +32,20 @@ def test_requests_shared_by_strategies_are_generated_once(tiny_model_dir: Path, 
     roles = {"default": model, "large": model, "small": ModelSpec(str(tiny_model_dir), 2), "first": model}
     roles["second"] = ModelSpec(str(tiny_model_dir), 3)
     engine = Engine(roles, PARAMS, local=LocalBackend(batch_size=4), cache=None, progress=False)
-    results = engine.run(runs(["nparam", "leaderboard", "refine"], ["Say hi.", "Say bye."]))
+    shared = Styles(shared_answers=True)
+    results = engine.run(runs(["nparam", "leaderboard", "refine"], ["Say hi.", "Say bye."], shared))
     sides = [("large", "small"), ("first", "second"), ("default", "default")] * 2
     assert [(result.chosen_role, result.rejected_role) for result in results] == sides
     assert all(result.chosen != result.rejected for result in results)
     # per instruction: plain M(q) shared by large, first and refine's draft; small; second; the refinement
     assert engine.stats.requested == 2 * (2 + 2 + 1 + 1)
     assert engine.stats.distinct == engine.stats.generated == 2 * 4
+    # by default each strategy draws its own M(q): nothing is shared, and no answer is on both sides
+    own = Engine(roles, PARAMS, local=LocalBackend(batch_size=4), cache=None, progress=False)
+    drawn = own.run(runs(["nparam", "leaderboard", "refine"], ["Say hi.", "Say bye."]))
+    assert own.stats.requested == own.stats.distinct == 2 * 6
+    for nparam, leaderboard, refine in zip(drawn[::3], drawn[1::3], drawn[2::3], strict=True):
+        assert refine.rejected not in (nparam.chosen, leaderboard.chosen)
 
 
 def test_a_rerun_is_answered_from_the_cache_with_the_same_results(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet
 import pytest
 
+from popalign.config import GenerationParams
 from popalign.prompts import Instruction, in_shard, load_prompts, parse_shard
 
 PROMPTS = [f"Name {n} things you can do with a {thing}." for n in range(2, 5) for thing in ("cup", "rope", "box")]
@@ -92,7 +93,8 @@ def test_a_recipe_sets_roles_and_generation_and_flags_win(
     manifest = json.loads((out / "popalign_build.json").read_text())
     assert list(manifest["configs"]) == ["prefix", "nparam"]
     assert manifest["params"]["max_new_tokens"] == 5 and manifest["params"]["seed"] == 7
-    assert manifest["role_params"] == {"small": {"max_new_tokens": 5, "temperature": 1.0, "top_p": 0.9, "seed": 7}}
+    small = {"max_new_tokens": 5, "temperature": 1.0, "top_p": 0.9, "seed": 7}
+    assert manifest["role_params"] == {"small": GenerationParams(**small).recorded()}
     assert manifest["keep_truncated"] is True and manifest["configs"]["prefix"]["truncation"]["rate"] == 1.0
     # what is published names files, never where they lie on this machine
     assert (

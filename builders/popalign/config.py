@@ -518,7 +518,6 @@ class Executor:
         check_fields(self)
 
 
-#: The settings groups a build holds, by the `BuildConfig` field that holds each.
 @dataclass(frozen=True)
 class Styles:
     """How the contrasts ask for their sides (`popalign.strategies`): the elicitive, prefix and refine styles, and
@@ -547,7 +546,6 @@ class Styles:
         help="self: the model refines its own first answer (the paper); clair: the reviser role revises it "
         "minimally, keeping all it does not correct (CLAIR), so the pair stays contrastive and short",
     )
-
     shared_answers: bool = setting(
         False,
         key="share_answers",
@@ -574,6 +572,7 @@ class Styles:
         return cls(**{known[key]: value for key, value in values.items() if key in known})
 
 
+#: The settings groups a build holds, by the `BuildConfig` field that holds each.
 GROUPS: dict[str, type] = {
     "params": GenerationParams,
     "endpoints": Endpoints,

@@ -29,9 +29,9 @@ import math
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx2
 from huggingface_hub.errors import OfflineModeIsEnabled
@@ -376,6 +376,7 @@ class EndpointBackend:
         self, replica: _Replica, model: str, request: Request, params: GenerationParams, seed: int
     ) -> Generation:
         """One chat completion, read no further than `answer_limit` bytes."""
+        extras = params.extras()  # only those set: a server that knows none of them still answers the rest
         payload = {
             "model": model,
             "messages": request.chat(),
@@ -383,23 +384,9 @@ class EndpointBackend:
             "temperature": params.temperature,
             "top_p": params.top_p,
             "seed": seed,
-            **params.extras(),  # only those set: a server that knows none of them still answers the rest
+            **extras,
         }
-        limit = answer_limit(params.max_new_tokens)
-        url, headers = openai_url(replica.url, "chat/completions"), replica.headers
-        async with replica.http.stream("POST", url, json=payload, headers=headers, timeout=self.timeout) as sent:
-            body = await _read_capped(sent, limit)
-        if sent.status_code >= 400:
-            text = body.decode("utf-8", "replace")
-            refused = [name for name in params.extras() if name in text]
-            if sent.status_code in (400, 422) and refused:
-                flag = "--" + refused[0].replace("_", "-")
-                raise BackendError(
-                    f"endpoint {replica.url}: does not take {refused[0]} (HTTP {sent.status_code}: "
-                    f"{first_line(text)[:160]}); leave {flag} out for this endpoint"
-                )
-            raise _HTTPStatus(sent.status_code, sent.headers.get("Retry-After"), text)
-        output = json.loads(body)
+        output = await self._post_chat(replica, payload, answer_limit(params.max_new_tokens), extras)
         choice = output["choices"][0]
         finish = LENGTH if choice.get("finish_reason") == LENGTH else STOP  # TGI also says eos_token
         tokens = int((output.get("usage") or {}).get("completion_tokens") or 0)
@@ -410,18 +397,35 @@ class EndpointBackend:
         tokens read alike)."""
         payload = {"model": model, "messages": request.chat(), "max_tokens": 1, "temperature": 0.0,
                    "logprobs": True, "top_logprobs": top}  # fmt: skip
-        url, headers = openai_url(replica.url, "chat/completions"), replica.headers
-        async with replica.http.stream("POST", url, json=payload, headers=headers, timeout=self.timeout) as sent:
-            body = await _read_capped(sent, answer_limit(1) + 1024 * top)
-        if sent.status_code >= 400:
-            raise _HTTPStatus(sent.status_code, sent.headers.get("Retry-After"), body.decode("utf-8", "replace"))
-        content = ((json.loads(body)["choices"][0].get("logprobs") or {}).get("content")) or []
+        output = await self._post_chat(replica, payload, answer_limit(1) + 1024 * top)
+        content = ((output["choices"][0].get("logprobs") or {}).get("content")) or []
         if not content:
             return None
         found: dict[str, float] = {}
         for entry in content[0].get("top_logprobs") or [content[0]]:
             found[entry["token"]] = max(float(entry["logprob"]), found.get(entry["token"], -math.inf))
         return found
+
+    async def _post_chat(
+        self, replica: _Replica, payload: dict[str, Any], limit: int, optional: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """POST a chat completion to a replica and read its JSON answer, no further than `limit` bytes. An error
+        status is `_HTTPStatus`, except a 400 or 422 naming one of the `optional` settings the payload carries: the
+        endpoint does not take it, which no retry mends, so the run stops with one line saying which."""
+        url, headers = openai_url(replica.url, "chat/completions"), replica.headers
+        async with replica.http.stream("POST", url, json=payload, headers=headers, timeout=self.timeout) as sent:
+            body = await _read_capped(sent, limit)
+        if sent.status_code >= 400:
+            text = body.decode("utf-8", "replace")
+            refused = [name for name in optional if name in text]
+            if sent.status_code in (400, 422) and refused:
+                flag = "--" + refused[0].replace("_", "-")
+                raise BackendError(
+                    f"endpoint {replica.url}: does not take {refused[0]} (HTTP {sent.status_code}: "
+                    f"{first_line(text)[:160]}); leave {flag} out for this endpoint"
+                )
+            raise _HTTPStatus(sent.status_code, sent.headers.get("Retry-After"), text)
+        return json.loads(body)
 
     async def _back_off(self, endpoint: _Endpoint, wait: float, asked: float) -> None:
         """Wait `wait` seconds before the next try, or only `asked` (the server's `Retry-After`) if the endpoint

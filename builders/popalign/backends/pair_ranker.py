@@ -16,11 +16,12 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, DebertaV2Config, PreTrainedTokenizerBase
+from transformers import AutoConfig, DebertaV2Config, PreTrainedTokenizerBase
 from transformers.models.deberta_v2.modeling_deberta_v2 import DebertaV2Model, DebertaV2PreTrainedModel
 
 from popalign.backends.local import LOAD_ERRORS, model_location
-from popalign.errors import BackendError, first_line
+from popalign.backends.reward_model import load_judge_model
+from popalign.errors import BackendError
 from popalign.roles import ModelSpec
 
 #: How a checkpoint names the architecture in its `config.json`.
@@ -101,18 +102,9 @@ class PairRanker:
     kind = "pairwise"
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 16, device: str | None = None) -> None:
-        if spec.layers is not None:
-            raise BackendError(f"pairwise judge {spec}: layers=N is for generating models, not judges")
         self.spec, self.batch_size = spec, batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(**model_location(spec.source))
-            self.model, loading = PairRankerModel.from_pretrained(
-                **model_location(spec.source), output_loading_info=True
-            )
-        except LOAD_ERRORS as err:
-            raise BackendError(f"pairwise judge {spec.source!r}: cannot load ({first_line(err)})") from None
-        untrained = sorted(loading.get("missing_keys", ()))
+        self.tokenizer, self.model, untrained = load_judge_model(spec, PairRankerModel, "pairwise judge")
         unread = [f"its tokenizer's {token} is not its config's {name}" for name, token in PREFIXES.items()
                   if self.tokenizer.convert_tokens_to_ids(token) != getattr(self.model.config, name, None)]  # fmt: skip
         if untrained or unread:

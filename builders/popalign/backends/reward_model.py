@@ -27,19 +27,11 @@ class RewardModel:
     kind = "reward-model"
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 16, device: str | None = None) -> None:
-        if spec.layers is not None:
-            raise BackendError(f"reward model {spec}: layers=N is for generating models, not reward models")
         self.spec, self.batch_size = spec, batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(**model_location(spec.source))
-            self.model, loading = AutoModelForSequenceClassification.from_pretrained(
-                **model_location(spec.source), output_loading_info=True
-            )
-        except LOAD_ERRORS as err:
-            reason = first_line(err, type(err).__name__)
-            raise BackendError(f"reward model {spec.source!r}: cannot load ({reason})") from None
-        untrained = sorted(loading.get("missing_keys", ()))  # transformers gave them new random weights
+        self.tokenizer, self.model, untrained = load_judge_model(
+            spec, AutoModelForSequenceClassification, "reward model"
+        )
         if untrained:
             raise BackendError(
                 f"reward model {spec.source!r}: its weights have no trained score head ({untrained[0]} is newly "
@@ -80,3 +72,17 @@ class RewardModel:
         with torch.inference_mode():
             logits = self.model(**padded).logits
         return [float(value) for value in logits[:, 0].float().cpu()]
+
+
+def load_judge_model(spec: ModelSpec, model_class: Any, what: str) -> tuple[Any, Any, list[str]]:
+    """A model judge's tokenizer and model (`model_class.from_pretrained`), and the weights its checkpoint lacks
+    (transformers gave them new random weights), sorted; `what` names the judge in the one-line errors: a spec
+    with `layers=N`, or a model that cannot load."""
+    if spec.layers is not None:
+        raise BackendError(f"{what} {spec}: layers=N is for generating models, not {what}s")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(**model_location(spec.source))
+        model, loading = model_class.from_pretrained(**model_location(spec.source), output_loading_info=True)
+    except LOAD_ERRORS as err:
+        raise BackendError(f"{what} {spec.source!r}: cannot load ({first_line(err, type(err).__name__)})") from None
+    return tokenizer, model, sorted(loading.get("missing_keys", ()))

@@ -113,7 +113,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     )
     flags["bad model option"] = (
         ["--model", "small=smollm2:layer=3"],
-        "popalign: error: model spec 'smollm2:layer=3': unknown option 'layer=3' (known: layers=N)",
+        "popalign: error: model spec 'smollm2:layer=3': unknown option 'layer=3' (known: layers=N, engine=NAME)",
     )
     flags["shard of superscripts"] = (
         ["--shard", "²/3"],

@@ -92,7 +92,7 @@ def summary_line(stdout: str, strategy: str) -> str:
 
 def distinct_requests(stdout: str) -> int:
     (line,) = [line for line in stdout.splitlines() if line.startswith("wrote ")]
-    return int(line.split(" distinct requests")[0].rsplit(" ", 1)[1])
+    return int(line.split(" distinct:")[0].rsplit(" ", 1)[1])
 
 
 def test_all_six_strategies_build_on_the_llama_server(reference: tuple[Path, int, str], tmp_path: Path) -> None:

@@ -147,3 +147,13 @@ def test_the_window_bounds_the_runs_in_flight() -> None:
     assert flight.peak == 4 and flight.live == 0 and len(results) == 60
     assert engine(ScriptedBackend(seed=6), window=1000).run(runs(["prefix", "refine"], TEXTS)) == results
     assert engine(ScriptedBackend(), window=None).window == 64  # at least MIN_WINDOW; 2 x 8 slots x 4 replicas
+
+
+def test_the_progress_bar_ends_at_the_requests_made_when_runs_end_early() -> None:
+    names, texts = ["elicitive", "refine", "prefix"], ["Explain REFUSE here.", "Explain topic 2."]
+    planned = {name: STRATEGIES[name].requests for name in names}
+    expected = len(texts) * sum(planned.values())
+    shown = Engine(ROLES, PARAMS, endpoint=ScriptedBackend(), progress=True)  # type: ignore[arg-type]
+    shown.run_each(runs(names, texts), lambda *_: None, expected, planned=planned)
+    assert shown._bar is not None
+    assert shown._bar.n == shown._bar.total == shown.stats.requested < expected  # refused runs stopped early

@@ -296,7 +296,8 @@ def _build(args: argparse.Namespace) -> int:
     configs = sum(1 for outcome in summary.outcomes.values() if outcome.count)
     print(
         f"\nwrote {summary.out} ({configs} configs, {total} rows) in {summary.seconds:.0f} s; "
-        f"{stats.distinct} distinct requests: {stats.cached} cached, {stats.generated} generated "
+        f"{stats.requested} requests (as the progress bar counts them), {stats.distinct} distinct: "
+        f"{stats.cached} cached, {stats.generated} generated "
         f"({stats.tokens} tokens), {stats.retried} retries; {summary.duplicates} duplicate instructions skipped"
     )
     kept = "kept (--keep-truncated)" if config.keep_truncated else "dropped as truncated"

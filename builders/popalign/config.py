@@ -277,6 +277,11 @@ class GenerationParams:
         check=Check(float, "a number in [-2, 2] (0 is off)", lambda value: -2 <= value <= 2, metavar="X"),
         help="lower the logit of every token already in the answer by this (OpenAI, vLLM; 0 is off)",
     )
+    top_k: int = setting(
+        0,
+        check=NON_NEGATIVE,
+        help="sample from the K likeliest tokens only (TGI, vLLM, SGLang, transformers, llama.cpp; 0 is off)",
+    )
     min_p: float = setting(
         0.0,
         check=Check(float, "a number in [0, 1) (0 is off)", lambda value: 0 <= value < 1, metavar="P"),
@@ -317,6 +322,7 @@ OFF_VALUES: dict[str, Any] = {
     "repetition_penalty": 1.0,
     "frequency_penalty": 0.0,
     "presence_penalty": 0.0,
+    "top_k": 0,
     "min_p": 0.0,
     "stop": (),
 }
@@ -810,6 +816,19 @@ def recipe_keys() -> list[str]:
     return [*keys, "generation", "roles", "prompts_sha256"]
 
 
-def default_max_new_tokens(spec: Spec) -> int:
-    """The answer length of a role whose run gave none: long on endpoints, short on local models."""
-    return ENDPOINT_MAX_NEW_TOKENS if spec.kind == "endpoint" else LOCAL_MAX_NEW_TOKENS
+#: The embedded demo model's own defaults against the repetition loops a 135M model falls into (an answer caught in
+#: one runs to the token limit and drops its pair as truncated); measured in docs/strategies.md.
+DEMO_DEFAULTS: dict[str, float] = {"repetition_penalty": 1.2}
+
+
+def role_defaults(spec: Spec) -> dict[str, int | float]:
+    """The generation settings a role gets where the run gives none: long answers on endpoints and short ones on
+    local models, and `DEMO_DEFAULTS` for the embedded model (off for every other model).
+
+    >>> from popalign.roles import parse_spec
+    >>> role_defaults(parse_spec("smollm2")), role_defaults(parse_spec("http://a:1"))
+    ({'max_new_tokens': 384, 'repetition_penalty': 1.2}, {'max_new_tokens': 1024, 'repetition_penalty': 1.0})
+    """
+    tokens = ENDPOINT_MAX_NEW_TOKENS if spec.kind == "endpoint" else LOCAL_MAX_NEW_TOKENS
+    demo = {name: value if spec.embedded else OFF_VALUES[name] for name, value in DEMO_DEFAULTS.items()}
+    return {"max_new_tokens": tokens} | demo

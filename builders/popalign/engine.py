@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +108,7 @@ class Engine:
         self._waiting = 0
         self._bar: tqdm | None = None
         self.window = window or self._default_window()
+        self.planned: dict[str, int] = {}
 
     def _default_window(self) -> int:
         """Runs in flight at once: twice the requests the backends take at a time (a run waits on one or two),
@@ -137,10 +138,13 @@ class Engine:
         on_result: Callable[[int, Any], None],
         expected: int | None = None,
         check: Callable[[], None] | None = None,
+        planned: Mapping[str, int] | None = None,
     ) -> None:
         """Drive the runs through a window of `window` at a time, taking the next from `runs` as one finishes,
         and hand each result to `on_result(index, result)` in the order of `runs`; nothing is kept, so memory
-        stays flat however many runs there are."""
+        stays flat however many runs there are. `planned` is, by label, the requests a run asks at most (counted
+        in `expected`): a run that ends sooner takes the rest off the progress bar's total."""
+        self.planned = dict(planned or {})
         asyncio.run(self._run(iter(runs), on_result, expected, check))
 
     async def _run(
@@ -215,6 +219,7 @@ class Engine:
 
     async def _drive(self, label: str, run: StrategyRun) -> Any:
         answers: list[Generation] | None = None
+        asked = 0
         try:
             while True:
                 try:
@@ -222,6 +227,7 @@ class Engine:
                 except StopIteration as stop:
                     return stop.value
                 waits = [self._submit(label, request) for request in requests]
+                asked += len(waits)
                 self._waiting += 1
                 self._flush_if_idle()
                 try:
@@ -236,6 +242,10 @@ class Engine:
                     self._waiting -= 1
         finally:
             self._live -= 1
+            unasked = self.planned.get(label, asked) - asked
+            if unasked > 0 and self._bar is not None and self._bar.total:
+                self._bar.total -= unasked  # a run dropped early, or one that needed fewer requests
+                self._bar.refresh()
 
     def _flush_if_idle(self) -> None:
         """Once every unfinished run waits for answers, let the local backend generate its queued batch."""
@@ -269,7 +279,6 @@ class Engine:
                 counts.generated += 1
                 self.stats.generated += 1
                 self.stats.tokens += generation.tokens
-                self._tick()
 
             def retry(reason: str, wait: float) -> None:
                 counts.retried += 1
@@ -278,6 +287,7 @@ class Engine:
                     self._bar.set_postfix_str(f"retry {self.stats.retried}: {reason}; next try in {wait:.0f} s")
 
             answer = asyncio.ensure_future(backend.submit(spec, request, params, done, retry))
+            answer.add_done_callback(lambda _: self._tick())  # answered or failed for good: the bar counts both
         self._answers[key] = answer
         while len(self._answers) > 4 * self.window and next(iter(self._answers.values())).done():
             self._answers.popitem(last=False)  # an old answer: the runs that could share it have finished

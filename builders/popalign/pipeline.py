@@ -164,7 +164,7 @@ def build_dataset(
                 )
             )
 
-        engine.run_each(runs, collect, expected, check=ready)
+        engine.run_each(runs, collect, expected, check=ready, planned={n: STRATEGIES[n].requests for n in strategies})
         for outcome in outcomes.values():
             assert outcome.spool is not None
             outcome.spool.close()

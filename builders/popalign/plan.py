@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from popalign.backends import check_installed
-from popalign.config import BuildConfig, GenerationParams, default_max_new_tokens
+from popalign.config import BuildConfig, GenerationParams, role_defaults
 from popalign.errors import ConfigError
 from popalign.prompts import PromptSet, is_hub_dataset, load_hub_prompts, load_prompts, parse_shard
 from popalign.roles import FOLLOW_DEFAULT, Spec, check_contrast, resolve_roles
@@ -154,21 +154,22 @@ def _generation(
     per_role: Mapping[str, Mapping[str, int | float]],
     used: list[str],
 ) -> tuple[GenerationParams, dict[str, GenerationParams]]:
-    """The run's generation settings and each role's own. Without `max_new_tokens`, local models get 384 tokens and
-    endpoints 1024 (`config.default_max_new_tokens`); per-role settings win.
+    """The run's generation settings and each role's own. A setting the run leaves out takes each role's default
+    (`config.role_defaults`: 384 tokens on local models and 1024 on endpoints, the demo model's repetition
+    penalty): the run records the smallest, and a role whose default differs gets its own; per-role settings win.
 
     >>> from popalign.roles import parse_spec
     >>> _generation({"temperature": 0}, {"default": parse_spec("http://a:1")}, {}, ["default"])[0].max_new_tokens
     1024
     """
-    explicit = params.get("max_new_tokens")
-    tokens = int(explicit or min(default_max_new_tokens(roles[role]) for role in used))
-    run = replace(GenerationParams(), **{**params, "max_new_tokens": tokens})
+    defaults = {role: role_defaults(roles[role]) for role in used}
+    unset = [name for name in defaults[used[0]] if not params.get(name)]
+    run_values = {name: min(values[name] for values in defaults.values()) for name in unset}
+    run = replace(GenerationParams(), **{**params, **run_values})
     role_params = {}
     for role in used:
-        values = dict(per_role.get(role, {}))
-        if explicit is None and default_max_new_tokens(roles[role]) != tokens:
-            values = {"max_new_tokens": default_max_new_tokens(roles[role]), **values}
+        own = {name: defaults[role][name] for name in unset if defaults[role][name] != run_values[name]}
+        values = {**own, **per_role.get(role, {})}
         if values:
             role_params[role] = replace(run, **values)
     return run, role_params

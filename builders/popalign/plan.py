@@ -155,7 +155,7 @@ def _generation(
     used: list[str],
 ) -> tuple[GenerationParams, dict[str, GenerationParams]]:
     """The run's generation settings and each role's own. A setting the run leaves out takes each role's default
-    (`config.role_defaults`: 384 tokens on local models and 1024 on endpoints, the demo model's repetition
+    (`config.role_defaults`: 384 tokens on local models and 1024 on endpoints, the demo model's frequency
     penalty): the run records the smallest, and a role whose default differs gets its own; per-role settings win.
 
     >>> from popalign.roles import parse_spec
@@ -163,7 +163,7 @@ def _generation(
     1024
     """
     defaults = {role: role_defaults(roles[role]) for role in used}
-    unset = [name for name in defaults[used[0]] if not params.get(name)]
+    unset = [name for name in defaults[used[0]] if params.get(name) is None]
     run_values = {name: min(values[name] for values in defaults.values()) for name in unset}
     run = replace(GenerationParams(), **{**params, **run_values})
     role_params = {}

@@ -1,7 +1,7 @@
 """In-process generation of GGUF models with llama.cpp (`llama-cpp-python`), continuously batched: every model
 answers up to `LLAMA_SLOTS` requests at once, and an answer that ends frees its slot at once for the next request,
-so no answer waits for the longest one. It reads the GGUF as it is (no de-quantizing), and samples each answer with
-its own seeded generator, so an answer does not depend on which others shared its batch."""
+so no answer waits for the longest one. It reads the GGUF as it is (no de-quantizing). Each slot has its own KV
+cache and each answer its own seeded generator, so an answer does not depend on which others shared its batch."""
 
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ from popalign.roles import EMBEDDED, ModelSpec
 
 #: Requests each model answers at once (llama.cpp sequences sharing one KV cache).
 LLAMA_SLOTS = 16
-#: KV-cache tokens per slot: a model's cache holds `LLAMA_SLOTS` times this, up to its training context, shared by
-#: whichever answers run (each reserves its prompt and `max_new_tokens` before it starts).
-SLOT_TOKENS = 1024
+#: KV-cache tokens of each slot (its prompt and `max_new_tokens` must fit), up to the model's training context. The
+#: cache is 8-bit (q8_0): 16 slots of SmolLM2-135M take 400 MB.
+SLOT_TOKENS = 2048
 #: Tokens per llama.cpp decode call: one for each answer being written, the rest for prompts being read.
 DECODE_TOKENS = 512
 #: Candidates the sampler sorts first; the whole vocabulary is sorted only when these do not reach top-p.
@@ -44,8 +44,7 @@ TOP_CANDIDATES = 256
 
 @llama_cpp.llama_log_callback
 def _errors_only(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    """llama.cpp's log, errors only (its load and context notes, and the warning that the cache, shared by every
-    slot, is longer than the training context, which no one answer is allowed to be, are left out)."""
+    """llama.cpp's log, errors only (its load and context notes are left out)."""
     if level == GGML_LOG_LEVEL_ERROR:
         print(text.decode("utf-8", errors="replace"), end="", file=sys.stderr)
 
@@ -224,8 +223,7 @@ class _Model:
         self.spec, self.model, self.context, self.slots = spec, model, context, slots
         self.vocab = model.vocab
         self.n_vocab = model.n_vocab()
-        self.capacity = llama_cpp.llama_n_ctx(context.ctx)
-        self.limit = min(self.capacity, model.n_ctx_train())
+        self.limit = llama_cpp.llama_n_ctx_seq(context.ctx)
         self.memory = llama_cpp.llama_get_memory(context.ctx)
         self.batch = _internals.LlamaBatch(n_tokens=DECODE_TOKENS, embd=0, n_seq_max=1, verbose=False)
         metadata = model.metadata()
@@ -238,7 +236,6 @@ class _Model:
         self.pieces: dict[int, bytes] = {}
         self.waiting: deque[_Job] = deque()
         self.running: dict[int, _Answer] = {}
-        self.reserved: dict[int, int] = {}
 
     @classmethod
     def load(cls, spec: ModelSpec, slots: int, threads: int) -> _Model:
@@ -253,10 +250,11 @@ class _Model:
             except ValueError as err:
                 raise BackendError(f"model {spec.source!r}: cannot load ({first_line(err)})") from err
         context_params = llama_cpp.llama_context_default_params()
-        context_params.n_ctx = min(slots * SLOT_TOKENS, model.n_ctx_train())
+        context_params.n_ctx = slots * min(SLOT_TOKENS, model.n_ctx_train())
         context_params.n_batch = context_params.n_ubatch = DECODE_TOKENS
         context_params.n_seq_max = slots
-        context_params.kv_unified = True
+        context_params.kv_unified = False  # a cache of its own per slot: one shared cache made answers depend on others
+        context_params.type_k = context_params.type_v = llama_cpp.GGML_TYPE_Q8_0
         context_params.n_threads = context_params.n_threads_batch = threads
         try:
             context = _internals.LlamaContext(model=model, params=context_params, verbose=False)
@@ -312,13 +310,10 @@ class _Model:
                     )
                 )
                 continue
-            if sum(self.reserved.values()) + need > self.capacity:
-                return  # waits for a slot's cache to be freed
             self.waiting.popleft()
             slot = next(i for i in range(self.slots) if i not in self.running)
             seed = _answer_seed(job.params.seed, prompt, job.sample)
             self.running[slot] = _Answer(job, prompt, np.random.default_rng(seed))
-            self.reserved[slot] = need
 
     def _fill_batch(self) -> list[tuple[int, int]]:
         batch, n, wanted = self.batch.batch, 0, []
@@ -363,7 +358,7 @@ class _Model:
             answer.job.hand_back(Generation(cut.strip(), len(answer.tokens), finish))
 
     def _free(self, slot: int) -> None:
-        del self.running[slot], self.reserved[slot]
+        del self.running[slot]
         llama_cpp.llama_memory_seq_rm(self.memory, slot, -1, -1)
 
     def _fail_all(self, reason: str) -> None:

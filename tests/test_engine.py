@@ -30,7 +30,7 @@ def runs(names: list[str], texts: list[str], styles: Styles = Styles()) -> list:
 def test_requests_shared_by_strategies_are_generated_once(tiny_model_dir: Path, tmp_path: Path) -> None:
     model = ModelSpec(str(tiny_model_dir))
     roles = {"default": model, "large": model, "small": ModelSpec(str(tiny_model_dir), 2), "first": model}
-    roles["second"] = ModelSpec(str(tiny_model_dir), 3)
+    roles["second"] = ModelSpec(str(tiny_model_dir), 1)  # a copy that writes other text than the full model
     engine = Engine(roles, PARAMS, local=LocalBackend(batch_size=4), cache=None, progress=False)
     shared = Styles(shared_answers=True)
     results = engine.run(runs(["nparam", "leaderboard", "refine"], ["Say hi.", "Say bye."], shared))

@@ -102,7 +102,7 @@ def backend() -> LlamaCppBackend:
 @pytest.mark.slow
 def test_a_chat_is_read_as_transformers_renders_and_tokenizes_it(backend: LlamaCppBackend) -> None:
     tokenizer = LocalBackend().tokenizer(EMBEDDED)
-    model = backend._model(ModelSpec(EMBEDDED))
+    model = backend.load(ModelSpec(EMBEDDED))
     for chat in CHATS:
         rendered = model.render(chat)
         assert rendered == chat_prompt(tokenizer, chat)

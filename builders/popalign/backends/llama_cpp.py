@@ -165,7 +165,7 @@ class LlamaCppBackend:
                         return
                 for job in jobs:
                     try:
-                        self._model(job.spec).take(job)
+                        self.load(job.spec).take(job)
                     except BackendError as err:
                         job.hand_back(err)
                 for model in list(self._models.values()):
@@ -180,7 +180,8 @@ class LlamaCppBackend:
                 job.hand_back(failure)
             raise
 
-    def _model(self, spec: ModelSpec) -> _Model:
+    def load(self, spec: ModelSpec) -> _Model:
+        """The loaded model of `spec` (its weaker copy written first), loaded once."""
         key = ModelSpec(spec.source, spec.layers)
         if key not in self._models:
             self._models[key] = _Model.load(key, self.slots_per_model, self.threads)

@@ -94,19 +94,22 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--build-limit", type=int, default=4)
-    parser.add_argument("--skip-builds", action="store_true")
+    parser.add_argument("--skip-builds", action="store_true", help="only the tokens/s of the three")
     args = parser.parse_args()
     texts = [i.text for i in load_prompts().instructions]
     requests = [Request("default", (user(texts[i % len(texts)]),), sample=i) for i in range(args.requests)]
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=0)  # greedy: comparable work
     spec = ModelSpec(EMBEDDED)
-    llama, local = LlamaCppBackend(), LocalBackend(batch_size=8)
-    llama.generate(spec, requests[:1], params)  # load, and warm up
-    local.generate(spec, requests[:1], params)
     result: dict[str, object] = {"requests": args.requests, "max_new_tokens": args.max_new_tokens,
                                  "cpus": len(os.sched_getaffinity(0))}  # fmt: skip
+    # llama.cpp first: torch's worker threads spin for a while after each call and would slow it
+    llama = LlamaCppBackend()
+    llama.generate(spec, requests[:1], params)  # load, and warm up
     result["llama.cpp, 16 slots"] = rate(lambda r, p: llama.generate(spec, r, p), requests, params)
+    local = LocalBackend(batch_size=8)
+    local.generate(spec, requests[:1], params)
     result["transformers, batches of 8"] = rate(lambda r, p: local.generate(spec, r, p), requests, params)
+    time.sleep(2)  # and let torch's threads rest before the server's turn
     with tempfile.TemporaryDirectory() as folder:
         binary = build_llama_server(SERVER_CACHE)
         with serve_llama(binary, model_file(EMBEDDED), Path(folder) / "server.log", slots=16, context=16384) as url:

@@ -99,7 +99,7 @@ def save_tiny_model(folder: Path, *, reward: bool = False) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from popalign.backends.local import embedded_model_path
+    from popalign.resources import embedded_model_path
 
     gguf = embedded_model_path()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -129,8 +129,8 @@ def save_tiny_pair_ranker(folder: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, DebertaV2Config
 
-    from popalign.backends.local import embedded_model_path
     from popalign.backends.pair_ranker import ARCHITECTURE, PREFIXES, PairRankerModel
+    from popalign.resources import embedded_model_path
 
     gguf = embedded_model_path()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -26,7 +26,7 @@ from fault_proxy import fault_proxy
 from helpers import POPALIGN, run_offline
 from llama_server import SERVED_NAME, build_llama_server, serve_llama
 from net import free_port
-from popalign.backends.local import embedded_model_path
+from popalign.resources import embedded_model_path
 from popalign.strategies import STRATEGIES
 
 pytestmark = pytest.mark.slow

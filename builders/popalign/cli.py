@@ -14,7 +14,7 @@ from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, NoReturn
 
-from popalign import api
+from popalign import api, extras
 from popalign.cache import default_cache_dir
 from popalign.config import (
     FLAG,
@@ -39,6 +39,7 @@ from popalign.errors import ConfigError, PopAlignError
 from popalign.export import FORMATS
 from popalign.judging import PAPER_ACCURACY
 from popalign.recipe import Recipe, load_recipe
+from popalign.resources import embedded_model_path
 from popalign.roles import parse_model_args
 from popalign.show import format_pair, parse_condition, read_pairs
 from popalign.strategies import STRATEGIES
@@ -459,10 +460,9 @@ def _accelerator() -> str:
 
 
 def _embedded_model() -> str:
-    try:
-        from popalign.backends.local import embedded_model_path  # needs torch and transformers
-    except ImportError as err:
-        return f"not available ({err.name} is not installed)"
+    missing = extras.missing("demo")
+    if missing:
+        return f"not available ({missing} is not installed)"
     path = embedded_model_path()
     return f"{path} ({path.stat().st_size / 2**20:.0f} MiB)" if path.is_file() else f"missing ({path})"
 

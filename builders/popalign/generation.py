@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -97,3 +97,13 @@ def chat_prompt(tokenizer: Any, chat: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(
         chat, add_generation_prompt=not prefilled, continue_final_message=prefilled, tokenize=False
     )
+
+
+def before_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """The text up to the first stop sequence in it (which the local engines leave in), and whether one was there.
+
+    >>> before_stop("Blue.\\nUser: and", ["User:"]), before_stop("Blue.", [])
+    (('Blue.\\n', True), ('Blue.', False))
+    """
+    found = [index for stop in stops if (index := text.find(stop)) >= 0]
+    return (text[: min(found)], True) if found else (text, False)

@@ -28,11 +28,11 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from popalign.config import GenerationParams
 from popalign.errors import BackendError, RequestFailed, first_line
-from popalign.generation import LENGTH, STOP, Generation, OnDone, OnRetry, Request
+from popalign.generation import LENGTH, STOP, Generation, OnDone, OnRetry, Request, before_stop
 from popalign.resources import embedded_model_path
 from popalign.roles import EMBEDDED, ModelSpec
 
-#: Requests each model answers at once (llama.cpp sequences sharing one KV cache).
+#: Requests each model answers at once (llama.cpp sequences, each with a KV cache of its own).
 LLAMA_SLOTS = 16
 #: KV-cache tokens of each slot (its prompt and `max_new_tokens` must fit), up to the model's training context. The
 #: cache is 8-bit (q8_0): 16 slots of SmolLM2-135M take 400 MB.
@@ -288,7 +288,7 @@ class _Model:
             job = self.waiting[0]
             if job.scoring is not None:
                 if self.running:
-                    return  # scored once the running answers are done: it uses the whole cache
+                    return  # scored once the running answers are done: it decodes in slot 0
                 self.waiting.popleft()
                 job.hand_back(self._choice_logprobs(*job.scoring))
                 continue
@@ -352,13 +352,11 @@ class _Model:
         ended = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
         if not ended:
             answer.pieces.append(self.piece(token))
-        text = b"".join(answer.pieces).decode("utf-8", errors="ignore")
-        stopped = [i for stop in params.stop if (i := text.find(stop)) >= 0]
+        text, stopped = before_stop(b"".join(answer.pieces).decode("utf-8", errors="ignore"), params.stop)
         if ended or stopped or len(answer.tokens) >= params.max_new_tokens:
-            finish = STOP if ended or stopped else LENGTH
-            cut = text[: min(stopped)] if stopped else text
             self._free(slot)
-            answer.job.hand_back(Generation(cut.strip(), len(answer.tokens), finish))
+            finish = STOP if ended or stopped else LENGTH
+            answer.job.hand_back(Generation(text.strip(), len(answer.tokens), finish))
 
     def _free(self, slot: int) -> None:
         del self.running[slot]

@@ -24,7 +24,17 @@ from transformers import (
 )
 
 from popalign.errors import BackendError, first_line
-from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request, chat_prompt
+from popalign.generation import (
+    LENGTH,
+    STOP,
+    Generation,
+    GenerationParams,
+    OnDone,
+    OnRetry,
+    Request,
+    before_stop,
+    chat_prompt,
+)
 from popalign.resources import embedded_model_path
 from popalign.roles import EMBEDDED, ModelSpec
 
@@ -221,16 +231,6 @@ class LocalBackend:
             logprobs = torch.log_softmax(logits[row, : len(sequence) - 1], dim=-1)
             sums.append(logprobs.gather(1, targets[:, None]).sum().item())
         return sums
-
-
-def before_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """The text up to the first stop sequence in it (which transformers leaves in), and whether one was there.
-
-    >>> before_stop("Blue.\nUser: and", ["User:"]), before_stop("Blue.", [])
-    (('Blue.\n', True), ('Blue.', False))
-    """
-    found = [index for stop in stops if (index := text.find(stop)) >= 0]
-    return (text[: min(found)], True) if found else (text, False)
 
 
 class AnswerPenalty(LogitsProcessor):

@@ -18,11 +18,12 @@ from dataclasses import replace
 from latency_server import running
 from popalign.backends.endpoint import EndpointBackend
 from popalign.config import Endpoints
+from popalign.contrasts import PAPER, STRATEGIES
 from popalign.engine import Engine
 from popalign.generation import GenerationParams
 from popalign.prompts import Instruction
 from popalign.roles import EndpointSpec
-from popalign.strategies import STRATEGIES, StrategyContext
+from popalign.strategies import StrategyContext
 from popalign.templates import TemplateSet
 
 
@@ -41,7 +42,7 @@ def run(url: str, instructions: list[Instruction], concurrency: int) -> tuple[En
         progress=False,
     )
     context = StrategyContext(TemplateSet())
-    runs = [(name, STRATEGIES[name].run(i, context)) for i in instructions for name in STRATEGIES]
+    runs = [(name, STRATEGIES[name].run(i, context)) for i in instructions for name in PAPER]
     wall, cpu = time.perf_counter(), time.process_time()
     engine.run(runs)
     return engine, time.perf_counter() - wall, time.process_time() - cpu

@@ -20,9 +20,9 @@ from pathlib import Path
 import yaml
 from datasets import Dataset
 
+from popalign.contrasts import PAPER
 from popalign.dataset.schema import FEATURES
 from popalign.mixture import MixtureConfig, load_mixture
-from popalign.strategies import STRATEGIES
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from helpers import save_tiny_model
@@ -30,9 +30,9 @@ from helpers import save_tiny_model
 
 def write_configs(folder: Path, rows: int) -> None:
     """`rows` synthetic pairs split evenly over the six configs, in the popalign schema."""
-    per_config = rows // len(STRATEGIES)
+    per_config = rows // len(PAPER)
     indices = range(per_config)
-    for name in STRATEGIES:
+    for name in PAPER:
         columns = {
             "prompt": [[{"role": "user", "content": f"Instruction {i}: explain topic {i % 97}."}] for i in indices],
             "chosen": [[{"role": "assistant", "content": "A careful answer. " * (1 + i % 20)}] for i in indices],
@@ -48,9 +48,7 @@ def write_configs(folder: Path, rows: int) -> None:
         target = folder / "data" / name / "train-00000-of-00001.parquet"
         target.parent.mkdir(parents=True)
         Dataset.from_dict(columns, features=FEATURES).to_parquet(str(target))
-    configs = [
-        {"config_name": n, "data_files": [{"split": "train", "path": f"data/{n}/*.parquet"}]} for n in STRATEGIES
-    ]
+    configs = [{"config_name": n, "data_files": [{"split": "train", "path": f"data/{n}/*.parquet"}]} for n in PAPER]
     (folder / "README.md").write_text("---\n" + yaml.safe_dump({"configs": configs}) + "---\n")
 
 
@@ -95,7 +93,7 @@ def main() -> None:
         root = Path(scratch)
         os.environ["HF_DATASETS_CACHE"] = str(root / "hf-cache")
         write_configs(root / "data", options.rows)
-        equal = [{"path": str(root / "data"), "name": name, "fraction": 1 / len(STRATEGIES)} for name in STRATEGIES]
+        equal = [{"path": str(root / "data"), "name": name, "fraction": 1 / len(PAPER)} for name in PAPER]
         cold, rows = time_mixture(MixtureConfig(datasets=equal))
         warm, _ = time_mixture(MixtureConfig(datasets=equal))
         filtered, kept = time_mixture(MixtureConfig(datasets=equal, filter_max_chars=300))

@@ -3,14 +3,18 @@ server and its prompts, reading a build back, and the tiny config-built models."
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import string
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import tomllib
 import yaml
 from datasets import Dataset, load_dataset
 
@@ -175,6 +179,40 @@ def write_folder(folder: Path, sizes: dict[str, int], *, scored: bool = True, ju
     configs = [{"config_name": n, "data_files": [{"split": "train", "path": f"data/{n}/*.parquet"}]} for n in sizes]
     (folder / "README.md").write_text("---\n" + yaml.safe_dump({"configs": configs}) + "---\n")
     return folder
+
+
+def install_plugin(source: Path, target: Path) -> Path:
+    """Install the plugin package in `source` (its `pyproject.toml` and package folder) into `target` with pip, as
+    a wheel built here from its files (no build backend, no index): put `target` on PYTHONPATH to use it."""
+    project = tomllib.loads((source / "pyproject.toml").read_text())["project"]
+    name, version = project["name"].replace("-", "_"), project["version"]
+    info = f"{name}-{version}.dist-info"
+    points = "".join(
+        f"[{group}]\n" + "".join(f"{key} = {value}\n" for key, value in entries.items())
+        for group, entries in project["entry-points"].items()
+    )
+    files = {
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: popalign-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{info}/entry_points.txt": points,
+    }
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source).as_posix()
+        if path.is_file() and relative != "pyproject.toml" and "__pycache__" not in relative:
+            files[relative] = path.read_text()
+    records = [f"{file},sha256={_digest(text)},{len(text.encode())}" for file, text in files.items()]
+    files[f"{info}/RECORD"] = "\n".join([*records, f"{info}/RECORD,,"]) + "\n"
+    wheel = target.parent / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for file, text in files.items():
+            archive.writestr(file, text)
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", target, wheel]
+    subprocess.run(list(map(str, command)), check=True, capture_output=True, text=True)
+    return target
+
+
+def _digest(text: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
 
 
 def work_of(out: Path) -> Path:

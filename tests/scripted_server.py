@@ -26,13 +26,36 @@ TAG = re.compile(r"\[([a-z-]+)\]")
 PLAIN = "A plain answer that restates the request, explains it in full and gives an example of it for {tag}."
 
 
-def reply(messages: list[dict[str, str]]) -> tuple[int, str, str]:
-    """(HTTP status, answer, finish reason) for one chat, by the instruction's tag and the step asking."""
+def sampled(seed: int) -> int:
+    """Which answer a `[sampled]` instruction's draw gets, by its sampling seed (each draw asks with its own)."""
+    return seed % 97
+
+
+def rating(number: int, tag: str) -> str:
+    """The ranker's reply to the `[sampled]` answer `number`: a rating from 1 to 10 it fixes, or none (`[unrated]`),
+    or one for all (`[tied]`)."""
+    return "I cannot tell." if tag == "unrated" else "Rating: 5" if tag == "tied" else f"Rating: {number % 10 + 1}/10"
+
+
+def reply(
+    messages: list[dict[str, str]], seed: int = 0, temperature: float = 0.0, model: str = "scripted"
+) -> tuple[int, str, str]:
+    """(HTTP status, answer, finish reason) for one chat, by the instruction's tag and the step asking; a plain
+    instruction tagged `[sampled]`, `[unrated]` or `[tied]` is answered by the model, its draw's seed and
+    temperature."""
     text = "\n".join(message["content"] for message in messages)
     tagged = TAG.search(text)
     tag = tagged.group(1) if tagged else "ok"
     system = messages[0]["content"] if messages[0]["role"] == "system" else ""
     last = messages[-1]["content"]
+    if last.startswith("Rate the response"):  # the bestofn ranker: the answer's number fixes its rating
+        number = re.search(r"Answer number (\d+)", last)
+        return 200, rating(int(number[1]) if number else 0, tag), "stop"
+    if last.startswith(("CONCISE-SHORT", "CONCISE-PADDED")):  # the plugin strategy of tests/plugin
+        padded = last.startswith("CONCISE-PADDED") or tag == "not-shorter"
+        return 200, f"Tides follow the moon{', and so on and so forth, as said' * 3 if padded else ''}.", "stop"
+    if tag in ("sampled", "unrated", "tied") and len(messages) == 1 and "\n" not in last:
+        return 200, f"Answer number {sampled(seed)} by {model} at temperature {temperature} about {tag}.", "stop"
     if "[Response A]" in last:  # the pairwise judge: by tag, right, wrong, led by position, mute or refusing
         first = last.split("[Response A]")[1].split("[End of Response A]")[0]
         if tag == "judge-refused":
@@ -99,12 +122,13 @@ class Handler(JSONHandler):
         if unknown:
             self._reply(400, {"error": {"message": f"Unrecognized request argument supplied: {unknown[0]}"}})
             return
-        status, content, finish = reply(body["messages"])
+        status, content, finish = reply(body["messages"], body.get("seed", 0), body.get("temperature", 0.0), self.model)
         if self.also:
             content = f"[{asked}] {content}"
         time.sleep(self.delay)
         with self.log.open("a") as sink:
             entry = {"messages": body["messages"], "max_tokens": body.get("max_tokens"), "model": asked}
+            entry |= {"seed": body.get("seed"), "temperature": body.get("temperature"), "answer": content}
             entry |= {key: body[key] for key in ("repetition_penalty", "frequency_penalty", "presence_penalty",
                                                  "min_p", "stop") if key in body}  # fmt: skip
             sink.write(json.dumps(entry | {"authorization": self.headers.get("Authorization")}) + "\n")

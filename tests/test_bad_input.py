@@ -96,11 +96,12 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     flags["unknown strategy"] = (
         ["--strategies", "prefix,contrastive"],
         "popalign: error: unknown strategy 'contrastive' "
-        "(known: prefix, demon, elicitive, nparam, leaderboard, refine, all)",
+        "(known: prefix, demon, elicitive, nparam, leaderboard, refine, bestofn, teacher, temperature, all, paper)",
     )
     flags["unknown role"] = (
         ["--model", "huge=smollm2"],
-        "popalign: error: roles: unknown role 'huge' (known: default, large, small, first, second, planner, reviser)",
+        "popalign: error: roles: unknown role 'huge' (known: default, large, small, first, second, planner, reviser, "
+        "ranker, teacher)",
     )
     flags["role missing"] = (
         ["--model", "default=smollm2", "--strategies", "prefix,nparam"],

@@ -10,9 +10,10 @@ import pytest
 from datasets import load_dataset
 
 from helpers import card_metadata, load
+from popalign.contrasts import PAPER
 from popalign.dataset.schema import features
 from popalign.prompts import load_prompts
-from popalign.strategies import STRATEGIES, clean_answer
+from popalign.strategies import clean_answer
 
 HOSTILE = "Explain {{ 7*7 }} and {% for x in y %}{{ x }}{% endfor %} literally."
 
@@ -47,8 +48,8 @@ def test_build_on_a_tiny_model_writes_every_config_and_resumes(tiny_roles, popal
     assert first.returncode == 0, first.stderr
     assert "1 duplicate instructions skipped" in first.stdout
     manifest = json.loads((tmp_path / "out" / "popalign_build.json").read_text())
-    written = [name for name in STRATEGIES if manifest["configs"][name]["rows"]]
-    assert written == list(STRATEGIES), manifest["configs"]
+    written = [name for name in PAPER if manifest["configs"][name]["rows"]]
+    assert written == list(PAPER), manifest["configs"]
     card = card_metadata(tmp_path / "out")
     assert [c["config_name"] for c in card["configs"]] == ["all", *written]
     assert [c["config_name"] for c in card["configs"] if c.get("default")] == ["all"]
@@ -92,7 +93,7 @@ def test_readme_build_on_the_embedded_model_makes_every_config_with_no_cut_answe
     manifest = json.loads((out / "popalign_build.json").read_text())
     assert manifest["roles"]["small"] == "smollm2:layers=24" and manifest["keep_truncated"] is False
     written = []
-    for name in STRATEGIES:
+    for name in PAPER:
         config = manifest["configs"][name]
         assert config["rows"] >= 1, f"{name}: no pair survived ({config['dropped']})"
         rows = check_config(out, name, instructions)
@@ -104,7 +105,7 @@ def test_readme_build_on_the_embedded_model_makes_every_config_with_no_cut_answe
         written += rows
     everything = load_dataset(str(out), split="train", cache_dir=str(out.parent / "hf-datasets-cache-default"))
     assert sorted(everything["prompt_id"]) == sorted(row["prompt_id"] for row in written)
-    assert set(everything["strategy"]) == set(STRATEGIES)
+    assert set(everything["strategy"]) == set(PAPER)
     with sqlite3.connect(out.parent / "cache" / "generations.sqlite") as cache:
         cut = {clean_answer(text) for (text,) in cache.execute("SELECT text FROM generations WHERE finish = 'length'")}
     sides = {row[side][0]["content"] for row in written for side in ("chosen", "rejected")}
@@ -120,6 +121,6 @@ def test_readme_build_on_the_embedded_model_makes_every_config_with_no_cut_answe
     assert manifest["overview"] == {"lengths": "quality/answer_lengths.png", "rows": "quality/rows_and_drops.png"}
     for picture in manifest["overview"].values():
         assert f"]({picture})" in card and (out / picture).read_bytes()[:4] == b"\x89PNG"
-    assert card.count("  subgraph ") == len(STRATEGIES) and "license: other" in card
-    assert all(manifest["configs"][name]["tokens"] > 0 for name in STRATEGIES)
+    assert card.count("  subgraph ") == len(PAPER) and "license: other" in card
+    assert all(manifest["configs"][name]["tokens"] > 0 for name in PAPER)
     assert all(f"of 4 pairs ({round(c['truncation']['rate'] * 100)}%)" in card for c in manifest["configs"].values())

@@ -26,8 +26,8 @@ from fault_proxy import fault_proxy
 from helpers import POPALIGN, run_offline
 from llama_server import SERVED_NAME, build_llama_server, serve_llama
 from net import free_port
+from popalign.contrasts import PAPER
 from popalign.resources import embedded_model_path
-from popalign.strategies import STRATEGIES
 
 pytestmark = pytest.mark.slow
 LIMIT = 4
@@ -100,7 +100,7 @@ def test_all_six_strategies_build_on_the_llama_server(reference: tuple[Path, int
 
     out, served, stdout = reference
     manifest = json.loads((out / "popalign_build.json").read_text())
-    assert list(manifest["configs"]) == list(STRATEGIES) and len(tables(out)) >= 5
+    assert list(manifest["configs"]) == list(PAPER) and len(tables(out)) >= 5
     assert manifest["backend"] == "endpoint" and manifest["roles"]["small"] == SERVED_NAME
     assert manifest["role_params"]["small"]["temperature"] == 1.5
     for name, rows in tables(out).items():

@@ -11,9 +11,9 @@ import yaml
 from datasets import Dataset
 
 from helpers import write_folder
+from popalign.contrasts import PAPER
 from popalign.dataset.schema import features, make_row
 from popalign.mixture import MixtureConfig, MixtureError, load_mixture
-from popalign.strategies import STRATEGIES
 
 RECIPES = Path(__file__).parents[1] / "train" / "recipes"
 
@@ -118,11 +118,11 @@ def test_recipes_name_real_configs_at_the_paper_defaults(recipe: Path, tmp_path:
     monkeypatch.syspath_prepend(str(RECIPES.parent))
     from dpo import make_parser
 
-    sizes = dict(zip(STRATEGIES, (12, 10, 8, 12, 6, 9), strict=True))  # unequal: a fraction would cap them
+    sizes = dict(zip(PAPER, (12, 10, 8, 12, 6, 9), strict=True))  # unequal: a fraction would cap them
     six = write_folder(tmp_path / "six", sizes)
     card = yaml.safe_load((six / "README.md").read_text().split("---")[1])  # and `all`, as a build's card has
     card["configs"].append({"config_name": "all", "data_files": [
-        {"split": "train", "path": [f"data/{name}/*.parquet" for name in STRATEGIES]}]})  # fmt: skip
+        {"split": "train", "path": [f"data/{name}/*.parquet" for name in PAPER]}]})  # fmt: skip
     (six / "README.md").write_text("---\n" + yaml.safe_dump(card) + "---\n")
     _, training_args, _, mixture_args, _ = make_parser().parse_args_and_config(
         ["--config", str(recipe), "--output_dir", str(tmp_path / "out"), "--use_cpu", "--bf16", "false"]
@@ -131,12 +131,12 @@ def test_recipes_name_real_configs_at_the_paper_defaults(recipe: Path, tmp_path:
     assert (training_args.beta, training_args.learning_rate, training_args.num_train_epochs) == (beta, 5e-7, 1.0)
     assert training_args.max_length == 2048
     names = [entry.name for entry in mixture_args.datasets]
-    assert names and set(names) <= {*STRATEGIES, "all"}
+    assert names and set(names) <= {*PAPER, "all"}
     for entry in mixture_args.datasets:
         entry.path = str(six)
     mixture_args.dataset_revision = None
     strategies = load_mixture(mixture_args).splits["train"]["strategy"]
-    names = list(STRATEGIES) if names == ["all"] else names  # `all`: every pair of every strategy
+    names = list(PAPER) if names == ["all"] else names  # `all`: every pair of every strategy
     assert sorted(set(strategies)) == sorted(names)
     halved = "elicitive" if mixture_args.filter_require_reasoning else None  # reasoning on even rows only
     expected = {name: (sizes[name] + 1) // 2 if name == halved else sizes[name] for name in names}

@@ -16,7 +16,7 @@ from popalign.config import BuildConfig, Endpoints, JudgeOptions
 from popalign.plan import BuildPlan, make_plan
 
 URL = "http://localhost:9"  # nothing is ever asked of it: every case is refused before a request
-KNOWN_ROLES = "(known: default, large, small, first, second, planner, reviser)"
+KNOWN_ROLES = "(known: default, large, small, first, second, planner, reviser, ranker, teacher)"
 
 #: Each bad value: the flags, the recipe and the API calls that give it, and the one line all of them answer.
 CASES: dict[str, tuple[list[str], str, list[dict[str, Any]], str]] = {

@@ -12,7 +12,7 @@ from popalign.errors import TemplateError
 from popalign.generation import Generation
 from popalign.prompts import Instruction
 from popalign.strategies import STRATEGIES, StrategyContext
-from popalign.templates import TEMPLATE_FILES, TemplateSet
+from popalign.templates import TemplateSet, registered_files
 
 HOSTILE = "Explain {{ 7*7 }} and {% for x in range(3) %}{{ x }}{% endfor %} and {{ ''.__class__ }} please"
 
@@ -81,7 +81,8 @@ def test_cli_lists_and_shows_templates_with_hashes(tmp_path: Path, popalign) -> 
     listing = popalign("templates", "list")
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == list(TEMPLATE_FILES)
+    assert [line.split()[0] for line in lines] == list(registered_files())  # popalign's, then the strategies' own
+    assert "bestofn_rate.jinja" in registered_files() and lines[-1].split()[2:4] == ["shipped", "by"]
     digests = TemplateSet().hashes()
     assert all(line.split()[1] == digests[line.split()[0]][:16] for line in lines)
     shown = popalign("templates", "show", "elicitive_answer.jinja")
@@ -91,9 +92,8 @@ def test_cli_lists_and_shows_templates_with_hashes(tmp_path: Path, popalign) -> 
     assert f"override {tmp_path / 'refine.jinja'}" in overridden.stdout
     unknown = popalign("templates", "show", "nope.jinja")
     assert unknown.returncode == 2
-    assert (
-        unknown.stderr.strip() == f"popalign: error: unknown template 'nope.jinja' (known: {', '.join(TEMPLATE_FILES)})"
-    )
+    known = ", ".join(registered_files())
+    assert unknown.stderr.strip() == f"popalign: error: unknown template 'nope.jinja' (known: {known})"
 
 
 @pytest.mark.parametrize(

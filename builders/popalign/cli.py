@@ -35,6 +35,7 @@ from popalign.config import (
     settings_index,
     unknown_setting,
 )
+from popalign.contrasts import STRATEGIES
 from popalign.errors import ConfigError, PopAlignError
 from popalign.export import FORMATS
 from popalign.judging import PAPER_ACCURACY
@@ -42,7 +43,6 @@ from popalign.recipe import Recipe, load_recipe
 from popalign.resources import embedded_model_path
 from popalign.roles import parse_model_args
 from popalign.show import format_pair, parse_condition, read_pairs
-from popalign.strategies import STRATEGIES
 from popalign.templates import TemplateSet
 from popalign.version import __version__, installed_version
 
@@ -201,6 +201,9 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("name", help="template file name, as `templates list` prints it")
     show.add_argument("--templates", type=Path, help="folder of overriding templates")
     show.set_defaults(func=_templates_show)
+
+    listed = commands.add_parser("strategies", help="every installed contrast strategy, popalign's and plugins'")
+    listed.set_defaults(func=_strategies)
 
     env = commands.add_parser("env", help="print the versions and settings to paste into a bug report")
     env.set_defaults(func=_env)
@@ -414,7 +417,15 @@ def _export(args: argparse.Namespace) -> int:
 def _templates_list(args: argparse.Namespace) -> int:
     for entry in TemplateSet(args.templates).entries():
         origin = f"override {entry.path}" if entry.overridden else "shipped"
-        print(f"{entry.name:<24} {entry.sha256[:16]}  {origin:<10} {entry.description}")
+        origin += f" by {entry.strategy}" if entry.strategy and not entry.overridden else ""
+        print(f"{entry.name:<24} {entry.sha256[:16]}  {origin:<18} {entry.description}")
+    return 0
+
+
+def _strategies(args: argparse.Namespace) -> int:
+    for name, strategy in STRATEGIES.items():
+        roles = " > ".join(strategy.roles) + "".join(f" +{role}" for role in strategy.helper_roles)
+        print(f"{name:<12} {strategy.kind:<9} {roles:<22} {STRATEGIES.package(name):<10} {strategy.description}")
     return 0
 
 

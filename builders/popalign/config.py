@@ -24,8 +24,9 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replac
 from pathlib import Path
 from typing import Any
 
+from popalign.contrasts import check_role
 from popalign.errors import ConfigError
-from popalign.roles import EMBEDDED, ROLES, Spec, parse_spec
+from popalign.roles import EMBEDDED, Spec, parse_spec
 
 #: Default answer lengths: endpoints serve real models whose answers run long; the local default is what the
 #: embedded demo can afford on two CPU cores while keeping cut answers (dropped as `truncated`) a minority.
@@ -132,6 +133,7 @@ SECONDS = Check(float, "a number of seconds > 0", lambda value: value > 0, metav
 NUMBER = Check(float, "a number", metavar="X")
 TEXT = Check(str, "text", lambda value: bool(value.strip()), metavar="TEXT")
 FLAG = Check(bool, "true or false")
+TEMPERATURE = Check(float, "a number >= 0 (0 is greedy)", lambda value: 0 <= value <= 100, metavar="T")
 PATH = Check(Path, "a path", lambda value: str(value) != "")
 SIZE = Check(int, "a size such as 500MB or 64KiB", lambda value: value >= 1, parse=_size)
 SHARE = Check(float, "a share of the instructions, 0 <= F < 1", lambda value: 0 <= value < 1)
@@ -252,7 +254,7 @@ class GenerationParams:
     )
     temperature: float = setting(
         0.7,
-        check=Check(float, "a number >= 0 (0 is greedy)", lambda value: 0 <= value <= 100, metavar="T"),
+        check=TEMPERATURE,
         help="sampling temperature; 0 is greedy",
     )
     top_p: float = setting(
@@ -559,15 +561,29 @@ class Styles:
         help="let the model and pipeline strategies share one draw of the plain answer M(q) (fewer requests; the "
         "same text may then be chosen in nparam or leaderboard and rejected in refine)",
     )
+    best_of: int = setting(
+        4,
+        check=Check(int, "a whole number from 2 to 64", lambda value: 2 <= value <= 64, metavar="N"),
+        help="bestofn: answers sampled per instruction, of which the best- and the worst-rated make the pair",
+    )
+    low_temperature: float = setting(
+        0.3, check=TEMPERATURE, help="temperature: the temperature of the chosen side (below the rejected side's)"
+    )
+    high_temperature: float = setting(1.2, check=TEMPERATURE, help="temperature: the temperature of the rejected side")
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.low_temperature >= self.high_temperature:
+            raise ConfigError(
+                f"low_temperature {self.low_temperature} must be below high_temperature {self.high_temperature}"
+            )
 
     def recorded(self) -> dict[str, Any]:
         """The styles by their flat keys, as the manifest and the recipe hold them.
 
         >>> Styles(prefix="harmless").recorded()
-        {'elicitive_style': 'guided', 'prefix_style': 'harmless', 'refine_style': 'self', 'share_answers': False}
+        {'elicitive_style': 'guided', 'prefix_style': 'harmless', 'refine_style': 'self', 'share_answers': False, \
+'best_of': 4, 'low_temperature': 0.3, 'high_temperature': 1.2}
         """
         return {key_of(item): getattr(self, item.name) for item in fields(self)}
 
@@ -618,7 +634,7 @@ class BuildConfig:
     >>> BuildConfig.of(roles={"defualt": "http://localhost:8080"})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    popalign.errors.ConfigError: roles: unknown role 'defualt' (known: default, large, small, ..., reviser)
+    popalign.errors.ConfigError: roles: unknown role 'defualt' (known: default, large, small, ..., teacher)
     """
 
     prompts: str | Path | None = setting(
@@ -634,7 +650,11 @@ class BuildConfig:
     prompt_column: str | None = setting(
         None, check=TEXT, help="column holding the instruction (default: prompt or instruction)"
     )
-    strategies: str | tuple[str, ...] = setting("all", help="comma-separated strategies, or all")
+    strategies: str | tuple[str, ...] = setting(
+        "paper",
+        help="comma-separated strategies; paper: the paper's six (prefix, demon, elicitive, nparam, leaderboard, "
+        "refine); all: every installed strategy (also bestofn, temperature, teacher and any plugin's)",
+    )
     limit: int | None = setting(None, check=POSITIVE, metavar="N", help="use at most N distinct instructions")
     out: Path = setting(Path("popalign-data"), check=PATH, metavar="DIR", help="output folder")
     roles: Mapping[str, str | Spec] = setting(
@@ -642,7 +662,8 @@ class BuildConfig:
         key="model",
         recipe=False,
         metavar="ROLE=SPEC",
-        help="model of a role (default, large, small, first, second, planner, reviser); repeatable. With none, the "
+        help="model of a role (default, large, small, first, second, planner, reviser, teacher, ranker, or a "
+        "plugin strategy's); repeatable. With none, the "
         "embedded SmolLM2 and weaker copies of it fill every role",
     )
     role_params: Mapping[str, Mapping[str, Any]] = setting(
@@ -697,8 +718,7 @@ class BuildConfig:
             raise ConfigError("roles: expected a mapping of role to model spec or endpoint URLs")
         roles = dict(self.roles or {})
         for role in [*roles, *(self.role_params or {})]:
-            if role not in ROLES:
-                raise ConfigError(f"roles: unknown role {role!r} (known: {', '.join(ROLES)})")
+            check_role(role)
         object.__setattr__(self, "roles", {role: _spec(spec) for role, spec in roles.items()})
         object.__setattr__(self, "params", _generation(self.params, ""))
         object.__setattr__(

@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 
 from popalign.backends.base import Backend
 from popalign.cache import GenerationCache
+from popalign.contrasts import Dropped, StrategyRun
 from popalign.errors import RequestFailed
 from popalign.generation import Generation, GenerationParams, Request, request_key
 from popalign.roles import ModelSpec, Spec
-from popalign.strategies import Dropped, StrategyRun
 
 if TYPE_CHECKING:
     from popalign.backends.endpoint import EndpointBackend
@@ -256,7 +256,7 @@ class Engine:
         counts = self.stats.by_strategy[label]
         counts.requests += 1
         self.stats.requested += 1
-        spec, params = self.roles[request.role], self.params[request.role]
+        spec, params = self.roles[request.role], request.settings(self.params[request.role])
         backend = self._backend(spec)
         key = request_key(backend.name, self.identities[request.role], request, params)
         if key in self._answers:

@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from popalign.config import OFF_VALUES, GenerationParams
@@ -41,11 +41,18 @@ OnRetry = Callable[[str, float], None]
 
 @dataclass(frozen=True)
 class Request:
-    """A chat to complete with the model behind `role`; `sample` tells apart repeated draws."""
+    """A chat to complete with the model behind `role`; `sample` tells apart repeated draws, and `params` are
+    generation settings of this request alone, over the role's (the temperature contrast's two temperatures, a
+    ranker's short greedy rating)."""
 
     role: str
     messages: tuple[Message, ...]
     sample: int = 0
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def settings(self, role_params: GenerationParams) -> GenerationParams:
+        """The settings this request runs with: the role's, with the request's own over them."""
+        return replace(role_params, **dict(self.params)) if self.params else role_params
 
     def chat(self) -> list[dict[str, str]]:
         """The messages in the `[{role, content}]` form chat templates and APIs take."""

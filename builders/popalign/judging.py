@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 from popalign.backends import check_installed, open_backends, reward_model
 from popalign.cache import GenerationCache
 from popalign.config import Endpoints, GenerationParams, JudgeOptions
+from popalign.contrasts import Dropped
 from popalign.dataset.quality import JUDGE_CHART, QUALITY_DIR, load_pyplot
 from popalign.dataset.rows import StrategyOutcome
 from popalign.engine import Engine
 from popalign.errors import PopAlignError
 from popalign.generation import Generation, Request, user
 from popalign.roles import ModelSpec, Spec, parse_spec
-from popalign.strategies import Dropped
 from popalign.templates import TemplateSet
 
 if TYPE_CHECKING:

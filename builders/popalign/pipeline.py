@@ -13,6 +13,7 @@ import yaml
 from popalign.backends import open_backends
 from popalign.cache import GenerationCache, open_cache
 from popalign.config import MAX_SHARD_SIZE, Card, Styles
+from popalign.contrasts import STRATEGIES, Dropped, Pair
 from popalign.dataset.card import write_card_and_manifest
 from popalign.dataset.folder import (
     RECIPE,
@@ -37,7 +38,7 @@ from popalign.plan import BuildPlan
 from popalign.prompts import BUNDLED_LABEL, PromptSet
 from popalign.roles import check_contrast
 from popalign.scoring import ScoreSettings, ScoreStats, score_outcomes, score_settings
-from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext, roles_used
+from popalign.strategies import StrategyContext, roles_used
 from popalign.templates import TemplateSet
 
 
@@ -129,7 +130,7 @@ def build_dataset(
         prefill="default" in engine.roles and engine.backend("default").prefills,
     )
     instructions = prompts.instructions
-    expected = len(instructions) * sum(STRATEGIES[name].requests for name in strategies)
+    expected = len(instructions) * sum(STRATEGIES[name].planned(context) for name in strategies)
     runs = ((name, STRATEGIES[name].run(instruction, context)) for instruction in instructions for name in strategies)
     names: dict[str, str] = {}
 
@@ -164,7 +165,8 @@ def build_dataset(
                 )
             )
 
-        engine.run_each(runs, collect, expected, check=ready, planned={n: STRATEGIES[n].requests for n in strategies})
+        planned = {name: STRATEGIES[name].planned(context) for name in strategies}
+        engine.run_each(runs, collect, expected, check=ready, planned=planned)
         for outcome in outcomes.values():
             assert outcome.spool is not None
             outcome.spool.close()

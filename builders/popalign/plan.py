@@ -17,10 +17,11 @@ from pathlib import Path
 
 from popalign.backends import check_installed
 from popalign.config import BuildConfig, GenerationParams, role_defaults
+from popalign.contrasts import STRATEGIES
 from popalign.errors import ConfigError
 from popalign.prompts import PromptSet, is_hub_dataset, load_hub_prompts, load_prompts, parse_shard
-from popalign.roles import FOLLOW_DEFAULT, Spec, check_contrast, resolve_roles
-from popalign.strategies import STRATEGIES, parse_strategies, roles_used
+from popalign.roles import Spec, check_contrast, resolve_roles
+from popalign.strategies import parse_strategies, roles_used
 from popalign.templates import TemplateSet
 
 log = logging.getLogger("popalign")
@@ -110,7 +111,7 @@ def make_plan(config: BuildConfig) -> BuildPlan:
     names = parse_strategies(config.strategies)
     given = dict(config.roles)
     per_role = {role: dict(values) for role, values in config.role_params.items()}
-    for helper in FOLLOW_DEFAULT:
+    for helper in STRATEGIES.helper_roles():
         if helper not in given and "default" in per_role:
             per_role[helper] = per_role["default"]  # a helper role not given is the default model
     used = roles_used(names)

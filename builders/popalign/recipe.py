@@ -38,9 +38,10 @@ from popalign.config import (
     settings_index,
     unknown_setting,
 )
+from popalign.contrasts import STRATEGIES, check_role
 from popalign.errors import ConfigError
 from popalign.prompts import is_hub_dataset
-from popalign.roles import FOLLOW_DEFAULT, ROLES, EndpointSpec, ModelSpec, parse_spec
+from popalign.roles import EndpointSpec, ModelSpec, parse_spec
 
 GENERATION_KEYS = tuple(f.name for f in fields(GenerationParams))
 ROLE_KEYS = ("url", "urls", "spec", "model", "api_key_env", "generation", "endpoint_model")
@@ -64,7 +65,7 @@ class Recipe:
         missing = [
             role
             for role in self.endpoint_models
-            if role not in given and not (role in FOLLOW_DEFAULT and self.endpoint_models[role] == default)
+            if role not in given and not (role in STRATEGIES.helper_roles() and self.endpoint_models[role] == default)
         ]
         if missing:
             role = missing[0]
@@ -129,8 +130,7 @@ def _read(path: Path, data: dict[str, Any]) -> Recipe:
     if not isinstance(roles, dict):
         raise ConfigError("roles: expected a mapping of role to model")
     for role, value in roles.items():
-        if role not in ROLES:
-            raise ConfigError(f"roles: unknown role {role!r} (known: {', '.join(ROLES)})")
+        check_role(role)
         if isinstance(value, dict) and "endpoint_model" in value and not {"url", "urls", "spec"} & value.keys():
             recipe.endpoint_models[role] = str(value["endpoint_model"])  # as popalign writes a published recipe
             generation = _generation(f"roles.{role}.generation", value.get("generation") or {})

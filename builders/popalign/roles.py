@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit
 
+from popalign.contrasts import STRATEGIES
 from popalign.credentials import redacted, split_credentials
 from popalign.errors import ConfigError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-ROLES = ("default", "large", "small", "first", "second", "planner", "reviser")
-#: The helper roles (the elicitive planner, refine's CLAIR reviser) that are the `default` model unless given.
-FOLLOW_DEFAULT = ("planner", "reviser")
 EMBEDDED = "smollm2"
 #: What runs a local model: llama.cpp (GGUF files, continuous batching) or transformers (any model).
 LOCAL_ENGINES = ("llama.cpp", "transformers")
@@ -236,7 +234,8 @@ def resolve_roles(
     given: Mapping[str, ModelSpec | EndpointSpec], needs: Mapping[str, tuple[str, ...]]
 ) -> dict[str, ModelSpec | EndpointSpec]:
     """The role map of a run: the demo roles when none are given, else the given ones plus `default`; the
-    helper roles (`FOLLOW_DEFAULT`) are `default` unless given.
+    helper roles of the strategies (the elicitive planner, refine's CLAIR reviser, bestofn's ranker) are `default`
+    unless given.
 
     `needs` maps each requested strategy to the roles it uses; a strategy whose roles are missing is refused
     (whether its two sides are one model is `check_contrast`'s to say, once the roles' settings are known).
@@ -244,7 +243,7 @@ def resolve_roles(
     roles: dict[str, ModelSpec | EndpointSpec]
     roles = {role: ModelSpec.parse(spec) for role, spec in DEMO_ROLES.items()} if not given else dict(given)
     roles.setdefault("default", ModelSpec(EMBEDDED))
-    for helper in FOLLOW_DEFAULT:
+    for helper in STRATEGIES.helper_roles():
         roles.setdefault(helper, roles["default"])
     for strategy, wanted in needs.items():
         missing = [role for role in wanted if role not in roles]

@@ -29,6 +29,7 @@ from popalign.backends import check_installed, local_backend
 from popalign.backends.endpoint_scorer import EndpointScorer
 from popalign.cache import GenerationCache
 from popalign.config import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES, ScoreOptions
+from popalign.contrasts import STRATEGIES
 from popalign.dataset.quality import quality_report, write_histogram
 from popalign.dataset.rows import StrategyOutcome
 from popalign.errors import ConfigError
@@ -36,13 +37,11 @@ from popalign.extras import require
 from popalign.generation import chat_prompt
 from popalign.prompts import Instruction
 from popalign.roles import ModelSpec, parse_spec
-from popalign.strategies import STRATEGIES, StrategyContext, guided_messages
+from popalign.strategies import StrategyContext, guided_messages
 
 if TYPE_CHECKING:  # torch loads only where a local model is used
     from popalign.backends.local import LocalBackend
 
-PROMPT_CONTRASTS = tuple(name for name, strategy in STRATEGIES.items() if strategy.kind == "prompt")
-#: The prompt pairs that depend on the instruction alone, which the model and pipeline strategies are scored with.
 _SWAPPED_VERDICT = {"chosen": "rejected", "rejected": "chosen"}
 
 
@@ -87,7 +86,7 @@ def contrast_chats(row: dict[str, Any], context: StrategyContext, fallback: str)
             for plan in (row["chosen_reasoning"], row["rejected_reasoning"])
         )
         return positive, negative
-    source = strategy if strategy in PROMPT_CONTRASTS else fallback
+    source = strategy if STRATEGIES[strategy].kind == "prompt" else fallback  # others: a prompt pair of the instruction
     run = STRATEGIES[source].run(Instruction.from_text(instruction), context)
     positive, negative = next(run)[:2]
     run.close()

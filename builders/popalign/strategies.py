@@ -1,60 +1,27 @@
-"""The six PopAlign contrast strategies.
+"""The six PopAlign contrast strategies, the context every strategy reads, and the helpers a strategy (a plugin's
+too) builds its requests and pairs with.
 
 Each strategy is a generator: it yields the requests of one step, receives their generations, and finally
-returns a `Pair` or a `Dropped` (with one of `DROP_REASONS`). The engine drives each run on its own; identical
-requests of several runs are generated once.
+returns a `Pair` or a `Dropped` (with a reason its `Strategy` declares). The engine drives each run on its own;
+identical requests of several runs are generated once. They are registered, like any plugin, under the
+`popalign.strategies` entry points (`popalign.contrasts`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Generator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 
 from rapidfuzz.distance import Indel
 
 from popalign.config import Styles
+from popalign.contrasts import PAPER, SELECTIONS, STRATEGIES, Dropped, Pair, Strategy, StrategyRun
 from popalign.errors import ConfigError
 from popalign.generation import Generation, Message, Request, assistant, system, user
 from popalign.prompts import Instruction
-from popalign.roles import ROLES
 from popalign.templates import TemplateSet
-
-#: Why a pair is not written. Every drop is counted under one of these in the summary, manifest and card.
-DROP_REASONS: dict[str, str] = {
-    "truncated": "a side (or an elicitive plan) stopped at the token limit",
-    "empty": "a side is empty",
-    "identical": "both sides are the same text",
-    "near-copy": "elicitive: an answer only repeats its plan",
-    "plan-is-answer": "elicitive: a plan is itself an answer (close to the planner's plain answer to the instruction)",
-    "unparsed": "elicitive, paper template: the output has no `Thought:` / `Response:` parts",
-    "failed": "an endpoint refused a request for good",
-}
-
-
-@dataclass(frozen=True)
-class Pair:
-    """The two answers of one instruction and the roles that produced them; `truncated` marks a pair kept with
-    a cut side (`--keep-truncated`)."""
-
-    chosen: str
-    rejected: str
-    chosen_role: str
-    rejected_role: str
-    chosen_reasoning: str | None = None
-    rejected_reasoning: str | None = None
-    truncated: bool = False
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """A pair not written, and why: one of `DROP_REASONS`."""
-
-    reason: str
-
-
-StrategyRun = Generator[list[Request], list[Generation], Pair | Dropped]
 
 
 class StrategyContext:
@@ -99,32 +66,6 @@ class StrategyContext:
     def cut(self, *generations: Generation) -> bool:
         """Whether to drop a pair as `truncated`: a generation stopped at the limit and cut pairs are not kept."""
         return not self.keep_truncated and any(generation.truncated for generation in generations)
-
-
-@dataclass(frozen=True)
-class Strategy:
-    """A contrast strategy: its config name, the roles that write its two sides, any helper roles (the elicitive
-    `planner`), and its generator."""
-
-    name: str
-    kind: str
-    roles: tuple[str, ...]
-    chosen: str
-    rejected: str
-    run: Callable[[Instruction, StrategyContext], StrategyRun]
-    description: str
-    requests: int = 2  # per instruction, at most (what the progress bar counts)
-    helper_roles: tuple[str, ...] = ()
-
-    @property
-    def chosen_role(self) -> str:
-        """The role whose model writes the chosen side."""
-        return self.roles[0]
-
-    @property
-    def rejected_role(self) -> str:
-        """The role whose model writes the rejected side."""
-        return self.roles[-1]
 
 
 _LABEL = re.compile(r"^\s*\**\s*(?:improved response|response|answer)\s*\**\s*:\s*\**\s*", re.IGNORECASE)
@@ -264,22 +205,24 @@ def _elicitive_paper(instruction: Instruction, ctx: StrategyContext) -> Strategy
 
 
 #: Which draw of the plain answer M(q) each strategy asks for: refine's first answer is draw 0 (as is elicitive's
-#: plan check, never a side), nparam's and leaderboard's their own, so one text is not chosen in one config and
-#: rejected in another; with `share_answers` every strategy takes draw 0 (one request where the models agree).
-PLAIN_DRAW = {"refine": 0, "nparam": 1, "leaderboard": 2}
+#: plan check, never a side), nparam's and leaderboard's their own, teacher's the next, so one text is not chosen in
+#: one config and rejected in another; with `share_answers` every strategy takes draw 0 (one request where the
+#: models agree).
+PLAIN_DRAW = {"refine": 0, "nparam": 1, "leaderboard": 2, "teacher": 3}
 
 
-def plain_request(ctx: StrategyContext, strategy: str, role: str, instruction: Instruction) -> Request:
-    """The request for a strategy's plain answer M(q) by `role`: its own draw unless the run shares answers."""
-    draw = 0 if ctx.styles.shared_answers else PLAIN_DRAW[strategy]
-    return Request(role, (user(instruction.text),), sample=draw)
+def plain_request(ctx: StrategyContext, draw: int, role: str, instruction: Instruction) -> Request:
+    """The request for a strategy's plain answer M(q) by `role`: its own `draw` unless the run shares answers."""
+    return Request(role, (user(instruction.text),), sample=0 if ctx.styles.shared_answers else draw)
 
 
-def _model_contrast(
+def model_contrast(
     strategy: str, chosen_role: str, rejected_role: str
 ) -> Callable[[Instruction, StrategyContext], StrategyRun]:
+    """The run of a model contrast: each role's plain answer M(q), in the strategy's own draw (`PLAIN_DRAW`)."""
+
     def run(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
-        asks = [plain_request(ctx, strategy, role, instruction) for role in (chosen_role, rejected_role)]
+        asks = [plain_request(ctx, PLAIN_DRAW[strategy], role, instruction) for role in (chosen_role, rejected_role)]
         chosen, rejected = yield asks
         return check_pair(chosen, rejected, (chosen_role, rejected_role), ctx)
 
@@ -288,7 +231,7 @@ def _model_contrast(
 
 def _refine(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
     ask = user(instruction.text)
-    (draft,) = yield [plain_request(ctx, "refine", "default", instruction)]
+    (draft,) = yield [plain_request(ctx, PLAIN_DRAW["refine"], "default", instruction)]
     if ctx.cut(draft):
         return Dropped("truncated")
     if not clean_answer(draft.text):
@@ -302,85 +245,95 @@ def _refine(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
     return check_pair(refined, draft, ("default", "default"), ctx)
 
 
-STRATEGIES: dict[str, Strategy] = {
-    s.name: s
-    for s in (
-        Strategy(
-            "prefix",
-            "prompt",
-            ("default",),
-            "M(p+ ⊕ q)",
-            "M(p− ⊕ q)",
-            _prefix,
-            "The same model answers after a positive vs a negative principle prefix, or (prefix styles helpful and "
-            "harmless) with its response labelled positively vs negatively, as in RLCD.",
-        ),
-        Strategy(
-            "demon",
-            "prompt",
-            ("default",),
-            "M(d+ ⊕ q)",
-            "M(d− ⊕ q)",
-            _demon,
-            "The same model answers after good vs bad few-shot demonstrations.",
-        ),
-        Strategy(
-            "elicitive",
-            "prompt",
-            ("default",),
-            "answer of M(T+(q))",
-            "answer of M(T−(q))",
-            _elicitive,
-            "The model (or a `planner` model) first writes a plan for a good vs a bad answer; each answer is then "
-            "written with its plan as guidance in a fresh context. The plans are kept in `chosen_reasoning` / "
-            "`rejected_reasoning`, never in the answers.",
-            requests=5,
-            helper_roles=("planner",),
-        ),
-        Strategy(
-            "nparam",
-            "model",
-            ("large", "small"),
-            "M_large(q)",
-            "M_small(q)",
-            _model_contrast("nparam", "large", "small"),
-            "A larger model's answer is chosen over a smaller model's.",
-        ),
-        Strategy(
-            "leaderboard",
-            "model",
-            ("first", "second"),
-            "M_first(q)",
-            "M_second(q)",
-            _model_contrast("leaderboard", "first", "second"),
-            "A higher-ranked model's answer is chosen over a lower-ranked model's.",
-        ),
-        Strategy(
-            "refine",
-            "pipeline",
-            ("default",),
-            "M(q ⊕ r− ⊕ refine)",
-            "r− = M(q)",
-            _refine,
-            "The model's first answer is rejected and its own refinement of it is chosen (or, with --refine-style "
-            "clair, the reviser's minimal revision of it).",
-            helper_roles=("reviser",),
-        ),
-    )
-}
+#: The paper's six, each registered under its name in popalign's `popalign.strategies` entry points.
+PREFIX = Strategy(
+    "prefix",
+    "prompt",
+    ("default",),
+    "M(p+ ⊕ q)",
+    "M(p− ⊕ q)",
+    _prefix,
+    "The same model answers after a positive vs a negative principle prefix, or (prefix styles helpful and "
+    "harmless) with its response labelled positively vs negatively, as in RLCD.",
+)
+
+DEMON = Strategy(
+    "demon",
+    "prompt",
+    ("default",),
+    "M(d+ ⊕ q)",
+    "M(d− ⊕ q)",
+    _demon,
+    "The same model answers after good vs bad few-shot demonstrations.",
+)
+
+ELICITIVE = Strategy(
+    "elicitive",
+    "prompt",
+    ("default",),
+    "answer of M(T+(q))",
+    "answer of M(T−(q))",
+    _elicitive,
+    "The model (or a `planner` model) first writes a plan for a good vs a bad answer; each answer is then "
+    "written with its plan as guidance in a fresh context. The plans are kept in `chosen_reasoning` / "
+    "`rejected_reasoning`, never in the answers.",
+    requests=5,
+    helper_roles=("planner",),
+    drop_reasons={
+        "near-copy": "elicitive: an answer only repeats its plan",
+        "plan-is-answer": "elicitive: a plan is itself an answer (close to the planner's plain answer to the "
+        "instruction)",
+        "unparsed": "elicitive, paper template: the output has no `Thought:` / `Response:` parts",
+    },
+)
+
+NPARAM = Strategy(
+    "nparam",
+    "model",
+    ("large", "small"),
+    "M_large(q)",
+    "M_small(q)",
+    model_contrast("nparam", "large", "small"),
+    "A larger model's answer is chosen over a smaller model's.",
+)
+
+LEADERBOARD = Strategy(
+    "leaderboard",
+    "model",
+    ("first", "second"),
+    "M_first(q)",
+    "M_second(q)",
+    model_contrast("leaderboard", "first", "second"),
+    "A higher-ranked model's answer is chosen over a lower-ranked model's.",
+)
+
+REFINE = Strategy(
+    "refine",
+    "pipeline",
+    ("default",),
+    "M(q ⊕ r− ⊕ refine)",
+    "r− = M(q)",
+    _refine,
+    "The model's first answer is rejected and its own refinement of it is chosen (or, with --refine-style "
+    "clair, the reviser's minimal revision of it).",
+    helper_roles=("reviser",),
+)
 
 
 def parse_strategies(value: str) -> list[str]:
-    """`all` or a comma-separated list of strategy names, in canonical order, without repeats."""
-    names = list(STRATEGIES) if value.strip() == "all" else [n.strip() for n in value.split(",") if n.strip()]
+    """`all` (every registered strategy), `paper` (the paper's six) or a comma-separated list of strategy names
+    and these, in canonical order, without repeats."""
+    names: list[str] = []
+    for name in (n.strip() for n in value.split(",") if n.strip()):
+        names += list(STRATEGIES) if name == "all" else list(PAPER) if name == "paper" else [name]
     unknown = [name for name in names if name not in STRATEGIES]
     if unknown or not names:
         bad = unknown[0] if unknown else value
-        raise ConfigError(f"unknown strategy {bad!r} (known: {', '.join(STRATEGIES)}, all)")
+        raise ConfigError(f"unknown strategy {bad!r} (known: {', '.join([*STRATEGIES, *SELECTIONS])})")
     return [name for name in STRATEGIES if name in names]
 
 
 def roles_used(names: list[str]) -> list[str]:
-    """The model roles the named strategies generate with, in `ROLES` order."""
+    """The model roles the named strategies generate with, in the registry's order of roles."""
     wanted = {role for name in names for role in (*STRATEGIES[name].roles, *STRATEGIES[name].helper_roles)}
-    return [role for role in ROLES if role in wanted]
+    return [role for role in STRATEGIES.roles() if role in wanted]

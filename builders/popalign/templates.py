@@ -16,11 +16,13 @@ from typing import Any
 import jinja2
 import yaml
 
+from popalign.contrasts import STRATEGIES
 from popalign.errors import TemplateError, first_line
 from popalign.resources import shipped_dir
 from popalign.template_bounds import BoundedEnvironment, TemplateBoundError, render
 
-#: Every file a strategy reads, with what it holds. A user folder overrides any of them by file name.
+#: Every file the paper's strategies and the judge read, with what it holds; the other strategies declare their own
+#: (`popalign.contrasts.Strategy.templates`). A user folder overrides any of them by file name.
 TEMPLATE_FILES: dict[str, str] = {
     "prefix.jinja": "prefix (sentences): principle prefix + instruction (vars: principle, instruction)",
     "prefix_principles.yaml": "prefix (sentences): list of {positive, negative} principle pairs",
@@ -52,10 +54,30 @@ class TemplateEntry:
     sha256: str
     overridden: bool
     description: str
+    strategy: str | None = None  # the strategy that declares the file, where it is not one of popalign's own
+
+
+def registered_files() -> dict[str, tuple[str, Path, str | None]]:
+    """Every template file, with what it holds, the folder it ships in and the strategy that declares it (None:
+    popalign's own files), popalign's first.
+
+    Raises:
+        TemplateError: a strategy declares a file another one (or popalign) already has.
+    """
+    shipped = shipped_dir("templates")
+    files: dict[str, tuple[str, Path, str | None]] = {
+        name: (text, shipped, None) for name, text in TEMPLATE_FILES.items()
+    }
+    for name, text, folder, strategy in STRATEGIES.template_files():
+        if name in files:
+            raise TemplateError(f"template {name!r} of strategy {strategy!r}: the name is taken; give it its own")
+        files[name] = (text, folder or shipped, strategy)
+    return files
 
 
 class TemplateSet:
-    """The shipped templates, with any file of the same name in `override_dir` taking precedence.
+    """The shipped templates (popalign's and every installed strategy's), with any file of the same name in
+    `override_dir` taking precedence.
 
     >>> templates = TemplateSet()
     >>> templates.render("prefix.jinja", principle="Be helpful.", instruction="{{ 7*7 }}")
@@ -63,12 +85,12 @@ class TemplateSet:
     """
 
     def __init__(self, override_dir: Path | None = None) -> None:
-        self._shipped = shipped_dir("templates")
+        self._files = registered_files()
         self._override = Path(override_dir) if override_dir is not None else None
         if self._override is not None:
             self._check_override_dir(self._override)
         self._env = BoundedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
-        self._sources = {name: self._read(name) for name in TEMPLATE_FILES}
+        self._sources = {name: self._read(name) for name in self._files}
         self._compiled = {
             name: self._compile(name, source) for name, source in self._sources.items() if name.endswith(".jinja")
         }
@@ -77,7 +99,7 @@ class TemplateSet:
         """The file that provides `name`: the override if there is one, else the shipped file."""
         if self._override is not None and (self._override / name).is_file():
             return self._override / name
-        return self._shipped / name
+        return self._files[name][1] / name
 
     def entries(self) -> list[TemplateEntry]:
         """Every registered file with its content hash, in registry order."""
@@ -86,10 +108,11 @@ class TemplateSet:
                 name=name,
                 path=self.path(name),
                 sha256=hashlib.sha256(self._sources[name].encode("utf-8")).hexdigest(),
-                overridden=self.path(name).parent != self._shipped,
+                overridden=self.path(name).parent != folder,
                 description=description,
+                strategy=strategy,
             )
-            for name, description in TEMPLATE_FILES.items()
+            for name, (description, folder, strategy) in self._files.items()
         ]
 
     def hashes(self) -> dict[str, str]:
@@ -131,15 +154,15 @@ class TemplateSet:
         return records
 
     def _check_name(self, name: str) -> None:
-        if name not in TEMPLATE_FILES:
-            raise TemplateError(f"unknown template {name!r} (known: {', '.join(TEMPLATE_FILES)})")
+        if name not in self._files:
+            raise TemplateError(f"unknown template {name!r} (known: {', '.join(self._files)})")
 
     def _check_override_dir(self, folder: Path) -> None:
         if not folder.is_dir():
             raise TemplateError(f"{folder}: templates folder not found")
         for path in sorted(folder.iterdir()):
-            if path.is_file() and not path.name.startswith(".") and path.name not in TEMPLATE_FILES:
-                raise TemplateError(f"{path}: not a popalign template name (known: {', '.join(TEMPLATE_FILES)})")
+            if path.is_file() and not path.name.startswith(".") and path.name not in self._files:
+                raise TemplateError(f"{path}: not a popalign template name (known: {', '.join(self._files)})")
 
     def _read(self, name: str) -> str:
         path = self.path(name)

@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 
 import datasets
 
+from popalign.contrasts import STRATEGIES
 from popalign.dataset.schema import features
 from popalign.prompts import in_test_split
-from popalign.strategies import STRATEGIES
 
 VERSION = datasets.Version("1.0.0")
 

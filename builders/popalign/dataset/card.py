@@ -11,6 +11,7 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from popalign.config import DEFAULT_LICENSE, LICENSE_FILE, Card
+from popalign.contrasts import STRATEGIES
 from popalign.dataset.folder import CARD, Manifest, split_pattern, write_manifest
 from popalign.dataset.quality import OVERVIEW
 from popalign.errors import ConfigError
@@ -18,7 +19,6 @@ from popalign.judging import PAPER_ACCURACY, paper_judge
 from popalign.prompts import BUNDLED_LABEL
 from popalign.resources import shipped_dir
 from popalign.roles import EMBEDDED, ModelSpec
-from popalign.strategies import DROP_REASONS, STRATEGIES
 from popalign.version import __version__, installed_version
 
 CARD_TEMPLATE = "README.md.jinja"
@@ -112,7 +112,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         demo_grade=any(getattr(_local_spec(model), "source", None) == EMBEDDED for model in roles.values()),
         drop_reasons={
             reason: text
-            for reason, text in DROP_REASONS.items()
+            for reason, text in STRATEGIES.drop_reasons().items()
             if any(reason in c["dropped"] for c in manifest.configs.values())
         },
         **manifest.styles,

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from popalign.config import LICENSE_FILE
+from popalign.contrasts import STRATEGIES
 from popalign.dataset.folder import CARD, DATA, MANIFEST, RECIPE, SHARD_NAME, SPLITS, Manifest, config_dir
 from popalign.dataset.quality import JUDGE_CHART, OVERVIEW, score_chart
 from popalign.errors import TamperedBuildError
-from popalign.strategies import STRATEGIES
-from popalign.templates import TEMPLATE_FILES
+from popalign.templates import registered_files
 
 
 def check_build(out: Path, manifest: Manifest) -> None:
@@ -41,7 +41,7 @@ def check_build(out: Path, manifest: Manifest) -> None:
 def _allowed_files(manifest: Manifest) -> set[str]:
     """The names of every file but the Parquet shards that a build with this manifest may hold."""
     charts = {*OVERVIEW.values(), JUDGE_CHART, *(score_chart(name) for name in manifest.configs)}
-    return {MANIFEST, RECIPE, CARD, LICENSE_FILE, *charts, *(f"templates/{name}" for name in TEMPLATE_FILES)}
+    return {MANIFEST, RECIPE, CARD, LICENSE_FILE, *charts, *(f"templates/{name}" for name in registered_files())}
 
 
 def _is_shard_of(relative: str, manifest: Manifest) -> bool:

@@ -1,0 +1,39 @@
+"""A popalign plugin strategy: the same model answers concisely (chosen) and padded (rejected); a pair whose
+concise side is the longer one is dropped as `not-shorter`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from popalign.contrasts import Dropped, Strategy, StrategyRun
+from popalign.generation import Request, user
+from popalign.prompts import Instruction
+from popalign.strategies import StrategyContext, check_pair, clean_answer
+
+
+def run(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
+    asks = [
+        Request("default", (user(ctx.templates.render(f"concise_{side}.jinja", instruction=instruction.text)),))
+        for side in ("short", "padded")
+    ]
+    short, padded = yield asks
+    if len(clean_answer(short.text)) >= len(clean_answer(padded.text)):
+        return Dropped("not-shorter")
+    return check_pair(short, padded, ("default", "default"), ctx)
+
+
+CONCISE = Strategy(
+    "concise",
+    "prompt",
+    ("default",),
+    "M(short ⊕ q)",
+    "M(padded ⊕ q)",
+    run,
+    "The same model answers concisely vs padded with filler (a plugin).",
+    drop_reasons={"not-shorter": "concise: the concise answer is not the shorter one"},
+    templates={
+        "concise_short.jinja": "concise: ask for a short answer (vars: instruction)",
+        "concise_padded.jinja": "concise: ask for a padded answer (vars: instruction)",
+    },
+    template_dir=Path(__file__).parent / "templates",
+)

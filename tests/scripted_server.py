@@ -101,6 +101,16 @@ def reply(
     return 200, f"An answer shaped by its context ({digest}) about {tag}.", "stop"
 
 
+def usage(messages: list[dict[str, str]], answer: str) -> dict[str, int]:
+    """The token counts it reports: a word is a token, and each message costs 3 more (its role and delimiters)."""
+    prompt = sum(len(message["content"].split()) + 3 for message in messages)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": len(answer.split()),
+        "total_tokens": prompt + len(answer.split()),
+    }
+
+
 class Handler(JSONHandler):
     model = "scripted"
     also: tuple[str, ...] = ()  # more models it lists: then each answer starts with the model asked for
@@ -145,7 +155,7 @@ class Handler(JSONHandler):
                 "choices": [
                     {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}
                 ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                "usage": usage(body["messages"], content),
             },
         )
 

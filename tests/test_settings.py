@@ -62,7 +62,59 @@ CASES: dict[str, tuple[list[str], str, list[dict[str, Any]], str]] = {
         [{"temperature": math.nan}, {"params": {"temperature": math.nan}}],
         "temperature: expected a number >= 0 (0 is greedy), got nan",
     ),
+    "price without a role": (
+        ["--price", "0.15,0.6"],
+        "price: ['0.15,0.6']\n",
+        [{"price": ["0.15,0.6"]}],
+        "price: expected ROLE=IN,OUT: a role's price per million tokens in and out, got ['0.15,0.6']",
+    ),
+    "price of an unknown role": (
+        ["--price", "huge=1,2"],
+        "price: {huge: '1,2'}\n",
+        [{"price": {"huge": "1,2"}}, {"prices": {"huge": [1, 2]}}],
+        f"price: unknown role 'huge' {KNOWN_ROLES}",
+    ),
+    "budget 0": (
+        ["--budget", "0"],
+        "budget: 0\n",
+        [{"budget": 0}],
+        "budget: expected a number of tokens, or an amount such as $5, got 0",
+    ),
+    "best_of 1": (
+        ["--best-of", "1"],
+        "best_of: 1\n",
+        [{"best_of": 1}, {"styles": {"best_of": 1}}],
+        "best_of: expected a whole number from 2 to 64, got 1",
+    ),
 }
+
+#: Bad combinations of good values: the flags and the API calls that give them, and the one line both answer.
+COMBINED: dict[str, tuple[list[str], dict[str, Any], str]] = {
+    "money budget without prices": (
+        ["--budget", "$5", "--model", f"default={URL}", "--strategies", "prefix"],
+        {"budget": "$5", "roles": {"default": URL}, "strategies": "prefix"},
+        "budget $5.00: role default has no price; give --price default=IN,OUT (per million tokens in and out), or a "
+        "budget in tokens",
+    ),
+    "temperatures reversed": (
+        ["--low-temperature", "1.5", "--high-temperature", "1"],
+        {"low_temperature": 1.5, "high_temperature": 1},
+        "low_temperature 1.5 must be below high_temperature 1.0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(COMBINED))
+def test_the_cli_and_the_api_refuse_a_bad_combination_with_one_line(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags, settings, line = COMBINED[case]
+    out = tmp_path / "out"
+    assert cli.main(["build", "--out", str(out), *flags]) == 2
+    assert capsys.readouterr().err == f"popalign: error: {line}\n"
+    with pytest.raises(popalign.ConfigError) as refused:
+        popalign.build(out=out, **settings)
+    assert str(refused.value) == line and not out.exists()
 
 
 @pytest.mark.parametrize("case", list(CASES))

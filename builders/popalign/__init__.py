@@ -1,12 +1,13 @@
 """popalign: contrastive DPO preference data, one Hugging Face dataset config per contrast strategy.
 
-The Python API (`build`, `score`, `judge`, `merge`, `push`, `export`, `versions`, `open_build`) is what the `popalign`
-command runs; see `popalign.api`. The errors it raises are in `popalign.errors`.
+The Python API (`build`, `estimate`, `score`, `judge`, `merge`, `push`, `export`, `versions`, `open_build`) is what
+the `popalign` command runs; see `popalign.api`. The errors it raises are in `popalign.errors`.
 """
 
 from popalign.api import (
     Build,
     build,
+    estimate,
     export,
     judge,
     merge,
@@ -16,9 +17,11 @@ from popalign.api import (
     versions,
 )
 from popalign.config import BuildConfig, Endpoints, Executor, GenerationParams, JudgeOptions, Push, ScoreOptions
+from popalign.contrasts import Strategy
 from popalign.dataset.folder import Manifest
 from popalign.errors import (
     BackendError,
+    BudgetSpentError,
     ConfigError,
     ForeignRepositoryError,
     MissingExtraError,
@@ -36,6 +39,7 @@ from popalign.version import __version__
 
 __all__ = [
     "BackendError",
+    "BudgetSpentError",
     "Build",
     "BuildConfig",
     "ConfigError",
@@ -53,12 +57,14 @@ __all__ = [
     "Push",
     "ScoreOptions",
     "ShardError",
+    "Strategy",
     "TamperedBuildError",
     "TemplateError",
     "VersionExistsError",
     "VersionTooOldError",
     "__version__",
     "build",
+    "estimate",
     "export",
     "judge",
     "merge",

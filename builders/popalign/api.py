@@ -28,6 +28,7 @@ from popalign.cache import open_cache
 from popalign.config import BuildConfig, Endpoints, JudgeOptions, ScoreOptions, check_cache_outside
 from popalign.dataset.folder import Manifest, check_out, claimed, open_manifest
 from popalign.errors import ConfigError, PublishError, ShardError
+from popalign.estimate import Estimate, estimate_plan
 from popalign.export import export_build
 from popalign.judging import judge_settings
 from popalign.merge import merge_builds
@@ -110,10 +111,9 @@ def build(prompts: str | Path | None = None, *, config: BuildConfig | None = Non
         BackendError: a model cannot be loaded or an endpoint cannot be reached.
         PopAlignError: every pair was dropped (the answers stay cached).
     """
-    if config is None:
-        config = BuildConfig.of(**({"prompts": prompts} if prompts is not None else {}), **settings)
-    elif settings or prompts is not None:
-        raise ConfigError("give a whole config, or prompts and settings, not both")
+    config = _config(prompts, config, settings)
+    if config.dry_run:
+        raise ConfigError("dry_run: a dry run writes no build; call popalign.estimate with these settings")
     if not config.progress:
         quiet_libraries()
     check_out(Path(config.out))
@@ -133,6 +133,36 @@ def build(prompts: str | Path | None = None, *, config: BuildConfig | None = Non
                           private=config.push.private, force=config.push.force)  # fmt: skip
             built = Build(built.path, built.manifest, summary, pushed)
         return built
+
+
+def estimate(prompts: str | Path | None = None, *, config: BuildConfig | None = None, **settings: Any) -> Estimate:
+    """What `build` with the same settings would ask, use, keep and cost, from a build of `dry_run_sample`
+    instructions evenly spaced through the input (generated for real and cached, so the build that follows reuses
+    them); nothing is written.
+
+    >>> import popalign
+    >>> guess = popalign.estimate(PROMPTS, strategies="prefix", roles={"default": SERVER}, dry_run_sample=2,
+    ...                           price={"default": "1,2"}, cache=False, progress=False)
+    >>> guess.sampled, guess.total, guess.strategies["prefix"].requests
+    (2, 6, 12.0)
+
+    Raises:
+        The errors of `build`, but for those of writing the folder.
+    """
+    config = _config(prompts, config, settings)
+    if not config.progress:
+        quiet_libraries()
+    plan = make_plan(config)
+    plan.describe()
+    return estimate_plan(plan, config.dry_run_sample, progress=config.progress)
+
+
+def _config(prompts: str | Path | None, config: BuildConfig | None, settings: dict[str, Any]) -> BuildConfig:
+    if config is None:
+        return BuildConfig.of(**({"prompts": prompts} if prompts is not None else {}), **settings)
+    if settings or prompts is not None:
+        raise ConfigError("give a whole config, or prompts and settings, not both")
+    return config
 
 
 def score(

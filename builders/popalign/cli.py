@@ -36,7 +36,9 @@ from popalign.config import (
     unknown_setting,
 )
 from popalign.contrasts import STRATEGIES
+from popalign.dataset.folder import Manifest
 from popalign.errors import ConfigError, PopAlignError
+from popalign.estimate import Estimate
 from popalign.export import FORMATS
 from popalign.judging import PAPER_ACCURACY
 from popalign.recipe import Recipe, load_recipe
@@ -268,6 +270,9 @@ def _build(args: argparse.Namespace) -> int:
     settings["roles"], settings["role_params"] = {**recipe.roles, **roles}, recipe.role_generation
     config = BuildConfig.of(**settings)
     api.quiet_libraries()
+    if config.dry_run:
+        _print_estimate(api.estimate(config=config))
+        return 0
     summary_build = api.build(config=config)
     if config.executor:
         if summary_build is None:
@@ -287,6 +292,7 @@ def _build(args: argparse.Namespace) -> int:
         c = summary.stats.by_strategy[name]
         counts = f"{c.generated:>14} {c.cached:>6} {c.shared:>6} {c.retried:>7} {c.failed:>6}"
         print(f"{name:<12} {outcome.count:>5}  {cut['rate']:>7.0%}  {dropped:<34} {counts}")
+    _print_costs(summary_build.manifest)
     print()
     for name in summary.outcomes:
         strategy = STRATEGIES[name]
@@ -302,7 +308,8 @@ def _build(args: argparse.Namespace) -> int:
         f"\nwrote {summary.out} ({configs} configs, {total} rows) in {summary.seconds:.0f} s; "
         f"{stats.requested} requests (as the progress bar counts them), {stats.distinct} distinct: "
         f"{stats.cached} cached, {stats.generated} generated "
-        f"({stats.tokens} tokens), {stats.retried} retries; {summary.duplicates} duplicate instructions skipped"
+        f"({stats.prompt_tokens} tokens in, {stats.tokens} out), {stats.retried} retries; {summary.duplicates} "
+        "duplicate instructions skipped"
     )
     kept = "kept (--keep-truncated)" if config.keep_truncated else "dropped as truncated"
     print(f"cut: share of pairs with a side stopped at the token limit ({kept})")
@@ -420,6 +427,39 @@ def _templates_list(args: argparse.Namespace) -> int:
         origin += f" by {entry.strategy}" if entry.strategy and not entry.overridden else ""
         print(f"{entry.name:<24} {entry.sha256[:16]}  {origin:<18} {entry.description}")
     return 0
+
+
+def _print_costs(manifest: Manifest) -> None:
+    """What each strategy's kept pairs cost: every request they used, answered now or from the cache."""
+    priced = manifest.prices is not None
+    print(f"\n{'strategy':<12} {'requests':>8} {'tokens in':>10} {'tokens out':>10} {'per kept pair':>13}", end="")
+    print(f" {'cost':>10} {'per kept pair':>13}" if priced else "")
+    for name, config in manifest.configs.items():
+        per_pair = config.get("tokens_per_pair")
+        line = f"{name:<12} {config.get('requests', 0):>8,} {config.get('prompt_tokens', 0):>10,} "
+        line += f"{config.get('tokens', 0):>10,} {f'{per_pair:,.0f}' if per_pair is not None else '–':>13}"
+        if priced:
+            cost, pair = config.get("cost"), config.get("cost_per_pair")
+            line += f" {_money(cost):>10} {_money(pair):>13}"
+        print(line)
+
+
+def _print_estimate(guess: Estimate) -> None:
+    print(f"\nestimate for all {guess.total} instructions, from a build of {guess.sampled} evenly spaced through them:")
+    priced = any(s.cost is not None for s in guess.strategies.values())
+    head = f"{'strategy':<12} {'requests':>9} {'tokens in':>11} {'tokens out':>11} {'kept pairs':>10} {'per pair':>9}"
+    print(head + (f" {'cost':>10}" if priced else ""))
+    for name, s in guess.strategies.items():
+        per_pair = f"{s.per_pair:,.0f}" if s.per_pair is not None else "–"
+        line = f"{name:<12} {s.requests:>9,.0f} {s.prompt_tokens:>11,.0f} {s.tokens:>11,.0f} {s.pairs:>10,.0f}"
+        print(f"{line} {per_pair:>9}" + (f" {_money(s.cost):>10}" if priced else ""))
+    total = f"; about {_money(guess.cost)} in all" if guess.cost is not None else ""
+    print(f"the dry run generated {guess.generated} requests ({guess.spent_tokens:,} tokens), now cached{total}")
+
+
+def _money(amount: float | None) -> str:
+    """An amount as the tables show it: cents from a dollar up, else three significant digits."""
+    return "–" if amount is None else f"${amount:,.2f}" if amount >= 1 else f"${amount:.3g}"
 
 
 def _strategies(args: argparse.Namespace) -> int:

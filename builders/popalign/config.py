@@ -24,7 +24,8 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replac
 from pathlib import Path
 from typing import Any
 
-from popalign.contrasts import check_role
+from popalign.contrasts import STRATEGIES, check_role
+from popalign.costs import Budget, Price, parse_budget, parse_prices
 from popalign.errors import ConfigError
 from popalign.roles import EMBEDDED, Spec, parse_spec
 
@@ -66,6 +67,8 @@ class Check:
     parse: Callable[[str], Any] | None = None
     #: How `--help` names a value of this kind.
     metavar: str = "VALUE"
+    #: Turns a value of any form (a repeated flag's texts, a recipe's mapping) into the type, or raises ValueError.
+    convert: Callable[[Any], Any] | None = None
 
     def __call__(self, key: str, value: Any) -> Any:
         """`value` as the setting's type, or a `ConfigError` naming the key, what is expected and what was given."""
@@ -79,6 +82,8 @@ class Check:
         return typed
 
     def _typed(self, value: Any) -> Any:
+        if self.convert:
+            return self.convert(value)
         if isinstance(value, str) and self.parse:
             return self.parse(value.strip())
         if self.kind is bool:
@@ -145,6 +150,21 @@ STOPS = Check(
     metavar="TEXT",
 )
 SHARD = Check(str, "K/N with 1 <= K <= N", lambda value: _is_shard(value))
+
+
+def _prices(value: Any) -> dict[str, Price]:
+    """Prices by role (`costs.parse_prices`), of roles a strategy names."""
+    prices = parse_prices(value)
+    for role in prices:
+        if role not in STRATEGIES.roles():
+            raise ConfigError(f"price: unknown role {role!r} (known: {', '.join(STRATEGIES.roles())})")
+    return prices
+
+
+PRICES = Check(
+    dict, "ROLE=IN,OUT: a role's price per million tokens in and out", convert=_prices, metavar="ROLE=IN,OUT"
+)
+BUDGET = Check(Budget, "a number of tokens, or an amount such as $5", convert=parse_budget, metavar="TOKENS|$AMOUNT")
 LICENSE = Check(
     str,
     "a license identifier such as apache-2.0, mit or cc-by-4.0",
@@ -696,6 +716,30 @@ class BuildConfig:
     )
     shard: str | None = setting(
         None, check=SHARD, metavar="K/N", help="build only part K of N of the instructions (see popalign merge)"
+    )
+    prices: Mapping[str, Price] | None = setting(
+        None,
+        key="price",
+        check=PRICES,
+        repeat=True,
+        help="a role's price per million tokens in (prompt) and out (answer), such as default=0.15,0.6; repeatable. "
+        "The summary, manifest and card then give each strategy's cost per kept pair",
+    )
+    dry_run: bool = setting(
+        False,
+        check=FLAG,
+        recipe=False,
+        help="write nothing: build a sample of the instructions (--dry-run-sample) and estimate the requests, tokens, "
+        "kept pairs and cost of the whole build from it (its answers are cached, for the build that follows)",
+    )
+    dry_run_sample: int = setting(
+        8, check=POSITIVE, recipe=False, help="instructions a --dry-run builds, evenly spaced through the input"
+    )
+    budget: Budget | None = setting(
+        None,
+        check=BUDGET,
+        help="stop generating once this run has spent this many tokens, or this amount at the --price of each role "
+        "(answers from the cache are free); what was answered stays cached, and a rerun with a larger budget resumes",
     )
     params: Mapping[str, Any] = field(default_factory=dict)
     endpoints: Endpoints = field(default_factory=Endpoints)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from popalign.backends.base import Backend
 from popalign.cache import GenerationCache
 from popalign.contrasts import Dropped, StrategyRun
+from popalign.costs import Budget, Price, Tokens
 from popalign.errors import RequestFailed
 from popalign.generation import Generation, GenerationParams, Request, request_key
 from popalign.roles import ModelSpec, Spec
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
 @dataclass
 class RequestCounts:
     """Requests of one strategy: asked for, answered from the cache, shared with an identical request in this run,
-    generated, retried, and failed for good (the pair is then dropped as `failed`); `tokens` counts the tokens of
-    every answer the strategy used, however it was answered."""
+    generated, retried, and failed for good (the pair is then dropped as `failed`); `tokens` counts the answer
+    tokens and `prompt_tokens` the prompt tokens of every request the strategy used, however it was answered (what
+    its pairs cost to make), and `by_role` both by the role asked."""
 
     requests: int = 0
     cached: int = 0
@@ -41,23 +43,35 @@ class RequestCounts:
     retried: int = 0
     failed: int = 0
     tokens: int = 0
+    prompt_tokens: int = 0
+    by_role: dict[str, Tokens] = field(default_factory=lambda: defaultdict(Tokens))
 
 
 @dataclass
 class EngineStats:
-    """Counts over one run, overall and per strategy."""
+    """Counts over one run, overall and per strategy; `tokens` and `prompt_tokens` (and `spent`, by role) count the
+    requests this run generated (what it paid for), and `stopped` says the budget ran out."""
 
     requested: int = 0
     distinct: int = 0
     cached: int = 0
     generated: int = 0
     tokens: int = 0
+    prompt_tokens: int = 0
     retried: int = 0
     last_failure: str | None = None  # why the latest request refused for good was refused
     by_strategy: dict[str, RequestCounts] = field(default_factory=lambda: defaultdict(RequestCounts))
+    spent: dict[str, Tokens] = field(default_factory=lambda: defaultdict(Tokens))
+    stopped: bool = False
 
 
 MIN_WINDOW = 64
+#: What a run stopped by the budget returns: never a drop reason of a written build, as such a build is not written.
+BUDGET_STOP = "budget"
+
+
+class BudgetSpent(Exception):
+    """A request not asked because the run's budget is spent (its run ends unfinished)."""
 
 
 class _Window:
@@ -92,6 +106,8 @@ class Engine:
         cache: GenerationCache | None = None,
         progress: bool = True,
         window: int | None = None,
+        budget: Budget | None = None,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
         self.roles = roles
         self.default_params = params
@@ -107,17 +123,19 @@ class Engine:
         self._live = 0
         self._waiting = 0
         self._bar: tqdm | None = None
-        self.window = window or self._default_window()
+        self.slots = self._slots()
+        self.window = window or max(MIN_WINDOW, 2 * self.slots)
         self.planned: dict[str, int] = {}
+        self.budget, self.prices = budget, dict(prices or {})
+        self._gate: asyncio.Semaphore | None = None  # with a budget: requests in flight, at most the slots
 
-    def _default_window(self) -> int:
-        """Runs in flight at once: twice the requests the backends take at a time (a run waits on one or two),
-        so every slot stays busy while memory stays bounded."""
-        slots = sum(
+    def _slots(self) -> int:
+        """The requests the backends take at a time. Twice as many runs are in flight at once (a run waits on one
+        or two), so every slot stays busy while memory stays bounded."""
+        return sum(
             backend.slots(list({spec for spec in self.roles.values() if spec.kind == kind}))
             for kind, backend in self.backends.items()
         )
-        return max(MIN_WINDOW, 2 * slots)
 
     def run(
         self,
@@ -182,6 +200,9 @@ class Engine:
         """Start runs until the window is full. It also bounds how far ahead of the oldest unfinished run a new one
         may be, so the finished results waiting to be handed over in order stay few."""
         while len(window.active) < window.size and window.next_index < window.emitted + 4 * window.size:
+            if self.stats.stopped:  # the budget is spent: no new run starts, those in flight finish
+                window.exhausted = True
+                break
             try:
                 label, run = next(window.runs)
             except StopIteration:
@@ -232,7 +253,10 @@ class Engine:
                 self._flush_if_idle()
                 try:
                     answers = list(await asyncio.gather(*waits))
-                    self.stats.by_strategy[label].tokens += sum(answer.tokens for answer in answers)
+                    self._count(self.stats.by_strategy[label], requests, answers)
+                except BudgetSpent:
+                    run.close()
+                    return Dropped(BUDGET_STOP)
                 except RequestFailed as failure:
                     self.stats.by_strategy[label].failed += 1
                     self.stats.last_failure = str(failure)
@@ -263,8 +287,13 @@ class Engine:
             counts.shared += 1
             self._tick()
             return self._answers[key]
-        self.stats.distinct += 1
         cached = self.cache.get_generation(key) if self.cache else None
+        if cached is None and self._over_budget():
+            refused: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
+            refused.set_exception(BudgetSpent())
+            self._tick()
+            return refused  # not kept for sharing: it was never asked
+        self.stats.distinct += 1
         if cached is not None:
             counts.cached += 1
             self.stats.cached += 1
@@ -279,6 +308,8 @@ class Engine:
                 counts.generated += 1
                 self.stats.generated += 1
                 self.stats.tokens += generation.tokens
+                self.stats.prompt_tokens += generation.prompt_tokens
+                self.stats.spent[request.role].add(generation.prompt_tokens, generation.tokens)
 
             def retry(reason: str, wait: float) -> None:
                 counts.retried += 1
@@ -286,12 +317,42 @@ class Engine:
                 if self._bar is not None:
                     self._bar.set_postfix_str(f"retry {self.stats.retried}: {reason}; next try in {wait:.0f} s")
 
-            answer = asyncio.ensure_future(backend.submit(spec, request, params, done, retry))
+            if self.budget:
+                answer = asyncio.ensure_future(self._ask_within_budget(backend, spec, request, params, done, retry))
+            else:
+                answer = asyncio.ensure_future(backend.submit(spec, request, params, done, retry))
             answer.add_done_callback(lambda _: self._tick())  # answered or failed for good: the bar counts both
         self._answers[key] = answer
         while len(self._answers) > 4 * self.window and next(iter(self._answers.values())).done():
             self._answers.popitem(last=False)  # an old answer: the runs that could share it have finished
         return answer
+
+    def _count(self, counts: RequestCounts, requests: list[Request], answers: list[Generation]) -> None:
+        """Add the tokens of a step's answers to its strategy's counts, by the role each was asked of."""
+        for request, answer in zip(requests, answers, strict=True):
+            counts.tokens += answer.tokens
+            counts.prompt_tokens += answer.prompt_tokens
+            counts.by_role[request.role].add(answer.prompt_tokens, answer.tokens)
+
+    async def _ask_within_budget(
+        self, backend: Backend, spec: Spec, request: Request, params: GenerationParams, done: Any, retry: Any
+    ) -> Generation:
+        """Ask a request once one of the backends' slots is free and the budget is not yet spent, so a run stops
+        within the requests in flight (at most the backends' concurrency) of its budget."""
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(max(1, self.slots))
+        async with self._gate:
+            if self._over_budget():
+                raise BudgetSpent
+            asked = backend.submit(spec, request, params, done, retry)
+            self._flush_if_idle()  # a local backend generates what it queued once every run waits
+            return await asked
+
+    def _over_budget(self) -> bool:
+        """Whether this run has spent its budget (once it has, it stays spent: no request is asked after)."""
+        if self.budget and not self.stats.stopped:
+            self.stats.stopped = self.budget.spent(self.stats.spent, self.prices) >= self.budget.limit
+        return self.stats.stopped
 
     @property
     def local(self) -> LocalBackend | None:

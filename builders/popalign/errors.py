@@ -53,6 +53,10 @@ class ForeignRepositoryError(PublishError):
     """The repository holds files popalign did not publish; it is never overwritten."""
 
 
+class BudgetSpentError(PopAlignError):
+    """A build stopped generating because its `--budget` was spent; every answer so far is cached."""
+
+
 class RequestFailed(PopAlignError):
     """One request was refused for good (for example a prompt too long for the endpoint); its pair is dropped."""
 

@@ -21,11 +21,13 @@ STOP, LENGTH = "stop", "length"
 
 @dataclass(frozen=True)
 class Generation:
-    """One answer, the number of tokens generated for it, and why it ended (`stop` or `length`)."""
+    """One answer, the number of tokens generated for it, why it ended (`stop` or `length`), and the number of
+    tokens of the prompt it answered (the endpoint's `usage`, or counted by the local model's tokenizer)."""
 
     text: str
     tokens: int
     finish_reason: str = STOP
+    prompt_tokens: int = 0
 
     @property
     def truncated(self) -> bool:

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from popalign.costs import merged_usage, parse_prices
 from popalign.dataset.card import write_card_and_manifest
 from popalign.dataset.folder import Manifest, check_out, copy_recipe, open_manifest, staged
 from popalign.dataset.integrity import check_build
@@ -77,8 +78,10 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     require_rows(outcomes, out)
     with staged(out) as folder:
         configs = keep_sides(write_configs(outcomes, folder, first.max_shard_size, first.test_size), first.configs)
+        prices = parse_prices(first.prices or {})
         for name, config in configs.items():
-            config["tokens"] = sum(manifest.configs[name].get("tokens", 0) for manifest in manifests)
+            parts_usage = [manifest.configs[name] for manifest in manifests]
+            config |= merged_usage(parts_usage, config["rows"], prices)
         manifest = replace(first, prompts=prompts | {"merged_shards": count}, configs=configs)
         copy_recipe(parts[0], folder, drop_shard=True)
         write_card_and_manifest(manifest, folder, out)

@@ -14,6 +14,7 @@ from popalign.backends import open_backends
 from popalign.cache import GenerationCache, open_cache
 from popalign.config import MAX_SHARD_SIZE, Card, Styles
 from popalign.contrasts import STRATEGIES, Dropped, Pair
+from popalign.costs import recorded_prices, usage_record
 from popalign.dataset.card import write_card_and_manifest
 from popalign.dataset.folder import (
     RECIPE,
@@ -27,7 +28,7 @@ from popalign.dataset.folder import (
 from popalign.dataset.rows import RowSpool, StrategyOutcome, keep_sides, read_outcomes, require_rows, write_configs
 from popalign.dataset.schema import make_row
 from popalign.engine import Engine, EngineStats
-from popalign.errors import PopAlignError
+from popalign.errors import BudgetSpentError, PopAlignError
 from popalign.judging import (
     JudgeSettings,
     judge_outcomes,
@@ -62,20 +63,8 @@ def run_plan(plan: BuildPlan, out: Path | None = None, *, progress: bool | None 
     generate, and write the folder (scored and judged first, when the plan says so)."""
     config = plan.config
     progress = config.progress if progress is None else progress
-    specs = [plan.roles[role] for role in plan.used]
-    backends = open_backends(
-        specs, batch_size=config.batch_size, endpoints=config.endpoints, kinds=["local"] if config.score else []
-    )
-    generations = open_cache(config.cache, config.cache_dir)
-    engine = Engine(
-        {role: plan.roles[role] for role in plan.used},
-        plan.params,
-        backends=backends,
-        role_params=dict(plan.role_params),
-        cache=generations,
-        progress=progress,
-    )
-    local, templates = backends.get("local"), plan.templates()
+    engine = open_engine(plan, progress)
+    local, templates, generations = engine.backends.get("local"), plan.templates(), engine.cache
     scoring = judging = None
     if config.score:
         scoring = score_settings(config.score, local, str(plan.roles["default"]), config.endpoints.token)
@@ -96,6 +85,39 @@ def run_plan(plan: BuildPlan, out: Path | None = None, *, progress: bool | None 
         shard_size=config.max_shard_size,
         card=config.card,
         test_size=config.test_size,
+    )
+
+
+def open_engine(plan: BuildPlan, progress: bool) -> Engine:
+    """The engine of a plan: the backends its roles need (and a local one for scoring), the cache, the budget."""
+    config = plan.config
+    specs = [plan.roles[role] for role in plan.used]
+    backends = open_backends(
+        specs, batch_size=config.batch_size, endpoints=config.endpoints, kinds=["local"] if config.score else []
+    )
+    return Engine(
+        {role: plan.roles[role] for role in plan.used},
+        plan.params,
+        backends=backends,
+        role_params=dict(plan.role_params),
+        cache=open_cache(config.cache, config.cache_dir),
+        progress=progress,
+        budget=config.budget,
+        prices=config.prices,
+    )
+
+
+def strategy_context(
+    templates: TemplateSet, engine: Engine, *, keep_truncated: bool, styles: Styles
+) -> StrategyContext:
+    """What the strategy runs of a build read: its templates, the run's seed, whether cut pairs are kept, the
+    styles, and whether the default model prefills."""
+    return StrategyContext(
+        templates,
+        seed=engine.default_params.seed,
+        keep_truncated=keep_truncated,
+        styles=styles,
+        prefill="default" in engine.roles and engine.backend("default").prefills,
     )
 
 
@@ -122,13 +144,7 @@ def build_dataset(
     """
     started = time.monotonic()
     check_out(out)
-    context = StrategyContext(
-        templates,
-        seed=engine.default_params.seed,
-        keep_truncated=keep_truncated,
-        styles=styles,
-        prefill="default" in engine.roles and engine.backend("default").prefills,
-    )
+    context = strategy_context(templates, engine, keep_truncated=keep_truncated, styles=styles)
     instructions = prompts.instructions
     expected = len(instructions) * sum(STRATEGIES[name].planned(context) for name in strategies)
     runs = ((name, STRATEGIES[name].run(instruction, context)) for instruction in instructions for name in strategies)
@@ -167,6 +183,8 @@ def build_dataset(
 
         planned = {name: STRATEGIES[name].planned(context) for name in strategies}
         engine.run_each(runs, collect, expected, check=ready, planned=planned)
+        if engine.stats.stopped:
+            raise BudgetSpentError(budget_line(engine, out))
         for outcome in outcomes.values():
             assert outcome.spool is not None
             outcome.spool.close()
@@ -192,6 +210,7 @@ def build_dataset(
             license=card.license,
             card=card.recorded(),
             test_size=test_size,
+            prices=recorded_prices(engine.prices) if engine.prices else None,
         )
         quality: dict[str, dict[str, Any]] = {}
         score_stats = None
@@ -204,12 +223,9 @@ def build_dataset(
                 manifest = replace(manifest, judge=judge_outcomes(outcomes, judging, folder))
             manifest = replace(manifest, configs=write_configs(outcomes, folder, shard_size, test_size))
             for name, config in manifest.configs.items():
-                strategy = STRATEGIES[name]
-                config |= {
-                    "chosen_model": names[strategy.chosen_role],
-                    "rejected_model": names[strategy.rejected_role],
-                    "tokens": engine.stats.by_strategy[name].tokens,
-                }
+                strategy, counts = STRATEGIES[name], engine.stats.by_strategy[name]
+                config |= {"chosen_model": names[strategy.chosen_role], "rejected_model": names[strategy.rejected_role]}
+                config |= usage_record(counts.requests, counts.by_role, config["rows"], engine.prices)
             _write_recipe(folder, strategies, engine, prompts, context, card, test_size)
             write_card_and_manifest(manifest, folder, out)
     return BuildSummary(
@@ -352,6 +368,17 @@ def _recipe_prompts(prompts: PromptSet) -> dict[str, Any]:
     elif prompts.source != BUNDLED_LABEL:
         source = {"prompts": prompts.source, "prompts_sha256": prompts.sha256}
     return source | ({"limit": prompts.limit} if prompts.limit is not None else {})
+
+
+def budget_line(engine: Engine, out: Path) -> str:
+    """Why a build stopped on its budget, and how to go on."""
+    budget, stats = engine.budget, engine.stats
+    assert budget is not None
+    spent = budget.spent(stats.spent, engine.prices)
+    return (
+        f"{out}: the budget of {budget.shown()} is spent ({budget.shown(spent)} on {stats.generated} requests "
+        f"generated, each kept in the cache): nothing was written; rerun with a larger --budget to go on"
+    )
 
 
 def _check_contrasts(engine: Engine, strategies: list[str]) -> None:

@@ -124,6 +124,12 @@ def make_plan(config: BuildConfig) -> BuildPlan:
             first, second = needs[name]
             same = role_params.get(first, params) == role_params.get(second, params)  # as each role runs
             check_contrast(name, (first, second), resolved, same)
+    unpriced = [role for role in used if role not in (config.prices or {})]
+    if config.budget and config.budget.money and unpriced:
+        raise ConfigError(
+            f"budget {config.budget.shown()}: role {unpriced[0]} has no price; give --price {unpriced[0]}=IN,OUT "
+            "(per million tokens in and out), or a budget in tokens"
+        )
     TemplateSet(config.templates)  # a bad override folder is refused now
     shard = parse_shard(config.shard) if config.shard is not None else None
     prompt_set = _load(config, shard, config.prompts_revision)

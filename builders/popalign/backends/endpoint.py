@@ -389,8 +389,9 @@ class EndpointBackend:
         output = await self._post_chat(replica, payload, answer_limit(params.max_new_tokens), extras)
         choice = output["choices"][0]
         finish = LENGTH if choice.get("finish_reason") == LENGTH else STOP  # TGI also says eos_token
-        tokens = int((output.get("usage") or {}).get("completion_tokens") or 0)
-        return Generation(choice["message"].get("content") or "", tokens, finish)
+        usage = output.get("usage") or {}
+        tokens, prompt_tokens = (int(usage.get(name) or 0) for name in ("completion_tokens", "prompt_tokens"))
+        return Generation(choice["message"].get("content") or "", tokens, finish, prompt_tokens)
 
     async def _top_logprobs(self, replica: _Replica, model: str, request: Request, top: int) -> dict[str, float] | None:
         """One greedy token with `top_logprobs`; the log-prob of each listed token text (the largest, where two

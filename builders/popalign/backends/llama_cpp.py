@@ -356,7 +356,7 @@ class _Model:
         if ended or stopped or len(answer.tokens) >= params.max_new_tokens:
             self._free(slot)
             finish = STOP if ended or stopped else LENGTH
-            answer.job.hand_back(Generation(text.strip(), len(answer.tokens), finish))
+            answer.job.hand_back(Generation(text.strip(), len(answer.tokens), finish, len(answer.prompt)))
 
     def _free(self, slot: int) -> None:
         del self.running[slot]

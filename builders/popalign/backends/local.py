@@ -209,11 +209,13 @@ class LocalBackend:
         new_tokens = output[:, encoded["input_ids"].shape[1] :]
         ends = torch.tensor(sorted(_end_tokens(model, tokenizer)), device=new_tokens.device)
         generations = []
-        for row in new_tokens:
+        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()  # each prompt's own tokens, not its padding
+        for row, prompt_tokens in zip(new_tokens, prompt_lengths, strict=True):
             kept = row[row != tokenizer.pad_token_id]
             stopped = bool(torch.isin(row, ends).any()) or len(row) < params.max_new_tokens
             text, cut = before_stop(tokenizer.decode(kept, skip_special_tokens=True), params.stop)
-            generations.append(Generation(text.strip(), len(kept), STOP if stopped or cut else LENGTH))
+            finish = STOP if stopped or cut else LENGTH
+            generations.append(Generation(text.strip(), len(kept), finish, int(prompt_tokens)))
         return generations
 
     @torch.inference_mode()

@@ -12,6 +12,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from popalign.config import DEFAULT_LICENSE, LICENSE_FILE, Card
 from popalign.contrasts import STRATEGIES
+from popalign.costs import USAGE_KEYS
 from popalign.dataset.folder import CARD, Manifest, split_pattern, write_manifest
 from popalign.dataset.quality import OVERVIEW
 from popalign.errors import ConfigError
@@ -98,6 +99,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
             "rejected_chars": c.get("rejected_chars", "–"),
             "changed_in": c.get("changed_in"),
             "tokens": c.get("tokens"),
+            **{key: c.get(key) for key in USAGE_KEYS if key != "tokens"},
             "edits": c.get("edits"),
             "example": c.get("example"),
         }
@@ -123,6 +125,8 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         backend=manifest.backend,
         roles=roles,
         role_params=manifest.role_params,
+        prices=manifest.prices,
+        costed=any(c.get("requests") for c in manifest.configs.values()),
         versions=list(reversed(versions or [])),
         kept=sorted(
             name for name, c in manifest.configs.items() if versions and c.get("changed_in") != versions[-1]["version"]

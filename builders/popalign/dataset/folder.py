@@ -70,6 +70,8 @@ class Manifest:
     score: dict[str, Any] | None = None
     quality: dict[str, dict[str, Any]] | None = None
     judge: dict[str, Any] | None = None
+    #: role to `IN,OUT` per million tokens, where the build was given prices (`costs.recorded_prices`)
+    prices: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -16,6 +16,7 @@ from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
+from popalign.costs import USAGE_KEYS
 from popalign.dataset.folder import SPLITS, Manifest, config_dir, config_files, split_file
 from popalign.dataset.quality import write_overview
 from popalign.errors import PopAlignError
@@ -199,6 +200,6 @@ def keep_sides(configs: dict[str, dict[str, Any]], before: dict[str, dict[str, A
     """Rewritten configs with the models of each side and the tokens generated as an earlier manifest recorded
     them."""
     for name, config in configs.items():
-        kept = ("chosen_model", "rejected_model", "tokens")
+        kept = ("chosen_model", "rejected_model", *USAGE_KEYS)
         config |= {key: before[name][key] for key in kept if key in before[name]}
     return configs

@@ -30,7 +30,7 @@ if __name__ == "__main__":
     # every submodule is imported now: none of them may shadow a function of the API
     shadowed = [
         name
-        for name in ("build", "score", "judge", "merge", "push", "versions", "open_build")
+        for name in ("build", "estimate", "evaluate", "score", "judge", "merge", "push", "versions", "open_build")
         if not inspect.isfunction(getattr(popalign, name))
     ]
     print(json.dumps({"tried": tried, "failed": failed, "shadowed": shadowed}))

@@ -58,6 +58,9 @@ def reply(
         return 200, f"Answer number {sampled(seed)} by {model} at temperature {temperature} about {tag}.", "stop"
     if "[Response A]" in last:  # the pairwise judge: by tag, right, wrong, led by position, mute or refusing
         first = last.split("[Response A]")[1].split("[End of Response A]")[0]
+        if tag == "eval":  # `popalign evaluate`'s judge: the longer answer wins, and answers as long tie
+            second = last.split("[Response B]")[1].split("[End of Response B]")[0]
+            return 200, f"Judgement.\n{'B' if len(second.strip()) > len(first.strip()) else 'A'}", "stop"
         if tag == "judge-refused":
             return 400, "this judge refuses", ""
         if tag == "judge-mute":

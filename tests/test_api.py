@@ -44,8 +44,12 @@ def test_every_docstring_example_runs(example: Path, server: str, tmp_path: Path
     copy = tmp_path / "copy"  # score and judge rewrite it
     shutil.copytree(example, copy)
     token = "hf_doctestToken_7"
+    tested = popalign.build(prompts(tmp_path, ["ok", "aaa", "bbb", "ccc", "ddd", "eee"]), strategies="prefix",
+                            roles={"default": server}, out=tmp_path / "tested", test_size=0.34, cache=False,
+                            progress=False)  # fmt: skip
     names = {
         "EXAMPLE": str(example), "COPY": str(copy), "SERVER": server, "OUT": str(tmp_path / "o"),
+        "TESTED": str(tested.path),
         "PROMPTS": str(prompts(tmp_path, ["ok", "aaa", "bbb", "ccc", "ddd", "eee"])),
         "TEMPLATES": str(HERE / "scripted_templates"), "TINY_MODEL": str(tmp_path / "tiny"), "HUB_TOKEN": token,
     }  # fmt: skip

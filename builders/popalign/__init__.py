@@ -1,13 +1,14 @@
 """popalign: contrastive DPO preference data, one Hugging Face dataset config per contrast strategy.
 
-The Python API (`build`, `estimate`, `score`, `judge`, `merge`, `push`, `export`, `versions`, `open_build`) is what
-the `popalign` command runs; see `popalign.api`. The errors it raises are in `popalign.errors`.
+The Python API (`build`, `estimate`, `evaluate`, `score`, `judge`, `merge`, `push`, `export`, `versions`,
+`open_build`) is what the `popalign` command runs; see `popalign.api`. The errors it raises are in `popalign.errors`.
 """
 
 from popalign.api import (
     Build,
     build,
     estimate,
+    evaluate,
     export,
     judge,
     merge,
@@ -16,7 +17,16 @@ from popalign.api import (
     score,
     versions,
 )
-from popalign.config import BuildConfig, Endpoints, Executor, GenerationParams, JudgeOptions, Push, ScoreOptions
+from popalign.config import (
+    BuildConfig,
+    Endpoints,
+    EvaluateOptions,
+    Executor,
+    GenerationParams,
+    JudgeOptions,
+    Push,
+    ScoreOptions,
+)
 from popalign.contrasts import Strategy
 from popalign.dataset.folder import Manifest
 from popalign.errors import (
@@ -44,6 +54,7 @@ __all__ = [
     "BuildConfig",
     "ConfigError",
     "Endpoints",
+    "EvaluateOptions",
     "Executor",
     "ForeignRepositoryError",
     "GenerationParams",
@@ -65,6 +76,7 @@ __all__ = [
     "__version__",
     "build",
     "estimate",
+    "evaluate",
     "export",
     "judge",
     "merge",

@@ -17,25 +17,37 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import huggingface_hub
 
+from popalign.backends import check_installed, open_backends
 from popalign.cache import open_cache
-from popalign.config import BuildConfig, Endpoints, JudgeOptions, ScoreOptions, check_cache_outside
+from popalign.config import (
+    LOCAL_MAX_NEW_TOKENS,
+    BuildConfig,
+    Endpoints,
+    EvaluateOptions,
+    GenerationParams,
+    JudgeOptions,
+    ScoreOptions,
+    check_cache_outside,
+)
 from popalign.dataset.folder import Manifest, check_out, claimed, open_manifest
+from popalign.engine import Engine
 from popalign.errors import ConfigError, PublishError, ShardError
 from popalign.estimate import Estimate, estimate_plan
+from popalign.evaluation import REFERENCE, Evaluation, evaluate_models
 from popalign.export import export_build
 from popalign.judging import judge_settings
 from popalign.merge import merge_builds
 from popalign.pipeline import BuildSummary, judge_dataset, run_plan, score_dataset
 from popalign.plan import make_plan
 from popalign.publish import PushResult, check_repo_id, list_versions, parse_version, push_dataset
-from popalign.roles import EMBEDDED
+from popalign.roles import EMBEDDED, parse_spec
 from popalign.scale_out import run_tasks, work_folder
 from popalign.scoring import score_settings
 from popalign.templates import TemplateSet
@@ -155,6 +167,54 @@ def estimate(prompts: str | Path | None = None, *, config: BuildConfig | None = 
     plan = make_plan(config)
     plan.describe()
     return estimate_plan(plan, config.dry_run_sample, progress=config.progress)
+
+
+def evaluate(
+    build: Build | str | Path,
+    *,
+    models: Mapping[str, str] | Sequence[str] | str,
+    reference: str,
+    judge: JudgeOptions,
+    out: str | Path = "popalign-evaluation",
+    max_new_tokens: int = LOCAL_MAX_NEW_TOKENS,
+    templates: str | Path | None = None,
+    batch_size: int = 16,
+    endpoints: Endpoints | None = None,
+    cache_dir: str | Path | None = None,
+    cache: bool = True,
+    progress: bool = True,
+) -> Evaluation:
+    """The win rate of each trained model (`models`: specs, or names to specs) against `reference` on the build's
+    held-out `test` split: both answer each instruction greedily, `judge` compares them in both orders, and the
+    table (overall and per strategy, with Wilson 95% intervals), the answers and a chart are written to `out`.
+
+    >>> report = popalign.evaluate(TESTED, models={"echo": SERVER}, reference=SERVER, judge=JudgeOptions(model=SERVER),
+    ...                            out=f"{OUT}-evaluation", cache=False, progress=False)
+    >>> report.instructions, report.table["echo"]["overall"].ties  # one server on both sides: every pair ties
+    (2, 2)
+
+    Raises:
+        NotABuildError: `build` is not a build folder.
+        PopAlignError: the build has no test split, or no instruction got every model's answer.
+        ConfigError: a bad model spec, a name given twice, or a bad judge.
+    """
+    path = _path(build)
+    options = EvaluateOptions(
+        build=path, models=models, reference=reference, out=Path(out), max_new_tokens=max_new_tokens
+    )
+    manifest = open_manifest(path)
+    if options.out.resolve().is_relative_to(path.resolve()):
+        raise ConfigError(f"out: {options.out} is inside the build folder {path}; give a folder outside it")
+    specs = {name: parse_spec(spec) for name, spec in options.models.items()} | {REFERENCE: parse_spec(reference)}
+    check_installed(specs.values())
+    endpoints = endpoints or Endpoints()
+    backends = open_backends(specs.values(), batch_size=batch_size, endpoints=endpoints)
+    generations = open_cache(cache, cache_dir)
+    params = GenerationParams(max_new_tokens=options.max_new_tokens, temperature=0.0, top_p=1.0, seed=0)
+    engine = Engine(specs, params, backends=backends, cache=generations, progress=progress)
+    template_set = TemplateSet(Path(templates) if templates else None)
+    judging = judge_settings(judge, template_set, generations, endpoints, backends.get("local"), batch_size, progress)
+    return evaluate_models(path, manifest, engine, judging, options.out)
 
 
 def _config(prompts: str | Path | None, config: BuildConfig | None, settings: dict[str, Any]) -> BuildConfig:

@@ -22,6 +22,7 @@ from popalign.config import (
     BuildConfig,
     Card,
     Endpoints,
+    EvaluateOptions,
     Executor,
     GenerationParams,
     JudgeOptions,
@@ -166,6 +167,19 @@ def _parser() -> argparse.ArgumentParser:
     add_settings(judge.add_argument_group("endpoints"), Endpoints)
     add_settings(judge.add_argument_group("judging (the paper's pairwise accuracy per strategy)"), JudgeOptions)
     judge.set_defaults(func=_judge)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="win rate of trained models against their base on a build's held-out test split"
+    )
+    add_settings(evaluate, EvaluateOptions)
+    add_settings(evaluate, BuildConfig, only=("templates", "batch_size", "cache_dir", "cache", "progress"))
+    add_settings(evaluate.add_argument_group("endpoints"), Endpoints)
+    add_settings(
+        evaluate.add_argument_group("judging (both orders, as popalign judge)"),
+        JudgeOptions,
+        only=("judge_model", "judge_reward_model", "judge_max_new_tokens"),
+    )
+    evaluate.set_defaults(func=_evaluate)
 
     merge = commands.add_parser("merge", help="join the shard folders of a `build --shard K/N` into one dataset")
     merge.add_argument("dirs", nargs="+", type=Path, help="the part folders, one per shard")
@@ -376,6 +390,35 @@ def _judge(args: argparse.Namespace) -> int:
     _print_judge(built.summary)
     seconds = built.summary.seconds
     print(f"rewrote {built.path} in {seconds:.0f} s (judge_verdict, quality/judge_accuracy.png, README.md)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    given = _given(args)
+    own = {key_of(item): item.name for item in declared(EvaluateOptions)}
+    options = {own[key]: given.pop(key) for key in list(given) if key in own}
+    missing = [
+        f"--{key}" for key, name in own.items() if name in ("build", "models", "reference") and name not in options
+    ]
+    if missing:
+        raise ConfigError(f"evaluate needs {' and '.join(missing)}")
+    given = {key: check_setting(key, value) for key, value in given.items()}
+    api.quiet_libraries()
+    run = _run_settings(given, "templates", "batch_size", "cache_dir", "cache", "progress")
+    report = api.evaluate(judge=group_of(JudgeOptions, given), endpoints=group_of(Endpoints, given), **options, **run)
+    names = list(next(iter(report.table.values())))
+    print(f"\n{'model':<16} {'strategy':<12} {'judged':>6}  {'win rate':>8}  {'95% interval':>13}  wins losses ties")
+    for model, rates in report.table.items():
+        for name in names:
+            rate = rates[name]
+            shown = "-" if rate.rate is None else f"{rate.rate:.0%}"
+            low, high = rate.interval
+            judged = rate.wins + rate.losses + rate.ties
+            print(f"{model:<16} {name:<12} {judged:>6}  {shown:>8}  {low:>6.0%}–{high:<6.0%}  {rate.wins:>4} "
+                  f"{rate.losses:>6} {rate.ties:>4}")  # fmt: skip
+    print(f"\n{report.instructions} held-out instructions of {report.build}, against {report.reference}, judged by "
+          f"{report.judge['model']} ({report.judge['kind']}); wrote {report.out} (evaluation.json, answers.jsonl, "
+          "win_rate.png)")  # fmt: skip
     return 0
 
 

@@ -456,6 +456,58 @@ class JudgeOptions:
             raise ConfigError("a judge is an LLM (judge_model) or a reward model (judge_reward_model): give one")
 
 
+_NAMED_MODEL = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)=(?P<spec>.+)$")
+
+
+def named_models(value: Any) -> dict[str, str]:
+    """Trained models by name from `NAME=SPEC` or bare `SPEC` texts (named by the spec itself), in order, or from a
+    mapping of name to spec.
+
+    >>> named_models(["dpo=out/model", "smollm2:layers=24"])
+    {'dpo': 'out/model', 'smollm2:layers=24': 'smollm2:layers=24'}
+    """
+    if isinstance(value, Mapping):
+        value = [f"{name}={spec}" for name, spec in value.items()]
+    texts = [value] if isinstance(value, str) else list(value)
+    if not texts or not all(isinstance(text, str) and text.strip() for text in texts):
+        raise ValueError("expected model specs")
+    models: dict[str, str] = {}
+    for text in map(str.strip, texts):
+        match = _NAMED_MODEL.match(text)
+        name, spec = (match["name"], match["spec"]) if match else (text, text)
+        if name in models or name == "reference":
+            raise ValueError(f"the name {name!r} is taken")
+        models[name] = spec
+    return models
+
+
+MODELS = Check(dict, "[NAME=]SPEC, once per trained model, each named once", convert=named_models)
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What `popalign evaluate` compares: each trained model against the reference, on the held-out `test` split
+    of a build, judged in both orders (`JudgeOptions`)."""
+
+    build: Path = setting(check=PATH, metavar="DIR", help="a build folder with a test split (built with --test-size)")
+    models: Mapping[str, str] = setting(
+        check=MODELS,
+        key="model",
+        repeat=True,
+        metavar="[NAME=]SPEC",
+        help="a trained model: a local model spec (a folder, a .gguf file) or endpoint URLs, named by NAME=; "
+        "repeatable, to compare several (the ablations) in one table",
+    )
+    reference: str = setting(
+        check=TEXT, metavar="SPEC|URL", help="the model the trained ones are compared with (their base)"
+    )
+    out: Path = setting(Path("popalign-evaluation"), check=PATH, metavar="DIR", help="folder of the report")
+    max_new_tokens: int = setting(LOCAL_MAX_NEW_TOKENS, check=POSITIVE, help="tokens per answer (greedy decoding)")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
 @dataclass(frozen=True)
 class Card:
     """What the dataset card says of the data besides its rows: its license (with `other`, the license's id and

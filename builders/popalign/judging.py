@@ -280,18 +280,7 @@ def judge_settings(
 def judge_outcomes(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings, out: Path) -> dict[str, Any]:
     """Judge all rows in one pass, summarize each strategy (before `--min-judge` curation), curate, and draw the
     accuracy chart into `out`; return the manifest's `judge` record."""
-    rows = [row for outcome in outcomes.values() for row in outcome.rows]
-    if judging.reward_model and judging.reward_model.kind == "pairwise":
-        judge: dict[str, Any] = _ranked_verdicts(rows, judging.reward_model)
-    elif judging.reward_model:
-        scores = judging.reward_model.scores([chat for row in rows for chat in pair_chats(row)])
-        for index, row in enumerate(rows):
-            margin = scores[2 * index] - scores[2 * index + 1]
-            row["judge_verdict"], row["judge_margin"] = margin_verdict(margin), margin
-        judge = {"model": judging.reward_model.name, "kind": "reward-model"}
-    else:
-        assert judging.engine is not None
-        judge = _llm_verdicts(rows, judging.engine, judging.templates)
+    judge = judge_rows([row for outcome in outcomes.values() for row in outcome.rows], judging)
     summaries = {name: summarize(outcome.rows) for name, outcome in outcomes.items() if outcome.rows}
     judge |= {"min_judge": judging.min_judge, "configs": {name: s.describe() for name, s in summaries.items()}}
     judge["chart"] = write_accuracy_chart(summaries, judge["model"], judge["kind"], out)
@@ -302,6 +291,21 @@ def judge_outcomes(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings,
                     outcome.dropped["judge-failed" if row["judge_verdict"] is None else "judge-disagrees"] += 1
             outcome.rows = [row for row in outcome.rows if row["judge_verdict"] == "chosen"]
     return judge
+
+
+def judge_rows(rows: list[dict[str, Any]], judging: JudgeSettings) -> dict[str, Any]:
+    """Set `judge_verdict` (chosen, rejected, tie, unparsed; None where judging failed) and `judge_margin` on each
+    row (`prompt`, `chosen`, `rejected`, `strategy`) in one pass of the judge; return what the judge was."""
+    if judging.reward_model and judging.reward_model.kind == "pairwise":
+        return _ranked_verdicts(rows, judging.reward_model)
+    if judging.reward_model:
+        scores = judging.reward_model.scores([chat for row in rows for chat in pair_chats(row)])
+        for index, row in enumerate(rows):
+            margin = scores[2 * index] - scores[2 * index + 1]
+            row["judge_verdict"], row["judge_margin"] = margin_verdict(margin), margin
+        return {"model": judging.reward_model.name, "kind": "reward-model"}
+    assert judging.engine is not None
+    return _llm_verdicts(rows, judging.engine, judging.templates)
 
 
 def _ranked_verdicts(rows: list[dict[str, Any]], ranker: PairRanker) -> dict[str, Any]:

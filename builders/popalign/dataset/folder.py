@@ -150,9 +150,9 @@ def config_prefix(name: str) -> str:
     return f"{DATA}/{name}/"
 
 
-def config_files(out: Path, name: str) -> list[Path]:
-    """The Parquet files of one config of a build, `train` shards first, then `test` ones, each in order."""
-    return [path for split in SPLITS for path in sorted(config_dir(out, name).glob(f"{split}-*.parquet"))]
+def config_files(out: Path, name: str, splits: tuple[str, ...] = SPLITS) -> list[Path]:
+    """The Parquet files of one config of a build (of `splits`), `train` shards first, then `test` ones, in order."""
+    return [path for split in splits for path in sorted(config_dir(out, name).glob(f"{split}-*.parquet"))]
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:

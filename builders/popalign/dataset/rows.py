@@ -130,11 +130,11 @@ def cut_kept(config: dict[str, Any]) -> int:
     return config.get("truncation", {}).get("cut", 0) - config["dropped"].get("truncated", 0)
 
 
-def iter_rows(out: Path, name: str) -> Iterator[dict[str, Any]]:
-    """The rows of one config of a build, file by file (`train` first), as Parquet holds them."""
+def iter_rows(out: Path, name: str, splits: tuple[str, ...] = SPLITS) -> Iterator[dict[str, Any]]:
+    """The rows of one config of a build (of `splits`), file by file (`train` first), as Parquet holds them."""
     import pyarrow.parquet  # loaded when rows are read, not on start-up
 
-    for file in config_files(out, name):
+    for file in config_files(out, name, splits):
         yield from pyarrow.parquet.read_table(file).to_pylist()
 
 

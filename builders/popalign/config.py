@@ -150,6 +150,13 @@ STOPS = Check(
     metavar="TEXT",
 )
 SHARD = Check(str, "K/N with 1 <= K <= N", lambda value: _is_shard(value))
+SOURCES = Check(
+    tuple,
+    "prompt files or Hub datasets",
+    lambda value: all(isinstance(text, str) and text.strip() for text in value),
+    parse=lambda text: (text,),
+    metavar="SOURCE",
+)
 
 
 def _prices(value: Any) -> dict[str, Price]:
@@ -768,6 +775,20 @@ class BuildConfig:
     )
     shard: str | None = setting(
         None, check=SHARD, metavar="K/N", help="build only part K of N of the instructions (see popalign merge)"
+    )
+    decontaminate: tuple[str, ...] = setting(
+        (),
+        check=SOURCES,
+        repeat=True,
+        recipe=False,
+        metavar="FILE|ORG/NAME[:SPLIT]",
+        help="drop the instructions close to a prompt of this benchmark (a file in a format --prompts reads, or a Hub "
+        "dataset) before any request, as contaminated (datatrove's MinHash); repeatable",
+    )
+    near_duplicates: bool = setting(
+        False,
+        check=FLAG,
+        help="drop the instructions close to an earlier one of the input (datatrove's MinHash), as near-duplicate",
     )
     prices: Mapping[str, Price] | None = setting(
         None,

@@ -44,6 +44,8 @@ DROP_REASONS: dict[str, str] = {
     "empty": "a side is empty",
     "identical": "both sides are the same text",
     "failed": "an endpoint refused a request for good",
+    "contaminated": "the instruction is close to a prompt of a benchmark given to --decontaminate (before any request)",
+    "near-duplicate": "the instruction is close to an earlier one of the input (--near-duplicates; before any request)",
 }
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 

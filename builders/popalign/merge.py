@@ -12,6 +12,7 @@ from popalign.dataset.card import write_card_and_manifest
 from popalign.dataset.folder import Manifest, check_out, copy_recipe, open_manifest, staged
 from popalign.dataset.integrity import check_build
 from popalign.dataset.rows import StrategyOutcome, cut_kept, keep_sides, read_rows, require_rows, write_configs
+from popalign.decontamination import merged_screening
 from popalign.errors import ShardError
 from popalign.pipeline import BuildSummary
 
@@ -75,6 +76,8 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         raise ShardError(f"the parts hold {total} instructions but their prompts have {first.prompts['total']}")
     prompts = {key: first.prompts[key] for key in ("source", "sha256", "revision", "limit") if key in first.prompts}
     prompts |= {"count": total, "duplicates": first.prompts["duplicates"]}
+    if "screening" in first.prompts:  # each part counted what it dropped of its own instructions
+        prompts["screening"] = merged_screening([manifest.prompts["screening"] for manifest in manifests])
     require_rows(outcomes, out)
     with staged(out) as folder:
         configs = keep_sides(write_configs(outcomes, folder, first.max_shard_size, first.test_size), first.configs)

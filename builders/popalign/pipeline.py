@@ -155,6 +155,11 @@ def build_dataset(
         names.update({role: engine.published_name(role) for role in engine.roles})
 
     outcomes = {name: StrategyOutcome() for name in strategies}
+    screening = prompts.screening or {}
+    for outcome in outcomes.values():  # an instruction dropped before any request has no pair in any config
+        for reason, key in (("contaminated", "contaminated"), ("near-duplicate", "near_duplicates")):
+            if screening.get(key):
+                outcome.dropped[reason] = screening[key]
     with tempfile.TemporaryDirectory(prefix="popalign-rows-") as spools:
         for name, outcome in outcomes.items():
             outcome.spool = RowSpool(Path(spools) / f"{name}.jsonl")

@@ -18,6 +18,7 @@ from pathlib import Path
 from popalign.backends import check_installed
 from popalign.config import BuildConfig, GenerationParams, role_defaults
 from popalign.contrasts import STRATEGIES
+from popalign.decontamination import screened
 from popalign.errors import ConfigError
 from popalign.prompts import PromptSet, is_hub_dataset, load_hub_prompts, load_prompts, parse_shard
 from popalign.roles import Spec, check_contrast, resolve_roles
@@ -149,7 +150,24 @@ def make_plan(config: BuildConfig) -> BuildPlan:
 
 
 def _load(config: BuildConfig, shard: tuple[int, int] | None, revision: str | None) -> PromptSet:
-    prompts, column, limit = config.prompts, config.prompt_column, config.limit
+    """The plan's instructions (of its shard): screened whole first, where the build decontaminates or drops
+    near-duplicates, so every shard drops the same instructions."""
+    screening = bool(config.decontaminate or config.near_duplicates)
+    prompt_set = _source(config.prompts, config.prompt_column, config.limit, None if screening else shard, revision)
+    if not screening:
+        return prompt_set
+    benchmarks = [_source(source, None, None, None, None) for source in config.decontaminate]
+    return screened(prompt_set, benchmarks, near_duplicates=config.near_duplicates, shard=shard)
+
+
+def _source(
+    prompts: str | Path | None,
+    column: str | None,
+    limit: int | None,
+    shard: tuple[int, int] | None,
+    revision: str | None,
+) -> PromptSet:
+    """Instructions from a file (None: the bundled demo set) or a Hub dataset `ORG/NAME[:SPLIT]`."""
     if isinstance(prompts, str) and is_hub_dataset(prompts):
         return load_hub_prompts(prompts, column=column, limit=limit, shard=shard, revision=revision)
     return load_prompts(Path(prompts) if prompts is not None else None, column=column, limit=limit, shard=shard)

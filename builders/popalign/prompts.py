@@ -58,6 +58,9 @@ class PromptSet:
     sha256: str = ""
     revision: str = ""  # a Hub dataset's commit
     limit: int | None = None
+    #: what screening dropped of this set (`popalign.decontamination`): by benchmark source, its prompts and the
+    #: instructions close to one; and the near-duplicates of an earlier instruction. None: not screened.
+    screening: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
         """The prompt source as the manifest records it."""
@@ -73,6 +76,7 @@ class PromptSet:
             "count": len(self.instructions),
             "duplicates": self.duplicates,
             **shard,
+            **({"screening": self.screening} if self.screening is not None else {}),
         }
 
 

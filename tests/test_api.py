@@ -147,12 +147,12 @@ def test_a_test_split_holds_whole_instructions_and_the_card_shows_its_pictures(s
         assert len(built.rows(config, "test")) == splits["test"] and not ids[config]["train"] & ids[config]["test"]
     assert ids["prefix"]["test"] == ids["elicitive"]["test"]  # an instruction is on one side in every config
     assert len(built.rows("all", "test")) == sum(manifest.configs[c]["splits"]["test"] for c in ("prefix", "elicitive"))
-    # every answer used costs one token on the scripted server: prefix 2 per instruction, guided elicitive 5
-    assert (manifest.configs["prefix"]["tokens"], manifest.configs["elicitive"]["tokens"]) == (16 * 2, 16 * 5)
+    # a word is a token on the scripted server: prefix makes 2 answers of 9 words per instruction, guided elicitive 5
+    assert (manifest.configs["prefix"]["tokens"], manifest.configs["elicitive"]["tokens"]) == (16 * 2 * 9, 16 * 45)
     card = (built.path / "README.md").read_text()
     assert "license: cc-by-4.0" in card and "also follows the terms of use of the models" in card
     assert card.count("```mermaid") == 1 and 'prefix_c["M(p+ ⊕ q)' in card and "elicitive_pc" in card
-    assert "| 32 |" in card and "| 80 |" in card  # answer tokens per config
+    assert "| 288 |" in card and "| 720 |" in card  # answer tokens per config
     assert 'split="test"' in card and "--dataset_test_split test" in card
     for key, picture in manifest.overview.items():
         assert f"]({picture})" in card and (built.path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
@@ -160,7 +160,7 @@ def test_a_test_split_holds_whole_instructions_and_the_card_shows_its_pictures(s
     judged = popalign.judge(built, popalign.JudgeOptions(model=server), cache=False, progress=False)
     for config in ("prefix", "elicitive"):
         assert {split: set(judged.rows(config, split)["prompt_id"]) for split in ("train", "test")} == ids[config]
-    assert judged.manifest.overview == manifest.overview and judged.manifest.configs["prefix"]["tokens"] == 32
+    assert judged.manifest.overview == manifest.overview and judged.manifest.configs["prefix"]["tokens"] == 288
     shown = run_offline(POPALIGN, "show", built.path, "elicitive", "-n", "2", "--where", "judge_verdict!=none",
                         "--where", "chosen~careful", "--width", "80")  # fmt: skip
     assert shown.returncode == 0, shown.stderr

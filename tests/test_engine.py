@@ -12,7 +12,7 @@ from popalign.backends.local import LocalBackend
 from popalign.cache import GenerationCache
 from popalign.config import Styles
 from popalign.engine import Engine
-from popalign.generation import GenerationParams, Request, user
+from popalign.generation import GenerationParams, Request, chat_prompt, user
 from popalign.prompts import Instruction
 from popalign.roles import ModelSpec, resolve_roles
 from popalign.strategies import STRATEGIES, StrategyContext
@@ -82,6 +82,11 @@ def test_batched_greedy_generation_matches_one_at_a_time(tiny_model_dir: Path) -
     single = LocalBackend(batch_size=1).generate(spec, requests, greedy)
     assert [g.text for g in batched] == [g.text for g in single]
     assert all(g.tokens > 0 for g in batched)
+    tokenizer = LocalBackend().tokenizer(spec.source)  # each prompt's own tokens, whatever padding its batch needed
+    lengths = [
+        len(tokenizer(chat_prompt(tokenizer, r.chat()), add_special_tokens=False)["input_ids"]) for r in requests
+    ]
+    assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single] == lengths
 
 
 def test_weaker_copy_keeps_the_requested_layers_and_leaves_the_base_intact(tiny_model_dir: Path) -> None:

@@ -146,6 +146,8 @@ def test_an_answer_does_not_depend_on_the_answers_beside_it(backend: LlamaCppBac
     rivers = Request("default", (user("Name three rivers."),))
     crowded = backend.generate(spec, [*others[:9], rivers, *others[9:]], params)
     assert crowded[9] == alone[0]
+    model = backend.load(spec)  # the tokens of the prompt it answered, as the model tokenizes the rendered chat
+    assert alone[0].prompt_tokens == len(model.tokenize(model.render(rivers.chat()))) > 0
     again = backend.generate(spec, [Request("default", (user("Name three rivers."),), sample=1)], params)
     assert again[0] != alone[0]  # another draw of the same prompt
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import platform
 import shutil
@@ -501,8 +502,13 @@ def _print_estimate(guess: Estimate) -> None:
 
 
 def _money(amount: float | None) -> str:
-    """An amount as the tables show it: cents from a dollar up, else three significant digits."""
-    return "–" if amount is None else f"${amount:,.2f}" if amount >= 1 else f"${amount:.3g}"
+    """An amount as the tables show it: cents from a dollar up, else three significant digits, never in powers of
+    ten (`$0.0000320`)."""
+    if amount is None:
+        return "–"
+    if amount >= 1 or amount == 0:
+        return f"${amount:,.2f}"
+    return f"${amount:.{2 - math.floor(math.log10(amount))}f}"
 
 
 def _strategies(args: argparse.Namespace) -> int:

@@ -103,7 +103,7 @@ def open_engine(plan: BuildPlan, progress: bool) -> Engine:
         cache=open_cache(config.cache, config.cache_dir),
         progress=progress,
         budget=config.budget,
-        prices=config.prices,
+        prices=plan.prices,
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from popalign.backends import check_installed
 from popalign.config import BuildConfig, GenerationParams, role_defaults
 from popalign.contrasts import STRATEGIES
+from popalign.costs import Price
 from popalign.decontamination import screened
 from popalign.errors import ConfigError
 from popalign.prompts import PromptSet, is_hub_dataset, load_hub_prompts, load_prompts, parse_shard
@@ -47,6 +48,8 @@ class BuildPlan:
     total: int = 0
     shard: tuple[int, int] | None = None
     prompt_set: PromptSet | None = field(default=None, repr=False, compare=False)
+    #: by role, its price: as given, and a helper role that is the default model at the default's
+    prices: Mapping[str, Price] = field(default_factory=dict)
 
     @property
     def out(self) -> Path:
@@ -125,7 +128,11 @@ def make_plan(config: BuildConfig) -> BuildPlan:
             first, second = needs[name]
             same = role_params.get(first, params) == role_params.get(second, params)  # as each role runs
             check_contrast(name, (first, second), resolved, same)
-    unpriced = [role for role in used if role not in (config.prices or {})]
+    prices = dict(config.prices or {})
+    for helper in STRATEGIES.helper_roles():
+        if helper in used and helper not in prices and "default" in prices and resolved[helper] == resolved["default"]:
+            prices[helper] = prices["default"]  # the default model, at its price
+    unpriced = [role for role in used if role not in prices]
     if config.budget and config.budget.money and unpriced:
         raise ConfigError(
             f"budget {config.budget.shown()}: role {unpriced[0]} has no price; give --price {unpriced[0]}=IN,OUT "
@@ -146,6 +153,7 @@ def make_plan(config: BuildConfig) -> BuildPlan:
         total=prompt_set.total,
         shard=shard,
         prompt_set=prompt_set,
+        prices=prices,
     )
 
 

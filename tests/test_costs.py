@@ -133,6 +133,7 @@ def test_a_dry_run_estimates_the_build_from_a_sample_and_writes_nothing(scripted
     assert not out.exists() and len(_log(log)) == 8 * 4  # the sample's requests alone
     assert "estimate for all 40 instructions, from a build of 8 evenly spaced through them:" in dry.stdout
     rows = {line.split()[0]: line.split() for line in dry.stdout.splitlines() if line.startswith(("prefix", "refine"))}
+    assert rows["refine"][-1].startswith("$")  # refine's reviser is the default model, at the default's price
     built, out = _build(tmp_path, url, VARIED, *flags)
     assert built.returncode == 0, built.stderr
     assert len(_log(log)) == 40 * 4  # the build reused the dry run's answers

@@ -96,6 +96,16 @@ COMBINED: dict[str, tuple[list[str], dict[str, Any], str]] = {
         "budget $5.00: role default has no price; give --price default=IN,OUT (per million tokens in and out), or a "
         "budget in tokens",
     ),
+    "budget with an executor": (
+        ["--budget", "1000", "--executor", "local", "--tasks", "2"],
+        {"budget": 1000, "executor": "local", "tasks": 2},
+        "budget and executor do not go together: every task would spend a budget of its own",
+    ),
+    "dry run with a push": (
+        ["--dry-run", "--push-to", "org/name", "--release", "1.0.0"],
+        {"dry_run": True, "push_to": "org/name", "release": "1.0.0"},
+        "dry_run writes nothing and runs here: leave out executor and push_to",
+    ),
     "temperatures reversed": (
         ["--low-temperature", "1.5", "--high-temperature", "1"],
         {"low_temperature": 1.5, "high_temperature": 1},

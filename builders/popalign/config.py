@@ -848,6 +848,10 @@ class BuildConfig:
             raise ConfigError("shard and executor do not go together: the executor gives each task its shard")
         if self.executor and (self.score or self.judge):
             raise ConfigError("executor builds the data; score or judge the merged folder after")
+        if self.executor and self.budget:
+            raise ConfigError("budget and executor do not go together: every task would spend a budget of its own")
+        if self.dry_run and (self.executor or self.push):
+            raise ConfigError("dry_run writes nothing and runs here: leave out executor and push_to")
 
     @classmethod
     def of(cls, **settings: Any) -> BuildConfig:

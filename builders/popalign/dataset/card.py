@@ -188,7 +188,7 @@ def _describe(name: str, chosen_model: str | None, rejected_model: str | None) -
     description = STRATEGIES[name].description
     chosen, rejected = _local_spec(chosen_model), _local_spec(rejected_model)
     if STRATEGIES[name].kind == "model" and chosen and rejected and chosen.source == rejected.source:
-        weaker = "smaller" if name == "nparam" else "lower-ranked"
+        weaker = {"nparam": "smaller", "leaderboard": "lower-ranked"}.get(name, "weaker")
         return (
             f"Here the chosen side is `{chosen}` and the rejected side is a copy of it with a middle block of layers "
             f"removed (keeping {rejected.layers}), not a separately trained {weaker} model: this config shows the "

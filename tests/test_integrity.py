@@ -77,7 +77,7 @@ def cases(rows: int) -> dict[str, tuple[Callable[[Path], None], str, str]]:
                        f"config 'prefix': its split counts do not add up to its {rows} rows"),
         "path-name": (edit_manifest(rename_config), manifest,
                       "config '../../outside-secret' is not a strategy (known: prefix, demon, elicitive, nparam, "
-                      "leaderboard, refine)"),
+                      "leaderboard, refine, bestofn, teacher, temperature)"),
         "no-data": (lambda copy: shutil.rmtree(copy / "data" / "prefix"), "data/prefix/train-*.parquet",
                     f"prefix train holds 0 rows but the manifest records {rows}"),
         "one-row": (rewrite_parquet(lambda table: table.slice(0, 1)), TRAIN,

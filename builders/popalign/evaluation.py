@@ -10,18 +10,18 @@ and `win_rate.png` (the chart)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from popalign.contrasts import Dropped, StrategyRun
+from popalign.contrasts import Dropped
 from popalign.dataset.folder import Manifest, write_json
 from popalign.dataset.quality import load_pyplot
 from popalign.dataset.rows import iter_rows
 from popalign.engine import Engine
 from popalign.errors import PopAlignError
-from popalign.generation import Request, user
+from popalign.generation import Generation, Request, user
 from popalign.judging import JudgeSettings, judge_rows, wilson
 
 #: The role of the model the trained ones are compared with.
@@ -118,9 +118,13 @@ def held_out_instructions(build: Path, manifest: Manifest) -> list[HeldOut]:
     return [HeldOut(text, prompt_id, tuple(names)) for prompt_id, (text, names) in found.items()]
 
 
-def _answers(instruction: HeldOut, models: list[str]) -> StrategyRun:
+#: A run of the engine that asks every model and the reference for their answer, and returns them by role.
+AnswersRun = Generator[list[Request], list[Generation], dict[str, str]]
+
+
+def _answers(instruction: HeldOut, models: list[str]) -> AnswersRun:
     answers = yield [Request(role, (user(instruction.text),)) for role in (*models, REFERENCE)]
-    return {role: answer.text.strip() for role, answer in zip((*models, REFERENCE), answers, strict=True)}  # type: ignore[return-value]
+    return {role: answer.text.strip() for role, answer in zip((*models, REFERENCE), answers, strict=True)}
 
 
 def evaluate_models(build: Path, manifest: Manifest, engine: Engine, judging: JudgeSettings, out: Path) -> Evaluation:

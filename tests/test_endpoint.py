@@ -32,7 +32,7 @@ from popalign.resources import embedded_model_path
 pytestmark = pytest.mark.slow
 LIMIT = 4
 RECIPE = """\
-strategies: all
+strategies: paper
 limit: {limit}
 out: {out}
 keep_truncated: true

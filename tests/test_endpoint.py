@@ -86,7 +86,8 @@ def reference(llama_url: str, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 def summary_line(stdout: str, strategy: str) -> str:
     """The closing table's line of one strategy: rows, drops, then requests made, cached, shared, retried, failed."""
-    (line,) = [line for line in stdout.splitlines() if line.startswith(f"{strategy} ") and line.split()[1].isdigit()]
+    lines = stdout.splitlines()
+    (line,) = [line for line in lines if line.startswith(f"{strategy} ") and line.split()[1].isdigit() and "%" in line]
     return line
 
 

@@ -186,6 +186,10 @@ class Engine:
                 try:
                     self._admit(window)
                     await window.finished
+                    if self.stats.stopped:  # a run stopped by the budget leaves its other requests to finish, cached
+                        await asyncio.gather(
+                            *(a for a in self._answers.values() if not a.done()), return_exceptions=True
+                        )
                 except BaseException:
                     pending = [*window.active, *(answer for answer in self._answers.values() if not answer.done())]
                     for task in pending:

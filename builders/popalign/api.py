@@ -205,7 +205,9 @@ def evaluate(
     manifest = open_manifest(path)
     if options.out.resolve().is_relative_to(path.resolve()):
         raise ConfigError(f"out: {options.out} is inside the build folder {path}; give a folder outside it")
-    specs = {name: parse_spec(spec) for name, spec in options.models.items()} | {REFERENCE: parse_spec(reference)}
+    specs = {name: parse_spec(spec) for name, spec in options.models.items()} | {
+        REFERENCE: parse_spec(options.reference)
+    }
     check_installed(specs.values())
     endpoints = endpoints or Endpoints()
     backends = open_backends(specs.values(), batch_size=batch_size, endpoints=endpoints)

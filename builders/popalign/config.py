@@ -24,7 +24,7 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replac
 from pathlib import Path
 from typing import Any
 
-from popalign.contrasts import STRATEGIES, check_role
+from popalign.contrasts import check_role
 from popalign.costs import Budget, Price, parse_budget, parse_prices
 from popalign.errors import ConfigError
 from popalign.roles import EMBEDDED, Spec, parse_spec
@@ -163,8 +163,7 @@ def _prices(value: Any) -> dict[str, Price]:
     """Prices by role (`costs.parse_prices`), of roles a strategy names."""
     prices = parse_prices(value)
     for role in prices:
-        if role not in STRATEGIES.roles():
-            raise ConfigError(f"price: unknown role {role!r} (known: {', '.join(STRATEGIES.roles())})")
+        check_role(role, "price")
     return prices
 
 

@@ -178,10 +178,10 @@ def _rank(name: str) -> int:
     return PAPER.index(name) if name in PAPER else 0
 
 
-def check_role(role: str) -> None:
-    """Refuse a role no registered strategy names."""
+def check_role(role: str, setting: str = "roles") -> None:
+    """Refuse a role no registered strategy names, in a line naming the `setting` that gave it."""
     if role not in STRATEGIES.roles():
-        raise ConfigError(f"roles: unknown role {role!r} (known: {', '.join(STRATEGIES.roles())})")
+        raise ConfigError(f"{setting}: unknown role {role!r} (known: {', '.join(STRATEGIES.roles())})")
 
 
 def _check(strategy: object, name: str, where: str, found: Mapping[str, Strategy]) -> None:

@@ -77,7 +77,8 @@ def estimate_plan(plan: BuildPlan, size: int, *, progress: bool = False) -> Esti
         kept[names[index % len(names)]] += not isinstance(result, Dropped)
 
     runs = ((name, STRATEGIES[name].run(instruction, context)) for instruction in sample for name in names)
-    engine.run_each(runs, collect, len(sample) * sum(STRATEGIES[n].planned(context) for n in names))
+    planned = {name: STRATEGIES[name].planned(context) for name in names}
+    engine.run_each(runs, collect, len(sample) * sum(planned.values()), planned=planned)
     scale = len(instructions) / len(sample) if sample else 0.0
     estimates = {}
     for name in names:

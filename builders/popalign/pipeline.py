@@ -146,7 +146,7 @@ def build_dataset(
     check_out(out)
     context = strategy_context(templates, engine, keep_truncated=keep_truncated, styles=styles)
     instructions = prompts.instructions
-    expected = len(instructions) * sum(STRATEGIES[name].planned(context) for name in strategies)
+    planned = {name: STRATEGIES[name].planned(context) for name in strategies}  # requests per instruction, at most
     runs = ((name, STRATEGIES[name].run(instruction, context)) for instruction in instructions for name in strategies)
     names: dict[str, str] = {}
 
@@ -186,8 +186,7 @@ def build_dataset(
                 )
             )
 
-        planned = {name: STRATEGIES[name].planned(context) for name in strategies}
-        engine.run_each(runs, collect, expected, check=ready, planned=planned)
+        engine.run_each(runs, collect, len(instructions) * sum(planned.values()), check=ready, planned=planned)
         if engine.stats.stopped:
             raise BudgetSpentError(budget_line(engine, out))
         for outcome in outcomes.values():

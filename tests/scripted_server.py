@@ -114,12 +114,46 @@ def usage(messages: list[dict[str, str]], answer: str) -> dict[str, int]:
     }
 
 
+#: How a thinking model's trace comes back, as each kind of server returns it: inside `content` as a leading think
+#: block (vLLM or SGLang without a reasoning parser, llama.cpp's `--reasoning-format none`, TGI), with the opening tag
+#: in the prompt (DeepSeek-R1's template: only `</think>` in `content`), or in a field of its own (`reasoning_content`:
+#: SGLang, llama.cpp, DeepSeek; `reasoning`: vLLM since late 2025, OpenRouter).
+REASONING_KINDS = ("content", "r1", "reasoning_content", "reasoning")
+
+
+def thought(content: str) -> str:
+    """The trace a thinking stand-in writes before an answer."""
+    return f"The user wants an answer; let me plan it ({hashlib.sha256(content.encode()).hexdigest()[:6]})."
+
+
+def thinking_message(kind: str, content: str, finish: str, cut: bool) -> tuple[dict[str, str | None], str]:
+    """The message and finish reason a thinking server of `kind` returns for `content`; `cut`: the token limit is
+    reached inside the trace (a split trace comes back with no content, an unsplit one with no closing tag)."""
+    trace = thought(content)
+    if kind in ("reasoning_content", "reasoning"):
+        message = {"role": "assistant", "content": None if cut else content, kind: trace}
+        return message, "length" if cut else finish
+    if cut:
+        return {"role": "assistant", "content": f"<think>\n{trace} And then"}, "length"
+    opened = "" if kind == "r1" else "<think>\n"
+    return {"role": "assistant", "content": f"{opened}{trace}\n</think>\n\n{content}"}, finish
+
+
+#: The request fields it logs beside the messages, where a request carries them.
+LOGGED = ("repetition_penalty", "frequency_penalty", "presence_penalty", "min_p", "stop", "top_p",
+          "max_completion_tokens", "reasoning_effort", "thinking_token_budget", "chat_template_kwargs")  # fmt: skip
+
+
 class Handler(JSONHandler):
     model = "scripted"
     also: tuple[str, ...] = ()  # more models it lists: then each answer starts with the model asked for
     log: Path
     delay = 0.0
     refuse: tuple[str, ...] = ()  # request fields it does not take, as OpenAI's API refuses an unknown one
+    reasoning = ""  # one of REASONING_KINDS: a thinking model, its trace returned that way
+    #: Behave as OpenAI's reasoning models do: refuse `max_tokens` (asking for `max_completion_tokens`), `top_p` and
+    #: a temperature other than 1, and count reasoning tokens in `usage.completion_tokens_details`.
+    openai_reasoning = False
 
     def do_GET(self) -> None:
         models = [{"id": name, "object": "model"} for name in (self.model, *self.also)]
@@ -135,19 +169,28 @@ class Handler(JSONHandler):
         if unknown:
             self._reply(400, {"error": {"message": f"Unrecognized request argument supplied: {unknown[0]}"}})
             return
+        if self.openai_reasoning and (refusal := openai_refusal(body)):
+            self._log(body, asked, "")
+            self._reply(400, {"error": refusal})
+            return
         status, content, finish = reply(body["messages"], body.get("seed", 0), body.get("temperature", 0.0), self.model)
         if self.also:
             content = f"[{asked}] {content}"
         time.sleep(self.delay)
-        with self.log.open("a") as sink:
-            entry = {"messages": body["messages"], "max_tokens": body.get("max_tokens"), "model": asked}
-            entry |= {"seed": body.get("seed"), "temperature": body.get("temperature"), "answer": content}
-            entry |= {key: body[key] for key in ("repetition_penalty", "frequency_penalty", "presence_penalty",
-                                                 "min_p", "stop") if key in body}  # fmt: skip
-            sink.write(json.dumps(entry | {"authorization": self.headers.get("Authorization")}) + "\n")
+        self._log(body, asked, content)
         if status != 200:
             self._reply(status, {"error": {"message": content}})
             return
+        message: dict[str, str | None] = {"role": "assistant", "content": content}
+        counts = usage(body["messages"], content)
+        if self.reasoning:
+            cut = "[think-cut]" in body["messages"][-1]["content"]
+            message, finish = thinking_message(self.reasoning, content, finish, cut)
+            if self.openai_reasoning:  # OpenAI returns no text of the trace, only its token count
+                message.pop(self.reasoning, None)
+            thinking = len(thought(content).split())
+            counts |= {"completion_tokens": counts["completion_tokens"] + thinking}
+            counts |= {"completion_tokens_details": {"reasoning_tokens": thinking}}
         self._reply(
             200,
             {
@@ -155,12 +198,38 @@ class Handler(JSONHandler):
                 "object": "chat.completion",
                 "created": 0,
                 "model": asked or self.model,
-                "choices": [
-                    {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}
-                ],
-                "usage": usage(body["messages"], content),
+                "choices": [{"index": 0, "finish_reason": finish, "message": message}],
+                "usage": counts,
             },
         )
+
+    def _log(self, body: dict, asked: str | None, content: str) -> None:
+        """One line per chat request: what it asked with, and the answer it got."""
+        with self.log.open("a") as sink:
+            entry = {"messages": body["messages"], "max_tokens": body.get("max_tokens"), "model": asked}
+            entry |= {"seed": body.get("seed"), "temperature": body.get("temperature"), "answer": content}
+            entry |= {key: body[key] for key in LOGGED if key in body}
+            sink.write(json.dumps(entry | {"authorization": self.headers.get("Authorization")}) + "\n")
+
+
+def openai_refusal(body: dict) -> dict[str, str] | None:
+    """The error OpenAI's reasoning models answer a request with, as they word it, or None where they take it."""
+    if "max_tokens" in body:
+        message = ("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' "
+                   "instead.")  # fmt: skip
+        return _error(message, "max_tokens", "unsupported_parameter")
+    if "top_p" in body:
+        message = "Unsupported parameter: 'top_p' is not supported with this model."
+        return _error(message, "top_p", "unsupported_parameter")
+    if body.get("temperature", 1) != 1:
+        message = (f"Unsupported value: 'temperature' does not support {body['temperature']} with this model. Only the "
+                   "default (1) value is supported.")  # fmt: skip
+        return _error(message, "temperature", "unsupported_value")
+    return None
+
+
+def _error(message: str, param: str, code: str) -> dict[str, str]:
+    return {"message": message, "type": "invalid_request_error", "param": param, "code": code}
 
 
 if __name__ == "__main__":
@@ -171,7 +240,10 @@ if __name__ == "__main__":
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--refuse", action="append", default=[], help="a request field it answers 400 to")
+    parser.add_argument("--reasoning", choices=REASONING_KINDS, default="", help="a thinking model, its trace sent so")
+    parser.add_argument("--openai-reasoning", action="store_true", help="refuse as OpenAI's reasoning models do")
     args = parser.parse_args()
+    Handler.reasoning, Handler.openai_reasoning = args.reasoning, args.openai_reasoning
     Handler.model, Handler.also, Handler.log, Handler.delay = args.model, tuple(args.also), args.log, args.delay
     Handler.refuse = tuple(args.refuse)
     ThreadingHTTPServer.request_queue_size = 128  # the client opens up to --concurrency connections at once

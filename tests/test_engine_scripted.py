@@ -135,7 +135,7 @@ def test_a_refused_request_drops_its_pair_only_and_another_failure_stops_the_run
     results = run.run(runs(["prefix"], texts))
     assert [type(result) for result in results] == [Pair, Dropped, Pair]
     assert results[1] == Dropped("failed") and run.stats.by_strategy["prefix"].failed == 1
-    assert run.stats.last_failure == "prompt too long"
+    assert run.stats.failures == {"prompt too long": 1}
     with pytest.raises(RuntimeError, match="the backend broke"):
         engine(ScriptedBackend()).run(runs(["prefix"], ["Explain tides.", "Explain BREAK here.", *TEXTS]))
 

@@ -46,8 +46,10 @@ class GenerationCache:
                 "CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, text TEXT NOT NULL, created REAL)"
             )
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(generations)")}
-            for column, kind in (("finish", "TEXT"), ("tokens", "INTEGER"), ("prompt_tokens", "INTEGER")):
-                if column not in columns:  # caches written before finish reasons (or prompt tokens) were kept
+            added = (("finish", "TEXT"), ("tokens", "INTEGER"), ("prompt_tokens", "INTEGER"))
+            added += (("reasoning", "TEXT"), ("reasoning_tokens", "INTEGER"))
+            for column, kind in added:
+                if column not in columns:  # caches written before finish reasons (or prompt tokens, ...) were kept
                     self._db.execute(f"ALTER TABLE generations ADD COLUMN {column} {kind}")
         except (OSError, sqlite3.Error) as err:
             raise PopAlignError(f"{self.path}: cannot open the generation cache ({err})") from err
@@ -66,18 +68,21 @@ class GenerationCache:
     def get_generation(self, key: str) -> Generation | None:
         """The cached generation of a request key; entries without a finish reason (older caches) count as
         missing, so their truncation is known after a rerun (an entry from before prompt tokens were kept counts
-        none)."""
+        none, and one from before reasoning traces were kept has none)."""
         row = self._db.execute(
-            "SELECT text, tokens, finish, prompt_tokens FROM generations WHERE key = ? AND finish IS NOT NULL", (key,)
+            "SELECT text, tokens, finish, prompt_tokens, reasoning, reasoning_tokens FROM generations "
+            "WHERE key = ? AND finish IS NOT NULL",
+            (key,),
         ).fetchone()
-        return Generation(row[0], row[1] or 0, row[2], row[3] or 0) if row else None
+        return Generation(row[0], row[1] or 0, row[2], row[3] or 0, row[4] or "", row[5] or 0) if row else None
 
     def put_generation(self, key: str, generation: Generation) -> None:
         """Store one generation, committed at once so a killed run keeps it."""
         with self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO generations (key, text, created, finish, tokens, prompt_tokens) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO generations "
+                "(key, text, created, finish, tokens, prompt_tokens, reasoning, reasoning_tokens) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key,
                     generation.text,
@@ -85,6 +90,8 @@ class GenerationCache:
                     generation.finish_reason,
                     generation.tokens,
                     generation.prompt_tokens,
+                    generation.reasoning,
+                    generation.reasoning_tokens,
                 ),
             )
 

@@ -323,9 +323,13 @@ def _build(args: argparse.Namespace) -> int:
         f"\nwrote {summary.out} ({configs} configs, {total} rows) in {summary.seconds:.0f} s; "
         f"{stats.requested} requests (as the progress bar counts them), {stats.distinct} distinct: "
         f"{stats.cached} cached, {stats.generated} generated "
-        f"({stats.prompt_tokens} tokens in, {stats.tokens} out), {stats.retried} retries; {summary.duplicates} "
-        "duplicate instructions skipped"
+        f"({stats.prompt_tokens} tokens in, {stats.tokens} out{_thinking(stats.reasoning_tokens)}), "
+        f"{stats.retried} retries; {summary.duplicates} duplicate instructions skipped"
     )
+    if stats.failures:
+        print("refused for good (their pairs dropped as failed):")
+        for reason, count in stats.failures.most_common():
+            print(f"  {count} × {reason}")
     kept = "kept (--keep-truncated)" if config.keep_truncated else "dropped as truncated"
     print(f"cut: share of pairs with a side stopped at the token limit ({kept})")
     written = [name for name, outcome in summary.outcomes.items() if outcome.count]
@@ -334,6 +338,11 @@ def _build(args: argparse.Namespace) -> int:
     if summary_build.pushed:
         _print_push(summary_build.pushed)
     return 0
+
+
+def _thinking(tokens: int) -> str:
+    """The share of answer tokens a server said were thinking, where one said so."""
+    return f", {tokens} of them thinking" if tokens else ""
 
 
 def _release(given: dict[str, Any]) -> None:
@@ -476,12 +485,16 @@ def _templates_list(args: argparse.Namespace) -> int:
 def _print_costs(manifest: Manifest) -> None:
     """What each strategy's kept pairs cost: every request they used, answered now or from the cache."""
     priced = manifest.prices is not None
+    thinking = any(config.get("reasoning_tokens") for config in manifest.configs.values())
     print(f"\n{'strategy':<12} {'requests':>8} {'tokens in':>10} {'tokens out':>10} {'per kept pair':>13}", end="")
+    print(f" {'of out, thinking':>16}" if thinking else "", end="")
     print(f" {'cost':>10} {'per kept pair':>13}" if priced else "")
     for name, config in manifest.configs.items():
         per_pair = config.get("tokens_per_pair")
         line = f"{name:<12} {config.get('requests', 0):>8,} {config.get('prompt_tokens', 0):>10,} "
         line += f"{config.get('tokens', 0):>10,} {f'{per_pair:,.0f}' if per_pair is not None else '–':>13}"
+        if thinking:
+            line += f" {config.get('reasoning_tokens', 0):>16,}"
         if priced:
             cost, pair = config.get("cost"), config.get("cost_per_pair")
             line += f" {_money(cost):>10} {_money(pair):>13}"

@@ -17,6 +17,7 @@ popalign.errors.ConfigError: concurrency: expected a whole number >= 1, got 0
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -47,6 +48,10 @@ ELICITIVE_STYLES = ("guided", "paper")
 PREFIX_STYLES = ("sentences", "helpful", "harmless")
 #: How `refine` gets its chosen side: the model refines its own answer, or a reviser revises it minimally (CLAIR).
 REFINE_STYLES = ("self", "clair")
+#: The tags of a think block unless `--think-tags` gives others, and how a build stores a thinking model's trace
+#: (`popalign.reasoning`): in the `*_thinking` columns alone, or also before the answer it trains on.
+THINK_TAGS = ("<think>", "</think>")
+THINKING_MODES = ("separate", "inline")
 SCORE_CONTRASTS = ("prefix", "demon")
 #: How a served scoring model is asked for prompt log-probs (see `popalign.backends.endpoint_scorer`).
 SCORE_PROTOCOLS = ("auto", "tgi", "vllm", "sglang")
@@ -185,6 +190,29 @@ LANGUAGES = Check(
 )
 
 
+_WORD = re.compile(r"[a-z]*")
+
+
+def _extra_body(value: Any) -> str:
+    """Request fields as canonical JSON text (a frozen setting, hashable), from JSON text or a mapping; none of
+    `RESERVED_FIELDS`."""
+    body = json.loads(value) if isinstance(value, str) and value.strip() else value or {}
+    if not isinstance(body, Mapping):
+        raise ValueError
+    reserved = [key for key in body if key in RESERVED_FIELDS]
+    if reserved:
+        raise ConfigError(f"extra_body: {reserved[0]!r} is set by popalign (or by a setting of its own), not here")
+    return json.dumps(body, sort_keys=True, separators=(",", ":")) if body else ""
+
+
+def _tags(value: Any) -> tuple[str, str]:
+    """Two tags from `OPEN,CLOSE` or a list of two, each non-empty, not alike."""
+    tags = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+    if len(tags) != 2 or not all(isinstance(tag, str) and tag.strip() for tag in tags) or tags[0] == tags[1]:
+        raise ValueError
+    return (tags[0].strip(), tags[1].strip())
+
+
 def _is_shard(text: str) -> bool:
     match = re.fullmatch(r"([0-9]+)/([0-9]+)", text.strip())
     return bool(match) and 1 <= int(match[1]) <= int(match[2])
@@ -321,6 +349,27 @@ class GenerationParams:
         repeat=True,
         help="a stop sequence: the answer ends before it (repeatable, up to 4, as OpenAI allows)",
     )
+    reasoning_effort: str = setting(
+        "",
+        check=Check(str, "a word such as none, low, medium or high", lambda value: bool(_WORD.fullmatch(value))),
+        metavar="EFFORT",
+        help="how long a reasoning model thinks: none, minimal, low, medium, high, ... as the server names them "
+        "(OpenAI, vLLM, SGLang, llama.cpp's server; endpoints only; sent only where set)",
+    )
+    thinking_budget: int = setting(
+        0,
+        check=NON_NEGATIVE,
+        help="the most reasoning tokens a thinking model may spend, within --max-new-tokens, which counts thinking "
+        "and answer together (vLLM's thinking_token_budget; endpoints only; 0 is off)",
+    )
+    extra_body: str = setting(
+        "",
+        check=Check(str, "a JSON object of request fields popalign does not set itself", convert=_extra_body),
+        metavar="JSON",
+        help="more fields for an endpoint's chat requests, as the server names them, e.g. "
+        '\'{"chat_template_kwargs": {"enable_thinking": false}}\' (Qwen3 on vLLM or SGLang answers without '
+        "thinking); a mapping under generation: in a recipe; endpoints only; recorded and part of the cache key",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -340,8 +389,14 @@ class GenerationParams:
         }
 
     def recorded(self) -> dict[str, Any]:
-        """Every setting, as the manifest and the recipe hold them (lists for YAML and JSON alike)."""
-        return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
+        """Every setting, as the manifest and the recipe hold them (lists for YAML and JSON alike, the extra body a
+        mapping)."""
+        values = {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
+        return values | {"extra_body": json.loads(self.extra_body or "{}")}
+
+    def endpoint_only(self) -> list[str]:
+        """The settings this run sets that only an endpoint is sent (a local model has no such setting)."""
+        return [name for name in ENDPOINT_ONLY if getattr(self, name) != OFF_VALUES[name]]
 
 
 #: The generation settings that are off at these values, and left out of requests and cache keys when off (so
@@ -353,7 +408,17 @@ OFF_VALUES: dict[str, Any] = {
     "top_k": 0,
     "min_p": 0.0,
     "stop": (),
+    "reasoning_effort": "",
+    "thinking_budget": 0,
+    "extra_body": "",
 }
+#: The generation settings only endpoints are sent.
+ENDPOINT_ONLY = ("reasoning_effort", "thinking_budget", "extra_body")
+#: Request fields popalign sets itself (or by a setting of its own), which `extra_body` may not set.
+RESERVED_FIELDS = (
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stream", "n",
+    "logprobs", "top_logprobs", *(name for name in OFF_VALUES if name != "extra_body"), "thinking_token_budget",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -648,6 +713,20 @@ class Styles:
         0.3, check=TEMPERATURE, help="temperature: the temperature of the chosen side (below the rejected side's)"
     )
     high_temperature: float = setting(1.2, check=TEMPERATURE, help="temperature: the temperature of the rejected side")
+    thinking: str = setting(
+        "separate",
+        check=one_of(THINKING_MODES),
+        help="a thinking model's reasoning trace: separate: only the answer is chosen/rejected, the trace goes to "
+        "chosen_thinking/rejected_thinking; inline: the trace also stays before the answer it trains on, written "
+        "as thinking models' chat templates write it (<think>\\n…\\n</think>\\n\\nanswer)",
+    )
+    think_tags: tuple[str, str] = setting(
+        THINK_TAGS,
+        check=Check(tuple, "two different tags OPEN,CLOSE such as <think>,</think>", convert=_tags),
+        metavar="OPEN,CLOSE",
+        help="the tags of the think block a model writes before its answer (read out of the answer text of servers "
+        "and local models that leave it there)",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -661,9 +740,13 @@ class Styles:
 
         >>> Styles(prefix="harmless").recorded()
         {'elicitive_style': 'guided', 'prefix_style': 'harmless', 'refine_style': 'self', 'share_answers': False, \
-'best_of': 4, 'low_temperature': 0.3, 'high_temperature': 1.2}
+'best_of': 4, 'low_temperature': 0.3, 'high_temperature': 1.2, 'thinking': 'separate', \
+'think_tags': ['<think>', '</think>']}
         """
-        return {key_of(item): getattr(self, item.name) for item in fields(self)}
+        return {
+            key_of(item): list(value) if isinstance(value := getattr(self, item.name), tuple) else value
+            for item in fields(self)
+        }
 
     @classmethod
     def from_recorded(cls, values: Mapping[str, Any]) -> Styles:

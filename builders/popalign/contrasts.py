@@ -41,6 +41,8 @@ SELECTIONS = ("all", "paper")
 #: Why a pair is not written, for every strategy; a strategy adds its own in `Strategy.drop_reasons`.
 DROP_REASONS: dict[str, str] = {
     "truncated": "a side (or a generation it was written from) stopped at the token limit",
+    "unfinished-thinking": "a side (or a generation it was written from) ended while still thinking: the token limit "
+    "was reached inside its reasoning trace, or the trace was never closed, so there is no answer",
     "empty": "a side is empty",
     "identical": "both sides are the same text",
     "failed": "an endpoint refused a request for good",
@@ -53,7 +55,8 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 @dataclass(frozen=True)
 class Pair:
     """The two answers of one instruction and the roles that produced them; `truncated` marks a pair kept with
-    a cut side (`--keep-truncated`)."""
+    a cut side (`--keep-truncated`). `chosen_reasoning`/`rejected_reasoning` are what guided each side (elicitive's
+    plans), `chosen_thinking`/`rejected_thinking` each side's own reasoning trace (a thinking model's)."""
 
     chosen: str
     rejected: str
@@ -62,6 +65,8 @@ class Pair:
     chosen_reasoning: str | None = None
     rejected_reasoning: str | None = None
     truncated: bool = False
+    chosen_thinking: str | None = None
+    rejected_thinking: str | None = None
 
 
 @dataclass(frozen=True)

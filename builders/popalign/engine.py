@@ -9,7 +9,7 @@ their backend's concurrency (see `endpoint_backend`)."""
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,10 +18,12 @@ from tqdm.auto import tqdm
 
 from popalign.backends.base import Backend
 from popalign.cache import GenerationCache
+from popalign.config import THINK_TAGS
 from popalign.contrasts import Dropped, StrategyRun
 from popalign.costs import Budget, Price, Tokens
 from popalign.errors import RequestFailed
 from popalign.generation import Generation, GenerationParams, Request, request_key
+from popalign.reasoning import separate
 from popalign.roles import ModelSpec, Spec
 
 if TYPE_CHECKING:
@@ -33,8 +35,9 @@ if TYPE_CHECKING:
 class RequestCounts:
     """Requests of one strategy: asked for, answered from the cache, shared with an identical request in this run,
     generated, retried, and failed for good (the pair is then dropped as `failed`); `tokens` counts the answer
-    tokens and `prompt_tokens` the prompt tokens of every request the strategy used, however it was answered (what
-    its pairs cost to make), and `by_role` both by the role asked."""
+    tokens (thinking included) and `prompt_tokens` the prompt tokens of every request the strategy used, however it
+    was answered (what its pairs cost to make), `reasoning_tokens` those of the answer tokens a server says were
+    thinking, and `by_role` both by the role asked."""
 
     requests: int = 0
     cached: int = 0
@@ -44,6 +47,7 @@ class RequestCounts:
     failed: int = 0
     tokens: int = 0
     prompt_tokens: int = 0
+    reasoning_tokens: int = 0
     by_role: dict[str, Tokens] = field(default_factory=lambda: defaultdict(Tokens))
 
 
@@ -58,8 +62,9 @@ class EngineStats:
     generated: int = 0
     tokens: int = 0
     prompt_tokens: int = 0
+    reasoning_tokens: int = 0
     retried: int = 0
-    last_failure: str | None = None  # why the latest request refused for good was refused
+    failures: Counter[str] = field(default_factory=Counter)  # why requests were refused for good, by count
     by_strategy: dict[str, RequestCounts] = field(default_factory=lambda: defaultdict(RequestCounts))
     spent: dict[str, Tokens] = field(default_factory=lambda: defaultdict(Tokens))
     stopped: bool = False
@@ -108,6 +113,7 @@ class Engine:
         window: int | None = None,
         budget: Budget | None = None,
         prices: Mapping[str, Price] | None = None,
+        think_tags: tuple[str, str] = THINK_TAGS,
     ) -> None:
         self.roles = roles
         self.default_params = params
@@ -128,6 +134,8 @@ class Engine:
         self.planned: dict[str, int] = {}
         self.budget, self.prices = budget, dict(prices or {})
         self._gate: asyncio.Semaphore | None = None  # with a budget: requests in flight, at most the slots
+        #: The tags of a think block taken out of answers (`popalign.reasoning`): runs read answers without traces.
+        self.think_tags = think_tags
 
     def _slots(self) -> int:
         """The requests the backends take at a time. Twice as many runs are in flight at once (a run waits on one
@@ -258,12 +266,13 @@ class Engine:
                 try:
                     answers = list(await asyncio.gather(*waits))
                     self._count(self.stats.by_strategy[label], requests, answers)
+                    answers = [separate(answer, self.think_tags) for answer in answers]
                 except BudgetSpent:
                     run.close()
                     return Dropped(BUDGET_STOP)
                 except RequestFailed as failure:
                     self.stats.by_strategy[label].failed += 1
-                    self.stats.last_failure = str(failure)
+                    self.stats.failures[str(failure)] += 1
                     run.close()
                     return Dropped("failed")
                 finally:
@@ -313,6 +322,7 @@ class Engine:
                 self.stats.generated += 1
                 self.stats.tokens += generation.tokens
                 self.stats.prompt_tokens += generation.prompt_tokens
+                self.stats.reasoning_tokens += generation.reasoning_tokens
                 self.stats.spent[request.role].add(generation.prompt_tokens, generation.tokens)
 
             def retry(reason: str, wait: float) -> None:
@@ -336,6 +346,7 @@ class Engine:
         for request, answer in zip(requests, answers, strict=True):
             counts.tokens += answer.tokens
             counts.prompt_tokens += answer.prompt_tokens
+            counts.reasoning_tokens += answer.reasoning_tokens
             counts.by_role[request.role].add(answer.prompt_tokens, answer.tokens)
 
     async def _ask_within_budget(
@@ -367,6 +378,11 @@ class Engine:
     def endpoint(self) -> EndpointBackend | None:
         """The endpoint backend, when roles are served."""
         return self.backends.get("endpoint")  # type: ignore[return-value]
+
+    def failure_lines(self) -> list[str]:
+        """Why requests were refused for good, most frequent first, each with its count (for a summary or an
+        error)."""
+        return [f"{count} × {reason}" for reason, count in self.stats.failures.most_common()]
 
     def published_name(self, role: str) -> str:
         """How outputs name a role's model: a local spec by its own name, an endpoint by its served model."""

@@ -36,9 +36,10 @@ def rating(text: str) -> int | None:
 def _best_of_n(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
     asks = [Request("default", (user(instruction.text),), sample=BEST_OF_DRAW + i) for i in range(ctx.styles.best_of)]
     samples = yield asks
-    usable = [sample for sample in samples if not ctx.cut(sample) and clean_answer(sample.text)]
+    usable = [sample for sample in samples if not ctx.unusable(sample) and clean_answer(sample.text)]
     if len(usable) < 2:
-        return Dropped("truncated" if any(ctx.cut(sample) for sample in samples) else "empty")
+        unusable = [dropped for sample in samples if (dropped := ctx.unusable(sample))]
+        return unusable[0] if unusable else Dropped("empty")
     rate = [
         Request(
             "ranker",

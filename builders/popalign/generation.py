@@ -15,24 +15,35 @@ from popalign.config import OFF_VALUES, GenerationParams
 Message = tuple[str, str]
 
 
-#: Why a generation ended: the model stopped by itself, or it hit `max_new_tokens` (the answer is cut).
-STOP, LENGTH = "stop", "length"
+#: Why a generation ended: the model stopped by itself, it hit `max_new_tokens` (the answer is cut), or it ended
+#: while still thinking (the limit hit inside its reasoning trace, or a trace never closed: there is no answer).
+STOP, LENGTH, THINKING = "stop", "length", "thinking"
 
 
 @dataclass(frozen=True)
 class Generation:
-    """One answer, the number of tokens generated for it, why it ended (`stop` or `length`), and the number of
-    tokens of the prompt it answered (the endpoint's `usage`, or counted by the local model's tokenizer)."""
+    """One answer, the number of tokens generated for it (its reasoning's included), why it ended (`stop`,
+    `length` or `thinking`), the number of tokens of the prompt it answered (the endpoint's `usage`, or counted by
+    the local model's tokenizer), the model's reasoning trace where it gave one apart from the answer (a server's
+    reasoning field, or a think block that `popalign.reasoning` took out of the text), and how many of the tokens
+    were reasoning where the server says so."""
 
     text: str
     tokens: int
     finish_reason: str = STOP
     prompt_tokens: int = 0
+    reasoning: str = ""
+    reasoning_tokens: int = 0
 
     @property
     def truncated(self) -> bool:
         """The answer stopped at the token limit, not at the model's own end."""
         return self.finish_reason == LENGTH
+
+    @property
+    def unfinished_thinking(self) -> bool:
+        """The generation ended inside its reasoning trace: it has no answer."""
+        return self.finish_reason == THINKING
 
 
 #: Called with each generation as soon as it exists, and on each retry of a request with what failed and the

@@ -66,6 +66,8 @@ PAPER_ACCURACY = {
         "refine": 0.505,
     },
 }
+#: The key `choice_logprobs` gives, alone, for a model whose first token opens a reasoning trace.
+THINK_TOKEN = "<think>"
 _FINAL_CHOICE = re.compile(r"(?<![A-Za-z])(A|B)(?![A-Za-z])[^A-Za-z]*$")
 
 JudgeRun = Generator[list[Request], list[Generation], tuple[str | None, str | None]]
@@ -122,6 +124,10 @@ def read_choices(
     if none := sum(values is None for values in asked):
         print(f"popalign: warning: judge {model} gave no log-probs for {none} of {len(chats)} replies that name no "
               "letter; they stay unparsed", file=sys.stderr)  # fmt: skip
+    if thinks := sum(THINK_TOKEN in (values or {}) for values in (found | read).values()):
+        print(f"popalign: warning: judge {model} thinks before it answers (its first token opens a reasoning trace), "
+              f"so no letter can be read from it: {thinks} of {len(chats)} replies that name no letter stay "
+              "unparsed; give the judge room to finish thinking (--judge-max-new-tokens)", file=sys.stderr)  # fmt: skip
     return [likelier_letter((found | read).get(key)) for key in keys]
 
 
@@ -339,7 +345,8 @@ def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: Templat
     answers = engine.run(runs, expected=2 * len(rows))  # each a pair of choices, or Dropped
     if rows and all(isinstance(answer, Dropped) for answer in answers):
         judge = engine.published_name("judge")
-        raise PopAlignError(f"judge {judge}: every request failed ({engine.stats.last_failure})")
+        refused = "; ".join(engine.failure_lines()[:3])
+        raise PopAlignError(f"judge {judge}: every request failed ({refused})")
     choices = {(i, order): pair[order] for i, pair in enumerate(answers) if isinstance(pair, tuple) for order in (0, 1)}
     spec, unread = engine.roles["judge"], [key for key, choice in choices.items() if choice is None]
     chats = [judge_chats(rows[i], templates)[order] for i, order in unread]

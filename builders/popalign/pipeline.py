@@ -37,6 +37,7 @@ from popalign.judging import (
 )
 from popalign.plan import BuildPlan
 from popalign.prompts import BUNDLED_LABEL, PromptSet
+from popalign.reasoning import inline
 from popalign.roles import check_contrast
 from popalign.scoring import ScoreSettings, ScoreStats, score_outcomes, score_settings
 from popalign.strategies import StrategyContext, roles_used
@@ -104,6 +105,7 @@ def open_engine(plan: BuildPlan, progress: bool) -> Engine:
         progress=progress,
         budget=config.budget,
         prices=plan.prices,
+        think_tags=config.styles.think_tags,
     )
 
 
@@ -164,6 +166,9 @@ def build_dataset(
         for name, outcome in outcomes.items():
             outcome.spool = RowSpool(Path(spools) / f"{name}.jsonl")
 
+        def trained(answer: str, trace: str | None) -> str:  # the text a side trains on
+            return inline(answer, trace, styles.think_tags) if styles.thinking == "inline" else answer
+
         def collect(index: int, result: Pair | Dropped) -> None:
             name, instruction = strategies[index % len(strategies)], instructions[index // len(strategies)]
             outcome = outcomes[name]
@@ -177,12 +182,14 @@ def build_dataset(
                     strategy=name,
                     instruction=instruction.text,
                     prompt_id=instruction.prompt_id,
-                    chosen=result.chosen,
-                    rejected=result.rejected,
+                    chosen=trained(result.chosen, result.chosen_thinking),
+                    rejected=trained(result.rejected, result.rejected_thinking),
                     chosen_model=names[result.chosen_role],
                     rejected_model=names[result.rejected_role],
                     chosen_reasoning=result.chosen_reasoning,
                     rejected_reasoning=result.rejected_reasoning,
+                    chosen_thinking=result.chosen_thinking,
+                    rejected_thinking=result.rejected_thinking,
                 )
             )
 
@@ -218,7 +225,7 @@ def build_dataset(
         )
         quality: dict[str, dict[str, Any]] = {}
         score_stats = None
-        require_rows(outcomes, out)
+        require_rows(outcomes, out, engine.failure_lines())
         with staged(out) as folder:
             if scoring:
                 quality, score_stats = score_outcomes(outcomes, scoring, context, engine.cache, folder)
@@ -230,6 +237,8 @@ def build_dataset(
                 strategy, counts = STRATEGIES[name], engine.stats.by_strategy[name]
                 config |= {"chosen_model": names[strategy.chosen_role], "rejected_model": names[strategy.rejected_role]}
                 config |= usage_record(counts.requests, counts.by_role, config["rows"], engine.prices)
+                if counts.reasoning_tokens:  # what a server said of its answer tokens were thinking
+                    config["reasoning_tokens"] = counts.reasoning_tokens
             _write_recipe(folder, strategies, engine, prompts, context, card, test_size)
             write_card_and_manifest(manifest, folder, out)
     return BuildSummary(

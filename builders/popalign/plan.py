@@ -123,6 +123,8 @@ def make_plan(config: BuildConfig) -> BuildPlan:
     resolved = resolve_roles(given, needs)
     check_installed(resolved[role] for role in used)  # a missing extra is said before any file is read
     params, role_params = _generation(config.params, resolved, per_role, used)
+    for role in used:
+        check_sent(role, resolved[role], role_params.get(role, params))
     for name in names:  # one model with one setting on both sides of a contrast
         if len(needs[name]) == 2:
             first, second = needs[name]
@@ -155,6 +157,17 @@ def make_plan(config: BuildConfig) -> BuildPlan:
         prompt_set=prompt_set,
         prices=prices,
     )
+
+
+def check_sent(role: str, spec: Spec, params: GenerationParams) -> None:
+    """Refuse a setting only endpoints are sent (`GenerationParams.endpoint_only`) on a role that runs in process,
+    before any request: it would be recorded and not used."""
+    unsent = params.endpoint_only() if spec.kind != "endpoint" else []
+    if unsent:
+        raise ConfigError(
+            f"{unsent[0]}: role {role} runs {spec} in process, which has no such setting (endpoints only); leave "
+            f"it out, or set it for endpoint roles alone (roles: {role}: generation: in a recipe)"
+        )
 
 
 def _load(config: BuildConfig, shard: tuple[int, int] | None, revision: str | None) -> PromptSet:

@@ -176,6 +176,8 @@ def _swapped(row: dict[str, Any]) -> dict[str, Any]:
         "rejected_model": row["chosen_model"],
         "chosen_reasoning": row["rejected_reasoning"],
         "rejected_reasoning": row["chosen_reasoning"],
+        "chosen_thinking": row.get("rejected_thinking"),
+        "rejected_thinking": row.get("chosen_thinking"),
         "score": -row["score"],
         "margin": -row["score"],
         "score_per_token": None if row.get("score_per_token") is None else -row["score_per_token"],

@@ -67,6 +67,14 @@ class StrategyContext:
         """Whether to drop a pair as `truncated`: a generation stopped at the limit and cut pairs are not kept."""
         return not self.keep_truncated and any(generation.truncated for generation in generations)
 
+    def unusable(self, *generations: Generation) -> Dropped | None:
+        """Why a pair made from these generations is dropped before its text is read: one ended while still
+        thinking (it has no answer: `unfinished-thinking`, whatever `keep_truncated` says), or one was cut at the
+        token limit (`truncated`); None when every one is usable."""
+        if any(generation.unfinished_thinking for generation in generations):
+            return Dropped("unfinished-thinking")
+        return Dropped("truncated") if self.cut(*generations) else None
+
 
 _LABEL = re.compile(r"^\s*\**\s*(?:improved response|response|answer)\s*\**\s*:\s*\**\s*", re.IGNORECASE)
 _NEXT_EXAMPLE = re.compile(r"\n\s*Request\s*:", re.IGNORECASE)
@@ -96,15 +104,18 @@ def check_pair(
     sources: tuple[Generation, ...] = (),
 ) -> Pair | Dropped:
     """The pair of two answers, or why it is dropped: a cut side or a cut generation the sides were written
-    from (`sources`: the elicitive plans), an empty side, or two sides that are the same text (`identical`)."""
-    if ctx.cut(chosen, rejected, *sources):
-        return Dropped("truncated")
+    from (`sources`: the elicitive plans), a side that ended while still thinking, an empty side, or two sides that
+    are the same text (`identical`). The sides' reasoning traces, where the model gave any, go with them."""
+    if dropped := ctx.unusable(chosen, rejected, *sources):
+        return dropped
     good, bad = clean_answer(chosen.text), clean_answer(rejected.text)
     if not good or not bad:
         return Dropped("empty")
     if " ".join(good.split()).casefold() == " ".join(bad.split()).casefold():
         return Dropped("identical")
-    return Pair(good, bad, *roles, *reasoning, truncated=any(g.truncated for g in (chosen, rejected, *sources)))
+    truncated = any(g.truncated for g in (chosen, rejected, *sources))
+    traces = {"chosen_thinking": chosen.reasoning or None, "rejected_thinking": rejected.reasoning or None}
+    return Pair(good, bad, *roles, *reasoning, truncated=truncated, **traces)
 
 
 def is_near_copy(reasoning: str, answer: str) -> bool:
@@ -173,8 +184,8 @@ def _elicitive(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
         for side in ("good", "bad")
     ]
     *plans, plain = yield [*asks, Request("planner", (user(instruction.text),))]
-    if ctx.cut(*plans):
-        return Dropped("truncated")
+    if dropped := ctx.unusable(*plans):
+        return dropped
     good_plan, bad_plan = (plan.text.strip() for plan in plans)
     if not good_plan or not bad_plan:
         return Dropped("empty")
@@ -193,8 +204,8 @@ def _elicitive_paper(instruction: Instruction, ctx: StrategyContext) -> Strategy
         Request("default", (user(ctx.templates.render(f"elicitive_paper_{side}.jinja", instruction=instruction.text)),))
         for side in ("good", "bad")
     ]
-    if ctx.cut(chosen, rejected):
-        return Dropped("truncated")
+    if dropped := ctx.unusable(chosen, rejected):
+        return dropped
     good, bad = parse_thought(chosen.text), parse_thought(rejected.text)
     if good is None or bad is None:
         return Dropped("unparsed")
@@ -232,8 +243,8 @@ def model_contrast(
 def _refine(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
     ask = user(instruction.text)
     (draft,) = yield [plain_request(ctx, PLAIN_DRAW["refine"], "default", instruction)]
-    if ctx.cut(draft):
-        return Dropped("truncated")
+    if dropped := ctx.unusable(draft):
+        return dropped
     if not clean_answer(draft.text):
         return Dropped("empty")
     if ctx.styles.refine == "clair":  # a minimal revision, by the reviser, in a fresh chat

@@ -29,7 +29,8 @@ import math
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -54,6 +55,21 @@ BYTES_PER_TOKEN = 64
 ENVELOPE_BYTES = 64 * 1024
 #: How many of the likeliest first tokens `choice_logprobs` asks for (TGI allows 5 unless told otherwise).
 TOP_LOGPROBS = 5
+#: Where servers put a reasoning trace apart from the answer: SGLang, llama.cpp's server and DeepSeek's API use
+#: `reasoning_content`; vLLM (since late 2025) and OpenRouter `reasoning`.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+#: How a first answer token that opens a reasoning trace begins: a think tag, or a gpt-oss channel header.
+THOUGHT_OPENERS = ("<think", "<|channel|>", "<|start|>", "<seed:think")
+#: What `first_token_logprobs` gives for a model that thinks first (no letter can be read from its first token).
+THINKS_FIRST = {"<think>": 0.0}
+#: Sampling fields at the value that changes nothing, which a server that refuses them (OpenAI's reasoning models
+#: refuse `top_p`, and a temperature other than 1) is asked again without: the same request in its terms.
+NEUTRAL = {"top_p": 1.0, "temperature": 1.0}
+#: Settings a server knows by another name (vLLM's).
+SENT_AS = {"thinking_budget": "thinking_token_budget"}
+#: Refusals of the same kind (a 4xx other than 408 and 429) with no answer yet from the endpoint that stop the run:
+#: the server refuses what every request carries (a setting, a parameter's name), which no retry mends.
+REFUSED_AT_START = 3
 _DEFAULT = Endpoints()
 _T = TypeVar("_T")
 
@@ -114,6 +130,8 @@ class _Replica:
     probing: bool = False  # a request is testing whether this resting replica answers again
     next_probe: float = 0.0
     verified: bool = True  # false for a replica down at start: its served model is asked before its first use
+    token_field: str = "max_tokens"  # or max_completion_tokens, once the server asked for it
+    left_out: set[str] = field(default_factory=set)  # fields it refused at their neutral value (`NEUTRAL`)
     excluded: str = ""  # why this replica is never used (it serves another model)
 
 
@@ -125,6 +143,8 @@ class _Endpoint:
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(0))  # the answering replicas' slots
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
+    ever_answered: bool = False
+    refusals: Counter[str] = field(default_factory=Counter)  # by reason, while nothing was answered yet
 
     def wake(self) -> None:
         """Tell requests waiting for a replica that one may be free now."""
@@ -281,7 +301,7 @@ class EndpointBackend:
     ) -> list[dict[str, float] | None]:
         """For each chat, the log-prob of each choice that is among the first answer token's `TOP_LOGPROBS`
         likeliest (spaces aside; the likeliest spelling where several read alike); None where the server gave no
-        log-probs."""
+        log-probs; `THINKS_FIRST` where the model's first token opens a reasoning trace."""
         requests = [Request("judge", tuple((turn["role"], turn["content"]) for turn in chat)) for chat in chats]
         found = []
         for top in self.first_token_logprobs(spec, requests, TOP_LOGPROBS):
@@ -289,7 +309,7 @@ class EndpointBackend:
             for token, value in (top or {}).items():
                 if token.strip() in choices:
                     listed[token.strip()] = max(value, listed.get(token.strip(), -math.inf))
-            found.append(None if top is None else listed)
+            found.append(None if top is None else dict(THINKS_FIRST) if top == THINKS_FIRST else listed)
         return found
 
     def first_token_logprobs(
@@ -350,6 +370,7 @@ class EndpointBackend:
                         failure = _classify(err)
                     else:
                         self._answered(endpoint, replica, probe)
+                        endpoint.ever_answered = True
                         on_done(answer)
                         return answer
                     finally:
@@ -360,6 +381,7 @@ class EndpointBackend:
                 raise BackendError(f"endpoint {replica.url}: {failure.reason}")
             if failure.refused:
                 self._answered(endpoint, replica, probe)
+                self._refused_at_start(endpoint, replica, failure)
                 raise RequestFailed(f"endpoint {replica.url}: {failure.reason}")
             self._failed(endpoint, replica, failure, sent_at, probe)
             if attempt + 1 < self.retry.attempts:
@@ -375,8 +397,12 @@ class EndpointBackend:
     async def _chat(
         self, replica: _Replica, model: str, request: Request, params: GenerationParams, seed: int
     ) -> Generation:
-        """One chat completion, read no further than `answer_limit` bytes."""
+        """One chat completion, read no further than `answer_limit` bytes: the answer, and apart from it the
+        reasoning trace where the server gives one in a field of its own (`reasoning_content` or `reasoning`)."""
         extras = params.extras()  # only those set: a server that knows none of them still answers the rest
+        body = json.loads(extras.pop("extra_body", "") or "{}")
+        settings = {SENT_AS.get(name, name): name for name in extras} | dict.fromkeys(body, "extra_body")
+        extras = {SENT_AS.get(name, name): value for name, value in extras.items()}
         payload = {
             "model": model,
             "messages": request.chat(),
@@ -385,21 +411,32 @@ class EndpointBackend:
             "top_p": params.top_p,
             "seed": seed,
             **extras,
+            **body,
         }
-        output = await self._post_chat(replica, payload, answer_limit(params.max_new_tokens), extras)
+        output = await self._post_chat(replica, payload, answer_limit(params.max_new_tokens), settings)
         choice = output["choices"][0]
         finish = LENGTH if choice.get("finish_reason") == LENGTH else STOP  # TGI also says eos_token
         usage = output.get("usage") or {}
         tokens, prompt_tokens = (int(usage.get(name) or 0) for name in ("completion_tokens", "prompt_tokens"))
-        return Generation(choice["message"].get("content") or "", tokens, finish, prompt_tokens)
+        details = usage.get("completion_tokens_details") or {}  # OpenAI, vLLM; SGLang counts at the top level
+        thought = int(details.get("reasoning_tokens") or usage.get("reasoning_tokens") or 0)
+        message = choice["message"]
+        trace = next((message[name] for name in REASONING_FIELDS if isinstance(message.get(name), str)), "")
+        return Generation(message.get("content") or "", tokens, finish, prompt_tokens, trace, thought)
 
     async def _top_logprobs(self, replica: _Replica, model: str, request: Request, top: int) -> dict[str, float] | None:
         """One greedy token with `top_logprobs`; the log-prob of each listed token text (the largest, where two
-        tokens read alike)."""
+        tokens read alike). A model whose first token opens a reasoning trace (`<think>`, a channel header) gives
+        `THINKS_FIRST`: its first token says nothing of its answer."""
         payload = {"model": model, "messages": request.chat(), "max_tokens": 1, "temperature": 0.0,
                    "logprobs": True, "top_logprobs": top}  # fmt: skip
         output = await self._post_chat(replica, payload, answer_limit(1) + 1024 * top)
-        content = ((output["choices"][0].get("logprobs") or {}).get("content")) or []
+        choice = output["choices"][0]
+        content = ((choice.get("logprobs") or {}).get("content")) or []
+        if any(isinstance(choice["message"].get(name), str) for name in REASONING_FIELDS) or (
+            content and content[0]["token"].lstrip().startswith(THOUGHT_OPENERS)
+        ):
+            return dict(THINKS_FIRST)
         if not content:
             return None
         found: dict[str, float] = {}
@@ -408,25 +445,53 @@ class EndpointBackend:
         return found
 
     async def _post_chat(
-        self, replica: _Replica, payload: dict[str, Any], limit: int, optional: Iterable[str] = ()
+        self, replica: _Replica, payload: dict[str, Any], limit: int, optional: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
         """POST a chat completion to a replica and read its JSON answer, no further than `limit` bytes. An error
-        status is `_HTTPStatus`, except a 400 or 422 naming one of the `optional` settings the payload carries: the
-        endpoint does not take it, which no retry mends, so the run stops with one line saying which."""
+        status is `_HTTPStatus`, except a 400 or 422 naming one of the `optional` fields the payload carries (by the
+        setting that sent it): the
+        endpoint does not take it, which no retry mends, so the run stops with one line saying which. A server that
+        refuses `max_tokens` and asks for `max_completion_tokens` (OpenAI's reasoning models) is asked again with
+        that name at once, and one that refuses a `NEUTRAL` field at its neutral value without it; the replica keeps
+        to both."""
         url, headers = openai_url(replica.url, "chat/completions"), replica.headers
-        async with replica.http.stream("POST", url, json=payload, headers=headers, timeout=self.timeout) as sent:
+        asked = {
+            replica.token_field if key == "max_tokens" else key: value
+            for key, value in payload.items()
+            if not (key in replica.left_out and value == NEUTRAL[key])
+        }
+        async with replica.http.stream("POST", url, json=asked, headers=headers, timeout=self.timeout) as sent:
             body = await _read_capped(sent, limit)
         if sent.status_code >= 400:
             text = body.decode("utf-8", "replace")
-            refused = [name for name in optional if name in text]
+            message, param = server_message(text)
+            if sent.status_code == 400 and "max_tokens" in asked and wants_completion_tokens(message, param):
+                replica.token_field = "max_completion_tokens"
+                return await self._post_chat(replica, payload, limit, optional)
+            if sent.status_code == 400 and param in NEUTRAL and asked.get(param) == NEUTRAL[param]:
+                replica.left_out.add(param)  # refused at its neutral value: leaving it out asks for the same
+                return await self._post_chat(replica, payload, limit, optional)
+            refused = [name for name in optional or {} if name in text]
             if sent.status_code in (400, 422) and refused:
-                flag = "--" + refused[0].replace("_", "-")
+                flag = "--" + (optional or {})[refused[0]].replace("_", "-")
                 raise BackendError(
                     f"endpoint {replica.url}: does not take {refused[0]} (HTTP {sent.status_code}: "
-                    f"{first_line(text)[:160]}); leave {flag} out for this endpoint"
+                    f"{first_line(message)[:160]}); leave {flag} out for this endpoint"
                 )
             raise _HTTPStatus(sent.status_code, sent.headers.get("Retry-After"), text)
         return json.loads(body)
+
+    def _refused_at_start(self, endpoint: _Endpoint, replica: _Replica, failure: _Failure) -> None:
+        """Stop the run when the endpoint has answered nothing yet and refused `REFUSED_AT_START` requests for the
+        same reason: it refuses what every request carries, and each more request would be refused too."""
+        if endpoint.ever_answered:
+            return
+        endpoint.refusals[failure.reason] += 1
+        if endpoint.refusals[failure.reason] >= REFUSED_AT_START:
+            raise BackendError(
+                f"endpoint {replica.url}: refused the first {REFUSED_AT_START} requests alike, answering none: "
+                f"{failure.reason}; stopped before sending more (answers already given are cached)"
+            )
 
     async def _back_off(self, endpoint: _Endpoint, wait: float, asked: float) -> None:
         """Wait `wait` seconds before the next try, or only `asked` (the server's `Retry-After`) if the endpoint
@@ -531,6 +596,37 @@ def choose_model(url: str, named: str | None, listed: tuple[str, ...]) -> str:
     return listed[0]
 
 
+def server_message(text: str) -> tuple[str, str | None]:
+    """The message of an error body and the request field it names, as servers write them: OpenAI's and vLLM's
+    `{"error": {"message", "param"}}`, TGI's `{"error": "..."}`, an older vLLM's `{"message": "..."}`; the
+    body itself where it is not JSON.
+
+    >>> server_message('{"error": {"message": "Unsupported parameter: \'max_tokens\'", "param": "max_tokens"}}')
+    ("Unsupported parameter: 'max_tokens'", 'max_tokens')
+    """
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip(), None
+    error = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(error, str):
+        return error, None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return text.strip(), None
+    param = error.get("param")
+    return error["message"], param if isinstance(param, str) and param else None
+
+
+def wants_completion_tokens(message: str, param: str | None) -> bool:
+    """Whether a server's 400 refuses `max_tokens` for `max_completion_tokens` (OpenAI's reasoning models).
+
+    >>> wants_completion_tokens("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+    ...                         "'max_completion_tokens' instead.", "max_tokens")
+    True
+    """
+    return param == "max_tokens" or ("max_tokens" in message and "max_completion_tokens" in message)
+
+
 def openai_url(url: str, route: str) -> str:
     """An OpenAI-style route (`chat/completions`, `models`) of an endpoint URL, as `huggingface_hub` builds the
     chat one: a URL that ends in the route is used as it is, one that ends in `/v1` gets the route, any other
@@ -579,7 +675,9 @@ def _classify(err: Exception) -> _Failure:
             return _Failure(f"{FATAL_STATUS[status]} (HTTP {status})", fatal=True)
         if status in RETRYABLE_STATUS:
             return _Failure(f"HTTP {status}", retry_after=_retry_after(err.retry_after))
-        return _Failure(f"request refused (HTTP {status}: {err.text[:200]!r})", refused=True)
+        message, param = server_message(err.text)
+        named = f"; the field it names: {param}" if param else ""
+        return _Failure(f"request refused (HTTP {status}: {first_line(message)[:200]}{named})", refused=True)
     if isinstance(err, _Oversized):
         return _Failure(str(err))
     if isinstance(err, httpx2.TimeoutException):

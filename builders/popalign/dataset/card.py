@@ -99,6 +99,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
             "rejected_chars": c.get("rejected_chars", "–"),
             "changed_in": c.get("changed_in"),
             "tokens": c.get("tokens"),
+            "reasoning_tokens": c.get("reasoning_tokens"),
             **{key: c.get(key) for key in USAGE_KEYS if key != "tokens"},
             "edits": c.get("edits"),
             "example": c.get("example"),

@@ -9,7 +9,7 @@ import statistics
 import tempfile
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,10 +145,15 @@ def read_rows(out: Path, name: str) -> list[dict[str, Any]]:
     return [{**defaults, **row} for row in rows]
 
 
-def require_rows(outcomes: dict[str, StrategyOutcome], out: Path) -> None:
+def require_rows(outcomes: dict[str, StrategyOutcome], out: Path, failures: Sequence[str] = ()) -> None:
+    """Refuse to write a build with no rows at all, saying why its pairs were dropped (and, where requests were
+    refused, the commonest reasons given)."""
     if not any(outcome.count for outcome in outcomes.values()):
+        dropped = sum((outcome.dropped for outcome in outcomes.values()), Counter())
+        counts = ", ".join(f"{reason} {count}" for reason, count in dropped.most_common()) or "no pairs made"
+        why = f"; refused: {'; '.join(failures[:3])}" if failures else ""
         raise PopAlignError(
-            f"{out}: every pair was dropped, nothing to write (answers are cached; see the drop counts)"
+            f"{out}: every pair was dropped, nothing to write (dropped: {counts}{why}); answers are cached"
         )
 
 

@@ -29,6 +29,8 @@ def features() -> Features:
             "rejected_model": Value("string"),
             "chosen_reasoning": Value("string"),
             "rejected_reasoning": Value("string"),
+            "chosen_thinking": Value("string"),
+            "rejected_thinking": Value("string"),
             "score": Value("float64"),
             "score_per_token": Value("float64"),
             "margin": Value("float64"),
@@ -50,8 +52,12 @@ def make_row(
     rejected_model: str,
     chosen_reasoning: str | None = None,
     rejected_reasoning: str | None = None,
+    chosen_thinking: str | None = None,
+    rejected_thinking: str | None = None,
 ) -> dict[str, Any]:
-    """One row. `prompt` is the plain instruction: how each side was elicited is never trained on."""
+    """One row. `prompt` is the plain instruction: how each side was elicited is never trained on. The
+    `*_reasoning` columns hold what guided a side (elicitive's plans), the `*_thinking` columns the reasoning trace
+    a thinking model wrote before the answer (`popalign.reasoning`)."""
     return {
         "prompt": [{"role": "user", "content": instruction}],
         "chosen": [{"role": "assistant", "content": chosen}],
@@ -62,6 +68,8 @@ def make_row(
         "rejected_model": rejected_model,
         "chosen_reasoning": chosen_reasoning,
         "rejected_reasoning": rejected_reasoning,
+        "chosen_thinking": chosen_thinking,
+        "rejected_thinking": rejected_thinking,
         "score": None,
         "score_per_token": None,
         "margin": 0.0,

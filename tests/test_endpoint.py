@@ -270,3 +270,17 @@ def test_a_judge_reply_without_a_letter_is_read_from_the_llama_servers_top_logpr
     assert result.returncode == 0, result.stderr
     judge = json.loads((out / "popalign_build.json").read_text())["judge"]
     assert judge["from_logprobs"] > 0 and "no log-probs" not in result.stderr
+
+
+def test_the_llama_server_takes_the_reasoning_settings_and_server_fields(llama_url: str, tmp_path: Path) -> None:
+    """llama.cpp's server reads `reasoning_effort`, `reasoning_format` and `chat_template_kwargs` per request: a
+    build that sets them is answered (not refused) and records what it sent; SmolLM2 does not think, so no trace."""
+    body = '{"chat_template_kwargs": {"enable_thinking": false}, "reasoning_format": "deepseek"}'
+    result = build(tmp_path, llama_url, "--strategies", "prefix", "--reasoning-effort", "low", "--extra-body", body,
+                   limit=1)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "d" / "popalign_build.json").read_text())
+    assert manifest["params"]["reasoning_effort"] == "low"
+    assert manifest["params"]["extra_body"]["reasoning_format"] == "deepseek"
+    for rows in tables(tmp_path / "d").values():
+        assert all(row["chosen_thinking"] is None and row["chosen"][0]["content"] for row in rows)

@@ -141,7 +141,8 @@ def thinking_message(kind: str, content: str, finish: str, cut: bool) -> tuple[d
 
 #: The request fields it logs beside the messages, where a request carries them.
 LOGGED = ("repetition_penalty", "frequency_penalty", "presence_penalty", "min_p", "stop", "top_p",
-          "max_completion_tokens", "reasoning_effort", "thinking_token_budget", "chat_template_kwargs")  # fmt: skip
+          "max_completion_tokens", "reasoning_effort", "thinking_token_budget", "chat_template_kwargs",
+          "response_format")  # fmt: skip
 
 
 class Handler(JSONHandler):
@@ -154,6 +155,9 @@ class Handler(JSONHandler):
     #: Behave as OpenAI's reasoning models do: refuse `max_tokens` (asking for `max_completion_tokens`), `top_p` and
     #: a temperature other than 1, and count reasoning tokens in `usage.completion_tokens_details`.
     openai_reasoning = False
+    #: What it does with a `response_format` (a JSON schema): `accept` it (its answer comes as that JSON object),
+    #: `refuse` it (HTTP 400, as a server that takes none), or ignore it (the default: a free-text answer).
+    shapes = ""
 
     def do_GET(self) -> None:
         models = [{"id": name, "object": "model"} for name in (self.model, *self.also)]
@@ -169,6 +173,10 @@ class Handler(JSONHandler):
         if unknown:
             self._reply(400, {"error": {"message": f"Unrecognized request argument supplied: {unknown[0]}"}})
             return
+        if self.shapes == "refuse" and "response_format" in body:
+            self._log(body, asked, "")
+            self._reply(400, {"error": {"message": "Unrecognized request argument supplied: response_format"}})
+            return
         if self.openai_reasoning and (refusal := openai_refusal(body)):
             self._log(body, asked, "")
             self._reply(400, {"error": refusal})
@@ -176,6 +184,8 @@ class Handler(JSONHandler):
         status, content, finish = reply(body["messages"], body.get("seed", 0), body.get("temperature", 0.0), self.model)
         if self.also:
             content = f"[{asked}] {content}"
+        if self.shapes == "accept" and status == 200 and "response_format" in body:
+            content = shaped(content, body["response_format"]["json_schema"]["name"])
         time.sleep(self.delay)
         self._log(body, asked, content)
         if status != 200:
@@ -212,6 +222,20 @@ class Handler(JSONHandler):
             sink.write(json.dumps(entry | {"authorization": self.headers.get("Authorization")}) + "\n")
 
 
+def shaped(content: str, shape: str) -> str:
+    """The answer as a server that constrains it to popalign's JSON shape gives it: a rating is always a number (an
+    `[unrated]` reply gets 1), a verdict always ends in a letter."""
+    if shape == "rating":
+        number = re.search(r"(10|[1-9])", content)
+        return json.dumps({"rating": int(number[1]) if number else 1})
+    if shape == "verdict":
+        *explanation, last = content.strip().splitlines() or [""]
+        letter = last.strip() if last.strip() in ("A", "B") else "A"
+        return json.dumps({"explanation": " ".join(explanation) or last, "better": letter})
+    thought, _, response = content.partition("Response:")
+    return json.dumps({"thought": thought.removeprefix("Thought:").strip(), "response": response.strip() or content})
+
+
 def openai_refusal(body: dict) -> dict[str, str] | None:
     """The error OpenAI's reasoning models answer a request with, as they word it, or None where they take it."""
     if "max_tokens" in body:
@@ -242,7 +266,9 @@ if __name__ == "__main__":
     parser.add_argument("--refuse", action="append", default=[], help="a request field it answers 400 to")
     parser.add_argument("--reasoning", choices=REASONING_KINDS, default="", help="a thinking model, its trace sent so")
     parser.add_argument("--openai-reasoning", action="store_true", help="refuse as OpenAI's reasoning models do")
+    parser.add_argument("--shapes", choices=("accept", "refuse"), default="", help="what it does with response_format")
     args = parser.parse_args()
+    Handler.shapes = args.shapes
     Handler.reasoning, Handler.openai_reasoning = args.reasoning, args.openai_reasoning
     Handler.model, Handler.also, Handler.log, Handler.delay = args.model, tuple(args.also), args.log, args.delay
     Handler.refuse = tuple(args.refuse)

@@ -115,7 +115,9 @@ def test_a_server_that_renamed_max_tokens_and_refuses_top_p_is_asked_in_its_own_
 
 def test_a_server_that_refuses_every_request_stops_the_run_with_its_own_words(tmp_path: Path) -> None:
     with serve(tmp_path / "server", "--openai-reasoning") as (url, log):
-        result, _ = build(tmp_path, url, *PREFIX, "--top-p", "1", "--concurrency", "1", tags=["ok", "a", "b", "c", "d", "e"])
+        result, _ = build(
+            tmp_path, url, *PREFIX, "--top-p", "1", "--concurrency", "1", tags=["ok", "a", "b", "c", "d", "e"]
+        )
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
     assert "refused the first 3 requests alike" in line and "'temperature' does not support 0.7" in line
@@ -169,3 +171,51 @@ def test_endpoint_only_settings_are_refused_before_any_request(settings: dict, e
     prompts.write_text('{"prompt": "Name a colour."}\n')
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
         popalign.build(prompts, strategies=["prefix"], out=tmp_path / "d", progress=False, **settings)
+
+
+RATED = ["Explain rain [unrated].", "Explain snow [sampled]."]
+
+
+def rated_build(tmp_path: Path, *flags: str) -> tuple[dict, list[dict]]:
+    """A bestofn build of `RATED` against a scripted server started with `flags`: the config's manifest record and
+    the rating requests the server saw."""
+    prompts = tmp_path / "rated.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": text}) + "\n" for text in RATED))
+    with serve(tmp_path / "server", *flags) as (url, log):
+        result = popalign.build(
+            prompts, strategies=["bestofn"], roles={"default": url}, out=tmp_path / "d", progress=False, cache=False,
+            concurrency=1, templates=Path(__file__).parent / "scripted_templates",
+        )  # fmt: skip
+    ratings = [e for e in sent(log) if e["messages"][-1]["content"].startswith("Rate the response")]
+    return result.manifest.configs["bestofn"], ratings
+
+
+@pytest.mark.parametrize(
+    ("flags", "in_shape", "dropped"),
+    [(("--shapes", "accept"), 8, {"tied": 1}), (("--shapes", "refuse"), 0, {"unrated": 1}), ((), 0, {"unrated": 1})],
+)
+def test_ratings_are_asked_in_their_shape_and_read_as_free_text_where_a_server_cannot(
+    tmp_path: Path, flags: tuple[str, ...], in_shape: int, dropped: dict
+) -> None:
+    record, ratings = rated_build(tmp_path, *flags)
+    assert record["shapes"] == {"asked": 8, "in_shape": in_shape, "free_text": 8 - in_shape}
+    assert record["dropped"] == dropped  # a constrained rater always gives a rating (here the same one to all)
+    schemas = [e["response_format"]["json_schema"]["name"] for e in ratings if "response_format" in e]
+    refused_once = 1 if flags == ("--shapes", "refuse") else 0
+    assert schemas == ["rating"] * (8 if flags != ("--shapes", "refuse") else 1)  # refused once, then never asked
+    assert len(ratings) == 8 + refused_once
+
+
+def test_the_embedded_model_rates_in_shape_on_llama_cpp() -> None:
+    from popalign.backends.llama_cpp import LlamaCppBackend
+    from popalign.config import GenerationParams
+    from popalign.generation import Request, user
+    from popalign.roles import ModelSpec
+    from popalign.shapes import RATING, VERDICT
+
+    ask = "Rate the answer 'Paris' to 'What is the capital of France?' from 1 to 10. Reply with the number only."
+    judge = "Which is better for 'capital of France?': [Response A] Paris. [Response B] Berlin. Explain, then A or B."
+    requests = [Request("r", (user(ask),), shape=RATING), Request("r", (user(judge),), shape=VERDICT)]
+    rating, verdict = LlamaCppBackend().generate(ModelSpec("smollm2"), requests, GenerationParams(temperature=0.0))
+    assert 1 <= int(RATING.read(rating.text)) <= 10
+    assert VERDICT.read(verdict.text).splitlines()[-1] in ("A", "B")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -37,7 +37,8 @@ class RequestCounts:
     generated, retried, and failed for good (the pair is then dropped as `failed`); `tokens` counts the answer
     tokens (thinking included) and `prompt_tokens` the prompt tokens of every request the strategy used, however it
     was answered (what its pairs cost to make), `reasoning_tokens` those of the answer tokens a server says were
-    thinking, and `by_role` both by the role asked."""
+    thinking, and `by_role` both by the role asked; `shaped` and `unshaped` count the answers asked in a shape that
+    came in it, and that did not (read as free text)."""
 
     requests: int = 0
     cached: int = 0
@@ -49,6 +50,14 @@ class RequestCounts:
     prompt_tokens: int = 0
     reasoning_tokens: int = 0
     by_role: dict[str, Tokens] = field(default_factory=lambda: defaultdict(Tokens))
+    shaped: int = 0
+    unshaped: int = 0
+
+    def shapes(self) -> dict[str, int] | None:
+        """Of the answers asked in a shape (`Request.shape`), how many came in it (the backend constrained them)
+        and how many were parsed as free text; None where none was asked in a shape."""
+        asked = self.shaped + self.unshaped
+        return {"asked": asked, "in_shape": self.shaped, "free_text": self.unshaped} if asked else None
 
 
 @dataclass
@@ -266,7 +275,7 @@ class Engine:
                 try:
                     answers = list(await asyncio.gather(*waits))
                     self._count(self.stats.by_strategy[label], requests, answers)
-                    answers = [separate(answer, self.think_tags) for answer in answers]
+                    answers = [self._read(label, ask, answer) for ask, answer in zip(requests, answers, strict=True)]
                 except BudgetSpent:
                     run.close()
                     return Dropped(BUDGET_STOP)
@@ -340,6 +349,18 @@ class Engine:
         while len(self._answers) > 4 * self.window and next(iter(self._answers.values())).done():
             self._answers.popitem(last=False)  # an old answer: the runs that could share it have finished
         return answer
+
+    def _read(self, label: str, request: Request, answer: Generation) -> Generation:
+        """An answer as its run reads it: without its reasoning trace, and, where it was asked in a shape and came
+        in it, as the text its parser reads (counted either way)."""
+        answer = separate(answer, self.think_tags)
+        if request.shape is None:
+            return answer
+        counts = self.stats.by_strategy[label]
+        read = request.shape.read(answer.text)
+        counts.shaped += read is not None
+        counts.unshaped += read is None
+        return answer if read is None else replace(answer, text=read)
 
     def _count(self, counts: RequestCounts, requests: list[Request], answers: list[Generation]) -> None:
         """Add the tokens of a step's answers to its strategy's counts, by the role each was asked of."""

@@ -10,6 +10,7 @@ import re
 from popalign.contrasts import Dropped, Strategy, StrategyRun
 from popalign.generation import Generation, Request, user
 from popalign.prompts import Instruction
+from popalign.shapes import RATING
 from popalign.strategies import StrategyContext, check_pair, clean_answer, model_contrast
 
 #: The first draw of the N samples of best-of-N and the draw of the temperature pair: apart from the draws of the
@@ -45,6 +46,7 @@ def _best_of_n(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
             "ranker",
             (user(ctx.templates.render(RATE_TEMPLATE, instruction=instruction.text, answer=clean_answer(s.text))),),
             params=RATE_PARAMS,
+            shape=RATING,
         )
         for s in usable
     ]

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from popalign.config import OFF_VALUES, GenerationParams
+from popalign.shapes import Shape
 
 #: One chat message as (role, content); tuples keep requests hashable.
 Message = tuple[str, str]
@@ -56,12 +57,14 @@ OnRetry = Callable[[str, float], None]
 class Request:
     """A chat to complete with the model behind `role`; `sample` tells apart repeated draws, and `params` are
     generation settings of this request alone, over the role's (the temperature contrast's two temperatures, a
-    ranker's short greedy rating)."""
+    ranker's short greedy rating); `shape` asks for an answer in a shape popalign parses (`popalign.shapes`), which
+    a backend that can constrain its answer keeps to."""
 
     role: str
     messages: tuple[Message, ...]
     sample: int = 0
     params: tuple[tuple[str, Any], ...] = ()
+    shape: Shape | None = None
 
     def settings(self, role_params: GenerationParams) -> GenerationParams:
         """The settings this request runs with: the role's, with the request's own over them."""
@@ -88,7 +91,8 @@ def assistant(content: str) -> Message:
 
 
 def request_key(backend: str, model: str, request: Request, params: GenerationParams) -> str:
-    """Content address of one generation: backend, model, rendered messages, parameters, sample index.
+    """Content address of one generation: backend, model, rendered messages, parameters, sample index, and the
+    shape asked for where one is (so a key from before shapes existed still finds its answer).
 
     The role is left out on purpose: two roles served by the same model share their answers.
     """
@@ -99,6 +103,8 @@ def request_key(backend: str, model: str, request: Request, params: GenerationPa
         "params": _params_payload(params),
         "sample": request.sample,
     }
+    if request.shape:
+        payload["shape"] = request.shape.schema_text
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 

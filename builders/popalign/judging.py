@@ -33,6 +33,7 @@ from popalign.engine import Engine
 from popalign.errors import PopAlignError
 from popalign.generation import Generation, Request, user
 from popalign.roles import ModelSpec, Spec, parse_spec
+from popalign.shapes import VERDICT
 from popalign.templates import TemplateSet
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def judge_chats(row: dict[str, Any], templates: TemplateSet) -> list[Chat]:
 
 def judge_run(row: dict[str, Any], templates: TemplateSet) -> JudgeRun:
     """Ask the `judge` role about one row in both orders; return the choice (`A`, `B` or None) of each."""
-    asks = [Request("judge", (user(chat[0]["content"]),)) for chat in judge_chats(row, templates)]
+    asks = [Request("judge", (user(chat[0]["content"]),), shape=VERDICT) for chat in judge_chats(row, templates)]
     first, second = yield asks
     return parse_choice(first.text), parse_choice(second.text)
 
@@ -361,7 +362,15 @@ def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: Templat
         "template_sha256": templates.hashes()[JUDGE_TEMPLATE],
         "from_logprobs": sum(choice is not None for choice in read),
         "judgements": len(choices),
-    }
+    } | _shapes(engine)
+
+
+def _shapes(engine: Engine) -> dict[str, Any]:
+    """How many of the judge's replies came in the verdict shape (the backend constrained them), and how many were
+    parsed as free text, where any was asked in it."""
+    counts = [counts.shapes() for counts in engine.stats.by_strategy.values()]
+    asked = [shapes for shapes in counts if shapes]
+    return {"shapes": {key: sum(shapes[key] for shapes in asked) for key in asked[0]}} if asked else {}
 
 
 def pair_chats(row: dict[str, Any]) -> tuple[Chat, Chat]:

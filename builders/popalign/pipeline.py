@@ -239,6 +239,8 @@ def build_dataset(
                 config |= usage_record(counts.requests, counts.by_role, config["rows"], engine.prices)
                 if counts.reasoning_tokens:  # what a server said of its answer tokens were thinking
                     config["reasoning_tokens"] = counts.reasoning_tokens
+                if shapes := counts.shapes():  # answers asked in a shape (a rating): how many came in it
+                    config["shapes"] = shapes
             _write_recipe(folder, strategies, engine, prompts, context, card, test_size)
             write_card_and_manifest(manifest, folder, out)
     return BuildSummary(

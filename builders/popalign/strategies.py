@@ -21,6 +21,7 @@ from popalign.contrasts import PAPER, SELECTIONS, STRATEGIES, Dropped, Pair, Str
 from popalign.errors import ConfigError
 from popalign.generation import Generation, Message, Request, assistant, system, user
 from popalign.prompts import Instruction
+from popalign.shapes import THOUGHT
 from popalign.templates import TemplateSet
 
 
@@ -201,7 +202,11 @@ def _elicitive(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
 
 def _elicitive_paper(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
     chosen, rejected = yield [
-        Request("default", (user(ctx.templates.render(f"elicitive_paper_{side}.jinja", instruction=instruction.text)),))
+        Request(
+            "default",
+            (user(ctx.templates.render(f"elicitive_paper_{side}.jinja", instruction=instruction.text)),),
+            shape=THOUGHT,
+        )
         for side in ("good", "bad")
     ]
     if dropped := ctx.unusable(chosen, rejected):

@@ -132,6 +132,7 @@ class _Replica:
     verified: bool = True  # false for a replica down at start: its served model is asked before its first use
     token_field: str = "max_tokens"  # or max_completion_tokens, once the server asked for it
     left_out: set[str] = field(default_factory=set)  # fields it refused at their neutral value (`NEUTRAL`)
+    unshaped: bool = False  # it refused `response_format`: answers are asked without a shape and parsed as text
     excluded: str = ""  # why this replica is never used (it serves another model)
 
 
@@ -413,6 +414,8 @@ class EndpointBackend:
             **extras,
             **body,
         }
+        if request.shape and not replica.unshaped:
+            payload["response_format"] = request.shape.response_format()
         output = await self._post_chat(replica, payload, answer_limit(params.max_new_tokens), settings)
         choice = output["choices"][0]
         finish = LENGTH if choice.get("finish_reason") == LENGTH else STOP  # TGI also says eos_token
@@ -470,6 +473,10 @@ class EndpointBackend:
                 return await self._post_chat(replica, payload, limit, optional)
             if sent.status_code == 400 and param in NEUTRAL and asked.get(param) == NEUTRAL[param]:
                 replica.left_out.add(param)  # refused at its neutral value: leaving it out asks for the same
+                return await self._post_chat(replica, payload, limit, optional)
+            if sent.status_code in (400, 422) and "response_format" in asked and refuses_shape(message, param):
+                replica.unshaped = True  # then parsed from free text, as before shapes, and counted so
+                del payload["response_format"]
                 return await self._post_chat(replica, payload, limit, optional)
             refused = [name for name in optional or {} if name in text]
             if sent.status_code in (400, 422) and refused:
@@ -625,6 +632,18 @@ def wants_completion_tokens(message: str, param: str | None) -> bool:
     True
     """
     return param == "max_tokens" or ("max_tokens" in message and "max_completion_tokens" in message)
+
+
+def refuses_shape(message: str, param: str | None) -> bool:
+    """Whether a server's 400 or 422 refuses the `response_format` a shaped request carries (TGI takes another form
+    of it; some servers take none).
+
+    >>> refuses_shape("Failed to deserialize the JSON body: response_format: missing field `value`", None)
+    True
+    """
+    return (param or "").startswith("response_format") or any(
+        word in message for word in ("response_format", "json_schema")
+    )
 
 
 def openai_url(url: str, route: str) -> str:

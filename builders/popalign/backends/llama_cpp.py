@@ -23,7 +23,7 @@ import gguf
 import llama_cpp
 import numpy as np
 from jinja2 import TemplateError
-from llama_cpp import _internals
+from llama_cpp import _internals, llama_grammar
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from popalign.config import GenerationParams
@@ -31,6 +31,7 @@ from popalign.errors import BackendError, RequestFailed, first_line
 from popalign.generation import LENGTH, STOP, Generation, OnDone, OnRetry, Request, before_stop
 from popalign.resources import embedded_model_path
 from popalign.roles import EMBEDDED, ModelSpec
+from popalign.shapes import Shape
 
 #: Requests each model answers at once (llama.cpp sequences, each with a KV cache of its own).
 LLAMA_SLOTS = 16
@@ -112,7 +113,7 @@ class LlamaCppBackend:
             with contextlib.suppress(RuntimeError):  # the loop has closed: the run ended without this answer
                 loop.call_soon_threadsafe(deliver, result)
 
-        self._post(_Job(spec, request.chat(), params, request.sample, hand_back, future.cancelled))
+        self._post(_Job(spec, request.chat(), params, request.sample, hand_back, future.cancelled, shape=request.shape))
         return future
 
     def flush(self) -> None:
@@ -198,6 +199,7 @@ class _Job:
     hand_back: Callable[[Any], None]
     cancelled: Callable[[], bool]
     scoring: tuple[list[list[dict[str, str]]], Sequence[str]] | None = None
+    shape: Shape | None = None
 
 
 @dataclass
@@ -210,6 +212,7 @@ class _Answer:
     fed: int = 0
     tokens: list[int] = field(default_factory=list)
     pieces: list[bytes] = field(default_factory=list)
+    grammar: Grammar | None = None  # keeps the answer to the shape the request asks for
 
     @property
     def reading(self) -> bool:
@@ -314,7 +317,8 @@ class _Model:
             self.waiting.popleft()
             slot = next(i for i in range(self.slots) if i not in self.running)
             seed = _answer_seed(job.params.seed, prompt, job.sample)
-            self.running[slot] = _Answer(job, prompt, np.random.default_rng(seed))
+            grammar = Grammar(self.vocab, job.shape, self.n_vocab) if job.shape else None
+            self.running[slot] = _Answer(job, prompt, np.random.default_rng(seed), grammar=grammar)
 
     def _fill_batch(self) -> list[tuple[int, int]]:
         """Put each writing answer's last token in the batch, then prompt tokens up to `DECODE_TOKENS`; return the
@@ -347,7 +351,11 @@ class _Model:
             return
         params = answer.job.params
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.context.ctx, index), shape=(self.n_vocab,))
+        if answer.grammar:
+            logits = answer.grammar.allowed(logits)
         token = sample(logits, answer.prompt, answer.tokens, params, answer.rng)
+        if answer.grammar:
+            answer.grammar.accept(token)
         answer.tokens.append(token)
         ended = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
         if not ended:
@@ -359,7 +367,9 @@ class _Model:
             answer.job.hand_back(Generation(text.strip(), len(answer.tokens), finish, len(answer.prompt)))
 
     def _free(self, slot: int) -> None:
-        del self.running[slot]
+        answer = self.running.pop(slot)
+        if answer.grammar:
+            answer.grammar.close()
         llama_cpp.llama_memory_seq_rm(self.memory, slot, -1, -1)
 
     def _fail_all(self, reason: str) -> None:
@@ -450,6 +460,40 @@ class _Model:
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.model.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+
+class Grammar:
+    """llama.cpp's grammar sampler over one answer: the JSON schema of a `Shape` as GBNF, which masks every token
+    that would leave the shape (an end-of-generation token only once the shape is complete)."""
+
+    def __init__(self, vocab: Any, shape: Shape, n_vocab: int) -> None:
+        gbnf = llama_grammar.json_schema_to_gbnf(shape.schema_text)
+        self.sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+        if not self.sampler:
+            raise BackendError(f"llama.cpp cannot make a grammar of the {shape.name} shape")
+        self.data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+        self.data["id"] = np.arange(n_vocab, dtype=np.int32)
+        pointer = self.data.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+        self.array = llama_cpp.llama_token_data_array(pointer, n_vocab, -1, False)
+
+    def allowed(self, logits: np.ndarray) -> np.ndarray:
+        """The logits with every token outside the grammar at -inf."""
+        self.data["logit"] = logits
+        self.array.size, self.array.selected, self.array.sorted = len(logits), -1, False
+        llama_cpp.llama_sampler_apply(self.sampler, ctypes.byref(self.array))
+        return self.data["logit"].copy()
+
+    def accept(self, token: int) -> None:
+        llama_cpp.llama_sampler_accept(self.sampler, token)
+
+    def close(self) -> None:
+        if self.sampler:
+            llama_cpp.llama_sampler_free(self.sampler)
+            self.sampler = None
+
+
+#: `llama_token_data` as numpy lays it out: a token's id, logit and probability.
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
 def sample(

@@ -101,7 +101,10 @@ def reply(
     if len(messages) == 1 and "\n" not in last:  # the plain instruction, M(q)
         return 200, PLAIN.format(tag=tag), "stop"
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return 200, f"An answer shaped by its context ({digest}) about {tag}.", "stop"
+    shaped = f"An answer shaped by its context ({digest}) about {tag}."
+    if tag == "preamble" and any(message["role"] == "assistant" for message in messages):  # refine's revision
+        return 200, f"Here's a rewritten version with the requested improvements:\n\n{shaped}", "stop"
+    return 200, shaped, "stop"
 
 
 def usage(messages: list[dict[str, str]], answer: str) -> dict[str, int]:

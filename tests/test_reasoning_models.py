@@ -219,3 +219,14 @@ def test_the_embedded_model_rates_in_shape_on_llama_cpp() -> None:
     rating, verdict = LlamaCppBackend().generate(ModelSpec("smollm2"), requests, GenerationParams(temperature=0.0))
     assert 1 <= int(RATING.read(rating.text)) <= 10
     assert VERDICT.read(verdict.text).splitlines()[-1] in ("A", "B")
+
+
+def test_a_revision_that_announces_itself_loses_its_opening_line_and_it_is_counted(
+    tmp_path: Path, scripted: tuple[str, Path]
+) -> None:
+    url, _ = scripted
+    result, out = build(tmp_path, url, "--strategies", "refine", tags=["ok", "preamble"])
+    assert result.returncode == 0, result.stderr
+    chosen = {row["prompt"][0]["content"]: row["chosen"][0]["content"] for row in load(out, "refine")}
+    assert chosen["Explain tides [preamble]."].startswith("An answer shaped by its context")
+    assert manifest(out)["configs"]["refine"]["preambles_removed"] == 1

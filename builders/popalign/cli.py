@@ -308,6 +308,7 @@ def _build(args: argparse.Namespace) -> int:
         counts = f"{c.generated:>14} {c.cached:>6} {c.shared:>6} {c.retried:>7} {c.failed:>6}"
         print(f"{name:<12} {outcome.count:>5}  {cut['rate']:>7.0%}  {dropped:<34} {counts}")
     _print_costs(summary_build.manifest)
+    _print_reading(summary_build.manifest)
     print()
     for name in summary.outcomes:
         strategy = STRATEGIES[name]
@@ -338,6 +339,17 @@ def _build(args: argparse.Namespace) -> int:
     if summary_build.pushed:
         _print_push(summary_build.pushed)
     return 0
+
+
+def _print_reading(manifest: Manifest) -> None:
+    """How the answers popalign reads were read: those asked in a shape that came in it, and revisions whose
+    announcing opening line was taken off."""
+    for name, config in manifest.configs.items():
+        if shapes := config.get("shapes"):
+            print(f"{name}: {shapes['in_shape']} of {shapes['asked']} answers asked in a shape came in it "
+                  f"({shapes['free_text']} read as free text)")  # fmt: skip
+        if removed := config.get("preambles_removed"):
+            print(f"{name}: {removed} revisions began with a line announcing them, taken off")
 
 
 def _thinking(tokens: int) -> str:

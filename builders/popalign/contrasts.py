@@ -67,6 +67,9 @@ class Pair:
     truncated: bool = False
     chosen_thinking: str | None = None
     rejected_thinking: str | None = None
+    #: The chosen side began with a line that only announced it (a revision's "Here's the improved version:"),
+    #: taken off.
+    preamble_removed: bool = False
 
 
 @dataclass(frozen=True)

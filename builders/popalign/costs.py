@@ -155,10 +155,7 @@ def merged_usage(records: list[dict[str, Any]], rows: int, prices: Mapping[str, 
     for record in records:
         for role, (prompt, completion) in (record.get("usage") or {}).items():
             by_role.setdefault(role, Tokens()).add(prompt, completion)
-    merged = usage_record(sum(record.get("requests", 0) for record in records), by_role, rows, prices)
-    if thought := sum(record.get("reasoning_tokens", 0) for record in records):
-        merged["reasoning_tokens"] = thought
-    return merged
+    return usage_record(sum(record.get("requests", 0) for record in records), by_role, rows, prices)
 
 
 def recorded_prices(prices: Mapping[str, Price]) -> dict[str, str]:

@@ -16,6 +16,18 @@ from popalign.decontamination import merged_screening
 from popalign.errors import ShardError
 from popalign.pipeline import BuildSummary
 
+#: Counts a build records per config where it has any, which a merge adds up over its parts.
+COUNTED = ("reasoning_tokens", "preambles_removed")
+
+
+def merged_counts(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parts' `COUNTED` counts and answers asked in a shape (`shapes`), added up, where any part has them."""
+    merged: dict[str, Any] = {key: total for key in COUNTED if (total := sum(r.get(key, 0) for r in records))}
+    shapes = [record["shapes"] for record in records if record.get("shapes")]
+    if shapes:
+        merged["shapes"] = {key: sum(counts[key] for counts in shapes) for key in shapes[0]}
+    return merged
+
 
 def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
     """Join the shard folders of one build (`popalign build --shard K/N`, every K once) into one dataset folder.
@@ -84,7 +96,7 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         prices = parse_prices(first.prices or {})
         for name, config in configs.items():
             parts_usage = [manifest.configs[name] for manifest in manifests]
-            config |= merged_usage(parts_usage, config["rows"], prices)
+            config |= merged_usage(parts_usage, config["rows"], prices) | merged_counts(parts_usage)
         manifest = replace(first, prompts=prompts | {"merged_shards": count}, configs=configs)
         copy_recipe(parts[0], folder, drop_shard=True)
         write_card_and_manifest(manifest, folder, out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,8 @@ def build_dataset(
         for name, outcome in outcomes.items():
             outcome.spool = RowSpool(Path(spools) / f"{name}.jsonl")
 
+        preambles: Counter[str] = Counter()  # by strategy: revisions whose announcing opening line was taken off
+
         def trained(answer: str, trace: str | None) -> str:  # the text a side trains on
             return inline(answer, trace, styles.think_tags) if styles.thinking == "inline" else answer
 
@@ -176,6 +179,7 @@ def build_dataset(
                 outcome.dropped[result.reason] += 1
                 return
             outcome.cut_kept += result.truncated
+            preambles[name] += result.preamble_removed
             assert outcome.spool is not None
             outcome.spool.add(
                 make_row(
@@ -241,6 +245,8 @@ def build_dataset(
                     config["reasoning_tokens"] = counts.reasoning_tokens
                 if shapes := counts.shapes():  # answers asked in a shape (a rating): how many came in it
                     config["shapes"] = shapes
+                if preambles[name]:
+                    config["preambles_removed"] = preambles[name]
             _write_recipe(folder, strategies, engine, prompts, context, card, test_size)
             write_card_and_manifest(manifest, folder, out)
     return BuildSummary(

@@ -77,6 +77,13 @@ class StrategyContext:
         return Dropped("truncated") if self.cut(*generations) else None
 
 
+#: A revision's own opening line that announces it ("Here's a rewritten version with the requested improvements:"),
+#: not part of the answer: taken off a refine revision, and counted.
+_PREAMBLE = re.compile(
+    r"^[\s*#>]*(?:(?:sure|certainly|of course|okay|ok|absolutely)[,!.]?\s+)?"
+    r"(?:here(?:'s|’s| is| are)|below is|the following is)\b[^\n]{0,200}?:[\s*]*\n",
+    re.IGNORECASE,
+)
 _LABEL = re.compile(r"^\s*\**\s*(?:improved response|response|answer)\s*\**\s*:\s*\**\s*", re.IGNORECASE)
 _NEXT_EXAMPLE = re.compile(r"\n\s*Request\s*:", re.IGNORECASE)
 _THOUGHT = re.compile(r"^\W*thought\W*(?P<thought>.*?)[\s*]*response\s*\**\s*:[\s*]*(?P<response>.*)$", re.I | re.S)
@@ -88,6 +95,19 @@ def clean_answer(text: str) -> str:
     """Strip a leading `Response:` label and anything after the model starts a new `Request:` example."""
     text = _NEXT_EXAMPLE.split(text, maxsplit=1)[0]
     return _LABEL.sub("", text, count=1).strip()
+
+
+def without_preamble(text: str) -> tuple[str, bool]:
+    """A revision without an opening line that only announces it, and whether there was one.
+
+    >>> without_preamble("Here's a rewritten version with the requested improvements:\\n\\nTides follow the moon.")
+    ('Tides follow the moon.', True)
+    >>> without_preamble("Here is why: the moon pulls the sea.")
+    ('Here is why: the moon pulls the sea.', False)
+    """
+    match = _PREAMBLE.match(text)
+    rest = text[match.end() :].strip() if match else ""
+    return (rest, True) if rest else (text, False)
 
 
 def similarity(first: str, second: str) -> float:
@@ -255,10 +275,19 @@ def _refine(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
     if ctx.styles.refine == "clair":  # a minimal revision, by the reviser, in a fresh chat
         revise = ctx.templates.render("refine_clair.jinja", instruction=instruction.text, answer=draft.text)
         (revised,) = yield [Request("reviser", (user(revise),))]
-        return check_pair(revised, draft, ("reviser", "default"), ctx)
+        return _revision_pair(revised, draft, ("reviser", "default"), ctx)
     again = user(ctx.templates.render("refine.jinja", instruction=instruction.text))
     (refined,) = yield [Request("default", (ask, assistant(draft.text), again))]
-    return check_pair(refined, draft, ("default", "default"), ctx)
+    return _revision_pair(refined, draft, ("default", "default"), ctx)
+
+
+def _revision_pair(
+    revision: Generation, draft: Generation, roles: tuple[str, str], ctx: StrategyContext
+) -> Pair | Dropped:
+    """Refine's pair: the revision, without an opening line that only announces it, over the draft."""
+    text, removed = without_preamble(revision.text)
+    pair = check_pair(replace(revision, text=text), draft, roles, ctx)
+    return replace(pair, preamble_removed=removed) if isinstance(pair, Pair) else pair
 
 
 #: The paper's six, each registered under its name in popalign's `popalign.strategies` entry points.

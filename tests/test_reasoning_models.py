@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import popalign
-from helpers import build, load, manifest, serve_scripted
+from helpers import POPALIGN, build, load, manifest, run_offline, serve_scripted
 from popalign.errors import ConfigError
 from popalign.generation import LENGTH, Generation
 from popalign.reasoning import inline, separate, split_trace
@@ -206,6 +206,7 @@ def test_ratings_are_asked_in_their_shape_and_read_as_free_text_where_a_server_c
     assert len(ratings) == 8 + refused_once
 
 
+@pytest.mark.slow
 def test_the_embedded_model_rates_in_shape_on_llama_cpp() -> None:
     from popalign.backends.llama_cpp import LlamaCppBackend
     from popalign.config import GenerationParams
@@ -230,3 +231,17 @@ def test_a_revision_that_announces_itself_loses_its_opening_line_and_it_is_count
     chosen = {row["prompt"][0]["content"]: row["chosen"][0]["content"] for row in load(out, "refine")}
     assert chosen["Explain tides [preamble]."].startswith("An answer shaped by its context")
     assert manifest(out)["configs"]["refine"]["preambles_removed"] == 1
+
+
+@pytest.mark.parametrize("kind", ["content", "reasoning_content"])
+def test_a_judge_that_thinks_first_is_not_read_from_its_first_token_and_says_so(tmp_path: Path, kind: str) -> None:
+    with serve(tmp_path / "server", "--reasoning", kind) as (url, _):
+        built, out = build(tmp_path, url, *PREFIX, tags=["judge-mute", "ok"])
+        assert built.returncode == 0, built.stderr
+        templates = Path(__file__).parent / "scripted_templates"
+        judged = run_offline(POPALIGN, "judge", out, "--judge-model", url, "--no-cache", "--no-progress",
+                             "--templates", templates, HF_HUB_OFFLINE="0")  # fmt: skip
+    assert judged.returncode == 0, judged.stderr
+    assert "thinks before it answers (its first token opens a reasoning trace)" in judged.stderr
+    verdicts = {row["prompt"][0]["content"]: row["judge_verdict"] for row in load(out, "prefix")}
+    assert verdicts["Explain tides [judge-mute]."] == "unparsed"  # said so, not read from the `<think>` token

@@ -436,7 +436,8 @@ class EndpointBackend:
         output = await self._post_chat(replica, payload, answer_limit(1) + 1024 * top)
         choice = output["choices"][0]
         content = ((choice.get("logprobs") or {}).get("content")) or []
-        if any(isinstance(choice["message"].get(name), str) for name in REASONING_FIELDS) or (
+        message = choice.get("message") or {}
+        if any(message.get(name) for name in REASONING_FIELDS) or (
             content and content[0]["token"].lstrip().startswith(THOUGHT_OPENERS)
         ):
             return dict(THINKS_FIRST)

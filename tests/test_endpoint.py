@@ -272,15 +272,17 @@ def test_a_judge_reply_without_a_letter_is_read_from_the_llama_servers_top_logpr
     assert judge["from_logprobs"] > 0 and "no log-probs" not in result.stderr
 
 
-def test_the_llama_server_takes_the_reasoning_settings_and_server_fields(llama_url: str, tmp_path: Path) -> None:
+def test_the_llama_server_takes_the_reasoning_settings_server_fields_and_shapes(llama_url: str, tmp_path: Path) -> None:
     """llama.cpp's server reads `reasoning_effort`, `reasoning_format` and `chat_template_kwargs` per request: a
-    build that sets them is answered (not refused) and records what it sent; SmolLM2 does not think, so no trace."""
+    build that sets them is answered (not refused) and records what it sent; SmolLM2 does not think, so no trace.
+    Its `response_format` holds best-of-N's ratings to their JSON shape."""
     body = '{"chat_template_kwargs": {"enable_thinking": false}, "reasoning_format": "deepseek"}'
-    result = build(tmp_path, llama_url, "--strategies", "prefix", "--reasoning-effort", "low", "--extra-body", body,
-                   limit=1)  # fmt: skip
+    result = build(tmp_path, llama_url, "--strategies", "prefix,bestofn", "--best-of", "2", "--reasoning-effort",
+                   "low", "--extra-body", body, limit=1)  # fmt: skip
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "d" / "popalign_build.json").read_text())
     assert manifest["params"]["reasoning_effort"] == "low"
     assert manifest["params"]["extra_body"]["reasoning_format"] == "deepseek"
+    assert manifest["configs"]["bestofn"]["shapes"] == {"asked": 2, "in_shape": 2, "free_text": 0}
     for rows in tables(tmp_path / "d").values():
         assert all(row["chosen_thinking"] is None and row["chosen"][0]["content"] for row in rows)

@@ -84,6 +84,8 @@ def cases(rows: int) -> dict[str, tuple[Callable[[Path], None], str, str]]:
                     f"prefix train holds 1 rows but the manifest records {rows}"),
         "other-schema": (rewrite_parquet(lambda table: table.drop_columns(["score"])), TRAIN,
                          "its columns are not popalign's row schema"),
+        "before-thinking": (rewrite_parquet(lambda table: table.drop_columns(["chosen_thinking", "rejected_thinking"])),
+                            TRAIN, "written by an earlier popalign (no `chosen_thinking` column)"),
         "garbage": (lambda copy: (copy / TRAIN).write_bytes(b"PAR1 garbage"), TRAIN,
                     "not a readable Parquet file"),
         "linked-template": (link_template, "templates/prefix.jinja",

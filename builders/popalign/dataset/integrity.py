@@ -92,8 +92,9 @@ def _check_config(out: Path, name: str, config: dict[str, Any]) -> None:
             try:
                 parquet = pyarrow.parquet.ParquetFile(path)
                 written = parquet.schema_arrow.remove_metadata()
-                if written.equals(schema.remove(schema.get_field_index("margin"))):
-                    raise _tampered(path, "written by an earlier popalign (no `margin` column)")
+                missing = [column for column in schema.names if column not in written.names]
+                if missing and set(missing) <= set(LATER_COLUMNS) and written.names == _without(schema, missing).names:
+                    raise _tampered(path, f"written by an earlier popalign (no `{missing[0]}` column)")
                 if not written.equals(schema):
                     raise _tampered(path, "its columns are not popalign's row schema")
                 rows += sum(batch.num_rows for batch in parquet.iter_batches())
@@ -103,6 +104,17 @@ def _check_config(out: Path, name: str, config: dict[str, Any]) -> None:
             where = shards[0] if shards else folder / f"{split}-*.parquet"
             recorded = expected.get(split, 0)
             raise _tampered(where, f"{name} {split} holds {rows} rows but the manifest records {recorded}")
+
+
+#: Columns of the row schema that later releases added: a file without them was written by an earlier popalign.
+LATER_COLUMNS = ("margin", "chosen_thinking", "rejected_thinking")
+
+
+def _without(schema: Any, columns: list[str]) -> Any:
+    """An Arrow schema without some of its columns."""
+    for column in columns:
+        schema = schema.remove(schema.get_field_index(column))
+    return schema
 
 
 def _split_counts(out: Path, name: str, config: dict[str, Any]) -> dict[str, int]:

@@ -142,6 +142,7 @@ def read_rows(out: Path, name: str) -> list[dict[str, Any]]:
     """Every row of one config, with the columns a later step adds (score, judge) filled in where missing."""
     rows = iter_rows(out, name)
     defaults = {"swapped": False, "score_per_token": None, "margin": 0.0, "judge_verdict": None, "judge_margin": None}
+    defaults |= {"chosen_thinking": None, "rejected_thinking": None}
     return [{**defaults, **row} for row in rows]
 
 

@@ -205,8 +205,8 @@ class Handler(JSONHandler):
             counts |= {"completion_tokens": counts["completion_tokens"] + thinking}
             counts |= {"completion_tokens_details": {"reasoning_tokens": thinking}}
         choice = {"index": 0, "finish_reason": finish, "message": message}
-        if body.get("logprobs"):  # the first answer token's top log-probs: a thinking model's opens its trace
-            first = "<think>" if self.reasoning else content.split()[0] if content.split() else ""
+        if body.get("logprobs") and self.reasoning:  # a thinking model's first answer token opens its trace
+            first = "<think>"
             top = [{"token": first, "logprob": -0.1}, {"token": "A", "logprob": -4.0}, {"token": "B", "logprob": -5.0}]
             choice["logprobs"] = {"content": [{"token": first, "logprob": -0.1, "top_logprobs": top}]}
         self._reply(

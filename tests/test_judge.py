@@ -204,7 +204,7 @@ def test_a_judge_that_cannot_load_is_one_line(scripted, tiny_model_dir, tiny_rew
     refusing = build(tmp_path, url, "--strategies", "elicitive", tags=["judge-refused"], out="refused")[1]
     refused = run_offline(POPALIGN, "judge", refusing, "--judge-model", url, "--no-progress", HF_HUB_OFFLINE="0")
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
-    assert "every request failed (endpoint http://127.0.0.1:" in refused.stderr
+    assert "every request failed (1 × endpoint http://127.0.0.1:" in refused.stderr  # the refusals by count
     assert "this judge refuses" in refused.stderr
     assert "judge" not in json.loads((refusing / "popalign_build.json").read_text())
     both = run_offline(POPALIGN, "judge", out, "--judge-model", url, "--judge-reward-model", tiny_model_dir)

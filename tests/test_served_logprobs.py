@@ -4,6 +4,7 @@ names no letter is read from the first token's `top_logprobs`, equal to the loca
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import popalign
 from helpers import build
 from logprob_server import KINDS, MODEL_ID, received, serve_logprobs
 from popalign import JudgeOptions, ScoreOptions
-from popalign.backends.endpoint_scorer import EndpointScorer
+from popalign.backends.endpoint_scorer import PROTOCOLS, EndpointScorer
 from popalign.backends.local import LocalBackend
 from popalign.dataset.schema import make_row
 from popalign.errors import BackendError, ConfigError
@@ -171,3 +172,32 @@ def test_a_protocol_for_a_local_scorer_is_refused() -> None:
         score_settings(ScoreOptions(model="smollm2", protocol="vllm"), None, "smollm2", None)
     with pytest.raises(ConfigError, match=r"^score_protocol: expected one of auto, tgi, vllm, sglang, got 'tei'$"):
         ScoreOptions(protocol="tei")
+
+
+def _answers(values: list) -> dict[str, dict]:
+    """One prompt's log-probs as each protocol's answer carries them."""
+    return {
+        "tgi": {"details": {"prefill": [{"id": i, "text": "t", "logprob": v} for i, v in enumerate(values)]}},
+        "vllm": {"choices": [{"prompt_logprobs": [None if v is None else {str(i): {"logprob": v}}
+                                                  for i, v in enumerate(values)]}]},
+        "sglang": {"meta_info": {"input_token_logprobs": [[v, i, None] for i, v in enumerate(values)]}},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["tgi", "vllm", "sglang"])
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        ([None, None, -0.5], "position 1 has no log-prob"),  # a second empty position is not skipped
+        ([None, float("nan"), -0.5], "position 1 has log-prob nan"),
+        ([None, float("-inf")], "position 1 has log-prob -inf"),
+        ([None, 3.5], "position 1 has log-prob 3.5"),  # a log-prob is never above 0
+        ([None, True], "position 1 has log-prob True"),
+        ([None, "-1.0"], "position 1 has log-prob '-1.0'"),
+        ([None, -1e308, -1e308], "add up to -inf"),
+    ],
+)
+def test_every_served_log_prob_is_checked(kind: str, values: list, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        PROTOCOLS[kind].read(_answers(values)[kind])
+    assert PROTOCOLS[kind].read(_answers([None, -1.0, -0.25])[kind]) == -1.25

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,9 @@ from popalign.credentials import authorization
 from popalign.errors import BackendError, ConfigError, first_line
 from popalign.roles import EndpointSpec
 
+#: The largest log-prob taken as read: 0 (a certainty), with room for a server's rounding.
+MAX_LOGPROB = 1e-4
+
 
 class _Unreadable(ValueError):
     """An answer without the log-probs its protocol promises."""
@@ -40,11 +44,36 @@ def _tgi_body(text: str, model: str | None) -> dict[str, Any]:
     return {"inputs": text, "parameters": {"max_new_tokens": 1, "details": True, "decoder_input_details": True}}
 
 
+def checked_total(values: list[Any]) -> float:
+    """The sum of a prompt's log-probs, one per token, where only the first position may have none (nothing comes
+    before it) and every other is a finite number no greater than 0; anything else is `_Unreadable` (never a sum
+    that silently leaves tokens out, never NaN).
+
+    >>> checked_total([None, -1.5, -0.5])
+    -2.0
+    >>> checked_total([None, None, -0.5])
+    Traceback (most recent call last):
+    popalign.backends.endpoint_scorer._Unreadable: prompt position 1 has no log-prob (only the first may have none)
+    """
+    total = 0.0
+    for index, value in enumerate(values):
+        if value is None and index == 0:
+            continue
+        if value is None:
+            raise _Unreadable(f"prompt position {index} has no log-prob (only the first may have none)")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not -math.inf < value <= MAX_LOGPROB:
+            raise _Unreadable(f"prompt position {index} has log-prob {value!r}, not a finite number <= 0")
+        total += value
+    if not math.isfinite(total):
+        raise _Unreadable(f"its log-probs add up to {total}")
+    return total
+
+
 def _tgi_sum(answer: dict[str, Any]) -> float:
     prefill = (answer.get("details") or {}).get("prefill") or []
     if not prefill:
         raise _Unreadable("no prefill log-probs in the answer")
-    return sum(token["logprob"] for token in prefill if token.get("logprob") is not None)
+    return checked_total([token.get("logprob") for token in prefill])
 
 
 def _vllm_body(text: str, model: str | None) -> dict[str, Any]:
@@ -60,16 +89,17 @@ def _vllm_sum(answer: dict[str, Any]) -> float:
     positions, ids = choice.get("prompt_logprobs"), choice.get("prompt_token_ids")
     if not positions:
         raise _Unreadable("no prompt_logprobs in the answer")
-    total = 0.0
+    values: list[Any] = []
     for index, entry in enumerate(positions):
         if entry is None:
+            values.append(None)
             continue
         if ids:
             entry = {str(ids[index]): entry[str(ids[index])]}
         if len(entry) != 1:
             raise _Unreadable(f"prompt position {index} lists {len(entry)} tokens and the answer no prompt_token_ids")
-        total += next(iter(entry.values()))["logprob"]
-    return total
+        values.append(next(iter(entry.values()))["logprob"])
+    return checked_total(values)
 
 
 def _sglang_body(text: str, model: str | None) -> dict[str, Any]:
@@ -82,7 +112,7 @@ def _sglang_sum(answer: dict[str, Any]) -> float:
     entries = (answer.get("meta_info") or {}).get("input_token_logprobs")
     if not entries:
         raise _Unreadable("no input_token_logprobs in the answer")
-    return sum(entry[0] for entry in entries if entry[0] is not None)
+    return checked_total([entry[0] for entry in entries])
 
 
 @dataclass(frozen=True)

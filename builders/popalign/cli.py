@@ -329,8 +329,8 @@ def _build(args: argparse.Namespace) -> int:
     )
     if stats.failures:
         print("refused for good (their pairs dropped as failed):")
-        for reason, count in stats.failures.most_common():
-            print(f"  {count} × {reason}")
+        for line in stats.failure_lines():
+            print(f"  {line}")
     kept = "kept (--keep-truncated)" if config.keep_truncated else "dropped as truncated"
     print(f"cut: share of pairs with a side stopped at the token limit ({kept})")
     written = [name for name, outcome in summary.outcomes.items() if outcome.count]

@@ -78,6 +78,16 @@ class EngineStats:
     spent: dict[str, Tokens] = field(default_factory=lambda: defaultdict(Tokens))
     stopped: bool = False
 
+    def failure_lines(self) -> list[str]:
+        """Why requests were refused for good, most frequent first, each with its count (for a summary or an
+        error)."""
+        return [f"{count} × {reason}" for reason, count in self.failures.most_common()]
+
+    def shapes(self) -> dict[str, int] | None:
+        """`RequestCounts.shapes` over every strategy of the run."""
+        counts = self.by_strategy.values()
+        return RequestCounts(shaped=sum(c.shaped for c in counts), unshaped=sum(c.unshaped for c in counts)).shapes()
+
 
 MIN_WINDOW = 64
 #: What a run stopped by the budget returns: never a drop reason of a written build, as such a build is not written.
@@ -399,11 +409,6 @@ class Engine:
     def endpoint(self) -> EndpointBackend | None:
         """The endpoint backend, when roles are served."""
         return self.backends.get("endpoint")  # type: ignore[return-value]
-
-    def failure_lines(self) -> list[str]:
-        """Why requests were refused for good, most frequent first, each with its count (for a summary or an
-        error)."""
-        return [f"{count} × {reason}" for reason, count in self.stats.failures.most_common()]
 
     def published_name(self, role: str) -> str:
         """How outputs name a role's model: a local spec by its own name, an endpoint by its served model."""

@@ -151,7 +151,7 @@ def evaluate_models(build: Path, manifest: Manifest, engine: Engine, judging: Ju
             )
     answered = [row for row in rows if row["answered"]]
     if not answered:
-        refused = "; ".join(engine.failure_lines()[:3]) or "no request was refused"
+        refused = "; ".join(engine.stats.failure_lines()[:3]) or "no request was refused"
         raise PopAlignError(f"no test instruction got an answer from every model ({refused})")
     judge = judge_rows(answered, judging)
     names = list(dict.fromkeys(name for i in instructions for name in i.strategies))

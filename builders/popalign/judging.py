@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from popalign.backends import check_installed, open_backends, reward_model
+from popalign.backends.base import THINKS_FIRST
 from popalign.cache import GenerationCache
 from popalign.config import Endpoints, GenerationParams, JudgeOptions
 from popalign.contrasts import Dropped
@@ -67,8 +68,6 @@ PAPER_ACCURACY = {
         "refine": 0.505,
     },
 }
-#: The key `choice_logprobs` gives, alone, for a model whose first token opens a reasoning trace.
-THINK_TOKEN = "<think>"
 _FINAL_CHOICE = re.compile(r"(?<![A-Za-z])(A|B)(?![A-Za-z])[^A-Za-z]*$")
 
 JudgeRun = Generator[list[Request], list[Generation], tuple[str | None, str | None]]
@@ -125,7 +124,7 @@ def read_choices(
     if none := sum(values is None for values in asked):
         print(f"popalign: warning: judge {model} gave no log-probs for {none} of {len(chats)} replies that name no "
               "letter; they stay unparsed", file=sys.stderr)  # fmt: skip
-    if thinks := sum(THINK_TOKEN in (values or {}) for values in (found | read).values()):
+    if thinks := sum(THINKS_FIRST in (values or {}) for values in (found | read).values()):
         print(f"popalign: warning: judge {model} thinks before it answers (its first token opens a reasoning trace), "
               f"so no letter can be read from it: {thinks} of {len(chats)} replies that name no letter stay "
               "unparsed; give the judge room to finish thinking (--judge-max-new-tokens)", file=sys.stderr)  # fmt: skip
@@ -346,7 +345,7 @@ def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: Templat
     answers = engine.run(runs, expected=2 * len(rows))  # each a pair of choices, or Dropped
     if rows and all(isinstance(answer, Dropped) for answer in answers):
         judge = engine.published_name("judge")
-        refused = "; ".join(engine.failure_lines()[:3])
+        refused = "; ".join(engine.stats.failure_lines()[:3])
         raise PopAlignError(f"judge {judge}: every request failed ({refused})")
     choices = {(i, order): pair[order] for i, pair in enumerate(answers) if isinstance(pair, tuple) for order in (0, 1)}
     spec, unread = engine.roles["judge"], [key for key, choice in choices.items() if choice is None]
@@ -362,15 +361,7 @@ def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: Templat
         "template_sha256": templates.hashes()[JUDGE_TEMPLATE],
         "from_logprobs": sum(choice is not None for choice in read),
         "judgements": len(choices),
-    } | _shapes(engine)
-
-
-def _shapes(engine: Engine) -> dict[str, Any]:
-    """How many of the judge's replies came in the verdict shape (the backend constrained them), and how many were
-    parsed as free text, where any was asked in it."""
-    counts = [counts.shapes() for counts in engine.stats.by_strategy.values()]
-    asked = [shapes for shapes in counts if shapes]
-    return {"shapes": {key: sum(shapes[key] for shapes in asked) for key in asked[0]}} if asked else {}
+    } | ({"shapes": shapes} if (shapes := engine.stats.shapes()) else {})  # replies in the verdict shape, or not
 
 
 def pair_chats(row: dict[str, Any]) -> tuple[Chat, Chat]:

@@ -229,7 +229,7 @@ def build_dataset(
         )
         quality: dict[str, dict[str, Any]] = {}
         score_stats = None
-        require_rows(outcomes, out, engine.failure_lines())
+        require_rows(outcomes, out, engine.stats.failure_lines())
         with staged(out) as folder:
             if scoring:
                 quality, score_stats = score_outcomes(outcomes, scoring, context, engine.cache, folder)

@@ -7,6 +7,7 @@ shape) goes through the same parser as before and is counted apart."""
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,9 @@ class Shape:
     schema_text: str
     text: str
 
-    @property
+    @functools.cached_property
     def schema(self) -> dict[str, Any]:
+        """The schema, parsed once."""
         return json.loads(self.schema_text)
 
     def response_format(self) -> dict[str, Any]:

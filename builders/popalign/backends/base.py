@@ -9,6 +9,10 @@ from typing import Any, Protocol
 from popalign.config import GenerationParams
 from popalign.generation import Generation, OnDone, OnRetry, Request
 
+#: The one key of what `choice_logprobs` gives for a model whose first token opens a reasoning trace (its first
+#: token says nothing of its answer).
+THINKS_FIRST = "<think>"
+
 
 class Backend(Protocol):
     """What the engine needs of a backend: a name for cache keys, model identities, and asynchronous answers."""
@@ -38,5 +42,6 @@ class Backend(Protocol):
         self, spec: Any, chats: Sequence[list[dict[str, str]]], choices: Sequence[str]
     ) -> list[dict[str, float] | None]:
         """For each chat, the log-prob of each of `choices` (short texts, such as a judge's letters) as the whole
-        answer, where the backend can tell it; None where the model gave no log-probs at all."""
+        answer, where the backend can tell it; None where the model gave no log-probs at all; `{THINKS_FIRST: 0.0}`
+        where the model thinks before it answers."""
         ...

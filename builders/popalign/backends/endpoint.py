@@ -38,6 +38,7 @@ import httpx2
 from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.utils import get_async_session
 
+from popalign.backends.base import THINKS_FIRST
 from popalign.config import Endpoints
 from popalign.credentials import authorization
 from popalign.errors import BackendError, RequestFailed, first_line
@@ -60,8 +61,6 @@ TOP_LOGPROBS = 5
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 #: How a first answer token that opens a reasoning trace begins: a think tag, or a gpt-oss channel header.
 THOUGHT_OPENERS = ("<think", "<|channel|>", "<|start|>", "<seed:think")
-#: What `first_token_logprobs` gives for a model that thinks first (no letter can be read from its first token).
-THINKS_FIRST = {"<think>": 0.0}
 #: Sampling fields at the value that changes nothing, which a server that refuses them (OpenAI's reasoning models
 #: refuse `top_p`, and a temperature other than 1) is asked again without: the same request in its terms.
 NEUTRAL = {"top_p": 1.0, "temperature": 1.0}
@@ -131,8 +130,9 @@ class _Replica:
     next_probe: float = 0.0
     verified: bool = True  # false for a replica down at start: its served model is asked before its first use
     token_field: str = "max_tokens"  # or max_completion_tokens, once the server asked for it
-    left_out: set[str] = field(default_factory=set)  # fields it refused at their neutral value (`NEUTRAL`)
-    unshaped: bool = False  # it refused `response_format`: answers are asked without a shape and parsed as text
+    #: fields it refused: left out from then on (a `NEUTRAL` one only at its neutral value; without
+    #: `response_format`, shaped answers are parsed as free text)
+    left_out: set[str] = field(default_factory=set)
     excluded: str = ""  # why this replica is never used (it serves another model)
 
 
@@ -302,7 +302,7 @@ class EndpointBackend:
     ) -> list[dict[str, float] | None]:
         """For each chat, the log-prob of each choice that is among the first answer token's `TOP_LOGPROBS`
         likeliest (spaces aside; the likeliest spelling where several read alike); None where the server gave no
-        log-probs; `THINKS_FIRST` where the model's first token opens a reasoning trace."""
+        log-probs; `{THINKS_FIRST: 0.0}` where the model's first token opens a reasoning trace."""
         requests = [Request("judge", tuple((turn["role"], turn["content"]) for turn in chat)) for chat in chats]
         found = []
         for top in self.first_token_logprobs(spec, requests, TOP_LOGPROBS):
@@ -310,7 +310,7 @@ class EndpointBackend:
             for token, value in (top or {}).items():
                 if token.strip() in choices:
                     listed[token.strip()] = max(value, listed.get(token.strip(), -math.inf))
-            found.append(None if top is None else dict(THINKS_FIRST) if top == THINKS_FIRST else listed)
+            found.append(None if top is None else top if THINKS_FIRST in top else listed)
         return found
 
     def first_token_logprobs(
@@ -414,7 +414,7 @@ class EndpointBackend:
             **extras,
             **body,
         }
-        if request.shape and not replica.unshaped:
+        if request.shape:
             payload["response_format"] = request.shape.response_format()
         output = await self._post_chat(replica, payload, answer_limit(params.max_new_tokens), settings)
         choice = output["choices"][0]
@@ -430,7 +430,7 @@ class EndpointBackend:
     async def _top_logprobs(self, replica: _Replica, model: str, request: Request, top: int) -> dict[str, float] | None:
         """One greedy token with `top_logprobs`; the log-prob of each listed token text (the largest, where two
         tokens read alike). A model whose first token opens a reasoning trace (`<think>`, a channel header) gives
-        `THINKS_FIRST`: its first token says nothing of its answer."""
+        `{THINKS_FIRST: 0.0}`: its first token says nothing of its answer."""
         payload = {"model": model, "messages": request.chat(), "max_tokens": 1, "temperature": 0.0,
                    "logprobs": True, "top_logprobs": top}  # fmt: skip
         output = await self._post_chat(replica, payload, answer_limit(1) + 1024 * top)
@@ -440,7 +440,7 @@ class EndpointBackend:
         if any(message.get(name) for name in REASONING_FIELDS) or (
             content and content[0]["token"].lstrip().startswith(THOUGHT_OPENERS)
         ):
-            return dict(THINKS_FIRST)
+            return {THINKS_FIRST: 0.0}
         if not content:
             return None
         found: dict[str, float] = {}
@@ -451,18 +451,17 @@ class EndpointBackend:
     async def _post_chat(
         self, replica: _Replica, payload: dict[str, Any], limit: int, optional: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
-        """POST a chat completion to a replica and read its JSON answer, no further than `limit` bytes. An error
-        status is `_HTTPStatus`, except a 400 or 422 naming one of the `optional` fields the payload carries (by the
-        setting that sent it): the
-        endpoint does not take it, which no retry mends, so the run stops with one line saying which. A server that
-        refuses `max_tokens` and asks for `max_completion_tokens` (OpenAI's reasoning models) is asked again with
-        that name at once, and one that refuses a `NEUTRAL` field at its neutral value without it; the replica keeps
-        to both."""
+        """POST a chat completion to a replica and read its JSON answer, no further than `limit` bytes, in the
+        replica's own terms: a server that refuses `max_tokens` for `max_completion_tokens` (OpenAI's reasoning
+        models) is asked again at once with that name, one that refuses a `NEUTRAL` field at its neutral value, or
+        `response_format`, without it, and the replica keeps to each. Any other error status is `_HTTPStatus`,
+        except a 400 or 422 naming one of the `optional` fields the payload carries (mapped to the setting that sent
+        it): the endpoint does not take it, which no retry mends, so the run stops with one line saying which."""
         url, headers = openai_url(replica.url, "chat/completions"), replica.headers
         asked = {
             replica.token_field if key == "max_tokens" else key: value
             for key, value in payload.items()
-            if not (key in replica.left_out and value == NEUTRAL[key])
+            if not (key in replica.left_out and value == NEUTRAL.get(key, value))
         }
         async with replica.http.stream("POST", url, json=asked, headers=headers, timeout=self.timeout) as sent:
             body = await _read_capped(sent, limit)
@@ -476,8 +475,7 @@ class EndpointBackend:
                 replica.left_out.add(param)  # refused at its neutral value: leaving it out asks for the same
                 return await self._post_chat(replica, payload, limit, optional)
             if sent.status_code in (400, 422) and "response_format" in asked and refuses_shape(message, param):
-                replica.unshaped = True  # then parsed from free text, as before shapes, and counted so
-                del payload["response_format"]
+                replica.left_out.add("response_format")  # then parsed from free text, as before shapes, and counted
                 return await self._post_chat(replica, payload, limit, optional)
             refused = [name for name in optional or {} if name in text]
             if sent.status_code in (400, 422) and refused:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import sys
@@ -467,8 +468,7 @@ class Grammar:
     that would leave the shape (an end-of-generation token only once the shape is complete)."""
 
     def __init__(self, vocab: Any, shape: Shape, n_vocab: int) -> None:
-        gbnf = llama_grammar.json_schema_to_gbnf(shape.schema_text)
-        self.sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+        self.sampler = llama_cpp.llama_sampler_init_grammar(vocab, _gbnf(shape.schema_text), b"root")
         if not self.sampler:
             raise BackendError(f"llama.cpp cannot make a grammar of the {shape.name} shape")
         self.data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
@@ -490,6 +490,12 @@ class Grammar:
         if self.sampler:
             llama_cpp.llama_sampler_free(self.sampler)
             self.sampler = None
+
+
+@functools.cache
+def _gbnf(schema_text: str) -> bytes:
+    """A JSON schema as llama.cpp's GBNF grammar, converted once per shape."""
+    return llama_grammar.json_schema_to_gbnf(schema_text).encode("utf-8")
 
 
 #: `llama_token_data` as numpy lays it out: a token's id, logit and probability.

@@ -19,6 +19,7 @@ from popalign.config import Styles
 from popalign.engine import Engine
 from popalign.errors import RequestFailed
 from popalign.generation import Generation, GenerationParams, Request
+from popalign.model_identity import ModelIdentity
 from popalign.prompts import Instruction
 from popalign.roles import EndpointSpec
 from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext
@@ -39,8 +40,11 @@ class ScriptedBackend:
         self.random = random.Random(seed)
         self.asked: Counter[tuple[str, str]] = Counter()
 
-    async def identity(self, spec: EndpointSpec) -> str:
-        return spec.urls[0].split("//")[1].split(":")[0]
+    async def identity(self, spec: EndpointSpec) -> ModelIdentity:
+        return ModelIdentity(spec.urls[0].split("//")[1].split(":")[0])
+
+    def sent(self, spec: EndpointSpec, params: GenerationParams) -> dict:
+        return {"server": "scripted", "fields": {"temperature": params.temperature}}
 
     def submit(self, spec, request: Request, params, on_done, on_retry):
         text = "\n".join(message["content"] for message in request.chat())

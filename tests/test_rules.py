@@ -23,6 +23,7 @@ from popalign.backends.endpoint import (
     _retry_after,
 )
 from popalign.errors import ForeignRepositoryError, VersionExistsError, VersionTooOldError
+from popalign.model_identity import ModelIdentity
 from popalign.publish import check_publishable
 from popalign.roles import EndpointSpec
 
@@ -83,7 +84,8 @@ class Clock:
 def resting(clock: Clock, base: float = 1.0) -> tuple[EndpointBackend, _Endpoint, _Replica]:
     backend = EndpointBackend(retry=RetryPolicy(base=base, max_wait=120.0), clock=clock)
     replica = _Replica(url="http://a:1", http=None, headers={}, slots=None)  # type: ignore[arg-type]
-    return backend, _Endpoint(EndpointSpec.parse("http://a:1"), "m", [replica]), replica
+    endpoint = _Endpoint(EndpointSpec.parse("http://a:1"), "m", "vllm", ModelIdentity("m"), [replica])
+    return backend, endpoint, replica
 
 
 def test_a_replica_rests_after_failures_in_a_row_and_is_well_once_it_answers() -> None:

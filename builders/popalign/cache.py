@@ -51,6 +51,10 @@ class GenerationCache:
             for column, kind in added:
                 if column not in columns:  # caches written before finish reasons (or prompt tokens, ...) were kept
                     self._db.execute(f"ALTER TABLE generations ADD COLUMN {column} {kind}")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS models (backend TEXT NOT NULL, name TEXT NOT NULL, weights TEXT NOT NULL, "
+                "seen REAL, PRIMARY KEY (backend, name, weights))"
+            )
         except (OSError, sqlite3.Error) as err:
             raise PopAlignError(f"{self.path}: cannot open the generation cache ({err})") from err
 
@@ -94,6 +98,23 @@ class GenerationCache:
                     generation.reasoning_tokens,
                 ),
             )
+
+    def has(self, key: str) -> bool:
+        """Whether an answer is cached under `key`."""
+        return self._db.execute("SELECT 1 FROM generations WHERE key = ?", (key,)).fetchone() is not None
+
+    def seen_model(self, backend: str, name: str, weights: str) -> str | None:
+        """Record that a model of this name ran with these weights, and return the weights it last ran with before,
+        where they differ (its cached answers are another model's), else None."""
+        with self._db:
+            earlier = self._db.execute(
+                "SELECT weights FROM models WHERE backend = ? AND name = ? ORDER BY seen DESC LIMIT 1", (backend, name)
+            ).fetchone()
+            self._db.execute(
+                "INSERT OR REPLACE INTO models (backend, name, weights, seen) VALUES (?, ?, ?, ?)",
+                (backend, name, weights, time.time()),
+            )
+        return earlier[0] if earlier and earlier[0] != weights else None
 
     def put_many(self, answers: dict[str, str]) -> None:
         """Store answers in one transaction, committed at once so a killed run keeps them."""

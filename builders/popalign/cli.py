@@ -327,6 +327,8 @@ def _build(args: argparse.Namespace) -> int:
         f"({stats.prompt_tokens} tokens in, {stats.tokens} out{_thinking(stats.reasoning_tokens)}), "
         f"{stats.retried} retries; {summary.duplicates} duplicate instructions skipped"
     )
+    if stats.regenerated:
+        print(f"{stats.regenerated} answers generated again: their model changed since they were cached")
     if stats.failures:
         print("refused for good (their pairs dropped as failed):")
         for line in stats.failure_lines():
@@ -441,6 +443,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"\n{report.instructions} held-out instructions of {report.build}, against {report.reference}, judged by "
           f"{report.judge['model']} ({report.judge['kind']}); wrote {report.out} (evaluation.json, answers.jsonl, "
           "win_rate.png)")  # fmt: skip
+    if report.regenerated:
+        print(f"{report.regenerated} answers generated again: their model changed since they were cached")
     return 0
 
 

@@ -9,6 +9,7 @@ their backend's concurrency (see `endpoint_backend`)."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,7 @@ from popalign.contrasts import Dropped, StrategyRun
 from popalign.costs import Budget, Price, Tokens
 from popalign.errors import RequestFailed
 from popalign.generation import Generation, GenerationParams, Request, request_key
+from popalign.model_identity import ModelIdentity
 from popalign.reasoning import separate
 from popalign.roles import ModelSpec, Spec
 
@@ -73,6 +75,7 @@ class EngineStats:
     prompt_tokens: int = 0
     reasoning_tokens: int = 0
     retried: int = 0
+    regenerated: int = 0  # generated although an earlier model of the same name had answered them (it changed)
     failures: Counter[str] = field(default_factory=Counter)  # why requests were refused for good, by count
     by_strategy: dict[str, RequestCounts] = field(default_factory=lambda: defaultdict(RequestCounts))
     spent: dict[str, Tokens] = field(default_factory=lambda: defaultdict(Tokens))
@@ -143,7 +146,11 @@ class Engine:
         self.cache = cache
         self.progress = progress
         self.stats = EngineStats()
-        self.identities: dict[str, str] = {}
+        self.identities: dict[str, ModelIdentity] = {}
+        #: By endpoint role: how its settings were sent (its server kind and request fields).
+        self.sent: dict[str, dict[str, Any]] = {}
+        #: By role whose model changed since its answers were cached: the identity it had then.
+        self.changed: dict[str, ModelIdentity] = {}
         self._answers: OrderedDict[str, asyncio.Future[Generation]] = OrderedDict()
         self._live = 0
         self._waiting = 0
@@ -201,6 +208,9 @@ class Engine:
     ) -> None:
         for role, spec in self.roles.items():
             self.identities[role] = await self._backend(spec).identity(spec)
+            if self.endpoint and spec.kind == "endpoint":  # refused here where its server cannot honour a setting
+                self.sent[role] = self.endpoint.sent(spec, self.params[role])
+        self._note_changes()
         if check:
             check()
         if self.local:
@@ -314,7 +324,7 @@ class Engine:
         self.stats.requested += 1
         spec, params = self.roles[request.role], request.settings(self.params[request.role])
         backend = self._backend(spec)
-        key = request_key(backend.name, self.identities[request.role], request, params)
+        key = request_key(backend.name, self.identities[request.role].key, request, params)
         if key in self._answers:
             counts.shared += 1
             self._tick()
@@ -333,6 +343,12 @@ class Engine:
             answer.set_result(cached)
             self._tick()
         else:
+            if (
+                request.role in self.changed
+                and self.cache
+                and self.cache.has(request_key(backend.name, self.changed[request.role].key, request, params))
+            ):
+                self.stats.regenerated += 1
 
             def done(generation: Generation) -> None:
                 if self.cache:
@@ -359,6 +375,23 @@ class Engine:
         while len(self._answers) > 4 * self.window and next(iter(self._answers.values())).done():
             self._answers.popitem(last=False)  # an old answer: the runs that could share it have finished
         return answer
+
+    def _note_changes(self) -> None:
+        """Record each role's model in the cache, and say which changed since their answers were cached: those are
+        generated again (counted in `regenerated`), never read from the cache."""
+        if not self.cache:
+            return
+        earlier: dict[tuple[str, str, str], str | None] = {}
+        for role, identity in self.identities.items():
+            seen = (self.backend(role).name, identity.served or identity.name, identity.weights)
+            if seen not in earlier:
+                earlier[seen] = self.cache.seen_model(*seen)
+                if earlier[seen] is not None:
+                    print(f"popalign: model {identity.name} changed since its answers were cached ({identity.evidence} "
+                          f"{_short(earlier[seen] or '')} → {_short(identity.weights)}): its answers are generated "
+                          "again", file=sys.stderr)  # fmt: skip
+            if earlier[seen] is not None:
+                self.changed[role] = replace(identity, weights=earlier[seen] or "")
 
     def _read(self, label: str, request: Request, answer: Generation) -> Generation:
         """An answer as its run reads it: without its reasoning trace, and, where it was asked in a shape and came
@@ -412,7 +445,7 @@ class Engine:
 
     def published_name(self, role: str) -> str:
         """How outputs name a role's model: a local spec by its own name, an endpoint by its served model."""
-        return self.roles[role].published(self.identities.get(role, ""))
+        return self.roles[role].published(self.identities.get(role))
 
     def backend(self, role: str) -> Backend:
         """The backend that answers a role."""
@@ -440,3 +473,8 @@ class Engine:
     def _tick(self) -> None:
         if self._bar is not None:
             self._bar.update(1)
+
+
+def _short(weights: str) -> str:
+    """A digest or commit shortened for a message (what it is stays readable)."""
+    return weights[:19] + "…" if len(weights) > 20 else weights or "none"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +87,18 @@ class Evaluation:
     table: dict[str, dict[str, WinRate]]
     models: dict[str, str]
     out: Path
+    #: By model and the reference: what identified it (`ModelIdentity.recorded`), so two reports tell apart
+    #: models trained into one folder.
+    identities: dict[str, dict[str, str]] = field(default_factory=dict)
+    regenerated: int = 0  # answers generated again because a model changed since they were cached
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "build": self.build,
             "reference": self.reference,
             "models": self.models,
+            "identities": self.identities,
+            "regenerated": self.regenerated,
             "judge": self.judge,
             "instructions": self.instructions,
             "table": {model: {name: asdict(rate) for name, rate in rows.items()} for model, rows in self.table.items()},
@@ -173,6 +179,8 @@ def evaluate_models(build: Path, manifest: Manifest, engine: Engine, judging: Ju
         table,
         {model: engine.published_name(model) for model in models},
         out,
+        {role: engine.identities[role].recorded() for role in (*models, REFERENCE)},
+        engine.stats.regenerated,
     )
     _write(evaluation, rows, engine, out)
     return evaluation

@@ -33,6 +33,7 @@ from popalign.dataset.rows import StrategyOutcome
 from popalign.engine import Engine
 from popalign.errors import PopAlignError
 from popalign.generation import Generation, Request, user
+from popalign.model_identity import ModelIdentity
 from popalign.roles import ModelSpec, Spec, parse_spec
 from popalign.shapes import VERDICT
 from popalign.templates import TemplateSet
@@ -108,13 +109,13 @@ def likelier_letter(found: dict[str, float] | None) -> str | None:
 
 
 def read_choices(
-    backend: Backend, spec: Spec, model: str, chats: list[Chat], cache: GenerationCache | None
+    backend: Backend, spec: Spec, model: ModelIdentity, chats: list[Chat], cache: GenerationCache | None
 ) -> list[str | None]:
     """For judge replies that named no choice: the letter the model finds likelier as its whole answer, from the
     backend's log-probs (`choice_logprobs`: teacher-forced for a local model, the first token's top log-probs for
     an endpoint), cached by backend, model and chat. None where neither letter has a log-prob, or where the
     server gave none (it is told in a warning)."""
-    keys = [_choice_key(backend.name, model, chat) for chat in chats]
+    keys = [_choice_key(backend.name, model.key, chat) for chat in chats]
     found = {key: json.loads(text) for key, text in (cache.get_many(keys) if cache else {}).items()}
     missing = [i for i, key in enumerate(keys) if key not in found]
     asked = backend.choice_logprobs(spec, [chats[i] for i in missing], CHOICES) if missing else []
@@ -122,11 +123,11 @@ def read_choices(
     if cache:
         cache.put_many({key: json.dumps(values) for key, values in read.items()})
     if none := sum(values is None for values in asked):
-        print(f"popalign: warning: judge {model} gave no log-probs for {none} of {len(chats)} replies that name no "
-              "letter; they stay unparsed", file=sys.stderr)  # fmt: skip
+        print(f"popalign: warning: judge {model.name} gave no log-probs for {none} of {len(chats)} replies that name "
+              "no letter; they stay unparsed", file=sys.stderr)  # fmt: skip
     if thinks := sum(THINKS_FIRST in (values or {}) for values in (found | read).values()):
-        print(f"popalign: warning: judge {model} thinks before it answers (its first token opens a reasoning trace), "
-              f"so no letter can be read from it: {thinks} of {len(chats)} replies that name no letter stay "
+        print(f"popalign: warning: judge {model.name} thinks before it answers (its first token opens a reasoning "
+              f"trace), so no letter can be read from it: {thinks} of {len(chats)} replies that name no letter stay "
               "unparsed; give the judge room to finish thinking (--judge-max-new-tokens)", file=sys.stderr)  # fmt: skip
     return [likelier_letter((found | read).get(key)) for key in keys]
 

@@ -51,7 +51,16 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         for step in ("score", "judge"):
             if getattr(manifest, step) is not None:
                 raise ShardError(f"{part}: this part is {step}d; merge the parts before, then run popalign {step}")
-        for key in ("backend", "roles", "params", "role_params", "template_hashes", "configs", "test_size"):
+        for key in (
+            "backend",
+            "roles",
+            "identities",
+            "params",
+            "role_params",
+            "template_hashes",
+            "configs",
+            "test_size",
+        ):
             if _agreed(manifest, key) != _agreed(first, key):
                 raise ShardError(f"{part}: its {key} differ from those of {parts[0]}; parts of one build must agree")
         keys = ("source", "sha256", "revision", "total")

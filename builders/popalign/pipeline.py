@@ -210,7 +210,9 @@ def build_dataset(
             backend="+".join(sorted({engine.backend_name(role) for role in used_roles})),
             configs={},
             roles={role: names[role] for role in used_roles},
-            model_notes={names[role]: engine.roles[role].describe() for role in used_roles},
+            model_notes={names[role]: model_note(engine, role) for role in used_roles},
+            identities={role: engine.identities[role].recorded() for role in used_roles},
+            sent={role: engine.sent[role] for role in used_roles if role in engine.sent},
             params=engine.default_params.recorded(),
             role_params={
                 role: engine.params[role].recorded()
@@ -343,6 +345,11 @@ def judge_dataset(out: Path, *, judging: JudgeSettings) -> BuildSummary:
     )
 
 
+def model_note(engine: Engine, role: str) -> str:
+    """The card's note on a role's model: what it is, and what identified it."""
+    return f"{engine.roles[role].describe()}; {engine.identities[role].note()}"
+
+
 def _write_recipe(
     out: Path,
     strategies: list[str],
@@ -357,7 +364,7 @@ def _write_recipe(
     roles: dict[str, Any] = {}
     defaults = Card().recorded()
     for role in roles_used(strategies):
-        roles[role] = engine.roles[role].recipe_entry(engine.identities.get(role, ""))
+        roles[role] = engine.roles[role].recipe_entry(engine.identities.get(role))
         if engine.params[role] != engine.default_params:
             roles[role] = {"spec": roles[role]} if isinstance(roles[role], str) else roles[role]
             roles[role]["generation"] = engine.params[role].recorded()

@@ -257,6 +257,8 @@ def _merge_configs(
             merged,
             roles=previous.roles | manifest.roles,
             model_notes=previous.model_notes | manifest.model_notes,
+            identities=previous.identities | manifest.identities,
+            sent=previous.sent | manifest.sent,
         )
     return merged, kept
 

@@ -17,7 +17,9 @@ from urllib.parse import urlsplit
 
 from popalign.contrasts import STRATEGIES
 from popalign.credentials import redacted, split_credentials
-from popalign.errors import ConfigError
+from popalign.errors import BackendError, ConfigError
+from popalign.model_identity import FINGERPRINT, HUB_COMMIT, HUB_ID, ModelIdentity, fingerprint, hub_commit, is_hub_id
+from popalign.resources import embedded_model_path
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 EMBEDDED = "smollm2"
@@ -35,25 +37,30 @@ DEMO_ROLES = {
 }
 
 _OPTION = re.compile(r"^(?P<key>[a-z_]+)=(?P<value>.+)$")
+_REVISION = re.compile(r"[\w][\w./-]*")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model a local backend can load: the embedded SmolLM2 GGUF, a folder, a `.gguf` file or a Hub id.
+    """A model a local backend can load: the embedded SmolLM2 GGUF, a folder, a `.gguf` file or a Hub id, which
+    `ORG/NAME@REVISION` pins to a branch, tag or commit (else it runs at the commit `main` points at when it loads).
 
-    `layers=N` keeps N decoder layers, removing a block from the middle of the stack (a weaker copy).
-    `engine=llama.cpp|transformers` says what runs it: a GGUF file (the embedded model too) runs on llama.cpp
-    unless told otherwise, a folder or Hub id on transformers (`LOCAL_ENGINES`).
+        `layers=N` keeps N decoder layers, removing a block from the middle of the stack (a weaker copy).
+        `engine=llama.cpp|transformers` says what runs it: a GGUF file (the embedded model too) runs on llama.cpp
+        unless told otherwise, a folder or Hub id on transformers (`LOCAL_ENGINES`).
 
-    >>> ModelSpec.parse("smollm2:layers=24")
-    ModelSpec(source='smollm2', layers=24, engine=None)
-    >>> ModelSpec.parse("smollm2").kind, ModelSpec.parse("smollm2:engine=transformers").kind
-    ('llama.cpp', 'local')
+        >>> ModelSpec.parse("smollm2:layers=24")
+        ModelSpec(source='smollm2', layers=24, engine=None, revision=None)
+        >>> ModelSpec.parse("HuggingFaceTB/SmolLM2-135M-Instruct@v1.0").revision
+        'v1.0'
+        >>> ModelSpec.parse("smollm2").kind, ModelSpec.parse("smollm2:engine=transformers").kind
+        ('llama.cpp', 'local')
     """
 
     source: str
     layers: int | None = None
     engine: str | None = None
+    revision: str | None = None
 
     #: A local model carries no credentials.
     credentials: ClassVar[tuple[str | None, ...]] = ()
@@ -62,8 +69,11 @@ class ModelSpec:
     def parse(cls, text: str) -> ModelSpec:
         text = text.strip()
         source, _, options = text.partition(":")
-        if ("://" in text or "@" in text) and not Path(source).exists():  # a URL that is not http(s), say
-            raise ConfigError(f"model spec {redacted(text)!r}: neither a model name nor an http(s):// URL")
+        source, pinned, revision = (source, "", "") if Path(source).exists() else source.partition("@")
+        if "://" in text or "@" in options or (pinned and not (HUB_ID.fullmatch(source) and _REVISION.fullmatch(revision))):
+            raise ConfigError(
+                f"model spec {redacted(text)!r}: neither a model name (ORG/NAME[@REVISION]) nor an http(s):// URL"
+            )
         if not source:
             raise ConfigError(f"model spec {text!r}: empty model name")
         layers = engine = None
@@ -77,7 +87,7 @@ class ModelSpec:
                 raise ConfigError(f"model spec {text!r}: layers must be a positive integer")
             else:
                 layers = int(match["value"])
-        return cls(source=source, layers=layers, engine=engine)
+        return cls(source=source, layers=layers, engine=engine, revision=revision or None)
 
     def __post_init__(self) -> None:
         if self.engine is not None and self.engine not in LOCAL_ENGINES:
@@ -99,21 +109,23 @@ class ModelSpec:
 
     def __str__(self) -> str:
         options = [f"{key}={value}" for key, value in (("layers", self.layers), ("engine", self.engine)) if value]
-        return ":".join([self.source, ",".join(options)]) if options else self.source
+        source = f"{self.source}@{self.revision}" if self.revision else self.source
+        return ":".join([source, ",".join(options)]) if options else source
 
     def shared_server(self, other: ModelSpec | EndpointSpec) -> tuple[str, str] | None:
         """A local model is served by no server."""
         return None
 
-    def published(self, identity: str = "") -> str:
+    def published(self, identity: ModelIdentity | None = None) -> str:
         """The spec as outputs (rows, manifest, card) name it: a local file or folder by its own name, never by
-        where it lies on this machine, and without its engine (`identity`, what the backend calls it, is not
-        needed)."""
-        return str(replace(self, source=self.name, engine=None))
+        where it lies on this machine, and without its engine or revision (the identity records those)."""
+        return str(replace(self, source=self.name, engine=None, revision=None))
 
-    def recipe_entry(self, identity: str = "") -> str | dict[str, str]:
-        """How a saved recipe names this role's model: by its published spec and the engine it was given."""
-        return str(replace(self, source=self.name))
+    def recipe_entry(self, identity: ModelIdentity | None = None) -> str | dict[str, str]:
+        """How a saved recipe names this role's model: by its published spec and the engine it was given; a Hub
+        model pinned at the commit it ran at."""
+        commit = identity.weights if identity and identity.evidence == HUB_COMMIT else self.revision
+        return str(replace(self, source=self.name, revision=commit))
 
     def describe(self) -> str:
         """A human note on what the spec loads, for the summary and the card."""
@@ -127,6 +139,23 @@ class ModelSpec:
     def name(self) -> str:
         """The model without its options, as outputs name it."""
         return Path(self.source).name if Path(self.source).exists() else self.source
+
+    @property
+    def location(self) -> str:
+        """Where the model loads from: its source, and for a Hub id the revision it is pinned to."""
+        return f"{self.source}@{self.revision}" if self.revision else self.source
+
+    def identify(self) -> ModelIdentity:
+        """What this spec runs (`popalign.model_identity`): for a Hub id the commit it loads, else its files'
+        fingerprint; the published spec (with its `layers`) names it."""
+        if is_hub_id(self.source):
+            commit = hub_commit(self.source, self.revision)
+            return ModelIdentity(self.published(), commit, HUB_COMMIT, served=self.published())
+        path = embedded_model_path() if self.embedded else Path(self.source)
+        if not path.exists():
+            raise BackendError(f"model {self.source!r}: no such file or folder, nor a Hub id (ORG/NAME)")
+        where = str(replace(self, source=str(path.resolve()), engine=None))
+        return ModelIdentity(self.published(), fingerprint(path), FINGERPRINT, served=where)
 
 
 @dataclass(frozen=True)
@@ -182,13 +211,14 @@ class EndpointSpec:
         """A replica URL of this endpoint and one of `other`'s that reach the same server, if there are such."""
         return next(((x, y) for x in self.urls for y in getattr(other, "urls", ()) if same_server(x, y)), None)
 
-    def published(self, identity: str) -> str:
-        """How outputs name an endpoint: by the model it serves (`identity`), never by its URLs."""
-        return identity
+    def published(self, identity: ModelIdentity | None = None) -> str:
+        """How outputs name an endpoint: by the model it serves (`identity`, a served path by its file name),
+        never by its URLs."""
+        return identity.name if identity else ""
 
-    def recipe_entry(self, identity: str = "") -> str | dict[str, str]:
+    def recipe_entry(self, identity: ModelIdentity | None = None) -> str | dict[str, str]:
         """How a saved recipe names an endpoint role: by its served model, never its URLs or keys."""
-        return {"endpoint_model": identity}
+        return {"endpoint_model": identity.name if identity else ""}
 
     def describe(self) -> str:
         """A human note for the summary and the card (the URLs are left out)."""
@@ -258,7 +288,7 @@ def check_contrast(
     sides: tuple[str, str],
     roles: Mapping[str, ModelSpec | EndpointSpec],
     same_settings: bool,
-    identities: Mapping[str, str] | None = None,
+    identities: Mapping[str, ModelIdentity] | None = None,
 ) -> None:
     """Refuse a contrast whose two roles (`sides`) would be one model with one setting, so that every pair would be
     dropped as identical: the same spec, or, once the endpoints have told their served models (`identities`), one
@@ -270,7 +300,7 @@ def check_contrast(
     if a == b:
         shown = str(a)
     elif identities and identities.get(first) == identities.get(second) and (shared := a.shared_server(b)):
-        shown = f"{identities[first]} on one server ({shared[0]} and {shared[1]}) with the same settings"
+        shown = f"{identities[first].name} on one server ({shared[0]} and {shared[1]}) with the same settings"
     else:
         return
     raise ConfigError(

@@ -60,7 +60,7 @@ class LocalScorer:
 
     def __init__(self, backend: LocalBackend, spec: ModelSpec) -> None:
         self.backend, self.spec = backend, spec
-        self.name = f"local:{spec}"
+        self.name = f"local:{spec.identify().key}"  # its LP are cached by what it computes with
 
     def logprobs(self, texts: list[str]) -> Iterator[tuple[list[int], list[float]]]:
         yield from self.backend.sequence_logprobs(self.spec, texts)
@@ -224,9 +224,9 @@ def score_settings(
     backend = backend or local_backend(batch_size)
     if spec.kind == "endpoint":
         scorer: Scorer = EndpointScorer(options.model or default_model, token=token, protocol=options.protocol)
-        template_source = ModelSpec.parse(options.tokenizer).source
+        template_source = ModelSpec.parse(options.tokenizer).location
     else:
-        scorer, template_source = LocalScorer(backend, spec), spec.source
+        scorer, template_source = LocalScorer(backend, spec), spec.location
     tokenizer = backend.tokenizer(template_source)
 
     def render(chat: list[dict[str, str]]) -> str:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from popalign.config import GenerationParams
 from popalign.generation import Generation, OnDone, OnRetry, Request
+from popalign.model_identity import ModelIdentity
 
 #: The one key of what `choice_logprobs` gives for a model whose first token opens a reasoning trace (its first
 #: token says nothing of its answer).
@@ -21,7 +22,7 @@ class Backend(Protocol):
     #: Whether a request's chat may end in an assistant turn for the model to continue (a prefill).
     prefills: bool
 
-    async def identity(self, spec: Any) -> str: ...
+    async def identity(self, spec: Any) -> ModelIdentity: ...
 
     def submit(
         self, spec: Any, request: Request, params: GenerationParams, on_done: OnDone, on_retry: OnRetry

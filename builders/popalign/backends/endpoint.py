@@ -39,10 +39,22 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.utils import get_async_session
 
 from popalign.backends.base import THINKS_FIRST
+from popalign.backends.server_kinds import (
+    LABELS,
+    OWNED_BY,
+    SAMPLING,
+    SETTINGS,
+    SGLANG,
+    field_name,
+    kind_of,
+    sampling_fields,
+    served_identity,
+)
 from popalign.config import Endpoints
 from popalign.credentials import authorization
-from popalign.errors import BackendError, RequestFailed, first_line
+from popalign.errors import BackendError, ConfigError, RequestFailed, first_line
 from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request
+from popalign.model_identity import ModelIdentity
 from popalign.roles import EndpointSpec
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -64,8 +76,6 @@ THOUGHT_OPENERS = ("<think", "<|channel|>", "<|start|>", "<seed:think")
 #: Sampling fields at the value that changes nothing, which a server that refuses them (OpenAI's reasoning models
 #: refuse `top_p`, and a temperature other than 1) is asked again without: the same request in its terms.
 NEUTRAL = {"top_p": 1.0, "temperature": 1.0}
-#: Settings a server knows by another name (vLLM's).
-SENT_AS = {"thinking_budget": "thinking_token_budget"}
 #: Refusals of the same kind (a 4xx other than 408 and 429) with no answer yet from the endpoint that stop the run:
 #: the server refuses what every request carries (a setting, a parameter's name), which no retry mends.
 REFUSED_AT_START = 3
@@ -137,9 +147,34 @@ class _Replica:
 
 
 @dataclass
+class _Listing:
+    """What a replica says it serves: its `/v1/models` entries by id, TGI's `/info` and SGLang's
+    `/get_model_info` where asked."""
+
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    info: dict[str, Any] | None = None
+    model_info: dict[str, Any] | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.entries)
+
+    def identify(self, name: str) -> tuple[str, ModelIdentity]:
+        """The server's kind and what it says of the weights of the model it serves as `name`."""
+        kind = kind_of(self.entries.get(name, {}), self.info)
+        return kind, served_identity(kind, name, self.entries.get(name, {}), self.info, self.model_info)
+
+
+def _shown(kind: str, identity: ModelIdentity) -> str:
+    return f"{identity.name} ({identity.evidence}: {identity.weights})" if identity.weights else identity.name
+
+
+@dataclass
 class _Endpoint:
     spec: EndpointSpec
     model: str
+    kind: str
+    identity: ModelIdentity
     replicas: list[_Replica] = field(default_factory=list)
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(0))  # the answering replicas' slots
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -188,22 +223,23 @@ class EndpointBackend:
         header = authorization(url, url_credential=credential, token=self.token, api_key_env=spec.api_key_env)
         return {"Authorization": header} if header else {}
 
-    async def identity(self, spec: EndpointSpec) -> str:
-        """The served model's name: the one the spec names (`URL#MODEL`), which every replica that lists models
-        must list, or else the only one the replicas list; replicas serving different models are refused. A
-        replica that does not answer is left out with a warning and tried again later; none answering is an
-        error."""
+    async def identity(self, spec: EndpointSpec) -> ModelIdentity:
+        """The served model: the one the spec names (`URL#MODEL`), which every replica that lists models must list,
+        or else the only one the replicas list, identified by what its server says of its weights
+        (`server_kinds.served_identity`); replicas serving different models or weights are refused. A replica that
+        does not answer is left out with a warning and tried again later; none answering is an error."""
         if spec not in self._endpoints:
             listed, down = await self._served_models(spec, attempts=1)
             if not listed:  # none answers yet: ask again, a few times, before giving up
                 listed, down = await self._served_models(spec, attempts=START_ATTEMPTS)
             if not listed:
                 raise next(iter(down.values()))
-            names = {url: choose_model(url, spec.model, models) for url, models in listed.items()}
-            if len(set(names.values())) > 1:
-                listing = ", ".join(f"{url} serves {name}" for url, name in names.items())
-                raise BackendError(f"endpoint replicas serve different models: {listing}")
-            endpoint = _Endpoint(spec, next(iter(names.values())))
+            served = {url: found.identify(choose_model(url, spec.model, found.names)) for url, found in listed.items()}
+            if len({(kind, identity.key) for kind, identity in served.values()}) > 1:
+                shown = ", ".join(f"{url} serves {_shown(*found)}" for url, found in served.items())
+                raise BackendError(f"endpoint replicas serve different models: {shown}")
+            kind, identity = next(iter(served.values()))
+            endpoint = _Endpoint(spec, identity.served, kind, identity)
             for url in spec.urls:
                 http = get_async_session()  # huggingface_hub's client, so HF_HUB_OFFLINE and its proxies apply
                 slots = asyncio.Semaphore(self.concurrency)
@@ -215,28 +251,42 @@ class EndpointBackend:
                     self._add_slots(endpoint)
                 endpoint.replicas.append(replica)
             self._endpoints[spec] = endpoint
-        return self._endpoints[spec].model
+        return self._endpoints[spec].identity
+
+    def sent(self, spec: EndpointSpec, params: GenerationParams) -> dict[str, Any]:
+        """How `params` reach the endpoint's sampler: its server kind, and the request fields they are sent as
+        (`server_kinds.sampling_fields`); a setting its kind cannot honour is a `ConfigError`, before any
+        request."""
+        endpoint = self._endpoints[spec]
+        fields, refused = sampling_fields(endpoint.kind, params)
+        if refused:
+            raise ConfigError(
+                f"endpoint model {endpoint.identity.name} on {LABELS[endpoint.kind]}: cannot honour "
+                f"{', '.join(refused)}; leave {'them' if len(refused) > 1 else 'it'} at off for this role"
+            )
+        honoured = "unknown (sent as named)" if endpoint.kind not in SAMPLING else "as sent"
+        return {"server": LABELS[endpoint.kind], "fields": fields, "honoured": honoured}
 
     async def _served_models(
         self, spec: EndpointSpec, attempts: int
-    ) -> tuple[dict[str, tuple[str, ...]], dict[str, BackendError]]:
-        """The models every replica lists, asked at once; and why each replica that did not answer did not."""
+    ) -> tuple[dict[str, _Listing], dict[str, BackendError]]:
+        """What every replica lists, asked at once; and why each replica that did not answer did not."""
         asked = await asyncio.gather(
             *(self._served_model(url, spec, attempts) for url in spec.urls), return_exceptions=True
         )
-        names, down = {}, {}
+        listings, down = {}, {}
         for url, answer in zip(spec.urls, asked, strict=True):
             if isinstance(answer, _Unavailable):
                 down[url] = answer
             elif isinstance(answer, BaseException):
                 raise answer
             else:
-                names[url] = answer
-        return names, down
+                listings[url] = answer
+        return listings, down
 
-    async def _served_model(self, url: str, spec: EndpointSpec, attempts: int = 1) -> tuple[str, ...]:
-        """The models `/v1/models` (OpenAI-compatible servers, TGI) or `/info` (TGI) lists; an answer that may pass
-        (429, 5xx, unreachable) is asked again, up to `attempts` times."""
+    async def _served_model(self, url: str, spec: EndpointSpec, attempts: int = 1) -> _Listing:
+        """What a replica serves (`_Listing`); an answer that may pass (429, 5xx, unreachable) is asked again, up to
+        `attempts` times."""
         for attempt in range(attempts):
             try:
                 return await self._ask_served_model(url, spec)
@@ -246,24 +296,32 @@ class EndpointBackend:
                 await asyncio.sleep(self.retry.delay(attempt, None))
         raise AssertionError("unreachable")
 
-    async def _ask_served_model(self, url: str, spec: EndpointSpec) -> tuple[str, ...]:
-        headers = self._headers(spec, url)
+    async def _ask_served_model(self, url: str, spec: EndpointSpec) -> _Listing:
+        """The models `/v1/models` lists, and what tells the server's kind and weights: TGI's `/info` (asked where
+        `owned_by` names no kind), SGLang's `/get_model_info`."""
+        headers, listing = self._headers(spec, url), _Listing()
+        base = url.rstrip("/").removesuffix("/v1")
         try:
             async with get_async_session() as session:
-                for route, address in (("/v1/models", openai_url(url, "models")), ("/info", url.rstrip("/") + "/info")):
+
+                async def get(route: str, address: str) -> Any:
                     response = await session.get(address, headers=headers, timeout=30)
                     status = response.status_code
                     if status in FATAL_STATUS and status != 404:
                         raise BackendError(f"endpoint {url}: {FATAL_STATUS[status]} (HTTP {status})")
                     if status in RETRYABLE_STATUS:
                         raise _Unavailable(f"endpoint {url}: {route} answered HTTP {status}")
-                    if status != 200:
-                        continue
-                    body = response.json()
-                    entries = [{"id": body.get("model_id")}] if route == "/info" else body.get("data") or []
-                    names = tuple(str(entry["id"]) for entry in entries if entry.get("id"))
-                    if names:
-                        return names
+                    return response.json() if status == 200 else None
+
+                body = await get("/v1/models", openai_url(url, "models"))
+                entries = (body or {}).get("data") or []
+                listing.entries = {str(entry["id"]): entry for entry in entries if entry.get("id")}
+                if not any(str(entry.get("owned_by")) in OWNED_BY for entry in listing.entries.values()):
+                    listing.info = await get("/info", base + "/info")
+                    if not listing.entries and (listing.info or {}).get("model_id"):
+                        listing.entries = {str(listing.info["model_id"]): {}}
+                if any(kind_of(entry, None) == SGLANG for entry in listing.entries.values()):
+                    listing.model_info = await get("/get_model_info", base + "/get_model_info")
         except OfflineModeIsEnabled as err:
             raise BackendError(
                 f"endpoint {url}: HF_HUB_OFFLINE=1 blocks huggingface_hub's HTTP client, which endpoints are called "
@@ -271,9 +329,9 @@ class EndpointBackend:
             ) from err
         except httpx2.HTTPError as err:
             raise _Unavailable(f"endpoint {url}: unreachable ({type(err).__name__}: {err})") from err
-        except (ValueError, AttributeError, IndexError, TypeError) as err:
+        except (ValueError, AttributeError, IndexError, TypeError, KeyError) as err:
             raise BackendError(f"endpoint {url}: unreadable answer to /v1/models ({err})") from err
-        return ()
+        return listing
 
     def slots(self, specs: Sequence[EndpointSpec]) -> int:
         """Requests in flight at once: `concurrency` per replica of every endpoint."""
@@ -293,7 +351,7 @@ class EndpointBackend:
         endpoint, seed = self._endpoints[spec], _request_seed(params.seed, request)
 
         def call(replica: _Replica) -> Awaitable[Generation]:
-            return self._chat(replica, endpoint.model, request, params, seed)
+            return self._chat(replica, endpoint, request, params, seed)
 
         return asyncio.ensure_future(self._answer(endpoint, call, on_done, on_retry))
 
@@ -396,27 +454,29 @@ class EndpointBackend:
         )
 
     async def _chat(
-        self, replica: _Replica, model: str, request: Request, params: GenerationParams, seed: int
+        self, replica: _Replica, endpoint: _Endpoint, request: Request, params: GenerationParams, seed: int
     ) -> Generation:
         """One chat completion, read no further than `answer_limit` bytes: the answer, and apart from it the
-        reasoning trace where the server gives one in a field of its own (`reasoning_content` or `reasoning`)."""
-        extras = params.extras()  # only those set: a server that knows none of them still answers the rest
-        body = json.loads(extras.pop("extra_body", "") or "{}")
-        settings = {SENT_AS.get(name, name): name for name in extras} | dict.fromkeys(body, "extra_body")
-        extras = {SENT_AS.get(name, name): value for name, value in extras.items()}
+        reasoning trace where the server gives one in a field of its own (`reasoning_content` or `reasoning`). The
+        sampling settings go in the fields the server's kind reads (`server_kinds.sampling_fields`)."""
+        fields, _ = sampling_fields(endpoint.kind, params)  # what it cannot honour was refused before any request
+        body = json.loads(params.extra_body or "{}")
+        optional = {name: setting for setting in SETTINGS if (name := field_name(endpoint.kind, setting))}
+        optional = {name: setting for name, setting in optional.items() if name not in NEUTRAL} | {"stop": "stop"}
         payload = {
-            "model": model,
+            "model": endpoint.model,
             "messages": request.chat(),
             "max_tokens": params.max_new_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
             "seed": seed,
-            **extras,
+            **fields,
+            **({"stop": list(params.stop)} if params.stop else {}),
             **body,
         }
         if request.shape:
             payload["response_format"] = request.shape.response_format()
-        output = await self._post_chat(replica, payload, answer_limit(params.max_new_tokens), settings)
+        output = await self._post_chat(
+            replica, payload, answer_limit(params.max_new_tokens), optional | dict.fromkeys(body, "extra_body")
+        )
         choice = output["choices"][0]
         finish = LENGTH if choice.get("finish_reason") == LENGTH else STOP  # TGI also says eos_token
         usage = output.get("usage") or {}
@@ -508,10 +568,15 @@ class EndpointBackend:
             await asyncio.wait_for(answered.wait(), timeout=max(0.0, wait - asked))
 
     async def _verify(self, endpoint: _Endpoint, replica: _Replica) -> None:
-        """Before its first request, ask a replica that was down at start which models it serves."""
-        listed = await self._served_model(replica.url, endpoint.spec)
+        """Before its first request, ask a replica that was down at start which models (and weights) it serves."""
+        listing = await self._served_model(replica.url, endpoint.spec)
+        listed = listing.names
         if listed and endpoint.model not in listed:
             replica.excluded = f"serves {', '.join(listed[:3])}, not {endpoint.model}"
+        elif listed and listing.identify(endpoint.model) != (endpoint.kind, endpoint.identity):
+            found, wanted = _shown(*listing.identify(endpoint.model)), _shown(endpoint.kind, endpoint.identity)
+            replica.excluded = f"serves {found}, not {wanted}"
+        if replica.excluded:
             print(f"popalign: warning: endpoint {replica.url} {replica.excluded}; leaving it out", file=sys.stderr)
             raise _Unavailable(f"endpoint {replica.url}: {replica.excluded}")
         replica.verified = True

@@ -16,7 +16,7 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from popalign.config import GenerationParams
 from popalign.errors import BackendError, RequestFailed, first_line
 from popalign.generation import LENGTH, STOP, Generation, OnDone, OnRetry, Request, before_stop
+from popalign.model_identity import ModelIdentity
 from popalign.resources import embedded_model_path
 from popalign.roles import EMBEDDED, ModelSpec
 from popalign.shapes import Shape
@@ -86,9 +87,9 @@ class LlamaCppBackend:
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
 
-    async def identity(self, spec: ModelSpec) -> str:
-        """The spec names the model (its engine is this backend's name in a cache key)."""
-        return str(replace(spec, engine=None))
+    async def identity(self, spec: ModelSpec) -> ModelIdentity:
+        """What the spec runs: its GGUF file's fingerprint (its engine is this backend's name in a cache key)."""
+        return spec.identify()
 
     def slots(self, specs: Sequence[ModelSpec]) -> int:
         """Requests answered at once: `LLAMA_SLOTS` for each model."""

@@ -8,7 +8,6 @@ import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,6 +34,7 @@ from popalign.generation import (
     before_stop,
     chat_prompt,
 )
+from popalign.model_identity import ModelIdentity, hub_commit, is_hub_id
 from popalign.resources import embedded_model_path
 from popalign.roles import EMBEDDED, ModelSpec
 
@@ -70,9 +70,10 @@ class LocalBackend:
         self._queue: dict[tuple[ModelSpec, GenerationParams], list[tuple[_Waiter, Request]]] = defaultdict(list)
         self.on_load: Callable[[ModelSpec, float | None], None] | None = None
 
-    async def identity(self, spec: ModelSpec) -> str:
-        """The spec names the model (its engine is this backend's name in a cache key)."""
-        return str(replace(spec, engine=None))
+    async def identity(self, spec: ModelSpec) -> ModelIdentity:
+        """What the spec runs: its files' fingerprint or Hub commit (its engine is this backend's name in a cache
+        key)."""
+        return spec.identify()
 
     def slots(self, specs: Sequence[ModelSpec]) -> int:
         """Requests waiting at once: batches' worth of `LOCAL_BATCHES_IN_FLIGHT`, sorted by length into batches."""
@@ -131,7 +132,7 @@ class LocalBackend:
     ) -> list[dict[str, float] | None]:
         """For each chat, log p(choice | chat) of each choice as the whole answer, teacher-forced in one pass (as
         LP(prompt + choice): the prompt's own log-prob is the same for every choice)."""
-        tokenizer = self.tokenizer(spec.source)
+        tokenizer = self.tokenizer(spec.location)
         prompts = [chat_prompt(tokenizer, list(chat)) for chat in chats]
         texts = [prompt + choice for prompt in prompts for choice in choices]
         found: dict[int, float] = {}
@@ -143,14 +144,14 @@ class LocalBackend:
     def load(self, spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """The model and tokenizer of `spec`, loading each at most once; `on_load` hears of a load as it starts
         (seconds None) and as it ends."""
-        base = ModelSpec(spec.source)
+        base = ModelSpec(spec.source, revision=spec.revision)
         started = time.monotonic()
         if base not in self._models and self.on_load:
             self.on_load(base, None)
-        tokenizer = self.tokenizer(spec.source)
+        tokenizer = self.tokenizer(spec.location)
         if spec not in self._models:
             if base not in self._models:
-                self._models[base] = self._load_model(spec.source)
+                self._models[base] = self._load_model(spec.location)
                 if self.on_load:
                     self.on_load(base, time.monotonic() - started)
             self._models[spec] = (
@@ -257,13 +258,17 @@ def _end_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> s
 
 
 def model_location(source: str) -> dict[str, str]:
-    """`from_pretrained` arguments for a model source: the embedded GGUF, a `.gguf` file, a folder or a Hub id."""
+    """`from_pretrained` arguments for a model source: the embedded GGUF, a `.gguf` file, a folder, or a Hub id
+    (`ORG/NAME[@REVISION]`) at the commit it resolves to, the one its identity records."""
     if source == EMBEDDED:
         path = embedded_model_path()
         return {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
     path = Path(source)
     if path.suffix == ".gguf":
         return {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
+    repo, _, revision = source.partition("@")
+    if is_hub_id(repo):
+        return {"pretrained_model_name_or_path": repo, "revision": hub_commit(repo, revision or None)}
     return {"pretrained_model_name_or_path": source}
 
 

@@ -134,6 +134,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         ),
         latest=(versions or [{}])[-1].get("version"),
         model_notes=manifest.model_notes,
+        sent=manifest.sent,
         params=manifest.params,
         template_hashes=manifest.template_hashes,
         score=manifest.score,

@@ -58,6 +58,10 @@ class Manifest:
     template_hashes: dict[str, str] = field(default_factory=dict)
     backend: str = ""
     model_notes: dict[str, str] = field(default_factory=dict)
+    #: By role: what identified its model (`ModelIdentity.recorded`), and for an endpoint role how its settings
+    #: were sent (its server kind and request fields).
+    identities: dict[str, dict[str, str]] = field(default_factory=dict)
+    sent: dict[str, dict[str, Any]] = field(default_factory=dict)
     role_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: `Styles.recorded()` and where `prefix` put its contrast (`prefix_placement`), flat in the file.
     styles: dict[str, str] = field(default_factory=dict)

@@ -38,9 +38,10 @@ def run_offline(*command: str | Path, cwd: Path | None = None, **env: str) -> su
 
 
 def serve_scripted(folder: Path, model: str, *flags: str) -> Iterator[tuple[str, Path]]:
-    port, log = free_port(), folder / f"{model}.jsonl"
+    port, named = free_port(), Path(model).name  # a served name may be a path, as llama.cpp's server's is
+    log = folder / f"{named}.jsonl"
     command = [sys.executable, HERE / "scripted_server.py", "--port", port, "--model", model, "--log", log, *flags]
-    with serve_process(command, folder / f"{model}.log", f"http://127.0.0.1:{port}/v1/models"):
+    with serve_process(command, folder / f"{named}.log", f"http://127.0.0.1:{port}/v1/models"):
         yield f"http://127.0.0.1:{port}", log
 
 
@@ -97,9 +98,9 @@ class InFlight:
             self.live -= 1
 
 
-def save_tiny_model(folder: Path, *, reward: bool = False) -> Path:
-    """Save a 4-layer, 32-wide Llama into `folder`, seeded, loadable offline by path; with `reward`, a
-    one-label sequence classifier (a reward model) instead of a causal LM."""
+def save_tiny_model(folder: Path, *, reward: bool = False, seed: int = 0) -> Path:
+    """Save a 4-layer, 32-wide Llama into `folder`, its weights drawn with `seed`, loadable offline by path; with
+    `reward`, a one-label sequence classifier (a reward model) instead of a causal LM."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
@@ -107,7 +108,7 @@ def save_tiny_model(folder: Path, *, reward: bool = False) -> Path:
 
     gguf = embedded_model_path()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,

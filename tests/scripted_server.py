@@ -23,6 +23,23 @@ from pathlib import Path
 from net import JSONHandler
 
 TAG = re.compile(r"\[([a-z-]+)\]")
+#: How each server kind (`--kind`) fills `owned_by` in `/v1/models` (TGI writes its model id there).
+OWNED_BY = {"vllm": "vllm", "sglang": "sglang", "llamacpp": "llamacpp", "openai": "openai", "trtllm": "tensorrt_llm"}
+#: What each kind's sampler uses for a setting the request leaves out, and which request fields it reads (any other
+#: is ignored, with HTTP 200): vLLM and SGLang the model's `generation_config.json` (here Qwen3's), llama.cpp's server
+#: its own defaults; TGI's chat route reads only these fields.
+SAMPLER_DEFAULTS = {
+    "vllm": {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0, "repetition_penalty": 1.0,
+             "presence_penalty": 0.0, "frequency_penalty": 0.0},
+    "llamacpp": {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0,
+                 "presence_penalty": 0.0, "frequency_penalty": 0.0},
+    "tgi": {"temperature": 1.0, "top_p": 1.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0},
+}  # fmt: skip
+SAMPLER_DEFAULTS["sglang"] = SAMPLER_DEFAULTS["vllm"]
+#: The request fields OpenAI's chat completions take (any other is refused with HTTP 400).
+OPENAI_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop",
+                 "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "response_format",
+                 "reasoning_effort", "n", "stream"}  # fmt: skip
 PLAIN = "A plain answer that restates the request, explains it in full and gives an example of it for {tag}."
 
 
@@ -161,10 +178,39 @@ class Handler(JSONHandler):
     #: What it does with a `response_format` (a JSON schema): `accept` it (its answer comes as that JSON object),
     #: `refuse` it (HTTP 400, as a server that takes none), or ignore it (the default: a free-text answer).
     shapes = ""
+    #: Which server it answers as (`OWNED_BY`, or `tgi`): its routes, `owned_by`, what it says of its weights, the
+    #: request fields its sampler reads and its defaults; "" for a plain OpenAI-compatible server.
+    kind = ""
+    weights = ""  # the weights it serves: what it reports of them, and each answer ends by naming them
 
     def do_GET(self) -> None:
+        digest = hashlib.sha1(self.weights.encode()).hexdigest()
+        if self.path.endswith("/info") and self.kind == "tgi":
+            info = {"model_id": self.model, "model_sha": digest, "router": "text-generation-router", "version": "3.3.6"}
+            return self._reply(200, info)
+        if self.path.endswith("/get_model_info") and self.kind == "sglang":
+            return self._reply(200, {"model_path": self.model, "weight_version": self.weights or "default"})
+        if not self.path.endswith("/models"):
+            return self._reply(404, {"error": f"no route {self.path}"})
         models = [{"id": name, "object": "model"} for name in (self.model, *self.also)]
+        for entry in models if self.kind else ():
+            entry["owned_by"] = OWNED_BY.get(self.kind, entry["id"])
+            if self.kind == "vllm":
+                entry["root"] = f"/srv/models/{self.weights or 'base'}"
+            if self.kind == "llamacpp":
+                entry["meta"] = {"n_params": 135_000_000, "size": 90_000_000 + int(digest[:4], 16)}
         self._reply(200, {"object": "list", "data": models})
+
+    def sampler(self, body: dict) -> dict | str:
+        """What its sampler uses for a request, by its kind (`SAMPLER_DEFAULTS`): a field it reads where sent, its
+        default where not; or why it refuses the request."""
+        used = {name: body.get(name, default) for name, default in SAMPLER_DEFAULTS[self.kind].items()}
+        if self.kind == "tgi":
+            if not 0 < used["top_p"] < 1 and "top_p" in body:
+                return "Input validation error: `top_p` must be > 0.0 and < 1.0"
+            if body.get("presence_penalty"):  # TGI's chat route: a repetition penalty of it + 2
+                used["repetition_penalty"] = body["presence_penalty"] + 2.0
+        return used
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -180,6 +226,15 @@ class Handler(JSONHandler):
             self._log(body, asked, "")
             self._reply(400, {"error": {"message": "Unrecognized request argument supplied: response_format"}})
             return
+        if self.kind == "openai" and (unknown := sorted(set(body) - OPENAI_FIELDS)):
+            self._reply(400, {"error": _error(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0],
+                                              "unrecognized_argument")})  # fmt: skip
+            return
+        sampled = self.sampler(body) if self.kind in SAMPLER_DEFAULTS else {}
+        if isinstance(sampled, str):
+            self._log(body, asked, "")
+            self._reply(422, {"error": sampled, "error_type": "validation"})
+            return
         if self.openai_reasoning and (refusal := openai_refusal(body)):
             self._log(body, asked, "")
             self._reply(400, {"error": refusal})
@@ -187,10 +242,12 @@ class Handler(JSONHandler):
         status, content, finish = reply(body["messages"], body.get("seed", 0), body.get("temperature", 0.0), self.model)
         if self.also:
             content = f"[{asked}] {content}"
+        if self.weights and status == 200:
+            content = f"{content} (weights {self.weights})"
         if self.shapes == "accept" and status == 200 and "response_format" in body:
             content = shaped(content, body["response_format"]["json_schema"]["name"])
         time.sleep(self.delay)
-        self._log(body, asked, content)
+        self._log(body, asked, content, sampled)
         if status != 200:
             self._reply(status, {"error": {"message": content}})
             return
@@ -221,12 +278,13 @@ class Handler(JSONHandler):
             },
         )
 
-    def _log(self, body: dict, asked: str | None, content: str) -> None:
-        """One line per chat request: what it asked with, and the answer it got."""
+    def _log(self, body: dict, asked: str | None, content: str, sampled: dict | None = None) -> None:
+        """One line per chat request: what it asked with, what its sampler used (by `--kind`), and the answer it
+        got."""
         with self.log.open("a") as sink:
             entry = {"messages": body["messages"], "max_tokens": body.get("max_tokens"), "model": asked}
             entry |= {"seed": body.get("seed"), "temperature": body.get("temperature"), "answer": content}
-            entry |= {key: body[key] for key in LOGGED if key in body}
+            entry |= {key: body[key] for key in LOGGED if key in body} | ({"sampler": sampled} if sampled else {})
             sink.write(json.dumps(entry | {"authorization": self.headers.get("Authorization")}) + "\n")
 
 
@@ -275,7 +333,10 @@ if __name__ == "__main__":
     parser.add_argument("--reasoning", choices=REASONING_KINDS, default="", help="a thinking model, its trace sent so")
     parser.add_argument("--openai-reasoning", action="store_true", help="refuse as OpenAI's reasoning models do")
     parser.add_argument("--shapes", choices=("accept", "refuse"), default="", help="what it does with response_format")
+    parser.add_argument("--kind", choices=(*OWNED_BY, "tgi"), default="", help="the server it answers as")
+    parser.add_argument("--weights", default="", help="the weights it serves (reported by kind; named in answers)")
     args = parser.parse_args()
+    Handler.kind, Handler.weights = args.kind, args.weights
     Handler.shapes = args.shapes
     Handler.reasoning, Handler.openai_reasoning = args.reasoning, args.openai_reasoning
     Handler.model, Handler.also, Handler.log, Handler.delay = args.model, tuple(args.also), args.log, args.delay

@@ -98,9 +98,10 @@ class InFlight:
             self.live -= 1
 
 
-def save_tiny_model(folder: Path, *, reward: bool = False, seed: int = 0) -> Path:
+def save_tiny_model(folder: Path, *, reward: bool = False, seed: int = 0, bos: bool = False) -> Path:
     """Save a 4-layer, 32-wide Llama into `folder`, its weights drawn with `seed`, loadable offline by path; with
-    `reward`, a one-label sequence classifier (a reward model) instead of a causal LM."""
+    `reward`, a one-label sequence classifier (a reward model) instead of a causal LM; with `bos`, a tokenizer that
+    puts its BOS token before every text and a chat template that writes it, as Llama 3's do."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
@@ -123,6 +124,13 @@ def save_tiny_model(folder: Path, *, reward: bool = False, seed: int = 0) -> Pat
         num_labels=1,
     )
     (LlamaForSequenceClassification if reward else LlamaForCausalLM)(config).save_pretrained(folder)
+    if bos:
+        from tokenizers.processors import TemplateProcessing
+
+        first = tokenizer.bos_token
+        special = [(first, tokenizer.bos_token_id)]
+        tokenizer._tokenizer.post_processor = TemplateProcessing(single=f"{first} $A", special_tokens=special)
+        tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -3,7 +3,12 @@ from the embedded SmolLM2's own forward pass (none of those servers can run here
 
 - TGI (`--kind tgi`): `GET /info`; `POST /generate` (and `/`) with `details` and `decoder_input_details`;
 - vLLM (`--kind vllm`): `GET /version`, `GET /v1/models`; `POST /v1/completions` with `prompt_logprobs`;
-- SGLang (`--kind sglang`): `GET /get_model_info`, `GET /v1/models`; `POST /generate` with `return_logprob`.
+- SGLang (`--kind sglang`): `GET /get_model_info`, `GET /v1/models`; `POST /generate` with `return_logprob`;
+- TensorRT-LLM (`--kind trtllm`): `GET /version` as vLLM answers it, `owned_by: tensorrt_llm` in `/v1/models`.
+
+Each tokenizes as its server does: TGI adds the tokenizer's special tokens to every input, SGLang to a `text` (its
+`input_ids` it takes verbatim), vLLM unless `add_special_tokens` is false. `--model DIR` serves a model folder
+instead (a tokenizer that adds a BOS token shows a doubled BOS).
 
 Every kind also answers `POST /v1/chat/completions`: with `logprobs` and `top_logprobs`, the model's first
 token after the chat template and its top log-probs, computed; without, `--reply` (a judge's reply that names no
@@ -32,7 +37,8 @@ from net import JSONHandler
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 KINDS = ("tgi", "vllm", "sglang")
 #: The GET routes each kind answers, besides `/v1/models` (which TGI answers too).
-PROBES = {"tgi": "/info", "vllm": "/version", "sglang": "/get_model_info"}
+PROBES = {"tgi": "/info", "vllm": "/version", "sglang": "/get_model_info", "trtllm": "/version"}
+OWNED_BY = {"tgi": MODEL_ID, "vllm": "vllm", "sglang": "sglang", "trtllm": "tensorrt_llm"}
 
 
 def token_logprobs(model: Any, ids: list[int]) -> Any:
@@ -43,9 +49,10 @@ def token_logprobs(model: Any, ids: list[int]) -> Any:
         return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
 
 
-def prompt_entries(model: Any, tokenizer: Any, text: str) -> list[tuple[int, float | None]]:
-    """Each token of `text` with its log-probability given the ones before it (the first has none)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+def prompt_entries(model: Any, tokenizer: Any, text: str | list[int], special: bool) -> list[tuple[int, float | None]]:
+    """Each token of `text` (tokenized with the special tokens where `special`, or given as ids) with its
+    log-probability given the ones before it (the first has none)."""
+    ids = text if isinstance(text, list) else tokenizer(text, add_special_tokens=special)["input_ids"]
     logprobs = token_logprobs(model, ids)
     return [(ids[0], None), *((token, logprobs[i - 1, token].item()) for i, token in enumerate(ids[1:], start=1))]
 
@@ -53,7 +60,7 @@ def prompt_entries(model: Any, tokenizer: Any, text: str) -> list[tuple[int, flo
 def tgi_answer(model: Any, tokenizer: Any, text: str) -> dict[str, Any]:
     """TGI's answer to `/generate` with `details` and `decoder_input_details`: prefill tokens with their
     log-probabilities (the first has none), one generated token."""
-    entries = prompt_entries(model, tokenizer, text)
+    entries = prompt_entries(model, tokenizer, text, special=True)  # TGI cannot be told not to
     prefill = [{"id": token, "text": tokenizer.decode([token]), "logprob": value} for token, value in entries]
     token = {"id": entries[-1][0], "text": tokenizer.decode([entries[-1][0]]), "logprob": 0.0, "special": False}
     details = {"finish_reason": "length", "generated_tokens": 1, "seed": None, "prefill": prefill, "tokens": [token]}
@@ -63,7 +70,7 @@ def tgi_answer(model: Any, tokenizer: Any, text: str) -> dict[str, Any]:
 def vllm_answer(model: Any, tokenizer: Any, body: dict[str, Any]) -> dict[str, Any]:
     """vLLM's completions answer with `prompt_logprobs: 0`: per prompt position after the first, a map from the
     prompt token's id to its log-prob, rank and text."""
-    entries = prompt_entries(model, tokenizer, body["prompt"])
+    entries = prompt_entries(model, tokenizer, body["prompt"], special=body.get("add_special_tokens", True))
     prompt_logprobs = [
         None
         if value is None
@@ -78,7 +85,7 @@ def vllm_answer(model: Any, tokenizer: Any, body: dict[str, Any]) -> dict[str, A
 def sglang_answer(model: Any, tokenizer: Any, body: dict[str, Any]) -> dict[str, Any]:
     """SGLang's `/generate` answer with `return_logprob` and `logprob_start_len: 0`: `[logprob, id, None]` for
     each input token."""
-    entries = prompt_entries(model, tokenizer, body["text"])
+    entries = prompt_entries(model, tokenizer, body.get("input_ids") or body["text"], special=True)
     meta = {"prompt_tokens": len(entries), "completion_tokens": 1,
             "input_token_logprobs": [[value, token, None] for token, value in entries]}  # fmt: skip
     return {"text": "", "meta_info": meta}
@@ -104,7 +111,9 @@ def chat_answer(model: Any, tokenizer: Any, body: dict[str, Any], reply: str, se
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", choices=KINDS, required=True)
+    parser.add_argument("--kind", choices=(*KINDS, "trtllm"), required=True)
+    parser.add_argument("--model", default="smollm2", help="the model spec it computes with (default: SmolLM2)")
+    parser.add_argument("--weights", default="v1", help="what it says of its weights")
     parser.add_argument("--log", type=Path, required=True, help="append each request here (JSON lines)")
     parser.add_argument("--token", help="answer 401 unless `Authorization: Bearer <token>`")
     parser.add_argument("--also", action="append", default=[], help="another model /v1/models lists (repeatable)")
@@ -114,7 +123,7 @@ def main() -> None:
     from popalign.backends.local import LocalBackend
     from popalign.roles import ModelSpec
 
-    model, tokenizer = LocalBackend().load(ModelSpec("smollm2"))
+    model, tokenizer = LocalBackend().load(ModelSpec.parse(options.model))
     lock = threading.Lock()
     kind, served = options.kind, (MODEL_ID, *options.also)
 
@@ -131,13 +140,15 @@ def main() -> None:
             if self._refused({"method": "GET", "path": self.path}):
                 return
             if self.path == "/v1/models":
-                return self._reply(
-                    200, {"object": "list", "data": [{"id": name, "object": "model"} for name in served]}
-                )
+                listed = [{"id": name, "object": "model", "owned_by": OWNED_BY[kind]} for name in served]
+                for entry in listed if kind == "vllm" else ():
+                    entry["root"] = f"/srv/{options.weights}/{entry['id']}"
+                return self._reply(200, {"object": "list", "data": listed})
             if self.path != PROBES[kind]:
                 return self._reply(404, {"error": f"no route {self.path}"})
-            info = {"tgi": {"model_id": MODEL_ID}, "vllm": {"version": "0.11.0"},
-                    "sglang": {"model_path": MODEL_ID, "is_generation": True}}  # fmt: skip
+            info = {"tgi": {"model_id": MODEL_ID, "model_sha": options.weights}, "vllm": {"version": "0.11.0"},
+                    "sglang": {"model_path": MODEL_ID, "is_generation": True, "weight_version": options.weights},
+                    "trtllm": {"version": "1.2.0"}}  # fmt: skip
             self._reply(200, info[kind])
 
         def do_POST(self) -> None:
@@ -145,7 +156,11 @@ def main() -> None:
             if self._refused({"method": "POST", "path": self.path, **body}):
                 return
             routes = {"tgi": ("/", "/generate"), "vllm": ("/v1/completions",), "sglang": ("/generate",)}
-            needed = {"tgi": "inputs", "vllm": "prompt", "sglang": "text"}[kind]
+            needed = {"tgi": "inputs", "vllm": "prompt", "sglang": "text"}.get(kind, "")
+            if kind == "sglang" and "input_ids" in body:
+                needed = "input_ids"
+            if kind == "trtllm":
+                return self._reply(404, {"error": f"no route {self.path}"})
             if self.path in routes[kind] and needed not in body:  # as the servers' request validation does
                 return self._reply(422, {"error": f"Failed to deserialize the JSON body: missing field `{needed}`"})
             with lock:  # one forward pass at a time, as one model replica
@@ -171,10 +186,11 @@ def main() -> None:
 
 @contextmanager
 def serve_logprobs(
-    log: Path, kind: str = "tgi", *, token: str | None = None, also: tuple[str, ...] = ()
+    log: Path, kind: str = "tgi", *, token: str | None = None, also: tuple[str, ...] = (), model: str = "smollm2"
 ) -> Iterator[str]:
     """Start the server in its own process on a free loopback port; yield its URL. Requests land in `log`."""
     command = [sys.executable, __file__, "--kind", kind, "--log", str(log), *(["--token", token] if token else [])]
+    command += ["--model", model]
     command += [flag for name in also for flag in ("--also", name)]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:

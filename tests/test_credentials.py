@@ -14,7 +14,7 @@ from helpers import build
 from net import free_port
 from popalign.backends.endpoint_scorer import EndpointScorer
 from popalign.credentials import is_hugging_face_host, redacted, split_credentials
-from popalign.errors import ConfigError
+from popalign.errors import BackendError, ConfigError
 from popalign.roles import parse_spec
 
 PASSWORD, HUB_TOKEN = "s3cretPassw0rd", "hf_machineTokenNotForYou"
@@ -75,8 +75,10 @@ def test_url_credentials_are_split_out() -> None:
     assert redacted(f"user:{PASSWORD}@host") == "host" and redacted("ftp://a:b@h/x#f") == "ftp://h/x"
     with pytest.raises(ConfigError, match="give one credential"):
         split_credentials("http://a:b@host/?key=c")
-    scorer = EndpointScorer(f"http://alice:{PASSWORD}@127.0.0.1:9/", token=None, protocol="tgi")
-    assert scorer.name == "tgi:http://127.0.0.1:9" and scorer.headers["Authorization"].startswith("Basic ")
+    with pytest.raises(BackendError) as refused:  # it asks the server what it serves: nothing answers there
+        EndpointScorer(f"http://alice:{PASSWORD}@127.0.0.1:9/", token=None, tokenizer=None, protocol="tgi")
+    assert "endpoint http://127.0.0.1:9: unreachable" in str(refused.value)
+    assert PASSWORD not in str(refused.value) and "alice" not in str(refused.value)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import popalign
-from helpers import build
+from helpers import build, save_tiny_model
 from logprob_server import KINDS, MODEL_ID, received, serve_logprobs
 from popalign import JudgeOptions, ScoreOptions
 from popalign.backends.endpoint_scorer import PROTOCOLS, EndpointScorer
@@ -77,8 +77,9 @@ def test_each_protocol_scores_equal_the_local_scores(smollm2, servers, kind: str
     local, _, _ = score_rows(given, scorer=LocalScorer(smollm2, ModelSpec("smollm2")), render=render(smollm2),
                              context=context)  # fmt: skip
     address = f"{url}#{MODEL_ID}" if kind == "vllm" else url  # vLLM lists two models: one is named
-    scorer = EndpointScorer(address, token=None)  # protocol: auto, from the routes the server answers
-    assert scorer.name == f"{kind}:{url}" + (f"#{MODEL_ID}" if kind == "vllm" else "")
+    scorer = EndpointScorer(address, token=None, tokenizer=smollm2.tokenizer("smollm2"))  # protocol: auto
+    weights = {"tgi": "v1", "vllm": f"/srv/v1/{MODEL_ID}", "sglang": f"{MODEL_ID}#v1"}[kind]
+    assert scorer.name == f"{kind}:{MODEL_ID}@{weights}"  # what the server says of its weights keys the cache
     served, _, stats = score_rows(given, scorer=scorer, render=render(smollm2), context=context)
     assert served == pytest.approx(local, abs=TOLERANCE) and len(set(served)) > 2
     posts = [request for request in received(log) if request["method"] == "POST"]
@@ -91,25 +92,58 @@ def test_each_protocol_scores_equal_the_local_scores(smollm2, servers, kind: str
                    and p["add_special_tokens"] is False for p in posts)  # fmt: skip
     else:
         assert all(p["path"] == "/generate" and p["return_logprob"] and p["logprob_start_len"] == 0 for p in posts)
+        assert all(p["input_ids"] and "text" not in p for p in posts)  # token ids, which SGLang takes verbatim
 
 
 @pytest.mark.slow
-def test_a_served_scorer_is_refused_in_one_line_when_it_cannot_answer(servers, scripted) -> None:
+def test_a_tokenizer_that_adds_a_bos_scores_alike_on_every_protocol(tmp_path: Path) -> None:
+    """Llama 3's, Gemma's and Mistral's tokenizers put a BOS before every text and their templates write one: TGI
+    and SGLang, which add special tokens to a text, must not score a doubled BOS."""
+    model = save_tiny_model(tmp_path / "bos", bos=True)
+    backend = LocalBackend(batch_size=4)
+    tokenizer = backend.tokenizer(str(model))
+    assert tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id
+
+    def render(chat):
+        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+
+    context, given = StrategyContext(TemplateSet(), seed=0), rows()[:6]
+    assert render([{"role": "user", "content": "x"}]).startswith(tokenizer.bos_token)
+    local, _, _ = score_rows(given, scorer=LocalScorer(backend, ModelSpec(str(model))), render=render, context=context)
+    for kind in KINDS:
+        with serve_logprobs(tmp_path / f"{kind}.jsonl", kind, model=str(model)) as url:
+            address = f"{url}#{MODEL_ID}" if kind == "vllm" else url
+            scorer = EndpointScorer(address, token=None, tokenizer=tokenizer)
+            served, _, _ = score_rows(given, scorer=scorer, render=render, context=context)
+        assert served == pytest.approx(local, abs=TOLERANCE), kind
+
+
+@pytest.mark.slow
+def test_trtllm_serve_is_not_taken_for_vllm(tmp_path: Path) -> None:
+    with serve_logprobs(tmp_path / "trt.jsonl", "trtllm") as url, pytest.raises(BackendError) as refused:
+        EndpointScorer(url, token=None, tokenizer=None)
+    assert "answers /version as vLLM does, but its /v1/models says owned_by tensorrt_llm" in str(refused.value)
+
+
+@pytest.mark.slow
+def test_a_served_scorer_is_refused_in_one_line_when_it_cannot_answer(smollm2, servers, scripted) -> None:
     vllm, tgi = servers["vllm"][0], servers["tgi"][0]
     with pytest.raises(BackendError, match=f"endpoint {vllm}: serves several models .*{ADAPTER}.*name one"):
-        EndpointScorer(vllm, token=None)
+        EndpointScorer(vllm, token=None, tokenizer=None)
     with pytest.raises(BackendError, match="serves no model 'org/none'"):
-        EndpointScorer(f"{vllm}#org/none", token=None)
-    assert EndpointScorer(f"{vllm}#{ADAPTER}", token=None).model == ADAPTER
+        EndpointScorer(f"{vllm}#org/none", token=None, tokenizer=None)
+    assert EndpointScorer(f"{vllm}#{ADAPTER}", token=None, tokenizer=None).model == ADAPTER
     with pytest.raises(BackendError, match=f"TGI endpoint {tgi}: serves '{MODEL_ID}', not 'org/other'"):
-        EndpointScorer(f"{tgi}#org/other", token=None)
-    wrong = EndpointScorer(tgi, token=None, protocol="sglang")  # named by hand, and wrongly
+        EndpointScorer(f"{tgi}#org/other", token=None, tokenizer=None)
+    wrong = EndpointScorer(
+        tgi, token=None, tokenizer=smollm2.tokenizer("smollm2"), protocol="sglang"
+    )  # named by hand, and wrongly
     with pytest.raises(
         BackendError, match=f"SGLang endpoint {tgi}: HTTP 422 on {tgi}/generate .*missing field `inputs`"
     ):
         list(wrong.logprobs(["Hello there."]))
     with pytest.raises(BackendError) as refused:  # an OpenAI-style server has no prompt log-probs
-        EndpointScorer(scripted[0], token=None)
+        EndpointScorer(scripted[0], token=None, tokenizer=None)
     assert str(refused.value) == (
         f"endpoint {scripted[0]}: answers none of TGI's /info, SGLang's /get_model_info and vLLM's /version, so it has "
         "no prompt log-probs to give (name its protocol with --score-protocol)"

@@ -70,7 +70,11 @@ class ModelSpec:
         text = text.strip()
         source, _, options = text.partition(":")
         source, pinned, revision = (source, "", "") if Path(source).exists() else source.partition("@")
-        if "://" in text or "@" in options or (pinned and not (HUB_ID.fullmatch(source) and _REVISION.fullmatch(revision))):
+        if (
+            "://" in text
+            or "@" in options
+            or (pinned and not (HUB_ID.fullmatch(source) and _REVISION.fullmatch(revision)))
+        ):
             raise ConfigError(
                 f"model spec {redacted(text)!r}: neither a model name (ORG/NAME[@REVISION]) nor an http(s):// URL"
             )

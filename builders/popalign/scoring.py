@@ -223,11 +223,12 @@ def score_settings(
     require("local", "scoring (the chat template is rendered by transformers)")
     backend = backend or local_backend(batch_size)
     if spec.kind == "endpoint":
-        scorer: Scorer = EndpointScorer(options.model or default_model, token=token, protocol=options.protocol)
-        template_source = ModelSpec.parse(options.tokenizer).location
+        tokenizer = backend.tokenizer(ModelSpec.parse(options.tokenizer).location)
+        scorer: Scorer = EndpointScorer(
+            options.model or default_model, token=token, tokenizer=tokenizer, protocol=options.protocol
+        )
     else:
-        scorer, template_source = LocalScorer(backend, spec), spec.location
-    tokenizer = backend.tokenizer(template_source)
+        scorer, tokenizer = LocalScorer(backend, spec), backend.tokenizer(spec.location)
 
     def render(chat: list[dict[str, str]]) -> str:
         return chat_prompt(tokenizer, chat)

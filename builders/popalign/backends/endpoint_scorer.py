@@ -8,9 +8,15 @@ served model, in the protocol of the server that serves it (for DLMA scores, `po
 | SGLang | `POST /generate`, `return_logprob` + `logprob_start_len: 0` | `meta_info.input_token_logprobs` |
 
 `auto` tells them apart by a route only that server has, asked in this order: TGI's `/info` (with `model_id`),
-SGLang's `/get_model_info` (`model_path`), vLLM's `/version` (`version`). A server with none of them (llama.cpp's,
-OpenAI's API) has no prompt log-probs to give, and is refused in one line. Requests go through `huggingface_hub`'s
-HTTP client, as generation's do, with the same `Authorization` rules.
+SGLang's `/get_model_info` (`model_path`), vLLM's `/version` (`version`, and `owned_by: vllm` in `/v1/models`:
+TensorRT-LLM's `trtllm-serve` answers `/version` alike). A server with none of them (llama.cpp's, OpenAI's API)
+has no prompt log-probs to give, and is refused in one line. Requests go through `huggingface_hub`'s HTTP client,
+as generation's do, with the same `Authorization` rules.
+
+The scored text is the rendered chat, which already holds any BOS token its template writes. vLLM is told not to
+add special tokens; TGI always adds them, so a leading BOS is taken off the text for it; SGLang is sent the token
+ids (tokenized without special tokens), which it takes verbatim. So a served LP counts each token once, as the
+local scorer's does. The scorer's name, which keys its cached LP, holds what the server says of its weights.
 """
 
 from __future__ import annotations
@@ -40,8 +46,18 @@ class _Unreadable(ValueError):
     """An answer without the log-probs its protocol promises."""
 
 
-def _tgi_body(text: str, model: str | None) -> dict[str, Any]:
-    return {"inputs": text, "parameters": {"max_new_tokens": 1, "details": True, "decoder_input_details": True}}
+def _tgi_body(text: str, model: str | None, tokenizer: Any) -> dict[str, Any]:
+    # TGI adds the tokenizer's special tokens to every input and cannot be told not to: a BOS the text holds goes
+    bos = tokenizer.bos_token if adds_bos(tokenizer) else None
+    inputs = text.removeprefix(bos) if bos else text
+    return {"inputs": inputs, "parameters": {"max_new_tokens": 1, "details": True, "decoder_input_details": True}}
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether a tokenizer puts a BOS token before every text it encodes with special tokens (Llama 3, Gemma,
+    Mistral, DeepSeek do; SmolLM2 and Qwen do not)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
 
 
 def checked_total(values: list[Any]) -> float:
@@ -76,7 +92,7 @@ def _tgi_sum(answer: dict[str, Any]) -> float:
     return checked_total([token.get("logprob") for token in prefill])
 
 
-def _vllm_body(text: str, model: str | None) -> dict[str, Any]:
+def _vllm_body(text: str, model: str | None, tokenizer: Any) -> dict[str, Any]:
     # the rendered chat template already holds any BOS token: the server must not add another
     return {"model": model, "prompt": text, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0,
             "add_special_tokens": False}  # fmt: skip
@@ -102,8 +118,10 @@ def _vllm_sum(answer: dict[str, Any]) -> float:
     return checked_total(values)
 
 
-def _sglang_body(text: str, model: str | None) -> dict[str, Any]:
-    return {"text": text, "sampling_params": {"max_new_tokens": 1, "temperature": 0.0}, "return_logprob": True,
+def _sglang_body(text: str, model: str | None, tokenizer: Any) -> dict[str, Any]:
+    # SGLang tokenizes a text with special tokens and has no field to say otherwise; token ids it takes verbatim
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return {"input_ids": ids, "sampling_params": {"max_new_tokens": 1, "temperature": 0.0}, "return_logprob": True,
             "logprob_start_len": 0}  # fmt: skip
 
 
@@ -124,7 +142,7 @@ class Protocol:
     probe: str
     key: str
     route: Callable[[str], str]
-    body: Callable[[str, str | None], dict[str, Any]]
+    body: Callable[[str, str | None, Any], dict[str, Any]]
     read: Callable[[dict[str, Any]], float]
 
 
@@ -149,30 +167,39 @@ def native_url(url: str, route: str) -> str:
 
 class EndpointScorer:
     """LP from a served model: TGI, vLLM or SGLang (`protocol`, or `auto` to ask the server which it is). A model
-    named in the URL (`URL#MODEL`) must be the one the server serves; vLLM is asked for it by name.
+    named in the URL (`URL#MODEL`) must be the one the server serves; vLLM is asked for it by name. `tokenizer` is
+    the served model's (it rendered the texts): it says whether texts begin with a BOS token, and tokenizes them
+    for SGLang.
 
-    >>> scorer = EndpointScorer("http://localhost:8000#Qwen/Qwen3-8B", token=None)  # doctest: +SKIP
+    >>> scorer = EndpointScorer("http://localhost:8000#Qwen/Qwen3-8B", token=None, tokenizer=t)  # doctest: +SKIP
     >>> scorer.name  # doctest: +SKIP
-    'vllm:http://localhost:8000#Qwen/Qwen3-8B'
+    'vllm:Qwen/Qwen3-8B@Qwen/Qwen3-8B'
     """
 
     def __init__(
-        self, url: str, *, token: str | None, protocol: str = "auto", concurrency: int = 16, chunk: int = 256
+        self,
+        url: str,
+        *,
+        token: str | None,
+        tokenizer: Any,
+        protocol: str = "auto",
+        concurrency: int = 16,
+        chunk: int = 256,
     ) -> None:
         spec = EndpointSpec.parse(url)
         if len(spec.urls) > 1:
             raise ConfigError(f"score_model: scoring asks one endpoint URL, got {len(spec.urls)} replicas")
         if protocol not in SCORE_PROTOCOLS:
             raise ConfigError(f"score_protocol: expected one of {', '.join(SCORE_PROTOCOLS)}, got {protocol!r}")
-        self.url, self.model = spec.urls[0], spec.model
+        self.url, self.model, self.tokenizer = spec.urls[0], spec.model, tokenizer
         credential = spec.credentials[0] if spec.credentials else None
         header = authorization(self.url, url_credential=credential, token=token)
         self.headers = {"Authorization": header} if header else {}
         self.concurrency, self.chunk = concurrency, chunk
-        if protocol == "auto" or self.model or protocol == "vllm":
-            protocol, self.model = asyncio.run(self._resolve(protocol))
+        protocol, self.model, served, weights = asyncio.run(self._resolve(protocol))
         self.protocol = PROTOCOLS[protocol]
-        self.name = f"{protocol}:{self.url}" + (f"#{self.model}" if protocol == "vllm" else "")
+        #: What keys its cached LP: the server kind and what it says of its weights (else where it is).
+        self.name = f"{protocol}:{served}@{weights}" if weights else f"{protocol}:{self.url}#{served}"
 
     def logprobs(self, texts: list[str]) -> Iterator[tuple[list[int], list[float]]]:
         """Yield `(indices into texts, their LP)` for each chunk of `chunk` texts, asked `concurrency` at a time."""
@@ -195,38 +222,56 @@ class EndpointScorer:
         except ValueError:
             return None
 
-    async def _resolve(self, protocol: str) -> tuple[str, str | None]:
-        """The protocol (asked of the server when `auto`) and the model to ask for: the named one, checked
-        against what the server serves, or for vLLM the one it lists."""
+    async def _resolve(self, protocol: str) -> tuple[str, str | None, str, str]:
+        """The protocol (asked of the server when `auto`), the model to ask for (the named one, checked against
+        what the server serves, or for vLLM the one it lists), the served model's name, and what the server says
+        of its weights (TGI's `model_sha`, vLLM's `root`, SGLang's model path and `weight_version`)."""
         try:
             async with get_async_session() as http:
+                listing = await self._get(http, openai_url(self.url, "models"))
+                entries = [e for e in (listing or {}).get("data") or [] if isinstance(e, dict) and e.get("id")]
+                owners = {str(entry.get("owned_by")) for entry in entries if entry.get("owned_by")}
                 if protocol == "auto":
-                    for name, candidate in PROTOCOLS.items():
-                        answer = await self._get(http, native_url(self.url, candidate.probe.lstrip("/")))
-                        if isinstance(answer, dict) and candidate.key in answer:
-                            protocol = name
-                            break
-                    else:
-                        raise self._failed(
-                            "answers none of TGI's /info, SGLang's /get_model_info and vLLM's /version, "
-                            "so it has no prompt log-probs to give (name its protocol with --score-protocol)"
-                        )  # fmt: skip
+                    protocol = await self._detect(http, owners)
                 label = PROTOCOLS[protocol].label
                 if protocol == "tgi":  # one model, named on /info
-                    info = await self._get(http, native_url(self.url, "info"))
-                    served = (info or {}).get("model_id")
+                    info = await self._get(http, native_url(self.url, "info")) or {}
+                    served = info.get("model_id")
                     if self.model and served != self.model:
                         raise self._failed(f"serves {served!r}, not {self.model!r}", label)
-                    return protocol, self.model
-                listing = await self._get(http, openai_url(self.url, "models"))
-                listed = tuple(str(entry["id"]) for entry in (listing or {}).get("data") or [] if entry.get("id"))
-                if protocol == "sglang" and not self.model:
-                    return protocol, None
-                return protocol, choose_model(self.url, self.model, listed)
+                    return protocol, self.model, str(served or ""), str(info.get("model_sha") or "")
+                listed = tuple(str(entry["id"]) for entry in entries)
+                if protocol == "sglang":
+                    info = await self._get(http, native_url(self.url, "get_model_info")) or {}
+                    model = self.model and choose_model(self.url, self.model, listed)
+                    weights = f"{info.get('model_path', '')}#{info.get('weight_version', '')}" if info else ""
+                    return protocol, model, model or str(info.get("model_path") or ""), weights
+                model = choose_model(self.url, self.model, listed)
+                entry = next(entry for entry in entries if entry["id"] == model) if listed else {}
+                root = "<".join(str(entry[key]) for key in ("root", "parent") if entry.get(key))
+                return protocol, model, model, root
         except OfflineModeIsEnabled:
             raise self._failed("HF_HUB_OFFLINE=1 blocks huggingface_hub's HTTP client; unset it") from None
         except (httpx2.HTTPError, OSError) as err:
             raise self._failed(f"unreachable ({type(err).__name__}: {first_line(err)})") from None
+
+    async def _detect(self, http: httpx2.AsyncClient, owners: set[str]) -> str:
+        """Which protocol the server speaks, by a route only it has; vLLM's `/version` only where `/v1/models` says
+        `owned_by: vllm` or says no owner (TensorRT-LLM's `trtllm-serve` answers `/version` alike)."""
+        for name, candidate in PROTOCOLS.items():
+            answer = await self._get(http, native_url(self.url, candidate.probe.lstrip("/")))
+            if isinstance(answer, dict) and candidate.key in answer:
+                if name == "vllm" and owners and "vllm" not in owners:
+                    raise self._failed(
+                        f"answers /version as vLLM does, but its /v1/models says owned_by {', '.join(sorted(owners))}, "
+                        "not vllm (TensorRT-LLM's trtllm-serve, say): popalign reads prompt log-probs from TGI, vLLM "
+                        "and SGLang only"
+                    )  # fmt: skip
+                return name
+        raise self._failed(
+            "answers none of TGI's /info, SGLang's /get_model_info and vLLM's /version, "
+            "so it has no prompt log-probs to give (name its protocol with --score-protocol)"
+        )  # fmt: skip
 
     async def _sums(self, texts: list[str]) -> list[float]:
         protocol, limit = self.protocol, asyncio.Semaphore(self.concurrency)
@@ -235,7 +280,7 @@ class EndpointScorer:
 
             async def one(text: str) -> float:
                 async with limit:
-                    body = protocol.body(text, self.model)
+                    body = protocol.body(text, self.model, self.tokenizer)
                     response = await http.post(address, json=body, headers=self.headers, timeout=120)
                 if response.status_code >= 400:
                     shown = first_line(response.text[:200]) if response.text else ""

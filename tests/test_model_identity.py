@@ -30,13 +30,13 @@ def served(folder: Path, kind: str, weights: str, model: str = "served-model") -
     yield from serve_scripted(folder, model, "--kind", kind, "--weights", weights)
 
 
-def build(folder: Path, model: str, out: str, *flags: str | Path, cache: bool = True):
+def build(folder: Path, model: str, out: str, *flags: str | Path, cache: bool = True, **env: str):
     """A cached (or `cache=False`: uncached) prefix build of two instructions into `folder/out`."""
     caching = ["--cache-dir", folder / "cache"] if cache else ["--no-cache"]
     result = run_offline(
         POPALIGN, "build", "--prompts", prompts(folder, TAGS), "--out", folder / out, *caching, "--no-progress",
         "--templates", HERE / "scripted_templates", "--model", f"default={model}", "--strategies", "prefix", *flags,
-        HF_HUB_OFFLINE="0",
+        **({"HF_HUB_OFFLINE": "0"} | env),
     )  # fmt: skip
     return result
 
@@ -176,3 +176,86 @@ def test_a_model_trained_again_into_its_folder_is_built_anew(tmp_path: Path) -> 
     assert again.returncode == 0 and fresh.returncode == 0, again.stderr + fresh.stderr
     assert sides(tmp_path / "two") == sides(tmp_path / "fresh") != sides(tmp_path / "one")
     assert "answers generated again" in again.stdout
+
+
+@pytest.mark.slow
+def test_a_gguf_file_whose_weights_change_is_built_anew(tmp_path: Path) -> None:
+    model = tmp_path / "model.gguf"
+    shutil.copy(embedded_model_path(), model)
+    flags = ["--max-new-tokens", "12", "--keep-truncated", "--temperature", "0"]
+    first = build(tmp_path, str(model), "one", *flags)
+    assert first.returncode == 0, first.stderr
+    with model.open("r+b") as handle:  # new weights for one attention tensor, as training writes them
+        handle.read(4)
+        _, spans = model_identity._gguf_layout(handle, model.stat().st_size)
+        start, end = spans[2]
+        handle.seek(start)
+        weights = bytearray(handle.read(end - start))
+        handle.seek(start)
+        handle.write(bytes(value ^ 0x11 for value in weights))
+    again = build(tmp_path, str(model), "two", *flags)
+    fresh = build(tmp_path, str(model), "fresh", *flags, cache=False)
+    assert again.returncode == 0 and fresh.returncode == 0, again.stderr + fresh.stderr
+    assert "model model.gguf changed since its answers were cached" in again.stderr
+    assert sides(tmp_path / "two") == sides(tmp_path / "fresh") != sides(tmp_path / "one")
+
+
+def hub_snapshot(cache: Path, repo: str, commit: str, seed: int) -> None:
+    """A Hub model as the Hugging Face cache holds it after a download: `refs/main` and the snapshot's files."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    save_tiny_model(folder / "snapshots" / commit, seed=seed)
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+
+
+@pytest.mark.slow
+def test_a_hub_model_runs_at_a_commit_and_main_moving_is_a_new_model(tmp_path: Path) -> None:
+    hub, first, second = tmp_path / "hub", "a" * 40, "b" * 40
+    hub_snapshot(hub, "org/tiny", first, seed=0)
+    flags = ["--max-new-tokens", "8", "--keep-truncated"]
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub)}
+    one = build(tmp_path, "org/tiny", "one", *flags, **env)
+    assert one.returncode == 0, one.stderr
+    assert manifest(tmp_path / "one")["identities"]["default"] == {"identified_by": "Hub commit", "weights": first}
+    assert f"org/tiny@{first}" in (tmp_path / "one" / "popalign_recipe.yaml").read_text()
+    assert {row["chosen_model"] for row in load(tmp_path / "one", "prefix")} == {"org/tiny"}
+    hub_snapshot(hub, "org/tiny", second, seed=1)  # main moved on
+    two = build(tmp_path, "org/tiny", "two", *flags, **env)
+    assert two.returncode == 0, two.stderr
+    assert "answers generated again" in two.stdout and sides(tmp_path / "two") != sides(tmp_path / "one")
+    pinned = build(tmp_path, f"org/tiny@{first}", "pinned", *flags, **env)
+    assert pinned.returncode == 0, pinned.stderr
+    assert sides(tmp_path / "pinned") == sides(tmp_path / "one") and " 0 generated" in pinned.stdout
+
+
+@pytest.mark.slow
+def test_a_model_trained_again_into_its_folder_is_evaluated_anew(scripted, tmp_path: Path) -> None:
+    url, _ = scripted
+    texts = [f"Explain topic {n} [eval]." for n in range(4)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": text}) + "\n" for text in texts))
+    built = run_offline(POPALIGN, "build", "--prompts", tmp_path / "p.jsonl", "--out", tmp_path / "d", "--no-cache",
+                        "--no-progress", "--model", f"default={url}", "--strategies", "prefix", "--test-size", "0.5",
+                        HF_HUB_OFFLINE="0")  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    model, reference = save_tiny_model(tmp_path / "trained"), save_tiny_model(tmp_path / "reference", seed=2)
+
+    def evaluate(out: str, *flags: str):
+        return run_offline(
+            POPALIGN, "evaluate", "--build", tmp_path / "d", "--model", f"trained={model}", "--reference", reference,
+            "--judge-model", url, "--max-new-tokens", "8", "--out", tmp_path / out, "--cache-dir", tmp_path / "cache",
+            "--no-progress", *flags, HF_HUB_OFFLINE="0",
+        )  # fmt: skip
+
+    def answers(out: str) -> list[str]:
+        records = (tmp_path / out / "answers.jsonl").read_text().splitlines()
+        return [json.loads(line)["answer"] for line in records]
+
+    assert evaluate("first").returncode == 0
+    save_tiny_model(model, seed=1)  # trained again into the same folder
+    again, fresh = evaluate("again"), evaluate("fresh", "--no-cache")
+    assert again.returncode == 0 and fresh.returncode == 0, again.stderr + fresh.stderr
+    assert answers("again") == answers("fresh") != answers("first")
+    assert "answers generated again" in again.stdout
+    reports = [json.loads((tmp_path / out / "evaluation.json").read_text()) for out in ("first", "again")]
+    assert reports[0]["identities"]["trained"] != reports[1]["identities"]["trained"]
+    assert reports[0]["identities"]["reference"] == reports[1]["identities"]["reference"]

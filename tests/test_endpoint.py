@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -286,3 +287,28 @@ def test_the_llama_server_takes_the_reasoning_settings_server_fields_and_shapes(
     assert manifest["configs"]["bestofn"]["shapes"] == {"asked": 2, "in_shape": 2, "free_text": 0}
     for rows in tables(tmp_path / "d").values():
         assert all(row["chosen_thinking"] is None and row["chosen"][0]["content"] for row in rows)
+
+
+def test_settings_reach_the_llama_servers_sampler_and_its_path_is_not_published(tmp_path: Path) -> None:
+    """llama.cpp's server names its model by the path it was started with, reads `repeat_penalty` (not
+    `repetition_penalty`) and samples with top-k 40 and min-p 0.05 where a request says nothing: its `/slots` shows
+    what its sampler used."""
+    cache = Path(os.environ.get("POPALIGN_TEST_CACHE", Path.home() / ".cache" / "popalign-tests"))
+    model = embedded_model_path()
+    with serve_llama(build_llama_server(cache), model, tmp_path / "server.log", slots=1, alias=str(model)) as url:
+        result = run_offline(
+            POPALIGN, "build", "--limit", 2, "--strategies", "prefix", "--model", f"default={url}", "--out",
+            tmp_path / "d", "--no-cache", "--no-progress", "--max-new-tokens", 8, "--keep-truncated",
+            "--top-k", 0, "--min-p", 0, "--repetition-penalty", 1.2, HF_HUB_OFFLINE="0",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        (slot,) = json.loads(urllib.request.urlopen(f"{url}/slots", timeout=30).read())
+    used = slot["params"]
+    assert used["top_k"] == 0 and used["min_p"] == 0.0 and used["repeat_penalty"] == pytest.approx(1.2)
+    rows = pyarrow.parquet.read_table(next((tmp_path / "d" / "data").glob("prefix/*.parquet"))).to_pylist()
+    assert {row["chosen_model"] for row in rows} == {model.name}
+    written = "".join(p.read_text() for p in (tmp_path / "d").rglob("*") if p.suffix in (".json", ".md", ".yaml"))
+    assert str(model.parent) not in written
+    recorded = json.loads((tmp_path / "d" / "popalign_build.json").read_text())
+    assert recorded["identities"]["default"]["identified_by"] == "llama.cpp file size and parameter count"
+    assert recorded["sent"]["default"]["fields"]["repeat_penalty"] == 1.2

@@ -266,6 +266,8 @@ class Handler(JSONHandler):
             first = "<think>"
             top = [{"token": first, "logprob": -0.1}, {"token": "A", "logprob": -4.0}, {"token": "B", "logprob": -5.0}]
             choice["logprobs"] = {"content": [{"token": first, "logprob": -0.1, "top_logprobs": top}]}
+        digest = hashlib.sha1(self.weights.encode()).hexdigest()[:10]  # OpenAI names its backend configuration
+        fingerprint = {"system_fingerprint": f"fp_{digest}"} if self.kind == "openai" else {}
         self._reply(
             200,
             {
@@ -275,6 +277,7 @@ class Handler(JSONHandler):
                 "model": asked or self.model,
                 "choices": [choice],
                 "usage": counts,
+                **fingerprint,
             },
         )
 

@@ -46,6 +46,9 @@ class ScriptedBackend:
     def sent(self, spec: EndpointSpec, params: GenerationParams) -> dict:
         return {"server": "scripted", "fields": {"temperature": params.temperature}}
 
+    def system_fingerprints(self, spec: EndpointSpec) -> list[str]:
+        return []
+
     def submit(self, spec, request: Request, params, on_done, on_retry):
         text = "\n".join(message["content"] for message in request.chat())
         self.asked[(spec.urls[0], text)] += 1

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers import HERE, POPALIGN, load, manifest, prompts, run_offline, save_tiny_model, serve_scripted
 from popalign import model_identity
@@ -77,13 +78,16 @@ def test_a_served_path_is_published_by_its_file_name_and_a_name_alone_is_said(tm
     assert {row["chosen_model"] for row in rows} == {"qwen3-8b-q4.gguf"}
     written = "".join(p.read_text() for p in (tmp_path / "d").rglob("*") if p.suffix in (".json", ".md", ".yaml"))
     assert "/home/someone" not in written and "qwen3-8b-q4.gguf" in written
-    assert (
-        manifest(tmp_path / "d")["identities"]["default"]["identified_by"] == "llama.cpp file size and parameter count"
-    )
+    identity = manifest(tmp_path / "d")["identities"]["default"]
+    assert identity["identified_by"] == "llama.cpp file size and parameter count"
+    recipe = yaml.safe_load((tmp_path / "d" / "popalign_recipe.yaml").read_text())
+    assert recipe["roles"]["default"] == {"endpoint_model": "qwen3-8b-q4.gguf", "weights": identity["weights"]}
     with served(tmp_path / "openai", "openai", "v1") as (url, _):
         result = build(tmp_path, url, "named")
     assert result.returncode == 0, result.stderr
-    assert "identified by name only" in (tmp_path / "named" / "README.md").read_text()
+    card = (tmp_path / "named" / "README.md").read_text()
+    fingerprint = manifest(tmp_path / "named")["sent"]["default"]["system_fingerprints"]
+    assert "identified by name only" in card and len(fingerprint) == 1 and f"`{fingerprint[0]}`" in card
 
 
 @pytest.mark.parametrize(
@@ -176,6 +180,9 @@ def test_a_model_trained_again_into_its_folder_is_built_anew(tmp_path: Path) -> 
     assert again.returncode == 0 and fresh.returncode == 0, again.stderr + fresh.stderr
     assert sides(tmp_path / "two") == sides(tmp_path / "fresh") != sides(tmp_path / "one")
     assert "answers generated again" in again.stdout
+    saved = [yaml.safe_load((tmp_path / out / "popalign_recipe.yaml").read_text()) for out in ("one", "two")]
+    weights = manifest(tmp_path / "two")["identities"]["default"]["weights"]
+    assert saved[1]["roles"]["default"] == {"spec": "trained", "weights": weights} != saved[0]["roles"]["default"]
 
 
 @pytest.mark.slow

@@ -235,6 +235,9 @@ class Engine:
                     raise
         finally:
             if self.endpoint:
+                for role in self.sent:  # what the answers said of the backend that gave them, before it is closed
+                    if found := self.endpoint.system_fingerprints(self.roles[role]):  # type: ignore[arg-type]
+                        self.sent[role]["system_fingerprints"] = found
                 await self.endpoint.aclose()
 
     def _admit(self, window: _Window) -> None:

@@ -310,7 +310,8 @@ def judge_rows(rows: list[dict[str, Any]], judging: JudgeSettings) -> dict[str, 
         for index, row in enumerate(rows):
             margin = scores[2 * index] - scores[2 * index + 1]
             row["judge_verdict"], row["judge_margin"] = margin_verdict(margin), margin
-        return {"model": judging.reward_model.name, "kind": "reward-model"}
+        identity = judging.reward_model.spec.identify().recorded()
+        return {"model": judging.reward_model.name, "kind": "reward-model", "identity": identity}
     assert judging.engine is not None
     return _llm_verdicts(rows, judging.engine, judging.templates)
 
@@ -330,7 +331,8 @@ def _ranked_verdicts(rows: list[dict[str, Any]], ranker: PairRanker) -> dict[str
         first, second = logits[2 * index], logits[2 * index + 1]
         row["judge_verdict"] = verdict(_letter(first), _letter(second))
         row["judge_margin"] = first - second
-    return {"model": ranker.name, "kind": "pairwise", "judgements": len(triples)}
+    identity = ranker.spec.identify().recorded()
+    return {"model": ranker.name, "kind": "pairwise", "judgements": len(triples), "identity": identity}
 
 
 def _letter(logit: float) -> str | None:
@@ -358,6 +360,7 @@ def _llm_verdicts(rows: list[dict[str, Any]], engine: Engine, templates: Templat
         row["judge_margin"] = None
     return {
         "model": engine.published_name("judge"),
+        "identity": engine.identities["judge"].recorded(),
         "kind": "llm",
         "template_sha256": templates.hashes()[JUDGE_TEMPLATE],
         "from_logprobs": sum(choice is not None for choice in read),

@@ -195,8 +195,8 @@ def _resolved(repo: str, revision: str) -> str:
     if ref.is_file() and _COMMIT.fullmatch(commit := ref.read_text().strip()):
         return commit
     raise BackendError(
-        f"model {repo}: cannot tell which commit of it {revision} is ({reason}; nor does the local Hugging Face "
-        f"cache hold it): pin one as {repo}@COMMIT"
+        f"model {repo}: no such file or folder here; as a Hub id, cannot tell which commit its {revision} is "
+        f"({reason}; nor does the local Hugging Face cache hold it): pin one as {repo}@COMMIT"
     )
 
 

@@ -44,7 +44,9 @@ from popalign.prompts import is_hub_dataset
 from popalign.roles import EndpointSpec, ModelSpec, parse_spec
 
 GENERATION_KEYS = tuple(f.name for f in fields(GenerationParams))
-ROLE_KEYS = ("url", "urls", "spec", "model", "api_key_env", "generation", "endpoint_model")
+#: A role's keys; `weights` is what identified the model a saved recipe was built with (a record: a model with other
+#: weights is another model, and a rerun generates its answers anew).
+ROLE_KEYS = ("url", "urls", "spec", "model", "api_key_env", "generation", "endpoint_model", "weights")
 
 
 @dataclass

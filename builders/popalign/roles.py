@@ -127,9 +127,10 @@ class ModelSpec:
 
     def recipe_entry(self, identity: ModelIdentity | None = None) -> str | dict[str, str]:
         """How a saved recipe names this role's model: by its published spec and the engine it was given; a Hub
-        model pinned at the commit it ran at."""
+        model pinned at the commit it ran at, a local one with its weights' fingerprint beside it."""
         commit = identity.weights if identity and identity.evidence == HUB_COMMIT else self.revision
-        return str(replace(self, source=self.name, revision=commit))
+        spec = str(replace(self, source=self.name, revision=commit))
+        return {"spec": spec, "weights": identity.weights} if identity and identity.evidence == FINGERPRINT else spec
 
     def describe(self) -> str:
         """A human note on what the spec loads, for the summary and the card."""
@@ -222,7 +223,8 @@ class EndpointSpec:
 
     def recipe_entry(self, identity: ModelIdentity | None = None) -> str | dict[str, str]:
         """How a saved recipe names an endpoint role: by its served model, never its URLs or keys."""
-        return {"endpoint_model": identity.name if identity else ""}
+        entry = {"endpoint_model": identity.name if identity else ""}
+        return entry | ({"weights": identity.weights} if identity and identity.weights else {})
 
     def describe(self) -> str:
         """A human note for the summary and the card (the URLs are left out)."""

@@ -181,6 +181,8 @@ class _Endpoint:
     answered: asyncio.Event = field(default_factory=asyncio.Event)
     ever_answered: bool = False
     refusals: Counter[str] = field(default_factory=Counter)  # by reason, while nothing was answered yet
+    #: The `system_fingerprint`s its answers carried (OpenAI's backend configuration; llama.cpp's server build)
+    fingerprints: set[str] = field(default_factory=set)
 
     def wake(self) -> None:
         """Tell requests waiting for a replica that one may be free now."""
@@ -337,6 +339,12 @@ class EndpointBackend:
         """Requests in flight at once: `concurrency` per replica of every endpoint."""
         return self.concurrency * sum(len(spec.urls) for spec in specs)
 
+    def system_fingerprints(self, spec: EndpointSpec) -> list[str]:
+        """The `system_fingerprint`s the endpoint's answers carried so far: what OpenAI says of the backend
+        configuration that answered (known only once it answers, so it is recorded, not part of the cache key)."""
+        endpoint = self._endpoints.get(spec)
+        return sorted(endpoint.fingerprints) if endpoint else []
+
     async def aclose(self) -> None:
         """Close every replica's connections; the next run opens new ones."""
         for endpoint in self._endpoints.values():
@@ -478,6 +486,8 @@ class EndpointBackend:
             replica, payload, answer_limit(params.max_new_tokens), optional | dict.fromkeys(body, "extra_body")
         )
         choice = output["choices"][0]
+        if isinstance(output.get("system_fingerprint"), str):
+            endpoint.fingerprints.add(output["system_fingerprint"])
         finish = LENGTH if choice.get("finish_reason") == LENGTH else STOP  # TGI also says eos_token
         usage = output.get("usage") or {}
         tokens, prompt_tokens = (int(usage.get(name) or 0) for name in ("completion_tokens", "prompt_tokens"))

@@ -74,7 +74,7 @@ def is_pair_ranker(spec: ModelSpec) -> bool:
     """Whether a model's `config.json` names PairRM's architecture (False where it cannot be read: the reward-model
     loader then says why)."""
     try:
-        config = AutoConfig.from_pretrained(**model_location(spec.source))
+        config = AutoConfig.from_pretrained(**model_location(spec.location))
     except LOAD_ERRORS:
         return False
     return bool(set(ARCHITECTURES) & set(getattr(config, "architectures", None) or []))

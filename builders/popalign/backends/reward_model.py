@@ -81,8 +81,8 @@ def load_judge_model(spec: ModelSpec, model_class: Any, what: str) -> tuple[Any,
     if spec.layers is not None:
         raise BackendError(f"{what} {spec}: layers=N is for generating models, not {what}s")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(**model_location(spec.source))
-        model, loading = model_class.from_pretrained(**model_location(spec.source), output_loading_info=True)
+        tokenizer = AutoTokenizer.from_pretrained(**model_location(spec.location))
+        model, loading = model_class.from_pretrained(**model_location(spec.location), output_loading_info=True)
     except LOAD_ERRORS as err:
         raise BackendError(f"{what} {spec.source!r}: cannot load ({first_line(err, type(err).__name__)})") from None
     return tokenizer, model, sorted(loading.get("missing_keys", ()))

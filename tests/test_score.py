@@ -157,7 +157,9 @@ def test_popalign_score_rewrites_every_config_with_scores_and_a_report(
     manifest = json.loads((out / "popalign_build.json").read_text())
     before = json.loads((source / "popalign_build.json").read_text())
     card = (out / "README.md").read_text()
-    assert manifest["score"] == {"scorer": "local:smollm2", "contrast": "prefix", "min_score": 0.5, "swap": "swap",
+    scorer = f"local:{ModelSpec('smollm2').identify().key}"  # the embedded model at its fingerprint
+    assert scorer.startswith("local:smollm2@sha256:")
+    assert manifest["score"] == {"scorer": scorer, "contrast": "prefix", "min_score": 0.5, "swap": "swap",
                                  "order": "curriculum"}  # fmt: skip
     plain = tmp_path / "plain"  # the same scores, not curated: the agreement is read off its rows
     shutil.copytree(source, plain)
@@ -208,7 +210,7 @@ def test_scoring_through_a_tgi_endpoint_keeps_the_token_out_of_everything(embedd
     assert refused.stderr.startswith(f"popalign: error: endpoint {url}: unauthorized (HTTP 401)")
     assert len(refused.stderr.strip().splitlines()) == 1 and "hf_wrong" not in refused.stderr
     assert result.returncode == 0, result.stderr
-    assert json.loads((out / "popalign_build.json").read_text())["score"]["scorer"] == f"tgi:{url}"
+    assert json.loads((out / "popalign_build.json").read_text())["score"]["scorer"] == "tgi:HuggingFaceTB/SmolLM2-135M-Instruct@v1"
     requests = received(tmp_path / "requests.jsonl")
     posts = [request for request in requests if request["method"] == "POST"]
     assert posts and all(request["path"] == "/generate" for request in posts)

@@ -45,16 +45,16 @@ class ModelSpec:
     """A model a local backend can load: the embedded SmolLM2 GGUF, a folder, a `.gguf` file or a Hub id, which
     `ORG/NAME@REVISION` pins to a branch, tag or commit (else it runs at the commit `main` points at when it loads).
 
-        `layers=N` keeps N decoder layers, removing a block from the middle of the stack (a weaker copy).
-        `engine=llama.cpp|transformers` says what runs it: a GGUF file (the embedded model too) runs on llama.cpp
-        unless told otherwise, a folder or Hub id on transformers (`LOCAL_ENGINES`).
+    `layers=N` keeps N decoder layers, removing a block from the middle of the stack (a weaker copy).
+    `engine=llama.cpp|transformers` says what runs it: a GGUF file (the embedded model too) runs on llama.cpp
+    unless told otherwise, a folder or Hub id on transformers (`LOCAL_ENGINES`).
 
-        >>> ModelSpec.parse("smollm2:layers=24")
-        ModelSpec(source='smollm2', layers=24, engine=None, revision=None)
-        >>> ModelSpec.parse("HuggingFaceTB/SmolLM2-135M-Instruct@v1.0").revision
-        'v1.0'
-        >>> ModelSpec.parse("smollm2").kind, ModelSpec.parse("smollm2:engine=transformers").kind
-        ('llama.cpp', 'local')
+    >>> ModelSpec.parse("smollm2:layers=24")
+    ModelSpec(source='smollm2', layers=24, engine=None, revision=None)
+    >>> ModelSpec.parse("HuggingFaceTB/SmolLM2-135M-Instruct@v1.0").revision
+    'v1.0'
+    >>> ModelSpec.parse("smollm2").kind, ModelSpec.parse("smollm2:engine=transformers").kind
+    ('llama.cpp', 'local')
     """
 
     source: str

@@ -8,7 +8,7 @@ the resting and retry tests (in its own process, so timing on the client side is
 - `retry-after`: every chat request gets HTTP 429 with `Retry-After: 86400`;
 - `--models-503 N`: the first N calls of `/v1/models` get HTTP 503.
 
-It appends one line per chat request it answers to `--log`.
+It appends one line per chat request it answers to `--log`: its port and the chat's last message.
 
     python tests/latency_server.py --port 8080 --delay 0.2 --fault burst
 """
@@ -74,7 +74,9 @@ class Handler(JSONHandler):
             return None
         time.sleep(self.settings.delay)
         with self.lock, self.settings.log.open("a") as log:
-            log.write(json.dumps({"port": self.server.server_address[1]}) + "\n")
+            log.write(
+                json.dumps({"port": self.server.server_address[1], "chat": body["messages"][-1]["content"]}) + "\n"
+            )
         content = f"Answer to: {body['messages'][-1]['content']}"
         self._reply(
             200,

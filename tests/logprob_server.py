@@ -14,9 +14,13 @@ Every kind also answers `POST /v1/chat/completions`: with `logprobs` and `top_lo
 token after the chat template and its top log-probs, computed; without, `--reply` (a judge's reply that names no
 letter, so that the judge falls back on log-probs).
 
+`--fault` answers every log-prob request wrongly, as a broken or hostile server might: a log-prob that is NaN,
+null, true or far above 0; one log-prob for the whole text; an answer padded past any sane size; or one dripped a
+byte at a time. `--fail-first N` answers the first N log-prob requests 503.
+
 It runs in a process of its own, as a real server does: `serve_logprobs()` starts it and stops it.
 
-    python tests/logprob_server.py --kind vllm --log requests.jsonl [--token T] [--also NAME]
+    python tests/logprob_server.py --kind vllm --log requests.jsonl [--token T] [--also NAME] [--fault F]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
@@ -49,12 +54,21 @@ def token_logprobs(model: Any, ids: list[int]) -> Any:
         return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
 
 
-def prompt_entries(model: Any, tokenizer: Any, text: str | list[int], special: bool) -> list[tuple[int, float | None]]:
+#: `--fault` values that change the log-probs an answer carries: what the second position says instead.
+VALUE_FAULTS = {"nan": float("nan"), "null": None, "true": True, "positive": 1e300}
+FAULTS = (*VALUE_FAULTS, "one", "huge", "drip")
+FAULT: list[str] = []  # the fault this server answers with, set by `main`
+
+
+def prompt_entries(model: Any, tokenizer: Any, text: str | list[int], special: bool) -> list[tuple[int, Any]]:
     """Each token of `text` (tokenized with the special tokens where `special`, or given as ids) with its
-    log-probability given the ones before it (the first has none)."""
+    log-probability given the ones before it (the first has none); under `--fault`, the wrong ones."""
     ids = text if isinstance(text, list) else tokenizer(text, add_special_tokens=special)["input_ids"]
     logprobs = token_logprobs(model, ids)
-    return [(ids[0], None), *((token, logprobs[i - 1, token].item()) for i, token in enumerate(ids[1:], start=1))]
+    entries = [(ids[0], None), *((token, logprobs[i - 1, token].item()) for i, token in enumerate(ids[1:], start=1))]
+    if FAULT and FAULT[0] in VALUE_FAULTS:
+        entries[1] = (entries[1][0], VALUE_FAULTS[FAULT[0]])
+    return entries[:2] if FAULT == ["one"] else entries
 
 
 def tgi_answer(model: Any, tokenizer: Any, text: str) -> dict[str, Any]:
@@ -118,7 +132,11 @@ def main() -> None:
     parser.add_argument("--token", help="answer 401 unless `Authorization: Bearer <token>`")
     parser.add_argument("--also", action="append", default=[], help="another model /v1/models lists (repeatable)")
     parser.add_argument("--reply", default="Both answers have merits.", help="a chat reply without log-probs")
+    parser.add_argument("--fault", choices=FAULTS, help="answer every log-prob request wrongly, this way")
+    parser.add_argument("--fail-first", type=int, default=0, help="answer the first N log-prob requests 503")
     options = parser.parse_args()
+    FAULT.extend([options.fault] if options.fault else [])
+    failing = [options.fail_first]
 
     from popalign.backends.local import LocalBackend
     from popalign.roles import ModelSpec
@@ -176,7 +194,25 @@ def main() -> None:
                     answer = vllm_answer(model, tokenizer, body)
                 else:
                     answer = sglang_answer(model, tokenizer, body)
+                if self.path != "/v1/chat/completions" and failing[0] > 0:
+                    failing[0] -= 1
+                    return self._reply(503, {"error": "Model is overloaded"})
+            if FAULT == ["huge"]:
+                answer["padding"] = "x" * 5_000_000
+            if FAULT == ["drip"] and self.path != "/v1/chat/completions":
+                return self._drip(json.dumps(answer).encode())
             self._reply(200, answer)
+
+        def _drip(self, data: bytes) -> None:
+            """The answer one byte every tenth of a second: never still for long, never done in time."""
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            for byte in data:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.1)
 
     ThreadingHTTPServer.request_queue_size = 128  # the client opens up to 16 connections at once
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -186,11 +222,18 @@ def main() -> None:
 
 @contextmanager
 def serve_logprobs(
-    log: Path, kind: str = "tgi", *, token: str | None = None, also: tuple[str, ...] = (), model: str = "smollm2"
+    log: Path,
+    kind: str = "tgi",
+    *,
+    token: str | None = None,
+    also: tuple[str, ...] = (),
+    model: str = "smollm2",
+    fault: str | None = None,
+    fail_first: int = 0,
 ) -> Iterator[str]:
     """Start the server in its own process on a free loopback port; yield its URL. Requests land in `log`."""
     command = [sys.executable, __file__, "--kind", kind, "--log", str(log), *(["--token", token] if token else [])]
-    command += ["--model", model]
+    command += ["--model", model, "--fail-first", str(fail_first), *(["--fault", fault] if fault else [])]
     command += [flag for name in also for flag in ("--also", name)]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:

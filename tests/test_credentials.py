@@ -76,7 +76,7 @@ def test_url_credentials_are_split_out() -> None:
     with pytest.raises(ConfigError, match="give one credential"):
         split_credentials("http://a:b@host/?key=c")
     with pytest.raises(BackendError) as refused:  # it asks the server what it serves: nothing answers there
-        EndpointScorer(f"http://alice:{PASSWORD}@127.0.0.1:9/", token=None, tokenizer=None, protocol="tgi")
+        EndpointScorer(f"http://alice:{PASSWORD}@127.0.0.1:9/", tokenizer=None, protocol="tgi")
     assert "endpoint http://127.0.0.1:9: unreachable" in str(refused.value)
     assert PASSWORD not in str(refused.value) and "alice" not in str(refused.value)
 

@@ -108,3 +108,50 @@ def test_shards_drop_what_the_whole_build_drops(scripted, tmp_path: Path) -> Non
     assert manifest(tmp_path / "merged")["configs"]["prefix"]["dropped"] == {"contaminated": 1, "near-duplicate": 1}
     rows = sorted(r["prompt_id"] for r in load(tmp_path / "merged", "prefix"))
     assert rows == sorted(r["prompt_id"] for r in load(tmp_path / "whole", "prefix"))
+
+
+TOPICS = ("the Roman Empire", "jazz music", "the printing press", "the bicycle", "coffee", "the telescope",
+          "chess", "the steam engine", "paper money", "the vaccine")  # fmt: skip
+
+
+def templated(prefix: str = "") -> list[str]:
+    """Ten topics in four numbered variants each: a benchmark's own near-duplicates, as templated sets have."""
+    return [
+        f"{prefix}Write a {n}-paragraph summary of the history of {topic}." for topic in TOPICS for n in (2, 3, 4, 5)
+    ]
+
+
+def test_every_copy_of_a_templated_benchmark_is_caught(tmp_path: Path) -> None:
+    """Each instruction is compared with every benchmark prompt: a benchmark whose prompts are near-duplicates of
+    each other catches every input that copies one, exactly or nearly, not one per group."""
+    instructions = [Instruction.from_text(text) for text in templated()]
+    for name, prompts in (("exact", templated()), ("near", templated("Please, "))):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"prompt": text}) + "\n" for text in prompts))
+        result = screen(instructions, [load_prompts(path)], near_duplicates=True)
+        assert result.contaminated[f"{name}.jsonl"] == instructions and result.kept == [], name
+        assert result.near_duplicates == [], name  # nothing is left to be a near-duplicate of
+    alone = screen(instructions, [], near_duplicates=True)  # the set's own groups: the first of each kept
+    assert [i.text for i in alone.kept] == [templated()[k] for k in range(0, 40, 4)]
+
+
+def test_short_and_exactly_copied_prompts_are_caught_without_a_signature(tmp_path: Path) -> None:
+    """A prompt of fewer words than a 3-gram has no MinHash signature: its normalised text still matches."""
+    path = tmp_path / "short.jsonl"
+    path.write_text(json.dumps({"prompt": "Say hi!"}) + "\n")
+    found = screen([Instruction.from_text("say  HI"), Instruction.from_text("Say bye")], [load_prompts(path)],
+                   near_duplicates=False)  # fmt: skip
+    assert [i.text for i in found.contaminated["short.jsonl"]] == ["say  HI"]
+
+
+def test_a_hub_benchmark_or_prompt_set_that_cannot_be_reached_is_one_line(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("decontaminate: [org/bench]\nlimit: 1\n")
+    unreachable = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on port 9
+    for flags in (["--decontaminate", "org/bench"], ["--prompts", "org/bench"], ["--recipe", recipe]):
+        result = run_offline(POPALIGN, "build", *flags, "--limit", "1", "--dry-run", "--out", tmp_path / "d",
+                             **unreachable)  # fmt: skip
+        assert result.returncode == 2, flags
+        assert result.stderr.startswith("popalign: error: org/bench: cannot reach the Hub (ConnectError: "), flags
+        assert result.stderr.strip().endswith("; give a local file") and result.stderr.count("\n") == 1, flags
+    assert not (tmp_path / "d").exists()

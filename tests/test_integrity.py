@@ -1,6 +1,7 @@
-"""`push` and `merge` pass on only what a build wrote: each tampered copy of a scripted build (a Parquet file cut,
-garbage or of another schema, a manifest that lies, a link, an extra file, a config named like a path) is refused
-in one line naming the file, by both, before the Hub is asked anything."""
+"""`push`, `merge` and `export` pass on only what a build wrote: each tampered copy of a scripted build (a Parquet file
+cut, garbage, of another schema, of another config or its rows replaced at the same count; an edited template or
+recipe; a manifest that lies or whose fields are of the wrong type; a link, an extra file, a config named like a path)
+is refused in one line naming the file, by all three, before the Hub is asked anything or anything is written."""
 
 from __future__ import annotations
 
@@ -26,6 +27,29 @@ def edit_manifest(edit: Callable[[dict], None]) -> Callable[[Path], None]:
         data = json.loads((copy / "popalign_build.json").read_text())
         edit(data["configs"])
         (copy / "popalign_build.json").write_text(json.dumps(data))
+
+    return change
+
+
+def edit_fields(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    def change(copy: Path) -> None:
+        data = json.loads((copy / "popalign_build.json").read_text())
+        edit(data)
+        (copy / "popalign_build.json").write_text(json.dumps(data))
+
+    return change
+
+
+def swap_configs(copy: Path) -> None:
+    (copy / "data" / "prefix").rename(copy / "data" / "swap")
+    (copy / "data" / "elicitive").rename(copy / "data" / "prefix")
+    (copy / "data" / "swap").rename(copy / "data" / "elicitive")
+
+
+def append(relative: str, text: str) -> Callable[[Path], None]:
+    def change(copy: Path) -> None:
+        with (copy / relative).open("a") as file:
+            file.write(text)
 
     return change
 
@@ -92,13 +116,28 @@ def cases(rows: int) -> dict[str, tuple[Callable[[Path], None], str, str]]:
                             "a symbolic link; a build holds only its own files"),
         "extra-file": (lambda copy: (copy / "data" / "prefix" / "notes.txt").write_text("x"), "data/prefix/notes.txt",
                        "a file popalign did not write"),
+        "swapped-configs": (swap_configs, TRAIN, "holds 'elicitive' rows in the prefix config"),
+        "first-row-copies": (rewrite_parquet(lambda table: table.take([0] * table.num_rows)), TRAIN,
+                             "its content is not what the build wrote (its sha256 differs)"),
+        "edited-template": (append("templates/prefix.jinja", "\nAlways agree."), "templates/prefix.jinja",
+                            "its content is not what the build wrote (its sha256 differs)"),
+        "edited-recipe": (append("popalign_recipe.yaml", "\nstrategies: [demon]\n"), "popalign_recipe.yaml",
+                          "its content is not what the build wrote (its sha256 differs)"),
+        "no-digests": (edit_fields(lambda m: m.pop("digests")), manifest,
+                       "records no file digests (written by an earlier popalign)"),
+        "configs-list": (edit_fields(lambda m: m.update(configs=list(m["configs"]))), manifest,
+                         "field 'configs' is a list, not an object"),
+        "role-number": (edit_fields(lambda m: m["roles"].update(default=5)), manifest,
+                        "field 'roles'['default'] is a number, not text"),
+        "negative-drop": (edit_manifest(lambda c: c["prefix"]["dropped"].update(duplicate=-3)), manifest,
+                          "config 'prefix': its 'duplicate' drop count -3 is not a count"),
         "renumbered": (lambda copy: (copy / TRAIN).rename(copy / "data/prefix/train-00001-of-00002.parquet"),
                        "data/prefix", "its train shards are not numbered 0..N-1 of N"),
     }  # fmt: skip
 
 
 @pytest.mark.slow
-def test_push_and_merge_refuse_every_tampered_copy_in_one_line(part: tuple[Path, int], tmp_path: Path) -> None:
+def test_push_merge_and_export_refuse_every_tampered_copy_in_one_line(part: tuple[Path, int], tmp_path: Path) -> None:
     out, rows = part
     check_build(out, open_manifest(out))  # the build as written passes
     with pytest.raises(PublishError) as untouched:  # and its push goes on to the Hub (unreachable here)
@@ -109,17 +148,20 @@ def test_push_and_merge_refuse_every_tampered_copy_in_one_line(part: tuple[Path,
         shutil.copytree(out, copy, symlinks=True)
         change(copy)
         for entry, keywords in ((popalign.push, {"repo_id": "org/popalign", "version": "1.0.0"}),
-                                (popalign.merge, {"out": tmp_path / "merged"})):  # fmt: skip
+                                (popalign.merge, {"out": tmp_path / "merged"}),
+                                (popalign.export, {"out": tmp_path / "exported"})):  # fmt: skip
             with pytest.raises(TamperedBuildError) as refused:
-                entry(copy if entry is popalign.push else [copy, out], **keywords)
+                entry([copy, out] if entry is popalign.merge else copy, **keywords)
             assert str(refused.value).startswith(f"{copy / file}: {says}"), name
             assert str(refused.value).endswith("; rebuild the folder") and "\n" not in str(refused.value), name
-        assert not (tmp_path / "merged").exists()
+        assert not (tmp_path / "merged").exists() and not (tmp_path / "exported").exists()
     # and the command line says the same in one line, exit status 2
     copy = tmp_path / "one-row"
     pushed = run_offline(POPALIGN, "push", copy, "--repo", "org/popalign", "--release", "1.0.0", "--token", "hf_x")
     merged = run_offline(POPALIGN, "merge", copy, out, "--out", tmp_path / "merged")
+    exported = run_offline(POPALIGN, "export", copy, "--out", tmp_path / "exported")
     says = f"{copy / TRAIN}: prefix train holds 1 rows but the manifest records {rows}; rebuild the folder"
     says = f"popalign: error: {says}\n"
     assert (pushed.returncode, pushed.stderr) == (2, says)
     assert (merged.returncode, merged.stderr) == (2, says)
+    assert (exported.returncode, exported.stderr) == (2, says)

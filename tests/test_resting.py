@@ -7,6 +7,7 @@ The client is `EndpointBackend` itself, driven as the engine drives it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import threading
 import time
@@ -41,8 +42,10 @@ def latency_server(folder: Path, *flags: str, port: int | None = None) -> Iterat
         yield f"http://127.0.0.1:{port}"
 
 
-def answered(folder: Path, url: str) -> int:
-    return len((folder / f"answered-{url.rsplit(':', 1)[1]}.jsonl").read_text().splitlines())
+def answered(folder: Path, url: str) -> list[str]:
+    """The chats the server at `url` answered, one per answer (a chat whose answer came too late is there twice)."""
+    lines = (folder / f"answered-{url.rsplit(':', 1)[1]}.jsonl").read_text().splitlines()
+    return [json.loads(line)["chat"] for line in lines]
 
 
 async def answer_all(urls: str, *, requests: int = REQUESTS, attempts: int = 8, max_wait: float = 120.0) -> float:
@@ -128,7 +131,10 @@ def test_a_replica_down_at_start_is_left_out_then_joins(tmp_path: Path, capsys) 
             joiner.join()
     warning = capsys.readouterr().err
     assert f"popalign: warning: endpoint {late}: unreachable" in warning and "going on with the other" in warning
-    assert answered(tmp_path, late) > 0 and answered(tmp_path, url) + answered(tmp_path, late) == REQUESTS
+    # every chat reached a server; a loaded machine may time one out after the server answered, and ask again
+    assert answered(tmp_path, late) and {*answered(tmp_path, url), *answered(tmp_path, late)} == {
+        f"Say {n}." for n in range(REQUESTS)
+    }
 
 
 @pytest.mark.slow
@@ -150,7 +156,7 @@ def test_two_spellings_of_one_server_are_refused_before_generating(tmp_path: Pat
             "--model", f"default={url}", "--strategies", "nparam", "--limit", 1, "--out", tmp_path / "d", "--no-cache",
             HF_HUB_OFFLINE="0",
         )  # fmt: skip
-        assert answered(tmp_path, url) == 0
+        assert answered(tmp_path, url) == []
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"popalign: error: strategy 'nparam' contrasts roles large and small, but both are latency on one server "

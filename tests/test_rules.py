@@ -14,13 +14,13 @@ import pytest
 from popalign.backends.endpoint import (
     REST_AFTER,
     EndpointBackend,
+    HTTPStatus,
+    Oversized,
     RetryPolicy,
-    _classify,
     _Endpoint,
-    _HTTPStatus,
-    _Oversized,
     _Replica,
     _retry_after,
+    classify,
 )
 from popalign.errors import ForeignRepositoryError, VersionExistsError, VersionTooOldError
 from popalign.model_identity import ModelIdentity
@@ -28,26 +28,26 @@ from popalign.publish import check_publishable
 from popalign.roles import EndpointSpec
 
 
-def http_error(status: int, **headers: str) -> _HTTPStatus:
-    return _HTTPStatus(status, headers.get("Retry-After"), '{"error": "no"}')
+def http_error(status: int, **headers: str) -> HTTPStatus:
+    return HTTPStatus(status, headers.get("Retry-After"), '{"error": "no"}')
 
 
 def test_failures_are_retried_refused_or_fatal_by_kind() -> None:
-    busy = _classify(http_error(503, **{"Retry-After": "7"}))
+    busy = classify(http_error(503, **{"Retry-After": "7"}))
     assert (busy.reason, busy.retry_after, busy.fatal, busy.refused) == ("HTTP 503", 7.0, False, False)
     for status in (408, 425, 429, 500, 502, 504):
-        assert not _classify(http_error(status)).fatal and not _classify(http_error(status)).refused
+        assert not classify(http_error(status)).fatal and not classify(http_error(status)).refused
     for status, says in ((401, "unauthorized"), (403, "forbidden"), (404, "no chat completions route")):
-        failure = _classify(http_error(status))
+        failure = classify(http_error(status))
         assert failure.fatal and says in failure.reason
-    too_long = _classify(http_error(400))
+    too_long = classify(http_error(400))
     assert too_long.refused and not too_long.fatal and "HTTP 400" in too_long.reason
-    assert _classify(_Oversized("answer over the 90,112 bytes")).reason == "answer over the 90,112 bytes"
-    assert _classify(httpx2.ReadTimeout("slow")).reason == "timed out"
-    assert _classify(httpx2.ConnectError("refused")).reason.startswith("connection failed (ConnectError")
-    assert _classify(KeyError("choices")).reason.startswith("unreadable answer")
+    assert classify(Oversized("answer over the 90,112 bytes")).reason == "answer over the 90,112 bytes"
+    assert classify(httpx2.ReadTimeout("slow")).reason == "timed out"
+    assert classify(httpx2.ConnectError("refused")).reason.startswith("connection failed (ConnectError")
+    assert classify(KeyError("choices")).reason.startswith("unreadable answer")
     with pytest.raises(ZeroDivisionError):  # a bug is not a server failure: it is raised, never retried
-        _classify(ZeroDivisionError())
+        classify(ZeroDivisionError())
 
 
 def test_retry_after_is_read_in_both_forms() -> None:
@@ -91,7 +91,7 @@ def resting(clock: Clock, base: float = 1.0) -> tuple[EndpointBackend, _Endpoint
 def test_a_replica_rests_after_failures_in_a_row_and_is_well_once_it_answers() -> None:
     clock = Clock()
     backend, endpoint, replica = resting(clock)
-    down = _classify(httpx2.ConnectError("down"))
+    down = classify(httpx2.ConnectError("down"))
     sent = clock.now
     clock.now += 0.01
     for _ in range(REST_AFTER + 2):  # a burst of failures of requests sent together counts once
@@ -112,10 +112,10 @@ def test_a_replica_rests_after_failures_in_a_row_and_is_well_once_it_answers() -
 def test_a_replica_rests_as_long_as_retry_after_asks_up_to_the_cap() -> None:
     clock = Clock()
     backend, endpoint, replica = resting(clock)
-    backend._failed(endpoint, replica, _classify(http_error(503, **{"Retry-After": "20"})), 0.0, probe=False)
+    backend._failed(endpoint, replica, classify(http_error(503, **{"Retry-After": "20"})), 0.0, probe=False)
     assert replica.resting_until == clock.now + 20
     backend, endpoint, replica = resting(clock)
-    backend._failed(endpoint, replica, _classify(http_error(429, **{"Retry-After": "86400"})), 0.0, probe=False)
+    backend._failed(endpoint, replica, classify(http_error(429, **{"Retry-After": "86400"})), 0.0, probe=False)
     assert replica.resting_until == clock.now + 120
 
 

@@ -210,7 +210,8 @@ def test_scoring_through_a_tgi_endpoint_keeps_the_token_out_of_everything(embedd
     assert refused.stderr.startswith(f"popalign: error: endpoint {url}: unauthorized (HTTP 401)")
     assert len(refused.stderr.strip().splitlines()) == 1 and "hf_wrong" not in refused.stderr
     assert result.returncode == 0, result.stderr
-    assert json.loads((out / "popalign_build.json").read_text())["score"]["scorer"] == "tgi:HuggingFaceTB/SmolLM2-135M-Instruct@v1"
+    scorer = json.loads((out / "popalign_build.json").read_text())["score"]["scorer"]
+    assert scorer == "tgi:HuggingFaceTB/SmolLM2-135M-Instruct@v1"  # the served model at what TGI says of its weights
     requests = received(tmp_path / "requests.jsonl")
     posts = [request for request in requests if request["method"] == "POST"]
     assert posts and all(request["path"] == "/generate" for request in posts)

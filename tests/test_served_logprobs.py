@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 import popalign
-from helpers import build, save_tiny_model
+from helpers import POPALIGN, build, run_offline, save_tiny_model
 from logprob_server import KINDS, MODEL_ID, received, serve_logprobs
 from popalign import JudgeOptions, ScoreOptions
-from popalign.backends.endpoint_scorer import PROTOCOLS, EndpointScorer
+from popalign.backends.endpoint_scorer import PROTOCOLS, EndpointScorer, checked_total
 from popalign.backends.local import LocalBackend
+from popalign.cache import open_cache
+from popalign.config import Endpoints
 from popalign.dataset.schema import make_row
 from popalign.errors import BackendError, ConfigError
 from popalign.judging import judge_chats, likelier_letter, verdict
@@ -26,6 +28,7 @@ from popalign.templates import TemplateSet
 
 # Served and local log-probs differ by float32 summation order and padding only (as in test_score).
 TOLERANCE = 1e-3
+TEMPLATES = Path(__file__).parent / "scripted_templates"
 ADAPTER = "org/smollm2-adapter"  # a second model the vLLM stand-in lists, as a LoRA adapter would be
 INSTRUCTIONS = ("Give one tip for writing clear emails.", "Name a good habit for learning a language.")
 ANSWERS = (
@@ -77,7 +80,7 @@ def test_each_protocol_scores_equal_the_local_scores(smollm2, servers, kind: str
     local, _, _ = score_rows(given, scorer=LocalScorer(smollm2, ModelSpec("smollm2")), render=render(smollm2),
                              context=context)  # fmt: skip
     address = f"{url}#{MODEL_ID}" if kind == "vllm" else url  # vLLM lists two models: one is named
-    scorer = EndpointScorer(address, token=None, tokenizer=smollm2.tokenizer("smollm2"))  # protocol: auto
+    scorer = EndpointScorer(address, tokenizer=smollm2.tokenizer("smollm2"))  # protocol: auto
     weights = {"tgi": "v1", "vllm": f"/srv/v1/{MODEL_ID}", "sglang": f"{MODEL_ID}#v1"}[kind]
     assert scorer.name == f"{kind}:{MODEL_ID}@{weights}"  # what the server says of its weights keys the cache
     served, _, stats = score_rows(given, scorer=scorer, render=render(smollm2), context=context)
@@ -113,7 +116,7 @@ def test_a_tokenizer_that_adds_a_bos_scores_alike_on_every_protocol(tmp_path: Pa
     for kind in KINDS:
         with serve_logprobs(tmp_path / f"{kind}.jsonl", kind, model=str(model)) as url:
             address = f"{url}#{MODEL_ID}" if kind == "vllm" else url
-            scorer = EndpointScorer(address, token=None, tokenizer=tokenizer)
+            scorer = EndpointScorer(address, tokenizer=tokenizer)
             served, _, _ = score_rows(given, scorer=scorer, render=render, context=context)
         assert served == pytest.approx(local, abs=TOLERANCE), kind
 
@@ -121,7 +124,7 @@ def test_a_tokenizer_that_adds_a_bos_scores_alike_on_every_protocol(tmp_path: Pa
 @pytest.mark.slow
 def test_trtllm_serve_is_not_taken_for_vllm(tmp_path: Path) -> None:
     with serve_logprobs(tmp_path / "trt.jsonl", "trtllm") as url, pytest.raises(BackendError) as refused:
-        EndpointScorer(url, token=None, tokenizer=None)
+        EndpointScorer(url, tokenizer=None)
     assert "answers /version as vLLM does, but its /v1/models says owned_by tensorrt_llm" in str(refused.value)
 
 
@@ -129,21 +132,18 @@ def test_trtllm_serve_is_not_taken_for_vllm(tmp_path: Path) -> None:
 def test_a_served_scorer_is_refused_in_one_line_when_it_cannot_answer(smollm2, servers, scripted) -> None:
     vllm, tgi = servers["vllm"][0], servers["tgi"][0]
     with pytest.raises(BackendError, match=f"endpoint {vllm}: serves several models .*{ADAPTER}.*name one"):
-        EndpointScorer(vllm, token=None, tokenizer=None)
+        EndpointScorer(vllm, tokenizer=None)
     with pytest.raises(BackendError, match="serves no model 'org/none'"):
-        EndpointScorer(f"{vllm}#org/none", token=None, tokenizer=None)
-    assert EndpointScorer(f"{vllm}#{ADAPTER}", token=None, tokenizer=None).model == ADAPTER
+        EndpointScorer(f"{vllm}#org/none", tokenizer=None)
+    assert EndpointScorer(f"{vllm}#{ADAPTER}", tokenizer=None).model == ADAPTER
     with pytest.raises(BackendError, match=f"TGI endpoint {tgi}: serves '{MODEL_ID}', not 'org/other'"):
-        EndpointScorer(f"{tgi}#org/other", token=None, tokenizer=None)
-    wrong = EndpointScorer(
-        tgi, token=None, tokenizer=smollm2.tokenizer("smollm2"), protocol="sglang"
-    )  # named by hand, and wrongly
-    with pytest.raises(
-        BackendError, match=f"SGLang endpoint {tgi}: HTTP 422 on {tgi}/generate .*missing field `inputs`"
-    ):
+        EndpointScorer(f"{tgi}#org/other", tokenizer=None)
+    wrong = EndpointScorer(tgi, tokenizer=smollm2.tokenizer("smollm2"), protocol="sglang")  # named by hand, and wrongly
+    says = f"SGLang endpoint {tgi}: request refused \\(HTTP 422: .*missing field `inputs`\\) on {tgi}/generate$"
+    with pytest.raises(BackendError, match=says):
         list(wrong.logprobs(["Hello there."]))
     with pytest.raises(BackendError) as refused:  # an OpenAI-style server has no prompt log-probs
-        EndpointScorer(scripted[0], token=None, tokenizer=None)
+        EndpointScorer(scripted[0], tokenizer=None)
     assert str(refused.value) == (
         f"endpoint {scripted[0]}: answers none of TGI's /info, SGLang's /get_model_info and vLLM's /version, so it has "
         "no prompt log-probs to give (name its protocol with --score-protocol)"
@@ -203,7 +203,7 @@ def test_an_endpoint_judge_without_a_letter_is_read_from_top_logprobs(smollm2, s
 
 def test_a_protocol_for_a_local_scorer_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"^score_protocol: vllm is for a served scoring model; smollm2 is local$"):
-        score_settings(ScoreOptions(model="smollm2", protocol="vllm"), None, "smollm2", None)
+        score_settings(ScoreOptions(model="smollm2", protocol="vllm"), None, "smollm2", Endpoints())
     with pytest.raises(ConfigError, match=r"^score_protocol: expected one of auto, tgi, vllm, sglang, got 'tei'$"):
         ScoreOptions(protocol="tei")
 
@@ -233,5 +233,75 @@ def _answers(values: list) -> dict[str, dict]:
 )
 def test_every_served_log_prob_is_checked(kind: str, values: list, says: str) -> None:
     with pytest.raises(ValueError, match=re.escape(says)):
-        PROTOCOLS[kind].read(_answers(values)[kind])
-    assert PROTOCOLS[kind].read(_answers([None, -1.0, -0.25])[kind]) == -1.25
+        checked_total(PROTOCOLS[kind].read(_answers(values)[kind]))
+    assert checked_total(PROTOCOLS[kind].read(_answers([None, -1.0, -0.25])[kind])) == -1.25
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kind", "fault", "says"),
+    [
+        ("tgi", "nan", "prompt position 1 has log-prob nan, not a finite number <= 0"),
+        ("vllm", "null", "prompt position 1 has no log-prob (only the first may have none)"),
+        ("sglang", "true", "prompt position 1 has log-prob True, not a finite number <= 0"),
+        ("tgi", "positive", "prompt position 1 has log-prob 1e+300, not a finite number <= 0"),
+        ("tgi", "one", "2 prompt log-probs for a text of"),
+        ("vllm", "one", "2 prompt log-probs for a text of"),
+        ("sglang", "one", "2 prompt log-probs for a text of"),
+    ],
+)
+def test_a_bad_reading_is_refused_in_one_line_and_never_cached(
+    smollm2, kind: str, fault: str, says: str, tmp_path: Path
+) -> None:
+    """A log-prob that is not a finite number at most 0, or not one per token of the text, stops the scoring in
+    one line; nothing of it is cached, so a rerun against a healthy server computes every score."""
+    context, given, cache = StrategyContext(TemplateSet(), seed=0), rows(), open_cache(True, tmp_path / "cache")
+    tokenizer = smollm2.tokenizer("smollm2")
+    address = lambda url: f"{url}#{MODEL_ID}" if kind == "vllm" else url  # noqa: E731
+    with serve_logprobs(tmp_path / "bad.jsonl", kind, fault=fault) as url:
+        scorer = EndpointScorer(address(url), tokenizer=tokenizer)
+        with pytest.raises(BackendError) as refused:
+            score_rows(given, scorer=scorer, render=render(smollm2), context=context, cache=cache)
+    label = {"tgi": "TGI", "vllm": "vLLM", "sglang": "SGLang"}[kind]
+    assert str(refused.value).startswith(f"{label} endpoint {url}: unreadable answer ({says}")
+    assert str(refused.value).endswith("; nothing of it is cached") and "\n" not in str(refused.value)
+    with serve_logprobs(tmp_path / "good.jsonl", kind) as url:
+        _, _, stats = score_rows(given, scorer=EndpointScorer(address(url), tokenizer=tokenizer),
+                                 render=render(smollm2), context=context, cache=cache)  # fmt: skip
+    assert stats.computed == 16 and stats.cached == 0
+
+
+@pytest.mark.slow
+def test_a_busy_server_is_retried_as_generation_is(smollm2, tmp_path: Path) -> None:
+    context, given, log = StrategyContext(TemplateSet(), seed=0), rows(), tmp_path / "requests.jsonl"
+    with serve_logprobs(log, "tgi", fail_first=3) as url:
+        scorer = EndpointScorer(url, tokenizer=smollm2.tokenizer("smollm2"), endpoints=Endpoints(retries=4))
+        scores, _, stats = score_rows(given, scorer=scorer, render=render(smollm2), context=context)
+    assert stats.computed == 16 and len(set(scores)) > 2
+    assert len([request for request in received(log) if request["method"] == "POST"]) == 16 + 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fault", "says"),
+    [
+        ("huge", "still failing after 2 attempts (answer of 5,0"),
+        ("drip", "still failing after 2 attempts (no whole answer within 5 s (--timeout))"),
+    ],
+)
+def test_popalign_score_bounds_each_served_answer(fault: str, says: str, scripted, tmp_path: Path) -> None:
+    """`popalign score` asks a served scorer within generation's bounds, declared once (`--timeout`, `--retries`):
+    an answer past the size a text's tokens allow is abandoned as it arrives, one dripped a byte at a time ends at
+    the deadline; both are retried, then refused in one line (the API takes the same `Endpoints`)."""
+    result, out = build(tmp_path, scripted[0], "--strategies", "prefix", "--limit", "2")
+    assert result.returncode == 0, result.stderr
+    with serve_logprobs(tmp_path / "requests.jsonl", "tgi", fault=fault) as url:
+        bounds = Endpoints(timeout=5, retries=2, concurrency=2)  # one forward pass at a time: a short queue
+        flags = ["--score-model", url, "--timeout", "5", "--retries", "2", "--concurrency", "2", "--no-cache",
+                 "--templates", TEMPLATES]  # fmt: skip
+        refused = run_offline(POPALIGN, "score", out, *flags, HF_HUB_OFFLINE="0")
+        with pytest.raises(BackendError) as raised:
+            popalign.score(out, ScoreOptions(model=url), endpoints=bounds, templates=TEMPLATES, cache=False)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert refused.stderr.startswith(f"popalign: error: TGI endpoint {url}: {says}")
+    assert str(raised.value).startswith(f"TGI endpoint {url}: {says}")

@@ -233,12 +233,13 @@ def score(
     *,
     templates: str | Path | None = None,
     batch_size: int = 8,
-    token: str | None = None,
+    endpoints: Endpoints | None = None,
     cache_dir: str | Path | None = None,
     cache: bool = True,
 ) -> Build:
     """Add DLMA self-reward scores (`score`, `score_per_token`), curation and a quality report to a build,
-    rewriting its folder whole; `templates` are the ones the build used.
+    rewriting its folder whole; `templates` are the ones the build used; a served scoring model is asked as
+    `endpoints` say (deadline, retries, key), as generation is.
 
     >>> options = ScoreOptions(model=TINY_MODEL, swap="swap")  # any model spec, or a TGI, vLLM or SGLang URL
     >>> scored = popalign.score(COPY, options, templates=TEMPLATES, cache=False)
@@ -257,7 +258,7 @@ def score(
     default_model = open_manifest(path).roles.get("default", EMBEDDED)  # not a build: refused, nothing written
     with claimed(path):  # a second command on this folder meanwhile is refused
         template_set = TemplateSet(Path(templates) if templates else None)
-        settings = score_settings(options or ScoreOptions(), None, default_model, token, batch_size)
+        settings = score_settings(options or ScoreOptions(), None, default_model, endpoints or Endpoints(), batch_size)
         summary = score_dataset(path, templates=template_set, scoring=settings, cache=open_cache(cache, cache_dir))
     return Build(path, open_manifest(path), summary)
 

@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="add DLMA self-reward scores, curation and a quality report to a build")
     score.add_argument("dir", type=Path, help="a folder written by `popalign build`")
     add_settings(score, BuildConfig, only=("templates", "cache_dir", "cache", "batch_size"), defaults={"batch_size": 8})
-    add_settings(score, Endpoints, only=("token",))
+    add_settings(score.add_argument_group("endpoints (a served scoring model)"), Endpoints)
     add_settings(score.add_argument_group("scoring (DLMA self-reward, curation, curriculum)"), ScoreOptions)
     score.set_defaults(func=_score)
 
@@ -269,7 +269,7 @@ def _score(args: argparse.Namespace) -> int:
     given = {key: check_setting(key, value) for key, value in _given(args, "dir").items()}
     api.quiet_libraries()
     run = _run_settings(given, "templates", "batch_size", "cache_dir", "cache")
-    built = api.score(args.dir, group_of(ScoreOptions, given), token=group_of(Endpoints, given).token, **run)
+    built = api.score(args.dir, group_of(ScoreOptions, given), endpoints=group_of(Endpoints, given), **run)
     _print_quality(built.summary)
     print(f"rewrote {built.path} in {built.summary.seconds:.0f} s (scores, quality/*.png, README.md)")
     return 0

@@ -20,7 +20,8 @@ from popalign.errors import ConfigError
 #: Query parameters that hold a key rather than a setting.
 KEY_PARAMETERS = ("api_key", "apikey", "key", "token", "access_token")
 HUGGING_FACE_DOMAINS = ("huggingface.co", "hf.co", "huggingface.cloud", "hf.space")
-_USER_PART = re.compile(r"^(?P<scheme>(?:[a-zA-Z][a-zA-Z0-9+.-]*://)?)[^/?#]*@")
+#: What comes before a URL's authority, written rightly or not (`http://`, `http//`, `http:/`, none).
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:?/+")
 
 
 def split_credentials(url: str) -> tuple[str, str | None]:
@@ -31,8 +32,9 @@ def split_credentials(url: str) -> tuple[str, str | None]:
     >>> split_credentials("https://host/v1?api_key=k")
     ('https://host/v1', 'Bearer k')
     """
-    parts = urlsplit(url.strip())
     clean = redacted(url)
+    check_user_part(url)
+    parts = urlsplit(url.strip())
     header = None
     if parts.username is not None or parts.password is not None:
         pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
@@ -47,12 +49,32 @@ def split_credentials(url: str) -> tuple[str, str | None]:
 
 
 def redacted(url: str) -> str:
-    """`url` as it may be shown or stored: without its user part, query string and fragment.
+    """`url` as it may be shown or stored: without its user part, query string and fragment, found however the URL
+    is written (a `#` or `?` in a password, a scheme mistyped), before anything parses it.
 
-    >>> redacted("http://alice:pw@host:8080/v1?api_key=k")
-    'http://host:8080/v1'
+    >>> redacted("http://alice:pw@host:8080/v1?api_key=k"), redacted("http//alice:p#w@host")
+    ('http://host:8080/v1', 'http//host')
     """
-    return _USER_PART.sub(r"\g<scheme>", url.strip()).split("?")[0].split("#")[0].rstrip("/")
+    text = url.strip()
+    scheme = _SCHEME.match(text)
+    prefix = scheme.group(0) if scheme else ""
+    authority, slash, path = text[len(prefix) :].partition("/")
+    host = authority.rpartition("@")[2]
+    return (prefix + host + slash + path).split("?")[0].split("#")[0].rstrip("/")
+
+
+def check_user_part(url: str) -> None:
+    """Refuse a URL whose user part (what `redacted` takes out before its host) holds a `#` or `?`, which any URL
+    parser reads as the start of its fragment or query, sending a wrong credential to a wrong host.
+
+    Raises:
+        ConfigError: naming the URL without its credentials.
+    """
+    text = url.strip()
+    scheme = _SCHEME.match(text)
+    user = text[len(scheme.group(0)) if scheme else 0 :].partition("/")[0].rpartition("@")[0]
+    if "#" in user or "?" in user:
+        raise ConfigError(f"endpoint {redacted(url)}: its user part holds '#' or '?'; write them as %23 and %3F")
 
 
 def is_hugging_face_host(url: str) -> bool:

@@ -2,22 +2,18 @@
 data will be evaluated on (`--decontaminate FILE|ORG/NAME[:SPLIT]`) is dropped as `contaminated`, and one too close
 to an earlier instruction of the input (`--near-duplicates`) as `near-duplicate`, the first of each group kept.
 
-"Too close" is datatrove's MinHash deduplication (signatures, buckets with the benchmark as an index, clusters), on
-word 3-grams of datatrove's normalised text (lower case, no punctuation, numbers and whitespace folded): with 14
-buckets of 8 hashes, a pair is caught with probability 0.92 at a Jaccard similarity of 0.8 and 0.5 at about 0.72
-(`MINHASH`). datatrove is the `scale` extra; its steps run here in process, on a temporary folder."""
+"Too close" is the same text after datatrove's normalisation (lower case, no punctuation, numbers and whitespace
+folded), or a MinHash match: datatrove's signatures of word 3-grams of that text, in 14 buckets of 8 hashes, two texts
+matching where any bucket is equal (a pair is caught with probability 0.92 at a Jaccard similarity of 0.8 and 0.5 at
+about 0.72; `MINHASH`). Each instruction is compared with every benchmark prompt, whatever the benchmark's own
+near-duplicates (datatrove's index keeps one prompt of each such group, and its clustering then catches one input of
+each); near-duplicates group transitively, as datatrove's clusters do. datatrove is the `scale` extra."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from popalign.extras import require
 from popalign.prompts import Instruction, PromptSet, in_shard
@@ -38,35 +34,83 @@ class Screening:
 
 def screen(instructions: Sequence[Instruction], benchmarks: Sequence[PromptSet], *, near_duplicates: bool) -> Screening:
     """Drop the instructions close to a prompt of any of `benchmarks` (`contaminated`, by source), then, with
-    `near_duplicates`, those close to an earlier kept instruction; both by datatrove's MinHash (`MINHASH`)."""
+    `near_duplicates`, those close to an earlier kept instruction (`_Keys`)."""
     if not benchmarks and not near_duplicates:
         return Screening(list(instructions))
-    with tempfile.TemporaryDirectory(prefix="popalign-minhash-") as scratch:
-        minhash = _MinHash(Path(scratch))
-        own = minhash.signatures([i.text for i in instructions], "input")
-        contaminated: dict[str, list[Instruction]] = {}
-        dropped: set[int] = set()
-        for k, benchmark in enumerate(benchmarks):
-            index = minhash.index(
-                minhash.signatures([i.text for i in benchmark.instructions], f"bench-{k}"), f"index-{k}"
-            )
-            matched = {doc for doc, _ in minhash.clusters(own, f"found-{k}", index)}
-            contaminated[benchmark.source] = [instructions[i] for i in sorted(matched)]
-            dropped |= matched
-        near: list[int] = []
-        if near_duplicates:
-            groups: dict[int, list[int]] = {}
-            for doc, cluster in minhash.clusters(own, "near"):
-                groups.setdefault(cluster, []).append(doc)
-            for members in groups.values():
-                kept = sorted(doc for doc in members if doc not in dropped)
-                near += kept[1:]  # the first of a group stays
+    keys = _Keys()
+    own = [keys.of(i.text) for i in instructions]
+    contaminated: dict[str, list[Instruction]] = {}
+    dropped: set[int] = set()
+    for benchmark in benchmarks:
+        known = {key for prompt in benchmark.instructions for key in keys.of(prompt.text)}
+        matched = {doc for doc, found in enumerate(own) if not found.isdisjoint(known)}
+        contaminated[benchmark.source] = [instructions[i] for i in sorted(matched)]
+        dropped |= matched
+    near: list[int] = []
+    if near_duplicates:
+        groups = _groups(own)
+        firsts: dict[int, int] = {}
+        for doc in range(len(instructions)):
+            if doc not in dropped and firsts.setdefault(groups[doc], doc) != doc:
+                near.append(doc)  # the first kept of a group stays
     dropped |= set(near)
     return Screening(
         [instruction for i, instruction in enumerate(instructions) if i not in dropped],
         contaminated,
         [instructions[i] for i in sorted(near)],
     )
+
+
+def _groups(keys: list[set[Any]]) -> list[int]:
+    """The group of each document: documents sharing a key are in one group, transitively (union-find)."""
+    parent = list(range(len(keys)))
+
+    def root(doc: int) -> int:
+        while parent[doc] != doc:
+            parent[doc] = parent[parent[doc]]
+            doc = parent[doc]
+        return doc
+
+    first: dict[Any, int] = {}
+    for doc, found in enumerate(keys):
+        for key in found:
+            other = first.setdefault(key, doc)
+            parent[root(doc)] = root(other)
+    return [root(doc) for doc in range(len(keys))]
+
+
+class _Keys:
+    """What two texts must share to be too close: their normalised text, or one bucket of datatrove's MinHash
+    signature of it (a text of fewer words than an n-gram has no signature, and is matched by its text alone)."""
+
+    def __init__(self) -> None:
+        require("scale", "--decontaminate and --near-duplicates")
+        from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
+        from datatrove.utils.hashing import HashConfig
+        from datatrove.utils.text import simplify_text
+        from datatrove.utils.word_tokenizers import WordTokenizer
+
+        class Words(WordTokenizer):
+            """Words of text datatrove's normalisation simplified (its own tokenizers need spaCy or NLTK)."""
+
+            def word_tokenize(self, text: str) -> list[str]:
+                return text.split()
+
+            def sent_tokenize(self, text: str) -> list[str]:
+                return [text]
+
+            def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+                return [(0, len(text))]
+
+        config = MinhashConfig(**MINHASH, hash_config=HashConfig(precision=64, hash_fc="sha1"))
+        self.signature = MinhashDedupSignature("memory://popalign-minhash", config=config, language=Words())
+        self.simplify = lambda text: simplify_text(text, config.norm_config)
+
+    def of(self, text: str) -> set[Any]:
+        """The keys of one text: ("text", its normalised form) and (bucket, its hashes) for each bucket."""
+        shingles = self.signature.get_shingles(text)
+        buckets = self.signature.get_signature(shingles) if shingles.size else []
+        return {("text", self.simplify(text)), *((bucket, tuple(hashes)) for bucket, hashes in enumerate(buckets))}
 
 
 def screened(
@@ -107,65 +151,3 @@ def merged_screening(parts: list[dict[str, Any]]) -> dict[str, Any]:
     for k, benchmark in enumerate(merged["benchmarks"]):
         benchmark["contaminated"] = sum(part["benchmarks"][k]["contaminated"] for part in parts)
     return merged
-
-
-class _MinHash:
-    """datatrove's MinHash steps, loaded once (the `scale` extra), run in process on folders of `root`: the input's
-    signatures are file 0 of their folder, each document numbered by its place."""
-
-    def __init__(self, root: Path) -> None:
-        require("scale", "--decontaminate and --near-duplicates")
-        from datatrove.data import Document
-        from datatrove.pipeline.dedup import minhash
-        from datatrove.utils.hashing import HashConfig
-        from datatrove.utils.word_tokenizers import WordTokenizer
-        from loguru import logger
-
-        class Words(WordTokenizer):
-            """Words of text datatrove's normalisation simplified (its own tokenizers need spaCy or NLTK)."""
-
-            def word_tokenize(self, text: str) -> list[str]:
-                return text.split()
-
-            def sent_tokenize(self, text: str) -> list[str]:
-                return [text]
-
-            def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-                return [(0, len(text))]
-
-        logger.disable("datatrove")  # its steps log every stage; popalign reports the counts
-        self.root, self.steps, self.document, self.words = root, minhash, Document, Words()
-        self.config = minhash.MinhashConfig(**MINHASH, hash_config=HashConfig(precision=64, hash_fc="sha1"))
-
-    def signatures(self, texts: list[str], name: str) -> Path:
-        """The signatures of `texts`, in the folder `name`."""
-        documents = (self.document(text=text, id=str(i)) for i, text in enumerate(texts))
-        step = self.steps.MinhashDedupSignature(str(self.root / name), config=self.config, language=self.words)
-        step.run(documents, rank=0, world_size=1)
-        return self.root / name
-
-    def index(self, signatures: Path, name: str) -> Path:
-        """An index of some signatures (a benchmark's), in the folder `name`, one file per bucket."""
-        for bucket in range(self.config.num_buckets):
-            step = self.steps.MinhashBuildIndex(str(signatures), str(self.root / name), name, config=self.config)
-            step.run(bucket=bucket, world_size=self.config.num_buckets)
-        return self.root / name
-
-    def clusters(self, signatures: Path, name: str, index: Path | None = None) -> list[tuple[int, int]]:
-        """(document, cluster) of every input document in a cluster of near-duplicates: against the `index` alone
-        (a benchmark's prompts) when given, else among the input's own documents."""
-        folder = self.root / name
-        for bucket in range(self.config.num_buckets):
-            step = self.steps.MinhashDedupBuckets(
-                str(signatures), str(folder / "dups"), index_folder=str(index) if index else None, config=self.config
-            )
-            step.run(rank=bucket, world_size=self.config.num_buckets)
-        cluster = self.steps.MinhashDedupCluster(
-            str(folder / "dups"), str(folder / "clusters"), config=self.config, save_cluster_id=True
-        )
-        with contextlib.redirect_stderr(io.StringIO()):  # its progress bar, over files read in no time
-            cluster.run(world_size=1)
-        found = folder / "clusters" / "000000.clusters"
-        if not found.is_file():
-            return []
-        return [(int(doc), int(group)) for doc, group in np.fromfile(found, dtype="<u4").reshape(-1, 2)]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from popalign.dataset.folder import SPLITS, config_dir, open_manifest
+from popalign.dataset.integrity import check_build
 from popalign.errors import ConfigError, NotABuildError
 
 FORMATS = ("llamafactory",)
@@ -23,7 +24,8 @@ def export_build(folder: Path, out: Path, *, format: str = "llamafactory", prefi
     (`<prefix>_<config>`, and `_test` for a test split), as `dataset_info.json` names them.
 
     Raises:
-        NotABuildError: `folder` is not a build, or `out` holds something else.
+        NotABuildError: `folder` is not a build, or `out` holds something else, lies inside it or cannot be written.
+        TamperedBuildError: a file of `folder` is not what its manifest records (nothing is written).
         ConfigError: an unknown format.
     """
     import pyarrow.parquet  # loaded when rows are read
@@ -31,9 +33,15 @@ def export_build(folder: Path, out: Path, *, format: str = "llamafactory", prefi
     if format not in FORMATS:
         raise ConfigError(f"format {format!r}: expected one of {', '.join(FORMATS)}")
     manifest = open_manifest(folder)
+    check_build(folder, manifest)
+    if out.absolute().resolve().is_relative_to(folder.absolute().resolve()):
+        raise NotABuildError(f"{out}: inside the build {folder}; export into a folder of its own")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NotABuildError(f"{out}: exists and is not an empty folder; export into a new one")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NotABuildError(f"{out}: cannot create the export folder ({err.strerror})") from err
     info: dict[str, dict[str, Any]] = {}
     counts: dict[str, int] = {}
     for name, config in manifest.configs.items():
@@ -43,9 +51,7 @@ def export_build(folder: Path, out: Path, *, format: str = "llamafactory", prefi
             if not rows:
                 continue
             dataset = f"{prefix}_{name}" + ("" if split == "train" else f"_{split}")
-            (out / f"{dataset}.json").write_text(
-                json.dumps([_ranking(row) for row in rows], ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
-            )
+            _write(out / f"{dataset}.json", json.dumps([_ranking(row) for row in rows], ensure_ascii=False, indent=1))
             info[dataset] = {
                 "file_name": f"{dataset}.json",
                 "formatting": "sharegpt",
@@ -53,8 +59,16 @@ def export_build(folder: Path, out: Path, *, format: str = "llamafactory", prefi
                 "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"},
             }
             counts[dataset] = len(rows)
-    (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    _write(out / "dataset_info.json", json.dumps(info, indent=2))
     return counts
+
+
+def _write(path: Path, text: str) -> None:
+    """One file of the export, refused in one line where it cannot be written (a read-only or full disk)."""
+    try:
+        path.write_text(text + "\n", encoding="utf-8")
+    except OSError as err:
+        raise NotABuildError(f"{path}: cannot write the export ({err.strerror})") from err
 
 
 def _ranking(row: dict[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,19 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
+def escaped(text: str) -> str:
+    """`text` with every control character (an escape sequence that retitles a terminal, a newline that would break
+    a card's table) written as a `\\xNN` escape, as a model's name is printed and published.
+
+    >>> escaped("org/m\\x1b]0;owned\\x07\\nx")
+    'org/m\\\\x1b]0;owned\\\\x07\\\\x0ax'
+    """
+    return _CONTROL.sub(lambda match: f"\\x{ord(match[0]):02x}", text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
     """A role's model: `name`, as outputs show it (never where it lies on a machine); `weights`, what tells its
@@ -54,6 +67,11 @@ class ModelIdentity:
     weights: str = ""
     evidence: str = NAME_ONLY
     served: str = ""
+
+    def __post_init__(self) -> None:
+        # a server names its model as it likes: what is printed and published never holds a control character
+        object.__setattr__(self, "name", escaped(self.name))
+        object.__setattr__(self, "weights", escaped(self.weights))
 
     @property
     def key(self) -> str:

@@ -69,7 +69,7 @@ def run_plan(plan: BuildPlan, out: Path | None = None, *, progress: bool | None 
     local, templates, generations = engine.backends.get("local"), plan.templates(), engine.cache
     scoring = judging = None
     if config.score:
-        scoring = score_settings(config.score, local, str(plan.roles["default"]), config.endpoints.token)
+        scoring = score_settings(config.score, local, str(plan.roles["default"]), config.endpoints)
     if config.judge:
         judging = judge_settings(
             config.judge, templates, generations, config.endpoints, local, config.batch_size, progress

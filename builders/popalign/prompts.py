@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
@@ -196,6 +197,9 @@ def load_hub_prompts(
         cause = err.__cause__ if generic else err  # `datasets` wraps what is wrong with a file in a generic error
         reason = " ".join(str(cause).split())[:200]
         raise PromptsError(f"{spec}: cannot read this Hub dataset ({type(cause).__name__}: {reason})") from err
+    except (httpx2.TransportError, OSError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise PromptsError(f"{spec}: cannot reach the Hub ({type(err).__name__}: {reason}); give a local file") from err
     finally:
         datasets.logging.set_verbosity(verbosity)
     if not read:

@@ -281,8 +281,9 @@ def _stage(
             shutil.copytree(folder / extra, staging / extra)
     if (folder / RECIPE).is_file():
         shutil.copy2(folder / RECIPE, staging / RECIPE)
+    published = replace(manifest, digests=None)  # the local folder's: a release may keep configs of an earlier one
     (staging / MANIFEST).write_text(
-        json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        json.dumps(published.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     (staging / VERSIONS).write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
     for name, text in card_files(manifest, repo_id=repo_id, versions=history).items():

@@ -16,7 +16,7 @@ from typing import ClassVar
 from urllib.parse import urlsplit
 
 from popalign.contrasts import STRATEGIES
-from popalign.credentials import redacted, split_credentials
+from popalign.credentials import check_user_part, redacted, split_credentials
 from popalign.errors import BackendError, ConfigError
 from popalign.model_identity import FINGERPRINT, HUB_COMMIT, HUB_ID, ModelIdentity, fingerprint, hub_commit, is_hub_id
 from popalign.resources import embedded_model_path
@@ -191,6 +191,8 @@ class EndpointSpec:
         >>> EndpointSpec.parse("http://vllm:8000#meta-llama/Llama-3.1-8B-Instruct").model
         'meta-llama/Llama-3.1-8B-Instruct'
         """
+        for url in text.split(","):  # before `#MODEL` is split off: a `#` in a password is not a model's name
+            check_user_part(url)
         text, hashed, named = text.partition("#")
         named = named.strip()
         if hashed and not named:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from popalign.backends import check_installed, local_backend
 from popalign.backends.endpoint_scorer import EndpointScorer
 from popalign.cache import GenerationCache
-from popalign.config import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES, ScoreOptions
+from popalign.config import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES, Endpoints, ScoreOptions
 from popalign.contrasts import STRATEGIES
 from popalign.dataset.quality import quality_report, write_histogram
 from popalign.dataset.rows import StrategyOutcome
@@ -212,10 +212,14 @@ class ScoreSettings:
 
 
 def score_settings(
-    options: ScoreOptions, backend: LocalBackend | None, default_model: str, token: str | None, batch_size: int = 8
+    options: ScoreOptions,
+    backend: LocalBackend | None,
+    default_model: str,
+    endpoints: Endpoints,
+    batch_size: int = 8,
 ) -> ScoreSettings:
-    """The scorer, prompt renderer and curation that `options` ask for: a served model (TGI, vLLM or SGLang), or
-    a local model on `backend` (a build's own local backend, when it has one)."""
+    """The scorer, prompt renderer and curation that `options` ask for: a served model (TGI, vLLM or SGLang, asked
+    as `endpoints` say), or a local model on `backend` (a build's own local backend, when it has one)."""
     spec = parse_spec(options.model or default_model)
     if spec.kind != "endpoint" and options.protocol != "auto":
         raise ConfigError(f"score_protocol: {options.protocol} is for a served scoring model; {spec} is local")
@@ -225,7 +229,7 @@ def score_settings(
     if spec.kind == "endpoint":
         tokenizer = backend.tokenizer(ModelSpec.parse(options.tokenizer).location)
         scorer: Scorer = EndpointScorer(
-            options.model or default_model, token=token, tokenizer=tokenizer, protocol=options.protocol
+            options.model or default_model, tokenizer=tokenizer, endpoints=endpoints, protocol=options.protocol
         )
     else:
         scorer, tokenizer = LocalScorer(backend, spec), backend.tokenizer(spec.location)

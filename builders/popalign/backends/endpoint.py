@@ -117,7 +117,7 @@ class RetryPolicy:
 
 
 @dataclass
-class _Failure:
+class Failure:
     reason: str
     retry_after: float | None = None
     fatal: bool = False
@@ -417,7 +417,7 @@ class EndpointBackend:
         on_retry: OnRetry,
     ) -> _T:
         """`call` on a replica until it answers: the retry, resting and probing rules of the module's doc."""
-        failure = _Failure("no attempt made")
+        failure = Failure("no attempt made")
         for attempt in range(self.retry.attempts):
             await endpoint.slots.acquire()  # a slot on some answering replica; which one is picked then
             try:
@@ -430,11 +430,11 @@ class EndpointBackend:
                             await self._verify(endpoint, replica)
                         answer = await asyncio.wait_for(call(replica), timeout=self.timeout)
                     except TimeoutError:
-                        failure = _Failure(f"no whole answer within {self.timeout:g} s (--timeout)")
+                        failure = Failure(f"no whole answer within {self.timeout:g} s (--timeout)")
                     except _Unavailable as err:
-                        failure = _Failure(str(err).removeprefix(f"endpoint {replica.url}: "))
+                        failure = Failure(str(err).removeprefix(f"endpoint {replica.url}: "))
                     except Exception as err:  # classified below; anything unknown is re-raised
-                        failure = _classify(err)
+                        failure = classify(err)
                     else:
                         self._answered(endpoint, replica, probe)
                         endpoint.ever_answered = True
@@ -524,7 +524,7 @@ class EndpointBackend:
         """POST a chat completion to a replica and read its JSON answer, no further than `limit` bytes, in the
         replica's own terms: a server that refuses `max_tokens` for `max_completion_tokens` (OpenAI's reasoning
         models) is asked again at once with that name, one that refuses a `NEUTRAL` field at its neutral value, or
-        `response_format`, without it, and the replica keeps to each. Any other error status is `_HTTPStatus`,
+        `response_format`, without it, and the replica keeps to each. Any other error status is `HTTPStatus`,
         except a 400 or 422 naming one of the `optional` fields the payload carries (mapped to the setting that sent
         it): the endpoint does not take it, which no retry mends, so the run stops with one line saying which."""
         url, headers = openai_url(replica.url, "chat/completions"), replica.headers
@@ -534,7 +534,7 @@ class EndpointBackend:
             if not (key in replica.left_out and value == NEUTRAL.get(key, value))
         }
         async with replica.http.stream("POST", url, json=asked, headers=headers, timeout=self.timeout) as sent:
-            body = await _read_capped(sent, limit)
+            body = await read_capped(sent, limit)
         if sent.status_code >= 400:
             text = body.decode("utf-8", "replace")
             message, param = server_message(text)
@@ -554,10 +554,10 @@ class EndpointBackend:
                     f"endpoint {replica.url}: does not take {refused[0]} (HTTP {sent.status_code}: "
                     f"{first_line(message)[:160]}); leave {flag} out for this endpoint"
                 )
-            raise _HTTPStatus(sent.status_code, sent.headers.get("Retry-After"), text)
+            raise HTTPStatus(sent.status_code, sent.headers.get("Retry-After"), text)
         return json.loads(body)
 
-    def _refused_at_start(self, endpoint: _Endpoint, replica: _Replica, failure: _Failure) -> None:
+    def _refused_at_start(self, endpoint: _Endpoint, replica: _Replica, failure: Failure) -> None:
         """Stop the run when the endpoint has answered nothing yet and refused `REFUSED_AT_START` requests for the
         same reason: it refuses what every request carries, and each more request would be refused too."""
         if endpoint.ever_answered:
@@ -637,7 +637,7 @@ class EndpointBackend:
             replica.failures, replica.resting_until, replica.probing = 0, 0.0, False
             endpoint.wake()
 
-    def _failed(self, endpoint: _Endpoint, replica: _Replica, failure: _Failure, sent_at: float, probe: bool) -> None:
+    def _failed(self, endpoint: _Endpoint, replica: _Replica, failure: Failure, sent_at: float, probe: bool) -> None:
         """Count a failure, unless the request was sent before the replica's last counted failure (a burst of
         concurrent failures counts once); rest the replica when it asks (`Retry-After`, capped) or after
         `REST_AFTER` failures in a row with no answer for `base` seconds, for at most `MAX_REST` seconds."""
@@ -734,21 +734,21 @@ def openai_url(url: str, route: str) -> str:
     return f"{base}/{route}" if base.endswith("/v1") else f"{base}/v1/{route}"
 
 
-async def _read_capped(response: httpx2.Response, limit: int) -> bytes:
-    """A response's body, abandoned (`_Oversized`) as soon as it passes `limit` bytes."""
+async def read_capped(response: httpx2.Response, limit: int, allowed_by: str = "its max_new_tokens") -> bytes:
+    """A response's body, abandoned (`Oversized`) as soon as it passes `limit` bytes (what `allowed_by` allows)."""
     length = response.headers.get("Content-Length", "")
     if length.isdigit() and int(length) > limit:
-        raise _Oversized(f"answer of {int(length):,} bytes, over the {limit:,} its max_new_tokens allow")
+        raise Oversized(f"answer of {int(length):,} bytes, over the {limit:,} {allowed_by} allow")
     chunks, size = [], 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > limit:
-            raise _Oversized(f"answer over the {limit:,} bytes its max_new_tokens allow")
+            raise Oversized(f"answer over the {limit:,} bytes {allowed_by} allow")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-class _HTTPStatus(Exception):
+class HTTPStatus(Exception):
     """An endpoint answered an HTTP error status."""
 
     def __init__(self, status: int, retry_after: str | None, text: str) -> None:
@@ -756,29 +756,29 @@ class _HTTPStatus(Exception):
         self.status, self.retry_after, self.text = status, retry_after, text
 
 
-class _Oversized(Exception):
+class Oversized(Exception):
     """An answer longer than its `max_new_tokens` allow."""
 
 
-def _classify(err: Exception) -> _Failure:
+def classify(err: Exception) -> Failure:
     """What a failed call means: retry (with the server's `Retry-After`), refuse this request, or stop."""
-    if isinstance(err, _HTTPStatus):
+    if isinstance(err, HTTPStatus):
         status = err.status
         if status in FATAL_STATUS:
-            return _Failure(f"{FATAL_STATUS[status]} (HTTP {status})", fatal=True)
+            return Failure(f"{FATAL_STATUS[status]} (HTTP {status})", fatal=True)
         if status in RETRYABLE_STATUS:
-            return _Failure(f"HTTP {status}", retry_after=_retry_after(err.retry_after))
+            return Failure(f"HTTP {status}", retry_after=_retry_after(err.retry_after))
         message, param = server_message(err.text)
         named = f"; the field it names: {param}" if param else ""
-        return _Failure(f"request refused (HTTP {status}: {first_line(message)[:200]}{named})", refused=True)
-    if isinstance(err, _Oversized):
-        return _Failure(str(err))
+        return Failure(f"request refused (HTTP {status}: {first_line(message)[:200]}{named})", refused=True)
+    if isinstance(err, Oversized):
+        return Failure(str(err))
     if isinstance(err, httpx2.TimeoutException):
-        return _Failure("timed out")
+        return Failure("timed out")
     if isinstance(err, httpx2.TransportError):
-        return _Failure(f"connection failed ({type(err).__name__}: {err})")
+        return Failure(f"connection failed ({type(err).__name__}: {err})")
     if isinstance(err, ValueError | KeyError | TypeError | IndexError | AttributeError):
-        return _Failure(f"unreadable answer ({type(err).__name__}: {err})")
+        return Failure(f"unreadable answer ({type(err).__name__}: {err})")
     raise err
 
 

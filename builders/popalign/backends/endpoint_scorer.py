@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +33,21 @@ import httpx2
 from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.utils import get_async_session
 
-from popalign.backends.endpoint import choose_model, openai_url
-from popalign.config import SCORE_PROTOCOLS
+from popalign.backends.endpoint import (
+    ENVELOPE_BYTES,
+    Failure,
+    HTTPStatus,
+    Oversized,
+    RetryPolicy,
+    choose_model,
+    classify,
+    openai_url,
+    read_capped,
+)
+from popalign.config import SCORE_PROTOCOLS, Endpoints
 from popalign.credentials import authorization
 from popalign.errors import BackendError, ConfigError, first_line
+from popalign.model_identity import escaped
 from popalign.roles import EndpointSpec
 
 #: The largest log-prob taken as read: 0 (a certainty), with room for a server's rounding.
@@ -85,11 +97,15 @@ def checked_total(values: list[Any]) -> float:
     return total
 
 
-def _tgi_sum(answer: dict[str, Any]) -> float:
+def _tgi_tokens(text: str, tokenizer: Any) -> int:
+    return len(tokenizer(_tgi_body(text, None, tokenizer)["inputs"])["input_ids"])  # with the specials TGI adds
+
+
+def _tgi_values(answer: dict[str, Any]) -> list[Any]:
     prefill = (answer.get("details") or {}).get("prefill") or []
     if not prefill:
         raise _Unreadable("no prefill log-probs in the answer")
-    return checked_total([token.get("logprob") for token in prefill])
+    return [token.get("logprob") for token in prefill]
 
 
 def _vllm_body(text: str, model: str | None, tokenizer: Any) -> dict[str, Any]:
@@ -98,9 +114,13 @@ def _vllm_body(text: str, model: str | None, tokenizer: Any) -> dict[str, Any]:
             "add_special_tokens": False}  # fmt: skip
 
 
-def _vllm_sum(answer: dict[str, Any]) -> float:
-    """The sum of `prompt_logprobs`: per position after the first, a map from token id to its log-prob, which
-    with `prompt_logprobs: 0` holds the prompt's own token only (else `prompt_token_ids` says which it is)."""
+def _plain_tokens(text: str, tokenizer: Any) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _vllm_values(answer: dict[str, Any]) -> list[Any]:
+    """`prompt_logprobs`: per position after the first, a map from token id to its log-prob, which with
+    `prompt_logprobs: 0` holds the prompt's own token only (else `prompt_token_ids` says which it is)."""
     choice = answer["choices"][0]
     positions, ids = choice.get("prompt_logprobs"), choice.get("prompt_token_ids")
     if not positions:
@@ -115,7 +135,7 @@ def _vllm_sum(answer: dict[str, Any]) -> float:
         if len(entry) != 1:
             raise _Unreadable(f"prompt position {index} lists {len(entry)} tokens and the answer no prompt_token_ids")
         values.append(next(iter(entry.values()))["logprob"])
-    return checked_total(values)
+    return values
 
 
 def _sglang_body(text: str, model: str | None, tokenizer: Any) -> dict[str, Any]:
@@ -125,33 +145,50 @@ def _sglang_body(text: str, model: str | None, tokenizer: Any) -> dict[str, Any]
             "logprob_start_len": 0}  # fmt: skip
 
 
-def _sglang_sum(answer: dict[str, Any]) -> float:
-    """The sum of `input_token_logprobs`, `[logprob, token_id, text]` per prompt token (the first has none)."""
+def _sglang_values(answer: dict[str, Any]) -> list[Any]:
+    """`input_token_logprobs`, `[logprob, token_id, text]` per prompt token (the first has none)."""
     entries = (answer.get("meta_info") or {}).get("input_token_logprobs")
     if not entries:
         raise _Unreadable("no input_token_logprobs in the answer")
-    return checked_total([entry[0] for entry in entries])
+    return [entry[0] for entry in entries]
 
 
 @dataclass(frozen=True)
 class Protocol:
     """How one kind of server is asked for LP: the route only it has and a key its JSON answer holds, where LP is
-    asked, and how."""
+    asked and how, how many tokens it reads a text as (one log-prob each), and where its answer holds them."""
 
     label: str
     probe: str
     key: str
     route: Callable[[str], str]
     body: Callable[[str, str | None, Any], dict[str, Any]]
-    read: Callable[[dict[str, Any]], float]
+    tokens: Callable[[str, Any], int]
+    read: Callable[[dict[str, Any]], list[Any]]
 
 
 PROTOCOLS = {
-    "tgi": Protocol("TGI", "/info", "model_id", lambda url: native_url(url, "generate"), _tgi_body, _tgi_sum),
-    "sglang": Protocol(
-        "SGLang", "/get_model_info", "model_path", lambda url: native_url(url, "generate"), _sglang_body, _sglang_sum
+    "tgi": Protocol(
+        "TGI", "/info", "model_id", lambda url: native_url(url, "generate"), _tgi_body, _tgi_tokens, _tgi_values
     ),
-    "vllm": Protocol("vLLM", "/version", "version", lambda url: openai_url(url, "completions"), _vllm_body, _vllm_sum),
+    "sglang": Protocol(
+        "SGLang",
+        "/get_model_info",
+        "model_path",
+        lambda url: native_url(url, "generate"),
+        _sglang_body,
+        _plain_tokens,
+        _sglang_values,
+    ),
+    "vllm": Protocol(
+        "vLLM",
+        "/version",
+        "version",
+        lambda url: openai_url(url, "completions"),
+        _vllm_body,
+        _plain_tokens,
+        _vllm_values,
+    ),
 }
 assert set(PROTOCOLS) == set(SCORE_PROTOCOLS) - {"auto"}
 
@@ -177,14 +214,7 @@ class EndpointScorer:
     """
 
     def __init__(
-        self,
-        url: str,
-        *,
-        token: str | None,
-        tokenizer: Any,
-        protocol: str = "auto",
-        concurrency: int = 16,
-        chunk: int = 256,
+        self, url: str, *, tokenizer: Any, endpoints: Endpoints | None = None, protocol: str = "auto", chunk: int = 256
     ) -> None:
         spec = EndpointSpec.parse(url)
         if len(spec.urls) > 1:
@@ -192,14 +222,17 @@ class EndpointScorer:
         if protocol not in SCORE_PROTOCOLS:
             raise ConfigError(f"score_protocol: expected one of {', '.join(SCORE_PROTOCOLS)}, got {protocol!r}")
         self.url, self.model, self.tokenizer = spec.urls[0], spec.model, tokenizer
+        endpoints = endpoints or Endpoints()
         credential = spec.credentials[0] if spec.credentials else None
-        header = authorization(self.url, url_credential=credential, token=token)
+        header = authorization(self.url, url_credential=credential, token=endpoints.token)
         self.headers = {"Authorization": header} if header else {}
-        self.concurrency, self.chunk = concurrency, chunk
+        self.concurrency, self.timeout, self.chunk = endpoints.concurrency, endpoints.timeout, chunk
+        self.retry = RetryPolicy(attempts=endpoints.retries, max_wait=endpoints.max_retry_wait)
         protocol, self.model, served, weights = asyncio.run(self._resolve(protocol))
         self.protocol = PROTOCOLS[protocol]
         #: What keys its cached LP: the server kind and what it says of its weights (else where it is).
-        self.name = f"{protocol}:{served}@{weights}" if weights else f"{protocol}:{self.url}#{served}"
+        name = f"{protocol}:{served}@{weights}" if weights else f"{protocol}:{self.url}#{served}"
+        self.name = escaped(name)  # as the server says it, but never a control character
 
     def logprobs(self, texts: list[str]) -> Iterator[tuple[list[int], list[float]]]:
         """Yield `(indices into texts, their LP)` for each chunk of `chunk` texts, asked `concurrency` at a time."""
@@ -274,23 +307,88 @@ class EndpointScorer:
         )  # fmt: skip
 
     async def _sums(self, texts: list[str]) -> list[float]:
-        protocol, limit = self.protocol, asyncio.Semaphore(self.concurrency)
-        address = protocol.route(self.url)
+        """LP of each text, `concurrency` at a time; the first failure cancels the others and is raised alone."""
+        limit = asyncio.Semaphore(self.concurrency)
         async with get_async_session() as http:
 
             async def one(text: str) -> float:
                 async with limit:
-                    body = protocol.body(text, self.model, self.tokenizer)
-                    response = await http.post(address, json=body, headers=self.headers, timeout=120)
-                if response.status_code >= 400:
-                    shown = first_line(response.text[:200]) if response.text else ""
-                    raise self._failed(f"HTTP {response.status_code} on {address} {shown}".rstrip(), protocol.label)
-                try:
-                    return protocol.read(json.loads(response.content))
-                except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
-                    raise self._failed(f"unreadable answer ({first_line(err)})", protocol.label) from None
+                    return await self._sum(http, text)
 
+            tasks = [asyncio.ensure_future(one(text)) for text in texts]
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            failed = next((task.exception() for task in tasks if task in done and task.exception()), None)
+            if failed:
+                raise failed
+            return [task.result() for task in tasks]
+
+    async def _sum(self, http: httpx2.AsyncClient, text: str) -> float:
+        """LP of one text, asked as generation asks: each try within `timeout` seconds whole and `answer_bytes`
+        long, a failed try retried with backoff; a reading that is not one finite log-prob per token is refused."""
+        protocol = self.protocol
+        address, body = protocol.route(self.url), protocol.body(text, self.model, self.tokenizer)
+        tokens = protocol.tokens(text, self.tokenizer)
+        for attempt in range(self.retry.attempts):
+            started = time.monotonic()
             try:
-                return list(await asyncio.gather(*(one(text) for text in texts)))
-            except (httpx2.HTTPError, OSError) as err:
-                raise self._failed(f"{type(err).__name__}: {first_line(err)}", protocol.label) from None
+                answer = await asyncio.wait_for(self._post(http, address, body, tokens), timeout=self.timeout)
+                failure = None
+            except TimeoutError:
+                failure = Failure(f"no whole answer within {self.timeout:g} s (--timeout)")
+            except (HTTPStatus, Oversized, httpx2.HTTPError, OSError) as err:
+                failure = classify(err if isinstance(err, HTTPStatus | Oversized | httpx2.HTTPError) else
+                                   httpx2.TransportError(str(err)))  # fmt: skip
+            if failure is None:
+                return self._read(answer, tokens)
+            if failure.fatal or failure.refused:
+                raise self._failed(f"{failure.reason} on {address}", protocol.label)
+            if attempt + 1 == self.retry.attempts:
+                raise self._failed(
+                    f"still failing after {attempt + 1} attempts ({failure.reason}); scores already read are "
+                    "cached: rerun to resume",
+                    protocol.label,
+                )
+            await asyncio.sleep(self.retry.delay(attempt, failure.retry_after, time.monotonic() - started))
+        raise AssertionError("unreachable: RetryPolicy.attempts is positive")
+
+    async def _post(self, http: httpx2.AsyncClient, address: str, body: dict[str, Any], tokens: int) -> Any:
+        """One try: the answer's JSON, read no further than `answer_bytes(tokens)`."""
+        async with http.stream("POST", address, json=body, headers=self.headers, timeout=self.timeout) as response:
+            content = await read_capped(response, answer_bytes(tokens), f"a text of {tokens} tokens")
+        if response.status_code >= 400:
+            raise HTTPStatus(
+                response.status_code, response.headers.get("Retry-After"), content.decode("utf-8", "replace")
+            )
+        return json.loads(content)
+
+    def _read(self, answer: Any, tokens: int) -> float:
+        """LP from an answer: one finite log-prob per token of the text (the first alone may have none)."""
+        try:
+            values = self.protocol.read(answer)
+            if len(values) != tokens:
+                raise _Unreadable(
+                    f"{len(values)} prompt log-probs for a text of {tokens} tokens (is --score-tokenizer the served "
+                    "model's?)"
+                )
+            return checked_total(values)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+            raise self._failed(
+                f"unreadable answer ({first_line(err)}); nothing of it is cached", self.protocol.label
+            ) from None
+
+
+def answer_bytes(tokens: int) -> int:
+    """The most bytes a log-prob answer for a text of `tokens` tokens may take: each token's entry (its log-prob,
+    id and text, escaped as JSON) is rarely over 200 bytes.
+
+    >>> answer_bytes(1000)
+    1089536
+    """
+    return ENVELOPE_BYTES + SCORE_BYTES_PER_TOKEN * tokens
+
+
+#: Bytes a log-prob answer may take per token of the scored text (vLLM's top entries and decoded text included).
+SCORE_BYTES_PER_TOKEN = 1024

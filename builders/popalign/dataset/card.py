@@ -13,10 +13,11 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from popalign.config import DEFAULT_LICENSE, LICENSE_FILE, Card
 from popalign.contrasts import STRATEGIES
 from popalign.costs import USAGE_KEYS
-from popalign.dataset.folder import CARD, Manifest, split_pattern, write_manifest
+from popalign.dataset.folder import CARD, Manifest, file_digests, split_pattern, write_manifest
 from popalign.dataset.quality import OVERVIEW
 from popalign.errors import ConfigError
 from popalign.judging import PAPER_ACCURACY, paper_judge
+from popalign.model_identity import escaped
 from popalign.prompts import BUNDLED_LABEL
 from popalign.resources import shipped_dir
 from popalign.roles import EMBEDDED, ModelSpec
@@ -90,8 +91,8 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
             "chosen": _styled(name, manifest.styles, "chosen"),
             "rejected": _styled(name, manifest.styles, "rejected"),
             "description": _describe(name, c.get("chosen_model"), c.get("rejected_model")),
-            "chosen_model": c.get("chosen_model") or roles[STRATEGIES[name].chosen_role],
-            "rejected_model": c.get("rejected_model") or roles[STRATEGIES[name].rejected_role],
+            "chosen_model": _cell(c.get("chosen_model") or roles[STRATEGIES[name].chosen_role]),
+            "rejected_model": _cell(c.get("rejected_model") or roles[STRATEGIES[name].rejected_role]),
             "rows": c["rows"] or "0 (no config: every pair dropped)",
             "dropped_text": ", ".join(f"{n} {reason}" for reason, n in c["dropped"].items()) or "0",
             "truncation": c.get("truncation"),
@@ -184,6 +185,11 @@ def _combined_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _cell(text: str) -> str:
+    """A name as one cell of the card's Markdown table: on one line, its `|` not a column's end."""
+    return escaped(text).replace("|", "\\|")
+
+
 def _describe(name: str, chosen_model: str | None, rejected_model: str | None) -> str:
     """A strategy's description; a model contrast between a model and a copy of it with layers removed says so,
     rather than calling the sides larger / higher-ranked."""
@@ -253,11 +259,12 @@ def card_files(manifest: Manifest, *, repo_id: str, versions: list[dict[str, Any
 
 
 def write_card_and_manifest(manifest: Manifest, folder: Path, out: Path) -> None:
-    """The card, then the manifest (last: a folder with a manifest is complete) of the build bound for `out`."""
+    """The card, then the manifest (last: a folder with a manifest is complete) of the build bound for `out`, with
+    the digest of every file the folder holds."""
     manifest = replace(manifest, overview={key: path for key, path in OVERVIEW.items() if (folder / path).is_file()})
     for name, text in card_files(manifest, repo_id=_local_name(out)).items():
         (folder / name).write_text(text, encoding="utf-8")
-    write_manifest(folder, manifest)
+    write_manifest(folder, replace(manifest, digests=file_digests(folder)))
 
 
 def _local_name(out: Path) -> str:

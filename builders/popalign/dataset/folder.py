@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -19,13 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from popalign.config import DEFAULT_LICENSE, MAX_SHARD_SIZE, Styles
+from popalign.config import DEFAULT_LICENSE, LICENSE_FILE, MAX_SHARD_SIZE, Styles
 from popalign.dataset.quality import QUALITY_DIR
-from popalign.errors import NotABuildError
+from popalign.errors import NotABuildError, TamperedBuildError
 
 MANIFEST = "popalign_build.json"
 CARD = "README.md"
@@ -76,11 +78,20 @@ class Manifest:
     judge: dict[str, Any] | None = None
     #: role to `IN,OUT` per million tokens, where the build was given prices (`costs.recorded_prices`)
     prices: dict[str, str] | None = None
+    #: sha256 of each file the build wrote but the manifest, card and license (written again at each push), by
+    #: path in the folder: what `check_build` compares before anything passes the folder on (`file_digests`)
+    digests: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """The typed manifest of a manifest's JSON.
+
+        Raises:
+            ValueError: a field of the wrong type, or a config without counts (naming the field).
+        """
         names = {f.name for f in fields(cls)} - {"extra", "styles"}
+        _check_fields(data, {name: hint for name, hint in get_type_hints(cls).items() if name in names})
         styles = Styles().recorded() | {"prefix_placement": "user"}  # what a build before a style existed used
         styles |= {key: value for key, value in data.items() if key in styles}
         return cls(
@@ -98,13 +109,82 @@ class Manifest:
         return {key: value for key, value in kept.items() if key not in unset or value != unset[key]} | self.extra
 
 
+def _check_fields(data: dict[str, Any], hints: dict[str, Any]) -> None:
+    """Refuse a manifest field whose value is not of its declared type, and a config without its counts."""
+    for name, hint in hints.items():
+        if name in data and (wrong := _mismatch(data[name], hint, repr(name))):
+            raise ValueError(f"field {wrong}")
+    for name, config in data.get("configs", {}).items():
+        if not _is_count(config.get("rows")):
+            raise ValueError(f"config {name!r} has no row count")
+        dropped = config.get("dropped")
+        if not isinstance(dropped, dict):
+            raise ValueError(f"config {name!r} has no drop counts")
+        for reason, count in dropped.items():
+            if not _is_count(count):
+                raise ValueError(f"config {name!r}: its {reason!r} drop count {count!r} is not a count")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _mismatch(value: Any, hint: Any, where: str) -> str | None:
+    """Where a JSON value is not of a field's declared type, and how (`Any` takes anything; a float field takes a
+    whole number); None where it is."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return None
+    if origin in (Union, UnionType):
+        if any(_mismatch(value, arg, where) is None for arg in args):
+            return None
+        return f"{where} is {_kind(value)}, not {' or '.join(_kind_of(arg) for arg in args if arg is not type(None))}"
+    if origin is dict:
+        if not isinstance(value, dict):
+            return f"{where} is {_kind(value)}, not an object"
+        wrong = (_mismatch(item, args[1], f"{where}[{key!r}]") for key, item in value.items())
+        return next((message for message in wrong if message), None)
+    accepted = (int, float) if hint is float else hint
+    if isinstance(value, accepted) and (hint is bool or not isinstance(value, bool)):
+        return None
+    return f"{where} is {_kind(value)}, not {_kind_of(hint)}"
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's kind, as an error names it."""
+    kinds = {dict: "an object", list: "a list", str: "text", bool: "true or false", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def _kind_of(hint: Any) -> str:
+    """A field's declared type, as an error names it."""
+    if get_origin(hint) is dict:
+        return "an object"
+    return {str: "text", bool: "true or false", int: "a whole number", float: "a number"}.get(hint, "a value")
+
+
 def open_manifest(out: Path) -> Manifest:
     """The typed manifest of a built folder (see `read_manifest`).
 
     Raises:
         NotABuildError: `out` holds no build, or its manifest is unreadable, truncated or not a build's.
+        TamperedBuildError: a field of the manifest is not of its type.
     """
-    return Manifest.from_dict(read_manifest(out))
+    try:
+        return Manifest.from_dict(read_manifest(out))
+    except ValueError as err:
+        raise TamperedBuildError(f"{out / MANIFEST}: {err}; rebuild the folder") from err
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` but its manifest, card and license, by path in the folder."""
+    digests = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_file() and relative not in (MANIFEST, CARD, LICENSE_FILE):
+            with path.open("rb") as file:
+                digests[relative] = hashlib.file_digest(file, "sha256").hexdigest()
+    return digests
 
 
 def read_manifest(out: Path) -> dict[str, Any]:

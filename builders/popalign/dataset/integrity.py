@@ -1,6 +1,7 @@
-"""A build folder checked against its manifest before anything passes it on (`push`, `merge`): each config is a
-strategy, each file is a regular file of a name popalign writes, and each Parquet file opens with the row schema
-and the row counts the manifest records."""
+"""A build folder checked against its manifest before anything passes it on (`push`, `merge`, `export`): each config
+is a strategy, each file is a regular file of a name popalign writes, each Parquet file opens with the row schema,
+the row counts the manifest records and rows of its config's strategy, and every file has the content the build
+wrote (its sha256 in the manifest)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ from typing import Any
 
 from popalign.config import LICENSE_FILE
 from popalign.contrasts import STRATEGIES
-from popalign.dataset.folder import CARD, DATA, MANIFEST, RECIPE, SHARD_NAME, SPLITS, Manifest, config_dir
+from popalign.dataset.folder import (
+    CARD,
+    DATA,
+    MANIFEST,
+    RECIPE,
+    SHARD_NAME,
+    SPLITS,
+    Manifest,
+    config_dir,
+    file_digests,
+)
 from popalign.dataset.quality import JUDGE_CHART, OVERVIEW, score_chart
 from popalign.errors import TamperedBuildError
 from popalign.templates import registered_files
@@ -22,13 +33,9 @@ def check_build(out: Path, manifest: Manifest) -> None:
     Raises:
         TamperedBuildError: naming the first file (or manifest entry) that does not match.
     """
-    for name, config in manifest.configs.items():
+    for name in manifest.configs:
         if name not in STRATEGIES:
             raise _tampered(out / MANIFEST, f"config {name!r} is not a strategy (known: {', '.join(STRATEGIES)})")
-        if not isinstance(config, dict) or not isinstance(config.get("rows"), int) or config["rows"] < 0:
-            raise _tampered(out / MANIFEST, f"config {name!r} has no row count")
-        if not isinstance(config.get("dropped"), dict):
-            raise _tampered(out / MANIFEST, f"config {name!r} has no drop counts")
     allowed = _allowed_files(manifest)
     for path in _walk(out):
         relative = path.relative_to(out).as_posix()
@@ -36,6 +43,22 @@ def check_build(out: Path, manifest: Manifest) -> None:
             raise _tampered(path, "a file popalign did not write")
     for name, config in manifest.configs.items():
         _check_config(out, name, config)
+    _check_digests(out, manifest)
+
+
+def _check_digests(out: Path, manifest: Manifest) -> None:
+    """Every file the manifest records, with the content it records; no other file."""
+    if manifest.digests is None:
+        raise _tampered(out / MANIFEST, "records no file digests (written by an earlier popalign)")
+    found = file_digests(out)
+    for relative, digest in manifest.digests.items():
+        if relative not in found:
+            raise _tampered(out / relative, "missing, though the manifest records it")
+        if found[relative] != digest:
+            raise _tampered(out / relative, "its content is not what the build wrote (its sha256 differs)")
+    unrecorded = sorted(set(found) - set(manifest.digests))
+    if unrecorded:
+        raise _tampered(out / unrecorded[0], "a file the manifest does not record")
 
 
 def _allowed_files(manifest: Manifest) -> set[str]:
@@ -97,9 +120,13 @@ def _check_config(out: Path, name: str, config: dict[str, Any]) -> None:
                     raise _tampered(path, f"written by an earlier popalign (no `{missing[0]}` column)")
                 if not written.equals(schema):
                     raise _tampered(path, "its columns are not popalign's row schema")
-                rows += sum(batch.num_rows for batch in parquet.iter_batches())
+                strategies = parquet.read(columns=["strategy"]).column("strategy").unique().to_pylist()
+                rows += parquet.metadata.num_rows
             except (OSError, pyarrow.ArrowException) as err:
                 raise _tampered(path, f"not a readable Parquet file ({str(err).splitlines()[0]})") from err
+            others = sorted(set(strategies) - {name}, key=str)
+            if others:
+                raise _tampered(path, f"holds {others[0]!r} rows in the {name} config")
         if rows != expected.get(split, 0):
             where = shards[0] if shards else folder / f"{split}-*.parquet"
             recorded = expected.get(split, 0)

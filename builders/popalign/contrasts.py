@@ -15,7 +15,10 @@ generations in order, and returns a `Pair` or a `Dropped`; the engine drives it 
 from __future__ import annotations
 
 import re
+import signal
+import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -168,8 +171,9 @@ class StrategyRegistry(Mapping[str, Strategy]):
             for point in entry_points(group=self.group):
                 where = f"strategy plugin {point.name!r} ({point.value})"
                 try:
-                    strategy = point.load()
-                except Exception as err:  # a plugin's own failure, whatever it is, named in one line
+                    with interruptible():
+                        strategy = point.load()
+                except (Exception, SystemExit) as err:  # a plugin's own failure, whatever it is, named in one line
                     raise ConfigError(f"{where}: cannot load ({type(err).__name__}: {first_line(err)})") from err
                 _check(strategy, point.name, where, found)
                 found[point.name] = strategy
@@ -196,6 +200,10 @@ def _check(strategy: object, name: str, where: str, found: Mapping[str, Strategy
     """Refuse a registered object that is not a well-formed `Strategy` named as its entry point."""
     if not isinstance(strategy, Strategy):
         raise ConfigError(f"{where}: expected a popalign.contrasts.Strategy, got {type(strategy).__name__}")
+    for name_of, wrong in _FIELD_CHECKS.items():
+        if wrong(getattr(strategy, name_of)):
+            value = getattr(strategy, name_of)
+            raise ConfigError(f"{where}: its {name_of} {first_line(repr(value))[:80]} is not {_FIELD_KINDS[name_of]}")
     if name in found:
         raise ConfigError(f"{where}: a second strategy named {name!r} (one is already registered)")
     problems = [
@@ -209,6 +217,57 @@ def _check(strategy: object, name: str, where: str, found: Mapping[str, Strategy
     for bad, why in problems:
         if bad:
             raise ConfigError(f"{where}: {why}")
+
+
+def _not_texts(value: object, container: type = tuple) -> bool:
+    return not isinstance(value, container) or not all(isinstance(item, str) for item in value)
+
+
+def _not_text_map(value: object) -> bool:
+    return not isinstance(value, Mapping) or _not_texts([*value.keys(), *value.values()], list)
+
+
+#: What each field of a declared `Strategy` must be, checked when it registers (a plugin's is not type-checked).
+_FIELD_CHECKS: dict[str, Callable[[object], bool]] = {
+    "name": lambda value: not isinstance(value, str),
+    "kind": lambda value: not isinstance(value, str),
+    "roles": _not_texts,
+    "chosen": lambda value: not isinstance(value, str),
+    "rejected": lambda value: not isinstance(value, str),
+    "run": lambda value: not callable(value),
+    "description": lambda value: not isinstance(value, str),
+    "requests": lambda value: not callable(value) and (type(value) is not int or value < 1),
+    "helper_roles": _not_texts,
+    "drop_reasons": _not_text_map,
+    "templates": _not_text_map,
+    "template_dir": lambda value: value is not None and not isinstance(value, Path),
+}
+_FIELD_KINDS = {
+    "name": "text", "kind": "text", "roles": "a tuple of role names", "chosen": "text", "rejected": "text",
+    "run": "a function", "description": "text", "requests": "a whole number of at least 1 or a function",
+    "helper_roles": "a tuple of role names", "drop_reasons": "a mapping of text to text",
+    "templates": "a mapping of text to text", "template_dir": "a Path or None",
+}  # fmt: skip
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C stops the strategy code run inside at once, even a loop that never gives the event loop a turn
+    (asyncio's own handler only cancels the main task, which such a loop never lets happen)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def begun(strategy: Strategy, instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
+    """A strategy's run for one instruction, its code first called when the engine first drives it: a failure
+    anywhere in it, its first call included, is met where the engine names the strategy."""
+    return (yield from strategy.run(instruction, ctx))
 
 
 #: Every strategy, popalign's and the installed plugins'.

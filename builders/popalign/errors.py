@@ -21,6 +21,11 @@ class MissingExtraError(ConfigError):
     """A feature needs an optional part of popalign that is not installed; the message names its extra."""
 
 
+class StrategyError(PopAlignError):
+    """A strategy's code failed while it ran: it raised, yielded or returned what a strategy may not, or asked for
+    more requests than it declares (named with the package that registers it)."""
+
+
 class BackendError(PopAlignError):
     """A model could not be loaded or a generation request failed."""
 

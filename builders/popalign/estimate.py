@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from popalign.contrasts import STRATEGIES, Dropped
+from popalign.contrasts import STRATEGIES, Dropped, begun
 from popalign.costs import cost
 from popalign.pipeline import open_engine, strategy_context
 from popalign.plan import BuildPlan
@@ -76,7 +76,7 @@ def estimate_plan(plan: BuildPlan, size: int, *, progress: bool = False) -> Esti
     def collect(index: int, result: object) -> None:
         kept[names[index % len(names)]] += not isinstance(result, Dropped)
 
-    runs = ((name, STRATEGIES[name].run(instruction, context)) for instruction in sample for name in names)
+    runs = ((name, begun(STRATEGIES[name], instruction, context)) for instruction in sample for name in names)
     planned = {name: STRATEGIES[name].planned(context) for name in names}
     engine.run_each(runs, collect, len(sample) * sum(planned.values()), planned=planned)
     scale = len(instructions) / len(sample) if sample else 0.0

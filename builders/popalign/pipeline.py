@@ -14,7 +14,7 @@ import yaml
 from popalign.backends import open_backends
 from popalign.cache import GenerationCache, open_cache
 from popalign.config import MAX_SHARD_SIZE, Card, Styles
-from popalign.contrasts import STRATEGIES, Dropped, Pair
+from popalign.contrasts import STRATEGIES, Dropped, Pair, begun
 from popalign.costs import recorded_prices, usage_record
 from popalign.dataset.card import write_card_and_manifest
 from popalign.dataset.folder import (
@@ -150,7 +150,9 @@ def build_dataset(
     context = strategy_context(templates, engine, keep_truncated=keep_truncated, styles=styles)
     instructions = prompts.instructions
     planned = {name: STRATEGIES[name].planned(context) for name in strategies}  # requests per instruction, at most
-    runs = ((name, STRATEGIES[name].run(instruction, context)) for instruction in instructions for name in strategies)
+    runs = (
+        (name, begun(STRATEGIES[name], instruction, context)) for instruction in instructions for name in strategies
+    )
     names: dict[str, str] = {}
 
     def ready() -> None:  # the roles' identities are known: check the contrasts, name the models in rows

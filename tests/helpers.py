@@ -98,9 +98,12 @@ class InFlight:
             self.live -= 1
 
 
-def save_tiny_model(folder: Path, *, reward: bool = False, seed: int = 0, bos: bool = False) -> Path:
+def save_tiny_model(
+    folder: Path, *, reward: bool = False, seed: int = 0, bos: bool = False, labels: int = 1
+) -> Path:
     """Save a 4-layer, 32-wide Llama into `folder`, its weights drawn with `seed`, loadable offline by path; with
-    `reward`, a one-label sequence classifier (a reward model) instead of a causal LM; with `bos`, a tokenizer that
+    `reward`, a `labels`-label sequence classifier (one label: a reward model) instead of a causal LM; with `bos`, a
+    tokenizer that
     puts its BOS token before every text and a chat template that writes it, as Llama 3's do."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
@@ -121,7 +124,7 @@ def save_tiny_model(folder: Path, *, reward: bool = False, seed: int = 0, bos: b
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        num_labels=1,
+        num_labels=labels,
     )
     (LlamaForSequenceClassification if reward else LlamaForCausalLM)(config).save_pretrained(folder)
     if bos:

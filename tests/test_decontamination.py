@@ -131,8 +131,6 @@ def test_every_copy_of_a_templated_benchmark_is_caught(tmp_path: Path) -> None:
         result = screen(instructions, [load_prompts(path)], near_duplicates=True)
         assert result.contaminated[f"{name}.jsonl"] == instructions and result.kept == [], name
         assert result.near_duplicates == [], name  # nothing is left to be a near-duplicate of
-    alone = screen(instructions, [], near_duplicates=True)  # the set's own groups: the first of each kept
-    assert [i.text for i in alone.kept] == [templated()[k] for k in range(0, 40, 4)]
 
 
 def test_short_and_exactly_copied_prompts_are_caught_without_a_signature(tmp_path: Path) -> None:
@@ -146,7 +144,7 @@ def test_short_and_exactly_copied_prompts_are_caught_without_a_signature(tmp_pat
 
 def test_a_hub_benchmark_or_prompt_set_that_cannot_be_reached_is_one_line(tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("decontaminate: [org/bench]\nlimit: 1\n")
+    recipe.write_text("prompts: org/bench\nlimit: 1\n")
     unreachable = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on port 9
     for flags in (["--decontaminate", "org/bench"], ["--prompts", "org/bench"], ["--recipe", recipe]):
         result = run_offline(POPALIGN, "build", *flags, "--limit", "1", "--dry-run", "--out", tmp_path / "d",

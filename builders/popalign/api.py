@@ -36,7 +36,7 @@ from popalign.config import (
     ScoreOptions,
     check_cache_outside,
 )
-from popalign.dataset.folder import Manifest, check_out, claimed, open_manifest
+from popalign.dataset.folder import MANIFEST, Manifest, check_out, claimed, open_manifest
 from popalign.engine import Engine
 from popalign.errors import ConfigError, PublishError, ShardError
 from popalign.estimate import Estimate, estimate_plan
@@ -92,7 +92,7 @@ def open_build(path: str | Path) -> Build:
     Raises:
         NotABuildError: `path` holds no build, or its manifest is unreadable.
     """
-    return Build(Path(path), open_manifest(Path(path)))
+    return Build(_path(path, "path"), open_manifest(_path(path, "path")))
 
 
 def build(prompts: str | Path | None = None, *, config: BuildConfig | None = None, **settings: Any) -> Build | None:
@@ -199,12 +199,16 @@ def evaluate(
         ConfigError: a bad model spec, a name given twice, or a bad judge.
     """
     path = _path(build)
+    if not isinstance(judge, JudgeOptions):
+        raise ConfigError(f"judge: expected JudgeOptions(model=...) or JudgeOptions(reward_model=...), got {judge!r}")
     options = EvaluateOptions(
-        build=path, models=models, reference=reference, out=Path(out), max_new_tokens=max_new_tokens
+        build=path, models=models, reference=reference, out=_path(out, "out"), max_new_tokens=max_new_tokens
     )
     manifest = open_manifest(path)
     if options.out.resolve().is_relative_to(path.resolve()):
         raise ConfigError(f"out: {options.out} is inside the build folder {path}; give a folder outside it")
+    if (options.out / MANIFEST).exists():
+        raise ConfigError(f"out: {options.out} holds a build; give the report a folder of its own")
     specs = {name: parse_spec(spec) for name, spec in options.models.items()} | {
         REFERENCE: parse_spec(options.reference)
     }
@@ -316,10 +320,11 @@ def merge(parts: Sequence[Build | str | Path], *, out: str | Path) -> Build:
     """
     if not parts or isinstance(parts, str | Path):
         raise ShardError("merge joins the part folders of a sharded build: give a list of them")
-    check_out(Path(out))
-    with claimed(Path(out)):
-        summary = merge_builds([_path(part) for part in parts], Path(out))
-    return Build(Path(out), open_manifest(Path(out)), summary)
+    folder = _path(out, "out")
+    check_out(folder)
+    with claimed(folder):
+        summary = merge_builds([_path(part, "parts") for part in parts], folder)
+    return Build(folder, open_manifest(folder), summary)
 
 
 def push(
@@ -359,7 +364,7 @@ def export(build: Build | str | Path, *, out: str | Path, format: str = "llamafa
         NotABuildError: not a build, or `out` is not a new folder.
         ConfigError: an unknown format.
     """
-    return export_build(_path(build), Path(out), format=format)
+    return export_build(_path(build), _path(out, "out"), format=format)
 
 
 def versions(repo_id: str, *, token: str | None = None) -> list[dict[str, Any]]:
@@ -396,5 +401,11 @@ def check_publish(repo_id: str, release: str) -> None:
     parse_version(release)
 
 
-def _path(build: Build | str | Path) -> Path:
-    return build.path if isinstance(build, Build) else Path(build)
+def _path(build: Build | str | Path, setting: str = "build") -> Path:
+    """A folder the API was given (a `Build`, or a path as text or `Path`), refused in one line if it is not one."""
+    if isinstance(build, Build):
+        return build.path
+    if not isinstance(build, str | Path) or not str(build).strip():
+        kinds = "a folder's path or a Build" if setting in ("build", "parts") else "a folder's path"
+        raise ConfigError(f"{setting}: expected {kinds}, got {build!r}")
+    return Path(build)

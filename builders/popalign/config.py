@@ -538,6 +538,8 @@ def named_models(value: Any) -> dict[str, str]:
     {'dpo': 'out/model', 'smollm2:layers=24': 'smollm2:layers=24'}
     """
     if isinstance(value, Mapping):
+        if not all(isinstance(name, str) and isinstance(spec, str) for name, spec in value.items()):
+            raise ValueError("expected names of model specs, as text")
         value = [f"{name}={spec}" for name, spec in value.items()]
     texts = [value] if isinstance(value, str) else list(value)
     if not texts or not all(isinstance(text, str) and text.strip() for text in texts):

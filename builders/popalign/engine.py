@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from popalign.backends.base import Backend
 from popalign.cache import GenerationCache
 from popalign.config import THINK_TAGS
-from popalign.contrasts import STRATEGIES, Dropped, Pair, StrategyRun, interruptible
+from popalign.contrasts import Dropped, StrategyRun
 from popalign.costs import Budget, Price, Tokens
-from popalign.errors import RequestFailed, StrategyError, first_line
+from popalign.errors import RequestFailed, StrategyError
 from popalign.generation import Generation, GenerationParams, Request, request_key
 from popalign.model_identity import ModelIdentity
 from popalign.reasoning import separate
@@ -288,16 +288,14 @@ class Engine:
         try:
             while True:
                 try:
-                    with interruptible():
-                        requests = run.send(answers)  # type: ignore[arg-type]  # send(None) starts the generator
+                    requests = run.send(answers)  # type: ignore[arg-type]  # send(None) starts the generator
                 except StopIteration as stop:
-                    return self._checked_result(label, stop.value)
-                except (Exception, SystemExit) as err:  # the strategy's own code failed: named, in one line
-                    raise self._strategy_error(
-                        label, f"its run failed ({type(err).__name__}: {first_line(err)})"
-                    ) from err
-                asked += self._checked_step(label, requests, asked)
+                    return stop.value
+                unknown = next((request.role for request in requests if request.role not in self.roles), None)
+                if unknown is not None:
+                    raise StrategyError(f"strategy {label!r}: asked role {unknown!r}, which this run has no model for")
                 waits = [self._submit(label, request) for request in requests]
+                asked += len(waits)
                 self._waiting += 1
                 self._flush_if_idle()
                 try:
@@ -320,38 +318,6 @@ class Engine:
             if unasked > 0 and self._bar is not None and self._bar.total:
                 self._bar.total -= unasked  # a run dropped early, or one that needed fewer requests
                 self._bar.refresh()
-
-    def _checked_step(self, label: str, requests: object, asked: int) -> int:
-        """How many requests one step of a run yields: a non-empty list of `Request`s for its roles, no more in all
-        than the strategy declares per instruction (one that asks without end is stopped)."""
-        if not isinstance(requests, list) or not requests:
-            raise self._strategy_error(label, f"yielded {first_line(repr(requests))[:80]}, not a list of Requests")
-        for request in requests:
-            if not isinstance(request, Request):
-                raise self._strategy_error(label, f"yielded {first_line(repr(request))[:80]}, not a Request")
-            if request.role not in self.roles:
-                raise self._strategy_error(label, f"asked role {request.role!r}, which this build has no model for")
-        declared = self.planned.get(label)
-        if declared is not None and asked + len(requests) > declared:
-            raise self._strategy_error(
-                label, f"asked for {asked + len(requests)} requests for one instruction; it declares at most {declared}"
-            )
-        return len(requests)
-
-    def _checked_result(self, label: str, result: object) -> Pair | Dropped:
-        """What a run returned: a `Pair` of two texts, or a `Dropped`."""
-        if isinstance(result, Dropped) or (
-            isinstance(result, Pair) and isinstance(result.chosen, str) and isinstance(result.rejected, str)
-        ):
-            return result
-        raise self._strategy_error(label, f"returned {first_line(repr(result))[:80]}, not a Pair of texts or a Dropped")
-
-    @staticmethod
-    def _strategy_error(label: str, what: str) -> StrategyError:
-        """One line naming the strategy and the package that registers it."""
-        name = label.partition(":")[0]
-        package = STRATEGIES.package(name) if name in STRATEGIES else "?"
-        return StrategyError(f"strategy {name!r} (from {package}): {what}")
 
     def _flush_if_idle(self) -> None:
         """Once every unfinished run waits for answers, let the local backend generate its queued batch."""

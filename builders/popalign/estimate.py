@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from popalign.contrasts import STRATEGIES, Dropped, begun
 from popalign.costs import cost
+from popalign.errors import BudgetSpentError
 from popalign.pipeline import open_engine, strategy_context
 from popalign.plan import BuildPlan
 
@@ -66,8 +67,7 @@ def estimate_plan(plan: BuildPlan, size: int, *, progress: bool = False) -> Esti
     """Generate the plan's strategies for `size` sampled instructions and scale what they used to all of them."""
     instructions = plan.instructions().instructions
     sample = [instructions[i] for i in sample_indices(len(instructions), size)]
-    engine = open_engine(plan, progress)
-    engine.budget = None  # a dry run samples whole: its cost is the point
+    engine = open_engine(plan, progress)  # with the run's --budget: a dry run spends no more than it either
     config = plan.config
     context = strategy_context(plan.templates(), engine, keep_truncated=config.keep_truncated, styles=config.styles)
     names = list(plan.strategies)
@@ -79,6 +79,13 @@ def estimate_plan(plan: BuildPlan, size: int, *, progress: bool = False) -> Esti
     runs = ((name, begun(STRATEGIES[name], instruction, context)) for instruction in sample for name in names)
     planned = {name: STRATEGIES[name].planned(context) for name in names}
     engine.run_each(runs, collect, len(sample) * sum(planned.values()), planned=planned)
+    if engine.stats.stopped:
+        assert engine.budget is not None
+        raise BudgetSpentError(
+            f"the budget of {engine.budget.shown()} is spent before the dry run's sample of {len(sample)} instructions "
+            f"is answered ({engine.stats.generated} requests generated, each kept in the cache): no estimate from part "
+            "of a sample; rerun with a larger --budget, or the dry run without one"
+        )
     scale = len(instructions) / len(sample) if sample else 0.0
     estimates = {}
     for name in names:

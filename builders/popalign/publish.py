@@ -156,7 +156,7 @@ def push_dataset(
             tree = api.list_repo_tree(repo_id, repo_type="dataset", recursive=True)
             remote = [entry.path for entry in tree if isinstance(entry, RepoFile)]
             history = _read_json(repo_id, VERSIONS, main, token) if VERSIONS in remote else []
-            previous = Manifest.from_dict(_read_json(repo_id, MANIFEST, main, token)) if history else None
+            previous = _published_manifest(repo_id, main, token) if history else None
     check_publishable(repo_id, number, tags=set(tags), history=[entry["version"] for entry in history],
                       remote=remote, force=force)  # fmt: skip
 
@@ -223,7 +223,7 @@ def list_versions(repo_id: str, *, token: str | None) -> list[dict[str, Any]]:
         for ref in refs.tags:
             if not _VERSION.match(ref.name.removeprefix("v")):
                 continue
-            manifest = Manifest.from_dict(_read_json(repo_id, MANIFEST, ref.name, token))
+            manifest = _published_manifest(repo_id, ref.name, token)
             configs = {name: config for name, config in manifest.configs.items() if config["rows"]}
             versions.append(
                 {
@@ -261,6 +261,14 @@ def _merge_configs(
             sent=previous.sent | manifest.sent,
         )
     return merged, kept
+
+
+def _published_manifest(repo_id: str, revision: str | None, token: str | None) -> Manifest:
+    """The manifest of a published version, refused in one line where a field of it is not of its type."""
+    try:
+        return Manifest.from_dict(_read_json(repo_id, MANIFEST, revision, token))
+    except ValueError as err:
+        raise PublishError(f"{repo_id}@{revision}: its {MANIFEST} is not popalign's ({err})") from err
 
 
 def _stage(

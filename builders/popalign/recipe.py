@@ -77,10 +77,20 @@ class Recipe:
             )
 
 
+#: The longest recipe read: a recipe is a page of settings; a device or a huge file is refused, not read.
+MAX_RECIPE_BYTES = 1 << 20
+
+
 def load_recipe(path: Path) -> Recipe:
     """Read and check a recipe; every problem is one line naming the file and the key."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{path}: not a file; a recipe is a YAML file")
+        with path.open("rb") as file:
+            raw = file.read(MAX_RECIPE_BYTES + 1)
+        if len(raw) > MAX_RECIPE_BYTES:
+            raise ConfigError(f"{path}: over {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a page of settings")
+        data = yaml.safe_load(raw.decode("utf-8"))
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the recipe ({err.strerror})") from err
     except UnicodeDecodeError as err:
@@ -113,6 +123,8 @@ def _read(path: Path, data: dict[str, Any]) -> Recipe:
             if not all(isinstance(name, str) for name in value):
                 raise ConfigError(f"strategies: expected strategy names, got {value!r}")
             value = ",".join(value)
+        if (key == "prompts" or _is_path(index[key])) and not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a path, got {value!r}")
         if key == "prompts" and is_hub_dataset(str(value)) and not (folder / str(value)).exists():
             recipe.settings[key] = str(value)  # a Hub dataset, not a file beside the recipe
             continue

@@ -65,6 +65,24 @@ class ModelSpec:
     #: A local model carries no credentials.
     credentials: ClassVar[tuple[str | None, ...]] = ()
 
+    def removed_layers(self, total: int) -> range:
+        """The decoder layers a `layers=N` copy of a model of `total` layers removes: one block from 2/5 of the
+        depth on, so N runs from that depth to one below the total.
+
+        >>> ModelSpec("smollm2", layers=24).removed_layers(30)
+        range(12, 18)
+
+        Raises:
+            BackendError: N outside that range, named with the range the model allows.
+        """
+        start = total * 2 // 5
+        if self.layers is None or not start <= self.layers < total:
+            raise BackendError(
+                f"model spec {self}: layers must be from {start} to {total - 1} for a model of {total} decoder layers "
+                "(one block is removed from 2/5 of its depth on)"
+            )
+        return range(start, start + total - self.layers)
+
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
         text = text.strip()

@@ -32,6 +32,8 @@ FILTERS = frozenset((
     "safe", "select", "selectattr", "sort", "string", "title", "tojson", "trim", "truncate", "unique", "upper",
     "wordcount"
 ))  # fmt: skip
+#: Jinja's globals templates have: not `lipsum`, whose paragraphs no size argument bounds before they are made.
+GLOBALS = frozenset(("range", "dict", "cycler", "joiner", "namespace"))
 #: The string methods templates may call (no `join`, `replace`, `format` or `expandtabs`: their output is not
 #: bounded by their arguments).
 STR_METHODS = frozenset((
@@ -132,6 +134,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.filters = {name: _bounded(name, function) for name, function in self.filters.items() if name in FILTERS}
+        self.globals = {name: value for name, value in self.globals.items() if name in GLOBALS}
         self.globals[_LOOP] = _loop
         self.globals[_CONCAT] = lambda *parts: "".join(map(str, parts))
 

@@ -557,10 +557,7 @@ def fewer_layers(path: Path, spec: ModelSpec, out: Path) -> Path:
     reader = gguf.GGUFReader(path)
     arch = str(reader.fields["general.architecture"].contents())
     total = int(reader.fields[f"{arch}.block_count"].contents())
-    if not spec.layers or spec.layers >= total:
-        raise BackendError(f"model spec {spec}: layers must be below the model's {total}")
-    start = total * 2 // 5
-    removed = set(range(start, start + total - spec.layers))
+    removed = set(spec.removed_layers(total))
     renumber = {old: new for new, old in enumerate(i for i in range(total) if i not in removed)}
     writer = gguf.GGUFWriter(out, arch, endianess=reader.endianess)
     for item in reader.fields.values():

@@ -281,10 +281,7 @@ def _drop_middle_layers(model: PreTrainedModel, spec: ModelSpec) -> PreTrainedMo
     memory and no load time.
     """
     total = len(model.model.layers)
-    if not spec.layers or spec.layers >= total:
-        raise BackendError(f"model spec {spec}: layers must be below the model's {total}")
-    start = total * 2 // 5
-    removed = range(start, start + total - spec.layers)
+    removed = spec.removed_layers(total)
     config = copy.deepcopy(model.config)
     config.num_hidden_layers = spec.layers
     if getattr(config, "layer_types", None):

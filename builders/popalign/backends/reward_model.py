@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from popalign.backends.local import LOAD_ERRORS, model_location
 from popalign.errors import BackendError, first_line
@@ -30,7 +30,7 @@ class RewardModel:
         self.spec, self.batch_size = spec, batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer, self.model, untrained = load_judge_model(
-            spec, AutoModelForSequenceClassification, "reward model"
+            spec, AutoModelForSequenceClassification, "reward model", labels=1
         )
         if untrained:
             raise BackendError(
@@ -74,14 +74,23 @@ class RewardModel:
         return [float(value) for value in logits[:, 0].float().cpu()]
 
 
-def load_judge_model(spec: ModelSpec, model_class: Any, what: str) -> tuple[Any, Any, list[str]]:
+def load_judge_model(
+    spec: ModelSpec, model_class: Any, what: str, *, labels: int | None = None
+) -> tuple[Any, Any, list[str]]:
     """A model judge's tokenizer and model (`model_class.from_pretrained`), and the weights its checkpoint lacks
     (transformers gave them new random weights), sorted; `what` names the judge in the one-line errors: a spec
-    with `layers=N`, or a model that cannot load."""
+    with `layers=N`, a head of other than `labels` outputs (read from its config, before any weight loads), or a
+    model that cannot load."""
     if spec.layers is not None:
         raise BackendError(f"{what} {spec}: layers=N is for generating models, not {what}s")
     try:
         tokenizer = AutoTokenizer.from_pretrained(**model_location(spec.location))
+        found = AutoConfig.from_pretrained(**model_location(spec.location)).num_labels
+        if labels is not None and found != labels:
+            raise BackendError(
+                f"{what} {spec.source!r}: its head has {found} labels; a {what} gives each answer one score "
+                "(num_labels 1), and a classifier's labels rank no answers"
+            )
         model, loading = model_class.from_pretrained(**model_location(spec.location), output_loading_info=True)
     except LOAD_ERRORS as err:
         raise BackendError(f"{what} {spec.source!r}: cannot load ({first_line(err, type(err).__name__)})") from None

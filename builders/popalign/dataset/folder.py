@@ -288,9 +288,17 @@ def claimed(out: Path) -> Iterator[None]:
     import fcntl
 
     path = _sibling(out, _LOCK)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise NotABuildError(f"{path}: popalign's lock file for {out} is not a file here; remove it, then rerun")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NotABuildError(f"{out}: cannot create the output folder's parent ({err.strerror})") from err
     while True:
-        handle = path.open("a")
+        try:
+            handle = path.open("a")
+        except OSError as err:
+            raise NotABuildError(f"{path}: cannot write popalign's lock file for {out} ({err.strerror})") from err
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

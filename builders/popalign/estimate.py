@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from popalign.contrasts import STRATEGIES, Dropped, begun
+from popalign.contrasts import STRATEGIES, Dropped
 from popalign.costs import cost
 from popalign.errors import BudgetSpentError
 from popalign.pipeline import open_engine, strategy_context
 from popalign.plan import BuildPlan
+from popalign.strategies import begun
 
 log = logging.getLogger(__name__)
 

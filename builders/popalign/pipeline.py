@@ -14,7 +14,7 @@ import yaml
 from popalign.backends import open_backends
 from popalign.cache import GenerationCache, open_cache
 from popalign.config import MAX_SHARD_SIZE, Card, Styles
-from popalign.contrasts import STRATEGIES, Dropped, Pair, begun
+from popalign.contrasts import STRATEGIES, Dropped, Pair
 from popalign.costs import recorded_prices, usage_record
 from popalign.dataset.card import write_card_and_manifest
 from popalign.dataset.folder import (
@@ -41,7 +41,7 @@ from popalign.prompts import BUNDLED_LABEL, PromptSet
 from popalign.reasoning import inline
 from popalign.roles import check_contrast
 from popalign.scoring import ScoreSettings, ScoreStats, score_outcomes, score_settings
-from popalign.strategies import StrategyContext, roles_used
+from popalign.strategies import StrategyContext, begun, roles_used
 from popalign.templates import TemplateSet
 
 

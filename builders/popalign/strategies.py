@@ -17,8 +17,8 @@ from dataclasses import replace
 from rapidfuzz.distance import Indel
 
 from popalign.config import Styles
-from popalign.contrasts import PAPER, SELECTIONS, STRATEGIES, Dropped, Pair, Strategy, StrategyRun
-from popalign.errors import ConfigError
+from popalign.contrasts import PAPER, SELECTIONS, STRATEGIES, Dropped, Pair, Strategy, StrategyRun, interruptible
+from popalign.errors import ConfigError, PopAlignError, StrategyError, first_line
 from popalign.generation import Generation, Message, Request, assistant, system, user
 from popalign.prompts import Instruction
 from popalign.shapes import THOUGHT
@@ -382,3 +382,58 @@ def roles_used(names: list[str]) -> list[str]:
     """The model roles the named strategies generate with, in the registry's order of roles."""
     wanted = {role for name in names for role in (*STRATEGIES[name].roles, *STRATEGIES[name].helper_roles)}
     return [role for role in STRATEGIES.roles() if role in wanted]
+
+
+def begun(strategy: Strategy, instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
+    """A strategy's run for one instruction, driven as the engine drives any run, with its code contained: each
+    step of it runs where Ctrl-C stops it at once (`interruptible`), and every failure of it (a raise or an exit,
+    its first call included; a step that is not a non-empty list of `Request`s; more requests than it declares per
+    instruction; a result that is not a `Pair` of texts or a `Dropped`) is a `StrategyError` naming it and the
+    package that registers it. popalign's own errors (a template's, an endpoint's) pass as they are."""
+    where = f"strategy {strategy.name!r} (from {STRATEGIES.package(strategy.name)})"
+    declared = strategy.planned(ctx)
+    run: StrategyRun | None = None
+    answers: list[Generation] | None = None
+    asked = 0
+    try:
+        while True:
+            try:
+                with interruptible():
+                    if run is None:
+                        run = strategy.run(instruction, ctx)
+                    requests = run.send(answers)  # type: ignore[arg-type]  # send(None) starts it
+            except StopIteration as stop:
+                return _checked_result(where, stop.value)
+            except PopAlignError:
+                raise
+            except (Exception, SystemExit) as err:  # the strategy's own code failed: named, in one line
+                raise StrategyError(f"{where}: its run failed ({type(err).__name__}: {first_line(err)})") from err
+            asked += _checked_step(where, requests, asked, declared)
+            answers = yield requests
+    finally:
+        if run is not None and hasattr(run, "close"):
+            run.close()
+
+
+def _checked_step(where: str, requests: object, asked: int, declared: int) -> int:
+    """How many requests one step of a run yields: a non-empty list of `Request`s, no more in all than its
+    strategy declares per instruction (a run that asks without end is stopped there)."""
+    if not isinstance(requests, list) or not requests:
+        raise StrategyError(f"{where}: yielded {first_line(repr(requests))[:80]}, not a list of Requests")
+    for request in requests:
+        if not isinstance(request, Request):
+            raise StrategyError(f"{where}: yielded {first_line(repr(request))[:80]}, not a Request")
+    if asked + len(requests) > declared:
+        raise StrategyError(
+            f"{where}: asked for {asked + len(requests)} requests for one instruction; it declares at most {declared}"
+        )
+    return len(requests)
+
+
+def _checked_result(where: str, result: object) -> Pair | Dropped:
+    """What a run returned: a `Pair` of two texts, or a `Dropped`."""
+    if isinstance(result, Dropped) or (
+        isinstance(result, Pair) and isinstance(result.chosen, str) and isinstance(result.rejected, str)
+    ):
+        return result
+    raise StrategyError(f"{where}: returned {first_line(repr(result))[:80]}, not a Pair of texts or a Dropped")

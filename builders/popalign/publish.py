@@ -162,6 +162,7 @@ def push_dataset(
 
     rebuilt = [name for name, config in manifest.configs.items() if config["rows"]]
     merged, kept = _merge_configs(manifest, previous, rebuilt, version)
+    merged = replace(merged, digests=None)  # the local folder's: a release may keep configs of an earlier one
     if tag not in tags and main and history and history[-1]["version"] == version and merged == previous:
         # an earlier push of this very folder committed, then stopped before its tag: tag that commit
         with _hub_errors(repo_id, f"{tag} is committed ({main[:12]}) but not tagged: rerun the push to tag it"):
@@ -289,9 +290,8 @@ def _stage(
             shutil.copytree(folder / extra, staging / extra)
     if (folder / RECIPE).is_file():
         shutil.copy2(folder / RECIPE, staging / RECIPE)
-    published = replace(manifest, digests=None)  # the local folder's: a release may keep configs of an earlier one
     (staging / MANIFEST).write_text(
-        json.dumps(published.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     (staging / VERSIONS).write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
     for name, text in card_files(manifest, repo_id=repo_id, versions=history).items():

@@ -130,8 +130,9 @@ def test_faults_are_retried_and_no_row_is_lost_or_duplicated(
     llama_url: str, reference: tuple[Path, int, str], tmp_path: Path
 ) -> None:
     schedule = ["429", "pass", "503", "pass", "reset", "pass", "pass", "stall", "pass", "garbage", "pass", "pass"]
-    with fault_proxy(llama_url, schedule, stall=6.0) as proxy:
-        result = build(tmp_path, proxy.url, "--timeout", "3", "--retries", "8")
+    # the deadline is well above a real answer's time on a loaded 2-core machine, and the stall well above it
+    with fault_proxy(llama_url, schedule, stall=14.0) as proxy:
+        result = build(tmp_path, proxy.url, "--timeout", "9", "--retries", "8")
     assert result.returncode == 0, result.stderr
     assert set(proxy.injected) == {"429", "503", "reset", "stall", "garbage"}
     retries = int(result.stdout.split(" retries;")[0].rsplit(" ", 1)[1])

@@ -98,9 +98,7 @@ class InFlight:
             self.live -= 1
 
 
-def save_tiny_model(
-    folder: Path, *, reward: bool = False, seed: int = 0, bos: bool = False, labels: int = 1
-) -> Path:
+def save_tiny_model(folder: Path, *, reward: bool = False, seed: int = 0, bos: bool = False, labels: int = 1) -> Path:
     """Save a 4-layer, 32-wide Llama into `folder`, its weights drawn with `seed`, loadable offline by path; with
     `reward`, a `labels`-label sequence classifier (one label: a reward model) instead of a causal LM; with `bos`, a
     tokenizer that

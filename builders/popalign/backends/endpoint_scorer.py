@@ -97,8 +97,8 @@ def checked_total(values: list[Any]) -> float:
     return total
 
 
-def _tgi_tokens(text: str, tokenizer: Any) -> int:
-    return len(tokenizer(_tgi_body(text, None, tokenizer)["inputs"])["input_ids"])  # with the specials TGI adds
+def _tgi_tokens(body: dict[str, Any], tokenizer: Any) -> int:
+    return len(tokenizer(body["inputs"])["input_ids"])  # with the special tokens TGI adds
 
 
 def _tgi_values(answer: dict[str, Any]) -> list[Any]:
@@ -114,8 +114,8 @@ def _vllm_body(text: str, model: str | None, tokenizer: Any) -> dict[str, Any]:
             "add_special_tokens": False}  # fmt: skip
 
 
-def _plain_tokens(text: str, tokenizer: Any) -> int:
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+def _vllm_tokens(body: dict[str, Any], tokenizer: Any) -> int:
+    return len(tokenizer(body["prompt"], add_special_tokens=False)["input_ids"])  # as it is told to tokenize
 
 
 def _vllm_values(answer: dict[str, Any]) -> list[Any]:
@@ -145,6 +145,10 @@ def _sglang_body(text: str, model: str | None, tokenizer: Any) -> dict[str, Any]
             "logprob_start_len": 0}  # fmt: skip
 
 
+def _sglang_tokens(body: dict[str, Any], tokenizer: Any) -> int:
+    return len(body["input_ids"])  # taken verbatim
+
+
 def _sglang_values(answer: dict[str, Any]) -> list[Any]:
     """`input_token_logprobs`, `[logprob, token_id, text]` per prompt token (the first has none)."""
     entries = (answer.get("meta_info") or {}).get("input_token_logprobs")
@@ -156,14 +160,15 @@ def _sglang_values(answer: dict[str, Any]) -> list[Any]:
 @dataclass(frozen=True)
 class Protocol:
     """How one kind of server is asked for LP: the route only it has and a key its JSON answer holds, where LP is
-    asked and how, how many tokens it reads a text as (one log-prob each), and where its answer holds them."""
+    asked and how, how many tokens it reads a request's text as (one log-prob each), and where its answer holds
+    them."""
 
     label: str
     probe: str
     key: str
     route: Callable[[str], str]
     body: Callable[[str, str | None, Any], dict[str, Any]]
-    tokens: Callable[[str, Any], int]
+    tokens: Callable[[dict[str, Any], Any], int]
     read: Callable[[dict[str, Any]], list[Any]]
 
 
@@ -177,7 +182,7 @@ PROTOCOLS = {
         "model_path",
         lambda url: native_url(url, "generate"),
         _sglang_body,
-        _plain_tokens,
+        _sglang_tokens,
         _sglang_values,
     ),
     "vllm": Protocol(
@@ -186,7 +191,7 @@ PROTOCOLS = {
         "version",
         lambda url: openai_url(url, "completions"),
         _vllm_body,
-        _plain_tokens,
+        _vllm_tokens,
         _vllm_values,
     ),
 }
@@ -330,7 +335,7 @@ class EndpointScorer:
         long, a failed try retried with backoff; a reading that is not one finite log-prob per token is refused."""
         protocol = self.protocol
         address, body = protocol.route(self.url), protocol.body(text, self.model, self.tokenizer)
-        tokens = protocol.tokens(text, self.tokenizer)
+        tokens = protocol.tokens(body, self.tokenizer)
         for attempt in range(self.retry.attempts):
             started = time.monotonic()
             try:
@@ -338,9 +343,10 @@ class EndpointScorer:
                 failure = None
             except TimeoutError:
                 failure = Failure(f"no whole answer within {self.timeout:g} s (--timeout)")
-            except (HTTPStatus, Oversized, httpx2.HTTPError, OSError) as err:
-                failure = classify(err if isinstance(err, HTTPStatus | Oversized | httpx2.HTTPError) else
-                                   httpx2.TransportError(str(err)))  # fmt: skip
+            except (HTTPStatus, Oversized, httpx2.HTTPError) as err:
+                failure = classify(err)
+            except OSError as err:
+                failure = Failure(f"connection failed ({type(err).__name__}: {err})")
             if failure is None:
                 return self._read(answer, tokens)
             if failure.fatal or failure.refused:

@@ -55,12 +55,19 @@ def redacted(url: str) -> str:
     >>> redacted("http://alice:pw@host:8080/v1?api_key=k"), redacted("http//alice:p#w@host")
     ('http://host:8080/v1', 'http//host')
     """
+    prefix, _, rest = _user_split(url)
+    return (prefix + rest).split("?")[0].split("#")[0].rstrip("/")
+
+
+def _user_split(url: str) -> tuple[str, str, str]:
+    """A URL as its scheme (written rightly or not), its user part (up to the last `@` before the first `/` after
+    the scheme), and the rest from its host on; found before anything parses it."""
     text = url.strip()
     scheme = _SCHEME.match(text)
     prefix = scheme.group(0) if scheme else ""
     authority, slash, path = text[len(prefix) :].partition("/")
-    host = authority.rpartition("@")[2]
-    return (prefix + host + slash + path).split("?")[0].split("#")[0].rstrip("/")
+    user, _, host = authority.rpartition("@")
+    return prefix, user, host + slash + path
 
 
 def check_user_part(url: str) -> None:
@@ -70,9 +77,7 @@ def check_user_part(url: str) -> None:
     Raises:
         ConfigError: naming the URL without its credentials.
     """
-    text = url.strip()
-    scheme = _SCHEME.match(text)
-    user = text[len(scheme.group(0)) if scheme else 0 :].partition("/")[0].rpartition("@")[0]
+    user = _user_split(url)[1]
     if "#" in user or "?" in user:
         raise ConfigError(f"endpoint {redacted(url)}: its user part holds '#' or '?'; write them as %23 and %3F")
 

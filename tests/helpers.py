@@ -175,7 +175,8 @@ def write_folder(folder: Path, sizes: dict[str, int], *, scored: bool = True, ju
         for i in range(size):
             reasoning = "plan" if name == "elicitive" and i % 2 == 0 else None
             row = make_row(
-                strategy=name, instruction=f"q{i}", prompt_id=f"{name}-{i}", chosen="c" * (10 * i + 1),
+                strategy=name, prompt=[{"role": "user", "content": f"q{i}"}], prompt_id=f"{name}-{i}",
+                chosen="c" * (10 * i + 1),
                 rejected="r", chosen_model="m", rejected_model="m", chosen_reasoning=reasoning,
                 rejected_reasoning=reasoning,
             )  # fmt: skip

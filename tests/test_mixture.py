@@ -210,7 +210,7 @@ def test_curriculum_needs_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         [
             make_row(
                 strategy="prefix",
-                instruction="q",
+                prompt=[{"role": "user", "content": "q"}],
                 prompt_id="p",
                 chosen="a",
                 rejected="b",

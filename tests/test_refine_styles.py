@@ -41,8 +41,8 @@ def test_clair_asks_the_reviser_for_a_minimal_revision_in_a_fresh_chat() -> None
 
 def test_the_edits_of_each_pair_are_summarised_exactly(tmp_path: Path) -> None:
     pairs = [("abcd", "abcf"), ("abcdefgh", "abcd"), (REVISED, DRAFT)]
-    rows = [make_row(strategy="refine", instruction=f"q{i}", prompt_id=str(i), chosen=c, rejected=r,
-                     chosen_model="m", rejected_model="m") for i, (c, r) in enumerate(pairs)]  # fmt: skip
+    rows = [make_row(strategy="refine", prompt=[{"role": "user", "content": f"q{i}"}], prompt_id=str(i), chosen=c,
+                     rejected=r, chosen_model="m", rejected_model="m") for i, (c, r) in enumerate(pairs)]  # fmt: skip
     edits = RowSpool.of(rows, tmp_path / "rows.jsonl").describe()["edits"]
     similarity = sorted(Levenshtein.normalized_similarity(c, r) for c, r in pairs)
     ratios = sorted(len(c) / len(r) for c, r in pairs)

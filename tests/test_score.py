@@ -42,8 +42,8 @@ PLANS = {"chosen_reasoning": "- Lead with the request.", "rejected_reasoning": "
 
 def rows_for(*strategies: str) -> list[dict]:
     return [
-        make_row(strategy=name, instruction=INSTRUCTION, prompt_id="p", chosen=CHOSEN, rejected=REJECTED,
-                 chosen_model="m", rejected_model="m", **(PLANS if name == "elicitive" else {}))
+        make_row(strategy=name, prompt=[{"role": "user", "content": INSTRUCTION}], prompt_id="p", chosen=CHOSEN,
+                 rejected=REJECTED, chosen_model="m", rejected_model="m", **(PLANS if name == "elicitive" else {}))
         for name in strategies
     ]  # fmt: skip
 

@@ -40,8 +40,8 @@ STRATEGIES = ("prefix", "demon", "nparam")
 
 def rows() -> list[dict]:
     return [
-        make_row(strategy=strategy, instruction=instruction, prompt_id=f"p{i}", chosen=chosen, rejected=rejected,
-                 chosen_model="m", rejected_model="m")
+        make_row(strategy=strategy, prompt=[{"role": "user", "content": instruction}], prompt_id=f"p{i}", chosen=chosen,
+                 rejected=rejected, chosen_model="m", rejected_model="m")
         for i, (instruction, (chosen, rejected)) in enumerate(zip(INSTRUCTIONS, ANSWERS, strict=True))
         for strategy in STRATEGIES
     ]  # fmt: skip

@@ -811,7 +811,16 @@ class BuildConfig:
         None, check=TEXT, metavar="REV", help="with a Hub dataset: its revision (default: newest)"
     )
     prompt_column: str | None = setting(
-        None, check=TEXT, help="column holding the instruction (default: prompt or instruction)"
+        None,
+        check=TEXT,
+        help="column holding the instruction: text, an HH-RLHF transcript, a messages list or ShareGPT's conversations "
+        "(default: the first of prompt, instruction, messages, conversations, chosen)",
+    )
+    system: str | None = setting(
+        None,
+        check=TEXT,
+        metavar="TEXT",
+        help="a system prompt every instruction is given (before a conversation's own system turn)",
     )
     strategies: str | tuple[str, ...] = setting(
         "paper",

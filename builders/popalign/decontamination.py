@@ -7,7 +7,11 @@ folded), or a MinHash match: datatrove's signatures of word 3-grams of that text
 matching where any bucket is equal (a pair is caught with probability 0.92 at a Jaccard similarity of 0.8 and 0.5 at
 about 0.72; `MINHASH`). Each instruction is compared with every benchmark prompt, whatever the benchmark's own
 near-duplicates (datatrove's index keeps one prompt of each such group, and its clustering then catches one input of
-each); near-duplicates group transitively, as datatrove's clusters do. datatrove is the `scale` extra."""
+each); near-duplicates group transitively, as datatrove's clusters do. datatrove is the `scale` extra.
+
+In a conversation, decontamination compares each user turn with each user turn of a benchmark's prompts (a benchmark
+question asked anywhere in a dialogue is caught), and near-duplicates compare whole conversations, their user and
+assistant turns as one text (a system turn, which `--system` gives every instruction alike, is left out)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from popalign.conversations import transcript
 from popalign.extras import require
 from popalign.prompts import Instruction, PromptSet, in_shard
 
@@ -38,17 +43,17 @@ def screen(instructions: Sequence[Instruction], benchmarks: Sequence[PromptSet],
     if not benchmarks and not near_duplicates:
         return Screening(list(instructions))
     keys = _Keys()
-    own = [keys.of(i.text) for i in instructions]
+    asked = [keys.of_turns(i) for i in instructions]
     contaminated: dict[str, list[Instruction]] = {}
     dropped: set[int] = set()
     for benchmark in benchmarks:
-        known = {key for prompt in benchmark.instructions for key in keys.of(prompt.text)}
-        matched = {doc for doc, found in enumerate(own) if not found.isdisjoint(known)}
+        known = {key for prompt in benchmark.instructions for key in keys.of_turns(prompt)}
+        matched = {doc for doc, found in enumerate(asked) if not found.isdisjoint(known)}
         contaminated[benchmark.source] = [instructions[i] for i in sorted(matched)]
         dropped |= matched
     near: list[int] = []
     if near_duplicates:
-        groups = _groups(own)
+        groups = _groups([keys.of_whole(i) for i in instructions])
         firsts: dict[int, int] = {}
         for doc in range(len(instructions)):
             if doc not in dropped and firsts.setdefault(groups[doc], doc) != doc:
@@ -111,6 +116,14 @@ class _Keys:
         shingles = self.signature.get_shingles(text)
         buckets = self.signature.get_signature(shingles) if shingles.size else []
         return {("text", self.simplify(text)), *((bucket, tuple(hashes)) for bucket, hashes in enumerate(buckets))}
+
+    def of_turns(self, instruction: Instruction) -> set[Any]:
+        """The keys of each user turn of an instruction (its text alone for a plain one)."""
+        return set().union(*(self.of(text) for role, text in instruction.messages if role == "user"))
+
+    def of_whole(self, instruction: Instruction) -> set[Any]:
+        """The keys of a whole conversation: its user and assistant turns as one text (a plain one's text)."""
+        return self.of(transcript([turn for turn in instruction.messages if turn[0] != "system"]))
 
 
 def screened(

@@ -22,7 +22,7 @@ from popalign.cache import GenerationCache
 from popalign.config import THINK_TAGS
 from popalign.contrasts import Dropped, StrategyRun
 from popalign.costs import Budget, Price, Tokens
-from popalign.errors import RequestFailed, StrategyError
+from popalign.errors import PromptTooLong, RequestFailed, StrategyError
 from popalign.generation import Generation, GenerationParams, Request, request_key
 from popalign.model_identity import ModelIdentity
 from popalign.reasoning import separate
@@ -305,6 +305,9 @@ class Engine:
                 except BudgetSpent:
                     run.close()
                     return Dropped(BUDGET_STOP)
+                except PromptTooLong:
+                    run.close()
+                    return Dropped("too-long")
                 except RequestFailed as failure:
                     self.stats.by_strategy[label].failed += 1
                     self.stats.failures[str(failure)] += 1

@@ -66,6 +66,10 @@ class RequestFailed(PopAlignError):
     """One request was refused for good (for example a prompt too long for the endpoint); its pair is dropped."""
 
 
+class PromptTooLong(RequestFailed):
+    """A prompt and its answer's tokens do not fit a local model's context: the pair is dropped as `too-long`."""
+
+
 def first_line(error: BaseException, fallback: str = "no detail") -> str:
     """The first line of an error's message, for one-line errors; `fallback` when it has none."""
     text = str(error).strip()

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from popalign.contrasts import Dropped
+from popalign.conversations import Message
 from popalign.dataset.folder import Manifest, write_json
 from popalign.dataset.quality import load_pyplot
 from popalign.dataset.rows import iter_rows
 from popalign.engine import Engine
 from popalign.errors import PopAlignError
-from popalign.generation import Generation, Request, user
+from popalign.generation import Generation, Request
 from popalign.judging import JudgeSettings, judge_rows, wilson
 
 #: The role of the model the trained ones are compared with.
@@ -33,11 +34,15 @@ CHART = "win_rate.png"
 
 @dataclass(frozen=True)
 class HeldOut:
-    """One held-out instruction: its text, id, and the strategies whose test rows hold it."""
+    """One held-out instruction: its conversation (one user turn for a plain instruction), id, and the strategies
+    whose test rows hold it."""
 
-    text: str
+    messages: tuple[Message, ...]
     prompt_id: str
     strategies: tuple[str, ...]
+
+    def chat(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.messages]
 
 
 @dataclass(frozen=True)
@@ -116,12 +121,13 @@ def held_out_instructions(build: Path, manifest: Manifest) -> list[HeldOut]:
     found: dict[str, tuple[str, list[str]]] = {}
     for name in manifest.configs:
         for row in iter_rows(build, name, splits=("test",)):
-            found.setdefault(row["prompt_id"], (row["prompt"][0]["content"], []))[1].append(name)
+            messages = tuple((turn["role"], turn["content"]) for turn in row["prompt"])
+            found.setdefault(row["prompt_id"], (messages, []))[1].append(name)
     if not found:
         raise PopAlignError(
             f"{build}: no test split to evaluate on; build it with --test-size F (a share of the instructions held out)"
         )
-    return [HeldOut(text, prompt_id, tuple(names)) for prompt_id, (text, names) in found.items()]
+    return [HeldOut(messages, prompt_id, tuple(names)) for prompt_id, (messages, names) in found.items()]
 
 
 #: A run of the engine that asks every model and the reference for their answer, and returns them by role.
@@ -129,7 +135,7 @@ AnswersRun = Generator[list[Request], list[Generation], dict[str, str]]
 
 
 def _answers(instruction: HeldOut, models: list[str]) -> AnswersRun:
-    answers = yield [Request(role, (user(instruction.text),)) for role in (*models, REFERENCE)]
+    answers = yield [Request(role, instruction.messages) for role in (*models, REFERENCE)]
     return {role: answer.text.strip() for role, answer in zip((*models, REFERENCE), answers, strict=True)}
 
 
@@ -148,7 +154,7 @@ def evaluate_models(build: Path, manifest: Manifest, engine: Engine, judging: Ju
                     "model": model,
                     "prompt_id": instruction.prompt_id,
                     "strategies": instruction.strategies,
-                    "prompt": [{"role": "user", "content": instruction.text}],
+                    "prompt": instruction.chat(),
                     "chosen": [{"role": "assistant", "content": result[model] if answered else ""}],
                     "rejected": [{"role": "assistant", "content": result[REFERENCE] if answered else ""}],
                     "strategy": OVERALL,
@@ -193,7 +199,8 @@ def _write(evaluation: Evaluation, rows: list[dict[str, Any]], engine: Engine, o
             record = {
                 "model": row["model"],
                 "prompt_id": row["prompt_id"],
-                "instruction": row["prompt"][0]["content"],
+                "instruction": row["prompt"][-1]["content"],
+                **({"context": row["prompt"][:-1]} if len(row["prompt"]) > 1 else {}),
                 "strategies": list(row["strategies"]),
                 "answer": row["chosen"][0]["content"],
                 "reference_answer": row["rejected"][0]["content"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from popalign.contrasts import Dropped, Strategy, StrategyRun
-from popalign.generation import Generation, Request, user
+from popalign.generation import Generation, Request
 from popalign.prompts import Instruction
 from popalign.shapes import RATING
 from popalign.strategies import StrategyContext, check_pair, clean_answer, model_contrast
@@ -35,7 +35,7 @@ def rating(text: str) -> int | None:
 
 
 def _best_of_n(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
-    asks = [Request("default", (user(instruction.text),), sample=BEST_OF_DRAW + i) for i in range(ctx.styles.best_of)]
+    asks = [Request("default", instruction.messages, sample=BEST_OF_DRAW + i) for i in range(ctx.styles.best_of)]
     samples = yield asks
     usable = [sample for sample in samples if not ctx.unusable(sample) and clean_answer(sample.text)]
     if len(usable) < 2:
@@ -44,7 +44,9 @@ def _best_of_n(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
     rate = [
         Request(
             "ranker",
-            (user(ctx.templates.render(RATE_TEMPLATE, instruction=instruction.text, answer=clean_answer(s.text))),),
+            instruction.asking(
+                ctx.templates.render(RATE_TEMPLATE, instruction=instruction.text, answer=clean_answer(s.text))
+            ),
             params=RATE_PARAMS,
             shape=RATING,
         )
@@ -68,7 +70,7 @@ def _best_of_n(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
 def _temperature(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
     temperatures = (ctx.styles.low_temperature, ctx.styles.high_temperature)
     chosen, rejected = yield [
-        Request("default", (user(instruction.text),), sample=TEMPERATURE_DRAW, params=(("temperature", t),))
+        Request("default", instruction.messages, sample=TEMPERATURE_DRAW, params=(("temperature", t),))
         for t in temperatures
     ]
     return check_pair(chosen, rejected, ("default", "default"), ctx)

@@ -10,11 +10,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from popalign.config import OFF_VALUES, GenerationParams
+from popalign.conversations import Message
 from popalign.shapes import Shape
-
-#: One chat message as (role, content); tuples keep requests hashable.
-Message = tuple[str, str]
-
 
 #: Why a generation ended: the model stopped by itself, it hit `max_new_tokens` (the answer is cut), or it ended
 #: while still thinking (the limit hit inside its reasoning trace, or a trace never closed: there is no answer).

@@ -28,6 +28,7 @@ from popalign.backends.base import THINKS_FIRST
 from popalign.cache import GenerationCache
 from popalign.config import Endpoints, GenerationParams, JudgeOptions
 from popalign.contrasts import Dropped
+from popalign.conversations import transcript
 from popalign.dataset.quality import JUDGE_CHART, QUALITY_DIR, load_pyplot
 from popalign.dataset.rows import StrategyOutcome
 from popalign.engine import Engine
@@ -81,13 +82,19 @@ def parse_choice(text: str) -> str | None:
 
 
 def judge_chats(row: dict[str, Any], templates: TemplateSet) -> list[Chat]:
-    """The judge's two chats for a row: the chosen answer shown as A, then as B."""
-    instruction = row["prompt"][0]["content"]
+    """The judge's two chats for a row: the chosen answer shown as A, then as B; a conversation is shown whole, as
+    a transcript (`prompt_text`)."""
+    instruction = prompt_text(row)
     chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
     return [
         [{"role": "user", "content": templates.render(JUDGE_TEMPLATE, instruction=instruction, answer_a=a, answer_b=b)}]
         for a, b in ((chosen, rejected), (rejected, chosen))
     ]
+
+
+def prompt_text(row: dict[str, Any]) -> str:
+    """What a judge reads as a row's instruction: its text, or a conversation as a transcript of its turns."""
+    return transcript([(turn["role"], turn["content"]) for turn in row["prompt"]])
 
 
 def judge_run(row: dict[str, Any], templates: TemplateSet) -> JudgeRun:
@@ -321,7 +328,7 @@ def _ranked_verdicts(rows: list[dict[str, Any]], ranker: PairRanker) -> dict[str
     choice is the sign of its logit, and the verdict counts only when both agree; `judge_margin` is the logit with
     the chosen answer first minus the logit with it second."""
     triples = [
-        (row["prompt"][0]["content"], *order)
+        (prompt_text(row), *order)
         for row in rows
         for order in ((row["chosen"][0]["content"], row["rejected"][0]["content"]),
                       (row["rejected"][0]["content"], row["chosen"][0]["content"]))

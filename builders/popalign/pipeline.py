@@ -186,7 +186,7 @@ def build_dataset(
             outcome.spool.add(
                 make_row(
                     strategy=name,
-                    instruction=instruction.text,
+                    prompt=instruction.chat(),
                     prompt_id=instruction.prompt_id,
                     chosen=trained(result.chosen, result.chosen_thinking),
                     rejected=trained(result.rejected, result.rejected_thinking),
@@ -391,13 +391,20 @@ def _write_recipe(
 
 def _recipe_prompts(prompts: PromptSet) -> dict[str, Any]:
     """How the recipe names the instructions: a file with its digest, or a Hub dataset at its commit; and the
-    `--limit` the build took (the bundled demo set is the default, and not named)."""
+    column, system prompt and `--limit` the build took where it was told them (the bundled demo set is the default,
+    and not named)."""
     source: dict[str, Any] = {}
     if prompts.revision:
         source = {"prompts": prompts.source, "prompts_revision": prompts.revision}
     elif prompts.source != BUNDLED_LABEL:
         source = {"prompts": prompts.source, "prompts_sha256": prompts.sha256}
-    return source | ({"limit": prompts.limit} if prompts.limit is not None else {})
+    chosen = {"prompt_column": prompts.column} if prompts.column else {}
+    return (
+        source
+        | chosen
+        | ({"system": prompts.system} if prompts.system else {})
+        | ({"limit": prompts.limit} if prompts.limit is not None else {})
+    )
 
 
 def budget_line(engine: Engine, out: Path) -> str:

@@ -84,6 +84,7 @@ class BuildPlan:
             "role_params": {role: asdict(params) for role, params in self.role_params.items()},
             "prompts": [prompts.source, prompts.sha256, prompts.revision, prompts.limit, prompts.total],
             "prompt_column": config.prompt_column,
+            "system": config.system,
             "templates": self.templates().hashes(),
             "output": [config.keep_truncated, config.test_size, config.max_shard_size],
             "styles": asdict(config.styles),
@@ -174,10 +175,12 @@ def _load(config: BuildConfig, shard: tuple[int, int] | None, revision: str | No
     """The plan's instructions (of its shard): screened whole first, where the build decontaminates or drops
     near-duplicates, so every shard drops the same instructions."""
     screening = bool(config.decontaminate or config.near_duplicates)
-    prompt_set = _source(config.prompts, config.prompt_column, config.limit, None if screening else shard, revision)
+    prompt_set = _source(
+        config.prompts, config.prompt_column, config.limit, None if screening else shard, revision, config.system
+    )
     if not screening:
         return prompt_set
-    benchmarks = [_source(source, None, None, None, None) for source in config.decontaminate]
+    benchmarks = [_source(source, None, None, None, None, None) for source in config.decontaminate]
     return screened(prompt_set, benchmarks, near_duplicates=config.near_duplicates, shard=shard)
 
 
@@ -187,11 +190,14 @@ def _source(
     limit: int | None,
     shard: tuple[int, int] | None,
     revision: str | None,
+    system: str | None,
 ) -> PromptSet:
-    """Instructions from a file (None: the bundled demo set) or a Hub dataset `ORG/NAME[:SPLIT]`."""
+    """Instructions from a file (None: the bundled demo set) or a Hub dataset `ORG/NAME[:SPLIT]`, each under a
+    `system` turn where given."""
     if isinstance(prompts, str) and is_hub_dataset(prompts):
-        return load_hub_prompts(prompts, column=column, limit=limit, shard=shard, revision=revision)
-    return load_prompts(Path(prompts) if prompts is not None else None, column=column, limit=limit, shard=shard)
+        return load_hub_prompts(prompts, column=column, limit=limit, shard=shard, revision=revision, system=system)
+    path = Path(prompts) if prompts is not None else None
+    return load_prompts(path, column=column, limit=limit, shard=shard, system=system)
 
 
 def _generation(

@@ -1,4 +1,5 @@
-"""Read instructions from `.jsonl`, `.csv` or `.parquet`, or the bundled demo set; validate and deduplicate."""
+"""Read instructions from `.jsonl`, `.csv` or `.parquet`, a Hub dataset, or the bundled demo set: plain text or
+conversations (`popalign.conversations`); validate and deduplicate."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import csv
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,13 @@ import httpx2
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+from popalign.conversations import ANSWERED_COLUMNS, ConversationError, Message, parse, with_system
 from popalign.errors import PromptsError
 
 BUNDLED_PROMPTS = Path(__file__).with_name("instructions.jsonl")
 BUNDLED_LABEL = "popalign's bundled demo instructions"
-DEFAULT_COLUMNS = ("prompt", "instruction")
+#: The columns looked for, in order, where no `--prompt-column` is given.
+DEFAULT_COLUMNS = ("prompt", "instruction", "messages", "conversations", "chosen")
 SUFFIXES = (".jsonl", ".csv", ".parquet")
 _SHARD = re.compile(r"([0-9]+)/([0-9]+)")
 _HUB_DATASET = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+){0,2}$")
@@ -33,14 +36,53 @@ def is_hub_dataset(text: str) -> bool:
 
 @dataclass(frozen=True)
 class Instruction:
-    """One user instruction and its stable id (sha256 of the text)."""
+    """One instruction: the user turn to answer (`text`), the conversation before it (`context`: a system turn,
+    earlier user and assistant turns; none for a plain instruction), and a stable id: the sha256 of the text alone,
+    or of the whole conversation where there is one.
+
+    >>> Instruction.from_messages([("system", "Be brief."), ("user", "Hi")]).messages
+    (('system', 'Be brief.'), ('user', 'Hi'))
+    """
 
     text: str
     prompt_id: str
+    context: tuple[Message, ...] = ()
 
     @classmethod
     def from_text(cls, text: str) -> Instruction:
         return cls(text=text, prompt_id=hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+    @classmethod
+    def from_messages(cls, messages: Sequence[Message]) -> Instruction:
+        """The instruction of a checked conversation (`popalign.conversations.check`)."""
+        *context, (_, text) = (tuple(message) for message in messages)
+        if not context:
+            return cls.from_text(text)
+        payload = json.dumps([list(message) for message in messages], ensure_ascii=False)
+        return cls(text, hashlib.sha256(payload.encode("utf-8")).hexdigest(), tuple(context))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_chat(cls, chat: Sequence[dict[str, str]]) -> Instruction:
+        """The instruction of a row's `prompt` (`[{role, content}]`)."""
+        return cls.from_messages([(turn["role"], turn["content"]) for turn in chat])
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        """The whole conversation, ending in the user turn to answer."""
+        return (*self.context, ("user", self.text))
+
+    def asking(self, text: str) -> tuple[Message, ...]:
+        """The conversation with `text` (what a template made of the last user turn) in place of its last turn."""
+        return (*self.context, ("user", text))
+
+    def chat(self) -> list[dict[str, str]]:
+        """The conversation as a row's `prompt` holds it."""
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+    @property
+    def turns(self) -> int:
+        """Its user and assistant turns (a system turn not counted): 1 for a plain instruction."""
+        return sum(role != "system" for role, _ in self.messages)
 
 
 @dataclass(frozen=True)
@@ -62,6 +104,8 @@ class PromptSet:
     #: what screening dropped of this set (`popalign.decontamination`): by benchmark source, its prompts and the
     #: instructions close to one; and the near-duplicates of an earlier instruction. None: not screened.
     screening: dict[str, Any] | None = None
+    system: str | None = None  # `--system`: the system turn every instruction is given
+    column: str | None = None  # `--prompt-column`, where given
 
     def describe(self) -> dict[str, Any]:
         """The prompt source as the manifest records it."""
@@ -76,6 +120,7 @@ class PromptSet:
             **limit,
             "count": len(self.instructions),
             "duplicates": self.duplicates,
+            **({"system": self.system} if self.system else {}),
             **shard,
             **({"screening": self.screening} if self.screening is not None else {}),
         }
@@ -110,8 +155,10 @@ def load_prompts(
     column: str | None = None,
     limit: int | None = None,
     shard: tuple[int, int] | None = None,
+    system: str | None = None,
 ) -> PromptSet:
-    """Load, validate and deduplicate instructions; `path=None` reads the bundled demo set.
+    """Load, validate and deduplicate instructions (texts or conversations, each under a system turn of `system`
+    where given); `path=None` reads the bundled demo set.
 
     >>> load_prompts(limit=2).instructions[0].prompt_id[:8]  # doctest: +SKIP
     'c6b7d1f0'
@@ -128,7 +175,7 @@ def load_prompts(
     seen: set[str] = set()
     instructions: list[Instruction] = []
     for number, row in enumerate(rows, start=1):
-        instruction = Instruction.from_text(_text_field(source, number, row, field))
+        instruction = _instruction(source, number, row, field, system)
         if instruction.prompt_id in seen:
             continue
         seen.add(instruction.prompt_id)
@@ -141,7 +188,17 @@ def load_prompts(
     if shard:
         instructions = [instruction for instruction in instructions if in_shard(instruction, shard)]
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    return PromptSet(instructions, duplicates, label, total=total, shard=shard, sha256=digest, limit=limit)
+    return PromptSet(
+        instructions,
+        duplicates,
+        label,
+        total=total,
+        shard=shard,
+        sha256=digest,
+        limit=limit,
+        system=system,
+        column=column,
+    )
 
 
 def load_hub_prompts(
@@ -151,6 +208,7 @@ def load_hub_prompts(
     limit: int | None = None,
     shard: tuple[int, int] | None = None,
     revision: str | None = None,
+    system: str | None = None,
 ) -> PromptSet:
     """Instructions from a Hub dataset, `ORG/NAME[:CONFIG][:SPLIT]` (split `train` unless given), at `revision`
     (default: the newest commit, which is recorded); streamed when `limit` is given, so only the rows needed are
@@ -177,7 +235,7 @@ def load_hub_prompts(
         rows = datasets.load_dataset(repo, config, split=split, revision=commit, streaming=limit is not None)
         for read, row in enumerate(rows, start=1):  # a streamed file's bad line is met here, not at the load
             field = field or _pick_column(spec, row, column)
-            instruction = Instruction.from_text(_text_field(spec, read, row, field))
+            instruction = _instruction(spec, read, row, field, system)
             if instruction.prompt_id not in seen:
                 seen.add(instruction.prompt_id)
                 instructions.append(instruction)
@@ -209,7 +267,16 @@ def load_hub_prompts(
     if shard:
         instructions = [instruction for instruction in instructions if in_shard(instruction, shard)]
     return PromptSet(
-        instructions, read - total, spec, total=total, shard=shard, sha256=digest, revision=commit, limit=limit
+        instructions,
+        read - total,
+        spec,
+        total=total,
+        shard=shard,
+        sha256=digest,
+        revision=commit,
+        limit=limit,
+        system=system,
+        column=column,
     )
 
 
@@ -257,17 +324,20 @@ def _pick_column(source: Path | str, first_row: dict[str, Any], column: str | No
     for name in candidates:
         if name in first_row:
             return name
-    wanted = f"column {column!r}" if column else "column 'prompt' or 'instruction'"
+    wanted = f"column {column!r}" if column else f"column {', '.join(map(repr, DEFAULT_COLUMNS[:-1]))} or 'chosen'"
     hint = "" if column else "; pass --prompt-column"
     raise PromptsError(f"{source}: no {wanted} (columns: {', '.join(map(str, first_row))}){hint}")
 
 
-def _text_field(source: Path | str, number: int, row: dict[str, Any], field: str) -> str:
+def _instruction(source: Path | str, number: int, row: dict[str, Any], field: str, system: str | None) -> Instruction:
+    """The instruction of one row's prompt field (text or a conversation), under `--system` where given."""
     if field not in row:
         raise PromptsError(f"{source}: row {number}: field {field!r} is missing")
     value = row[field]
-    if not isinstance(value, str):
-        raise PromptsError(f"{source}: row {number}: field {field!r} is {type(value).__name__}, expected text")
-    if not value.strip():
+    if isinstance(value, str) and not value.strip():
         raise PromptsError(f"{source}: row {number}: field {field!r} is empty")
-    return value
+    try:
+        turns = parse(value, answered=field in ANSWERED_COLUMNS)
+    except ConversationError as err:
+        raise PromptsError(f"{source}: row {number}: field {field!r} {err}") from err
+    return Instruction.from_messages(with_system(turns, system) if system else turns)

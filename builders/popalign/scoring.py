@@ -78,8 +78,9 @@ class ScoreStats:
 
 def contrast_chats(row: dict[str, Any], context: StrategyContext, fallback: str) -> tuple[list, list]:
     """The (x+, x−) chats of a row: the contexts its answers were generated in for a prompt-contrast strategy
-    (guided elicitive: each side's plan as guidance, then the instruction), else `fallback`'s prompt pair."""
-    strategy, instruction = row["strategy"], row["prompt"][0]["content"]
+    (guided elicitive: each side's plan as guidance, then the conversation), else `fallback`'s prompt pair, both
+    in the conversation's context."""
+    strategy, instruction = row["strategy"], Instruction.from_chat(row["prompt"])
     if strategy == "elicitive" and context.styles.elicitive == "guided":
         positive, negative = (
             [{"role": role, "content": content} for role, content in guided_messages(context, instruction, plan)]
@@ -87,7 +88,7 @@ def contrast_chats(row: dict[str, Any], context: StrategyContext, fallback: str)
         )
         return positive, negative
     source = strategy if STRATEGIES[strategy].kind == "prompt" else fallback  # others: a prompt pair of the instruction
-    run = STRATEGIES[source].run(Instruction.from_text(instruction), context)
+    run = STRATEGIES[source].run(instruction, context)
     positive, negative = next(run)[:2]
     run.close()
     return positive.chat(), negative.chat()

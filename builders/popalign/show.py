@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from popalign.conversations import transcript
 from popalign.dataset.folder import open_manifest
 from popalign.dataset.rows import iter_rows
 from popalign.errors import ConfigError
@@ -150,9 +151,12 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def _value(row: dict[str, Any], name: str) -> Any:
-    """A field's value; for `prompt`, `chosen` and `rejected`, the text of their one message."""
+    """A field's value; for `chosen` and `rejected`, the text of their one message, for `prompt` its text or its
+    conversation as a transcript (each turn after its speaker)."""
     value = row.get(name)
-    return value[0]["content"] if name in ("prompt", "chosen", "rejected") and value else value
+    if name == "prompt" and value:
+        return transcript([(turn["role"], turn["content"]) for turn in value])
+    return value[0]["content"] if name in ("chosen", "rejected") and value else value
 
 
 def _typed(text: str, name: str, raw: str) -> Any:

@@ -18,8 +18,9 @@ from rapidfuzz.distance import Indel
 
 from popalign.config import Styles
 from popalign.contrasts import PAPER, SELECTIONS, STRATEGIES, Dropped, Pair, Strategy, StrategyRun, interruptible
+from popalign.conversations import Message, with_system
 from popalign.errors import ConfigError, PopAlignError, StrategyError, first_line
-from popalign.generation import Generation, Message, Request, assistant, system, user
+from popalign.generation import Generation, Request, assistant, user
 from popalign.prompts import Instruction
 from popalign.shapes import THOUGHT
 from popalign.templates import TemplateSet
@@ -152,35 +153,40 @@ def parse_thought(text: str) -> tuple[str, str] | None:
     return match["thought"].strip(), match["response"].strip()
 
 
-def guided_messages(ctx: StrategyContext, instruction: str, plan: str) -> tuple[Message, ...]:
+def guided_messages(ctx: StrategyContext, instruction: Instruction, plan: str) -> tuple[Message, ...]:
     """The request an elicitive answer is written from: the plan as guidance in a fresh context (a system
-    message), then the plain instruction; never the model's own earlier turn."""
-    return (system(ctx.templates.render("elicitive_answer.jinja", plan=plan)), user(instruction))
+    message, before the conversation's own), then the plain conversation; never the model's own earlier turn."""
+    return with_system(instruction.messages, ctx.templates.render("elicitive_answer.jinja", plan=plan))
 
 
-def demonstration_turns(demos: list[dict[str, str]], instruction: str) -> tuple[Message, ...]:
-    """Few-shot demonstrations as earlier user/assistant turns of the chat, then the instruction."""
+def demonstration_turns(demos: list[dict[str, str]], instruction: Instruction) -> tuple[Message, ...]:
+    """Few-shot demonstrations as earlier user/assistant turns of the chat, before the conversation (after its
+    system turn, which stays first)."""
     turns = [turn for demo in demos for turn in (user(demo["instruction"]), assistant(demo["response"]))]
-    return (*turns, user(instruction))
+    messages = instruction.messages
+    head = messages[:1] if messages[0][0] == "system" else ()
+    return (*head, *turns, *messages[len(head) :])
 
 
 def prefix_messages(ctx: StrategyContext, instruction: Instruction) -> tuple[tuple[Message, ...], ...]:
-    """The chats of `prefix`'s two sides: a principle sentence before the instruction (`sentences`), or a label of
-    the response on the assistant's side, as its prefilled opening or as a system message."""
+    """The chats of `prefix`'s two sides: a principle sentence before the last user turn (`sentences`), or a label
+    of the response on the assistant's side, as its prefilled opening or as a system message; earlier turns kept."""
     if ctx.styles.prefix == "sentences":
         principle = ctx.principles[ctx.pick(instruction, len(ctx.principles))]
         return tuple(
-            (user(ctx.templates.render("prefix.jinja", principle=principle[side], instruction=instruction.text)),)
+            instruction.asking(
+                ctx.templates.render("prefix.jinja", principle=principle[side], instruction=instruction.text)
+            )
             for side in ("positive", "negative")
         )
     labels = ctx.labels[ctx.pick(instruction, len(ctx.labels))]
     if ctx.prefill:
         return tuple(
-            (user(instruction.text), assistant(ctx.templates.render("prefix_label_prefill.jinja", label=labels[side])))
+            (*instruction.messages, assistant(ctx.templates.render("prefix_label_prefill.jinja", label=labels[side])))
             for side in ("positive", "negative")
         )
     return tuple(
-        (system(ctx.templates.render("prefix_label_system.jinja", label=labels[side])), user(instruction.text))
+        with_system(instruction.messages, ctx.templates.render("prefix_label_system.jinja", label=labels[side]))
         for side in ("positive", "negative")
     )
 
@@ -192,7 +198,7 @@ def _prefix(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
 
 
 def _demon(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
-    good, bad = (demonstration_turns(demos, instruction.text) for demos in (ctx.good_demos, ctx.bad_demos))
+    good, bad = (demonstration_turns(demos, instruction) for demos in (ctx.good_demos, ctx.bad_demos))
     chosen, rejected = yield [Request("default", good), Request("default", bad)]
     return check_pair(chosen, rejected, ("default", "default"), ctx)
 
@@ -200,11 +206,12 @@ def _demon(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
 def _elicitive(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
     if ctx.styles.elicitive == "paper":
         return (yield from _elicitive_paper(instruction, ctx))
+    text = instruction.text
     asks = [
-        Request("planner", (user(ctx.templates.render(f"elicitive_{side}.jinja", instruction=instruction.text)),))
+        Request("planner", instruction.asking(ctx.templates.render(f"elicitive_{side}.jinja", instruction=text)))
         for side in ("good", "bad")
     ]
-    *plans, plain = yield [*asks, Request("planner", (user(instruction.text),))]
+    *plans, plain = yield [*asks, Request("planner", instruction.messages)]
     if dropped := ctx.unusable(*plans):
         return dropped
     good_plan, bad_plan = (plan.text.strip() for plan in plans)
@@ -213,7 +220,7 @@ def _elicitive(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
     if any(similarity(plan, plain.text) >= PLAN_ANSWER_RATIO for plan in (good_plan, bad_plan)):
         return Dropped("plan-is-answer")
     chosen, rejected = yield [
-        Request("default", guided_messages(ctx, instruction.text, plan)) for plan in (good_plan, bad_plan)
+        Request("default", guided_messages(ctx, instruction, plan)) for plan in (good_plan, bad_plan)
     ]
     if is_near_copy(good_plan, clean_answer(chosen.text)) or is_near_copy(bad_plan, clean_answer(rejected.text)):
         return Dropped("near-copy")
@@ -224,7 +231,7 @@ def _elicitive_paper(instruction: Instruction, ctx: StrategyContext) -> Strategy
     chosen, rejected = yield [
         Request(
             "default",
-            (user(ctx.templates.render(f"elicitive_paper_{side}.jinja", instruction=instruction.text)),),
+            instruction.asking(ctx.templates.render(f"elicitive_paper_{side}.jinja", instruction=instruction.text)),
             shape=THOUGHT,
         )
         for side in ("good", "bad")
@@ -249,7 +256,7 @@ PLAIN_DRAW = {"refine": 0, "nparam": 1, "leaderboard": 2, "teacher": 3}
 
 def plain_request(ctx: StrategyContext, draw: int, role: str, instruction: Instruction) -> Request:
     """The request for a strategy's plain answer M(q) by `role`: its own `draw` unless the run shares answers."""
-    return Request(role, (user(instruction.text),), sample=0 if ctx.styles.shared_answers else draw)
+    return Request(role, instruction.messages, sample=0 if ctx.styles.shared_answers else draw)
 
 
 def model_contrast(
@@ -266,18 +273,17 @@ def model_contrast(
 
 
 def _refine(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
-    ask = user(instruction.text)
     (draft,) = yield [plain_request(ctx, PLAIN_DRAW["refine"], "default", instruction)]
     if dropped := ctx.unusable(draft):
         return dropped
     if not clean_answer(draft.text):
         return Dropped("empty")
-    if ctx.styles.refine == "clair":  # a minimal revision, by the reviser, in a fresh chat
+    if ctx.styles.refine == "clair":  # a minimal revision of the final answer, by the reviser, in a fresh chat
         revise = ctx.templates.render("refine_clair.jinja", instruction=instruction.text, answer=draft.text)
-        (revised,) = yield [Request("reviser", (user(revise),))]
+        (revised,) = yield [Request("reviser", instruction.asking(revise))]
         return _revision_pair(revised, draft, ("reviser", "default"), ctx)
     again = user(ctx.templates.render("refine.jinja", instruction=instruction.text))
-    (refined,) = yield [Request("default", (ask, assistant(draft.text), again))]
+    (refined,) = yield [Request("default", (*instruction.messages, assistant(draft.text), again))]
     return _revision_pair(refined, draft, ("default", "default"), ctx)
 
 

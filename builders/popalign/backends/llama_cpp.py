@@ -28,7 +28,7 @@ from llama_cpp import _internals, llama_grammar
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from popalign.config import GenerationParams
-from popalign.errors import BackendError, RequestFailed, first_line
+from popalign.errors import BackendError, PromptTooLong, first_line
 from popalign.generation import LENGTH, STOP, Generation, OnDone, OnRetry, Request, before_stop
 from popalign.model_identity import ModelIdentity
 from popalign.resources import embedded_model_path
@@ -310,7 +310,7 @@ class _Model:
             if need > self.limit:
                 self.waiting.popleft()
                 job.hand_back(
-                    RequestFailed(
+                    PromptTooLong(
                         f"a prompt of {len(prompt)} tokens and {job.params.max_new_tokens} new tokens do not fit "
                         f"{self.spec}'s context of {self.limit} per answer (shorten the prompt or --max-new-tokens)"
                     )

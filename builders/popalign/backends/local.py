@@ -22,7 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from popalign.errors import BackendError, first_line
+from popalign.errors import BackendError, PromptTooLong, first_line
 from popalign.generation import (
     LENGTH,
     STOP,
@@ -91,10 +91,34 @@ class LocalBackend:
         """Generate every queued request, in batches, handing each answer over as its batch finishes."""
         queue, self._queue = self._queue, defaultdict(list)
         for (spec, params), pending in queue.items():
-            for waiters, generations in self.iter_batches(spec, pending, params):
+            for waiters, generations in self.iter_batches(spec, self._fitting(spec, pending, params), params):
                 for (future, on_done), generation in zip(waiters, generations, strict=True):
                     on_done(generation)
                     future.set_result(generation)
+
+    def _fitting(
+        self, spec: ModelSpec, pending: list[tuple[_Waiter, Request]], params: GenerationParams
+    ) -> list[tuple[_Waiter, Request]]:
+        """The queued requests whose prompt and `max_new_tokens` fit the model's positions; each other one's
+        future is refused with `PromptTooLong` (its pair is dropped as `too-long`)."""
+        model, tokenizer = self.load(spec)
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if not limit:
+            return pending
+        fitting = []
+        for (future, on_done), request in pending:
+            chat = chat_prompt(tokenizer, request.chat())
+            tokens = len(tokenizer(chat, add_special_tokens=False)["input_ids"])
+            if tokens + params.max_new_tokens <= limit:
+                fitting.append(((future, on_done), request))
+                continue
+            future.set_exception(
+                PromptTooLong(
+                    f"a prompt of {tokens} tokens and {params.max_new_tokens} new tokens do not fit {spec}'s "
+                    f"{limit} positions (shorten the prompt or --max-new-tokens)"
+                )
+            )
+        return fitting
 
     def generate(self, spec: ModelSpec, requests: list[Request], params: GenerationParams) -> list[Generation]:
         """Answer `requests` with `spec`, in their order."""

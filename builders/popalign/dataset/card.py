@@ -104,6 +104,8 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
             **{key: c.get(key) for key in USAGE_KEYS if key != "tokens"},
             "edits": c.get("edits"),
             "example": c.get("example"),
+            "turns": c.get("turns"),
+            "system_turns": c.get("system_turns", 0),
         }
         for name, c in manifest.configs.items()
     ]
@@ -114,6 +116,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         all_config=ALL_CONFIG,
         example_config="elicitive" if "elicitive" in built else next(iter(built)),
         demo_grade=any(getattr(_local_spec(model), "source", None) == EMBEDDED for model in roles.values()),
+        turn_columns=sorted({int(n) for c in configs if c["turns"] for n in c["turns"]}),
         drop_reasons={
             reason: text
             for reason, text in STRATEGIES.drop_reasons().items()

@@ -16,6 +16,7 @@ from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
+from popalign.conversations import transcript
 from popalign.costs import USAGE_KEYS
 from popalign.dataset.folder import SPLITS, Manifest, config_dir, config_files, split_file
 from popalign.dataset.quality import write_overview
@@ -39,6 +40,8 @@ class RowSpool:
         self.words: tuple[array[int], array[int]] = (array("I"), array("I"))  # chosen, rejected answer lengths
         self.edits: tuple[array[float], array[float]] = (array("d"), array("d"))  # edit similarity, length ratio
         self.example: dict[str, str] | None = None
+        self.turns: Counter[int] = Counter()  # prompts by their user and assistant turns
+        self.with_system = 0  # prompts with a system turn
         self._file = path.open("w", encoding="utf-8")
 
     @classmethod
@@ -60,8 +63,12 @@ class RowSpool:
         chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
         self.edits[0].append(Levenshtein.normalized_similarity(chosen, rejected))
         self.edits[1].append(len(chosen) / max(1, len(rejected)))
+        self.turns[sum(turn["role"] != "system" for turn in row["prompt"])] += 1
+        self.with_system += row["prompt"][0]["role"] == "system"
         if self.example is None:
-            self.example = {side: row[side][0]["content"][:EXAMPLE_CHARS] for side in ("prompt", "chosen", "rejected")}
+            prompt = transcript([(turn["role"], turn["content"]) for turn in row["prompt"]])
+            answers = {side: row[side][0]["content"][:EXAMPLE_CHARS] for side in ("chosen", "rejected")}
+            self.example = {"prompt": prompt[:EXAMPLE_CHARS], **answers}
 
     def close(self) -> None:
         self._file.close()
@@ -75,9 +82,11 @@ class RowSpool:
     def describe(self) -> dict[str, Any]:
         """Mean answer lengths, how far each chosen answer is from its rejected one (`edits`: the median edit
         similarity, 1 − Levenshtein distance / the longer length, and the median and largest chosen / rejected
-        length ratio, and the share of pairs whose chosen side is over 1.5 times as long), and the first row's
-        texts, as the manifest records them."""
+        length ratio, and the share of pairs whose chosen side is over 1.5 times as long), the first row's texts
+        (a conversation as a transcript), and, where a prompt is more than one user turn, how many prompts have
+        each number of turns (`turns`) and a system turn (`system_turns`), as the manifest records them."""
         similarity, ratio = self.edits
+        conversations = set(self.turns) != {1} or self.with_system
         return {
             "chosen_chars": round(self._chosen_chars / self.count),
             "rejected_chars": round(self._rejected_chars / self.count),
@@ -88,6 +97,11 @@ class RowSpool:
                 "over_half_longer": round(sum(value > 1.5 for value in ratio) / len(ratio), 3),
             },
             "example": self.example,
+            **(
+                {"turns": {str(n): self.turns[n] for n in sorted(self.turns)}, "system_turns": self.with_system}
+                if conversations
+                else {}
+            ),
         }
 
 

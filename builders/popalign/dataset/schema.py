@@ -44,7 +44,7 @@ def features() -> Features:
 def make_row(
     *,
     strategy: str,
-    instruction: str,
+    prompt: list[dict[str, str]],
     prompt_id: str,
     chosen: str,
     rejected: str,
@@ -55,11 +55,12 @@ def make_row(
     chosen_thinking: str | None = None,
     rejected_thinking: str | None = None,
 ) -> dict[str, Any]:
-    """One row. `prompt` is the plain instruction: how each side was elicited is never trained on. The
+    """One row. `prompt` is the plain conversation (one user turn for a plain instruction; a system turn and earlier
+    turns where it has them): how each side was elicited is never trained on. The
     `*_reasoning` columns hold what guided a side (elicitive's plans), the `*_thinking` columns the reasoning trace
     a thinking model wrote before the answer (`popalign.reasoning`)."""
     return {
-        "prompt": [{"role": "user", "content": instruction}],
+        "prompt": prompt,
         "chosen": [{"role": "assistant", "content": chosen}],
         "rejected": [{"role": "assistant", "content": rejected}],
         "strategy": strategy,

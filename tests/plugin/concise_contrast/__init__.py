@@ -6,14 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from popalign.contrasts import Dropped, Strategy, StrategyRun
-from popalign.generation import Request, user
+from popalign.generation import Request
 from popalign.prompts import Instruction
 from popalign.strategies import StrategyContext, check_pair, clean_answer
 
 
 def run(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
+    """The last user turn asked for short and padded, the conversation's earlier turns kept."""
+    text = instruction.text
     asks = [
-        Request("default", (user(ctx.templates.render(f"concise_{side}.jinja", instruction=instruction.text)),))
+        Request("default", instruction.asking(ctx.templates.render(f"concise_{side}.jinja", instruction=text)))
         for side in ("short", "padded")
     ]
     short, padded = yield asks

@@ -60,7 +60,8 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "empty csv": (write(tmp_path / "empty.csv", "prompt\n"), "no rows"),
         "missing column": (
             jsonl(tmp_path / "cols.jsonl", {"text": "a", "id": 1}),
-            "no column 'prompt' or 'instruction' (columns: text, id); pass --prompt-column",
+            "no column 'prompt', 'instruction', 'messages', 'conversations' or 'chosen' (columns: text, id); "
+            "pass --prompt-column",
         ),
         "non-text value": (
             jsonl(tmp_path / "int.jsonl", {"prompt": "ok"}, {"prompt": 7}),

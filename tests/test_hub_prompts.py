@@ -13,13 +13,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import HERE, POPALIGN, load, run_offline
+from helpers import HERE, POPALIGN, card_metadata, load, run_offline
 from hub_server import serve_hub, serve_olah
 
 pytestmark = pytest.mark.slow
 TOKEN = "hf_promptsToken_55"
 REPO = "org/prompts"
 TEXTS = [f"Explain tides [{tag}]." for tag in ("ok", "aaa", "bbb", "ccc", "ok", "ddd", "eee")]  # one duplicate
+HH_REPO, CHATS = "org/hh", "org/chats"
+HH_LINES = {
+    "harmless-base": "\n\nHuman: How do I hurt someone?\n\nAssistant: Why?\n\nHuman: I'm angry.\n\nAssistant: Ok.",
+    "helpful-base": "\n\nHuman: Explain tides.\n\nAssistant: The moon.",
+}
+MESSAGES = [
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Explain tides [chat]."}],
+    [{"role": "user", "content": "Hi [chat]."}, {"role": "assistant", "content": "Hello."},
+     {"role": "user", "content": "Explain tides [chat]."}],
+]  # fmt: skip
 BROKEN, BROKEN_LINES = "org/broken-prompts", b'{"prompt": "Explain tides [ok]."}\n{"prompt": "Expl\n{"prompt": "x"}\n'
 CARD = """---
 configs:
@@ -38,7 +48,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, s
     work = tmp_path_factory.mktemp("hub")
     with serve_hub(work / "root", TOKEN) as write_url, serve_olah(work / "root", work / "olah") as read_url:
         code = (
-            "import io, sys, pyarrow, pyarrow.parquet\n"
+            "import io, json, sys, pyarrow, pyarrow.parquet\n"
             "from huggingface_hub import HfApi\n"
             f"table = pyarrow.table({{'prompt': {TEXTS!r}, 'score': list(range({len(TEXTS)}))}})\n"
             "buffer = io.BytesIO(); pyarrow.parquet.write_table(table, buffer)\n"
@@ -51,6 +61,16 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, s
             f"api.create_repo({BROKEN!r}, repo_type='dataset')\n"
             f"api.upload_file(path_or_fileobj={BROKEN_LINES!r}, path_in_repo='data/train.jsonl', repo_id={BROKEN!r},"
             " repo_type='dataset')\n"
+            f"api.create_repo({HH_REPO!r}, repo_type='dataset')\n"
+            f"for folder, text in {HH_LINES!r}.items():\n"
+            "    line = json.dumps({'chosen': text, 'rejected': text + ' Sure.'}) + '\\n'\n"
+            f"    api.upload_file(path_or_fileobj=line.encode(), path_in_repo=folder + '/train.jsonl',"
+            f" repo_id={HH_REPO!r}, repo_type='dataset')\n"
+            f"api.create_repo({CHATS!r}, repo_type='dataset')\n"
+            f"chats = pyarrow.Table.from_pylist([{{'messages': m}} for m in {MESSAGES!r}])\n"
+            "buffer = io.BytesIO(); pyarrow.parquet.write_table(chats, buffer)\n"
+            f"api.upload_file(path_or_fileobj=buffer.getvalue(), repo_id={CHATS!r}, repo_type='dataset',"
+            " path_in_repo='data/train-00000-of-00001.parquet')\n"
             "print(info.oid)\n"
         )
         env = {"HF_ENDPOINT": write_url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0"}
@@ -115,3 +135,23 @@ def test_a_build_reads_its_prompts_from_a_hub_dataset_and_its_recipe_builds_it_a
         refused = build(hub, url, tmp_path / "bad", *flags)
         assert refused.returncode == 2 and says in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_conversations_from_a_hub_dataset_and_hh_rlhf_s_harmless_folder(hub, scripted, tmp_path: Path) -> None:
+    """A `messages` column of a Hub dataset, and HH-RLHF's transcripts read from one folder of the repository
+    (`ORG/NAME/FOLDER:SPLIT`, as `Anthropic/hh-rlhf/harmless-base:train`), are built on as conversations."""
+    url, _ = scripted
+    chats = build(hub, url, tmp_path / "chats", "--prompts", f"{CHATS}:train")
+    assert chats.returncode == 0, chats.stderr
+    assert sorted(json.dumps(row["prompt"]) for row in load(tmp_path / "chats", "prefix")) == sorted(
+        json.dumps(messages) for messages in MESSAGES
+    )
+    harmless = build(hub, url, tmp_path / "hh", "--prompts", f"{HH_REPO}/harmless-base:train", "--prefix-style",
+                     "harmless")  # fmt: skip
+    assert harmless.returncode == 0, harmless.stderr
+    (row,) = load(tmp_path / "hh", "prefix")
+    assert row["prompt"] == [
+        {"role": "user", "content": "How do I hurt someone?"}, {"role": "assistant", "content": "Why?"},
+        {"role": "user", "content": "I'm angry."},
+    ]  # fmt: skip
+    assert card_metadata(tmp_path / "hh")["source_datasets"] == [HH_REPO]

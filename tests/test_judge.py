@@ -33,7 +33,11 @@ def test_a_verdict_counts_only_when_both_orders_agree() -> None:
 
 
 def test_a_judge_run_asks_both_orders_and_returns_each_choice() -> None:
-    row = {"prompt": [{"role": "user", "content": "Say hi."}], "chosen": [{"content": "Hi!"}], "rejected": [{"content": "No."}]}
+    row = {
+        "prompt": [{"role": "user", "content": "Say hi."}],
+        "chosen": [{"content": "Hi!"}],
+        "rejected": [{"content": "No."}],
+    }
     run = judge_run(row, TemplateSet())
     first, second = next(run)
     assert first.messages[0][1].index("Hi!") < first.messages[0][1].index("No.")

@@ -166,8 +166,9 @@ def test_every_recipe_trains_on_the_readme_build_with_the_command_it_names(
             assert program == "popalign", step
             done = run_offline(POPALIGN, *arguments, "--score-model", tiny_model_dir, "--no-cache", cwd=tmp_path)
             assert done.returncode == 0, done.stderr
-    else:
-        (tmp_path / "popalign-data").symlink_to(data)
+    else:  # every folder the recipe reads (`popalign-data`, or the one its own build command writes)
+        for path in {entry["path"] for entry in yaml.safe_load(recipe.read_text())["datasets"]}:
+            (tmp_path / path).symlink_to(data)
     program, *arguments = command.split()
     executable = {"python": sys.executable, "trl": str(Path(sys.executable).with_name("trl"))}[program]
     result = run_offline(
@@ -176,10 +177,11 @@ def test_every_recipe_trains_on_the_readme_build_with_the_command_it_names(
         "--gradient_accumulation_steps", 1, *CPU_FLAGS, cwd=tmp_path, HF_DATASETS_CACHE=str(tmp_path / "hf-cache"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    names = [entry["name"] for entry in yaml.safe_load(recipe.read_text())["datasets"]]
+    paths = {entry["name"]: entry["path"] for entry in yaml.safe_load(recipe.read_text())["datasets"]}
+    names = list(paths)
     if program == "python":  # the script says what it mixed
         for name in names:
-            assert f"mixture popalign-data:{name}: " in result.stdout
+            assert f"mixture {paths[name]}:{name}: " in result.stdout
     state = json.loads((tmp_path / "out" / "checkpoint-1" / "trainer_state.json").read_text())
     assert state["global_step"] == 1
     if "dlma_margin_weight" in yaml.safe_load(recipe.read_text()):  # trained with DLMA's loss: its margin is logged

@@ -106,7 +106,7 @@ def check(turns: Sequence[Message]) -> None:
         expected = "user" if (number - 1 - start) % 2 == 0 else "assistant"
         if number - 1 >= start and role != expected:
             after = turns[number - 2][0] if number > 1 else ""
-            where = f"after a {after} turn" if after else "first"
+            where = f"after {'an' if after == 'assistant' else 'a'} {after} turn" if after else "first"
             why = "a system turn comes first only" if role == "system" else "turns alternate"
             raise ConversationError(f"turn {number} is a {role} turn {where} ({why})")
     if turns[-1][0] != "user":

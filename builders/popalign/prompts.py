@@ -25,12 +25,13 @@ BUNDLED_LABEL = "popalign's bundled demo instructions"
 DEFAULT_COLUMNS = ("prompt", "instruction", "messages", "conversations", "chosen")
 SUFFIXES = (".jsonl", ".csv", ".parquet")
 _SHARD = re.compile(r"([0-9]+)/([0-9]+)")
-_HUB_DATASET = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+){0,2}$")
+_HUB_DATASET = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*(:[A-Za-z0-9_.-]+){0,2}$")
 
 
 def is_hub_dataset(text: str) -> bool:
-    """Whether `--prompts` names a Hub dataset (`ORG/NAME`, `ORG/NAME:SPLIT` or `ORG/NAME:CONFIG:SPLIT`) rather
-    than a local file: it matches that form, is no file here, and has no prompts file suffix."""
+    """Whether `--prompts` names a Hub dataset (`ORG/NAME`, `ORG/NAME:SPLIT` or `ORG/NAME:CONFIG:SPLIT`, with a
+    folder of the repository after the name, `ORG/NAME/FOLDER:SPLIT`) rather than a local file: it matches that form,
+    is no file here, and has no prompts file suffix."""
     return bool(_HUB_DATASET.match(text)) and not Path(text).exists() and Path(text).suffix not in SUFFIXES
 
 
@@ -210,11 +211,13 @@ def load_hub_prompts(
     revision: str | None = None,
     system: str | None = None,
 ) -> PromptSet:
-    """Instructions from a Hub dataset, `ORG/NAME[:CONFIG][:SPLIT]` (split `train` unless given), at `revision`
+    """Instructions from a Hub dataset, `ORG/NAME[/FOLDER][:CONFIG][:SPLIT]` (split `train` unless given; a FOLDER
+    is the repository's folder to read, `datasets`' `data_dir`, as HH-RLHF's `harmless-base`), at `revision`
     (default: the newest commit, which is recorded); streamed when `limit` is given, so only the rows needed are
     read. Deduplicated and validated as a file's are.
 
     >>> load_hub_prompts("HuggingFaceH4/ultrafeedback_binarized:train_prefs", limit=100)  # doctest: +SKIP
+    >>> load_hub_prompts("Anthropic/hh-rlhf/harmless-base:train", limit=100)  # doctest: +SKIP
 
     Raises:
         PromptsError: the dataset, config, split or revision is not there, or a row or column is bad.
@@ -222,7 +225,8 @@ def load_hub_prompts(
     import datasets
     import pyarrow
 
-    repo, *parts = spec.split(":")
+    path, *parts = spec.split(":")
+    repo, folder = "/".join(path.split("/")[:2]), "/".join(path.split("/")[2:]) or None
     config, split = (None, "train") if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
     field: str | None = None
     seen: set[str] = set()
@@ -232,7 +236,9 @@ def load_hub_prompts(
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad file is said once, in the error below
     try:
         commit = HfApi().dataset_info(repo, revision=revision or "main").sha or revision or ""
-        rows = datasets.load_dataset(repo, config, split=split, revision=commit, streaming=limit is not None)
+        rows = datasets.load_dataset(
+            repo, config, split=split, revision=commit, data_dir=folder, streaming=limit is not None
+        )
         for read, row in enumerate(rows, start=1):  # a streamed file's bad line is met here, not at the load
             field = field or _pick_column(spec, row, column)
             instruction = _instruction(spec, read, row, field, system)

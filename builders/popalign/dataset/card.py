@@ -42,7 +42,8 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
     published versions, oldest first (see `publish.push_dataset`)."""
     built = {name: config for name, config in manifest.configs.items() if config["rows"]}
     details = card_details(manifest)
-    hub_prompts = manifest.prompts["source"].split(":")[0] if manifest.prompts.get("revision") else None
+    hub_repo = "/".join(manifest.prompts["source"].split(":")[0].split("/")[:2])  # without a folder of it
+    hub_prompts = hub_repo if manifest.prompts.get("revision") else None
     card_data = DatasetCardData(
         language=details.languages,
         license=manifest.license,

@@ -291,7 +291,7 @@ def test_a_build_of_conversations_asks_in_context_and_writes_multi_turn_rows(scr
         HERE / "scripted_templates",
     ]
     strategies = ["--strategies", "prefix,demon,elicitive,refine", "--system", "Answer in English."]
-    result = run_offline(POPALIGN, "build", "--prompts", path, "--out", out, *strategies, *flags)
+    result = run_offline(POPALIGN, "build", "--prompts", path, "--out", out, *strategies, *flags, HF_HUB_OFFLINE="0")
     assert result.returncode == 0, result.stderr
     requests = [json.loads(line)["messages"] for line in log.read_text().splitlines()]
     assert requests
@@ -319,7 +319,8 @@ def test_a_build_of_conversations_asks_in_context_and_writes_multi_turn_rows(scr
     shutil.copy(out / "popalign_recipe.yaml", folder)
     shutil.copy(path, folder)
     again = run_offline(POPALIGN, "build", "--recipe", folder / "popalign_recipe.yaml", "--out", tmp_path / "again",
-                        "--no-progress", "--cache-dir", cache)  # fmt: skip
+                        "--model", f"default={url}", "--no-progress", "--cache-dir", cache,
+                        HF_HUB_OFFLINE="0")  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert ", 0 generated" in again.stdout + again.stderr
     for name in ("prefix", "refine"):
@@ -330,18 +331,20 @@ def test_a_build_of_conversations_asks_in_context_and_writes_multi_turn_rows(scr
 def test_the_embedded_model_builds_conversations_that_trl_trains_on_as_multi_turn_prompts(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    """The embedded SmolLM2 on a handful of conversations through the Python API; TRL's DPO trainer reads each
+    """The embedded SmolLM2 on a handful of conversations (the README's among them) through the Python API; TRL's
+    DPO trainer reads each
     row's prompt as the whole conversation under the chat template, and trains a step."""
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    chats = [THREE, FIVE, with_system(THREE), with_system(ONE)]
-    path = jsonl(tmp_path / "chats.jsonl", [{"messages": chat} for chat in chats])
+    readme = (Path(__file__).parents[1] / "README.md").read_text().split("```jsonl\n")[1].split("```")[0]
+    chats = [THREE, FIVE, with_system(ONE), *(json.loads(line)["messages"] for line in readme.splitlines())]
+    path = jsonl(tmp_path / "chats.jsonl", [{"messages": chat} for chat in chats])  # the README's line among them
     built = popalign.build(path, strategies=["prefix", "nparam"], out=tmp_path / "out", max_new_tokens=48,
                            cache_dir=tmp_path / "cache", progress=False)  # fmt: skip
     rows = load_dataset(str(tmp_path / "out"), "all", split="train", cache_dir=str(tmp_path / "hf"))
-    assert {len(row["prompt"]) for row in rows} > {1}, "no multi-turn prompt was kept"
+    assert max(len(row["prompt"]) for row in rows) > 2, "no multi-turn prompt was kept"
     assert all(row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant" for row in rows)
     assert built.configs
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -351,8 +354,9 @@ def test_the_embedded_model_builds_conversations_that_trl_trains_on_as_multi_tur
     trainer = DPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
     longest = max(range(len(rows)), key=lambda i: len(rows[i]["prompt"]))
     shown = tokenizer.decode(trainer.train_dataset[longest]["prompt_ids"])
-    assert all(turn["content"] in shown for turn in rows[longest]["prompt"]), shown  # every turn, under the template
-    assert shown.count("<|im_start|>") == len(rows[longest]["prompt"]) + 1  # each turn's header, then the answer's
+    expected = tokenizer.apply_chat_template(rows[longest]["prompt"], tokenize=False, add_generation_prompt=True)
+    assert shown == expected  # every turn, under the chat template
+    assert all(turn["content"] in shown for turn in rows[longest]["prompt"]), shown
     assert trainer.train().global_step == 1
 
 
@@ -363,8 +367,8 @@ def test_a_conversation_longer_than_a_local_model_s_context_is_dropped_as_too_lo
     long = [{"role": "user", "content": "tide " * 900}, {"role": "assistant", "content": "Yes."}, ONE[0]]
     path = jsonl(tmp_path / "chats.jsonl", [{"messages": long}, {"messages": THREE}])
     result = run_offline(POPALIGN, "build", "--prompts", path, "--out", tmp_path / "out", "--strategies", "prefix",
-                         "--model", f"default={tiny_model_dir}", "--max-new-tokens", 1200, "--no-cache",
-                         "--no-progress")  # fmt: skip
+                         "--model", f"default={tiny_model_dir}", "--max-new-tokens", 1200, "--keep-truncated",
+                         "--no-cache", "--no-progress")  # fmt: skip
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "out" / "popalign_build.json").read_text())
     assert manifest["configs"]["prefix"]["dropped"].get("too-long") == 1, manifest["configs"]["prefix"]
@@ -392,8 +396,9 @@ def test_rlcd_harmless_builds_on_hh_dialogues_and_its_recipe_trains_on_them(
     lines = RECIPE.read_text().splitlines()
     (build,) = [line.removeprefix("# Build: ") for line in lines if line.startswith("# Build: ")]
     program, *arguments = build.split()
-    assert program == "popalign" and "Anthropic/hh-rlhf" in arguments, build
-    arguments[arguments.index("--prompts") + 1] = str(hh)
+    source = arguments.index("--prompts") + 1
+    assert program == "popalign" and arguments[source].startswith("Anthropic/hh-rlhf/harmless-base"), build
+    arguments[source] = str(hh)
     built = run_offline(POPALIGN, *arguments, "--max-new-tokens", 48, "--no-progress", "--cache-dir", tmp_path / "c",
                         cwd=tmp_path)  # fmt: skip
     assert built.returncode == 0, built.stderr
@@ -402,7 +407,7 @@ def test_rlcd_harmless_builds_on_hh_dialogues_and_its_recipe_trains_on_them(
     assert rows and all(row["prompt"][0] == {"role": "user", "content": row["prompt"][0]["content"]} for row in rows)
     assert max(len(row["prompt"]) for row in rows) == 3  # the dialogue up to the last `Assistant:`
     manifest = json.loads((data / "popalign_build.json").read_text())
-    assert manifest["styles"]["prefix"] == "harmless" and manifest["styles"]["prefix_placement"] == "prefill"
+    assert (manifest["prefix_style"], manifest["prefix_placement"]) == ("harmless", "prefill")
     (run,) = [line.removeprefix("# Run: ").split("  (")[0] for line in lines if line.startswith("# Run: ")]
     root = Path(__file__).parents[1]
     script, *flags = (str(root / part) if part.startswith("train/") else part for part in run.split()[1:])

@@ -25,6 +25,7 @@ from popalign.dataset.rows import RowSpool
 from popalign.dataset.schema import make_row
 from popalign.decontamination import screen
 from popalign.errors import PromptsError
+from popalign.evaluation import REFERENCE, HeldOut, _answers
 from popalign.export import _ranking
 from popalign.generation import Generation
 from popalign.judging import judge_chats
@@ -111,7 +112,7 @@ def test_one_three_and_five_turns_with_and_without_a_system_turn(tmp_path: Path)
     path = jsonl(tmp_path / "p.jsonl", [{"messages": chat} for chat in [*chats, THREE]])  # THREE twice
     prompts = load_prompts(path)
     assert prompts.duplicates == 1
-    assert [i.turns for i in prompts.instructions] == [1, 3, 5, 1, 3, 5]
+    assert [sum(role != "system" for role, _ in i.messages) for i in prompts.instructions] == [1, 3, 5, 1, 3, 5]
     assert [i.chat() for i in prompts.instructions] == chats
     assert len({i.prompt_id for i in prompts.instructions}) == 6  # the same last turn in another context differs
     # a lone user turn is the plain instruction: the same id and the same requests as the text
@@ -228,6 +229,14 @@ def test_scoring_and_judging_see_the_conversation() -> None:
     for chat in judge_chats(conversation_row(), TemplateSet()):
         shown = chat[0]["content"]
         assert f"System: {SYSTEM}\n\nUser: What is 2+2?\n\nAssistant: 4.\n\nUser: And times 3?" in shown
+
+
+def test_evaluate_asks_every_model_the_whole_held_out_conversation() -> None:
+    held = HeldOut(as_turns(with_system(THREE)), "p", ("prefix",))
+    requests = next(_answers(held, ["trained"]))
+    assert [request.role for request in requests] == ["trained", REFERENCE]
+    assert all(request.messages == as_turns(with_system(THREE)) for request in requests)
+    assert held.chat() == with_system(THREE)
 
 
 def test_screening_compares_user_turns_with_benchmarks_and_whole_conversations_with_each_other() -> None:

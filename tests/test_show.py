@@ -20,3 +20,12 @@ def test_control_characters_are_shown_escaped_not_sent_to_the_terminal() -> None
         assert not any((ord(char) < 32 and char not in "\n\t") or 0x7F <= ord(char) <= 0x9F for char in shown)
         assert "Say hi\\x1b]0;owned\\x07" in shown and "\\x1b[31mred\\x1b[0m" in shown and "m\\x1b[2J" in shown
     assert "Hi.\\x0dfake line" in format_pair(row, width=100)
+
+
+def test_a_flag_the_command_lacks_is_named_with_the_command_s_own_nearest(popalign, tmp_path) -> None:
+    """`show --limit` is not a build setting it should be pointed to: the line names the command, and suggests from
+    its own flags."""
+    for flag, says in (("--limit", "popalign show: unknown setting 'limit'"),
+                       ("--widht", "popalign show: unknown setting 'widht' (did you mean 'width'?)")):  # fmt: skip
+        result = popalign("show", tmp_path, flag, "3")
+        assert result.returncode == 2 and result.stderr.strip() == f"popalign: error: {says}", result.stderr

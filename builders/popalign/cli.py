@@ -602,10 +602,20 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args, extra = parser.parse_known_args(argv)
     for item in extra:
         if item.startswith("--"):
-            raise ConfigError(unknown_setting(item[2:].partition("=")[0].replace("-", "_"), settings_index()))
+            name = item[2:].partition("=")[0].replace("-", "_")
+            if args.command != "build":  # suggest from the command's own flags, not the build's settings
+                raise ConfigError(f"popalign {args.command}: {unknown_setting(name, _flags(parser, args.command))}")
+            raise ConfigError(unknown_setting(name, settings_index()))
     if extra:
         parser.parse_args(argv)  # argparse's own line for a stray positional argument
     return args
+
+
+def _flags(parser: argparse.ArgumentParser, command: str) -> list[str]:
+    """The settings a subcommand takes, by their keys (`--max-new-tokens` as `max_new_tokens`)."""
+    (commands,) = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    options = commands.choices[command]._option_string_actions
+    return [flag[2:].replace("-", "_") for flag in options if flag.startswith("--") and flag != "--help"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,11 +56,11 @@ class Instruction:
     @classmethod
     def from_messages(cls, messages: Sequence[Message]) -> Instruction:
         """The instruction of a checked conversation (`popalign.conversations.check`)."""
-        *context, (_, text) = (tuple(message) for message in messages)
-        if not context:
-            return cls.from_text(text)
-        payload = json.dumps([list(message) for message in messages], ensure_ascii=False)
-        return cls(text, hashlib.sha256(payload.encode("utf-8")).hexdigest(), tuple(context))  # type: ignore[arg-type]
+        turns = tuple((role, content) for role, content in messages)
+        if len(turns) == 1:
+            return cls.from_text(turns[0][1])
+        payload = json.dumps([list(turn) for turn in turns], ensure_ascii=False)
+        return cls(turns[-1][1], hashlib.sha256(payload.encode("utf-8")).hexdigest(), turns[:-1])
 
     @classmethod
     def from_chat(cls, chat: Sequence[dict[str, str]]) -> Instruction:
@@ -79,11 +79,6 @@ class Instruction:
     def chat(self) -> list[dict[str, str]]:
         """The conversation as a row's `prompt` holds it."""
         return [{"role": role, "content": content} for role, content in self.messages]
-
-    @property
-    def turns(self) -> int:
-        """Its user and assistant turns (a system turn not counted): 1 for a plain instruction."""
-        return sum(role != "system" for role, _ in self.messages)
 
 
 @dataclass(frozen=True)
@@ -330,7 +325,8 @@ def _pick_column(source: Path | str, first_row: dict[str, Any], column: str | No
     for name in candidates:
         if name in first_row:
             return name
-    wanted = f"column {column!r}" if column else f"column {', '.join(map(repr, DEFAULT_COLUMNS[:-1]))} or 'chosen'"
+    named = f"{', '.join(map(repr, DEFAULT_COLUMNS[:-1]))} or {DEFAULT_COLUMNS[-1]!r}"
+    wanted = f"column {column!r}" if column else f"column {named}"
     hint = "" if column else "; pass --prompt-column"
     raise PromptsError(f"{source}: no {wanted} (columns: {', '.join(map(str, first_row))}){hint}")
 

@@ -4,6 +4,7 @@ and judged like a built-in one; a plugin that is broken or clashes is refused in
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,22 @@ def test_popalign_registers_its_own_strategies_through_the_entry_points() -> Non
     assert all(isinstance(strategy, Strategy) and STRATEGIES.package(n) == "popalign" for n, strategy in
                STRATEGIES.items() if n in ("prefix", "bestofn"))  # fmt: skip
     assert STRATEGIES.roles()[-2:] == ("ranker", "teacher") and "ranker" in STRATEGIES.helper_roles()
+
+
+def test_a_plugin_strategy_answers_a_conversation_in_its_context(scripted, plugin: dict[str, str], tmp_path) -> None:
+    """A plugin's run gets the conversation (`Instruction.asking`): its requests carry the earlier turns, and its
+    rows the whole conversation."""
+    url, log = scripted
+    chat = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Why do tides happen?"}]  # fmt: skip
+    prompts = tmp_path / "chats.jsonl"
+    prompts.write_text(json.dumps({"messages": chat}) + "\n")
+    result = run_offline(POPALIGN, "build", "--prompts", prompts, "--strategies", "concise",
+                         "--model", f"default={url}", "--out", tmp_path / "out", "--no-cache", "--no-progress",
+                         HF_HUB_OFFLINE="0", **plugin)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    asked = [json.loads(line)["messages"] for line in log.read_text().splitlines()]
+    assert len(asked) == 2 and all(messages[:3] == chat[:3] for messages in asked), asked
+    assert sorted(messages[3]["content"].split()[0] for messages in asked) == ["CONCISE-PADDED", "CONCISE-SHORT"]
+    assert load(tmp_path / "out", "concise")["prompt"] == [chat]

@@ -5,7 +5,10 @@ keep the whole conversation."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import random
 import shutil
 import sys
@@ -18,6 +21,7 @@ import yaml
 
 import popalign
 from helpers import HERE, POPALIGN, card_metadata, load, run_offline
+from popalign.cli import main
 from popalign.config import Styles
 from popalign.contrasts import STRATEGIES, Dropped, Pair
 from popalign.conversations import transcript
@@ -281,6 +285,23 @@ def test_show_the_card_figures_and_the_llamafactory_export_keep_every_turn(tmp_p
 # End to end
 
 
+def shown_into_a_closed_pipe(out: Path) -> int:
+    """What `popalign show` returns when the reader of its output has gone (as `| head` leaves it), in process:
+    its stdout a pipe whose reading end is closed."""
+    reading, writing = os.pipe()
+    os.close(reading)
+    saved, logger = sys.stdout, logging.getLogger("popalign")
+    handlers = list(logger.handlers)
+    sys.stdout = os.fdopen(writing, "w", buffering=1)  # each line written at once, as to a terminal
+    try:
+        return main(["show", str(out), "-n", "50"])
+    finally:
+        logger.handlers = handlers  # the command's own log handler wrote to the pipe: the test's process goes on
+        stream, sys.stdout = sys.stdout, saved
+        with contextlib.suppress(OSError):
+            stream.close()
+
+
 @pytest.mark.slow
 def test_a_build_of_conversations_asks_in_context_and_writes_multi_turn_rows(scripted, tmp_path: Path) -> None:
     """Through the CLI on an OpenAI-compatible server: every request carries the earlier turns, the rows hold the
@@ -321,6 +342,8 @@ def test_a_build_of_conversations_asks_in_context_and_writes_multi_turn_rows(scr
     assert "| config | 1 turn | 3 turns | 5 turns | with a system turn |" in readme
     assert "| `prefix` | 1 | 2 | 1 | 4 |" in readme
     assert card_metadata(out)["configs"]
+    assert "&id0" not in readme and "*id0" not in readme  # plain YAML, as other Hub cards: no anchor or alias
+    assert shown_into_a_closed_pipe(out) == 141  # `popalign show DIR | head`: no traceback, SIGPIPE's status
     recipe = yaml.safe_load((out / "popalign_recipe.yaml").read_text())
     assert (recipe["system"], recipe["prompts"]) == ("Answer in English.", "chats.jsonl")
     folder = tmp_path / "rebuild"  # the recipe, its templates and its prompts file, as a user keeps them

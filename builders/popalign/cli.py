@@ -52,6 +52,8 @@ from popalign.version import __version__, installed_version
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+#: What a command whose output pipe closed early returns (as a process killed by SIGPIPE: 128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -630,6 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("popalign: interrupted; finished answers are cached: rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`popalign show DIR | head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

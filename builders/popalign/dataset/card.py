@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import replace
 from importlib.metadata import version
@@ -174,7 +175,7 @@ def _combined_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
     splits = [split for info in infos for split in info.get("splits", [])]
     names = list(dict.fromkeys(split["name"] for split in splits if split.get("num_examples")))
     return {
-        "features": infos[0]["features"],
+        "features": copy.deepcopy(infos[0]["features"]),  # its own copy: the YAML is written plain, no alias
         "splits": [
             {
                 "name": name,

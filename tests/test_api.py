@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -192,3 +193,11 @@ def test_every_split_the_card_lists_loads_when_a_share_leaves_one_empty(
     for info in card["dataset_info"]:
         assert [split["name"] for split in info["splits"]] == listed
     assert not list(built.path.glob(f"data/*/{empty}-*"))
+
+
+def test_every_type_the_api_page_names_as_popalign_s_imports_from_popalign() -> None:
+    """docs/python-api.md names the results and options as `popalign` names: each is one (`popalign.Estimate`)."""
+    page = (HERE.parent / "docs" / "python-api.md").read_text()
+    named = {name for name in re.findall(r"(?:an?|the) `([A-Z][A-Za-z]+)`", page)}
+    assert {"Estimate", "Evaluation"} <= named
+    assert [name for name in sorted(named) if name not in popalign.__all__] == []

@@ -46,6 +46,8 @@ from popalign.errors import (
     VersionExistsError,
     VersionTooOldError,
 )
+from popalign.estimate import Estimate
+from popalign.evaluation import Evaluation
 from popalign.version import __version__
 
 __all__ = [
@@ -55,7 +57,9 @@ __all__ = [
     "BuildConfig",
     "ConfigError",
     "Endpoints",
+    "Estimate",
     "EvaluateOptions",
+    "Evaluation",
     "Executor",
     "ForeignRepositoryError",
     "GenerationParams",

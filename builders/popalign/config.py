@@ -512,7 +512,9 @@ class JudgeOptions:
         key="judge_reward_model",
         check=TEXT,
         metavar="SPEC",
-        help="a reward-model judge: a transformers sequence-classification model (folder or Hub id)",
+        help="a model judge (folder or Hub id): a reward model (a transformers sequence-classification model with one "
+        "label, scoring each side) or a PairRM pairwise ranker such as llm-blender/PairRM-hf (found by its "
+        "architecture, reading both sides at once: the paper's second judge)",
     )
     max_new_tokens: int = setting(256, key="judge_max_new_tokens", check=POSITIVE, help="the LLM judge's reply")
     min_judge: str | None = setting(

@@ -230,3 +230,26 @@ def work_of(out: Path) -> Path:
     """The executor's work folder of the one build made into `out` (named by its plan's fingerprint)."""
     (work,) = (out.parent / f".{out.name}.popalign-tasks").iterdir()
     return work
+
+
+SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                 "system_tag": "system"}  # fmt: skip
+
+
+def read_like_llamafactory(folder: Path, name: str) -> list[dict]:
+    """One dataset of an export as LLaMA-Factory's loader and sharegpt converter take it."""
+    entry = json.loads((folder / "dataset_info.json").read_text())[name]
+    assert (entry["formatting"], entry["ranking"]) == ("sharegpt", True)
+    columns = entry["columns"]
+    rows = load_dataset("json", data_files=str(folder / entry["file_name"]), split="train",
+                        cache_dir=str(folder.parent / "hf-cache")).to_list()  # fmt: skip
+    for row in rows:
+        turns = row[columns["messages"]]
+        if turns[0][SHAREGPT_TAGS["role_tag"]] == SHAREGPT_TAGS["system_tag"]:  # its system prompt, taken off first
+            turns = turns[1:]
+        assert len(turns) % 2 == 1  # the prompt's turns end on the user's, which the ranked answers follow
+        tags = [turn[SHAREGPT_TAGS["role_tag"]] for turn in turns]
+        assert tags == [SHAREGPT_TAGS["user_tag"], SHAREGPT_TAGS["assistant_tag"]] * (len(tags) // 2) + ["human"]
+        for side in (columns["chosen"], columns["rejected"]):
+            assert row[side][SHAREGPT_TAGS["role_tag"]] == SHAREGPT_TAGS["assistant_tag"]
+    return rows

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 import popalign
-from helpers import HERE, POPALIGN, card_metadata, load, run_offline
+from helpers import HERE, POPALIGN, card_metadata, load, read_like_llamafactory, run_offline
 from popalign.cli import main
 from popalign.config import Styles
 from popalign.contrasts import STRATEGIES, Dropped, Pair
@@ -343,6 +343,11 @@ def test_a_build_of_conversations_asks_in_context_and_writes_multi_turn_rows(scr
     assert "| `prefix` | 1 | 2 | 1 | 4 |" in readme
     assert card_metadata(out)["configs"]
     assert "&id0" not in readme and "*id0" not in readme  # plain YAML, as other Hub cards: no anchor or alias
+    exported = run_offline(POPALIGN, "export", out, "--format", "llamafactory", "--out", tmp_path / "lf")
+    assert exported.returncode == 0, exported.stderr
+    ranked = read_like_llamafactory(tmp_path / "lf", "popalign_prefix")  # LLaMA-Factory's rules, system turn first
+    assert sorted(len(row["conversations"]) for row in ranked) == [2, 4, 4, 6]
+    assert all(row["conversations"][0]["from"] == "system" for row in ranked)
     assert shown_into_a_closed_pipe(out) == 141  # `popalign show DIR | head`: no traceback, SIGPIPE's status
     recipe = yaml.safe_load((out / "popalign_recipe.yaml").read_text())
     assert (recipe["system"], recipe["prompts"]) == ("Answer in English.", "chats.jsonl")

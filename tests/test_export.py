@@ -1,7 +1,8 @@
 """`popalign export DIR --format llamafactory`: LLaMA-Factory's ranking data and its `dataset_info.json`, read
 back the way LLaMA-Factory reads a local dataset (the entry's `file_name` through `datasets`' json builder, then
-its sharegpt ranking rules: turns alternate from `human`, each side one `gpt` turn); LLaMA-Factory itself is not
-installed here, so its rules are written out below."""
+its sharegpt ranking rules: a first `system` turn is the system prompt, then turns alternate from `human`, each side
+one `gpt` turn); LLaMA-Factory itself is not
+installed here, so its rules are written out in `helpers.read_like_llamafactory`."""
 
 from __future__ import annotations
 
@@ -9,28 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
-from datasets import load_dataset
 
-from helpers import POPALIGN, build, load, run_offline
-
-SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}
-
-
-def read_like_llamafactory(folder: Path, name: str) -> list[dict]:
-    """One dataset of an export as LLaMA-Factory's loader and sharegpt converter take it."""
-    entry = json.loads((folder / "dataset_info.json").read_text())[name]
-    assert (entry["formatting"], entry["ranking"]) == ("sharegpt", True)
-    columns = entry["columns"]
-    rows = load_dataset("json", data_files=str(folder / entry["file_name"]), split="train",
-                        cache_dir=str(folder.parent / "hf-cache")).to_list()  # fmt: skip
-    for row in rows:
-        turns = row[columns["messages"]]
-        assert len(turns) % 2 == 1  # the prompt's turns end on the user's, which the ranked answers follow
-        tags = [turn[SHAREGPT_TAGS["role_tag"]] for turn in turns]
-        assert tags == [SHAREGPT_TAGS["user_tag"], SHAREGPT_TAGS["assistant_tag"]] * (len(tags) // 2) + ["human"]
-        for side in (columns["chosen"], columns["rejected"]):
-            assert row[side][SHAREGPT_TAGS["role_tag"]] == SHAREGPT_TAGS["assistant_tag"]
-    return rows
+from helpers import POPALIGN, build, load, read_like_llamafactory, run_offline
 
 
 @pytest.mark.slow

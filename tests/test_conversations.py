@@ -139,26 +139,24 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("case", MALFORMED)
-@pytest.mark.parametrize("entry", ["cli", "recipe", "api"])
-def test_a_malformed_conversation_is_refused_in_one_line_naming_its_row(tmp_path: Path, case: str, entry: str) -> None:
+def test_a_malformed_conversation_is_refused_in_one_line_naming_its_row(
+    tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same line from the command, a recipe and the API, before any model loads, and nothing written."""
     chat, reason = MALFORMED[case]
     path = jsonl(tmp_path / "chats.jsonl", [{"messages": FIVE}, {"messages": chat}])
     expected = f"{path}: row 2: field 'messages' {reason}"
     out = tmp_path / "out"
-    if entry == "api":
-        with pytest.raises(PromptsError) as caught:
-            popalign.build(path, out=out, cache=False, progress=False)
-        assert str(caught.value).startswith(expected)
-    else:
-        if entry == "recipe":
-            (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"prompts": "chats.jsonl", "out": "out"}))
-            flags = ["--recipe", tmp_path / "recipe.yaml"]
-        else:
-            flags = ["--prompts", path, "--out", out]
-        result = run_offline(POPALIGN, "build", *flags, "--no-cache")
-        assert result.returncode == 2, result.stderr
-        (line,) = result.stderr.splitlines()
-        assert line.startswith(f"popalign: error: {expected}"), line
+    assert main(["build", "--prompts", str(path), "--out", str(out), "--no-cache"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"popalign: error: {expected}"), line
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"prompts": "chats.jsonl", "out": "out"}))
+    assert main(["build", "--recipe", str(tmp_path / "recipe.yaml"), "--no-cache"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"popalign: error: {expected}"), line
+    with pytest.raises(PromptsError) as caught:
+        popalign.build(path, out=out, cache=False, progress=False)
+    assert str(caught.value).startswith(expected)
     assert not out.exists()
 
 

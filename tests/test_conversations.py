@@ -21,6 +21,7 @@ import yaml
 
 import popalign
 from helpers import HERE, POPALIGN, card_metadata, load, read_like_llamafactory, run_offline
+from llama_server import build_llama_server, serve_llama
 from popalign.cli import main
 from popalign.config import Styles
 from popalign.contrasts import STRATEGIES, Dropped, Pair
@@ -34,6 +35,7 @@ from popalign.export import _ranking
 from popalign.generation import Generation
 from popalign.judging import judge_chats
 from popalign.prompts import Instruction, PromptSet, load_prompts
+from popalign.resources import embedded_model_path
 from popalign.scoring import contrast_chats
 from popalign.shapes import THOUGHT
 from popalign.show import format_pair
@@ -408,6 +410,24 @@ def test_a_conversation_longer_than_a_local_model_s_context_is_dropped_as_too_lo
     manifest = json.loads((tmp_path / "out" / "popalign_build.json").read_text())
     assert manifest["configs"]["prefix"]["dropped"].get("too-long") == 1, manifest["configs"]["prefix"]
     assert "failed" not in manifest["configs"]["prefix"]["dropped"]
+
+
+@pytest.mark.slow
+def test_a_conversation_longer_than_a_served_model_s_context_is_dropped_as_too_long(tmp_path: Path) -> None:
+    """llama.cpp's own server, its context 256 tokens: it refuses the long conversation (HTTP 400,
+    `exceed_context_size_error`), which is dropped as `too-long`, not `failed`, and answers the short ones."""
+    cache = Path(os.environ.get("POPALIGN_TEST_CACHE", Path.home() / ".cache" / "popalign-tests"))
+    long = [{"role": "user", "content": "tide " * 400}, {"role": "assistant", "content": "Yes."}, ONE[0]]
+    path = jsonl(tmp_path / "chats.jsonl", [{"messages": chat} for chat in (long, THREE, FIVE)])
+    with serve_llama(build_llama_server(cache), embedded_model_path(), tmp_path / "server.log", slots=2,
+                     context=512) as url:  # fmt: skip
+        result = run_offline(POPALIGN, "build", "--prompts", path, "--out", tmp_path / "out", "--strategies", "prefix",
+                             "--model", f"default={url}", "--max-new-tokens", 16, "--keep-truncated", "--no-cache",
+                             "--no-progress", HF_HUB_OFFLINE="0")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    prefix = json.loads((tmp_path / "out" / "popalign_build.json").read_text())["configs"]["prefix"]
+    assert prefix["dropped"].get("too-long") == 1 and "failed" not in prefix["dropped"], prefix
+    assert prefix["rows"] + sum(prefix["dropped"].values()) == 3
 
 
 HARMLESS = [

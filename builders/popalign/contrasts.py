@@ -49,8 +49,8 @@ DROP_REASONS: dict[str, str] = {
     "empty": "a side is empty",
     "identical": "both sides are the same text",
     "failed": "an endpoint refused a request for good",
-    "too-long": "the conversation (with what the strategy adds to it) and --max-new-tokens do not fit a local "
-    "model's context",
+    "too-long": "the conversation (with what the strategy adds to it) does not fit the model's context: a local "
+    "model's with --max-new-tokens, or an endpoint's that refused it as too long",
     "contaminated": "the instruction is close to a prompt of a benchmark given to --decontaminate (before any request)",
     "near-duplicate": "the instruction is close to an earlier one of the input (--near-duplicates; before any request)",
 }

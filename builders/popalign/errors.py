@@ -67,7 +67,8 @@ class RequestFailed(PopAlignError):
 
 
 class PromptTooLong(RequestFailed):
-    """A prompt and its answer's tokens do not fit a local model's context: the pair is dropped as `too-long`."""
+    """A prompt (and its answer's tokens) does not fit a model's context, as a local model counts it or a server
+    says it: the pair is dropped as `too-long`."""
 
 
 def first_line(error: BaseException, fallback: str = "no detail") -> str:

@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -52,7 +53,7 @@ from popalign.backends.server_kinds import (
 )
 from popalign.config import Endpoints
 from popalign.credentials import authorization
-from popalign.errors import BackendError, ConfigError, RequestFailed, first_line
+from popalign.errors import BackendError, ConfigError, PromptTooLong, RequestFailed, first_line
 from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request
 from popalign.model_identity import ModelIdentity
 from popalign.roles import EndpointSpec
@@ -122,6 +123,7 @@ class Failure:
     retry_after: float | None = None
     fatal: bool = False
     refused: bool = False  # this request only: the pair is dropped, the run goes on
+    too_long: bool = False  # refused as longer than the model's context: the pair is dropped as `too-long`
 
 
 @dataclass
@@ -449,7 +451,8 @@ class EndpointBackend:
             if failure.refused:
                 self._answered(endpoint, replica, probe)
                 self._refused_at_start(endpoint, replica, failure)
-                raise RequestFailed(f"endpoint {replica.url}: {failure.reason}")
+                refused = PromptTooLong if failure.too_long else RequestFailed
+                raise refused(f"endpoint {replica.url}: {failure.reason}")
             self._failed(endpoint, replica, failure, sent_at, probe)
             if attempt + 1 < self.retry.attempts:
                 wait = self.retry.delay(attempt, failure.retry_after, self.clock() - sent_at)
@@ -760,6 +763,16 @@ class Oversized(Exception):
     """An answer longer than its `max_new_tokens` allow."""
 
 
+#: How servers say a request does not fit the model's context (vLLM, SGLang, OpenAI: "maximum context length",
+#: "context length"; vLLM: "maximum model length"; llama.cpp: "exceeds the available context size",
+#: `exceed_context_size_error`; TGI: "`inputs` tokens + `max_new_tokens` must be <= N").
+CONTEXT_EXCEEDED = re.compile(
+    r"context length|context_length_exceeded|maximum model length|context size|exceed_context_size"
+    r"|max_new_tokens`? must be <=",
+    re.IGNORECASE,
+)
+
+
 def classify(err: Exception) -> Failure:
     """What a failed call means: retry (with the server's `Retry-After`), refuse this request, or stop."""
     if isinstance(err, HTTPStatus):
@@ -770,7 +783,8 @@ def classify(err: Exception) -> Failure:
             return Failure(f"HTTP {status}", retry_after=_retry_after(err.retry_after))
         message, param = server_message(err.text)
         named = f"; the field it names: {param}" if param else ""
-        return Failure(f"request refused (HTTP {status}: {first_line(message)[:200]}{named})", refused=True)
+        reason = f"request refused (HTTP {status}: {first_line(message)[:200]}{named})"
+        return Failure(reason, refused=True, too_long=bool(CONTEXT_EXCEEDED.search(err.text)))
     if isinstance(err, Oversized):
         return Failure(str(err))
     if isinstance(err, httpx2.TimeoutException):

@@ -214,6 +214,17 @@ def test_every_strategy_answers_the_last_turn_with_the_whole_conversation(
         assert after[0][0] == "user" and FIVE[-1]["content"] in after[0][1], (name, messages)  # the last turn asked
 
 
+def test_template_syntax_in_any_turn_is_data() -> None:
+    hostile = (("system", "{{ 7*7 }} system"), ("user", "{% raw %}{{ 7*7 }}"), ("assistant", "{{ lipsum() }}"),
+               ("user", "Why {{ 7*7 }}?"))  # fmt: skip
+    instruction = Instruction.from_messages(hostile)
+    for name in STRATEGIES:
+        asked, _ = drive(name, instruction, StrategyContext(TemplateSet()))
+        for request in asked:
+            text = json.dumps(request.messages)
+            assert all(json.dumps(content)[1:-1] in text for _, content in hostile), name  # verbatim, not rendered
+
+
 # Downstream
 
 

@@ -113,6 +113,20 @@ def check(turns: Sequence[Message]) -> None:
         raise ConversationError("ends in an assistant turn: the last turn is the user's, to answer")
 
 
+def from_chat(chat: Sequence[dict[str, str]]) -> tuple[Message, ...]:
+    """A chat in the `[{role, content}]` form rows and APIs hold, as messages.
+
+    >>> from_chat([{"role": "user", "content": "Hi"}])
+    (('user', 'Hi'),)
+    """
+    return tuple((turn["role"], turn["content"]) for turn in chat)
+
+
+def as_chat(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """Messages in the `[{role, content}]` form chat templates, APIs and rows take."""
+    return [{"role": role, "content": content} for role, content in messages]
+
+
 def with_system(turns: Sequence[Message], text: str) -> tuple[Message, ...]:
     """A conversation under a system message of `text`: one system turn, `text` first, then its own one.
 

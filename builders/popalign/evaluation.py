@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from popalign.contrasts import Dropped
-from popalign.conversations import Message
+from popalign.conversations import Message, as_chat, from_chat
 from popalign.dataset.folder import Manifest, write_json
 from popalign.dataset.quality import load_pyplot
 from popalign.dataset.rows import iter_rows
@@ -42,7 +42,7 @@ class HeldOut:
     strategies: tuple[str, ...]
 
     def chat(self) -> list[dict[str, str]]:
-        return [{"role": role, "content": content} for role, content in self.messages]
+        return as_chat(self.messages)
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,7 @@ def held_out_instructions(build: Path, manifest: Manifest) -> list[HeldOut]:
     found: dict[str, tuple[str, list[str]]] = {}
     for name in manifest.configs:
         for row in iter_rows(build, name, splits=("test",)):
-            messages = tuple((turn["role"], turn["content"]) for turn in row["prompt"])
-            found.setdefault(row["prompt_id"], (messages, []))[1].append(name)
+            found.setdefault(row["prompt_id"], (from_chat(row["prompt"]), []))[1].append(name)
     if not found:
         raise PopAlignError(
             f"{build}: no test split to evaluate on; build it with --test-size F (a share of the instructions held out)"

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from popalign.config import OFF_VALUES, GenerationParams
-from popalign.conversations import Message
+from popalign.conversations import Message, as_chat
 from popalign.shapes import Shape
 
 #: Why a generation ended: the model stopped by itself, it hit `max_new_tokens` (the answer is cut), or it ended
@@ -69,7 +69,7 @@ class Request:
 
     def chat(self) -> list[dict[str, str]]:
         """The messages in the `[{role, content}]` form chat templates and APIs take."""
-        return [{"role": role, "content": content} for role, content in self.messages]
+        return as_chat(self.messages)
 
 
 def system(content: str) -> Message:

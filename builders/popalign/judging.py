@@ -28,7 +28,7 @@ from popalign.backends.base import THINKS_FIRST
 from popalign.cache import GenerationCache
 from popalign.config import Endpoints, GenerationParams, JudgeOptions
 from popalign.contrasts import Dropped
-from popalign.conversations import transcript
+from popalign.conversations import from_chat, transcript
 from popalign.dataset.quality import JUDGE_CHART, QUALITY_DIR, load_pyplot
 from popalign.dataset.rows import StrategyOutcome
 from popalign.engine import Engine
@@ -94,7 +94,7 @@ def judge_chats(row: dict[str, Any], templates: TemplateSet) -> list[Chat]:
 
 def prompt_text(row: dict[str, Any]) -> str:
     """What a judge reads as a row's instruction: its text, or a conversation as a transcript of its turns."""
-    return transcript([(turn["role"], turn["content"]) for turn in row["prompt"]])
+    return transcript(from_chat(row["prompt"]))
 
 
 def judge_run(row: dict[str, Any], templates: TemplateSet) -> JudgeRun:

@@ -16,7 +16,15 @@ import httpx2
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from popalign.conversations import ANSWERED_COLUMNS, ConversationError, Message, parse, with_system
+from popalign.conversations import (
+    ANSWERED_COLUMNS,
+    ConversationError,
+    Message,
+    as_chat,
+    from_chat,
+    parse,
+    with_system,
+)
 from popalign.errors import PromptsError
 
 BUNDLED_PROMPTS = Path(__file__).with_name("instructions.jsonl")
@@ -65,7 +73,7 @@ class Instruction:
     @classmethod
     def from_chat(cls, chat: Sequence[dict[str, str]]) -> Instruction:
         """The instruction of a row's `prompt` (`[{role, content}]`)."""
-        return cls.from_messages([(turn["role"], turn["content"]) for turn in chat])
+        return cls.from_messages(from_chat(chat))
 
     @property
     def messages(self) -> tuple[Message, ...]:
@@ -78,7 +86,7 @@ class Instruction:
 
     def chat(self) -> list[dict[str, str]]:
         """The conversation as a row's `prompt` holds it."""
-        return [{"role": role, "content": content} for role, content in self.messages]
+        return as_chat(self.messages)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from popalign.backends.endpoint_scorer import EndpointScorer
 from popalign.cache import GenerationCache
 from popalign.config import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES, Endpoints, ScoreOptions
 from popalign.contrasts import STRATEGIES
+from popalign.conversations import as_chat
 from popalign.dataset.quality import quality_report, write_histogram
 from popalign.dataset.rows import StrategyOutcome
 from popalign.errors import ConfigError
@@ -83,7 +84,7 @@ def contrast_chats(row: dict[str, Any], context: StrategyContext, fallback: str)
     strategy, instruction = row["strategy"], Instruction.from_chat(row["prompt"])
     if strategy == "elicitive" and context.styles.elicitive == "guided":
         positive, negative = (
-            [{"role": role, "content": content} for role, content in guided_messages(context, instruction, plan)]
+            as_chat(guided_messages(context, instruction, plan))
             for plan in (row["chosen_reasoning"], row["rejected_reasoning"])
         )
         return positive, negative

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from popalign.conversations import transcript
+from popalign.conversations import from_chat, transcript
 from popalign.dataset.folder import open_manifest
 from popalign.dataset.rows import iter_rows
 from popalign.errors import ConfigError
@@ -155,7 +155,7 @@ def _value(row: dict[str, Any], name: str) -> Any:
     conversation as a transcript (each turn after its speaker)."""
     value = row.get(name)
     if name == "prompt" and value:
-        return transcript([(turn["role"], turn["content"]) for turn in value])
+        return transcript(from_chat(value))
     return value[0]["content"] if name in ("chosen", "rejected") and value else value
 
 

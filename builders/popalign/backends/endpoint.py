@@ -52,6 +52,7 @@ from popalign.backends.server_kinds import (
     served_identity,
 )
 from popalign.config import Endpoints
+from popalign.conversations import from_chat
 from popalign.credentials import authorization
 from popalign.errors import BackendError, ConfigError, PromptTooLong, RequestFailed, first_line
 from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request
@@ -371,7 +372,7 @@ class EndpointBackend:
         """For each chat, the log-prob of each choice that is among the first answer token's `TOP_LOGPROBS`
         likeliest (spaces aside; the likeliest spelling where several read alike); None where the server gave no
         log-probs; `{THINKS_FIRST: 0.0}` where the model's first token opens a reasoning trace."""
-        requests = [Request("judge", tuple((turn["role"], turn["content"]) for turn in chat)) for chat in chats]
+        requests = [Request("judge", from_chat(chat)) for chat in chats]
         found = []
         for top in self.first_token_logprobs(spec, requests, TOP_LOGPROBS):
             listed: dict[str, float] = {}

@@ -16,7 +16,7 @@ from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
-from popalign.conversations import transcript
+from popalign.conversations import from_chat, transcript
 from popalign.costs import USAGE_KEYS
 from popalign.dataset.folder import SPLITS, Manifest, config_dir, config_files, split_file
 from popalign.dataset.quality import write_overview
@@ -66,7 +66,7 @@ class RowSpool:
         self.turns[sum(turn["role"] != "system" for turn in row["prompt"])] += 1
         self.with_system += row["prompt"][0]["role"] == "system"
         if self.example is None:
-            prompt = transcript([(turn["role"], turn["content"]) for turn in row["prompt"]])
+            prompt = transcript(from_chat(row["prompt"]))
             answers = {side: row[side][0]["content"][:EXAMPLE_CHARS] for side in ("chosen", "rejected")}
             self.example = {"prompt": prompt[:EXAMPLE_CHARS], **answers}
 

@@ -91,34 +91,10 @@ class LocalBackend:
         """Generate every queued request, in batches, handing each answer over as its batch finishes."""
         queue, self._queue = self._queue, defaultdict(list)
         for (spec, params), pending in queue.items():
-            for waiters, generations in self.iter_batches(spec, self._fitting(spec, pending, params), params):
+            for waiters, generations in self.iter_batches(spec, pending, params, refuse=_refuse):
                 for (future, on_done), generation in zip(waiters, generations, strict=True):
                     on_done(generation)
                     future.set_result(generation)
-
-    def _fitting(
-        self, spec: ModelSpec, pending: list[tuple[_Waiter, Request]], params: GenerationParams
-    ) -> list[tuple[_Waiter, Request]]:
-        """The queued requests whose prompt and `max_new_tokens` fit the model's positions; each other one's
-        future is refused with `PromptTooLong` (its pair is dropped as `too-long`)."""
-        model, tokenizer = self.load(spec)
-        limit = getattr(model.config, "max_position_embeddings", None)
-        if not limit:
-            return pending
-        fitting = []
-        for (future, on_done), request in pending:
-            chat = chat_prompt(tokenizer, request.chat())
-            tokens = len(tokenizer(chat, add_special_tokens=False)["input_ids"])
-            if tokens + params.max_new_tokens <= limit:
-                fitting.append(((future, on_done), request))
-                continue
-            future.set_exception(
-                PromptTooLong(
-                    f"a prompt of {tokens} tokens and {params.max_new_tokens} new tokens do not fit {spec}'s "
-                    f"{limit} positions (shorten the prompt or --max-new-tokens)"
-                )
-            )
-        return fitting
 
     def generate(self, spec: ModelSpec, requests: list[Request], params: GenerationParams) -> list[Generation]:
         """Answer `requests` with `spec`, in their order."""
@@ -128,13 +104,24 @@ class LocalBackend:
         return [answers[i] for i in range(len(requests))]
 
     def iter_batches(
-        self, spec: ModelSpec, requests: list[tuple[T, Request]], params: GenerationParams
+        self,
+        spec: ModelSpec,
+        requests: list[tuple[T, Request]],
+        params: GenerationParams,
+        refuse: Callable[[T, PromptTooLong], None] | None = None,
     ) -> Iterator[tuple[list[T], list[Generation]]]:
         """Answer `(tag, request)` pairs in batches formed by prompt length; yield `(tags, generations)`
-        as each batch finishes, so a caller can store it before the next one starts."""
+        as each batch finishes, so a caller can store it before the next one starts. With `refuse`, a request whose
+        prompt and `max_new_tokens` do not fit the model's positions is handed to it instead (its pair is dropped as
+        `too-long`)."""
         model, tokenizer = self.load(spec)
         chats = [chat_prompt(tokenizer, r.chat()) for _, r in requests]
-        order = sorted(range(len(requests)), key=lambda i: len(chats[i]))
+        refused = set()
+        for i, chat in enumerate(chats):
+            if refuse is not None and (error := _too_long(spec, model, tokenizer, chat, params)):
+                refuse(requests[i][0], error)
+                refused.add(i)
+        order = sorted((i for i in range(len(requests)) if i not in refused), key=lambda i: len(chats[i]))
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             samples = [requests[i][1].sample for i in batch]
@@ -272,6 +259,26 @@ class AnswerPenalty(LogitsProcessor):
         answer = input_ids[:, self.width :]
         counts = torch.zeros_like(scores).scatter_add_(1, answer, torch.ones_like(answer, dtype=scores.dtype))
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+def _refuse(waiter: _Waiter, error: PromptTooLong) -> None:
+    """Refuse a queued request: its future raises `error`."""
+    waiter[0].set_exception(error)
+
+
+def _too_long(
+    spec: ModelSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chat: str, params: GenerationParams
+) -> PromptTooLong | None:
+    """Why a rendered chat and its `max_new_tokens` do not fit the model's positions, or None where they do (or the
+    model names no limit)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    tokens = len(tokenizer(chat, add_special_tokens=False)["input_ids"]) if limit else 0
+    if not limit or tokens + params.max_new_tokens <= limit:
+        return None
+    return PromptTooLong(
+        f"a prompt of {tokens} tokens and {params.max_new_tokens} new tokens do not fit {spec}'s "
+        f"{limit} positions (shorten the prompt or --max-new-tokens)"
+    )
 
 
 def _end_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:

@@ -53,7 +53,7 @@ def screen(instructions: Sequence[Instruction], benchmarks: Sequence[PromptSet],
         dropped |= matched
     near: list[int] = []
     if near_duplicates:
-        groups = _groups([keys.of_whole(i) for i in instructions])
+        groups = _groups([keys.of_whole(i, found) for i, found in zip(instructions, asked, strict=True)])
         firsts: dict[int, int] = {}
         for doc in range(len(instructions)):
             if doc not in dropped and firsts.setdefault(groups[doc], doc) != doc:
@@ -121,9 +121,11 @@ class _Keys:
         """The keys of each user turn of an instruction (its text alone for a plain one)."""
         return set().union(*(self.of(text) for role, text in instruction.messages if role == "user"))
 
-    def of_whole(self, instruction: Instruction) -> set[Any]:
-        """The keys of a whole conversation: its user and assistant turns as one text (a plain one's text)."""
-        return self.of(transcript([turn for turn in instruction.messages if turn[0] != "system"]))
+    def of_whole(self, instruction: Instruction, asked: set[Any]) -> set[Any]:
+        """The keys of a whole conversation: its user and assistant turns as one text. A single user turn's are
+        `asked`, the keys `of_turns` gave it, not worked out again."""
+        spoken = [turn for turn in instruction.messages if turn[0] != "system"]
+        return asked if len(spoken) == 1 else self.of(transcript(spoken))
 
 
 def screened(

@@ -67,10 +67,10 @@ def requests(log: Path) -> list[list[dict]]:
     return [json.loads(line)["messages"] for line in log.read_text().splitlines()]
 
 
-def load(folder: Path, name: str):
+def load(folder: Path, name: str, split: str = "train"):
     """`load_dataset(folder, name)` with a cache of the test's own: `datasets` may otherwise reuse the cache of
     an earlier folder with the same name."""
-    return load_dataset(str(folder), name, split="train", cache_dir=str(folder.parent / "hf-datasets-cache"))
+    return load_dataset(str(folder), name, split=split, cache_dir=str(folder.parent / "hf-datasets-cache"))
 
 
 def card_metadata(folder: Path) -> dict:

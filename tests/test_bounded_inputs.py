@@ -62,10 +62,10 @@ def test_a_dry_run_spends_no_more_than_its_budget(scripted, tmp_path: Path) -> N
 def test_api_arguments_of_the_wrong_type_are_one_line(tmp_path: Path) -> None:
     calls = {
         "build: expected a folder's path or a Build, got 123": lambda: popalign.export(123, out=tmp_path / "x"),
-        "out: expected a folder's path, got None": lambda: popalign.export(tmp_path, out=None),
+        "out: expected a path, got None": lambda: popalign.export(tmp_path, out=None),
         "path: expected a folder's path, got 123": lambda: popalign.open_build(123),
-        "judge: expected JudgeOptions(model=...) or JudgeOptions(reward_model=...), got None": lambda: (
-            popalign.evaluate(tmp_path, models={"a": "smollm2"}, reference="smollm2", judge=None)
+        "a judge is an LLM (judge_model) or a reward model (judge_reward_model): give one": lambda: popalign.evaluate(
+            tmp_path, models={"a": "smollm2"}, reference="smollm2", judge=None
         ),
         "model: expected [NAME=]SPEC, once per trained model, each named once, got {'a': 5}": lambda: popalign.evaluate(
             tmp_path, models={"a": 5}, reference="smollm2", judge=JudgeOptions(model="smollm2")

@@ -234,9 +234,11 @@ API_MISUSE = {
     "timeout=-1": (lambda out: Endpoints(timeout=-1), "timeout: expected a number of seconds > 0, got -1"),
     "max_shard_size=-5": (lambda out: popalign.build(max_shard_size=-5, out=out), "max_shard_size: expected a size"),
     "batch_size=0": (lambda out: popalign.build(batch_size=0, out=out), "batch_size: expected a whole number >= 1"),
-    "merge([])": (lambda out: popalign.merge([], out=out), "merge joins the part folders of a sharded build"),
-    "judge(b, None)": (lambda out: popalign.judge(out, None), "judge: expected JudgeOptions("),
-    "push(version=1)": (lambda out: popalign.push(out, repo_id="org/x", version=1), "push: repo_id and version"),
+    "merge([])": (lambda out: popalign.merge([], out=out), "parts: expected part folders, got []"),
+    "merge(text)": (lambda out: popalign.merge(str(out), out=out), "merge joins the part folders of a sharded build"),
+    "judge(b, None)": (lambda out: popalign.judge(out, None), "a judge is an LLM (judge_model) or a reward model"),
+    "judge(b, text)": (lambda out: popalign.judge(out, "m"), "judge: expected JudgeOptions, got str"),
+    "push(version=1)": (lambda out: popalign.push(out, repo_id="org/x", version=1), "release: expected a version"),
 }  # fmt: skip
 
 

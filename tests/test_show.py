@@ -23,9 +23,9 @@ def test_control_characters_are_shown_escaped_not_sent_to_the_terminal() -> None
 
 
 def test_a_flag_the_command_lacks_is_named_with_the_command_s_own_nearest(popalign, tmp_path) -> None:
-    """`show --limit` is not a build setting it should be pointed to: the line names the command, and suggests from
-    its own flags."""
-    for flag, says in (("--limit", "popalign show: unknown setting 'limit'"),
-                       ("--widht", "popalign show: unknown setting 'widht' (did you mean 'width'?)")):  # fmt: skip
+    """`show --limit` is not a build setting it should be pointed to: the line suggests from show's own keys, as
+    `popalign.pairs` does."""
+    for flag, says in (("--limit", "unknown setting 'limit'"),
+                       ("--widht", "unknown setting 'widht' (did you mean 'width'?)")):  # fmt: skip
         result = popalign("show", tmp_path, flag, "3")
         assert result.returncode == 2 and result.stderr.strip() == f"popalign: error: {says}", result.stderr

@@ -1,7 +1,9 @@
 """popalign: contrastive DPO preference data, one Hugging Face dataset config per contrast strategy.
 
-The Python API (`build`, `estimate`, `evaluate`, `score`, `judge`, `merge`, `push`, `export`, `versions`,
-`open_build`) is what the `popalign` command runs; see `popalign.api`. The errors it raises are in `popalign.errors`.
+The Python API (`build`, `estimate`, `evaluate`, `score`, `judge`, `merge`, `push`, `export`, `pairs`,
+`versions`, `open_build`) is what the `popalign` command runs; see `popalign.api`. Each command's settings are
+declared in `popalign.config` (build) and `popalign.commands` (the others). The errors it raises are in
+`popalign.errors`.
 """
 
 from popalign.api import (
@@ -13,14 +15,23 @@ from popalign.api import (
     judge,
     merge,
     open_build,
+    pairs,
     push,
     score,
     versions,
 )
+from popalign.commands import (
+    EvaluateCommand,
+    ExportCommand,
+    JudgeCommand,
+    MergeCommand,
+    PushCommand,
+    ScoreCommand,
+    ShowCommand,
+)
 from popalign.config import (
     BuildConfig,
     Endpoints,
-    EvaluateOptions,
     Executor,
     GenerationParams,
     JudgeOptions,
@@ -58,21 +69,27 @@ __all__ = [
     "ConfigError",
     "Endpoints",
     "Estimate",
-    "EvaluateOptions",
+    "EvaluateCommand",
     "Evaluation",
     "Executor",
+    "ExportCommand",
     "ForeignRepositoryError",
     "GenerationParams",
+    "JudgeCommand",
     "JudgeOptions",
     "Manifest",
+    "MergeCommand",
     "MissingExtraError",
     "NotABuildError",
     "PopAlignError",
     "PromptsError",
     "PublishError",
     "Push",
+    "PushCommand",
+    "ScoreCommand",
     "ScoreOptions",
     "ShardError",
+    "ShowCommand",
     "Strategy",
     "StrategyError",
     "TamperedBuildError",
@@ -87,6 +104,7 @@ __all__ = [
     "judge",
     "merge",
     "open_build",
+    "pairs",
     "push",
     "score",
     "versions",

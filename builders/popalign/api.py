@@ -17,28 +17,28 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import huggingface_hub
 
 from popalign.backends import check_installed, open_backends
 from popalign.cache import open_cache
-from popalign.config import (
-    LOCAL_MAX_NEW_TOKENS,
-    BuildConfig,
-    Endpoints,
-    EvaluateOptions,
-    GenerationParams,
-    JudgeOptions,
-    ScoreOptions,
-    check_cache_outside,
+from popalign.commands import (
+    EvaluateCommand,
+    ExportCommand,
+    JudgeCommand,
+    MergeCommand,
+    PushCommand,
+    ScoreCommand,
+    ShowCommand,
 )
+from popalign.config import BuildConfig, GenerationParams, JudgeOptions, ScoreOptions
 from popalign.dataset.folder import MANIFEST, Manifest, check_out, claimed, open_manifest
 from popalign.engine import Engine
-from popalign.errors import ConfigError, PublishError, ShardError
+from popalign.errors import ConfigError, ShardError
 from popalign.estimate import Estimate, estimate_plan
 from popalign.evaluation import REFERENCE, Evaluation, evaluate_models
 from popalign.export import export_build
@@ -50,12 +50,14 @@ from popalign.publish import PushResult, check_repo_id, list_versions, parse_ver
 from popalign.roles import EMBEDDED, parse_spec
 from popalign.scale_out import run_tasks, work_folder
 from popalign.scoring import score_settings
+from popalign.show import read_pairs
 from popalign.templates import TemplateSet
 
 if TYPE_CHECKING:
     import datasets
 
 log = logging.getLogger("popalign")
+Command = TypeVar("Command")
 
 
 @dataclass(frozen=True)
@@ -170,23 +172,12 @@ def estimate(prompts: str | Path | None = None, *, config: BuildConfig | None = 
 
 
 def evaluate(
-    build: Build | str | Path,
-    *,
-    models: Mapping[str, str] | Sequence[str] | str,
-    reference: str,
-    judge: JudgeOptions,
-    out: str | Path = "popalign-evaluation",
-    max_new_tokens: int = LOCAL_MAX_NEW_TOKENS,
-    templates: str | Path | None = None,
-    batch_size: int = 16,
-    endpoints: Endpoints | None = None,
-    cache_dir: str | Path | None = None,
-    cache: bool = True,
-    progress: bool = True,
+    build: Build | str | Path | None = None, *, config: EvaluateCommand | None = None, **settings: Any
 ) -> Evaluation:
     """The win rate of each trained model (`models`: specs, or names to specs) against `reference` on the build's
     held-out `test` split: both answer each instruction greedily, `judge` compares them in both orders, and the
     table (overall and per strategy, with Wilson 95% intervals), the answers and a chart are written to `out`.
+    `settings` are `popalign evaluate`'s, by the same keys as its flags (`popalign.commands.EvaluateCommand`).
 
     >>> report = popalign.evaluate(TESTED, models={"echo": SERVER}, reference=SERVER, judge=JudgeOptions(model=SERVER),
     ...                            out=f"{OUT}-evaluation", cache=False, progress=False)
@@ -196,31 +187,36 @@ def evaluate(
     Raises:
         NotABuildError: `build` is not a build folder.
         PopAlignError: the build has no test split, or no instruction got every model's answer.
-        ConfigError: a bad model spec, a name given twice, or a bad judge.
+        ConfigError: a bad setting: a model spec, a name given twice, or a bad judge.
     """
-    path = _path(build)
-    if not isinstance(judge, JudgeOptions):
-        raise ConfigError(f"judge: expected JudgeOptions(model=...) or JudgeOptions(reward_model=...), got {judge!r}")
-    options = EvaluateOptions(
-        build=path, models=models, reference=reference, out=_path(out, "out"), max_new_tokens=max_new_tokens
-    )
-    manifest = open_manifest(path)
-    if options.out.resolve().is_relative_to(path.resolve()):
-        raise ConfigError(f"out: {options.out} is inside the build folder {path}; give a folder outside it")
-    if (options.out / MANIFEST).exists():
-        raise ConfigError(f"out: {options.out} holds a build; give the report a folder of its own")
-    specs = {name: parse_spec(spec) for name, spec in options.models.items()} | {
-        REFERENCE: parse_spec(options.reference)
+    command = _command(EvaluateCommand, config, settings, build=None if build is None else _path(build))
+    manifest = open_manifest(command.build)
+    if (command.out / MANIFEST).exists():
+        raise ConfigError(f"out: {command.out} holds a build; give the report a folder of its own")
+    specs = {name: parse_spec(spec) for name, spec in command.models.items()} | {
+        REFERENCE: parse_spec(command.reference)
     }
     check_installed(specs.values())
-    endpoints = endpoints or Endpoints()
-    backends = open_backends(specs.values(), batch_size=batch_size, endpoints=endpoints)
-    generations = open_cache(cache, cache_dir)
-    params = GenerationParams(max_new_tokens=options.max_new_tokens, temperature=0.0, top_p=1.0, seed=0)
-    engine = Engine(specs, params, backends=backends, cache=generations, progress=progress)
-    template_set = TemplateSet(Path(templates) if templates else None)
-    judging = judge_settings(judge, template_set, generations, endpoints, backends.get("local"), batch_size, progress)
-    return evaluate_models(path, manifest, engine, judging, options.out)
+    backends = open_backends(specs.values(), batch_size=command.batch_size, endpoints=command.endpoints)
+    generations = open_cache(command.cache, command.cache_dir)
+    params = GenerationParams(max_new_tokens=command.max_new_tokens, temperature=0.0, top_p=1.0, seed=0)
+    engine = Engine(specs, params, backends=backends, cache=generations, progress=command.progress)
+    judging = judge_settings(
+        command.judge, TemplateSet(command.templates), generations, command.endpoints, backends.get("local"),
+        command.batch_size, command.progress,
+    )  # fmt: skip
+    return evaluate_models(command.build, manifest, engine, judging, command.out)
+
+
+def _command(cls: type[Command], config: Command | None, settings: dict[str, Any], **subject: Any) -> Command:
+    """A command's checked settings: a whole `config`, or its subject (a build, parts) and flat settings."""
+    if config is None:
+        return cls.of(**{key: value for key, value in subject.items() if value is not None}, **settings)
+    if not isinstance(config, cls):
+        raise ConfigError(f"config: expected {cls.__name__}, got {type(config).__name__}")
+    if settings or any(value is not None for value in subject.values()):
+        raise ConfigError("give a whole config, or the settings, not both")
+    return config
 
 
 def _config(prompts: str | Path | None, config: BuildConfig | None, settings: dict[str, Any]) -> BuildConfig:
@@ -232,18 +228,17 @@ def _config(prompts: str | Path | None, config: BuildConfig | None, settings: di
 
 
 def score(
-    build: Build | str | Path,
+    build: Build | str | Path | None = None,
     options: ScoreOptions | None = None,
     *,
-    templates: str | Path | None = None,
-    batch_size: int = 8,
-    endpoints: Endpoints | None = None,
-    cache_dir: str | Path | None = None,
-    cache: bool = True,
+    config: ScoreCommand | None = None,
+    **settings: Any,
 ) -> Build:
     """Add DLMA self-reward scores (`score`, `score_per_token`), curation and a quality report to a build,
-    rewriting its folder whole; `templates` are the ones the build used; a served scoring model is asked as
-    `endpoints` say (deadline, retries, key), as generation is.
+    rewriting its folder whole. `options` (or the flat keys `score_model`, `swap`, ...) say how it is scored;
+    `settings` are `popalign score`'s, by the same keys as its flags (`popalign.commands.ScoreCommand`): the
+    `templates` the build used, `batch_size`, the cache, and how a served scoring model is asked (`concurrency`,
+    `timeout`, ..., or `endpoints=Endpoints(...)`), as generation is.
 
     >>> options = ScoreOptions(model=TINY_MODEL, swap="swap")  # any model spec, or a TGI, vLLM or SGLang URL
     >>> scored = popalign.score(COPY, options, templates=TEMPLATES, cache=False)
@@ -252,34 +247,35 @@ def score(
 
     Raises:
         NotABuildError: not a build folder.
+        ConfigError: a bad setting.
         PopAlignError: the build was made with other templates than `templates`.
         BackendError: the scoring model cannot be loaded or reached.
     """
-    path = _path(build)
-    check_cache_outside(cache_dir, path)
-    if options is not None and not isinstance(options, ScoreOptions):
-        raise ConfigError(f"score: expected ScoreOptions(...), got {options!r}")
+    command = _command(ScoreCommand, config, settings, build=None if build is None else _path(build), score=options)
+    path = command.build
     default_model = open_manifest(path).roles.get("default", EMBEDDED)  # not a build: refused, nothing written
     with claimed(path):  # a second command on this folder meanwhile is refused
-        template_set = TemplateSet(Path(templates) if templates else None)
-        settings = score_settings(options or ScoreOptions(), None, default_model, endpoints or Endpoints(), batch_size)
-        summary = score_dataset(path, templates=template_set, scoring=settings, cache=open_cache(cache, cache_dir))
+        scoring = score_settings(command.score, None, default_model, command.endpoints, command.batch_size)
+        summary = score_dataset(
+            path,
+            templates=TemplateSet(command.templates),
+            scoring=scoring,
+            cache=open_cache(command.cache, command.cache_dir),
+        )
     return Build(path, open_manifest(path), summary)
 
 
 def judge(
-    build: Build | str | Path,
-    options: JudgeOptions,
+    build: Build | str | Path | None = None,
+    options: JudgeOptions | None = None,
     *,
-    templates: str | Path | None = None,
-    batch_size: int = 16,
-    endpoints: Endpoints | None = None,
-    cache_dir: str | Path | None = None,
-    cache: bool = True,
-    progress: bool = True,
+    config: JudgeCommand | None = None,
+    **settings: Any,
 ) -> Build:
     """Judge every pair of a build: `judge_verdict` (and `judge_margin` for a reward model) per row, and each
-    strategy's accuracy with a 95% Wilson interval in the manifest and the card.
+    strategy's accuracy with a 95% Wilson interval in the manifest and the card. `options` (or the flat keys
+    `judge_model`, `judge_reward_model`, ...) name the judge; `settings` are `popalign judge`'s, by the same keys as
+    its flags (`popalign.commands.JudgeCommand`).
 
     >>> judged = popalign.judge(COPY, JudgeOptions(model=SERVER), cache=False, progress=False)
     >>> judged.manifest.judge["configs"]["elicitive"]["accuracy"]  # the scripted judge prefers the careful answer
@@ -287,24 +283,25 @@ def judge(
 
     Raises:
         NotABuildError: not a build folder.
+        ConfigError: a bad setting, or no judge.
         BackendError: the judge cannot be loaded, or every request to it failed.
     """
-    path = _path(build)
-    if not isinstance(options, JudgeOptions):
-        raise ConfigError(f"judge: expected JudgeOptions(model=...) or JudgeOptions(reward_model=...), got {options!r}")
-    check_cache_outside(cache_dir, path)
+    command = _command(JudgeCommand, config, settings, build=None if build is None else _path(build), judge=options)
+    path = command.build
     open_manifest(path)  # a folder that is not a build is refused before any model loads
     with claimed(path):  # a second command on this folder meanwhile is refused
-        template_set = TemplateSet(Path(templates) if templates else None)
-        generations = open_cache(cache, cache_dir)
-        settings = judge_settings(
-            options, template_set, generations, endpoints or Endpoints(), None, batch_size, progress
-        )
-        summary = judge_dataset(path, judging=settings)
+        generations = open_cache(command.cache, command.cache_dir)
+        judging = judge_settings(
+            command.judge, TemplateSet(command.templates), generations, command.endpoints, None, command.batch_size,
+            command.progress,
+        )  # fmt: skip
+        summary = judge_dataset(path, judging=judging)
     return Build(path, open_manifest(path), summary)
 
 
-def merge(parts: Sequence[Build | str | Path], *, out: str | Path) -> Build:
+def merge(
+    parts: Sequence[Build | str | Path] | None = None, *, config: MergeCommand | None = None, **settings: Any
+) -> Build:
     """Join the parts of a sharded build (`build(..., shard="K/N")`, every K once) into one build in `out`.
 
     >>> parts = [popalign.build(PROMPTS, strategies="prefix", roles={"default": SERVER}, out=f"{OUT}-{k}",
@@ -317,54 +314,78 @@ def merge(parts: Sequence[Build | str | Path], *, out: str | Path) -> Build:
         ShardError: the parts are not every shard of one unscored, unjudged build, once each.
         NotABuildError: a part is not a build.
         TamperedBuildError: a part's files are not what its manifest records.
+        ConfigError: a bad setting.
     """
-    if not parts or isinstance(parts, str | Path):
+    if isinstance(parts, str | Path):
         raise ShardError("merge joins the part folders of a sharded build: give a list of them")
-    folder = _path(out, "out")
-    check_out(folder)
-    with claimed(folder):
-        summary = merge_builds([_path(part, "parts") for part in parts], folder)
-    return Build(folder, open_manifest(folder), summary)
+    folders = None if parts is None else [_path(part, "parts") for part in parts]
+    command = _command(MergeCommand, config, settings, parts=folders)
+    check_out(command.out)
+    with claimed(command.out):
+        summary = merge_builds(list(command.parts), command.out)
+    return Build(command.out, open_manifest(command.out), summary)
 
 
-def push(
-    build: Build | str | Path,
-    *,
-    repo_id: str,
-    version: str,
-    token: str | None = None,
-    private: bool = False,
-    force: bool = False,
-) -> PushResult:
-    """Publish a build as version `version` (tag `vX.Y.Z`) of the Hub dataset `repo_id`, in one commit.
+def push(build: Build | str | Path | None = None, *, config: PushCommand | None = None, **settings: Any) -> PushResult:
+    """Publish a build as version `release` (tag `vX.Y.Z`) of the Hub dataset `repo`, in one commit. `settings` are
+    `popalign push`'s, by the same keys as its flags (`popalign.commands.PushCommand`): `repo`, `release`,
+    `private`, `force` and `token`; `repo_id` and `version` are older names of `repo` and `release`.
 
-    >>> popalign.push(EXAMPLE, repo_id="org/popalign", version="1.0.0", token=HUB_TOKEN).rebuilt
+    >>> popalign.push(EXAMPLE, repo="org/popalign", release="1.0.0", token=HUB_TOKEN).rebuilt
     ['prefix', 'elicitive']
 
     Raises:
         VersionExistsError: the version is published and `force` is not given.
         VersionTooOldError: the version is older than the newest published one.
         ForeignRepositoryError: the repository holds files popalign did not publish.
-        PublishError: a bad repository id or version, or the Hub failed (nothing is half-published).
+        PublishError: a bad repository id, or the Hub failed (nothing is half-published).
+        ConfigError: a bad setting.
         TamperedBuildError: a file of the build is not what its manifest records (the Hub is not asked).
     """
-    if not isinstance(version, str) or not isinstance(repo_id, str):
-        raise PublishError(f"push: repo_id and version are text (ORG/NAME, X.Y.Z), got {repo_id!r} and {version!r}")
-    return push_dataset(_path(build), repo_id, version, token=token, private=private, force=force)
+    for old, new in (("repo_id", "repo"), ("version", "release")):
+        if old in settings:
+            if new in settings:
+                raise ConfigError(f"{new}: given twice ({new} and its older name {old})")
+            settings[new] = settings.pop(old)
+    command = _command(PushCommand, config, settings, build=None if build is None else _path(build))
+    return push_dataset(
+        command.build, command.repo, command.release, token=command.token, private=command.private, force=command.force
+    )
 
 
-def export(build: Build | str | Path, *, out: str | Path, format: str = "llamafactory") -> dict[str, int]:
-    """Write a build in another trainer's format into the new folder `out` (`llamafactory`: one ranking JSON file
-    per config and split, and its `dataset_info.json`); return the rows per dataset name.
+def export(
+    build: Build | str | Path | None = None, *, config: ExportCommand | None = None, **settings: Any
+) -> dict[str, int]:
+    """Write a build in another trainer's format into the new folder `out` (`format`, default `llamafactory`: one
+    ranking JSON file per config and split, and its `dataset_info.json`); return the rows per dataset name.
 
     >>> popalign.export(EXAMPLE, out=f"{OUT}-llamafactory")["popalign_prefix"]
     6
 
     Raises:
         NotABuildError: not a build, or `out` is not a new folder.
-        ConfigError: an unknown format.
+        ConfigError: a bad setting, such as an unknown format.
     """
-    return export_build(_path(build), _path(out, "out"), format=format)
+    command = _command(ExportCommand, config, settings, build=None if build is None else _path(build))
+    return export_build(command.build, command.out, format=command.format)
+
+
+def pairs(
+    build: Build | str | Path | None = None, *, config: ShowCommand | None = None, **settings: Any
+) -> list[dict[str, Any]]:
+    """The pairs `popalign show` prints: at most `n` rows of `strategy` (a strategy's config, or `all`) meeting every
+    `where` condition (`"score<0"`, `"chosen~tide"`); `settings` are `popalign show`'s, by the same keys as its flags
+    (`popalign.commands.ShowCommand`).
+
+    >>> [row["strategy"] for row in popalign.pairs(EXAMPLE, strategy="elicitive", n=2)]
+    ['elicitive', 'elicitive']
+
+    Raises:
+        NotABuildError: not a build folder.
+        ConfigError: a bad setting, a bad condition, or no such config.
+    """
+    command = _command(ShowCommand, config, settings, build=None if build is None else _path(build))
+    return list(read_pairs(command.build, command.strategy, command.where, command.n))
 
 
 def versions(repo_id: str, *, token: str | None = None) -> list[dict[str, Any]]:

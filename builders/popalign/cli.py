@@ -17,22 +17,31 @@ from typing import Any, NoReturn
 
 from popalign import api, extras
 from popalign.cache import default_cache_dir
+from popalign.commands import (
+    COMMANDS,
+    EvaluateCommand,
+    ExportCommand,
+    JudgeCommand,
+    MergeCommand,
+    PushCommand,
+    ScoreCommand,
+    ShowCommand,
+    command_keys,
+    group_keys,
+    groups,
+)
 from popalign.config import (
     FLAG,
-    POSITIVE,
     BuildConfig,
     Card,
     Endpoints,
-    EvaluateOptions,
     Executor,
     GenerationParams,
     JudgeOptions,
     Push,
     ScoreOptions,
     Styles,
-    check_setting,
     declared,
-    group_of,
     key_of,
     settings_index,
     unknown_setting,
@@ -41,12 +50,11 @@ from popalign.contrasts import STRATEGIES
 from popalign.dataset.folder import Manifest
 from popalign.errors import ConfigError, PopAlignError
 from popalign.estimate import Estimate
-from popalign.export import FORMATS
 from popalign.judging import PAPER_ACCURACY
-from popalign.recipe import Recipe, load_recipe
+from popalign.recipe import Recipe, load_command_recipe, load_recipe
 from popalign.resources import embedded_model_path
 from popalign.roles import parse_model_args
-from popalign.show import format_pair, parse_condition, read_pairs
+from popalign.show import format_pair, read_pairs
 from popalign.templates import TemplateSet
 from popalign.version import __version__, installed_version
 
@@ -66,46 +74,60 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        return POSITIVE("n", text)
-    except ConfigError as err:
-        raise argparse.ArgumentTypeError(str(err).partition(": ")[2]) from None
-
-
 def add_settings(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     cls: type,
     *,
     only: tuple[str, ...] | None = None,
     defaults: dict[str, Any] | None = None,
+    required: bool = False,
 ) -> None:
     """Flags for the declared settings of `cls` (see `popalign.config`), each `--key` with its help and default.
     Values stay as typed (text): the settings' own checks type them, as they do a recipe's and the API's; a flag
-    not given is absent from the parsed namespace, so a recipe's value or the declared default applies."""
+    not given is absent from the parsed namespace, so a recipe's value or the declared default applies; `required`
+    marks the settings with no default as required in the help (the declaration refuses their absence)."""
     for item in declared(cls):
         key = key_of(item)
         if not item.metadata["cli"] or (only is not None and key not in only):
             continue
         default = (defaults or {}).get(key, item.default)
         help_text = item.metadata["help"]
-        shown = default not in (None, MISSING, True, False, "") and "default:" not in help_text
+        shown = default not in (None, MISSING, True, False, "", ()) and "default:" not in help_text
         help_text += f" (default: {_size_text(default) if key == 'max_shard_size' else default})" if shown else ""
-        flag = "--" + (item.metadata["negated"] or key).replace("_", "-")
+        help_text += " (required)" if required and default is MISSING and not item.metadata["positional"] else ""
+        flag = item.metadata["flag"] or "--" + (item.metadata["negated"] or key).replace("_", "-")
         options: dict[str, Any] = {"dest": key, "help": help_text, "default": argparse.SUPPRESS}
+        check = item.metadata["check"]
+        metavar = item.metadata["metavar"] or (check.metavar if check else "VALUE")
+        if item.metadata["positional"]:
+            nargs = {"1": None, "?": "?", "+": "+"}[item.metadata["positional"]]
+            shown_name = metavar if item.metadata["metavar"] or check is None or check.metavar != "VALUE" else key
+            parser.add_argument(key, nargs=nargs, metavar=shown_name, help=help_text, default=argparse.SUPPRESS)
+            continue
         if item.metadata["negated"]:
             options |= {"action": "store_const", "const": False}
-        elif item.metadata["check"] is FLAG or item.metadata["switch"]:
+        elif check is FLAG or item.metadata["switch"]:
             options |= {"action": "store_const", "const": True}
         elif key == "model" or item.metadata["repeat"]:
-            check = item.metadata["check"]
-            options |= {"action": "append", "metavar": item.metadata["metavar"] or (check.metavar if check else None)}
+            options |= {"action": "append", "metavar": metavar}
         else:
-            check = item.metadata["check"]
-            options["metavar"] = item.metadata["metavar"] or (check.metavar if check else "VALUE")
+            options["metavar"] = metavar
         if defaults and key in defaults:
             options["default"] = defaults[key]
         parser.add_argument(flag, **options)
+
+
+def add_command(parser: argparse.ArgumentParser, cls: type) -> None:
+    """A command's flags from its declaration (`popalign.commands`): its own settings, `--config YAML` for a recipe
+    of them, then each group of settings under its title."""
+    add_settings(parser, cls, required=True)
+    parser.add_argument(
+        "--config", dest="recipe", type=Path, default=argparse.SUPPRESS, metavar="YAML",
+        help="a YAML recipe of any of these settings, by their keys (flags given here win)",
+    )  # fmt: skip
+    for item in groups(cls):
+        titled = parser.add_argument_group(item.metadata["title"])
+        add_settings(titled, item.metadata["group"], only=tuple(group_keys(item)))
 
 
 def _size_text(size: int) -> str:
@@ -145,18 +167,12 @@ def _parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_build)
 
     score = commands.add_parser("score", help="add DLMA self-reward scores, curation and a quality report to a build")
-    score.add_argument("dir", type=Path, help="a folder written by `popalign build`")
-    add_settings(score, BuildConfig, only=("templates", "cache_dir", "cache", "batch_size"), defaults={"batch_size": 8})
-    add_settings(score.add_argument_group("endpoints (a served scoring model)"), Endpoints)
-    add_settings(score.add_argument_group("scoring (DLMA self-reward, curation, curriculum)"), ScoreOptions)
+    add_command(score, ScoreCommand)
     score.set_defaults(func=_score)
 
     push = commands.add_parser("push", help="publish a built folder as a tagged version of a Hub dataset")
-    push.add_argument("dir", type=Path, help="a folder written by `popalign build`")
-    push.add_argument("--repo", required=True, metavar="ORG/NAME", help="the Hub dataset repository")
-    add_settings(push, Push, only=("release", "private", "force"))
+    add_command(push, PushCommand)
     push.add_argument("--version", dest="deprecated_version", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    push.add_argument("--token", help="Hub token (default: $HF_TOKEN or the saved login)")
     push.set_defaults(func=_push)
 
     versions = commands.add_parser("versions", help="list the published versions of a Hub dataset")
@@ -165,50 +181,25 @@ def _parser() -> argparse.ArgumentParser:
     versions.set_defaults(func=_versions)
 
     judge = commands.add_parser("judge", help="judge every pair of a build: the paper's accuracy per strategy")
-    judge.add_argument("dir", type=Path, help="a folder written by `popalign build`")
-    add_settings(judge, BuildConfig, only=("templates", "batch_size", "cache_dir", "cache", "progress"))
-    add_settings(judge.add_argument_group("endpoints"), Endpoints)
-    add_settings(judge.add_argument_group("judging (the paper's pairwise accuracy per strategy)"), JudgeOptions)
+    add_command(judge, JudgeCommand)
     judge.set_defaults(func=_judge)
 
     evaluate = commands.add_parser(
         "evaluate", help="win rate of trained models against their base on a build's held-out test split"
     )
-    add_settings(evaluate, EvaluateOptions)
-    add_settings(evaluate, BuildConfig, only=("templates", "batch_size", "cache_dir", "cache", "progress"))
-    add_settings(evaluate.add_argument_group("endpoints"), Endpoints)
-    add_settings(
-        evaluate.add_argument_group("judging (both orders, as popalign judge)"),
-        JudgeOptions,
-        only=("judge_model", "judge_reward_model", "judge_max_new_tokens"),
-    )
+    add_command(evaluate, EvaluateCommand)
     evaluate.set_defaults(func=_evaluate)
 
     merge = commands.add_parser("merge", help="join the shard folders of a `build --shard K/N` into one dataset")
-    merge.add_argument("dirs", nargs="+", type=Path, help="the part folders, one per shard")
-    merge.add_argument("--out", type=Path, required=True, help="folder of the merged dataset")
+    add_command(merge, MergeCommand)
     merge.set_defaults(func=_merge)
 
     show = commands.add_parser("show", help="read a build's pairs in the terminal")
-    show.add_argument("dir", type=Path, help="a folder written by `popalign build`")
-    show.add_argument("config", nargs="?", default="all", help="a strategy's config, or all (default: all)")
-    show.add_argument("-n", type=_positive_int, default=5, help="pairs to show (default: 5)")
-    show.add_argument(
-        "--where",
-        action="append",
-        default=[],
-        metavar="COND",
-        help="show only pairs meeting FIELD OP VALUE (OP: = != < > <= >=, or ~ for contains), e.g. score<0, "
-        "judge_verdict=rejected, chosen~tide; repeatable (all must hold)",
-    )
-    show.add_argument("--side-by-side", action="store_true", help="chosen and rejected in two columns")
-    show.add_argument("--width", type=_positive_int, help="line width (default: the terminal's)")
+    add_command(show, ShowCommand)
     show.set_defaults(func=_show)
 
     export = commands.add_parser("export", help="write a build in another trainer's format (LLaMA-Factory)")
-    export.add_argument("dir", type=Path, help="a folder written by `popalign build`")
-    export.add_argument("--format", choices=FORMATS, default="llamafactory", help="the format (default: llamafactory)")
-    export.add_argument("--out", type=Path, required=True, help="a new folder for the files and dataset_info.json")
+    add_command(export, ExportCommand)
     export.set_defaults(func=_export)
 
     templates = commands.add_parser("templates", help="list or show the prompt templates")
@@ -262,16 +253,16 @@ def _print_quality(summary: Any) -> None:
     print(f"{stats.cached} cached, {stats.computed} computed")
 
 
-def _run_settings(given: dict[str, Any], *keys: str) -> dict[str, Any]:
-    """Those of `keys` the command line gave (the others take the API function's defaults)."""
-    return {key: given[key] for key in keys if key in given}
+def _command(args: argparse.Namespace, cls: type, *skip: str) -> Any:
+    """A command's settings from its flags over its `--config` recipe, checked by its declaration."""
+    recipe = load_command_recipe(args.recipe, cls) if "recipe" in args else {}
+    return cls.of(**{**recipe, **_given(args, "recipe", *skip)})
 
 
 def _score(args: argparse.Namespace) -> int:
-    given = {key: check_setting(key, value) for key, value in _given(args, "dir").items()}
+    command = _command(args, ScoreCommand)
     api.quiet_libraries()
-    run = _run_settings(given, "templates", "batch_size", "cache_dir", "cache")
-    built = api.score(args.dir, group_of(ScoreOptions, given), endpoints=group_of(Endpoints, given), **run)
+    built = api.score(config=command)
     _print_quality(built.summary)
     print(f"rewrote {built.path} in {built.summary.seconds:.0f} s (scores, quality/*.png, README.md)")
     return 0
@@ -371,17 +362,12 @@ def _release(given: dict[str, Any]) -> None:
 
 
 def _push(args: argparse.Namespace) -> int:
-    given = _given(args, "dir", "repo", "token")
+    given = _given(args)
     _release(given)
-    if "release" not in given:
-        raise ConfigError("release: required (--release X.Y.Z)")
-    options = group_of(Push, {"push_to": args.repo, **given})
+    recipe = load_command_recipe(given.pop("recipe"), PushCommand) if "recipe" in given else {}
+    command = PushCommand.of(**{**recipe, **given})
     api.quiet_libraries()
-    result = api.push(
-        args.dir, repo_id=args.repo, version=options.release, token=args.token, private=options.private,
-        force=options.force,
-    )  # fmt: skip
-    _print_push(result)
+    _print_push(api.push(config=command))
     return 0
 
 
@@ -409,10 +395,9 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    given = {key: check_setting(key, value) for key, value in _given(args, "dir").items()}
+    command = _command(args, JudgeCommand)
     api.quiet_libraries()
-    run = _run_settings(given, "templates", "batch_size", "cache_dir", "cache", "progress")
-    built = api.judge(args.dir, group_of(JudgeOptions, given), endpoints=group_of(Endpoints, given), **run)
+    built = api.judge(config=command)
     _print_judge(built.summary)
     seconds = built.summary.seconds
     print(f"rewrote {built.path} in {seconds:.0f} s (judge_verdict, quality/judge_accuracy.png, README.md)")
@@ -420,18 +405,9 @@ def _judge(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    given = _given(args)
-    own = {key_of(item): item.name for item in declared(EvaluateOptions)}
-    options = {own[key]: given.pop(key) for key in list(given) if key in own}
-    missing = [
-        f"--{key}" for key, name in own.items() if name in ("build", "models", "reference") and name not in options
-    ]
-    if missing:
-        raise ConfigError(f"evaluate needs {' and '.join(missing)}")
-    given = {key: check_setting(key, value) for key, value in given.items()}
+    command = _command(args, EvaluateCommand)
     api.quiet_libraries()
-    run = _run_settings(given, "templates", "batch_size", "cache_dir", "cache", "progress")
-    report = api.evaluate(judge=group_of(JudgeOptions, given), endpoints=group_of(Endpoints, given), **options, **run)
+    report = api.evaluate(config=command)
     names = list(next(iter(report.table.values())))
     print(f"\n{'model':<16} {'strategy':<12} {'judged':>6}  {'win rate':>8}  {'95% interval':>13}  wins losses ties")
     for model, rates in report.table.items():
@@ -451,13 +427,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    command = _command(args, MergeCommand)
     api.quiet_libraries()
-    summary = api.merge(args.dirs, out=args.out).summary
+    summary = api.merge(config=command).summary
     for name, outcome in summary.outcomes.items():
         dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(outcome.dropped.items())) or "0"
         print(f"{name:<12} {outcome.count:>6} rows  dropped {dropped}")
     total = sum(outcome.count for outcome in summary.outcomes.values())
-    print(f"merged {len(args.dirs)} parts into {summary.out} ({total} rows) in {summary.seconds:.0f} s")
+    print(f"merged {len(command.parts)} parts into {summary.out} ({total} rows) in {summary.seconds:.0f} s")
     return 0
 
 
@@ -473,22 +450,23 @@ def _print_log() -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    conditions = [parse_condition(text) for text in args.where]
-    width = args.width or shutil.get_terminal_size((100, 24)).columns
+    command = _command(args, ShowCommand)
+    width = command.width or shutil.get_terminal_size((100, 24)).columns
     shown = 0
-    for row in read_pairs(args.dir, args.config, conditions, args.n):
-        print(format_pair(row, width=width, side_by_side=args.side_by_side), end="\n\n")
+    for row in read_pairs(command.build, command.strategy, command.where, command.n):
+        print(format_pair(row, width=width, side_by_side=command.side_by_side), end="\n\n")
         shown += 1
-    where = f" meeting {' and '.join(args.where)}" if args.where else ""
-    print(f"{shown} pair{'' if shown == 1 else 's'} of {args.config}{where}")
+    where = f" meeting {' and '.join(map(str, command.where))}" if command.where else ""
+    print(f"{shown} pair{'' if shown == 1 else 's'} of {command.strategy}{where}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    counts = api.export(args.dir, out=args.out, format=args.format)
+    command = _command(args, ExportCommand)
+    counts = api.export(config=command)
     for dataset, rows in counts.items():
         print(f"{dataset:<28} {rows:>6} rows")
-    print(f"wrote {args.out} ({args.format}: {len(counts)} datasets in dataset_info.json)")
+    print(f"wrote {command.out} ({command.format}: {len(counts)} datasets in dataset_info.json)")
     return 0
 
 
@@ -605,7 +583,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     for item in extra:
         if item.startswith("--"):
             name = item[2:].partition("=")[0].replace("-", "_")
-            if args.command != "build":  # suggest from the command's own flags, not the build's settings
+            if args.command in COMMANDS:  # suggest from the command's own keys, as its API and recipe do
+                raise ConfigError(unknown_setting(name, command_keys(COMMANDS[args.command])))
+            if args.command != "build":
                 raise ConfigError(f"popalign {args.command}: {unknown_setting(name, _flags(parser, args.command))}")
             raise ConfigError(unknown_setting(name, settings_index()))
     if extra:

@@ -230,14 +230,21 @@ def setting(
     negated: str | None = None,
     switch: bool = False,
     repeat: bool = False,
+    positional: str | None = None,
+    flag: str | None = None,
+    saved: bool = True,
 ) -> Any:
     """A dataclass field that is a user setting: its default, help text and check; `key` is its flat name (default:
     the field's); `recipe=False` keeps it out of recipes (a secret, a per-run switch), `cli=False` off the command
     line; a boolean whose default is True is set on the command line by the flag `negated` (`--no-cache`), a
     `switch` (a group turned on with its defaults, `--score`) by its bare flag, and a `repeat` setting (a list) by
-    its flag given once per value."""
+    its flag given once per value. A `positional` setting is a command's argument, not a flag (`"1"`: one value,
+    `"?"`: one or none, `"+"`: one or more); `flag` is a flag other than `--key` (`-n`); `saved=False` keeps a
+    recipe setting out of the recipe a build saves beside its data (the machine's and the run's: where it writes,
+    its cache, its budget, where it publishes)."""
     metadata = {"help": help, "check": check, "key": key, "metavar": metavar, "recipe": recipe, "cli": cli}
-    metadata |= {"negated": negated, "switch": switch, "repeat": repeat}
+    metadata |= {"negated": negated, "switch": switch, "repeat": repeat, "positional": positional, "flag": flag}
+    metadata["saved"] = saved
     return field(default=default, metadata=metadata)
 
 
@@ -252,7 +259,7 @@ def checked(item: Field[Any], value: Any) -> Any:
     default is None: for any other setting it is no way to ask for the default, and is refused."""
     check = item.metadata.get("check")
     if value is None:
-        if item.default not in (None, MISSING):
+        if item.default is not None:
             raise ConfigError(f"{key_of(item)}: expected {check.expected if check else 'a value'}, got None")
         return None
     return check(key_of(item), value) if check else value
@@ -560,30 +567,6 @@ MODELS = Check(dict, "[NAME=]SPEC, once per trained model, each named once", con
 
 
 @dataclass(frozen=True)
-class EvaluateOptions:
-    """What `popalign evaluate` compares: each trained model against the reference, on the held-out `test` split
-    of a build, judged in both orders (`JudgeOptions`)."""
-
-    build: Path = setting(check=PATH, metavar="DIR", help="a build folder with a test split (built with --test-size)")
-    models: Mapping[str, str] = setting(
-        check=MODELS,
-        key="model",
-        repeat=True,
-        metavar="[NAME=]SPEC",
-        help="a trained model: a local model spec (a folder, a .gguf file) or endpoint URLs, named by NAME=; "
-        "repeatable, to compare several (the ablations) in one table",
-    )
-    reference: str = setting(
-        check=TEXT, metavar="SPEC|URL", help="the model the trained ones are compared with (their base)"
-    )
-    out: Path = setting(Path("popalign-evaluation"), check=PATH, metavar="DIR", help="folder of the report")
-    max_new_tokens: int = setting(LOCAL_MAX_NEW_TOKENS, check=POSITIVE, help="tokens per answer (greedy decoding)")
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-
-
-@dataclass(frozen=True)
 class Card:
     """What the dataset card says of the data besides its rows: its license (with `other`, the license's id and
     where its text is), its languages and its title; recorded in the manifest, so a push writes the same card."""
@@ -806,11 +789,12 @@ class BuildConfig:
         None,
         check=Check(str, "a file or a Hub dataset ORG/NAME", lambda value: bool(str(value).strip())),
         metavar="FILE|ORG/NAME",
+        saved=False,  # recorded by name and digest, or at the commit read
         help=".jsonl, .csv or .parquet of instructions, or a Hub dataset ORG/NAME[:CONFIG][:SPLIT] "
         "(default: the bundled demo set)",
     )
     prompts_revision: str | None = setting(
-        None, check=TEXT, metavar="REV", help="with a Hub dataset: its revision (default: newest)"
+        None, check=TEXT, metavar="REV", saved=False, help="with a Hub dataset: its revision (default: newest)"
     )
     prompt_column: str | None = setting(
         None,
@@ -830,7 +814,7 @@ class BuildConfig:
         "refine); all: every installed strategy (also bestofn, temperature, teacher and any plugin's)",
     )
     limit: int | None = setting(None, check=POSITIVE, metavar="N", help="use at most N distinct instructions")
-    out: Path = setting(Path("popalign-data"), check=PATH, metavar="DIR", help="output folder")
+    out: Path = setting(Path("popalign-data"), check=PATH, metavar="DIR", saved=False, help="output folder")
     roles: Mapping[str, str | Spec] = setting(
         None,
         key="model",
@@ -844,12 +828,16 @@ class BuildConfig:
         None, cli=False, recipe=False, help="per role, generation settings that override the run's"
     )
     templates: Path | None = setting(
-        None, check=PATH, metavar="DIR", help="folder of templates overriding the shipped ones by name"
+        None,
+        check=PATH,
+        metavar="DIR",
+        saved=False,  # the templates the build used are saved beside its recipe
+        help="folder of templates overriding the shipped ones by name",
     )
     keep_truncated: bool = setting(False, check=FLAG, help="keep pairs with a side cut at the token limit (counted)")
-    batch_size: int = setting(16, check=POSITIVE, help="local generation batch size")
+    batch_size: int = setting(16, check=POSITIVE, saved=False, help="local generation batch size")
     cache_dir: Path | None = setting(
-        None, check=PATH, metavar="DIR", help="generation cache folder (default: ~/.cache/popalign)"
+        None, check=PATH, metavar="DIR", saved=False, help="generation cache folder (default: ~/.cache/popalign)"
     )
     cache: bool = setting(
         True, check=FLAG, recipe=False, negated="no_cache", help="generate everything anew and store nothing"
@@ -906,6 +894,7 @@ class BuildConfig:
     budget: Budget | None = setting(
         None,
         check=BUDGET,
+        saved=False,
         help="stop generating once this run has spent this many tokens, or this amount at the --price of each role "
         "(answers from the cache are free); what was answered stays cached, and a rerun with a larger budget resumes",
     )
@@ -1040,6 +1029,48 @@ def check_setting(key: str, value: Any) -> Any:
         raise ConfigError(unknown_setting(key, index))
     group, name = index[key]
     return checked(_field(GROUPS[group] if group else BuildConfig, name), value)
+
+
+#: The groups a saved recipe leaves out: where a build publishes and how it runs are not what it made.
+_NOT_SAVED = ("push", "executor", "endpoints")
+
+
+def saved_settings(config: BuildConfig) -> dict[str, Any]:
+    """The settings a build's saved recipe records, by recipe key, as YAML holds them: every recipe setting not at
+    its default, but those declared `saved=False` and the publishing, executor and endpoint groups; the generation
+    settings and roles are recorded apart (`generation:`, `roles:`), and scoring or judging by a model given as a
+    URL is left out whole, as a role's URL is (a rebuild scores or judges only as it is told again).
+
+    >>> saved_settings(BuildConfig.of(near_duplicates=True, price={"default": "1,2"}, out="elsewhere"))
+    {'near_duplicates': True, 'price': {'default': '1,2'}}
+    """
+    served = {group for group in ("score", "judge") if "://" in str(getattr(getattr(config, group), "model", ""))}
+    saved: dict[str, Any] = {}
+    for key, (group, name) in settings_index().items():
+        if group in ("params", *_NOT_SAVED, *served) or (group is None and name in served):
+            continue
+        item = _field(GROUPS[group] if group else BuildConfig, name)
+        holder = config if group is None else getattr(config, group)
+        if key != key_of(item) or holder is None or not item.metadata["recipe"] or not item.metadata["saved"]:
+            continue
+        value = getattr(holder, name)
+        if value != item.default and value is not None:
+            saved[key] = _as_recorded(value)
+    return saved
+
+
+def _as_recorded(value: Any) -> Any:
+    """A setting's value as a recipe holds it: text for a path or a price, a list for a tuple, `true` for a
+    group that is switched on."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping):
+        return {key: str(one) if isinstance(one, Price) else one for key, one in value.items()}
+    if hasattr(value, "__dataclass_fields__"):
+        return True
+    return value
 
 
 def recipe_keys() -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import yaml
 
 from popalign.backends import open_backends
 from popalign.cache import GenerationCache, open_cache
-from popalign.config import MAX_SHARD_SIZE, Card, Styles
+from popalign.config import MAX_SHARD_SIZE, Card, Styles, saved_settings
 from popalign.contrasts import STRATEGIES, Dropped, Pair
 from popalign.costs import recorded_prices, usage_record
 from popalign.dataset.card import write_card_and_manifest
@@ -87,6 +88,7 @@ def run_plan(plan: BuildPlan, out: Path | None = None, *, progress: bool | None 
         shard_size=config.max_shard_size,
         card=config.card,
         test_size=config.test_size,
+        saved=saved_settings(config),
     )
 
 
@@ -138,10 +140,12 @@ def build_dataset(
     shard_size: int = MAX_SHARD_SIZE,
     card: Card = Card(),  # noqa: B008 (frozen)
     test_size: float = 0.0,
+    saved: Mapping[str, Any] | None = None,
 ) -> BuildSummary:
     """Generate every strategy's pairs for `prompts` with `engine` and write `out` as a Hub dataset repository
     layout. Pairs with a side cut at the token limit are dropped unless `keep_truncated`; with `scoring` and
-    `judging`, the pairs are scored, then judged, before anything is written.
+    `judging`, the pairs are scored, then judged, before anything is written; the saved recipe records `saved`
+    (`config.saved_settings`) beside what ran.
 
     >>> build_dataset(load_prompts(limit=4), strategies=list(STRATEGIES), engine=engine, ...)  # doctest: +SKIP
     """
@@ -251,7 +255,7 @@ def build_dataset(
                     config["shapes"] = shapes
                 if preambles[name]:
                     config["preambles_removed"] = preambles[name]
-            _write_recipe(folder, strategies, engine, prompts, context, card, test_size)
+            _write_recipe(folder, strategies, engine, prompts, context, card, _saved(saved, test_size))
             write_card_and_manifest(manifest, folder, out)
     return BuildSummary(
         out=out,
@@ -359,10 +363,12 @@ def _write_recipe(
     prompts: PromptSet,
     context: StrategyContext,
     card: Card,
-    test_size: float,
+    saved: Mapping[str, Any],
 ) -> None:
-    """`popalign_recipe.yaml` and `templates/`: what the build ran with, to publish next to the data. Endpoint
-    roles are written by served model name (URLs and keys are left out)."""
+    """`popalign_recipe.yaml` and `templates/`: what the build ran with, to publish next to the data: the
+    instructions, strategies, styles and card as they ran, then every other setting the build was given
+    (`saved`), then the generation settings, roles and templates. Endpoint roles are written by served model name
+    (URLs and keys are left out)."""
     roles: dict[str, Any] = {}
     defaults = Card().recorded()
     for role in roles_used(strategies):
@@ -370,23 +376,31 @@ def _write_recipe(
         if engine.params[role] != engine.default_params:
             roles[role] = {"spec": roles[role]} if isinstance(roles[role], str) else roles[role]
             roles[role]["generation"] = engine.params[role].recorded()
-    recipe = {
+    ran = {
         **_recipe_prompts(prompts),
         "strategies": strategies,
         **context.styles.recorded(),
         "keep_truncated": context.keep_truncated,
         "license": card.license,
         **{key: value for key, value in card.recorded().items() if value != defaults[key]},
-        **({"test_size": test_size} if test_size else {}),
+    }
+    last = {
         "generation": engine.default_params.recorded(),
         "roles": roles,
         "templates": "templates",
         **({"shard": f"{prompts.shard[0]}/{prompts.shard[1]}"} if prompts.shard else {}),
     }
+    given = {key: value for key, value in saved.items() if key not in ran and key not in last}
+    recipe = ran | given | last
     (out / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
     (out / "templates").mkdir()
     for entry in context.templates.entries():
         (out / "templates" / entry.name).write_text(context.templates.source(entry.name), encoding="utf-8")
+
+
+def _saved(saved: Mapping[str, Any] | None, test_size: float) -> Mapping[str, Any]:
+    """What the recipe records of the settings given: `saved`, or where a caller gave none, the test split."""
+    return saved if saved is not None else ({"test_size": test_size} if test_size else {})
 
 
 def _recipe_prompts(prompts: PromptSet) -> dict[str, Any]:

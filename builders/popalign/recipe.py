@@ -28,11 +28,13 @@ from typing import Any
 
 import yaml
 
+from popalign.commands import PATHS, command_fields
 from popalign.config import (
     PATH,
     BuildConfig,
     GenerationParams,
     check_setting,
+    checked,
     checked_values,
     recipe_keys,
     settings_index,
@@ -83,6 +85,37 @@ MAX_RECIPE_BYTES = 1 << 20
 
 def load_recipe(path: Path) -> Recipe:
     """Read and check a recipe; every problem is one line naming the file and the key."""
+    data = _read_mapping(path, "a recipe is a mapping of keys (prompts, strategies, roles, ...)")
+    try:
+        return _read(path, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def load_command_recipe(path: Path, cls: type) -> dict[str, Any]:
+    """The settings of one command (`popalign score --config YAML`, `cls` its declaration in `popalign.commands`)
+    from a recipe, by their keys, checked; paths are resolved beside the recipe and stay inside its folder. Every
+    problem is one line naming the file and the key."""
+    data = _read_mapping(path, "a recipe is a mapping of the command's settings")
+    known = {key: item for key, item in command_fields(cls).items() if item.metadata["recipe"]}
+    folder = path.parent.resolve()
+    settings = {}
+    try:
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(unknown_setting(str(key), known))
+            if value is not None and known[key].metadata["check"] in PATHS:
+                many = isinstance(value, list)
+                value = [_beside(folder, key, one) for one in value] if many else _beside(folder, key, value)
+            settings[key] = checked(known[key], value)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return settings
+
+
+def _read_mapping(path: Path, expected: str) -> dict[Any, Any]:
+    """A recipe file's mapping; a file that cannot be read, is too long, or holds no YAML mapping is refused in one
+    line."""
     try:
         if path.exists() and not path.is_file():
             raise ConfigError(f"{path}: not a file; a recipe is a YAML file")
@@ -98,11 +131,22 @@ def load_recipe(path: Path) -> Recipe:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping of keys (prompts, strategies, roles, ...)")
-    try:
-        return _read(path, data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError(f"{path}: {expected}")
+    return data
+
+
+def _beside(folder: Path, key: str, value: Any) -> Path:
+    """A recipe's path, resolved in the recipe's folder, which it may not leave (links kept: `out` must not be a
+    link, and is told so)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a path, got {value!r}")
+    joined = folder / value
+    if not joined.resolve().is_relative_to(folder):
+        raise ConfigError(
+            f"{key}: {value!r} leaves the recipe's folder; a recipe names files beside it "
+            f"(give --{key.replace('_', '-')} on the command line to use another place)"
+        )
+    return Path(os.path.normpath(joined))
 
 
 def _read(path: Path, data: dict[str, Any]) -> Recipe:
@@ -129,13 +173,7 @@ def _read(path: Path, data: dict[str, Any]) -> Recipe:
             recipe.settings[key] = str(value)  # a Hub dataset, not a file beside the recipe
             continue
         if key == "prompts" or _is_path(index[key]):
-            joined = folder / str(value)
-            if not joined.resolve().is_relative_to(folder):
-                raise ConfigError(
-                    f"{key}: {value!r} leaves the recipe's folder; a recipe names files beside it "
-                    f"(give --{key.replace('_', '-')} on the command line to use another place)"
-                )
-            value = Path(os.path.normpath(joined))  # links kept: `out` must not be a link, and is told so
+            value = _beside(folder, key, value)
         recipe.settings[key] = check_setting(key, value)
     if "prompts_sha256" in data:
         _check_prompts_digest(path, recipe.settings.get("prompts"), str(data["prompts_sha256"]))

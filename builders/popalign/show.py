@@ -40,6 +40,11 @@ class Condition:
     field: str
     op: str
     value: Any
+    #: The condition as it was given.
+    text: str = ""
+
+    def __str__(self) -> str:
+        return self.text
 
     def test(self, row: dict[str, Any]) -> bool:
         actual = _value(row, self.field)
@@ -64,10 +69,10 @@ def parse_condition(text: str) -> Condition:
     if name not in FIELDS:
         raise ConfigError(f"--where {text!r}: unknown field {name!r} (fields: {', '.join(FIELDS)})")
     if op == "~" or raw.strip().lower() != "none":
-        return Condition(name, op, raw if op == "~" else _typed(text, name, raw.strip()))
+        return Condition(name, op, raw if op == "~" else _typed(text, name, raw.strip()), text.strip())
     if op not in ("=", "!="):
         raise ConfigError(f"--where {text!r}: an empty field is tested with = none or != none")
-    return Condition(name, op, None)
+    return Condition(name, op, None, text.strip())
 
 
 def matches(row: dict[str, Any], conditions: Sequence[Condition]) -> bool:

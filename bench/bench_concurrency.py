@@ -21,11 +21,12 @@ from latency_server import running
 from popalign.backends.endpoint import EndpointBackend
 from popalign.cache import GenerationCache
 from popalign.config import Endpoints
+from popalign.contrasts import StrategyContext
 from popalign.engine import Engine
 from popalign.generation import GenerationParams
 from popalign.prompts import Instruction
 from popalign.roles import EndpointSpec
-from popalign.strategies import STRATEGIES, StrategyContext
+from popalign.strategies import STRATEGIES
 from popalign.templates import TemplateSet
 
 

@@ -18,12 +18,11 @@ from dataclasses import replace
 from latency_server import running
 from popalign.backends.endpoint import EndpointBackend
 from popalign.config import Endpoints
-from popalign.contrasts import PAPER, STRATEGIES
+from popalign.contrasts import PAPER, STRATEGIES, StrategyContext
 from popalign.engine import Engine
 from popalign.generation import GenerationParams
 from popalign.prompts import Instruction
 from popalign.roles import EndpointSpec
-from popalign.strategies import StrategyContext
 from popalign.templates import TemplateSet
 
 

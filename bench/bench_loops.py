@@ -12,8 +12,7 @@ import json
 import time
 
 from popalign.backends.llama_cpp import LlamaCppBackend
-from popalign.config import GenerationParams
-from popalign.generation import Request, user
+from popalign.generation import GenerationParams, Request, user
 from popalign.prompts import load_prompts
 from popalign.roles import EMBEDDED, ModelSpec
 

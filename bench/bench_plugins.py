@@ -33,11 +33,12 @@ def worker(url: str, instructions: int, concurrency: int) -> None:
     """Generate the six strategies with whatever popalign this process imports; print requests, wall, CPU."""
     from popalign.backends.endpoint import EndpointBackend
     from popalign.config import Endpoints
+    from popalign.contrasts import StrategyContext
     from popalign.engine import Engine
     from popalign.generation import GenerationParams
     from popalign.prompts import Instruction
     from popalign.roles import EndpointSpec
-    from popalign.strategies import STRATEGIES, StrategyContext
+    from popalign.strategies import STRATEGIES
     from popalign.templates import TemplateSet
 
     spec, params = EndpointSpec.parse(url), GenerationParams(max_new_tokens=64)

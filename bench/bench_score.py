@@ -10,11 +10,11 @@ import argparse
 import time
 
 from popalign.backends.local import LocalBackend
+from popalign.contrasts import StrategyContext
 from popalign.dataset.schema import make_row
 from popalign.prompts import load_prompts
 from popalign.roles import ModelSpec
 from popalign.scoring import LocalScorer, score_rows
-from popalign.strategies import StrategyContext
 from popalign.templates import TemplateSet
 
 

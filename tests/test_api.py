@@ -41,6 +41,7 @@ def example(server: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built.path
 
 
+@pytest.mark.slow
 def test_every_docstring_example_runs(example: Path, server: str, tmp_path: Path) -> None:
     copy = tmp_path / "copy"  # score and judge rewrite it
     shutil.copytree(example, copy)

@@ -159,6 +159,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES)
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_2(case: str, bad_inputs, popalign, tmp_path: Path) -> None:
     flags, expected = bad_inputs[case]
     result = popalign("build", "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache", *flags)
@@ -170,6 +171,7 @@ def test_bad_input_is_one_line_and_exit_2(case: str, bad_inputs, popalign, tmp_p
 
 @pytest.mark.parametrize("repo", ["org/x.git", "org/da--ta", "../..", "org/dätä", "a/b/c"])
 @pytest.mark.parametrize("command", ["push", "versions"])
+@pytest.mark.slow
 def test_a_bad_repo_id_is_one_line(command: str, repo: str, popalign, tmp_path: Path) -> None:
     args = [tmp_path, "--repo", repo, "--release", "1.0.0"] if command == "push" else [repo]
     result = popalign(command, *args)
@@ -183,12 +185,14 @@ def test_a_csv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     assert [i.text for i in load_prompts(source).instructions] == ["Say hi."]
 
 
+@pytest.mark.slow
 def test_bad_flag_value_is_one_line(popalign) -> None:
     result = popalign("build", "--limit", "-3")
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["popalign: error: limit: expected a whole number >= 1, got -3"]
 
 
+@pytest.mark.slow
 def test_out_folder_of_something_else_is_refused(tmp_path: Path, popalign) -> None:
     write(tmp_path / "thesis.tex", "precious")
     result = popalign("build", "--out", tmp_path, "--limit", "1")

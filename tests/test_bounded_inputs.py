@@ -22,6 +22,7 @@ def one_line(result, says: str) -> None:
     assert result.stderr.startswith(f"popalign: error: {says}") and result.stderr.count("\n") == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_a_recipe_that_is_a_device_huge_or_gives_a_path_as_a_list_is_refused(tmp_path: Path) -> None:
     one_line(run_offline(POPALIGN, "build", "--recipe", "/dev/zero"), "/dev/zero: not a file; a recipe is a YAML file")
     huge = tmp_path / "huge.yaml"
@@ -38,6 +39,7 @@ def test_a_recipe_that_is_a_device_huge_or_gives_a_path_as_a_list_is_refused(tmp
 
 
 @pytest.mark.parametrize("call", ["lipsum(n=3000000)", "lipsum(min=5, max=3)", "lipsum()"])
+@pytest.mark.slow
 def test_a_template_has_no_lipsum(call: str, scripted, tmp_path: Path) -> None:
     templates = tmp_path / "templates"
     shutil.copytree(HERE / "scripted_templates", templates)
@@ -47,6 +49,7 @@ def test_a_template_has_no_lipsum(call: str, scripted, tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_dry_run_spends_no_more_than_its_budget(scripted, tmp_path: Path) -> None:
     url, log = scripted
     result, _ = build(tmp_path, url, "--strategies", "prefix,refine", "--dry-run", "--budget", "10")
@@ -101,6 +104,7 @@ def test_a_copy_with_too_few_or_too_many_layers_is_refused_before_it_loads(layer
     assert "/tmp" not in result.stderr.replace(str(tmp_path), "")  # no temporary file named
 
 
+@pytest.mark.slow
 def test_an_output_folder_that_cannot_hold_the_output_is_one_line(scripted, tmp_path: Path) -> None:
     url = scripted[0]
     result, out = build(tmp_path, url, "--strategies", "prefix", "--test-size", "0.5", tags=["a", "b", "c", "d"])

@@ -19,7 +19,7 @@ import popalign
 from helpers import load
 from popalign import cli
 from popalign.commands import COMMANDS, command_fields, groups
-from popalign.config import declared, key_of
+from popalign.declarations import declared, key_of
 
 ROOT = Path(__file__).resolve().parents[1]
 URL = "http://localhost:9"  # nothing is ever asked of it: every case is refused before a request

@@ -23,8 +23,7 @@ import popalign
 from helpers import HERE, POPALIGN, card_metadata, load, read_like_llamafactory, run_offline
 from llama_server import build_llama_server, serve_llama
 from popalign.cli import main
-from popalign.config import Styles
-from popalign.contrasts import STRATEGIES, Dropped, Pair
+from popalign.contrasts import STRATEGIES, Dropped, Pair, StrategyContext
 from popalign.conversations import transcript
 from popalign.dataset.rows import RowSpool
 from popalign.dataset.schema import make_row
@@ -39,7 +38,8 @@ from popalign.resources import embedded_model_path
 from popalign.scoring import contrast_chats
 from popalign.shapes import THOUGHT
 from popalign.show import format_pair
-from popalign.strategies import StrategyContext, begun
+from popalign.strategies import begun
+from popalign.styles import Styles
 from popalign.templates import TemplateSet
 
 SYSTEM = "You are a terse assistant."

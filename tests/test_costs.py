@@ -46,6 +46,7 @@ def _log(path: Path) -> list[dict]:
 TEXTS = [f"Explain topic {n} [ok]." for n in range(3)]
 
 
+@pytest.mark.slow
 def test_token_counts_are_exact_per_strategy_and_priced_as_given(scripted, tmp_path: Path) -> None:
     url, log = scripted
     result, out = _build(tmp_path, url, TEXTS, "--strategies", "prefix,demon", "--price", "default=2,8", "--no-cache")
@@ -70,6 +71,7 @@ def test_token_counts_are_exact_per_strategy_and_priced_as_given(scripted, tmp_p
     assert f"| `prefix` | 6 | {manifest(out)['configs']['prefix']['prompt_tokens']:,} |" in card
 
 
+@pytest.mark.slow
 def test_cached_answers_cost_the_same_tokens_in_the_record(scripted, tmp_path: Path) -> None:
     url, log = scripted
     first, out = _build(tmp_path, url, TEXTS, "--strategies", "prefix,refine", "--cache-dir", tmp_path / "cache")
@@ -85,6 +87,7 @@ MANY = [f"Explain {'a rather long and winding ' * (n % 5)}topic number {n} [ok].
 STRATEGIES = ("--strategies", "prefix,demon,refine")
 
 
+@pytest.mark.slow
 def test_a_budget_stops_cleanly_and_a_larger_one_resumes_to_the_unbudgeted_build(tmp_path: Path) -> None:
     serve = contextmanager(serve_scripted)
     (tmp_path / "whole").mkdir()
@@ -115,6 +118,7 @@ def test_a_budget_stops_cleanly_and_a_larger_one_resumes_to_the_unbudgeted_build
     assert manifest(out)["configs"] == manifest(whole_out)["configs"]
 
 
+@pytest.mark.slow
 def test_a_money_budget_stops_at_the_prices(scripted, tmp_path: Path) -> None:
     url, _ = scripted
     flags = ("--strategies", "prefix", "--no-cache", "--price", "default=1000,1000", "--budget", "$0.01")
@@ -125,6 +129,7 @@ def test_a_money_budget_stops_at_the_prices(scripted, tmp_path: Path) -> None:
 VARIED = [f"Say {'something long and detailed ' * (n % 7)}about item {n} [ok]." for n in range(40)]
 
 
+@pytest.mark.slow
 def test_a_dry_run_estimates_the_build_from_a_sample_and_writes_nothing(scripted, tmp_path: Path) -> None:
     url, log = scripted
     flags = ("--strategies", "prefix,refine", "--price", "default=1,4", "--cache-dir", tmp_path / "cache")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from helpers import POPALIGN, load, manifest, run_offline
 from popalign.decontamination import screen
 from popalign.prompts import Instruction, load_prompts
@@ -47,6 +49,7 @@ def test_screening_drops_what_is_close_to_a_benchmark_or_to_an_earlier_instructi
     assert screen(unrelated, [load_prompts(alpaca)], near_duplicates=True).kept == unrelated
 
 
+@pytest.mark.slow
 def test_a_build_drops_contaminated_and_near_duplicate_instructions_before_any_request(
     scripted, tmp_path: Path
 ) -> None:
@@ -86,6 +89,7 @@ MORE = [
 ]
 
 
+@pytest.mark.slow
 def test_shards_drop_what_the_whole_build_drops(scripted, tmp_path: Path) -> None:
     url, _ = scripted
     source, alpaca, _ = _files(tmp_path)
@@ -142,6 +146,7 @@ def test_short_and_exactly_copied_prompts_are_caught_without_a_signature(tmp_pat
     assert [i.text for i in found.contaminated["short.jsonl"]] == ["say  HI"]
 
 
+@pytest.mark.slow
 def test_a_hub_benchmark_or_prompt_set_that_cannot_be_reached_is_one_line(tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("prompts: org/bench\nlimit: 1\n")

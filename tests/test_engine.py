@@ -10,12 +10,13 @@ import pytest
 from helpers import InFlight
 from popalign.backends.local import LocalBackend
 from popalign.cache import GenerationCache
-from popalign.config import Styles
+from popalign.contrasts import StrategyContext
 from popalign.engine import Engine
 from popalign.generation import GenerationParams, Request, chat_prompt, user
 from popalign.prompts import Instruction
 from popalign.roles import ModelSpec, resolve_roles
-from popalign.strategies import STRATEGIES, StrategyContext
+from popalign.strategies import STRATEGIES
+from popalign.styles import Styles
 from popalign.templates import TemplateSet
 
 pytestmark = pytest.mark.slow  # every test loads a model (the scripted engine tests are fast)

@@ -15,14 +15,15 @@ import pytest
 
 from helpers import InFlight
 from popalign.cache import GenerationCache
-from popalign.config import Styles
+from popalign.contrasts import StrategyContext
 from popalign.engine import Engine
 from popalign.errors import RequestFailed
 from popalign.generation import Generation, GenerationParams, Request
 from popalign.model_identity import ModelIdentity
 from popalign.prompts import Instruction
 from popalign.roles import EndpointSpec
-from popalign.strategies import STRATEGIES, Dropped, Pair, StrategyContext
+from popalign.strategies import STRATEGIES, Dropped, Pair
+from popalign.styles import Styles
 from popalign.templates import TemplateSet
 
 PARAMS = GenerationParams(max_new_tokens=64, seed=0)

@@ -16,9 +16,9 @@ import torch
 
 from helpers import build, manifest, serve_scripted
 from popalign.backends.local import AnswerPenalty, LocalBackend
-from popalign.config import BuildConfig, GenerationParams
+from popalign.config import BuildConfig
 from popalign.errors import ConfigError
-from popalign.generation import Request, request_key, user
+from popalign.generation import GenerationParams, Request, request_key, user
 from popalign.roles import ModelSpec
 
 
@@ -39,6 +39,7 @@ def test_the_answer_penalty_is_openais_formula() -> None:
     assert out.tolist() == [[0.0, -1.25, -0.75, 0.0, 0.0], [0.0, 0.0, 0.0, -1.75, 0.0]]
 
 
+@pytest.mark.slow
 def test_an_endpoint_gets_the_penalties_set_and_one_that_refuses_one_says_so(tmp_path: Path) -> None:
     flags = ("--strategies", "prefix", "--repetition-penalty", "1.2")
     with contextmanager(serve_scripted)(tmp_path, "scripted-default") as (url, log):

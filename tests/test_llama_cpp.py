@@ -23,9 +23,8 @@ from transformers import (
 
 from popalign.backends.llama_cpp import LlamaCppBackend, candidates, fewer_layers, model_file
 from popalign.backends.local import LocalBackend
-from popalign.config import GenerationParams
 from popalign.errors import ConfigError
-from popalign.generation import LENGTH, STOP, Request, assistant, chat_prompt, system, user
+from popalign.generation import LENGTH, STOP, GenerationParams, Request, assistant, chat_prompt, system, user
 from popalign.roles import EMBEDDED, ModelSpec
 
 CHATS = [

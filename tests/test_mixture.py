@@ -56,6 +56,7 @@ def test_rows_are_sampled_with_the_seed(folder: Path) -> None:
     assert ids(1) != [f"prefix-{i}" for i in range(10)], "a sample, not the first rows"
 
 
+@pytest.mark.slow
 def test_filters_are_off_by_default_and_counted_when_on(folder: Path) -> None:
     entries = [{"path": str(folder), "name": name} for name in ("demon", "elicitive")]
     assert mix(*entries)[1] == [10, 8]
@@ -111,6 +112,7 @@ def test_a_missing_dataset_is_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda path: path.stem)
+@pytest.mark.slow
 def test_recipes_name_real_configs_at_the_paper_defaults(recipe: Path, tmp_path: Path, monkeypatch) -> None:
     """Every recipe parses with TRL's parser, and its mixture loads from a folder holding all six configs, every
     row of each config it names."""
@@ -170,6 +172,7 @@ def test_curriculum_by_a_judges_margin_ranks_within_each_config(tmp_path: Path, 
     assert rows["score_per_token"] != sorted(rows["score_per_token"], reverse=True)
 
 
+@pytest.mark.slow
 def test_curriculum_by_judged_accuracy_puts_the_most_agreed_strategies_first(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     sizes = {"prefix": 12, "demon": 12, "refine": 12}  # accuracies 6/12, 8/12, 9/12

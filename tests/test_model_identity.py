@@ -51,6 +51,7 @@ def sides(folder: Path) -> list[tuple[str, str]]:
     ("kind", "evidence"),
     [("vllm", "vLLM root"), ("tgi", "TGI model_sha"), ("sglang", "SGLang model path and weight_version")],
 )
+@pytest.mark.slow
 def test_a_served_model_whose_reported_weights_change_is_asked_again(kind: str, evidence: str, tmp_path: Path) -> None:
     with served(tmp_path / "v1", kind, "v1") as (url, _):
         first = build(tmp_path, url, "one")
@@ -69,6 +70,7 @@ def test_a_served_model_whose_reported_weights_change_is_asked_again(kind: str, 
     assert manifest(tmp_path / "two")["identities"] != manifest(tmp_path / "one")["identities"]
 
 
+@pytest.mark.slow
 def test_a_served_path_is_published_by_its_file_name_and_a_name_alone_is_said(tmp_path: Path) -> None:
     path = "/home/someone/models/qwen3-8b-q4.gguf"  # llama.cpp's server names its model by the path it was given
     with served(tmp_path / "llama", "llamacpp", "v1", model=path) as (url, _):
@@ -101,6 +103,7 @@ def test_a_served_path_is_published_by_its_file_name_and_a_name_alone_is_said(tm
         ("tgi", ["--frequency-penalty", "0.5"], {"frequency_penalty": 0.5, "repetition_penalty": 1.0}),
     ],
 )
+@pytest.mark.slow
 def test_each_setting_reaches_the_servers_sampler_as_it_reads_it(
     kind: str, flags: list[str], used: dict, tmp_path: Path
 ) -> None:
@@ -126,6 +129,7 @@ def test_each_setting_reaches_the_servers_sampler_as_it_reads_it(
         ("llamacpp", ["--thinking-budget", "100"], "thinking_budget (only vLLM reads"),
     ],
 )
+@pytest.mark.slow
 def test_a_setting_a_server_cannot_honour_is_refused_before_any_request(
     kind: str, flags: list[str], says: str, tmp_path: Path
 ) -> None:

@@ -35,6 +35,7 @@ def _log(path: Path) -> list[dict]:
 SAMPLED = [f"Explain topic {n} [sampled]." for n in range(4)]
 
 
+@pytest.mark.slow
 def test_bestofn_pairs_the_best_and_the_worst_rated_of_n_samples(scripted, tmp_path: Path) -> None:
     url, log = scripted
     texts = [*SAMPLED, "Explain rain [unrated].", "Explain snow [tied]."]
@@ -58,6 +59,7 @@ def test_bestofn_pairs_the_best_and_the_worst_rated_of_n_samples(scripted, tmp_p
         assert score[chosen] > score[rejected]
 
 
+@pytest.mark.slow
 def test_temperature_pairs_the_low_against_the_high_temperature_sample(scripted, tmp_path: Path) -> None:
     url, log = scripted
     flags = ("--strategies", "temperature", "--low-temperature", "0.2", "--high-temperature", "1.5")
@@ -71,6 +73,7 @@ def test_temperature_pairs_the_low_against_the_high_temperature_sample(scripted,
     assert manifest(out)["low_temperature"] == 0.2  # recorded, as every style is
 
 
+@pytest.mark.slow
 def test_temperature_refuses_a_low_side_that_is_not_lower(popalign, tmp_path: Path) -> None:
     refused = popalign("build", "--strategies", "temperature", "--low-temperature", "1", "--high-temperature", "1",
                        "--out", tmp_path / "d")  # fmt: skip
@@ -79,6 +82,7 @@ def test_temperature_refuses_a_low_side_that_is_not_lower(popalign, tmp_path: Pa
     )
 
 
+@pytest.mark.slow
 def test_teacher_pairs_the_teachers_answer_against_the_policys(scripted, tmp_path: Path) -> None:
     url, _ = scripted
     with contextmanager(serve_scripted)(tmp_path, "scripted-teacher") as (teacher, _):
@@ -106,6 +110,7 @@ def test_teacher_pairs_the_teachers_answer_against_the_policys(scripted, tmp_pat
     ],
     ids=["no-teacher", "teacher-is-policy", "best-of-one"],
 )
+@pytest.mark.slow
 def test_the_new_contrasts_refuse_what_they_cannot_honour(popalign, flags, line: str, tmp_path: Path) -> None:
     refused = popalign("build", *flags, "--out", tmp_path / "d")
     assert refused.returncode == 2, refused.stderr

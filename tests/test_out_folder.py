@@ -29,6 +29,7 @@ def refused_everywhere(tmp_path: Path, out: Path, says: str, error: type[Excepti
     assert str(raised.value) == says
 
 
+@pytest.mark.slow
 def test_a_symbolic_link_as_the_output_is_refused_and_kept(tmp_path: Path) -> None:
     real, link = tmp_path / "real", tmp_path / "link"
     real.mkdir()
@@ -38,6 +39,7 @@ def test_a_symbolic_link_as_the_output_is_refused_and_kept(tmp_path: Path) -> No
     assert link.is_symlink() and list(real.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_cache_inside_the_output_is_refused(tmp_path: Path) -> None:
     out, cache = tmp_path / "d", tmp_path / "d" / "cache"
     says = (

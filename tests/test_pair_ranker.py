@@ -11,8 +11,9 @@ import torch
 
 from helpers import POPALIGN, build, load, manifest, run_offline
 from popalign.backends.pair_ranker import PREFIXES, PairRanker, PairRankerModel
+from popalign.contrasts import STRATEGIES
 from popalign.errors import BackendError
-from popalign.judging import PAPER_ACCURACY, verdict
+from popalign.judging import verdict
 from popalign.roles import ModelSpec
 
 
@@ -62,7 +63,7 @@ def test_a_pairrm_judge_gives_the_verdicts_of_a_direct_computation(scripted, tin
     assert len(seen) > 1, "a random ranker that always agrees tests nothing"
     card = (out / "README.md").read_text()
     assert "the pairwise ranker `tiny-pairrm" in card and "| paper (PairRM) |" in card and "GPT-4" not in card
-    for name, figure in PAPER_ACCURACY["PairRM"].items():
+    for name, figure in STRATEGIES.paper_accuracy("PairRM").items():
         if record["configs"].get(name):
             assert f"| {figure * 100:.1f}% |" in card.split(f"| `{name}` |")[-1].split("\n")[0] + " "
 

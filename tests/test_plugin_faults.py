@@ -99,6 +99,7 @@ def test_a_failing_plugin_run_is_one_line_naming_it(scripted, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("name", DECLARATIONS)
+@pytest.mark.slow
 def test_a_badly_declared_plugin_is_refused_when_it_registers(name: str, tmp_path: Path) -> None:
     code, says = DECLARATIONS[name]
     result = run_offline(POPALIGN, "strategies", **install(tmp_path, name, code))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import HERE, POPALIGN, build, card_metadata, install_plugin, load, manifest, run_offline
-from popalign.contrasts import STRATEGIES, Strategy, StrategyRegistry
+from popalign.contrasts import STRATEGIES, Strategy, StrategyContext, StrategyRegistry
 from popalign.errors import ConfigError
 
 
@@ -20,6 +20,7 @@ def plugin(tmp_path: Path) -> dict[str, str]:
     return {"PYTHONPATH": str(install_plugin(HERE / "plugin", tmp_path / "site"))}
 
 
+@pytest.mark.slow
 def test_an_installed_plugin_is_listed_built_and_judged_like_a_built_in_strategy(
     scripted, plugin: dict[str, str], tmp_path: Path
 ) -> None:
@@ -31,7 +32,8 @@ def test_an_installed_plugin_is_listed_built_and_judged_like_a_built_in_strategy
     templates = run_offline(POPALIGN, "templates", "list", **plugin).stdout
     assert "concise_short.jinja" in templates and "shipped by concise" in templates
 
-    result, out = build(tmp_path, url, "--strategies", "concise,prefix", tags=["ok", "not-shorter", "x"], **plugin)
+    result, out = build(tmp_path, url, "--strategies", "concise,prefix", "--thinking", "inline",
+                        tags=["ok", "not-shorter", "x"], **plugin)  # fmt: skip
     assert result.returncode == 0, result.stderr
     record = manifest(out)
     assert list(record["configs"]) == ["prefix", "concise"]  # the paper's first, then the plugin's
@@ -47,10 +49,13 @@ def test_an_installed_plugin_is_listed_built_and_judged_like_a_built_in_strategy
     assert "concise" in [c["config_name"] for c in card_metadata(out)["configs"]]
     assert (out / "templates" / "concise_short.jinja").read_text().startswith("CONCISE-SHORT")
     assert "concise_short.jinja" in record["template_hashes"]
+    assert "| M(short ⊕ q), its thinking kept | M(padded ⊕ q), its thinking kept |" in card  # its styled sides
 
     judged = run_offline(POPALIGN, "judge", out, "--judge-model", url, "--no-progress", HF_HUB_OFFLINE="0", **plugin)
     assert judged.returncode == 0, judged.stderr
     assert sum(manifest(out)["judge"]["configs"]["concise"]["counts"].values()) == 2  # both its pairs, judged
+    judged_card = (out / "README.md").read_text()
+    assert judged_card.split("| `concise` |")[-1].split("\n")[0].endswith("| 70.0% |")  # the figure it declares
     shown = run_offline(POPALIGN, "show", out, "concise", **plugin)
     assert shown.returncode == 0 and "Tides follow the moon." in shown.stdout
     assert "concise" not in run_offline(POPALIGN, "strategies").stdout  # the plugin is this environment's alone
@@ -109,6 +114,7 @@ def test_popalign_registers_its_own_strategies_through_the_entry_points() -> Non
     assert STRATEGIES.roles()[-2:] == ("ranker", "teacher") and "ranker" in STRATEGIES.helper_roles()
 
 
+@pytest.mark.slow
 def test_a_plugin_strategy_answers_a_conversation_in_its_context(scripted, plugin: dict[str, str], tmp_path) -> None:
     """A plugin's run gets the conversation (`Instruction.asking`): its requests carry the earlier turns, and its
     rows the whole conversation."""
@@ -126,3 +132,21 @@ def test_a_plugin_strategy_answers_a_conversation_in_its_context(scripted, plugi
     assert len(asked) == 2 and all(messages[:3] == chat[:3] for messages in asked), asked
     assert sorted(messages[3]["content"].split()[0] for messages in asked) == ["CONCISE-PADDED", "CONCISE-SHORT"]
     assert load(tmp_path / "out", "concise")["prompt"] == [chat]
+
+
+def test_a_plugin_declares_the_prompts_its_rows_are_scored_under(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DLMA scores a plugin's rows under the prompt pair its `Strategy` declares (`scoring`), not the score
+    contrast's; a strategy that declares none is scored under the contrast's (`prefix`)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugin"))
+    from concise_contrast import CONCISE
+
+    from popalign import scoring
+    from popalign.templates import TemplateSet
+
+    monkeypatch.setattr(STRATEGIES, "_strategies", {**STRATEGIES, "concise": CONCISE})  # as if it were installed
+    context = StrategyContext(TemplateSet(None))
+    row = {"strategy": "concise", "prompt": [{"role": "user", "content": "Why tides?"}]}
+    positive, negative = scoring.contrast_chats(row, context, "prefix")
+    assert positive[-1]["content"].startswith("CONCISE-SHORT") and negative[-1]["content"].startswith("CONCISE-PADDED")
+    unscored = scoring.contrast_chats({**row, "strategy": "nparam"}, context, "prefix")
+    assert unscored == scoring.contrast_chats({**row, "strategy": "prefix"}, context, "prefix")

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from helpers import POPALIGN, build, card_metadata, manifest, requests, run_offline
-from popalign.config import Styles
+from popalign.contrasts import StrategyContext
 from popalign.errors import ConfigError
 from popalign.generation import chat_prompt
 from popalign.prompts import Instruction
-from popalign.strategies import StrategyContext, prefix_messages
+from popalign.strategies import prefix_messages
+from popalign.styles import Styles
 from popalign.templates import TemplateSet
 
 HOSTILE = "Explain {{ 7*7 }} briefly."
@@ -52,6 +53,7 @@ def test_the_labels_of_each_set_are_picked_by_seed_over_instructions() -> None:
         Styles(prefix="rude")
 
 
+@pytest.mark.slow
 def test_a_prefilled_chat_leaves_the_assistant_turn_open(tiny_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
@@ -63,6 +65,7 @@ def test_a_prefilled_chat_leaves_the_assistant_turn_open(tiny_model_dir: Path) -
     assert plain.endswith("<|im_start|>assistant\n") and text.startswith(plain)
 
 
+@pytest.mark.slow
 def test_an_endpoint_build_puts_the_label_in_a_system_message(scripted, tmp_path: Path) -> None:
     url, log = scripted
     result, out = build(tmp_path, url, "--strategies", "prefix", "--prefix-style", "harmless", tags=["ok", "tide-two"])

@@ -60,6 +60,7 @@ def test_a_generation_that_ran_out_while_thinking_is_marked_so_and_a_cut_answer_
 
 
 @pytest.mark.parametrize("kind", REASONING_KINDS)
+@pytest.mark.slow
 def test_a_prefix_build_against_a_thinking_server_keeps_the_trace_out_of_the_pairs(tmp_path: Path, kind: str) -> None:
     with serve(tmp_path / "server", "--reasoning", kind) as (url, log):
         result, out = build(tmp_path, url, *PREFIX, tags=["ok", "think-cut", "cut-answer"])
@@ -79,6 +80,7 @@ def test_a_prefix_build_against_a_thinking_server_keeps_the_trace_out_of_the_pai
     assert "of out, thinking" in result.stdout
 
 
+@pytest.mark.slow
 def test_thinking_inline_keeps_the_trace_before_the_answer_as_chat_templates_write_it(tmp_path: Path) -> None:
     with serve(tmp_path / "server", "--reasoning", "reasoning") as (url, _):
         result, out = build(tmp_path, url, *PREFIX, "--thinking", "inline", tags=["ok"])
@@ -90,6 +92,7 @@ def test_thinking_inline_keeps_the_trace_before_the_answer_as_chat_templates_wri
     assert "thinking: inline" in (out / "popalign_recipe.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_custom_think_tags_are_read_and_refused_when_malformed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="think_tags: expected two different tags"):
         popalign.build("prompts.jsonl", think_tags="<think>")
@@ -99,6 +102,7 @@ def test_custom_think_tags_are_read_and_refused_when_malformed(tmp_path: Path) -
     assert load(out, "prefix")[0]["chosen"][0]["content"].startswith("<think>")  # not the tags it was told
 
 
+@pytest.mark.slow
 def test_a_server_that_renamed_max_tokens_and_refuses_top_p_is_asked_in_its_own_terms(tmp_path: Path) -> None:
     flags = ("--temperature", "1", "--top-p", "1")
     with serve(tmp_path / "server", "--reasoning", "reasoning", "--openai-reasoning") as (url, log):
@@ -113,6 +117,7 @@ def test_a_server_that_renamed_max_tokens_and_refuses_top_p_is_asked_in_its_own_
     assert manifest(out)["configs"]["prefix"]["reasoning_tokens"] > 0
 
 
+@pytest.mark.slow
 def test_a_server_that_refuses_every_request_stops_the_run_with_its_own_words(tmp_path: Path) -> None:
     with serve(tmp_path / "server", "--openai-reasoning") as (url, log):
         result, _ = build(
@@ -126,6 +131,7 @@ def test_a_server_that_refuses_every_request_stops_the_run_with_its_own_words(tm
     assert 3 <= len(refused) < 6  # of 12: three refused alike, perhaps one more already on its way, then no more
 
 
+@pytest.mark.slow
 def test_pairs_dropped_as_failed_are_reported_by_reason(tmp_path: Path, scripted: tuple[str, Path]) -> None:
     url, _ = scripted
     result, _ = build(tmp_path, url, "--strategies", "elicitive", tags=["ok", "refused", "cut-plan"])
@@ -139,6 +145,7 @@ def test_pairs_dropped_as_failed_are_reported_by_reason(tmp_path: Path, scripted
     assert "truncated 1" in nothing.stderr and "refused: 1 × endpoint" in nothing.stderr
 
 
+@pytest.mark.slow
 def test_reasoning_effort_a_thinking_budget_and_server_fields_reach_the_endpoint(tmp_path: Path) -> None:
     body = '{"chat_template_kwargs": {"enable_thinking": false}}'
     flags = ("--reasoning-effort", "low", "--thinking-budget", "256", "--extra-body", body)
@@ -194,6 +201,7 @@ def rated_build(tmp_path: Path, *flags: str) -> tuple[dict, list[dict]]:
     ("flags", "in_shape", "dropped"),
     [(("--shapes", "accept"), 8, {"tied": 1}), (("--shapes", "refuse"), 0, {"unrated": 1}), ((), 0, {"unrated": 1})],
 )
+@pytest.mark.slow
 def test_ratings_are_asked_in_their_shape_and_read_as_free_text_where_a_server_cannot(
     tmp_path: Path, flags: tuple[str, ...], in_shape: int, dropped: dict
 ) -> None:
@@ -209,8 +217,7 @@ def test_ratings_are_asked_in_their_shape_and_read_as_free_text_where_a_server_c
 @pytest.mark.slow
 def test_the_embedded_model_rates_in_shape_on_llama_cpp() -> None:
     from popalign.backends.llama_cpp import LlamaCppBackend
-    from popalign.config import GenerationParams
-    from popalign.generation import Request, user
+    from popalign.generation import GenerationParams, Request, user
     from popalign.roles import ModelSpec
     from popalign.shapes import RATING, VERDICT
 
@@ -222,6 +229,7 @@ def test_the_embedded_model_rates_in_shape_on_llama_cpp() -> None:
     assert VERDICT.read(verdict.text).splitlines()[-1] in ("A", "B")
 
 
+@pytest.mark.slow
 def test_a_revision_that_announces_itself_loses_its_opening_line_and_it_is_counted(
     tmp_path: Path, scripted: tuple[str, Path]
 ) -> None:
@@ -234,6 +242,7 @@ def test_a_revision_that_announces_itself_loses_its_opening_line_and_it_is_count
 
 
 @pytest.mark.parametrize("kind", ["content", "reasoning_content"])
+@pytest.mark.slow
 def test_a_judge_that_thinks_first_is_not_read_from_its_first_token_and_says_so(tmp_path: Path, kind: str) -> None:
     with serve(tmp_path / "server", "--reasoning", kind) as (url, _):
         built, out = build(tmp_path, url, *PREFIX, tags=["judge-mute", "ok"])

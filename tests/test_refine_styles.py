@@ -10,14 +10,15 @@ import pytest
 from rapidfuzz.distance import Levenshtein
 
 from helpers import build, manifest, requests
-from popalign.config import Styles
+from popalign.contrasts import StrategyContext
 from popalign.dataset.card import render_card
 from popalign.dataset.folder import open_manifest
 from popalign.dataset.rows import RowSpool
 from popalign.dataset.schema import make_row
 from popalign.generation import Generation
 from popalign.prompts import Instruction
-from popalign.strategies import STRATEGIES, Pair, StrategyContext
+from popalign.strategies import STRATEGIES, Pair
+from popalign.styles import Styles
 from popalign.templates import TemplateSet
 
 DRAFT = "Blue is a colour. It is the colour of the sky, and also sometimes of the sea."
@@ -55,6 +56,7 @@ def test_the_edits_of_each_pair_are_summarised_exactly(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.slow
 def test_a_clair_build_records_the_style_the_reviser_and_the_edits(scripted, tmp_path: Path) -> None:
     url, log = scripted
     result, out = build(tmp_path, url, "--strategies", "refine", "--refine-style", "clair", tags=["ok", "tide-two"])

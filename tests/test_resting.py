@@ -146,6 +146,7 @@ def test_models_503_at_start_is_retried_and_named(tmp_path: Path) -> None:
     assert str(refused.value) == f"endpoint {url}: /v1/models answered HTTP 503"
 
 
+@pytest.mark.slow
 def test_two_spellings_of_one_server_are_refused_before_generating(tmp_path: Path) -> None:
     assert same_server("http://localhost:8080", "http://127.0.0.1:8080/")
     assert not same_server("http://localhost:8080", "http://127.0.0.1:8081")

@@ -13,12 +13,13 @@ from PIL import Image
 from helpers import POPALIGN, load, run_offline
 from logprob_server import received, serve_logprobs
 from popalign.backends.local import LocalBackend
-from popalign.config import Styles
+from popalign.contrasts import StrategyContext
 from popalign.dataset.quality import quality_report
 from popalign.dataset.schema import make_row
 from popalign.roles import ModelSpec
 from popalign.scoring import LocalScorer, contrast_chats, curate, score_rows
-from popalign.strategies import STRATEGIES, StrategyContext
+from popalign.strategies import STRATEGIES
+from popalign.styles import Styles
 from popalign.templates import TemplateSet
 
 # Direct and batched log-probs differ only by float32 summation order and padding: 1e-3 on scores of

@@ -18,12 +18,12 @@ from popalign.backends.endpoint_scorer import PROTOCOLS, EndpointScorer, checked
 from popalign.backends.local import LocalBackend
 from popalign.cache import open_cache
 from popalign.config import Endpoints
+from popalign.contrasts import StrategyContext
 from popalign.dataset.schema import make_row
 from popalign.errors import BackendError, ConfigError
 from popalign.judging import judge_chats, likelier_letter, verdict
 from popalign.roles import ModelSpec
 from popalign.scoring import LocalScorer, score_rows, score_settings
-from popalign.strategies import StrategyContext
 from popalign.templates import TemplateSet
 
 # Served and local log-probs differ by float32 summation order and padding only (as in test_score).

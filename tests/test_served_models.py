@@ -58,6 +58,7 @@ def test_a_role_asks_for_the_model_it_names(router, tmp_path: Path) -> None:
     [("", "serves several models (gpt-4o, gpt-4o-mini, llama-3-8b); name one: {url}#MODEL"),
      ("#gpt-5", "serves no model 'gpt-5' (it lists gpt-4o, gpt-4o-mini, llama-3-8b)")],
 )  # fmt: skip
+@pytest.mark.slow
 def test_an_unnamed_or_unlisted_model_is_refused_before_any_request(router, tmp_path, suffix, says) -> None:
     url, log = router
     line = f"popalign: error: endpoint {url}: {says.format(url=url)}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet
 import pytest
 
-from popalign.config import GenerationParams
+from popalign.generation import GenerationParams
 from popalign.prompts import Instruction, in_shard, load_prompts, parse_shard
 
 PROMPTS = [f"Name {n} things you can do with a {thing}." for n in range(2, 5) for thing in ("cup", "rope", "box")]
@@ -143,6 +143,7 @@ def test_a_recipe_sets_roles_and_generation_and_flags_win(
         ("out: caf\xe9\n", "not UTF-8 text (invalid continuation byte at byte 8)"),
     ],
 )
+@pytest.mark.slow
 def test_bad_recipes_are_one_line(popalign: Callable, tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "r.yaml").write_bytes(text.encode("latin-1"))
     result = popalign("build", "--recipe", tmp_path / "r.yaml", "--out", tmp_path / "out")

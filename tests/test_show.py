@@ -3,6 +3,8 @@ the terminal."""
 
 from __future__ import annotations
 
+import pytest
+
 from popalign.show import format_pair
 
 OSC_TITLE, OVERWRITE = "\x1b]0;owned\x07", "\rfake line"
@@ -22,6 +24,7 @@ def test_control_characters_are_shown_escaped_not_sent_to_the_terminal() -> None
     assert "Hi.\\x0dfake line" in format_pair(row, width=100)
 
 
+@pytest.mark.slow
 def test_a_flag_the_command_lacks_is_named_with_the_command_s_own_nearest(popalign, tmp_path) -> None:
     """`show --limit` is not a build setting it should be pointed to: the line suggests from show's own keys, as
     `popalign.pairs` does."""

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from popalign.config import Styles
+from popalign.contrasts import StrategyContext
 from popalign.generation import Generation
 from popalign.prompts import Instruction
 from popalign.strategies import (
     STRATEGIES,
     Dropped,
     Pair,
-    StrategyContext,
     check_pair,
     clean_answer,
     parse_strategies,
     parse_thought,
     similarity,
 )
+from popalign.styles import Styles
 from popalign.templates import TemplateSet
 
 CUT = "length"

@@ -1,13 +1,23 @@
-"""The package's shape: imports run one way (no circle, read with `ast` from every module), and only `backends/`
-tells the kinds of role spec apart."""
+"""The package's shape: imports run one way (no circle, type-only imports counted, read with `ast` from every
+module), no layer reaches up, and only `backends/` tells the kinds of role spec and backend apart."""
 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "builders" / "popalign"
 SPEC_TYPES = {"ModelSpec", "EndpointSpec", "Spec"}
+#: The backends' kinds (`popalign.backends.REGISTRY`), which only `backends/` may compare a spec's kind with.
+BACKEND_KINDS = {"local", "llama.cpp", "endpoint"}
+#: What the strategy contract (`contrasts`) may import: the types its declarations name, and nothing above them.
+CONTRACT_IMPORTS = {"popalign.errors", "popalign.styles", "popalign.generation", "popalign.prompts"}
+#: Modules above the data layer (`dataset/`), which it never imports: it is written by them, not the other way.
+ABOVE_DATA = {
+    f"popalign.{name}"
+    for name in ("judging", "scoring", "pipeline", "api", "cli", "commands", "evaluation", "engine", "merge", "publish")
+}
 
 
 def module_name(path: Path) -> str:
@@ -15,21 +25,12 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def runtime_imports(path: Path, modules: set[str]) -> set[str]:
-    """The package's modules that `path` imports at run time, at the top or in a function (not those imported
-    only for type checking)."""
+def imports(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules that `path` imports: at the top, in a function, or for type checking alone (a type the
+    module names is a dependency as much as a function it calls)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    typing_only = {
-        id(node)
-        for block in ast.walk(tree)
-        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-        for statement in block.body
-        for node in ast.walk(statement)
-    }
     found = set()
     for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name in modules}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("popalign"):
@@ -38,9 +39,10 @@ def runtime_imports(path: Path, modules: set[str]) -> set[str]:
     return found - {module_name(path)}
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
     files = {module_name(path): path for path in PACKAGE.rglob("*.py")}
-    return {name: runtime_imports(path, set(files)) for name, path in files.items()}
+    return {name: imports(path, set(files)) for name, path in files.items()}
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -75,6 +77,33 @@ def test_no_module_imports_one_that_imports_it() -> None:
     assert circles(graph) == []
     assert "popalign.api" not in graph["popalign.scale_out"]  # tasks run a plan, never the API
     assert "popalign" not in graph["popalign.dataset.card"]  # the version comes from package metadata
+
+
+def test_no_layer_reaches_up() -> None:
+    """The data layer does not import what writes it (the card once read the paper's figures from `judging`), and
+    the strategy contract's types live below it."""
+    graph = import_graph()
+    for module, imported in graph.items():
+        if module.startswith("popalign.dataset"):
+            assert imported & ABOVE_DATA == set(), module
+    assert graph["popalign.contrasts"] <= CONTRACT_IMPORTS, graph["popalign.contrasts"] - CONTRACT_IMPORTS
+    assert "popalign.contrasts" in graph["popalign.config"]  # the walk sees what it must
+
+
+def test_only_backends_compare_a_backend_kind() -> None:
+    """Outside `backends/`, code asks a spec what it is (`served`, `runner`), never compares its kind with a
+    backend's name."""
+    compared = []
+    for path in PACKAGE.rglob("*.py"):
+        if "backends" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                names = {side.value for side in sides if isinstance(side, ast.Constant)}
+                if names & BACKEND_KINDS and any(ast.unparse(side).endswith(".kind") for side in sides):
+                    compared.append(f"{path.name}:{node.lineno}")
+    assert compared == []
 
 
 def test_only_backends_tell_spec_kinds_apart() -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from helpers import build
+from popalign.contrasts import StrategyContext
 from popalign.errors import TemplateError
 from popalign.generation import Generation
 from popalign.prompts import Instruction
-from popalign.strategies import STRATEGIES, StrategyContext
+from popalign.strategies import STRATEGIES
 from popalign.templates import TemplateSet, registered_files
 
 HOSTILE = "Explain {{ 7*7 }} and {% for x in range(3) %}{{ x }}{% endfor %} and {{ ''.__class__ }} please"
@@ -77,6 +78,7 @@ def test_bad_override_is_one_clear_error(tmp_path: Path, name: str, text: str, m
         run.send([Generation("a draft", 2)])
 
 
+@pytest.mark.slow
 def test_cli_lists_and_shows_templates_with_hashes(tmp_path: Path, popalign) -> None:
     listing = popalign("templates", "list")
     assert listing.returncode == 0, listing.stderr
@@ -110,6 +112,7 @@ def test_templates_are_self_contained(tmp_path: Path, text: str, tag: str) -> No
     assert str(raised.value) == message
 
 
+@pytest.mark.slow
 def test_a_template_that_resolves_outside_its_folder_is_refused(tmp_path: Path, popalign) -> None:
     secret = tmp_path / "elsewhere" / "secrets.txt"
     secret.parent.mkdir()
@@ -167,6 +170,7 @@ def test_a_bounded_template_still_has_what_prompts_need(tmp_path: Path) -> None:
     assert rendered == "Be exact.\n- A\n- {{ 7*7 }}\n12 1,2,3   2.2"
 
 
+@pytest.mark.slow
 def test_a_build_with_an_unbounded_template_stops_in_one_line(scripted, tmp_path: Path) -> None:
     folder = tmp_path / "templates"
     folder.mkdir()

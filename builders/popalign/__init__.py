@@ -29,15 +29,7 @@ from popalign.commands import (
     ScoreCommand,
     ShowCommand,
 )
-from popalign.config import (
-    BuildConfig,
-    Endpoints,
-    Executor,
-    GenerationParams,
-    JudgeOptions,
-    Push,
-    ScoreOptions,
-)
+from popalign.config import BuildConfig, Endpoints, Executor, JudgeOptions, Push, ScoreOptions
 from popalign.contrasts import Strategy
 from popalign.dataset.folder import Manifest
 from popalign.errors import (
@@ -59,6 +51,7 @@ from popalign.errors import (
 )
 from popalign.estimate import Estimate
 from popalign.evaluation import Evaluation
+from popalign.generation import GenerationParams
 from popalign.version import __version__
 
 __all__ = [

@@ -35,13 +35,14 @@ from popalign.commands import (
     ScoreCommand,
     ShowCommand,
 )
-from popalign.config import BuildConfig, GenerationParams, JudgeOptions, ScoreOptions
+from popalign.config import BuildConfig, JudgeOptions, ScoreOptions
 from popalign.dataset.folder import MANIFEST, Manifest, check_out, claimed, open_manifest
 from popalign.engine import Engine
 from popalign.errors import ConfigError, ShardError
 from popalign.estimate import Estimate, estimate_plan
 from popalign.evaluation import REFERENCE, Evaluation, evaluate_models
 from popalign.export import export_build
+from popalign.generation import GenerationParams
 from popalign.judging import judge_settings
 from popalign.merge import merge_builds
 from popalign.pipeline import BuildSummary, judge_dataset, run_plan, score_dataset

@@ -30,31 +30,18 @@ from popalign.commands import (
     group_keys,
     groups,
 )
-from popalign.config import (
-    FLAG,
-    BuildConfig,
-    Card,
-    Endpoints,
-    Executor,
-    GenerationParams,
-    JudgeOptions,
-    Push,
-    ScoreOptions,
-    Styles,
-    declared,
-    key_of,
-    settings_index,
-    unknown_setting,
-)
+from popalign.config import BuildConfig, Card, Endpoints, Executor, JudgeOptions, Push, ScoreOptions, settings_index
 from popalign.contrasts import STRATEGIES
 from popalign.dataset.folder import Manifest
+from popalign.declarations import FLAG, declared, key_of, unknown_setting
 from popalign.errors import ConfigError, PopAlignError
 from popalign.estimate import Estimate
-from popalign.judging import PAPER_ACCURACY
+from popalign.generation import GenerationParams
 from popalign.recipe import Recipe, load_command_recipe, load_recipe
 from popalign.resources import embedded_model_path
 from popalign.roles import parse_model_args
 from popalign.show import format_pair, read_pairs
+from popalign.styles import Styles
 from popalign.templates import TemplateSet
 from popalign.version import __version__, installed_version
 
@@ -226,7 +213,7 @@ def _print_judge(summary: Any) -> None:
         counts, low_high = result["counts"], result["interval"]
         judged = counts["chosen"] + counts["rejected"] + counts["tie"]
         accuracy = "-" if result["accuracy"] is None else f"{result['accuracy']:.0%}"
-        paper = PAPER_ACCURACY["GPT-4"].get(name)
+        paper = STRATEGIES[name].paper_accuracy.get("GPT-4")
         print(
             f"{name:<12} {judged:>6}  {accuracy:>8}  {low_high[0]:>6.0%}–{low_high[1]:<6.0%}  {counts['tie']:>4}  "
             f"{counts['unparsed']:>8}  {'' if paper is None else f'{paper:.1%}'}"

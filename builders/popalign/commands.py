@@ -15,25 +15,19 @@ popalign.errors.ConfigError: batch_size: expected a whole number >= 1, got 0
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from popalign.config import (
+from popalign.config import BuildConfig, Endpoints, JudgeOptions, Push, ScoreOptions, check_cache_outside
+from popalign.declarations import (
     FLAG,
-    LOCAL_MAX_NEW_TOKENS,
-    MODELS,
     PATH,
     POSITIVE,
     TEXT,
-    BuildConfig,
     Check,
-    Endpoints,
-    JudgeOptions,
-    Push,
-    ScoreOptions,
-    check_cache_outside,
     check_fields,
     checked,
     declared,
@@ -44,6 +38,7 @@ from popalign.config import (
 )
 from popalign.errors import ConfigError
 from popalign.export import FORMATS
+from popalign.generation import LOCAL_MAX_NEW_TOKENS
 from popalign.show import Condition, parse_condition
 
 #: The local batch size of scoring: four sequences' log-probs per pair, so fewer pairs per batch than generation.
@@ -136,6 +131,36 @@ class CommandSettings:
         if missing:
             raise ConfigError(f"{missing[0]}: required")
         return cls(**given)
+
+
+_NAMED_MODEL = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)=(?P<spec>.+)$")
+
+
+def named_models(value: Any) -> dict[str, str]:
+    """Trained models by name from `NAME=SPEC` or bare `SPEC` texts (named by the spec itself), in order, or from a
+    mapping of name to spec.
+
+    >>> named_models(["dpo=out/model", "smollm2:layers=24"])
+    {'dpo': 'out/model', 'smollm2:layers=24': 'smollm2:layers=24'}
+    """
+    if isinstance(value, Mapping):
+        if not all(isinstance(name, str) and isinstance(spec, str) for name, spec in value.items()):
+            raise ValueError("expected names of model specs, as text")
+        value = [f"{name}={spec}" for name, spec in value.items()]
+    texts = [value] if isinstance(value, str) else list(value)
+    if not texts or not all(isinstance(text, str) and text.strip() for text in texts):
+        raise ValueError("expected model specs")
+    models: dict[str, str] = {}
+    for text in map(str.strip, texts):
+        match = _NAMED_MODEL.match(text)
+        name, spec = (match["name"], match["spec"]) if match else (text, text)
+        if name in models or name == "reference":
+            raise ValueError(f"the name {name!r} is taken")
+        models[name] = spec
+    return models
+
+
+MODELS = Check(dict, "[NAME=]SPEC, once per trained model, each named once", convert=named_models)
 
 
 BUILD = Check(Path, "a build folder", lambda value: str(value) != "", metavar="DIR")

@@ -16,24 +16,40 @@ popalign.errors.ConfigError: concurrency: expected a whole number >= 1, got 0
 
 from __future__ import annotations
 
-import difflib
-import json
-import math
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from popalign.contrasts import check_role
 from popalign.costs import Budget, Price, parse_budget, parse_prices
+from popalign.declarations import (
+    FLAG,
+    NUMBER,
+    PATH,
+    POSITIVE,
+    SECONDS,
+    SHARD,
+    SHARE,
+    SIZE,
+    SOURCES,
+    TEXT,
+    Check,
+    check_fields,
+    checked,
+    checked_values,
+    declared,
+    key_of,
+    one_of,
+    setting,
+    unknown_setting,
+)
 from popalign.errors import ConfigError
+from popalign.generation import ENDPOINT_MAX_NEW_TOKENS, LOCAL_MAX_NEW_TOKENS, OFF_VALUES, GenerationParams
 from popalign.roles import EMBEDDED, Spec, parse_spec
+from popalign.styles import Styles
 
-#: Default answer lengths: endpoints serve real models whose answers run long; the local default is what the
-#: embedded demo can afford on two CPU cores while keeping cut answers (dropped as `truncated`) a minority.
-ENDPOINT_MAX_NEW_TOKENS = 1024
-LOCAL_MAX_NEW_TOKENS = 384
 #: The largest Parquet file per config; a larger config is split into `train-0000K-of-0000N` files.
 MAX_SHARD_SIZE = 500 * 1000 * 1000
 #: The card's license unless one is given: the generated text follows the generating models' terms, which the
@@ -42,16 +58,6 @@ DEFAULT_LICENSE = "other"
 DEFAULT_LICENSE_NAME = "generating-models-terms"
 LICENSE_FILE = "LICENSE.md"
 
-ELICITIVE_STYLES = ("guided", "paper")
-#: How `prefix` contrasts its sides: a principle sentence in the user turn, or a label of the response (RLCD's
-#: and PopAlign's mechanism) from the helpfulness or the harmlessness set.
-PREFIX_STYLES = ("sentences", "helpful", "harmless")
-#: How `refine` gets its chosen side: the model refines its own answer, or a reviser revises it minimally (CLAIR).
-REFINE_STYLES = ("self", "clair")
-#: The tags of a think block unless `--think-tags` gives others, and how a build stores a thinking model's trace
-#: (`popalign.reasoning`): in the `*_thinking` columns alone, or also before the answer it trains on.
-THINK_TAGS = ("<think>", "</think>")
-THINKING_MODES = ("separate", "inline")
 SCORE_CONTRASTS = ("prefix", "demon")
 #: How a served scoring model is asked for prompt log-probs (see `popalign.backends.endpoint_scorer`).
 SCORE_PROTOCOLS = ("auto", "tgi", "vllm", "sglang")
@@ -59,109 +65,6 @@ SWAP_POLICIES = ("keep", "drop", "swap")
 ORDERS = ("generated", "curriculum")
 MIN_JUDGE = ("agree",)
 EXECUTORS = ("local", "slurm", "ray")
-
-
-@dataclass(frozen=True)
-class Check:
-    """What a setting's value must be: its type (`kind`), a test of the typed value, and the words that say what
-    is expected; `parse` turns text (a flag's, a recipe's) into the type when plain conversion is not enough."""
-
-    kind: type
-    expected: str
-    test: Callable[[Any], bool] = lambda value: True
-    parse: Callable[[str], Any] | None = None
-    #: How `--help` names a value of this kind.
-    metavar: str = "VALUE"
-    #: Turns a value of any form (a repeated flag's texts, a recipe's mapping) into the type, or raises ValueError.
-    convert: Callable[[Any], Any] | None = None
-
-    def __call__(self, key: str, value: Any) -> Any:
-        """`value` as the setting's type, or a `ConfigError` naming the key, what is expected and what was given."""
-        try:
-            typed = self._typed(value)
-            ok = self.test(typed)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ConfigError(f"{key}: expected {self.expected}, got {_shown(value)}")
-        return typed
-
-    def _typed(self, value: Any) -> Any:
-        if self.convert:
-            return self.convert(value)
-        if isinstance(value, str) and self.parse:
-            return self.parse(value.strip())
-        if self.kind is bool:
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if isinstance(value, bool) or (self.kind is int and isinstance(value, float)):
-            raise ValueError
-        if self.kind in (str, Path) and not isinstance(value, str | Path):  # 2 is no shard, 123 no file
-            raise ValueError
-        if self.kind is str and isinstance(value, Path):  # a path stays a path (never read as a Hub dataset)
-            return value
-        typed = self.kind(value.strip() if isinstance(value, str) else value)
-        if isinstance(typed, float) and not math.isfinite(typed):
-            raise ValueError
-        return typed
-
-
-def _shown(value: Any) -> str:
-    """A given value as errors show it: a number the same whether it came as text (a flag) or as a number."""
-    if isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            return repr(value)
-        return value.strip()
-    return repr(value)
-
-
-def one_of(options: Iterable[str]) -> Check:
-    options = tuple(options)
-    return Check(
-        str, f"one of {', '.join(options)}", lambda value: value in options, metavar="{" + ",".join(options) + "}"
-    )
-
-
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$", re.IGNORECASE)
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
-def _size(text: str) -> int:
-    """A byte count such as `500MB`, `64KiB` or `1000000`."""
-    match = _SIZE.match(text)
-    if not match or not text.isascii():
-        raise ValueError
-    return int(float(match[1]) * _UNITS[(match[2] or "b").lower()])
-
-
-POSITIVE = Check(int, "a whole number >= 1", lambda value: value >= 1, metavar="N")
-NON_NEGATIVE = Check(int, "a whole number >= 0", lambda value: value >= 0, metavar="N")
-SECONDS = Check(float, "a number of seconds > 0", lambda value: value > 0, metavar="SECONDS")
-NUMBER = Check(float, "a number", metavar="X")
-TEXT = Check(str, "text", lambda value: bool(value.strip()), metavar="TEXT")
-FLAG = Check(bool, "true or false")
-TEMPERATURE = Check(float, "a number >= 0 (0 is greedy)", lambda value: 0 <= value <= 100, metavar="T")
-PATH = Check(Path, "a path", lambda value: str(value) != "")
-SIZE = Check(int, "a size such as 500MB or 64KiB", lambda value: value >= 1, parse=_size)
-SHARE = Check(float, "a share of the instructions, 0 <= F < 1", lambda value: 0 <= value < 1)
-STOPS = Check(
-    tuple,
-    "up to 4 non-empty texts",
-    lambda value: len(value) <= 4 and all(isinstance(text, str) and text for text in value),
-    parse=lambda text: (text,),
-    metavar="TEXT",
-)
-SHARD = Check(str, "K/N with 1 <= K <= N", lambda value: _is_shard(value))
-SOURCES = Check(
-    tuple,
-    "prompt files or Hub datasets",
-    lambda value: all(isinstance(text, str) and text.strip() for text in value),
-    parse=lambda text: (text,),
-    metavar="SOURCE",
-)
 
 
 def _prices(value: Any) -> dict[str, Price]:
@@ -188,244 +91,6 @@ LANGUAGES = Check(
     lambda value: all(re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*", code.strip()) for code in value.split(",")),
     metavar="CODES",
 )
-
-
-_WORD = re.compile(r"[a-z]*")
-
-
-def _extra_body(value: Any) -> str:
-    """Request fields as canonical JSON text (a frozen setting, hashable), from JSON text or a mapping; none of
-    `RESERVED_FIELDS`."""
-    body = json.loads(value) if isinstance(value, str) and value.strip() else value or {}
-    if not isinstance(body, Mapping):
-        raise ValueError
-    reserved = [key for key in body if key in RESERVED_FIELDS]
-    if reserved:
-        raise ConfigError(f"extra_body: {reserved[0]!r} is set by popalign (or by a setting of its own), not here")
-    return json.dumps(body, sort_keys=True, separators=(",", ":")) if body else ""
-
-
-def _tags(value: Any) -> tuple[str, str]:
-    """Two tags from `OPEN,CLOSE` or a list of two, each non-empty, not alike."""
-    tags = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
-    if len(tags) != 2 or not all(isinstance(tag, str) and tag.strip() for tag in tags) or tags[0] == tags[1]:
-        raise ValueError
-    return (tags[0].strip(), tags[1].strip())
-
-
-def _is_shard(text: str) -> bool:
-    match = re.fullmatch(r"([0-9]+)/([0-9]+)", text.strip())
-    return bool(match) and 1 <= int(match[1]) <= int(match[2])
-
-
-def setting(
-    default: Any = MISSING,
-    *,
-    help: str,
-    check: Check | None = None,
-    key: str | None = None,
-    metavar: str | None = None,
-    recipe: bool = True,
-    cli: bool = True,
-    negated: str | None = None,
-    switch: bool = False,
-    repeat: bool = False,
-    positional: str | None = None,
-    flag: str | None = None,
-    saved: bool = True,
-) -> Any:
-    """A dataclass field that is a user setting: its default, help text and check; `key` is its flat name (default:
-    the field's); `recipe=False` keeps it out of recipes (a secret, a per-run switch), `cli=False` off the command
-    line; a boolean whose default is True is set on the command line by the flag `negated` (`--no-cache`), a
-    `switch` (a group turned on with its defaults, `--score`) by its bare flag, and a `repeat` setting (a list) by
-    its flag given once per value. A `positional` setting is a command's argument, not a flag (`"1"`: one value,
-    `"?"`: one or none, `"+"`: one or more); `flag` is a flag other than `--key` (`-n`); `saved=False` keeps a
-    recipe setting out of the recipe a build saves beside its data (the machine's and the run's: where it writes,
-    its cache, its budget, where it publishes)."""
-    metadata = {"help": help, "check": check, "key": key, "metavar": metavar, "recipe": recipe, "cli": cli}
-    metadata |= {"negated": negated, "switch": switch, "repeat": repeat, "positional": positional, "flag": flag}
-    metadata["saved"] = saved
-    return field(default=default, metadata=metadata)
-
-
-def check_fields(settings: Any) -> None:
-    """Type and check every declared setting of a dataclass instance in place (its `__post_init__`)."""
-    for item in declared(type(settings)):
-        object.__setattr__(settings, item.name, checked(item, getattr(settings, item.name)))
-
-
-def checked(item: Field[Any], value: Any) -> Any:
-    """One setting's value, typed and checked as its declaration says. None stands for "not given" only where the
-    default is None: for any other setting it is no way to ask for the default, and is refused."""
-    check = item.metadata.get("check")
-    if value is None:
-        if item.default is not None:
-            raise ConfigError(f"{key_of(item)}: expected {check.expected if check else 'a value'}, got None")
-        return None
-    return check(key_of(item), value) if check else value
-
-
-def key_of(item: Field[Any]) -> str:
-    """A setting's flat key: flag, recipe key and keyword."""
-    return item.metadata.get("key") or item.name
-
-
-def declared(cls: type) -> list[Field[Any]]:
-    """The fields of a settings dataclass that are user settings."""
-    return [item for item in fields(cls) if "help" in item.metadata]
-
-
-def group_of(cls: type, flat: Mapping[str, Any]) -> Any:
-    """A settings group made from those of the flat keys in `flat` that are its own (the others are left)."""
-    names = {key_of(item): item.name for item in declared(cls)}
-    return cls(**{names[key]: value for key, value in flat.items() if key in names})
-
-
-def checked_values(cls: type, values: Mapping[str, Any], where: str = "") -> dict[str, Any]:
-    """Some of `cls`'s settings (by field name), typed and checked, as a partial override; unknown names are
-    refused as unknown settings."""
-    known = {item.name: item for item in declared(cls)}
-    result = {}
-    for name, value in values.items():
-        if name not in known:
-            raise ConfigError(f"{where}{unknown_setting(name, known)}")
-        try:
-            result[name] = checked(known[name], value)
-        except ConfigError as err:
-            raise ConfigError(f"{where}{err}") from None
-    return result
-
-
-def unknown_setting(name: str, known: Iterable[str]) -> str:
-    """The words for a setting nobody declared, with the nearest known one."""
-    known = list(known)
-    near = [key for key in known if key.startswith(name)][:1] or difflib.get_close_matches(name, known, n=1)
-    return f"unknown setting {name!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """Sampling settings of the requests of a run (or of one role)."""
-
-    max_new_tokens: int = setting(
-        LOCAL_MAX_NEW_TOKENS,
-        check=POSITIVE,
-        help=f"tokens per answer (default: {LOCAL_MAX_NEW_TOKENS} for local models, {ENDPOINT_MAX_NEW_TOKENS} for "
-        "endpoints); an answer cut at the limit drops its pair as truncated",
-    )
-    temperature: float = setting(
-        0.7,
-        check=TEMPERATURE,
-        help="sampling temperature; 0 is greedy",
-    )
-    top_p: float = setting(
-        0.9,
-        check=Check(float, "a number in (0, 1]", lambda value: 0 < value <= 1, metavar="P"),
-        help="nucleus sampling mass",
-    )
-    seed: int = setting(0, check=NON_NEGATIVE, help="sampling and principle-choice seed")
-    repetition_penalty: float = setting(
-        1.0,
-        check=Check(float, "a number in (0, 10] (1 is off)", lambda value: 0 < value <= 10, metavar="X"),
-        help="divide the odds of every token already in the prompt or the answer by this (TGI, vLLM, "
-        "transformers; 1 is off)",
-    )
-    frequency_penalty: float = setting(
-        0.0,
-        check=Check(float, "a number in [-2, 2] (0 is off)", lambda value: -2 <= value <= 2, metavar="X"),
-        help="lower each token's logit by this times its count in the answer so far (OpenAI, vLLM; 0 is off)",
-    )
-    presence_penalty: float = setting(
-        0.0,
-        check=Check(float, "a number in [-2, 2] (0 is off)", lambda value: -2 <= value <= 2, metavar="X"),
-        help="lower the logit of every token already in the answer by this (OpenAI, vLLM; 0 is off)",
-    )
-    top_k: int = setting(
-        0,
-        check=NON_NEGATIVE,
-        help="sample from the K likeliest tokens only (TGI, vLLM, SGLang, transformers, llama.cpp; 0 is off)",
-    )
-    min_p: float = setting(
-        0.0,
-        check=Check(float, "a number in [0, 1) (0 is off)", lambda value: 0 <= value < 1, metavar="P"),
-        help="drop tokens less likely than this share of the likeliest one (vLLM, SGLang, transformers; 0 is off)",
-    )
-    stop: tuple[str, ...] = setting(
-        (),
-        check=STOPS,
-        repeat=True,
-        help="a stop sequence: the answer ends before it (repeatable, up to 4, as OpenAI allows)",
-    )
-    reasoning_effort: str = setting(
-        "",
-        check=Check(str, "a word such as none, low, medium or high", lambda value: bool(_WORD.fullmatch(value))),
-        metavar="EFFORT",
-        help="how long a reasoning model thinks: none, minimal, low, medium, high, ... as the server names them "
-        "(OpenAI, vLLM, SGLang, llama.cpp's server; endpoints only; sent only where set)",
-    )
-    thinking_budget: int = setting(
-        0,
-        check=NON_NEGATIVE,
-        help="the most reasoning tokens a thinking model may spend, within --max-new-tokens, which counts thinking "
-        "and answer together (vLLM's thinking_token_budget; endpoints only; 0 is off)",
-    )
-    extra_body: str = setting(
-        "",
-        check=Check(str, "a JSON object of request fields popalign does not set itself", convert=_extra_body),
-        metavar="JSON",
-        help="more fields for an endpoint's chat requests, as the server names them, e.g. "
-        '\'{"chat_template_kwargs": {"enable_thinking": false}}\' (Qwen3 on vLLM or SGLang answers without '
-        "thinking); a mapping under generation: in a recipe; endpoints only; recorded and part of the cache key",
-    )
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-
-    def extras(self) -> dict[str, Any]:
-        """The settings beyond the basics (tokens, temperature, top-p, seed) that this run sets, not at their off
-        value, by name (a list of stop sequences as a list): what an endpoint request carries besides the basics,
-        and what a cache key holds only when set.
-
-        >>> GenerationParams(min_p=0.05, stop=("User:",)).extras()
-        {'min_p': 0.05, 'stop': ['User:']}
-        """
-        return {
-            name: list(value) if isinstance(value, tuple) else value
-            for name, off in OFF_VALUES.items()
-            if (value := getattr(self, name)) != off
-        }
-
-    def recorded(self) -> dict[str, Any]:
-        """Every setting, as the manifest and the recipe hold them (lists for YAML and JSON alike, the extra body a
-        mapping)."""
-        values = {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
-        return values | {"extra_body": json.loads(self.extra_body or "{}")}
-
-    def endpoint_only(self) -> list[str]:
-        """The settings this run sets that only an endpoint is sent (a local model has no such setting)."""
-        return [name for name in ENDPOINT_ONLY if getattr(self, name) != OFF_VALUES[name]]
-
-
-#: The generation settings that are off at these values, and left out of requests and cache keys when off (so
-#: answers cached before the settings existed stay found).
-OFF_VALUES: dict[str, Any] = {
-    "repetition_penalty": 1.0,
-    "frequency_penalty": 0.0,
-    "presence_penalty": 0.0,
-    "top_k": 0,
-    "min_p": 0.0,
-    "stop": (),
-    "reasoning_effort": "",
-    "thinking_budget": 0,
-    "extra_body": "",
-}
-#: The generation settings only endpoints are sent.
-ENDPOINT_ONLY = ("reasoning_effort", "thinking_budget", "extra_body")
-#: Request fields popalign sets itself (or by a setting of its own), which `extra_body` may not set.
-RESERVED_FIELDS = (
-    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stream", "n",
-    "logprobs", "top_logprobs", *(name for name in OFF_VALUES if name != "extra_body"), "thinking_token_budget",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -536,36 +201,6 @@ class JudgeOptions:
             raise ConfigError("a judge is an LLM (judge_model) or a reward model (judge_reward_model): give one")
 
 
-_NAMED_MODEL = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)=(?P<spec>.+)$")
-
-
-def named_models(value: Any) -> dict[str, str]:
-    """Trained models by name from `NAME=SPEC` or bare `SPEC` texts (named by the spec itself), in order, or from a
-    mapping of name to spec.
-
-    >>> named_models(["dpo=out/model", "smollm2:layers=24"])
-    {'dpo': 'out/model', 'smollm2:layers=24': 'smollm2:layers=24'}
-    """
-    if isinstance(value, Mapping):
-        if not all(isinstance(name, str) and isinstance(spec, str) for name, spec in value.items()):
-            raise ValueError("expected names of model specs, as text")
-        value = [f"{name}={spec}" for name, spec in value.items()]
-    texts = [value] if isinstance(value, str) else list(value)
-    if not texts or not all(isinstance(text, str) and text.strip() for text in texts):
-        raise ValueError("expected model specs")
-    models: dict[str, str] = {}
-    for text in map(str.strip, texts):
-        match = _NAMED_MODEL.match(text)
-        name, spec = (match["name"], match["spec"]) if match else (text, text)
-        if name in models or name == "reference":
-            raise ValueError(f"the name {name!r} is taken")
-        models[name] = spec
-    return models
-
-
-MODELS = Check(dict, "[NAME=]SPEC, once per trained model, each named once", convert=named_models)
-
-
 @dataclass(frozen=True)
 class Card:
     """What the dataset card says of the data besides its rows: its license (with `other`, the license's id and
@@ -656,93 +291,6 @@ class Executor:
         check_fields(self)
 
 
-@dataclass(frozen=True)
-class Styles:
-    """How the contrasts ask for their sides (`popalign.strategies`): the elicitive, prefix and refine styles, and
-    whether the strategies share one draw of the plain answer. Recorded in the manifest and the recipe by their
-    flat keys."""
-
-    elicitive: str = setting(
-        "guided",
-        key="elicitive_style",
-        check=one_of(ELICITIVE_STYLES),
-        help="guided: plan, then an answer guided by the plan in a fresh context (works on small models); "
-        "paper: the paper's single-turn Thought:/Response: template, for capable models",
-    )
-    prefix: str = setting(
-        "sentences",
-        key="prefix_style",
-        check=one_of(PREFIX_STYLES),
-        help="sentences: a positive or negative principle sentence before the instruction; helpful, harmless: "
-        "RLCD's and the paper's mechanism, a short label of the response on the assistant's side (a prefill on a "
-        "local model, a system message on an endpoint) from the helpfulness or the harmlessness set",
-    )
-    refine: str = setting(
-        "self",
-        key="refine_style",
-        check=one_of(REFINE_STYLES),
-        help="self: the model refines its own first answer (the paper); clair: the reviser role revises it "
-        "minimally, keeping all it does not correct (CLAIR), so the pair stays contrastive and short",
-    )
-    shared_answers: bool = setting(
-        False,
-        key="share_answers",
-        check=FLAG,
-        help="let the model and pipeline strategies share one draw of the plain answer M(q) (fewer requests; the "
-        "same text may then be chosen in nparam or leaderboard and rejected in refine)",
-    )
-    best_of: int = setting(
-        4,
-        check=Check(int, "a whole number from 2 to 64", lambda value: 2 <= value <= 64, metavar="N"),
-        help="bestofn: answers sampled per instruction, of which the best- and the worst-rated make the pair",
-    )
-    low_temperature: float = setting(
-        0.3, check=TEMPERATURE, help="temperature: the temperature of the chosen side (below the rejected side's)"
-    )
-    high_temperature: float = setting(1.2, check=TEMPERATURE, help="temperature: the temperature of the rejected side")
-    thinking: str = setting(
-        "separate",
-        check=one_of(THINKING_MODES),
-        help="a thinking model's reasoning trace: separate: only the answer is chosen/rejected, the trace goes to "
-        "chosen_thinking/rejected_thinking; inline: the trace also stays before the answer it trains on, written "
-        "as thinking models' chat templates write it (<think>\\n…\\n</think>\\n\\nanswer)",
-    )
-    think_tags: tuple[str, str] = setting(
-        THINK_TAGS,
-        check=Check(tuple, "two different tags OPEN,CLOSE such as <think>,</think>", convert=_tags),
-        metavar="OPEN,CLOSE",
-        help="the tags of the think block a model writes before its answer (read out of the answer text of servers "
-        "and local models that leave it there)",
-    )
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        if self.low_temperature >= self.high_temperature:
-            raise ConfigError(
-                f"low_temperature {self.low_temperature} must be below high_temperature {self.high_temperature}"
-            )
-
-    def recorded(self) -> dict[str, Any]:
-        """The styles by their flat keys, as the manifest and the recipe hold them.
-
-        >>> Styles(prefix="harmless").recorded()
-        {'elicitive_style': 'guided', 'prefix_style': 'harmless', 'refine_style': 'self', 'share_answers': False, \
-'best_of': 4, 'low_temperature': 0.3, 'high_temperature': 1.2, 'thinking': 'separate', \
-'think_tags': ['<think>', '</think>']}
-        """
-        return {
-            key_of(item): list(value) if isinstance(value := getattr(self, item.name), tuple) else value
-            for item in fields(self)
-        }
-
-    @classmethod
-    def from_recorded(cls, values: Mapping[str, Any]) -> Styles:
-        """The styles a manifest (or a recipe) records; one it does not record takes its default."""
-        known = {key_of(item): item.name for item in fields(cls)}
-        return cls(**{known[key]: value for key, value in values.items() if key in known})
-
-
-#: The settings groups a build holds, by the `BuildConfig` field that holds each.
 GROUPS: dict[str, type] = {
     "params": GenerationParams,
     "endpoints": Endpoints,
@@ -1097,6 +645,6 @@ def role_defaults(spec: Spec) -> dict[str, int | float]:
     >>> role_defaults(parse_spec("smollm2")), role_defaults(parse_spec("http://a:1"))
     ({'max_new_tokens': 384, 'frequency_penalty': 0.3}, {'max_new_tokens': 1024, 'frequency_penalty': 0.0})
     """
-    tokens = ENDPOINT_MAX_NEW_TOKENS if spec.kind == "endpoint" else LOCAL_MAX_NEW_TOKENS
+    tokens = ENDPOINT_MAX_NEW_TOKENS if spec.served else LOCAL_MAX_NEW_TOKENS
     demo = {name: value if spec.embedded else OFF_VALUES[name] for name, value in DEMO_DEFAULTS.items()}
     return {"max_new_tokens": tokens} | demo

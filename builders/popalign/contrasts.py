@@ -14,6 +14,7 @@ generations in order, and returns a `Pair` or a `Dropped`; the engine drives it 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import signal
 import threading
@@ -22,14 +23,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from popalign.errors import ConfigError, first_line
+from popalign.styles import Styles
 
 if TYPE_CHECKING:
     from popalign.generation import Generation, Request
     from popalign.prompts import Instruction
-    from popalign.strategies import StrategyContext
 
 #: The entry-point group strategies are registered under.
 ENTRY_POINTS = "popalign.strategies"
@@ -85,6 +86,20 @@ class Dropped:
 
 
 StrategyRun = Generator["list[Request]", "list[Generation]", "Pair | Dropped"]
+#: The contrastive prompt pair (x+, x-) DLMA scores a row under, as two chats: from the row's instruction, the
+#: build's context and the row itself (whose recorded reasoning may be part of a side's prompt).
+Scoring = Callable[["Instruction", "StrategyContext", Mapping[str, Any]], tuple[list[dict], list[dict]]]
+#: The paper's judges, whose pairwise accuracy per strategy a strategy may declare (`Strategy.paper_accuracy`).
+PAPER_JUDGES = ("GPT-4", "PairRM")
+
+
+def paper_judge(kind: str) -> str:
+    """The paper's judge to compare a judge of this kind with: GPT-4 for an LLM, PairRM for a model judge.
+
+    >>> paper_judge("llm"), paper_judge("pairwise"), paper_judge("reward-model")
+    ('GPT-4', 'PairRM', 'PairRM')
+    """
+    return "GPT-4" if kind == "llm" else "PairRM"
 
 
 @dataclass(frozen=True)
@@ -93,7 +108,11 @@ class Strategy:
     (chosen first, rejected last) and any helper roles (the `default` model unless given), the formulas of its two
     sides, its generator and description; the requests it makes per instruction at most (a number, or worked out
     from the run's context); the drop reasons and template files it adds, the files found in `template_dir`
-    (None: popalign's own templates folder; a user's templates folder overrides them by name like the others)."""
+    (None: popalign's own templates folder; a user's templates folder overrides them by name like the others).
+    What others read of it: the prompt pair DLMA scores its rows under (`scoring`; None: the score contrast's,
+    `--score-contrast`), the paper's accuracy of its pairs by judge (`paper_accuracy`, for the judge table and the
+    card), and how a style other than the default writes its sides (`styled_sides`, by style key and value, for
+    the card's table)."""
 
     name: str
     kind: str
@@ -107,6 +126,9 @@ class Strategy:
     drop_reasons: Mapping[str, str] = field(default_factory=dict)
     templates: Mapping[str, str] = field(default_factory=dict)
     template_dir: Path | None = None
+    scoring: Scoring | None = None
+    paper_accuracy: Mapping[str, float] = field(default_factory=dict)
+    styled_sides: Mapping[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
     @property
     def chosen_role(self) -> str:
@@ -118,9 +140,77 @@ class Strategy:
         """The role whose model writes the rejected side."""
         return self.roles[-1]
 
+    def sides(self, styles: Mapping[str, Any]) -> tuple[str, str]:
+        """The chosen and rejected side as the card's table writes them, under a build's styles (by flat key)."""
+        for (key, value), sides in self.styled_sides.items():
+            if styles.get(key) == value:
+                return sides
+        return self.chosen, self.rejected
+
     def planned(self, ctx: StrategyContext) -> int:
         """The requests one instruction makes at most under this run's context (what the progress bar counts)."""
         return self.requests(ctx) if callable(self.requests) else self.requests
+
+
+class Templates(Protocol):
+    """What a strategy reads of a build's templates (`popalign.templates.TemplateSet` is popalign's): a template
+    rendered with user text as data, and a data file's records."""
+
+    def render(self, name: str, **variables: Any) -> str: ...
+
+    def records(self, name: str, fields: tuple[str, ...]) -> list[dict[str, str]]: ...
+
+
+class StrategyContext:
+    """What strategies read besides the instruction: templates, their data files, the run's seed, whether pairs
+    with a cut side are kept, the elicitive style (`guided`: plan, then an answer guided by it in a fresh
+    context; `paper`: the paper's single-turn `Thought:` / `Response:` template), and the prefix style
+    (`sentences`, or a set of response labels) with where a label goes (`prefill`: the assistant's own opening,
+    where the backend continues a turn; else a system message)."""
+
+    @property
+    def prefix_placement(self) -> str:
+        """Where `prefix` puts its contrast: `user` (a sentence), `prefill` or `system` (a response label)."""
+        return "user" if self.styles.prefix == "sentences" else "prefill" if self.prefill else "system"
+
+    def __init__(
+        self,
+        templates: Templates,
+        seed: int = 0,
+        *,
+        keep_truncated: bool = False,
+        styles: Styles = Styles(),  # noqa: B008 (frozen)
+        prefill: bool = False,
+    ) -> None:
+        self.templates = templates
+        self.seed = seed
+        self.keep_truncated = keep_truncated
+        self.styles, self.prefill = styles, prefill
+        self.principles = templates.records("prefix_principles.yaml", ("positive", "negative"))
+        self.labels = (
+            templates.records(f"prefix_labels_{styles.prefix}.yaml", ("positive", "negative"))
+            if styles.prefix != "sentences"
+            else []
+        )
+        self.good_demos = templates.records("demon_good.jsonl", ("instruction", "response"))
+        self.bad_demos = templates.records("demon_bad.jsonl", ("instruction", "response"))
+
+    def pick(self, instruction: Instruction, count: int) -> int:
+        """A per-instruction choice in `range(count)`, fixed by the seed."""
+        digest = hashlib.sha256(f"{self.seed}:{instruction.prompt_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") % count
+
+    def cut(self, *generations: Generation) -> bool:
+        """Whether to drop a pair as `truncated`: a generation stopped at the limit and cut pairs are not kept."""
+        return not self.keep_truncated and any(generation.truncated for generation in generations)
+
+    def unusable(self, *generations: Generation) -> Dropped | None:
+        """Why a pair made from these generations is dropped before its text is read: one ended while still
+        thinking (it has no answer: `unfinished-thinking`, whatever `keep_truncated` says), or one was cut at the
+        token limit (`truncated`); None when every one is usable."""
+        if any(generation.unfinished_thinking for generation in generations):
+            return Dropped("unfinished-thinking")
+        return Dropped("truncated") if self.cut(*generations) else None
 
 
 class StrategyRegistry(Mapping[str, Strategy]):
@@ -162,6 +252,10 @@ class StrategyRegistry(Mapping[str, Strategy]):
         for strategy in self.values():
             reasons |= dict(strategy.drop_reasons)
         return reasons
+
+    def paper_accuracy(self, judge: str) -> dict[str, float]:
+        """The paper's accuracy per strategy for one of `PAPER_JUDGES`, of the strategies that declare one."""
+        return {name: s.paper_accuracy[judge] for name, s in self.items() if judge in s.paper_accuracy}
 
     def template_files(self) -> list[tuple[str, str, Path | None, str]]:
         """The template files the strategies add: name, description, folder (None: popalign's) and strategy."""
@@ -243,13 +337,29 @@ _FIELD_CHECKS: dict[str, Callable[[object], bool]] = {
     "drop_reasons": _not_text_map,
     "templates": _not_text_map,
     "template_dir": lambda value: value is not None and not isinstance(value, Path),
+    "scoring": lambda value: value is not None and not callable(value),
+    "paper_accuracy": lambda value: (
+        not isinstance(value, Mapping)
+        or not all(
+            judge in PAPER_JUDGES and isinstance(figure, float) and 0 <= figure <= 1 for judge, figure in value.items()
+        )
+    ),
+    "styled_sides": lambda value: (
+        not isinstance(value, Mapping) or not all(_is_pair(key) and _is_pair(sides) for key, sides in value.items())
+    ),
 }
 _FIELD_KINDS = {
     "name": "text", "kind": "text", "roles": "a tuple of role names", "chosen": "text", "rejected": "text",
     "run": "a function", "description": "text", "requests": "a whole number of at least 1 or a function",
     "helper_roles": "a tuple of role names", "drop_reasons": "a mapping of text to text",
-    "templates": "a mapping of text to text", "template_dir": "a Path or None",
+    "templates": "a mapping of text to text", "template_dir": "a Path or None", "scoring": "a function or None",
+    "paper_accuracy": f"a mapping of {' or '.join(PAPER_JUDGES)} to a share from 0 to 1",
+    "styled_sides": "a mapping of (style key, value) to (chosen, rejected) texts",
 }  # fmt: skip
+
+
+def _is_pair(value: object) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and all(isinstance(item, str) for item in value)
 
 
 @contextmanager

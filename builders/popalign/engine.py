@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 
 from popalign.backends.base import Backend
 from popalign.cache import GenerationCache
-from popalign.config import THINK_TAGS
 from popalign.contrasts import Dropped, StrategyRun
 from popalign.costs import Budget, Price, Tokens
 from popalign.errors import PromptTooLong, RequestFailed, StrategyError
@@ -27,6 +26,7 @@ from popalign.generation import Generation, GenerationParams, Request, request_k
 from popalign.model_identity import ModelIdentity
 from popalign.reasoning import separate
 from popalign.roles import ModelSpec, Spec
+from popalign.styles import THINK_TAGS
 
 if TYPE_CHECKING:
     from popalign.backends.endpoint import EndpointBackend
@@ -208,7 +208,7 @@ class Engine:
     ) -> None:
         for role, spec in self.roles.items():
             self.identities[role] = await self._backend(spec).identity(spec)
-            if self.endpoint and spec.kind == "endpoint":  # refused here where its server cannot honour a setting
+            if self.endpoint and spec.served:  # refused here where its server cannot honour a setting
                 self.sent[role] = self.endpoint.sent(spec, self.params[role])
         self._note_changes()
         if check:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import re
 
-from popalign.contrasts import Dropped, Strategy, StrategyRun
+from popalign.contrasts import Dropped, Strategy, StrategyContext, StrategyRun
 from popalign.generation import Generation, Request
 from popalign.prompts import Instruction
 from popalign.shapes import RATING
-from popalign.strategies import StrategyContext, check_pair, clean_answer, model_contrast
+from popalign.strategies import check_pair, clean_answer, model_contrast
 
 #: The first draw of the N samples of best-of-N and the draw of the temperature pair: apart from the draws of the
 #: paper's strategies (`popalign.strategies.PLAIN_DRAW`), so no text is chosen in one config and rejected in another.

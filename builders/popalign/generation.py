@@ -1,17 +1,163 @@
-"""What a strategy asks a backend for: chat requests, generation parameters, and their cache key."""
+"""What a strategy asks a backend for: chat requests, their generation settings (declared as every user setting is,
+`popalign.declarations`), and their cache key."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from popalign.config import OFF_VALUES, GenerationParams
 from popalign.conversations import Message, as_chat
+from popalign.declarations import NON_NEGATIVE, POSITIVE, STOPS, TEMPERATURE, Check, check_fields, setting
+from popalign.errors import ConfigError
 from popalign.shapes import Shape
+
+#: Default answer lengths: endpoints serve real models whose answers run long; the local default is what the
+#: embedded demo can afford on two CPU cores while keeping cut answers (dropped as `truncated`) a minority.
+ENDPOINT_MAX_NEW_TOKENS = 1024
+LOCAL_MAX_NEW_TOKENS = 384
+_WORD = re.compile(r"[a-z]*")
+
+
+def _extra_body(value: Any) -> str:
+    """Request fields as canonical JSON text (a frozen setting, hashable), from JSON text or a mapping; none of
+    `RESERVED_FIELDS`."""
+    body = json.loads(value) if isinstance(value, str) and value.strip() else value or {}
+    if not isinstance(body, Mapping):
+        raise ValueError
+    reserved = [key for key in body if key in RESERVED_FIELDS]
+    if reserved:
+        raise ConfigError(f"extra_body: {reserved[0]!r} is set by popalign (or by a setting of its own), not here")
+    return json.dumps(body, sort_keys=True, separators=(",", ":")) if body else ""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings of the requests of a run (or of one role)."""
+
+    max_new_tokens: int = setting(
+        LOCAL_MAX_NEW_TOKENS,
+        check=POSITIVE,
+        help=f"tokens per answer (default: {LOCAL_MAX_NEW_TOKENS} for local models, {ENDPOINT_MAX_NEW_TOKENS} for "
+        "endpoints); an answer cut at the limit drops its pair as truncated",
+    )
+    temperature: float = setting(
+        0.7,
+        check=TEMPERATURE,
+        help="sampling temperature; 0 is greedy",
+    )
+    top_p: float = setting(
+        0.9,
+        check=Check(float, "a number in (0, 1]", lambda value: 0 < value <= 1, metavar="P"),
+        help="nucleus sampling mass",
+    )
+    seed: int = setting(0, check=NON_NEGATIVE, help="sampling and principle-choice seed")
+    repetition_penalty: float = setting(
+        1.0,
+        check=Check(float, "a number in (0, 10] (1 is off)", lambda value: 0 < value <= 10, metavar="X"),
+        help="divide the odds of every token already in the prompt or the answer by this (TGI, vLLM, "
+        "transformers; 1 is off)",
+    )
+    frequency_penalty: float = setting(
+        0.0,
+        check=Check(float, "a number in [-2, 2] (0 is off)", lambda value: -2 <= value <= 2, metavar="X"),
+        help="lower each token's logit by this times its count in the answer so far (OpenAI, vLLM; 0 is off)",
+    )
+    presence_penalty: float = setting(
+        0.0,
+        check=Check(float, "a number in [-2, 2] (0 is off)", lambda value: -2 <= value <= 2, metavar="X"),
+        help="lower the logit of every token already in the answer by this (OpenAI, vLLM; 0 is off)",
+    )
+    top_k: int = setting(
+        0,
+        check=NON_NEGATIVE,
+        help="sample from the K likeliest tokens only (TGI, vLLM, SGLang, transformers, llama.cpp; 0 is off)",
+    )
+    min_p: float = setting(
+        0.0,
+        check=Check(float, "a number in [0, 1) (0 is off)", lambda value: 0 <= value < 1, metavar="P"),
+        help="drop tokens less likely than this share of the likeliest one (vLLM, SGLang, transformers; 0 is off)",
+    )
+    stop: tuple[str, ...] = setting(
+        (),
+        check=STOPS,
+        repeat=True,
+        help="a stop sequence: the answer ends before it (repeatable, up to 4, as OpenAI allows)",
+    )
+    reasoning_effort: str = setting(
+        "",
+        check=Check(str, "a word such as none, low, medium or high", lambda value: bool(_WORD.fullmatch(value))),
+        metavar="EFFORT",
+        help="how long a reasoning model thinks: none, minimal, low, medium, high, ... as the server names them "
+        "(OpenAI, vLLM, SGLang, llama.cpp's server; endpoints only; sent only where set)",
+    )
+    thinking_budget: int = setting(
+        0,
+        check=NON_NEGATIVE,
+        help="the most reasoning tokens a thinking model may spend, within --max-new-tokens, which counts thinking "
+        "and answer together (vLLM's thinking_token_budget; endpoints only; 0 is off)",
+    )
+    extra_body: str = setting(
+        "",
+        check=Check(str, "a JSON object of request fields popalign does not set itself", convert=_extra_body),
+        metavar="JSON",
+        help="more fields for an endpoint's chat requests, as the server names them, e.g. "
+        '\'{"chat_template_kwargs": {"enable_thinking": false}}\' (Qwen3 on vLLM or SGLang answers without '
+        "thinking); a mapping under generation: in a recipe; endpoints only; recorded and part of the cache key",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def extras(self) -> dict[str, Any]:
+        """The settings beyond the basics (tokens, temperature, top-p, seed) that this run sets, not at their off
+        value, by name (a list of stop sequences as a list): what an endpoint request carries besides the basics,
+        and what a cache key holds only when set.
+
+        >>> GenerationParams(min_p=0.05, stop=("User:",)).extras()
+        {'min_p': 0.05, 'stop': ['User:']}
+        """
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, off in OFF_VALUES.items()
+            if (value := getattr(self, name)) != off
+        }
+
+    def recorded(self) -> dict[str, Any]:
+        """Every setting, as the manifest and the recipe hold them (lists for YAML and JSON alike, the extra body a
+        mapping)."""
+        values = {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
+        return values | {"extra_body": json.loads(self.extra_body or "{}")}
+
+    def endpoint_only(self) -> list[str]:
+        """The settings this run sets that only an endpoint is sent (a local model has no such setting)."""
+        return [name for name in ENDPOINT_ONLY if getattr(self, name) != OFF_VALUES[name]]
+
+
+#: The generation settings that are off at these values, and left out of requests and cache keys when off (so
+#: answers cached before the settings existed stay found).
+OFF_VALUES: dict[str, Any] = {
+    "repetition_penalty": 1.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "top_k": 0,
+    "min_p": 0.0,
+    "stop": (),
+    "reasoning_effort": "",
+    "thinking_budget": 0,
+    "extra_body": "",
+}
+#: The generation settings only endpoints are sent.
+ENDPOINT_ONLY = ("reasoning_effort", "thinking_budget", "extra_body")
+#: Request fields popalign sets itself (or by a setting of its own), which `extra_body` may not set.
+RESERVED_FIELDS = (
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stream", "n",
+    "logprobs", "top_logprobs", *(name for name in OFF_VALUES if name != "extra_body"), "thinking_token_budget",
+)  # fmt: skip
 
 #: Why a generation ended: the model stopped by itself, it hit `max_new_tokens` (the answer is cut), or it ended
 #: while still thinking (the limit hit inside its reasoning trace, or a trace never closed: there is no answer).

@@ -7,7 +7,8 @@ verdict counts only when both orders agree, otherwise it is a `tie`; an answer w
 the margin. A pairwise ranker (PairRM, `popalign.backends.pair_ranker`) reads the instruction with both answers,
 in each order, and like the LLM judge its verdict counts only when both orders agree.
 Accuracy = chosen wins / judged, with a Wilson 95% interval, beside the paper's figure for the same kind of judge:
-GPT-4's for an LLM judge, PairRM's for a pairwise ranker or a reward model (`paper_judge`).
+GPT-4's for an LLM judge, PairRM's for a pairwise ranker or a reward model (`contrasts.paper_judge`), as each
+strategy declares it (`Strategy.paper_accuracy`).
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 from popalign.backends import check_installed, open_backends, reward_model
 from popalign.backends.base import THINKS_FIRST
 from popalign.cache import GenerationCache
-from popalign.config import Endpoints, GenerationParams, JudgeOptions
-from popalign.contrasts import Dropped
+from popalign.config import Endpoints, JudgeOptions
+from popalign.contrasts import STRATEGIES, Dropped, paper_judge
 from popalign.conversations import from_chat, transcript
 from popalign.dataset.quality import JUDGE_CHART, QUALITY_DIR, load_pyplot
 from popalign.dataset.rows import StrategyOutcome
 from popalign.engine import Engine
 from popalign.errors import PopAlignError
-from popalign.generation import Generation, Request, user
+from popalign.generation import Generation, GenerationParams, Request, user
 from popalign.model_identity import ModelIdentity
 from popalign.roles import ModelSpec, Spec, parse_spec
 from popalign.shapes import VERDICT
@@ -52,24 +53,6 @@ CHOICES = ("A", "B")
 JUDGE_TEMPLATE = "judge_pairwise.jinja"
 Chat = list[dict[str, str]]
 #: The paper's Table (pairwise accuracy per strategy), beside which the card shows a build's own.
-PAPER_ACCURACY = {
-    "GPT-4": {
-        "elicitive": 0.915,
-        "nparam": 0.88,
-        "leaderboard": 0.84,
-        "demon": 0.765,
-        "prefix": 0.755,
-        "refine": 0.555,
-    },
-    "PairRM": {
-        "elicitive": 0.855,
-        "nparam": 0.73,
-        "leaderboard": 0.655,
-        "demon": 0.655,
-        "prefix": 0.565,
-        "refine": 0.505,
-    },
-}
 _FINAL_CHOICE = re.compile(r"(?<![A-Za-z])(A|B)(?![A-Za-z])[^A-Za-z]*$")
 
 JudgeRun = Generator[list[Request], list[Generation], tuple[str | None, str | None]]
@@ -219,15 +202,6 @@ def summarize(rows: Iterable[dict[str, Any]]) -> JudgeSummary:
     )
 
 
-def paper_judge(kind: str) -> str:
-    """The paper's judge to compare a judge of this kind with: GPT-4 for an LLM, PairRM for a model judge.
-
-    >>> paper_judge("llm"), paper_judge("pairwise"), paper_judge("reward-model")
-    ('GPT-4', 'PairRM', 'PairRM')
-    """
-    return "GPT-4" if kind == "llm" else "PairRM"
-
-
 def write_accuracy_chart(summaries: dict[str, JudgeSummary], judge: str, kind: str, out: Path) -> str:
     """Save a bar chart of accuracy per strategy with its 95% interval, beside the paper's figure for the same kind
     of judge (`paper_judge`), as `quality/judge_accuracy.png` under `out`; return its relative path."""
@@ -243,7 +217,8 @@ def write_accuracy_chart(summaries: dict[str, JudgeSummary], judge: str, kind: s
     figure, axes = pyplot.subplots(figsize=(6, 3.2), dpi=100)
     positions = range(len(names))
     axes.bar([x - 0.2 for x in positions], accuracy, width=0.4, yerr=errors, capsize=3, color="#4a7ebb", label=judge)
-    paper = [PAPER_ACCURACY[paper_judge(kind)].get(name, 0.0) for name in names]
+    figures = STRATEGIES.paper_accuracy(paper_judge(kind))
+    paper = [figures.get(name, 0.0) for name in names]
     axes.bar([x + 0.2 for x in positions], paper, width=0.4, color="#bbbbbb", label=f"paper ({paper_judge(kind)})")
     axes.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
     axes.set_xticks(list(positions), names)

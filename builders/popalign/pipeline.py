@@ -14,8 +14,8 @@ import yaml
 
 from popalign.backends import open_backends
 from popalign.cache import GenerationCache, open_cache
-from popalign.config import MAX_SHARD_SIZE, Card, Styles, saved_settings
-from popalign.contrasts import STRATEGIES, Dropped, Pair
+from popalign.config import MAX_SHARD_SIZE, Card, saved_settings
+from popalign.contrasts import STRATEGIES, Dropped, Pair, StrategyContext
 from popalign.costs import recorded_prices, usage_record
 from popalign.dataset.card import write_card_and_manifest
 from popalign.dataset.folder import (
@@ -42,7 +42,8 @@ from popalign.prompts import BUNDLED_LABEL, PromptSet
 from popalign.reasoning import inline
 from popalign.roles import check_contrast
 from popalign.scoring import ScoreSettings, ScoreStats, score_outcomes, score_settings
-from popalign.strategies import StrategyContext, begun, roles_used
+from popalign.strategies import begun, roles_used
+from popalign.styles import Styles
 from popalign.templates import TemplateSet
 
 
@@ -255,7 +256,7 @@ def build_dataset(
                     config["shapes"] = shapes
                 if preambles[name]:
                     config["preambles_removed"] = preambles[name]
-            _write_recipe(folder, strategies, engine, prompts, context, card, _saved(saved, test_size))
+            _write_recipe(folder, strategies, engine, prompts, context, templates, card, _saved(saved, test_size))
             write_card_and_manifest(manifest, folder, out)
     return BuildSummary(
         out=out,
@@ -362,6 +363,7 @@ def _write_recipe(
     engine: Engine,
     prompts: PromptSet,
     context: StrategyContext,
+    templates: TemplateSet,
     card: Card,
     saved: Mapping[str, Any],
 ) -> None:
@@ -394,8 +396,8 @@ def _write_recipe(
     recipe = ran | given | last
     (out / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
     (out / "templates").mkdir()
-    for entry in context.templates.entries():
-        (out / "templates" / entry.name).write_text(context.templates.source(entry.name), encoding="utf-8")
+    for entry in templates.entries():
+        (out / "templates" / entry.name).write_text(templates.source(entry.name), encoding="utf-8")
 
 
 def _saved(saved: Mapping[str, Any] | None, test_size: float) -> Mapping[str, Any]:

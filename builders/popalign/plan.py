@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from popalign.backends import check_installed
-from popalign.config import BuildConfig, GenerationParams, role_defaults
+from popalign.config import BuildConfig, role_defaults
 from popalign.contrasts import STRATEGIES
 from popalign.costs import Price
 from popalign.decontamination import screened
 from popalign.errors import ConfigError
+from popalign.generation import GenerationParams
 from popalign.prompts import PromptSet, is_hub_dataset, load_hub_prompts, load_prompts, parse_shard
 from popalign.roles import Spec, check_contrast, resolve_roles
 from popalign.strategies import parse_strategies, roles_used
@@ -163,7 +164,7 @@ def make_plan(config: BuildConfig) -> BuildPlan:
 def check_sent(role: str, spec: Spec, params: GenerationParams) -> None:
     """Refuse a setting only endpoints are sent (`GenerationParams.endpoint_only`) on a role that runs in process,
     before any request: it would be recorded and not used."""
-    unsent = params.endpoint_only() if spec.kind != "endpoint" else []
+    unsent = params.endpoint_only() if not spec.served else []
     if unsent:
         raise ConfigError(
             f"{unsent[0]}: role {role} runs {spec} in process, which has no such setting (endpoints only); leave "

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from popalign.config import THINK_TAGS
 from popalign.generation import LENGTH, THINKING, Generation
+from popalign.styles import THINK_TAGS
 
 
 def split_trace(text: str, tags: tuple[str, str] = THINK_TAGS) -> tuple[str, str, bool]:

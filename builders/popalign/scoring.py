@@ -29,8 +29,7 @@ from popalign.backends import check_installed, local_backend
 from popalign.backends.endpoint_scorer import EndpointScorer
 from popalign.cache import GenerationCache
 from popalign.config import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES, Endpoints, ScoreOptions
-from popalign.contrasts import STRATEGIES
-from popalign.conversations import as_chat
+from popalign.contrasts import STRATEGIES, StrategyContext
 from popalign.dataset.quality import quality_report, write_histogram
 from popalign.dataset.rows import StrategyOutcome
 from popalign.errors import ConfigError
@@ -38,7 +37,6 @@ from popalign.extras import require
 from popalign.generation import chat_prompt
 from popalign.prompts import Instruction
 from popalign.roles import ModelSpec, parse_spec
-from popalign.strategies import StrategyContext, guided_messages
 
 if TYPE_CHECKING:  # torch loads only where a local model is used
     from popalign.backends.local import LocalBackend
@@ -78,21 +76,12 @@ class ScoreStats:
 
 
 def contrast_chats(row: dict[str, Any], context: StrategyContext, fallback: str) -> tuple[list, list]:
-    """The (x+, x−) chats of a row: the contexts its answers were generated in for a prompt-contrast strategy
-    (guided elicitive: each side's plan as guidance, then the conversation), else `fallback`'s prompt pair, both
-    in the conversation's context."""
-    strategy, instruction = row["strategy"], Instruction.from_chat(row["prompt"])
-    if strategy == "elicitive" and context.styles.elicitive == "guided":
-        positive, negative = (
-            as_chat(guided_messages(context, instruction, plan))
-            for plan in (row["chosen_reasoning"], row["rejected_reasoning"])
-        )
-        return positive, negative
-    source = strategy if STRATEGIES[strategy].kind == "prompt" else fallback  # others: a prompt pair of the instruction
-    run = STRATEGIES[source].run(instruction, context)
-    positive, negative = next(run)[:2]
-    run.close()
-    return positive.chat(), negative.chat()
+    """The (x+, x−) chats of a row: the scoring prompts its strategy declares (`Strategy.scoring`), else
+    `fallback`'s (the score contrast, `prefix` or `demon`), both in the conversation's context."""
+    instruction = Instruction.from_chat(row["prompt"])
+    scoring = STRATEGIES[row["strategy"]].scoring or STRATEGIES[fallback].scoring
+    assert scoring is not None  # the score contrasts declare theirs
+    return scoring(instruction, context, row)
 
 
 def score_rows(
@@ -223,12 +212,12 @@ def score_settings(
     """The scorer, prompt renderer and curation that `options` ask for: a served model (TGI, vLLM or SGLang, asked
     as `endpoints` say), or a local model on `backend` (a build's own local backend, when it has one)."""
     spec = parse_spec(options.model or default_model)
-    if spec.kind != "endpoint" and options.protocol != "auto":
+    if not spec.served and options.protocol != "auto":
         raise ConfigError(f"score_protocol: {options.protocol} is for a served scoring model; {spec} is local")
     check_installed([spec])
     require("local", "scoring (the chat template is rendered by transformers)")
     backend = backend or local_backend(batch_size)
-    if spec.kind == "endpoint":
+    if spec.served:
         tokenizer = backend.tokenizer(ModelSpec.parse(options.tokenizer).location)
         scorer: Scorer = EndpointScorer(
             options.model or default_model, tokenizer=tokenizer, endpoints=endpoints, protocol=options.protocol

@@ -9,74 +9,30 @@ identical requests of several runs are generated once. They are registered, like
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from rapidfuzz.distance import Indel
 
-from popalign.config import Styles
-from popalign.contrasts import PAPER, SELECTIONS, STRATEGIES, Dropped, Pair, Strategy, StrategyRun, interruptible
-from popalign.conversations import Message, with_system
+from popalign.contrasts import (
+    PAPER,
+    SELECTIONS,
+    STRATEGIES,
+    Dropped,
+    Pair,
+    Scoring,
+    Strategy,
+    StrategyContext,
+    StrategyRun,
+    interruptible,
+)
+from popalign.conversations import Message, as_chat, with_system
 from popalign.errors import ConfigError, PopAlignError, StrategyError, first_line
 from popalign.generation import Generation, Request, assistant, user
 from popalign.prompts import Instruction
 from popalign.shapes import THOUGHT
-from popalign.templates import TemplateSet
-
-
-class StrategyContext:
-    """What strategies read besides the instruction: templates, their data files, the run's seed, whether pairs
-    with a cut side are kept, the elicitive style (`guided`: plan, then an answer guided by it in a fresh
-    context; `paper`: the paper's single-turn `Thought:` / `Response:` template), and the prefix style
-    (`sentences`, or a set of response labels) with where a label goes (`prefill`: the assistant's own opening,
-    where the backend continues a turn; else a system message)."""
-
-    @property
-    def prefix_placement(self) -> str:
-        """Where `prefix` puts its contrast: `user` (a sentence), `prefill` or `system` (a response label)."""
-        return "user" if self.styles.prefix == "sentences" else "prefill" if self.prefill else "system"
-
-    def __init__(
-        self,
-        templates: TemplateSet,
-        seed: int = 0,
-        *,
-        keep_truncated: bool = False,
-        styles: Styles = Styles(),  # noqa: B008 (frozen)
-        prefill: bool = False,
-    ) -> None:
-        self.templates = templates
-        self.seed = seed
-        self.keep_truncated = keep_truncated
-        self.styles, self.prefill = styles, prefill
-        self.principles = templates.records("prefix_principles.yaml", ("positive", "negative"))
-        self.labels = (
-            templates.records(f"prefix_labels_{styles.prefix}.yaml", ("positive", "negative"))
-            if styles.prefix != "sentences"
-            else []
-        )
-        self.good_demos = templates.records("demon_good.jsonl", ("instruction", "response"))
-        self.bad_demos = templates.records("demon_bad.jsonl", ("instruction", "response"))
-
-    def pick(self, instruction: Instruction, count: int) -> int:
-        """A per-instruction choice in `range(count)`, fixed by the seed."""
-        digest = hashlib.sha256(f"{self.seed}:{instruction.prompt_id}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") % count
-
-    def cut(self, *generations: Generation) -> bool:
-        """Whether to drop a pair as `truncated`: a generation stopped at the limit and cut pairs are not kept."""
-        return not self.keep_truncated and any(generation.truncated for generation in generations)
-
-    def unusable(self, *generations: Generation) -> Dropped | None:
-        """Why a pair made from these generations is dropped before its text is read: one ended while still
-        thinking (it has no answer: `unfinished-thinking`, whatever `keep_truncated` says), or one was cut at the
-        token limit (`truncated`); None when every one is usable."""
-        if any(generation.unfinished_thinking for generation in generations):
-            return Dropped("unfinished-thinking")
-        return Dropped("truncated") if self.cut(*generations) else None
-
 
 #: A revision's own opening line that announces it ("Here's a rewritten version with the requested improvements:"),
 #: not part of the answer: taken off a refine revision, and counted.
@@ -296,7 +252,33 @@ def _revision_pair(
     return replace(pair, preamble_removed=removed) if isinstance(pair, Pair) else pair
 
 
-#: The paper's six, each registered under its name in popalign's `popalign.strategies` entry points.
+def first_step_prompts(run: Callable[[Instruction, StrategyContext], StrategyRun]) -> Scoring:
+    """The scoring prompts of a prompt contrast: the chats of the first two requests its run makes, the contexts its
+    answers were generated in (DLMA's x+ and x-)."""
+
+    def prompts(instruction: Instruction, ctx: StrategyContext, row: Mapping[str, Any]) -> tuple[list, list]:
+        steps = run(instruction, ctx)
+        positive, negative = next(steps)[:2]
+        steps.close()
+        return positive.chat(), negative.chat()
+
+    return prompts
+
+
+def _elicitive_scoring(instruction: Instruction, ctx: StrategyContext, row: Mapping[str, Any]) -> tuple[list, list]:
+    """Guided elicitive's sides were written with their plans as guidance: each side's plan over the conversation;
+    the paper's template: its two requests."""
+    if ctx.styles.elicitive != "guided":
+        return first_step_prompts(_elicitive)(instruction, ctx, row)
+    positive, negative = (
+        as_chat(guided_messages(ctx, instruction, plan))
+        for plan in (row["chosen_reasoning"], row["rejected_reasoning"])
+    )
+    return positive, negative
+
+
+#: The paper's six, each registered under its name in popalign's `popalign.strategies` entry points; the paper's
+#: accuracy of each is its Table 3 (GPT-4 and PairRM as judges).
 PREFIX = Strategy(
     "prefix",
     "prompt",
@@ -306,6 +288,12 @@ PREFIX = Strategy(
     _prefix,
     "The same model answers after a positive vs a negative principle prefix, or (prefix styles helpful and "
     "harmless) with its response labelled positively vs negatively, as in RLCD.",
+    scoring=first_step_prompts(_prefix),
+    paper_accuracy={"GPT-4": 0.755, "PairRM": 0.565},
+    styled_sides={
+        ("prefix_style", "helpful"): ("M(q), response labelled helpful", "M(q), response labelled unhelpful"),
+        ("prefix_style", "harmless"): ("M(q), response labelled harmless", "M(q), response labelled harmful"),
+    },
 )
 
 DEMON = Strategy(
@@ -316,6 +304,8 @@ DEMON = Strategy(
     "M(d− ⊕ q)",
     _demon,
     "The same model answers after good vs bad few-shot demonstrations.",
+    scoring=first_step_prompts(_demon),
+    paper_accuracy={"GPT-4": 0.765, "PairRM": 0.655},
 )
 
 ELICITIVE = Strategy(
@@ -336,6 +326,8 @@ ELICITIVE = Strategy(
         "instruction)",
         "unparsed": "elicitive, paper template: the output has no `Thought:` / `Response:` parts",
     },
+    scoring=_elicitive_scoring,
+    paper_accuracy={"GPT-4": 0.915, "PairRM": 0.855},
 )
 
 NPARAM = Strategy(
@@ -346,6 +338,7 @@ NPARAM = Strategy(
     "M_small(q)",
     model_contrast("nparam", "large", "small"),
     "A larger model's answer is chosen over a smaller model's.",
+    paper_accuracy={"GPT-4": 0.88, "PairRM": 0.73},
 )
 
 LEADERBOARD = Strategy(
@@ -356,6 +349,7 @@ LEADERBOARD = Strategy(
     "M_second(q)",
     model_contrast("leaderboard", "first", "second"),
     "A higher-ranked model's answer is chosen over a lower-ranked model's.",
+    paper_accuracy={"GPT-4": 0.84, "PairRM": 0.655},
 )
 
 REFINE = Strategy(
@@ -368,6 +362,8 @@ REFINE = Strategy(
     "The model's first answer is rejected and its own refinement of it is chosen (or, with --refine-style "
     "clair, the reviser's minimal revision of it).",
     helper_roles=("reviser",),
+    paper_accuracy={"GPT-4": 0.555, "PairRM": 0.505},
+    styled_sides={("refine_style", "clair"): ("M_reviser(revise ⊕ q ⊕ r−)", "r− = M(q)")},
 )
 
 

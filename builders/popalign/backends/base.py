@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
-from popalign.config import GenerationParams
-from popalign.generation import Generation, OnDone, OnRetry, Request
+from popalign.generation import Generation, GenerationParams, OnDone, OnRetry, Request
 from popalign.model_identity import ModelIdentity
 
 #: The one key of what `choice_logprobs` gives for a model whose first token opens a reasoning trace (its first

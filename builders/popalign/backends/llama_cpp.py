@@ -27,9 +27,8 @@ from jinja2 import TemplateError
 from llama_cpp import _internals, llama_grammar
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from popalign.config import GenerationParams
 from popalign.errors import BackendError, PromptTooLong, first_line
-from popalign.generation import LENGTH, STOP, Generation, OnDone, OnRetry, Request, before_stop
+from popalign.generation import LENGTH, STOP, Generation, GenerationParams, OnDone, OnRetry, Request, before_stop
 from popalign.model_identity import ModelIdentity
 from popalign.resources import embedded_model_path
 from popalign.roles import EMBEDDED, ModelSpec

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from popalign.config import GenerationParams
+from popalign.generation import GenerationParams
 from popalign.model_identity import NAME_ONLY, ModelIdentity
 
 VLLM, SGLANG, LLAMACPP, TGI, OPENAI, TRTLLM, UNKNOWN = "vllm", "sglang", "llama.cpp", "tgi", "openai", "trtllm", ""

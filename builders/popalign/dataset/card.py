@@ -12,12 +12,11 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from popalign.config import DEFAULT_LICENSE, LICENSE_FILE, Card
-from popalign.contrasts import STRATEGIES
+from popalign.contrasts import PAPER_JUDGES, STRATEGIES, paper_judge
 from popalign.costs import USAGE_KEYS
 from popalign.dataset.folder import CARD, Manifest, file_digests, split_pattern, write_manifest
 from popalign.dataset.quality import OVERVIEW
 from popalign.errors import ConfigError
-from popalign.judging import PAPER_ACCURACY, paper_judge
 from popalign.model_identity import escaped
 from popalign.prompts import BUNDLED_LABEL
 from popalign.resources import shipped_dir
@@ -90,8 +89,8 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         {
             "name": name,
             "kind": STRATEGIES[name].kind,
-            "chosen": _styled(name, manifest.styles, "chosen"),
-            "rejected": _styled(name, manifest.styles, "rejected"),
+            "chosen": STRATEGIES[name].sides(manifest.styles)[0],
+            "rejected": STRATEGIES[name].sides(manifest.styles)[1],
             "description": _describe(name, c.get("chosen_model"), c.get("rejected_model")),
             "chosen_model": _cell(c.get("chosen_model") or roles[STRATEGIES[name].chosen_role]),
             "rejected_model": _cell(c.get("rejected_model") or roles[STRATEGIES[name].rejected_role]),
@@ -149,7 +148,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         overview=manifest.overview,
         license=manifest.license,
         test_size=manifest.test_size,
-        paper=PAPER_ACCURACY,
+        paper={judge: STRATEGIES.paper_accuracy(judge) for judge in PAPER_JUDGES},
         paper_judge=paper_judge(manifest.judge["kind"]) if manifest.judge else None,
         popalign_version=__version__,
         datasets_version=version("datasets"),
@@ -238,22 +237,6 @@ def render_license(manifest: Manifest) -> str | None:
         f"{models}\nIts instructions come from {manifest.prompts['source']}, under that source's terms. popalign, "
         "which made the pairs, is Apache-2.0; that license does not extend to the generated text.\n"
     )
-
-
-#: How a style other than the paper's default writes a strategy's sides, for the card's table.
-_STYLED_SIDES = {
-    ("prefix", "prefix_style", "helpful"): ("M(q), response labelled helpful", "M(q), response labelled unhelpful"),
-    ("prefix", "prefix_style", "harmless"): ("M(q), response labelled harmless", "M(q), response labelled harmful"),
-    ("refine", "refine_style", "clair"): ("M_reviser(revise ⊕ q ⊕ r−)", "r− = M(q)"),
-}
-
-
-def _styled(name: str, styles: dict[str, Any], side: str) -> str:
-    """A strategy's chosen or rejected side as the card's table names it, under the build's styles."""
-    for (strategy, key, value), sides in _STYLED_SIDES.items():
-        if strategy == name and styles.get(key) == value:
-            return sides[side == "rejected"]
-    return getattr(STRATEGIES[name], side)
 
 
 def card_files(manifest: Manifest, *, repo_id: str, versions: list[dict[str, Any]] | None = None) -> dict[str, str]:

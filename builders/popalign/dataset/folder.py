@@ -25,9 +25,10 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from popalign.config import DEFAULT_LICENSE, LICENSE_FILE, MAX_SHARD_SIZE, Styles
+from popalign.config import DEFAULT_LICENSE, LICENSE_FILE, MAX_SHARD_SIZE
 from popalign.dataset.quality import QUALITY_DIR
 from popalign.errors import NotABuildError, TamperedBuildError
+from popalign.styles import Styles
 
 MANIFEST = "popalign_build.json"
 CARD = "README.md"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from popalign.contrasts import Dropped, Strategy, StrategyRun
+from popalign.contrasts import Dropped, Strategy, StrategyContext, StrategyRun
 from popalign.generation import Request
 from popalign.prompts import Instruction
-from popalign.strategies import StrategyContext, check_pair, clean_answer
+from popalign.strategies import check_pair, clean_answer, first_step_prompts
 
 
 def run(instruction: Instruction, ctx: StrategyContext) -> StrategyRun:
@@ -38,4 +38,7 @@ CONCISE = Strategy(
         "concise_padded.jinja": "concise: ask for a padded answer (vars: instruction)",
     },
     template_dir=Path(__file__).parent / "templates",
+    scoring=first_step_prompts(run),  # DLMA scores a row under the two prompts its sides were written from
+    paper_accuracy={"GPT-4": 0.7},  # a figure of this plugin's own (the paper has none for it)
+    styled_sides={("thinking", "inline"): ("M(short ⊕ q), its thinking kept", "M(padded ⊕ q), its thinking kept")},
 )

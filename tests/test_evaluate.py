@@ -82,7 +82,7 @@ def test_evaluate_refuses_a_build_without_a_test_split(scripted, tmp_path: Path)
         "instructions held out)"
     )
     missing = run_offline(POPALIGN, "evaluate", "--build", build, "--judge-model", url)
-    assert missing.returncode == 2 and missing.stderr.strip().endswith("evaluate needs --model and --reference")
+    assert missing.returncode == 2 and missing.stderr.strip().endswith("model and reference: required")
     inside = run_offline(POPALIGN, "evaluate", "--build", build, "--model", url, "--reference", url,
                          "--judge-model", url, "--out", build / "report")  # fmt: skip
     assert inside.returncode == 2 and "is inside the build folder" in inside.stderr

@@ -129,7 +129,7 @@ class CommandSettings:
                 raise ConfigError(f"{name}: expected {kind.__name__}, got {type(whole).__name__}")
         missing = [key_of(item) for item in declared(cls) if item.default is MISSING and item.name not in given]
         if missing:
-            raise ConfigError(f"{missing[0]}: required")
+            raise ConfigError(f"{' and '.join(missing)}: required")
         return cls(**given)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import platform
 import shutil
@@ -32,12 +31,20 @@ from popalign.commands import (
 )
 from popalign.config import BuildConfig, Card, Endpoints, Executor, JudgeOptions, Push, ScoreOptions, settings_index
 from popalign.contrasts import STRATEGIES
-from popalign.dataset.folder import Manifest
 from popalign.declarations import FLAG, declared, key_of, unknown_setting
 from popalign.errors import ConfigError, PopAlignError
-from popalign.estimate import Estimate
 from popalign.generation import GenerationParams
 from popalign.recipe import Recipe, load_command_recipe, load_recipe
+from popalign.reports import (
+    build_report,
+    estimate_report,
+    evaluate_report,
+    judge_report,
+    merge_report,
+    push_report,
+    quality_report,
+    versions_report,
+)
 from popalign.resources import embedded_model_path
 from popalign.roles import parse_model_args
 from popalign.show import format_pair, read_pairs
@@ -207,39 +214,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_judge(summary: Any) -> None:
-    print(f"\n{'strategy':<12} {'judged':>6}  {'accuracy':>8}  {'95% interval':>13}  ties  unparsed  paper (GPT-4)")
-    for name, result in summary.judge["configs"].items():
-        counts, low_high = result["counts"], result["interval"]
-        judged = counts["chosen"] + counts["rejected"] + counts["tie"]
-        accuracy = "-" if result["accuracy"] is None else f"{result['accuracy']:.0%}"
-        paper = STRATEGIES[name].paper_accuracy.get("GPT-4")
-        print(
-            f"{name:<12} {judged:>6}  {accuracy:>8}  {low_high[0]:>6.0%}–{low_high[1]:<6.0%}  {counts['tie']:>4}  "
-            f"{counts['unparsed']:>8}  {'' if paper is None else f'{paper:.1%}'}"
-        )
-    failed = sum(result["counts"]["failed"] for result in summary.judge["configs"].values())
-    if failed:
-        print(f"{failed} pairs not judged: the judge's requests failed (rerun to judge them)")
-    if summary.judge["min_judge"]:
-        kept = sum(outcome.count for outcome in summary.outcomes.values())
-        print(f"--min-judge {summary.judge['min_judge']}: kept {kept} pairs the judge agrees with")
-    print(f"judged by {summary.judge['model']} ({summary.judge['kind']})")
-
-
-def _print_quality(summary: Any) -> None:
-    print(f"\n{'strategy':<12} {'rows':>5}  {'agreement':>9}  {'mean score':>10}  curation")
-    for name, report in summary.quality.items():
-        if not report["rows"]:
-            continue
-        actions = ", ".join(f"{n} {action}" for action, n in sorted(report["curation"].items())) or "none"
-        written = summary.outcomes[name].count
-        print(f"{name:<12} {written:>5}  {report['agreement']:>9.0%}  {report['score_mean']:>10.2f}  {actions}")
-    stats = summary.score_stats
-    print(f"scored {stats.pairs} pairs from {stats.sequences} sequence log-probs: ", end="")
-    print(f"{stats.cached} cached, {stats.computed} computed")
-
-
 def _command(args: argparse.Namespace, cls: type, *skip: str) -> Any:
     """A command's settings from its flags over its `--config` recipe, checked by its declaration."""
     recipe = load_command_recipe(args.recipe, cls) if "recipe" in args else {}
@@ -250,7 +224,7 @@ def _score(args: argparse.Namespace) -> int:
     command = _command(args, ScoreCommand)
     api.quiet_libraries()
     built = api.score(config=command)
-    _print_quality(built.summary)
+    print(quality_report(built.summary))
     print(f"rewrote {built.path} in {built.summary.seconds:.0f} s (scores, quality/*.png, README.md)")
     return 0
 
@@ -266,7 +240,7 @@ def _build(args: argparse.Namespace) -> int:
     config = BuildConfig.of(**settings)
     api.quiet_libraries()
     if config.dry_run:
-        _print_estimate(api.estimate(config=config))
+        print(estimate_report(api.estimate(config=config)))
         return 0
     summary_build = api.build(config=config)
     if config.executor:
@@ -278,65 +252,10 @@ def _build(args: argparse.Namespace) -> int:
             print(f"merged {config.executor.tasks} parts into {config.out}{pushed}")
         return 0
     assert summary_build is not None and summary_build.summary is not None
-    summary = summary_build.summary
-    requests = "requests: made cached shared retried failed"
-    print(f"\n{'strategy':<12} {'rows':>5}  {'cut':>7}  {'dropped':<34} {requests}")
-    for name, outcome in summary.outcomes.items():
-        dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(outcome.dropped.items())) or "0"
-        cut = outcome.truncation()
-        c = summary.stats.by_strategy[name]
-        counts = f"{c.generated:>14} {c.cached:>6} {c.shared:>6} {c.retried:>7} {c.failed:>6}"
-        print(f"{name:<12} {outcome.count:>5}  {cut['rate']:>7.0%}  {dropped:<34} {counts}")
-    _print_costs(summary_build.manifest)
-    _print_reading(summary_build.manifest)
-    print()
-    for name in summary.outcomes:
-        strategy = STRATEGIES[name]
-        print(f"  {name:<12} {summary.roles[strategy.chosen_role]} → {summary.roles[strategy.rejected_role]}")
-    stats = summary.stats
-    total = sum(outcome.count for outcome in summary.outcomes.values())
-    if summary.score_stats:
-        _print_quality(summary)
-    if summary.judge:
-        _print_judge(summary)
-    configs = sum(1 for outcome in summary.outcomes.values() if outcome.count)
-    print(
-        f"\nwrote {summary.out} ({configs} configs, {total} rows) in {summary.seconds:.0f} s; "
-        f"{stats.requested} requests (as the progress bar counts them), {stats.distinct} distinct: "
-        f"{stats.cached} cached, {stats.generated} generated "
-        f"({stats.prompt_tokens} tokens in, {stats.tokens} out{_thinking(stats.reasoning_tokens)}), "
-        f"{stats.retried} retries; {summary.duplicates} duplicate instructions skipped"
-    )
-    if stats.regenerated:
-        print(f"{stats.regenerated} answers generated again: their model changed since they were cached")
-    if stats.failures:
-        print("refused for good (their pairs dropped as failed):")
-        for line in stats.failure_lines():
-            print(f"  {line}")
-    kept = "kept (--keep-truncated)" if config.keep_truncated else "dropped as truncated"
-    print(f"cut: share of pairs with a side stopped at the token limit ({kept})")
-    written = [name for name, outcome in summary.outcomes.items() if outcome.count]
-    example = "elicitive" if "elicitive" in written else written[0]
-    print(f'load with: datasets.load_dataset("{summary.out}")  # every strategy; or one config: "{example}"')
+    print(build_report(summary_build.summary, summary_build.manifest, keep_truncated=config.keep_truncated))
     if summary_build.pushed:
-        _print_push(summary_build.pushed)
+        print(push_report(summary_build.pushed))
     return 0
-
-
-def _print_reading(manifest: Manifest) -> None:
-    """How the answers popalign reads were read: those asked in a shape that came in it, and revisions whose
-    announcing opening line was taken off."""
-    for name, config in manifest.configs.items():
-        if shapes := config.get("shapes"):
-            print(f"{name}: {shapes['in_shape']} of {shapes['asked']} answers asked in a shape came in it "
-                  f"({shapes['free_text']} read as free text)")  # fmt: skip
-        if removed := config.get("preambles_removed"):
-            print(f"{name}: {removed} revisions began with a line announcing them, taken off")
-
-
-def _thinking(tokens: int) -> str:
-    """The share of answer tokens a server said were thinking, where one said so."""
-    return f", {tokens} of them thinking" if tokens else ""
 
 
 def _release(given: dict[str, Any]) -> None:
@@ -354,30 +273,12 @@ def _push(args: argparse.Namespace) -> int:
     recipe = load_command_recipe(given.pop("recipe"), PushCommand) if "recipe" in given else {}
     command = PushCommand.of(**{**recipe, **given})
     api.quiet_libraries()
-    _print_push(api.push(config=command))
+    print(push_report(api.push(config=command)))
     return 0
 
 
-def _print_push(result: Any) -> None:
-    kept = f"; kept from earlier versions: {', '.join(result.kept)}" if result.kept else ""
-    print(
-        f"published {result.repo_id} v{result.version} (commit {result.commit[:12]}): {', '.join(result.rebuilt)}{kept}"
-    )
-    print(f'load with: datasets.load_dataset("{result.repo_id}", "{result.rebuilt[0]}", revision="v{result.version}")')
-
-
 def _versions(args: argparse.Namespace) -> int:
-    versions = api.versions(args.repo, token=args.token)
-    if not versions:
-        print(f"{args.repo}: no published versions")
-    for entry in versions:
-        configs = ", ".join(
-            f"{name} {rows}{'*' if name in entry['changed'] else ''}" for name, rows in entry["configs"].items()
-        )
-        untagged = "  (untagged: its push stopped before the tag; rerun that push)" if entry.get("untagged") else ""
-        print(f"v{entry['version']:<10} {entry['commit'][:12]}  {configs}{untagged}")
-    if versions:
-        print("(* rebuilt in that version; the others were kept from an earlier one)")
+    print(versions_report(args.repo, api.versions(args.repo, token=args.token)))
     return 0
 
 
@@ -385,7 +286,7 @@ def _judge(args: argparse.Namespace) -> int:
     command = _command(args, JudgeCommand)
     api.quiet_libraries()
     built = api.judge(config=command)
-    _print_judge(built.summary)
+    print(judge_report(built.summary))
     seconds = built.summary.seconds
     print(f"rewrote {built.path} in {seconds:.0f} s (judge_verdict, quality/judge_accuracy.png, README.md)")
     return 0
@@ -394,34 +295,14 @@ def _judge(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     command = _command(args, EvaluateCommand)
     api.quiet_libraries()
-    report = api.evaluate(config=command)
-    names = list(next(iter(report.table.values())))
-    print(f"\n{'model':<16} {'strategy':<12} {'judged':>6}  {'win rate':>8}  {'95% interval':>13}  wins losses ties")
-    for model, rates in report.table.items():
-        for name in names:
-            rate = rates[name]
-            shown = "-" if rate.rate is None else f"{rate.rate:.0%}"
-            low, high = rate.interval
-            judged = rate.wins + rate.losses + rate.ties
-            print(f"{model:<16} {name:<12} {judged:>6}  {shown:>8}  {low:>6.0%}–{high:<6.0%}  {rate.wins:>4} "
-                  f"{rate.losses:>6} {rate.ties:>4}")  # fmt: skip
-    print(f"\n{report.instructions} held-out instructions of {report.build}, against {report.reference}, judged by "
-          f"{report.judge['model']} ({report.judge['kind']}); wrote {report.out} (evaluation.json, answers.jsonl, "
-          "win_rate.png)")  # fmt: skip
-    if report.regenerated:
-        print(f"{report.regenerated} answers generated again: their model changed since they were cached")
+    print(evaluate_report(api.evaluate(config=command)))
     return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
     command = _command(args, MergeCommand)
     api.quiet_libraries()
-    summary = api.merge(config=command).summary
-    for name, outcome in summary.outcomes.items():
-        dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(outcome.dropped.items())) or "0"
-        print(f"{name:<12} {outcome.count:>6} rows  dropped {dropped}")
-    total = sum(outcome.count for outcome in summary.outcomes.values())
-    print(f"merged {len(command.parts)} parts into {summary.out} ({total} rows) in {summary.seconds:.0f} s")
+    print(merge_report(api.merge(config=command).summary, len(command.parts)))
     return 0
 
 
@@ -463,48 +344,6 @@ def _templates_list(args: argparse.Namespace) -> int:
         origin += f" by {entry.strategy}" if entry.strategy and not entry.overridden else ""
         print(f"{entry.name:<24} {entry.sha256[:16]}  {origin:<18} {entry.description}")
     return 0
-
-
-def _print_costs(manifest: Manifest) -> None:
-    """What each strategy's kept pairs cost: every request they used, answered now or from the cache."""
-    priced = manifest.prices is not None
-    thinking = any(config.get("reasoning_tokens") for config in manifest.configs.values())
-    print(f"\n{'strategy':<12} {'requests':>8} {'tokens in':>10} {'tokens out':>10} {'per kept pair':>13}", end="")
-    print(f" {'of out, thinking':>16}" if thinking else "", end="")
-    print(f" {'cost':>10} {'per kept pair':>13}" if priced else "")
-    for name, config in manifest.configs.items():
-        per_pair = config.get("tokens_per_pair")
-        line = f"{name:<12} {config.get('requests', 0):>8,} {config.get('prompt_tokens', 0):>10,} "
-        line += f"{config.get('tokens', 0):>10,} {f'{per_pair:,.0f}' if per_pair is not None else '–':>13}"
-        if thinking:
-            line += f" {config.get('reasoning_tokens', 0):>16,}"
-        if priced:
-            cost, pair = config.get("cost"), config.get("cost_per_pair")
-            line += f" {_money(cost):>10} {_money(pair):>13}"
-        print(line)
-
-
-def _print_estimate(guess: Estimate) -> None:
-    print(f"\nestimate for all {guess.total} instructions, from a build of {guess.sampled} evenly spaced through them:")
-    priced = any(s.cost is not None for s in guess.strategies.values())
-    head = f"{'strategy':<12} {'requests':>9} {'tokens in':>11} {'tokens out':>11} {'kept pairs':>10} {'per pair':>9}"
-    print(head + (f" {'cost':>10}" if priced else ""))
-    for name, s in guess.strategies.items():
-        per_pair = f"{s.per_pair:,.0f}" if s.per_pair is not None else "–"
-        line = f"{name:<12} {s.requests:>9,.0f} {s.prompt_tokens:>11,.0f} {s.tokens:>11,.0f} {s.pairs:>10,.0f}"
-        print(f"{line} {per_pair:>9}" + (f" {_money(s.cost):>10}" if priced else ""))
-    total = f"; about {_money(guess.cost)} in all" if guess.cost is not None else ""
-    print(f"the dry run generated {guess.generated} requests ({guess.spent_tokens:,} tokens), now cached{total}")
-
-
-def _money(amount: float | None) -> str:
-    """An amount as the tables show it: cents from a dollar up, else three significant digits, never in powers of
-    ten (`$0.0000320`)."""
-    if amount is None:
-        return "–"
-    if amount >= 1 or amount == 0:
-        return f"${amount:,.2f}"
-    return f"${amount:.{2 - math.floor(math.log10(amount))}f}"
 
 
 def _strategies(args: argparse.Namespace) -> int:

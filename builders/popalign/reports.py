@@ -157,7 +157,8 @@ def quality_report(summary: BuildSummary) -> str:
 def evaluate_report(report: Evaluation) -> str:
     """Each trained model's win rate against the reference, overall and per strategy, with its interval."""
     names = list(next(iter(report.table.values())))
-    lines = ["", f"{'model':<16} {'strategy':<12} {'judged':>6}  {'win rate':>8}  {'95% interval':>13}  wins losses ties"]
+    head = f"{'model':<16} {'strategy':<12} {'judged':>6}  {'win rate':>8}  {'95% interval':>13}  wins losses ties"
+    lines = ["", head]
     for model, rates in report.table.items():
         for name in names:
             rate = rates[name]

@@ -80,5 +80,5 @@ def test_a_checkpoint_that_is_not_a_trained_pairrm_is_refused(tiny_pair_ranker_d
         BackendError,
         match=r"not a trained PairRM checkpoint \(its tokenizer's <\|candidate2\|> is not its config's cand2_prefix_id",
     ):
-        PairRanker(ModelSpec.parse(str(folder)))
-    assert PairRanker(ModelSpec.parse(str(tiny_pair_ranker_dir))).kind == "pairwise"
+        PairRanker(ModelSpec.parse(str(folder)), batch_size=4)
+    assert PairRanker(ModelSpec.parse(str(tiny_pair_ranker_dir)), batch_size=4).kind == "pairwise"

@@ -1,5 +1,5 @@
 """The settings of every command besides `build` (whose are `config.BuildConfig`), declared the same way: one
-frozen dataclass per command, whose fields are its own settings (typed and checked by `config.setting`) and its
+frozen dataclass per command, whose fields are its own settings (typed and checked, `declarations.setting`) and its
 groups of settings (`ScoreOptions`, `JudgeOptions`, `Endpoints`, by `group`). A setting two commands share is
 declared once and reused (`shared`), with its help and check. The command's flags (`cli.add_settings`), a command
 recipe's keys (`recipe.load_command_recipe`) and the Python API's keywords (`popalign.score(..., batch_size=8)`)
@@ -39,10 +39,8 @@ from popalign.declarations import (
 from popalign.errors import ConfigError
 from popalign.export import FORMATS
 from popalign.generation import LOCAL_MAX_NEW_TOKENS
+from popalign.scoring import SCORE_BATCH_SIZE
 from popalign.show import Condition, parse_condition
-
-#: The local batch size of scoring: four sequences' log-probs per pair, so fewer pairs per batch than generation.
-SCORE_BATCH_SIZE = 8
 
 
 def shared(cls: type, name: str, **changes: Any) -> Any:

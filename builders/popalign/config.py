@@ -1,7 +1,9 @@
-"""Every user setting, declared once: typed, frozen dataclasses whose fields carry their help text and their
-check. The `popalign` parser (`cli.add_settings`) and the recipe keys (`recipe_keys`) are generated from these
-declarations, and `__post_init__` checks every value, so the command line, a recipe and the Python API accept and
-refuse the same values with the same line.
+"""The settings of `popalign build`, declared once (`popalign.declarations`): typed, frozen dataclasses whose
+fields carry their help text and their check; the generation settings are `generation.GenerationParams`, the
+styles `styles.Styles`, the other commands' `popalign.commands`. The `popalign` parser (`cli.add_settings`), the
+recipe keys (`recipe_keys`) and the saved recipe (`saved_settings`) are generated from these declarations, and
+`__post_init__` checks every value, so the command line, a recipe and the Python API accept and refuse the same
+values with the same line.
 
 Each setting has one flat key, used alike as the flag (`--max-new-tokens`), the recipe key (`max_new_tokens`, the
 generation settings under `generation:`) and the Python API's keyword (`popalign.build(..., max_new_tokens=64)`).

@@ -65,6 +65,9 @@ class LocalScorer:
         yield from self.backend.sequence_logprobs(self.spec, texts)
 
 
+#: The local batch size of scoring: four sequences' log-probs per pair, so fewer pairs per batch than generation.
+SCORE_BATCH_SIZE = 8
+
 @dataclass(frozen=True)
 class ScoreStats:
     """How many sequence log-probabilities a scoring pass needed, found cached, and computed."""
@@ -207,7 +210,7 @@ def score_settings(
     backend: LocalBackend | None,
     default_model: str,
     endpoints: Endpoints,
-    batch_size: int = 8,
+    batch_size: int = SCORE_BATCH_SIZE,
 ) -> ScoreSettings:
     """The scorer, prompt renderer and curation that `options` ask for: a served model (TGI, vLLM or SGLang, asked
     as `endpoints` say), or a local model on `backend` (a build's own local backend, when it has one)."""

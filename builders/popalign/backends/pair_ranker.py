@@ -95,13 +95,14 @@ class PairRanker:
     """Loads a PairRM-architecture model once and gives the logit of (instruction, A, B) triples, in right-padded
     batches formed by length.
 
-    >>> PairRanker(ModelSpec("llm-blender/PairRM-hf")).logits([("Say hi.", "Hi!", "No.")])  # doctest: +SKIP
+    >>> ranker = PairRanker(ModelSpec("llm-blender/PairRM-hf"), batch_size=16)
+    >>> ranker.logits([("Say hi.", "Hi!", "No.")])  # doctest: +SKIP
     [4.1]
     """
 
     kind = "pairwise"
 
-    def __init__(self, spec: ModelSpec, *, batch_size: int = 16, device: str | None = None) -> None:
+    def __init__(self, spec: ModelSpec, *, batch_size: int, device: str | None = None) -> None:
         self.spec, self.batch_size = spec, batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer, self.model, untrained = load_judge_model(spec, PairRankerModel, "pairwise judge")

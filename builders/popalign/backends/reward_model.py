@@ -20,13 +20,13 @@ Chat = list[dict[str, str]]
 class RewardModel:
     """Loads a sequence-classification model once and scores chats in right-padded batches formed by length.
 
-    >>> RewardModel(ModelSpec("Skywork/Skywork-Reward-V2-Qwen3-0.6B")).scores([chat])  # doctest: +SKIP
+    >>> RewardModel(ModelSpec("Skywork/Skywork-Reward-V2-Qwen3-0.6B"), batch_size=16).scores([chat])  # doctest: +SKIP
     [3.25]
     """
 
     kind = "reward-model"
 
-    def __init__(self, spec: ModelSpec, *, batch_size: int = 16, device: str | None = None) -> None:
+    def __init__(self, spec: ModelSpec, *, batch_size: int, device: str | None = None) -> None:
         self.spec, self.batch_size = spec, batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer, self.model, untrained = load_judge_model(

@@ -68,6 +68,7 @@ class LocalScorer:
 #: The local batch size of scoring: four sequences' log-probs per pair, so fewer pairs per batch than generation.
 SCORE_BATCH_SIZE = 8
 
+
 @dataclass(frozen=True)
 class ScoreStats:
     """How many sequence log-probabilities a scoring pass needed, found cached, and computed."""

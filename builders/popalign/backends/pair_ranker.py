@@ -95,7 +95,7 @@ class PairRanker:
     """Loads a PairRM-architecture model once and gives the logit of (instruction, A, B) triples, in right-padded
     batches formed by length.
 
-    >>> ranker = PairRanker(ModelSpec("llm-blender/PairRM-hf"), batch_size=16)
+    >>> ranker = PairRanker(ModelSpec("llm-blender/PairRM-hf"), batch_size=16)  # doctest: +SKIP
     >>> ranker.logits([("Say hi.", "Hi!", "No.")])  # doctest: +SKIP
     [4.1]
     """

@@ -73,7 +73,6 @@ def add_settings(
     cls: type,
     *,
     only: tuple[str, ...] | None = None,
-    defaults: dict[str, Any] | None = None,
     required: bool = False,
 ) -> None:
     """Flags for the declared settings of `cls` (see `popalign.config`), each `--key` with its help and default.
@@ -84,7 +83,7 @@ def add_settings(
         key = key_of(item)
         if not item.metadata["cli"] or (only is not None and key not in only):
             continue
-        default = (defaults or {}).get(key, item.default)
+        default = item.default
         help_text = item.metadata["help"]
         shown = default not in (None, MISSING, True, False, "", ()) and "default:" not in help_text
         help_text += f" (default: {_size_text(default) if key == 'max_shard_size' else default})" if shown else ""
@@ -106,8 +105,6 @@ def add_settings(
             options |= {"action": "append", "metavar": metavar}
         else:
             options["metavar"] = metavar
-        if defaults and key in defaults:
-            options["default"] = defaults[key]
         parser.add_argument(flag, **options)
 
 
@@ -268,10 +265,8 @@ def _release(given: dict[str, Any]) -> None:
 
 
 def _push(args: argparse.Namespace) -> int:
-    given = _given(args)
-    _release(given)
-    recipe = load_command_recipe(given.pop("recipe"), PushCommand) if "recipe" in given else {}
-    command = PushCommand.of(**{**recipe, **given})
+    _release(vars(args))
+    command = _command(args, PushCommand)
     api.quiet_libraries()
     print(push_report(api.push(config=command)))
     return 0

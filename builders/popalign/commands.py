@@ -89,7 +89,10 @@ def command_keys(cls: type) -> list[str]:
 
 class CommandSettings:
     """What every command's settings share: `of` builds them from flat keys (and whole groups), as
-    `BuildConfig.of` does for `build`."""
+    `BuildConfig.of` does for `build`, and each value is checked as it is declared."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     @classmethod
     def of(cls, **settings: Any) -> Any:
@@ -181,7 +184,7 @@ class ScoreCommand(CommandSettings):
     endpoints: Endpoints = group(Endpoints, title="endpoints (a served scoring model)")
 
     def __post_init__(self) -> None:
-        check_fields(self)
+        super().__post_init__()
         check_cache_outside(self.cache_dir, self.build)
 
 
@@ -201,7 +204,7 @@ class JudgeCommand(CommandSettings):
     endpoints: Endpoints = group(Endpoints, title="endpoints")
 
     def __post_init__(self) -> None:
-        check_fields(self)
+        super().__post_init__()
         check_cache_outside(self.cache_dir, self.build)
 
 
@@ -238,7 +241,7 @@ class EvaluateCommand(CommandSettings):
     endpoints: Endpoints = group(Endpoints, title="endpoints")
 
     def __post_init__(self) -> None:
-        check_fields(self)
+        super().__post_init__()
         if self.out.resolve().is_relative_to(self.build.resolve()):
             raise ConfigError(f"out: {self.out} is inside the build folder {self.build}; give a folder outside it")
 
@@ -259,9 +262,6 @@ class PushCommand(CommandSettings):
     def __repr__(self) -> str:  # the token never reaches a log or an error
         shown = ", ".join(f"{item.name}={getattr(self, item.name)!r}" for item in fields(self) if item.name != "token")
         return f"PushCommand({shown})"
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
 
 FOLDERS = Check(
@@ -288,9 +288,6 @@ class MergeCommand(CommandSettings):
     )
     out: Path = setting(check=PATH, metavar="DIR", help="folder of the merged dataset")
 
-    def __post_init__(self) -> None:
-        check_fields(self)
-
 
 @dataclass(frozen=True, kw_only=True)
 class ExportCommand(CommandSettings):
@@ -303,9 +300,6 @@ class ExportCommand(CommandSettings):
         help="the trainer's format: LLaMA-Factory's ranking data and its dataset_info.json",
     )
     out: Path = setting(check=PATH, metavar="DIR", help="a new folder for the files and dataset_info.json")
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
 
 CONDITIONS = Check(
@@ -336,9 +330,6 @@ class ShowCommand(CommandSettings):
     )
     side_by_side: bool = setting(False, check=FLAG, help="chosen and rejected in two columns")
     width: int | None = setting(None, check=POSITIVE, metavar="N", help="line width (default: the terminal's)")
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
 
 #: The checks of settings that name a file or folder (a recipe's are resolved beside it).

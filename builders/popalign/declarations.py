@@ -189,12 +189,6 @@ def declared(cls: type) -> list[Field[Any]]:
     return [item for item in fields(cls) if "help" in item.metadata]
 
 
-def group_of(cls: type, flat: Mapping[str, Any]) -> Any:
-    """A settings group made from those of the flat keys in `flat` that are its own (the others are left)."""
-    names = {key_of(item): item.name for item in declared(cls)}
-    return cls(**{names[key]: value for key, value in flat.items() if key in names})
-
-
 def checked_values(cls: type, values: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """Some of `cls`'s settings (by field name), typed and checked, as a partial override; unknown names are
     refused as unknown settings."""

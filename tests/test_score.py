@@ -127,7 +127,7 @@ def test_the_quality_report_of_known_scores() -> None:
     rows = [{"score": score, "chosen": [{"content": "a" * n}], "rejected": [{"content": "bb"}]}
             for score, n in ((2.0, 4), (-1.0, 1), (0.5, 3), (0.0, 2))]  # fmt: skip
     report = quality_report(rows, {"identical": 1})
-    assert report == {
+    assert report.to_dict() == {
         "rows": 4, "dropped": {"identical": 1}, "score_mean": 0.375, "score_median": 0.25, "score_min": -1.0,
         "score_max": 2.0, "agreement": 0.5, "chosen_chars_mean": 2.5, "rejected_chars_mean": 2.0, "chosen_longer": 0.5,
     }  # fmt: skip

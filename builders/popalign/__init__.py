@@ -32,6 +32,7 @@ from popalign.commands import (
 from popalign.config import BuildConfig, Endpoints, Executor, JudgeOptions, Push, ScoreOptions
 from popalign.contrasts import Strategy
 from popalign.dataset.folder import Manifest
+from popalign.dataset.records import ConfigRecord, JudgeRecord, JudgeSummary, QualityRecord, ScoreRecord
 from popalign.errors import (
     BackendError,
     BudgetSpentError,
@@ -60,6 +61,7 @@ __all__ = [
     "Build",
     "BuildConfig",
     "ConfigError",
+    "ConfigRecord",
     "Endpoints",
     "Estimate",
     "EvaluateCommand",
@@ -70,6 +72,8 @@ __all__ = [
     "GenerationParams",
     "JudgeCommand",
     "JudgeOptions",
+    "JudgeRecord",
+    "JudgeSummary",
     "Manifest",
     "MergeCommand",
     "MissingExtraError",
@@ -79,8 +83,10 @@ __all__ = [
     "PublishError",
     "Push",
     "PushCommand",
+    "QualityRecord",
     "ScoreCommand",
     "ScoreOptions",
+    "ScoreRecord",
     "ShardError",
     "ShowCommand",
     "Strategy",

@@ -75,7 +75,7 @@ class Build:
     @property
     def configs(self) -> list[str]:
         """The configs that hold rows, `all` first, as `load_dataset` names them."""
-        return ["all", *(name for name, config in self.manifest.configs.items() if config["rows"])]
+        return ["all", *(name for name, config in self.manifest.configs.items() if config.rows)]
 
     def rows(self, config: str = "all", split: str = "train") -> datasets.Dataset:
         """The rows of one config as a `datasets.Dataset`, read as `load_dataset(path, config)` reads them."""
@@ -243,7 +243,7 @@ def score(
 
     >>> options = ScoreOptions(model=TINY_MODEL, swap="swap")  # any model spec, or a TGI, vLLM or SGLang URL
     >>> scored = popalign.score(COPY, options, templates=TEMPLATES, cache=False)
-    >>> scored.manifest.score["swap"], all(row["score"] >= 0 for row in scored.rows("prefix"))
+    >>> scored.manifest.score.swap, all(row["score"] >= 0 for row in scored.rows("prefix"))
     ('swap', True)
 
     Raises:
@@ -279,7 +279,7 @@ def judge(
     its flags (`popalign.commands.JudgeCommand`).
 
     >>> judged = popalign.judge(COPY, JudgeOptions(model=SERVER), cache=False, progress=False)
-    >>> judged.manifest.judge["configs"]["elicitive"]["accuracy"]  # the scripted judge prefers the careful answer
+    >>> judged.manifest.judge.configs["elicitive"].accuracy  # the scripted judge prefers the careful answer
     1.0
 
     Raises:

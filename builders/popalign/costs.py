@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from popalign.dataset.records import ConfigRecord
+
 #: How a budget in money is written: `$5`, `5$`, `5 USD` (any currency: the prices' own unit).
 _MONEY = re.compile(r"^\s*(?:\$\s*(?P<a>[0-9.]+)|(?P<b>[0-9.]+)\s*(?:\$|usd|eur|€))\s*$", re.IGNORECASE)
 
@@ -122,10 +124,6 @@ def cost(by_role: Mapping[str, Tokens], prices: Mapping[str, Price]) -> float | 
     return sum(prices[role].of(tokens) for role, tokens in used.items())
 
 
-#: The keys of a config's record (in the manifest) that say what its pairs cost to make.
-USAGE_KEYS = ("requests", "tokens", "prompt_tokens", "usage", "tokens_per_pair", "cost", "cost_per_pair")
-
-
 def usage_record(
     requests: int, by_role: Mapping[str, Tokens], rows: int, prices: Mapping[str, Price]
 ) -> dict[str, Any]:
@@ -149,13 +147,13 @@ def usage_record(
     }
 
 
-def merged_usage(records: list[dict[str, Any]], rows: int, prices: Mapping[str, Price]) -> dict[str, Any]:
+def merged_usage(records: list[ConfigRecord], rows: int, prices: Mapping[str, Price]) -> dict[str, Any]:
     """The cost record of one config built in parts (shards): their requests and tokens added up."""
     by_role: dict[str, Tokens] = {}
     for record in records:
-        for role, (prompt, completion) in (record.get("usage") or {}).items():
+        for role, (prompt, completion) in (record.usage or {}).items():
             by_role.setdefault(role, Tokens()).add(prompt, completion)
-    return usage_record(sum(record.get("requests", 0) for record in records), by_role, rows, prices)
+    return usage_record(sum(record.requests or 0 for record in records), by_role, rows, prices)
 
 
 def recorded_prices(prices: Mapping[str, Price]) -> dict[str, str]:

@@ -46,7 +46,7 @@ def export_build(folder: Path, out: Path, *, format: str = "llamafactory", prefi
     counts: dict[str, int] = {}
     for name, config in manifest.configs.items():
         for split in SPLITS:
-            files = sorted(config_dir(folder, name).glob(f"{split}-*.parquet")) if config["rows"] else []
+            files = sorted(config_dir(folder, name).glob(f"{split}-*.parquet")) if config.rows else []
             rows = [row for file in files for row in pyarrow.parquet.read_table(file).to_pylist()]
             if not rows:
                 continue

@@ -31,6 +31,7 @@ from popalign.config import Endpoints, JudgeOptions
 from popalign.contrasts import STRATEGIES, Dropped, paper_judge
 from popalign.conversations import from_chat, transcript
 from popalign.dataset.quality import JUDGE_CHART, QUALITY_DIR, load_pyplot
+from popalign.dataset.records import JudgeRecord, JudgeSummary
 from popalign.dataset.rows import StrategyOutcome
 from popalign.engine import Engine
 from popalign.errors import PopAlignError
@@ -158,28 +159,6 @@ def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
-@dataclass(frozen=True)
-class JudgeSummary:
-    """One strategy's verdicts: counts, accuracy over the judged pairs (chosen + rejected + tie), its interval,
-    how often the judge's winner is also the longer answer, and agreement with the DLMA score where scored."""
-
-    counts: dict[str, int]
-    accuracy: float | None
-    interval: tuple[float, float]
-    longer_wins: float | None
-    dlma_agreement: float | None
-
-    def describe(self) -> dict[str, Any]:
-        """As the manifest records it."""
-        return {
-            "counts": self.counts,
-            "accuracy": self.accuracy,
-            "interval": [round(bound, 4) for bound in self.interval],
-            "longer_wins": self.longer_wins,
-            "dlma_agreement": self.dlma_agreement,
-        }
-
-
 def summarize(rows: Iterable[dict[str, Any]]) -> JudgeSummary:
     """Accuracy and its companions over just-judged rows (and, where scored, their `score`); a row with no
     `judge_verdict` is one whose judging request failed, counted as `failed`."""
@@ -266,20 +245,20 @@ def judge_settings(
     return JudgeSettings(engine=engine, templates=templates, min_judge=options.min_judge)
 
 
-def judge_outcomes(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings, out: Path) -> dict[str, Any]:
+def judge_outcomes(outcomes: dict[str, StrategyOutcome], judging: JudgeSettings, out: Path) -> JudgeRecord:
     """Judge all rows in one pass, summarize each strategy (before `--min-judge` curation), curate, and draw the
     accuracy chart into `out`; return the manifest's `judge` record."""
     judge = judge_rows([row for outcome in outcomes.values() for row in outcome.rows], judging)
     summaries = {name: summarize(outcome.rows) for name, outcome in outcomes.items() if outcome.rows}
-    judge |= {"min_judge": judging.min_judge, "configs": {name: s.describe() for name, s in summaries.items()}}
-    judge["chart"] = write_accuracy_chart(summaries, judge["model"], judge["kind"], out)
+    chart = write_accuracy_chart(summaries, judge["model"], judge["kind"], out)
+    record = JudgeRecord(**judge, min_judge=judging.min_judge, configs=summaries, chart=chart)
     if judging.min_judge == "agree":
         for outcome in outcomes.values():
             for row in outcome.rows:
                 if row["judge_verdict"] != "chosen":
                     outcome.dropped["judge-failed" if row["judge_verdict"] is None else "judge-disagrees"] += 1
             outcome.rows = [row for row in outcome.rows if row["judge_verdict"] == "chosen"]
-    return judge
+    return record
 
 
 def judge_rows(rows: list[dict[str, Any]], judging: JudgeSettings) -> dict[str, Any]:

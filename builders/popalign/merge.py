@@ -11,7 +11,8 @@ from popalign.costs import merged_usage, parse_prices
 from popalign.dataset.card import write_card_and_manifest
 from popalign.dataset.folder import Manifest, check_out, copy_recipe, open_manifest, staged
 from popalign.dataset.integrity import check_build
-from popalign.dataset.rows import StrategyOutcome, cut_kept, keep_sides, read_rows, require_rows, write_configs
+from popalign.dataset.records import ConfigRecord
+from popalign.dataset.rows import StrategyOutcome, keep_sides, read_rows, require_rows, write_configs
 from popalign.decontamination import merged_screening
 from popalign.errors import ShardError
 from popalign.pipeline import BuildSummary
@@ -20,12 +21,11 @@ from popalign.pipeline import BuildSummary
 COUNTED = ("reasoning_tokens", "preambles_removed")
 
 
-def merged_counts(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The parts' `COUNTED` counts and answers asked in a shape (`shapes`), added up, where any part has them."""
-    merged: dict[str, Any] = {key: total for key in COUNTED if (total := sum(r.get(key, 0) for r in records))}
-    shapes = [record["shapes"] for record in records if record.get("shapes")]
-    if shapes:
-        merged["shapes"] = {key: sum(counts[key] for counts in shapes) for key in shapes[0]}
+def merged_counts(records: list[ConfigRecord]) -> dict[str, Any]:
+    """The parts' `COUNTED` counts and answers asked in a shape (`shapes`), added up (None where no part has any)."""
+    merged: dict[str, Any] = {key: sum(getattr(r, key) or 0 for r in records) or None for key in COUNTED}
+    shapes = [record.shapes for record in records if record.shapes]
+    merged["shapes"] = {key: sum(counts[key] for counts in shapes) for key in shapes[0]} if shapes else None
     return merged
 
 
@@ -82,9 +82,9 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         part = shards[f"{k}/{count}"]
         manifest = manifests[parts.index(part)]
         for name, config in manifest.configs.items():
-            rows = read_rows(part, name) if config["rows"] else []
-            outcomes[name].dropped.update(config["dropped"])
-            outcomes[name].cut_kept += cut_kept(config)
+            rows = read_rows(part, name) if config.rows else []
+            outcomes[name].dropped.update(config.dropped)
+            outcomes[name].cut_kept += config.cut_kept()
             for row in rows:
                 if (name, row["prompt_id"]) in seen:
                     raise ShardError(
@@ -105,7 +105,9 @@ def merge_builds(parts: list[Path], out: Path) -> BuildSummary:
         prices = parse_prices(first.prices or {})
         for name, config in configs.items():
             parts_usage = [manifest.configs[name] for manifest in manifests]
-            config |= merged_usage(parts_usage, config["rows"], prices) | merged_counts(parts_usage)
+            configs[name] = replace(
+                config, **merged_usage(parts_usage, config.rows, prices) | merged_counts(parts_usage)
+            )
         manifest = replace(first, prompts=prompts | {"merged_shards": count}, configs=configs)
         copy_recipe(parts[0], folder, drop_shard=True)
         write_card_and_manifest(manifest, folder, out)

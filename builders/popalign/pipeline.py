@@ -27,6 +27,7 @@ from popalign.dataset.folder import (
     open_manifest,
     staged,
 )
+from popalign.dataset.records import JudgeRecord, QualityRecord
 from popalign.dataset.rows import RowSpool, StrategyOutcome, keep_sides, read_outcomes, require_rows, write_configs
 from popalign.dataset.schema import make_row
 from popalign.engine import Engine, EngineStats
@@ -57,9 +58,9 @@ class BuildSummary:
     duplicates: int
     stats: EngineStats | None
     seconds: float
-    quality: dict[str, dict[str, Any]] = field(default_factory=dict)
+    quality: dict[str, QualityRecord] = field(default_factory=dict)
     score_stats: ScoreStats | None = None
-    judge: dict[str, Any] | None = None
+    judge: JudgeRecord | None = None
 
 
 def run_plan(plan: BuildPlan, out: Path | None = None, *, progress: bool | None = None) -> BuildSummary:
@@ -236,7 +237,7 @@ def build_dataset(
             test_size=test_size,
             prices=recorded_prices(engine.prices) if engine.prices else None,
         )
-        quality: dict[str, dict[str, Any]] = {}
+        quality: dict[str, QualityRecord] = {}
         score_stats = None
         require_rows(outcomes, out, engine.stats.failure_lines())
         with staged(out) as folder:
@@ -245,17 +246,19 @@ def build_dataset(
                 manifest = replace(manifest, score=scoring.describe(), quality=quality)
             if judging:
                 manifest = replace(manifest, judge=judge_outcomes(outcomes, judging, folder))
-            manifest = replace(manifest, configs=write_configs(outcomes, folder, shard_size, test_size))
-            for name, config in manifest.configs.items():
+            configs = write_configs(outcomes, folder, shard_size, test_size)
+            for name, config in configs.items():
                 strategy, counts = STRATEGIES[name], engine.stats.by_strategy[name]
-                config |= {"chosen_model": names[strategy.chosen_role], "rejected_model": names[strategy.rejected_role]}
-                config |= usage_record(counts.requests, counts.by_role, config["rows"], engine.prices)
-                if counts.reasoning_tokens:  # what a server said of its answer tokens were thinking
-                    config["reasoning_tokens"] = counts.reasoning_tokens
-                if shapes := counts.shapes():  # answers asked in a shape (a rating): how many came in it
-                    config["shapes"] = shapes
-                if preambles[name]:
-                    config["preambles_removed"] = preambles[name]
+                configs[name] = replace(
+                    config,
+                    chosen_model=names[strategy.chosen_role],
+                    rejected_model=names[strategy.rejected_role],
+                    **usage_record(counts.requests, counts.by_role, config.rows, engine.prices),
+                    reasoning_tokens=counts.reasoning_tokens or None,  # what a server said were thinking tokens
+                    shapes=counts.shapes(),  # answers asked in a shape (a rating): how many came in it
+                    preambles_removed=preambles[name] or None,
+                )
+            manifest = replace(manifest, configs=configs)
             _write_recipe(folder, strategies, engine, prompts, context, templates, card, _saved(saved, test_size))
             write_card_and_manifest(manifest, folder, out)
     return BuildSummary(
@@ -298,9 +301,10 @@ def score_dataset(
     with staged(out) as folder:
         copy_quality(out, folder)
         quality, score_stats = score_outcomes(outcomes, scoring, context, cache, folder)
-        if manifest.judge:
-            for name, record in manifest.judge["configs"].items():
-                record["dlma_agreement"] = summarize(outcomes[name].rows).dlma_agreement
+        if manifest.judge:  # the judge's agreement with the new scores
+            agreement = {name: summarize(outcomes[name].rows).dlma_agreement for name in manifest.judge.configs}
+            judged = {name: replace(s, dlma_agreement=agreement[name]) for name, s in manifest.judge.configs.items()}
+            manifest = replace(manifest, judge=replace(manifest.judge, configs=judged))
         configs = keep_sides(
             write_configs(outcomes, folder, manifest.max_shard_size, manifest.test_size), manifest.configs
         )
@@ -333,10 +337,9 @@ def judge_dataset(out: Path, *, judging: JudgeSettings) -> BuildSummary:
     with staged(out) as folder:
         copy_quality(out, folder)
         judge = judge_outcomes(outcomes, judging, folder)
-        earlier = manifest.judge or {}
-        replaced = dict.fromkeys([earlier.get("model"), *earlier.get("replaced", [])]).keys() - {None, judge["model"]}
-        if replaced:
-            judge["replaced"] = sorted(replaced)
+        earlier = [manifest.judge.model, *(manifest.judge.replaced or [])] if manifest.judge else []
+        replaced = set(earlier) - {judge.model}
+        judge = replace(judge, replaced=sorted(replaced) or None)
         written = write_configs(outcomes, folder, manifest.max_shard_size, manifest.test_size)
         manifest = replace(manifest, configs=keep_sides(written, manifest.configs), judge=judge)
         copy_recipe(out, folder)

@@ -160,7 +160,7 @@ def push_dataset(
     check_publishable(repo_id, number, tags=set(tags), history=[entry["version"] for entry in history],
                       remote=remote, force=force)  # fmt: skip
 
-    rebuilt = [name for name, config in manifest.configs.items() if config["rows"]]
+    rebuilt = [name for name, config in manifest.configs.items() if config.rows]
     merged, kept = _merge_configs(manifest, previous, rebuilt, version)
     merged = replace(merged, digests=None)  # the local folder's: a release may keep configs of an earlier one
     if tag not in tags and main and history and history[-1]["version"] == version and merged == previous:
@@ -174,7 +174,7 @@ def push_dataset(
             "version": version,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
             "rebuilt": rebuilt,
-            "configs": {name: config["rows"] for name, config in merged.configs.items()},
+            "configs": {name: config.rows for name, config in merged.configs.items()},
         }
     )
     with tempfile.TemporaryDirectory(prefix="popalign-push-") as staging:
@@ -225,13 +225,13 @@ def list_versions(repo_id: str, *, token: str | None) -> list[dict[str, Any]]:
             if not _VERSION.match(ref.name.removeprefix("v")):
                 continue
             manifest = _published_manifest(repo_id, ref.name, token)
-            configs = {name: config for name, config in manifest.configs.items() if config["rows"]}
+            configs = {name: config for name, config in manifest.configs.items() if config.rows}
             versions.append(
                 {
                     "version": ref.name.removeprefix("v"),
                     "commit": ref.target_commit,
-                    "configs": {name: config["rows"] for name, config in configs.items()},
-                    "changed": [name for name, config in configs.items() if config.get("changed_in") == ref.name[1:]],
+                    "configs": {name: config.rows for name, config in configs.items()},
+                    "changed": [name for name, config in configs.items() if config.changed_in == ref.name[1:]],
                 }
             )
     return sorted(versions, key=lambda entry: parse_version(entry["version"]), reverse=True)
@@ -245,10 +245,10 @@ def _merge_configs(
     manifest: Manifest, previous: Manifest | None, rebuilt: list[str], version: str
 ) -> tuple[Manifest, list[str]]:
     """The manifest of the new version: rebuilt configs from `manifest`, the others as previously published."""
-    configs = {name: {**manifest.configs[name], "changed_in": version} for name in rebuilt}
+    configs = {name: replace(manifest.configs[name], changed_in=version) for name in rebuilt}
     kept = []
     for name, config in (previous.configs if previous else {}).items():
-        if name not in configs and config["rows"]:
+        if name not in configs and config.rows:
             configs[name] = config
             kept.append(name)
     order = list(manifest.configs) + [name for name in configs if name not in manifest.configs]

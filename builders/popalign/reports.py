@@ -68,10 +68,10 @@ def reading_lines(manifest: Manifest) -> list[str]:
     announcing opening line was taken off."""
     lines = []
     for name, config in manifest.configs.items():
-        if shapes := config.get("shapes"):
+        if shapes := config.shapes:
             lines.append(f"{name}: {shapes['in_shape']} of {shapes['asked']} answers asked in a shape came in it "
                          f"({shapes['free_text']} read as free text)")  # fmt: skip
-        if removed := config.get("preambles_removed"):
+        if removed := config.preambles_removed:
             lines.append(f"{name}: {removed} revisions began with a line announcing them, taken off")
     return lines
 
@@ -79,19 +79,19 @@ def reading_lines(manifest: Manifest) -> list[str]:
 def costs_table(manifest: Manifest) -> list[str]:
     """What each strategy's kept pairs cost: every request they used, answered now or from the cache."""
     priced = manifest.prices is not None
-    thinking = any(config.get("reasoning_tokens") for config in manifest.configs.values())
+    thinking = any(config.reasoning_tokens for config in manifest.configs.values())
     head = f"{'strategy':<12} {'requests':>8} {'tokens in':>10} {'tokens out':>10} {'per kept pair':>13}"
     head += f" {'of out, thinking':>16}" if thinking else ""
     head += f" {'cost':>10} {'per kept pair':>13}" if priced else ""
     lines = ["", head]
     for name, config in manifest.configs.items():
-        per_pair = config.get("tokens_per_pair")
-        line = f"{name:<12} {config.get('requests', 0):>8,} {config.get('prompt_tokens', 0):>10,} "
-        line += f"{config.get('tokens', 0):>10,} {f'{per_pair:,.0f}' if per_pair is not None else '–':>13}"
+        per_pair = config.tokens_per_pair
+        line = f"{name:<12} {config.requests or 0:>8,} {config.prompt_tokens or 0:>10,} "
+        line += f"{config.tokens or 0:>10,} {f'{per_pair:,.0f}' if per_pair is not None else '–':>13}"
         if thinking:
-            line += f" {config.get('reasoning_tokens', 0):>16,}"
+            line += f" {config.reasoning_tokens or 0:>16,}"
         if priced:
-            line += f" {money(config.get('cost')):>10} {money(config.get('cost_per_pair')):>13}"
+            line += f" {money(config.cost):>10} {money(config.cost_per_pair):>13}"
         lines.append(line)
     return lines
 
@@ -116,25 +116,25 @@ def judge_report(summary: BuildSummary) -> str:
     """The judge's accuracy per strategy with its interval, beside the paper's figure for the same kind of judge."""
     assert summary.judge is not None
     judge = summary.judge
-    paper_name = paper_judge(judge["kind"])
+    paper_name = paper_judge(judge.kind)
     lines = ["", f"{'strategy':<12} {'judged':>6}  {'accuracy':>8}  {'95% interval':>13}  ties  unparsed  "
              f"paper ({paper_name})"]  # fmt: skip
-    for name, result in judge["configs"].items():
-        counts, (low, high) = result["counts"], result["interval"]
+    for name, result in judge.configs.items():
+        counts, (low, high) = result.counts, result.interval
         judged = counts["chosen"] + counts["rejected"] + counts["tie"]
-        accuracy = "-" if result["accuracy"] is None else f"{result['accuracy']:.0%}"
+        accuracy = "-" if result.accuracy is None else f"{result.accuracy:.0%}"
         paper = STRATEGIES[name].paper_accuracy.get(paper_name)
         lines.append(
             f"{name:<12} {judged:>6}  {accuracy:>8}  {low:>6.0%}–{high:<6.0%}  {counts['tie']:>4}  "
             f"{counts['unparsed']:>8}  {'' if paper is None else f'{paper:.1%}'}"
         )
-    failed = sum(result["counts"]["failed"] for result in judge["configs"].values())
+    failed = sum(result.counts["failed"] for result in judge.configs.values())
     if failed:
         lines.append(f"{failed} pairs not judged: the judge's requests failed (rerun to judge them)")
-    if judge["min_judge"]:
+    if judge.min_judge:
         kept = sum(outcome.count for outcome in summary.outcomes.values())
-        lines.append(f"--min-judge {judge['min_judge']}: kept {kept} pairs the judge agrees with")
-    lines.append(f"judged by {judge['model']} ({judge['kind']})")
+        lines.append(f"--min-judge {judge.min_judge}: kept {kept} pairs the judge agrees with")
+    lines.append(f"judged by {judge.model} ({judge.kind})")
     return "\n".join(lines)
 
 
@@ -143,11 +143,11 @@ def quality_report(summary: BuildSummary) -> str:
     assert summary.score_stats is not None
     lines = ["", f"{'strategy':<12} {'rows':>5}  {'agreement':>9}  {'mean score':>10}  curation"]
     for name, report in summary.quality.items():
-        if not report["rows"]:
+        if not report.rows:
             continue
-        actions = ", ".join(f"{n} {action}" for action, n in sorted(report["curation"].items())) or "none"
+        actions = ", ".join(f"{n} {action}" for action, n in sorted((report.curation or {}).items())) or "none"
         written = summary.outcomes[name].count
-        lines.append(f"{name:<12} {written:>5}  {report['agreement']:>9.0%}  {report['score_mean']:>10.2f}  {actions}")
+        lines.append(f"{name:<12} {written:>5}  {report.agreement:>9.0%}  {report.score_mean:>10.2f}  {actions}")
     stats = summary.score_stats
     lines.append(f"scored {stats.pairs} pairs from {stats.sequences} sequence log-probs: {stats.cached} cached, "
                  f"{stats.computed} computed")  # fmt: skip

@@ -21,7 +21,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +31,7 @@ from popalign.cache import GenerationCache
 from popalign.config import ORDERS, SCORE_CONTRASTS, SWAP_POLICIES, Endpoints, ScoreOptions
 from popalign.contrasts import STRATEGIES, StrategyContext
 from popalign.dataset.quality import quality_report, write_histogram
+from popalign.dataset.records import QualityRecord, ScoreRecord
 from popalign.dataset.rows import StrategyOutcome
 from popalign.errors import ConfigError
 from popalign.extras import require
@@ -200,10 +201,11 @@ class ScoreSettings:
     swap: str = "keep"
     order: str = "generated"
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> ScoreRecord:
         """The settings as the manifest and the card record them."""
-        keys = ("contrast", "min_score", "swap", "order")
-        return {"scorer": self.scorer.name, **{key: getattr(self, key) for key in keys}}
+        return ScoreRecord(
+            scorer=self.scorer.name, contrast=self.contrast, min_score=self.min_score, swap=self.swap, order=self.order
+        )
 
 
 def score_settings(
@@ -247,7 +249,7 @@ def score_outcomes(
     context: StrategyContext,
     cache: GenerationCache | None,
     out: Path,
-) -> tuple[dict[str, dict[str, Any]], ScoreStats]:
+) -> tuple[dict[str, QualityRecord], ScoreStats]:
     """Score all rows in one pass (batched across strategies), report on them, then curate and order them."""
     rows = [row for outcome in outcomes.values() for row in outcome.rows]
     scores, per_token, stats = score_rows(
@@ -264,11 +266,9 @@ def score_outcomes(
     quality = {}
     for name, outcome in outcomes.items():
         report = quality_report(outcome.rows, outcome.dropped)
-        if outcome.rows:
-            report["histogram"] = write_histogram([row["score"] for row in outcome.rows], name, out)
+        histogram = write_histogram([row["score"] for row in outcome.rows], name, out) if outcome.rows else None
         kept, actions = curate(outcome.rows, min_score=scoring.min_score, swap=scoring.swap)
-        report["curation"] = dict(actions)
+        quality[name] = replace(report, histogram=histogram, curation=dict(actions))
         outcome.dropped.update({reason: n for reason, n in actions.items() if reason != "swapped"})
         outcome.rows = order_rows(kept, scoring.order)
-        quality[name] = report
     return quality, stats

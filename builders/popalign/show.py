@@ -88,7 +88,7 @@ def read_pairs(out: Path, config: str, conditions: Sequence[Condition], limit: i
         NotABuildError: `out` is not a build.
         ConfigError: the build has no such config.
     """
-    written = [name for name, entry in open_manifest(out).configs.items() if entry["rows"]]
+    written = [name for name, config in open_manifest(out).configs.items() if config.rows]
     if config != "all" and config not in written:
         raise ConfigError(f"{out}: no config {config!r} (configs: all, {', '.join(written)})")
     shown = 0

@@ -13,9 +13,9 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from popalign.config import DEFAULT_LICENSE, LICENSE_FILE, Card
 from popalign.contrasts import PAPER_JUDGES, STRATEGIES, paper_judge
-from popalign.costs import USAGE_KEYS
 from popalign.dataset.folder import CARD, Manifest, file_digests, split_pattern, write_manifest
 from popalign.dataset.quality import OVERVIEW
+from popalign.dataset.records import ConfigRecord
 from popalign.errors import ConfigError
 from popalign.model_identity import escaped
 from popalign.prompts import BUNDLED_LABEL
@@ -36,11 +36,18 @@ def size_category(rows: int) -> str:
     return "n>1M"
 
 
+#: What the card shows of each config's record as it is (the rest it words: models, rows, drops, lengths).
+_CARD_FIELDS = (
+    "truncation", "changed_in", "tokens", "reasoning_tokens", "requests", "prompt_tokens", "usage", "tokens_per_pair",
+    "cost", "cost_per_pair", "edits", "example", "turns",
+)  # fmt: skip
+
+
 def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, Any]] | None = None) -> str:
     """The README.md of a built folder, from its manifest (see `pipeline.build_dataset`); `repo_id` is what
     the card tells users to load (the folder, or the Hub repository it is published to), `versions` the
     published versions, oldest first (see `publish.push_dataset`)."""
-    built = {name: config for name, config in manifest.configs.items() if config["rows"]}
+    built = {name: config for name, config in manifest.configs.items() if config.rows}
     details = card_details(manifest)
     hub_repo = "/".join(manifest.prompts["source"].split(":")[0].split("/")[:2])  # without a folder of it
     hub_prompts = hub_repo if manifest.prompts.get("revision") else None
@@ -57,7 +64,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         task_categories=["text-generation"],
         tags=["dpo", "preference", "synthetic", "popalign", "trl"],
         pretty_name=details.pretty_name,
-        size_categories=size_category(sum(c["rows"] for c in built.values())),
+        size_categories=size_category(sum(c.rows for c in built.values())),
         configs=[
             {
                 "config_name": ALL_CONFIG,
@@ -80,8 +87,8 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
             ),
         ],
         dataset_info=[
-            {"config_name": ALL_CONFIG, **_combined_info([c["dataset_info"] for c in built.values()])},
-            *({"config_name": name, **c["dataset_info"]} for name, c in built.items()),
+            {"config_name": ALL_CONFIG, **_combined_info([c.dataset_info or {} for c in built.values()])},
+            *({"config_name": name, **(c.dataset_info or {})} for name, c in built.items()),
         ],
     )
     roles = manifest.roles
@@ -91,22 +98,15 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
             "kind": STRATEGIES[name].kind,
             "chosen": STRATEGIES[name].sides(manifest.styles)[0],
             "rejected": STRATEGIES[name].sides(manifest.styles)[1],
-            "description": _describe(name, c.get("chosen_model"), c.get("rejected_model")),
-            "chosen_model": _cell(c.get("chosen_model") or roles[STRATEGIES[name].chosen_role]),
-            "rejected_model": _cell(c.get("rejected_model") or roles[STRATEGIES[name].rejected_role]),
-            "rows": c["rows"] or "0 (no config: every pair dropped)",
-            "dropped_text": ", ".join(f"{n} {reason}" for reason, n in c["dropped"].items()) or "0",
-            "truncation": c.get("truncation"),
-            "chosen_chars": c.get("chosen_chars", "–"),
-            "rejected_chars": c.get("rejected_chars", "–"),
-            "changed_in": c.get("changed_in"),
-            "tokens": c.get("tokens"),
-            "reasoning_tokens": c.get("reasoning_tokens"),
-            **{key: c.get(key) for key in USAGE_KEYS if key != "tokens"},
-            "edits": c.get("edits"),
-            "example": c.get("example"),
-            "turns": c.get("turns"),
-            "system_turns": c.get("system_turns", 0),
+            **{key: getattr(c, key) for key in _CARD_FIELDS},
+            "description": _describe(name, c.chosen_model, c.rejected_model),
+            "chosen_model": _cell(c.chosen_model or roles[STRATEGIES[name].chosen_role]),
+            "rejected_model": _cell(c.rejected_model or roles[STRATEGIES[name].rejected_role]),
+            "rows": c.rows or "0 (no config: every pair dropped)",
+            "dropped_text": ", ".join(f"{n} {reason}" for reason, n in c.dropped.items()) or "0",
+            "chosen_chars": "–" if c.chosen_chars is None else c.chosen_chars,
+            "rejected_chars": "–" if c.rejected_chars is None else c.rejected_chars,
+            "system_turns": c.system_turns or 0,
         }
         for name, c in manifest.configs.items()
     ]
@@ -121,7 +121,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         drop_reasons={
             reason: text
             for reason, text in STRATEGIES.drop_reasons().items()
-            if any(reason in c["dropped"] for c in manifest.configs.values())
+            if any(reason in c.dropped for c in manifest.configs.values())
         },
         **manifest.styles,
         keep_truncated=manifest.keep_truncated,
@@ -132,10 +132,10 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         roles=roles,
         role_params=manifest.role_params,
         prices=manifest.prices,
-        costed=any(c.get("requests") for c in manifest.configs.values()),
+        costed=any(c.requests for c in manifest.configs.values()),
         versions=list(reversed(versions or [])),
         kept=sorted(
-            name for name, c in manifest.configs.items() if versions and c.get("changed_in") != versions[-1]["version"]
+            name for name, c in manifest.configs.items() if versions and c.changed_in != versions[-1]["version"]
         ),
         latest=(versions or [{}])[-1].get("version"),
         model_notes=manifest.model_notes,
@@ -149,7 +149,7 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         license=manifest.license,
         test_size=manifest.test_size,
         paper={judge: STRATEGIES.paper_accuracy(judge) for judge in PAPER_JUDGES},
-        paper_judge=paper_judge(manifest.judge["kind"]) if manifest.judge else None,
+        paper_judge=paper_judge(manifest.judge.kind) if manifest.judge else None,
         popalign_version=__version__,
         datasets_version=version("datasets"),
         transformers_version=installed_version("transformers"),
@@ -164,9 +164,9 @@ def _prompts_file(prompts: dict[str, Any]) -> str | None:
     return prompts["source"]
 
 
-def _splits(config: dict[str, Any]) -> list[str]:
+def _splits(config: ConfigRecord) -> list[str]:
     """The splits a written config has files for: `train`, and `test` when it holds test rows."""
-    return [split for split, rows in config.get("splits", {"train": config["rows"]}).items() if rows]
+    return [split for split, rows in (config.splits or {"train": config.rows}).items() if rows]
 
 
 def _combined_info(infos: list[dict[str, Any]]) -> dict[str, Any]:

@@ -20,13 +20,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 import yaml
 
 from popalign.config import DEFAULT_LICENSE, LICENSE_FILE, MAX_SHARD_SIZE
 from popalign.dataset.quality import QUALITY_DIR
+from popalign.dataset.records import ConfigRecord, JudgeRecord, QualityRecord, ScoreRecord, mismatch, plain
 from popalign.errors import NotABuildError, TamperedBuildError
 from popalign.styles import Styles
 
@@ -54,7 +54,7 @@ class Manifest:
     ('guided', True, True)
     """
 
-    configs: dict[str, dict[str, Any]]
+    configs: dict[str, ConfigRecord]
     roles: dict[str, str]
     params: dict[str, Any]
     prompts: dict[str, Any]
@@ -74,9 +74,9 @@ class Manifest:
     card: dict[str, str] = field(default_factory=dict)  # `Card.recorded()`: the license's name, languages, title
     test_size: float = 0.0
     overview: dict[str, str] = field(default_factory=dict)
-    score: dict[str, Any] | None = None
-    quality: dict[str, dict[str, Any]] | None = None
-    judge: dict[str, Any] | None = None
+    score: ScoreRecord | None = None
+    quality: dict[str, QualityRecord] | None = None
+    judge: JudgeRecord | None = None
     #: role to `IN,OUT` per million tokens, where the build was given prices (`costs.recorded_prices`)
     prices: dict[str, str] | None = None
     #: sha256 of each file the build wrote but the manifest, card and license (written again at each push), by
@@ -95,15 +95,25 @@ class Manifest:
         _check_fields(data, {name: hint for name, hint in get_type_hints(cls).items() if name in names})
         styles = Styles().recorded() | {"prefix_placement": "user"}  # what a build before a style existed used
         styles |= {key: value for key, value in data.items() if key in styles}
+        score, quality, judge = (data.get(key) for key in ("score", "quality", "judge"))
+        records = {
+            "configs": {name: ConfigRecord.from_dict(config, name) for name, config in data["configs"].items()},
+            "score": None if score is None else ScoreRecord.from_dict(score),
+            "quality": None if quality is None else {
+                name: QualityRecord.from_dict(report, f"quality: config {name!r}") for name, report in quality.items()
+            },
+            "judge": None if judge is None else JudgeRecord.from_dict(judge),
+        }  # fmt: skip
         return cls(
-            **{key: value for key, value in data.items() if key in names},
+            **{key: value for key, value in data.items() if key in names and key not in records},
+            **records,
             styles=styles,
             extra={key: value for key, value in data.items() if key not in names and key not in styles},
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as written to disk (fields a build did not set are left out, as on disk)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "styles")}
+        data = {f.name: plain(getattr(self, f.name)) for f in fields(self) if f.name not in ("extra", "styles")}
         data |= self.styles
         unset = {"test_size": 0.0}
         kept = {key: value for key, value in data.items() if value is not None}
@@ -111,57 +121,11 @@ class Manifest:
 
 
 def _check_fields(data: dict[str, Any], hints: dict[str, Any]) -> None:
-    """Refuse a manifest field whose value is not of its declared type, and a config without its counts."""
+    """Refuse a manifest field whose value is not of its declared type (a record's own fields are checked as it is
+    read)."""
     for name, hint in hints.items():
-        if name in data and (wrong := _mismatch(data[name], hint, repr(name))):
+        if name in data and (wrong := mismatch(data[name], hint, repr(name))):
             raise ValueError(f"field {wrong}")
-    for name, config in data.get("configs", {}).items():
-        if not _is_count(config.get("rows")):
-            raise ValueError(f"config {name!r} has no row count")
-        dropped = config.get("dropped")
-        if not isinstance(dropped, dict):
-            raise ValueError(f"config {name!r} has no drop counts")
-        for reason, count in dropped.items():
-            if not _is_count(count):
-                raise ValueError(f"config {name!r}: its {reason!r} drop count {count!r} is not a count")
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _mismatch(value: Any, hint: Any, where: str) -> str | None:
-    """Where a JSON value is not of a field's declared type, and how (`Any` takes anything; a float field takes a
-    whole number); None where it is."""
-    origin, args = get_origin(hint), get_args(hint)
-    if hint is Any:
-        return None
-    if origin in (Union, UnionType):
-        if any(_mismatch(value, arg, where) is None for arg in args):
-            return None
-        return f"{where} is {_kind(value)}, not {' or '.join(_kind_of(arg) for arg in args if arg is not type(None))}"
-    if origin is dict:
-        if not isinstance(value, dict):
-            return f"{where} is {_kind(value)}, not an object"
-        wrong = (_mismatch(item, args[1], f"{where}[{key!r}]") for key, item in value.items())
-        return next((message for message in wrong if message), None)
-    accepted = (int, float) if hint is float else hint
-    if isinstance(value, accepted) and (hint is bool or not isinstance(value, bool)):
-        return None
-    return f"{where} is {_kind(value)}, not {_kind_of(hint)}"
-
-
-def _kind(value: Any) -> str:
-    """A JSON value's kind, as an error names it."""
-    kinds = {dict: "an object", list: "a list", str: "text", bool: "true or false", type(None): "null"}
-    return kinds.get(type(value), "a number")
-
-
-def _kind_of(hint: Any) -> str:
-    """A field's declared type, as an error names it."""
-    if get_origin(hint) is dict:
-        return "an object"
-    return {str: "text", bool: "true or false", int: "a whole number", float: "a number"}.get(hint, "a value")
 
 
 def open_manifest(out: Path) -> Manifest:

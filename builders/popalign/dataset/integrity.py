@@ -23,6 +23,7 @@ from popalign.dataset.folder import (
     file_digests,
 )
 from popalign.dataset.quality import JUDGE_CHART, OVERVIEW, score_chart
+from popalign.dataset.records import ConfigRecord
 from popalign.errors import TamperedBuildError
 from popalign.templates import registered_files
 
@@ -89,7 +90,7 @@ def _walk(out: Path) -> list[Path]:
     return files
 
 
-def _check_config(out: Path, name: str, config: dict[str, Any]) -> None:
+def _check_config(out: Path, name: str, config: ConfigRecord) -> None:
     """A config's shards: numbered 0..N-1 of N per split, each with the row schema, together the recorded
     counts; a config with no rows has no files."""
     import pyarrow
@@ -99,7 +100,7 @@ def _check_config(out: Path, name: str, config: dict[str, Any]) -> None:
 
     expected = _split_counts(out, name, config)
     folder = config_dir(out, name)
-    if not config["rows"]:
+    if not config.rows:
         if folder.exists():
             raise _tampered(folder, "holds files but the manifest records no rows")
         return
@@ -144,21 +145,16 @@ def _without(schema: Any, columns: list[str]) -> Any:
     return schema
 
 
-def _split_counts(out: Path, name: str, config: dict[str, Any]) -> dict[str, int]:
+def _split_counts(out: Path, name: str, config: ConfigRecord) -> dict[str, int]:
     """Rows per split as the manifest records them (every row is in `train` unless a test share was set), checked
     against its total and against the `dataset_info` the card gives `load_dataset`."""
     from popalign.dataset.schema import features
 
-    splits = config.get("splits") or {"train": config["rows"]}
-    if (
-        not isinstance(splits, dict)
-        or set(splits) - set(SPLITS)
-        or not all(isinstance(count, int) for count in splits.values())
-        or sum(splits.values()) != config["rows"]
-    ):
-        raise _tampered(out / MANIFEST, f"config {name!r}: its split counts do not add up to its {config['rows']} rows")
-    info = config.get("dataset_info")
-    if config["rows"] and info is not None:
+    splits = config.splits or {"train": config.rows}
+    if set(splits) - set(SPLITS) or sum(splits.values()) != config.rows:
+        raise _tampered(out / MANIFEST, f"config {name!r}: its split counts do not add up to its {config.rows} rows")
+    info = config.dataset_info
+    if config.rows and info is not None:
         recorded = {split.get("name"): split.get("num_examples") for split in info.get("splits", [])}
         if recorded != {split: count for split, count in splits.items() if count}:
             raise _tampered(out / MANIFEST, f"config {name!r}: its dataset_info splits differ from its row counts")

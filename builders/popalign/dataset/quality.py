@@ -7,6 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from popalign.dataset.records import ConfigRecord, QualityRecord
+
 QUALITY_DIR = "quality"
 #: The card's pictures of every build, scored or not: answer lengths and rows with drop reasons per strategy.
 OVERVIEW = {"lengths": f"{QUALITY_DIR}/answer_lengths.png", "rows": f"{QUALITY_DIR}/rows_and_drops.png"}
@@ -29,7 +31,7 @@ def load_pyplot() -> Any:
     return pyplot
 
 
-def quality_report(rows: list[dict[str, Any]], dropped: dict[str, int]) -> dict[str, Any]:
+def quality_report(rows: list[dict[str, Any]], dropped: dict[str, int]) -> QualityRecord:
     """Statistics of one config's scored rows; `agreement` is the share of pairs whose score is positive."""
     scores = [row["score"] for row in rows]
     chosen = [len(row["chosen"][0]["content"]) for row in rows]
@@ -46,7 +48,7 @@ def quality_report(rows: list[dict[str, Any]], dropped: dict[str, int]) -> dict[
             "rejected_chars_mean": round(statistics.fmean(rejected), 1),
             "chosen_longer": round(sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(rows), 4),
         }
-    return report
+    return QualityRecord(**report)
 
 
 def write_histogram(scores: list[float], strategy: str, out: Path) -> str:
@@ -67,7 +69,7 @@ def write_histogram(scores: list[float], strategy: str, out: Path) -> str:
 
 
 def write_overview(
-    lengths: dict[str, tuple[list[int], list[int]]], configs: dict[str, dict[str, Any]], out: Path
+    lengths: dict[str, tuple[list[int], list[int]]], configs: dict[str, ConfigRecord], out: Path
 ) -> dict[str, str]:
     """Draw the card's two overview pictures under `out` (see `OVERVIEW`): per strategy, box plots of chosen and
     rejected answer lengths in words, and a bar of rows written stacked with the pairs dropped by reason."""
@@ -90,13 +92,13 @@ def write_overview(
     figure.savefig(out / OVERVIEW["lengths"], format="png", metadata={"Software": None})
     pyplot.close(figure)
 
-    reasons = sorted({reason for config in configs.values() for reason in config["dropped"]})
+    reasons = sorted({reason for config in configs.values() for reason in config.dropped})
     figure, axes = pyplot.subplots(figsize=(7.5, max(2.2, 0.45 * len(names) + 1)), dpi=100)
-    left = [config["rows"] for config in configs.values()]
+    left = [config.rows for config in configs.values()]
     axes.barh(names, left, color="#5b9b4b", label="rows written")
     palette = ["#dd8452", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd", "#4c72b0"]
     for index, reason in enumerate(reasons):
-        counts = [config["dropped"].get(reason, 0) for config in configs.values()]
+        counts = [config.dropped.get(reason, 0) for config in configs.values()]
         axes.barh(names, counts, left=left, color=palette[index % len(palette)], label=f"dropped: {reason}")
         left = [a + b for a, b in zip(left, counts, strict=True)]
     axes.invert_yaxis()

@@ -10,16 +10,16 @@ import tempfile
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
 from popalign.conversations import from_chat, transcript
-from popalign.costs import USAGE_KEYS
 from popalign.dataset.folder import SPLITS, Manifest, config_dir, config_files, split_file
 from popalign.dataset.quality import write_overview
+from popalign.dataset.records import ConfigRecord
 from popalign.errors import PopAlignError
 
 EXAMPLE_CHARS = 400
@@ -131,17 +131,12 @@ def read_outcomes(out: Path, manifest: Manifest) -> dict[str, StrategyOutcome]:
     """Every config of a built folder as its rows and drop counts, to rewrite it (score, judge)."""
     return {
         name: StrategyOutcome(
-            rows=read_rows(out, name) if config["rows"] else [],
-            dropped=Counter(config["dropped"]),
-            cut_kept=cut_kept(config),
+            rows=read_rows(out, name) if config.rows else [],
+            dropped=Counter(config.dropped),
+            cut_kept=config.cut_kept(),
         )
         for name, config in manifest.configs.items()
     }
-
-
-def cut_kept(config: dict[str, Any]) -> int:
-    """Pairs of a written config kept with a cut side (`--keep-truncated`), from its manifest entry."""
-    return config.get("truncation", {}).get("cut", 0) - config["dropped"].get("truncated", 0)
 
 
 def iter_rows(out: Path, name: str, splits: tuple[str, ...] = SPLITS) -> Iterator[dict[str, Any]]:
@@ -174,14 +169,14 @@ def require_rows(outcomes: dict[str, StrategyOutcome], out: Path, failures: Sequ
 
 def write_configs(
     outcomes: dict[str, StrategyOutcome], out: Path, shard_size: int, test_size: float = 0.0
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, ConfigRecord]:
     """Run the builder for each strategy and place its Parquet under `data/<strategy>/`: `train-00000-of-00001.parquet`
     (and `test-…` with a `test_size`), or `train-0000K-of-0000N.parquet` where a split is larger than `shard_size`
     bytes."""
     from popalign.dataset.builder import PopAlign  # datasets loads when there is something to write
 
-    configs: dict[str, dict[str, Any]] = {
-        name: {"rows": 0, "dropped": dict(outcome.dropped), "truncation": outcome.truncation()}
+    configs = {
+        name: ConfigRecord(rows=0, dropped=dict(outcome.dropped), truncation=outcome.truncation())
         for name, outcome in outcomes.items()
     }
     lengths: dict[str, tuple[list[int], list[int]]] = {}
@@ -206,20 +201,18 @@ def write_configs(
             # a split with no rows has no files: the card's `dataset_info` leaves it out, as its `configs:` do, or
             # `load_dataset` would expect it (ExpectedMoreSplitsError)
             info["splits"] = [split for split in info.get("splits", []) if split.get("num_examples")]
-            configs[name] |= {
-                "rows": spool.count,
-                **({"splits": splits} if test_size else {}),
+            configs[name] = replace(
+                configs[name],
+                rows=spool.count,
+                splits=splits if test_size else None,
                 **spool.describe(),
-                "dataset_info": {key: info[key] for key in ("features", "splits", "dataset_size") if key in info},
-            }
+                dataset_info={key: info[key] for key in ("features", "splits", "dataset_size") if key in info},
+            )
     write_overview(lengths, configs, out)
     return configs
 
 
-def keep_sides(configs: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Rewritten configs with the models of each side and the tokens generated as an earlier manifest recorded
-    them."""
-    for name, config in configs.items():
-        kept = ("chosen_model", "rejected_model", *USAGE_KEYS)
-        config |= {key: before[name][key] for key in kept if key in before[name]}
-    return configs
+def keep_sides(configs: dict[str, ConfigRecord], before: dict[str, ConfigRecord]) -> dict[str, ConfigRecord]:
+    """Rewritten configs with what making their pairs recorded (the models of each side, the tokens generated and
+    their cost, thinking, shapes, preambles) as an earlier manifest has it (`ConfigRecord.generation`)."""
+    return {name: replace(config, **before[name].generation()) for name, config in configs.items()}

@@ -12,6 +12,7 @@ from datasets import Dataset
 
 from helpers import write_folder
 from popalign.contrasts import PAPER
+from popalign.dataset.flags import Flag, Flags, pair_digest, write_flags
 from popalign.dataset.schema import features, make_row
 from popalign.mixture import MixtureConfig, MixtureError, load_mixture
 
@@ -247,3 +248,22 @@ def test_a_mixture_with_one_answer_on_both_sides_says_so(tmp_path: Path, monkeyp
     load_mixture(MixtureConfig(datasets=entries))
     (warning,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
     assert warning.startswith("warning: the mixture holds 1 answers as chosen in one pair and as rejected in another")
+
+
+def test_flags_apply_leaves_out_bad_pairs_and_swaps_sides_of_a_local_build(folder: Path) -> None:
+    """`flags: apply` trains on a local build as its readers left it (`popalign review`); `ignore` (the default) on
+    the pairs as built."""
+    shard = folder / "data" / "refine" / "train-00000-of-00001.parquet"
+    rows = {row["prompt_id"]: row for row in Dataset.from_parquet(str(shard)).to_list()}
+    write_flags(folder, Flags([
+        Flag("ana", "refine", "refine-1", pair_digest(rows["refine-1"]), "bad"),
+        Flag("ana", "refine", "refine-2", pair_digest(rows["refine-2"]), "swapped"),
+    ]))  # fmt: skip
+    entry = {"path": str(folder), "name": "refine"}
+    applied = load_mixture(MixtureConfig(datasets=[entry], flags="apply")).splits["train"].to_list()
+    by_id = {row["prompt_id"]: row for row in applied}
+    assert len(applied) == 5 and "refine-1" not in by_id
+    assert by_id["refine-2"]["chosen"] == rows["refine-2"]["rejected"] and by_id["refine-2"]["swapped"]
+    assert len(load_mixture(MixtureConfig(datasets=[entry])).splits["train"]) == 6
+    with pytest.raises(MixtureError, match="flags: expected one of ignore, apply, got 'yes'"):
+        load_mixture(MixtureConfig(datasets=[entry], flags="yes"))

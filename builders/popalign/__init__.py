@@ -17,6 +17,7 @@ from popalign.api import (
     open_build,
     pairs,
     push,
+    review,
     score,
     versions,
 )
@@ -26,6 +27,7 @@ from popalign.commands import (
     JudgeCommand,
     MergeCommand,
     PushCommand,
+    ReviewCommand,
     ScoreCommand,
     ShowCommand,
 )
@@ -84,6 +86,7 @@ __all__ = [
     "Push",
     "PushCommand",
     "QualityRecord",
+    "ReviewCommand",
     "ScoreCommand",
     "ScoreOptions",
     "ScoreRecord",
@@ -105,6 +108,7 @@ __all__ = [
     "open_build",
     "pairs",
     "push",
+    "review",
     "score",
     "versions",
 ]

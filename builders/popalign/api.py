@@ -32,6 +32,7 @@ from popalign.commands import (
     JudgeCommand,
     MergeCommand,
     PushCommand,
+    ReviewCommand,
     ScoreCommand,
     ShowCommand,
 )
@@ -48,6 +49,7 @@ from popalign.merge import merge_builds
 from popalign.pipeline import BuildSummary, judge_dataset, run_plan, score_dataset
 from popalign.plan import make_plan
 from popalign.publish import PushResult, check_repo_id, list_versions, parse_version, push_dataset
+from popalign.review import default_reader, serve, write_html
 from popalign.roles import EMBEDDED, parse_spec
 from popalign.scale_out import run_tasks, work_folder
 from popalign.scoring import score_settings
@@ -145,7 +147,7 @@ def build(prompts: str | Path | None = None, *, config: BuildConfig | None = Non
         built = Build(plan.out, open_manifest(plan.out), summary)
         if config.push:
             pushed = push(built, repo_id=config.push.repo_id, version=config.push.release,
-                          private=config.push.private, force=config.push.force)  # fmt: skip
+                          private=config.push.private, force=config.push.force, flags=config.push.flags)  # fmt: skip
             built = Build(built.path, built.manifest, summary, pushed)
         return built
 
@@ -350,8 +352,9 @@ def push(build: Build | str | Path | None = None, *, config: PushCommand | None 
             settings[new] = settings.pop(old)
     command = _command(PushCommand, config, settings, build=None if build is None else _path(build))
     return push_dataset(
-        command.build, command.repo, command.release, token=command.token, private=command.private, force=command.force
-    )
+        command.build, command.repo, command.release,
+        token=command.token, private=command.private, force=command.force, flags=command.flags,
+    )  # fmt: skip
 
 
 def export(
@@ -369,6 +372,29 @@ def export(
     """
     command = _command(ExportCommand, config, settings, build=None if build is None else _path(build))
     return export_build(command.build, command.out, format=command.format)
+
+
+def review(
+    build: Build | str | Path | None = None, *, config: ReviewCommand | None = None, **settings: Any
+) -> Path | None:
+    """Review a build's pairs (`popalign review`): with `html`, write the read-only page there and return its path;
+    else serve the page on `host:port` until interrupted (`popalign[review]`); `settings` are `popalign review`'s.
+
+    >>> popalign.review(EXAMPLE, html=f"{OUT}-review.html").name.endswith(".html")
+    True
+
+    Raises:
+        NotABuildError: not a build.
+        TamperedBuildError: its flags file is not what popalign wrote.
+        ConfigError: a bad setting, or a port in use.
+    """
+    command = _command(ReviewCommand, config, settings, build=None if build is None else _path(build))
+    reader = command.reader or default_reader()
+    if command.html:
+        write_html(command.build, command.html, reader=reader)
+        return command.html
+    serve(command.build, host=command.host, port=command.port, reader=reader)
+    return None
 
 
 def pairs(

@@ -23,6 +23,7 @@ from popalign.commands import (
     JudgeCommand,
     MergeCommand,
     PushCommand,
+    ReviewCommand,
     ScoreCommand,
     ShowCommand,
     command_keys,
@@ -46,6 +47,7 @@ from popalign.reports import (
     versions_report,
 )
 from popalign.resources import embedded_model_path
+from popalign.review import default_reader, serve, write_html
 from popalign.roles import parse_model_args
 from popalign.show import format_pair, read_pairs
 from popalign.styles import Styles
@@ -189,6 +191,10 @@ def _parser() -> argparse.ArgumentParser:
     add_command(show, ShowCommand)
     show.set_defaults(func=_show)
 
+    review = commands.add_parser("review", help="read, compare and flag a build's pairs on a local page")
+    add_command(review, ReviewCommand)
+    review.set_defaults(func=_review)
+
     export = commands.add_parser("export", help="write a build in another trainer's format (LLaMA-Factory)")
     add_command(export, ExportCommand)
     export.set_defaults(func=_export)
@@ -321,6 +327,17 @@ def _show(args: argparse.Namespace) -> int:
         shown += 1
     where = f" meeting {' and '.join(map(str, command.where))}" if command.where else ""
     print(f"{shown} pair{'' if shown == 1 else 's'} of {command.strategy}{where}")
+    return 0
+
+
+def _review(args: argparse.Namespace) -> int:
+    command = _command(args, ReviewCommand)
+    reader = command.reader or default_reader()
+    if command.html:
+        pairs = write_html(command.build, command.html, reader=reader)
+        print(f"wrote {command.html}: {pairs} pairs of {command.build}, read-only (open it in any browser)")
+        return 0
+    serve(command.build, host=command.host, port=command.port, reader=reader)
     return 0
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from popalign.config import BuildConfig, Endpoints, JudgeOptions, Push, ScoreOptions, check_cache_outside
+from popalign.dataset.flags import is_reader
 from popalign.declarations import (
     FLAG,
     PATH,
@@ -255,6 +256,7 @@ class PushCommand(CommandSettings):
     release: str = shared(Push, "release")
     private: bool = shared(Push, "private")
     force: bool = shared(Push, "force")
+    flags: str = shared(Push, "flags")
     token: str | None = setting(
         None, check=TEXT, recipe=False, metavar="TOKEN", help="Hub token (default: $HF_TOKEN or the saved login)"
     )
@@ -332,6 +334,30 @@ class ShowCommand(CommandSettings):
     width: int | None = setting(None, check=POSITIVE, metavar="N", help="line width (default: the terminal's)")
 
 
+PORT = Check(int, "a port, 0 to 65535 (0: any free one)", lambda value: 0 <= value <= 65535, metavar="PORT")
+READER = Check(str, "a name of letters, digits, '.', '_' or '-' (up to 40)", lambda value: is_reader(value))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReviewCommand(CommandSettings):
+    """`popalign review`: a build's pairs read, compared and flagged on a local page, or written as one file."""
+
+    build: Path = _build()
+    host: str = setting(
+        "127.0.0.1", check=TEXT, metavar="ADDRESS", help="address to serve on; any but this machine's own asks for a "
+        "token, printed in the URL"
+    )  # fmt: skip
+    port: int = setting(8700, check=PORT, help="port to serve on (0: any free one)")
+    reader: str | None = setting(
+        None, check=READER, metavar="NAME", help="whose flags these are (default: your login name); readers' flags are "
+        "kept apart"
+    )  # fmt: skip
+    html: Path | None = setting(
+        None, check=PATH, metavar="FILE", help="write the review as one read-only page (no server, nothing fetched) "
+        "and exit"
+    )  # fmt: skip
+
+
 #: The checks of settings that name a file or folder (a recipe's are resolved beside it).
 PATHS = (PATH, BUILD, FOLDERS)
 
@@ -344,4 +370,5 @@ COMMANDS: dict[str, type] = {
     "merge": MergeCommand,
     "export": ExportCommand,
     "show": ShowCommand,
+    "review": ReviewCommand,
 }

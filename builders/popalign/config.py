@@ -250,6 +250,10 @@ class Card:
         return [code.strip() for code in self.language.split(",")]
 
 
+#: What publishing (and a training mixture) may do with readers' flags (`popalign review`).
+FLAG_USES = ("ignore", "apply")
+
+
 @dataclass(frozen=True)
 class Push:
     """Publishing a finished build: the Hub dataset, the version (tagged `vX.Y.Z`), a private repository, and
@@ -265,6 +269,12 @@ class Push:
     release: str = setting(MISSING, check=VERSION, metavar="X.Y.Z", help="the version to publish, tagged vX.Y.Z")
     private: bool = setting(False, check=FLAG, help="create the repository private")
     force: bool = setting(False, check=FLAG, help="replace an already published version (the newest)")
+    flags: str = setting(
+        "ignore",
+        check=one_of(FLAG_USES),
+        help="readers' flags (popalign review): apply publishes without the pairs flagged bad and with the sides "
+        "of those flagged swapped exchanged; the card says so",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)

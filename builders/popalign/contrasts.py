@@ -54,6 +54,7 @@ DROP_REASONS: dict[str, str] = {
     "model's with --max-new-tokens, or an endpoint's that refused it as too long",
     "contaminated": "the instruction is close to a prompt of a benchmark given to --decontaminate (before any request)",
     "near-duplicate": "the instruction is close to an earlier one of the input (--near-duplicates; before any request)",
+    "flagged-bad": "a reader flagged the pair bad (popalign review), left out by --flags apply",
 }
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 

@@ -23,7 +23,8 @@ from popalign.dataset.rows import iter_rows
 from popalign.engine import Engine
 from popalign.errors import PopAlignError
 from popalign.generation import Generation, Request
-from popalign.judging import JudgeSettings, judge_rows, wilson
+from popalign.intervals import wilson
+from popalign.judging import JudgeSettings, judge_rows
 
 #: The role of the model the trained ones are compared with.
 REFERENCE = "reference"

@@ -19,6 +19,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch", "transformers", "trl", "peft"),
     "scale": ("datatrove",),
     "ray": ("datatrove", "ray"),
+    "review": ("starlette", "uvicorn"),
 }
 
 

@@ -36,6 +36,7 @@ from popalign.dataset.rows import StrategyOutcome
 from popalign.engine import Engine
 from popalign.errors import PopAlignError
 from popalign.generation import Generation, GenerationParams, Request, user
+from popalign.intervals import wilson
 from popalign.model_identity import ModelIdentity
 from popalign.roles import ModelSpec, Spec, parse_spec
 from popalign.shapes import VERDICT
@@ -142,21 +143,6 @@ def verdict(chosen_first: str | None, rejected_first: str | None) -> str:
 def margin_verdict(margin: float) -> str:
     """A reward model's verdict from its chosen-minus-rejected margin."""
     return "chosen" if margin > 0 else "rejected" if margin < 0 else "tie"
-
-
-def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (95% by default); (0, 1) when there are no trials. It holds the
-    proportion itself (floating point put 6 of 6 just under 1.0 once).
-
-    >>> wilson(6, 6)[1], wilson(0, 6)[0], [round(bound, 3) for bound in wilson(8, 10)]
-    (1.0, 0.0, [0.49, 0.943])
-    """
-    if not trials:
-        return 0.0, 1.0
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def summarize(rows: Iterable[dict[str, Any]]) -> JudgeSummary:

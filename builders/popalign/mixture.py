@@ -21,7 +21,9 @@ from datasets.exceptions import DatasetNotFoundError
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 
-from popalign.dataset.folder import MANIFEST
+from popalign.config import FLAG_USES
+from popalign.dataset.flags import applied_rows, read_flags
+from popalign.dataset.folder import FLAGS_FILE, MANIFEST
 from popalign.errors import PopAlignError
 
 
@@ -93,6 +95,13 @@ class MixtureConfig:
         default=False,
         metadata={"help": "Skip, with a one-line warning, a config the dataset does not have (else: stop)."},
     )
+    flags: str = field(
+        default="ignore",
+        metadata={
+            "help": "Readers' flags of a local build folder (popalign review): `apply` leaves out the pairs flagged "
+            "bad and exchanges the sides of those flagged swapped; `ignore` trains on the pairs as built."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.datasets = [MixtureEntry(**entry) if isinstance(entry, dict) else entry for entry in self.datasets]
@@ -143,12 +152,16 @@ def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
         raise MixtureError(f"curriculum_stages must be at least 1, got {config.curriculum_stages}")
     if config.curriculum_by not in CURRICULA:
         raise MixtureError(f"curriculum_by: expected one of {', '.join(CURRICULA)}, got {config.curriculum_by!r}")
+    if config.flags not in FLAG_USES:
+        raise MixtureError(f"flags: expected one of {', '.join(FLAG_USES)}, got {config.flags!r}")
     if config.skip_missing:
         entries = _present(entries)
     keep = _row_filter(config)
     pools, filtered = [], []
     for index, entry in enumerate(entries):
         rows = _load(index, entry)
+        if config.flags == "apply":
+            rows = _flagged(rows, entry)
         kept = rows.filter(keep, batched=True) if keep else rows
         filtered.append(len(rows) - len(kept))
         pools.append(kept.shuffle(seed=seed))
@@ -350,6 +363,18 @@ def _load(index: int, entry: MixtureEntry) -> datasets.Dataset:
         if missing:
             raise MixtureError(f"{where}: no column {', '.join(map(repr, missing))}")
     return rows
+
+
+def _flagged(rows: datasets.Dataset, entry: MixtureEntry) -> datasets.Dataset:
+    """A local build's rows with its readers' flags applied (`popalign.dataset.flags.applied_rows`); the rows of
+    any other dataset as they are (flags are the build folder's: a published version carries them applied)."""
+    folder = Path(entry.path)
+    if not (folder / FLAGS_FILE).is_file() or "prompt_id" not in rows.column_names:
+        return rows
+    kept, swapped = applied_rows(rows.to_list(), read_flags(folder))
+    if len(kept) == len(rows) and not swapped:
+        return rows
+    return datasets.Dataset.from_list(kept, features=rows.features)
 
 
 def _counts(entries: list[MixtureEntry], pools: list[datasets.Dataset]) -> list[int]:

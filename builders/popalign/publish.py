@@ -31,10 +31,23 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from popalign.config import LICENSE_FILE
-from popalign.dataset.card import card_files
-from popalign.dataset.folder import CARD, MANIFEST, RECIPE, Manifest, config_dir, config_prefix, open_manifest
+from popalign.dataset.card import card_files, write_card_and_manifest
+from popalign.dataset.flags import applied_rows, read_flags, review_record
+from popalign.dataset.folder import (
+    CARD,
+    MANIFEST,
+    RECIPE,
+    Manifest,
+    config_dir,
+    config_prefix,
+    copy_quality,
+    copy_recipe,
+    open_manifest,
+    staged,
+)
 from popalign.dataset.integrity import check_build
 from popalign.dataset.quality import QUALITY_DIR
+from popalign.dataset.rows import keep_sides, read_outcomes, require_rows, write_configs
 from popalign.errors import (
     ForeignRepositoryError,
     PopAlignError,
@@ -118,9 +131,17 @@ def check_publishable(
 
 
 def push_dataset(
-    folder: Path, repo_id: str, version: str, *, token: str | None, private: bool = False, force: bool = False
+    folder: Path,
+    repo_id: str,
+    version: str,
+    *,
+    token: str | None,
+    private: bool = False,
+    force: bool = False,
+    flags: str = "ignore",
 ) -> PushResult:
-    """Publish `folder` (written by `popalign build`) as version `version` of the dataset repo `repo_id`.
+    """Publish `folder` (written by `popalign build`) as version `version` of the dataset repo `repo_id`; with
+    `flags="apply"`, a copy of it without the pairs readers flagged bad and with those flagged swapped exchanged.
 
     >>> push_dataset(Path("popalign-data"), "org/popalign", "1.0.0", token=None)  # doctest: +SKIP
 
@@ -138,6 +159,10 @@ def push_dataset(
     tag = f"v{version}"
     manifest = open_manifest(folder)
     check_build(folder, manifest)  # before anything is asked of the Hub
+    if flags == "apply" and read_flags(folder).flags:
+        with tempfile.TemporaryDirectory(prefix="popalign-flags-") as staging:
+            applied = applied_copy(folder, manifest, Path(staging) / folder.name)
+            return push_dataset(applied, repo_id, version, token=token, private=private, force=force)
     api = HfApi(token=token)
     exists = True
     tags: dict[str, str] = {}
@@ -202,6 +227,31 @@ def push_dataset(
             api.delete_tag(repo_id, tag=tag, repo_type="dataset")
         api.create_tag(repo_id, tag=tag, revision=commit.oid, repo_type="dataset", tag_message=f"popalign {tag}")
     return PushResult(repo_id=repo_id, version=version, commit=commit.oid, rebuilt=rebuilt, kept=kept)
+
+
+def applied_copy(folder: Path, manifest: Manifest, out: Path) -> Path:
+    """A copy of the checked build at `folder`, written to `out`, with its readers' flags applied: pairs flagged
+    bad left out (dropped as `flagged-bad`), pairs flagged swapped with their sides exchanged; its card's review
+    table describes the pairs as read, and says what was applied."""
+    flags = read_flags(folder)
+    outcomes = read_outcomes(folder, manifest)
+    left_out = swapped = 0
+    for outcome in outcomes.values():
+        rows, turned = applied_rows(outcome.rows, flags)
+        if dropped := len(outcome.rows) - len(rows):
+            outcome.dropped["flagged-bad"] += dropped
+        outcome.rows, left_out, swapped = rows, left_out + dropped, swapped + turned
+    require_rows(outcomes, folder)
+    review = review_record(folder, manifest.configs)
+    assert review is not None  # there are flags
+    review = replace(review, applied={"left_out": left_out, "swapped": swapped})
+    with staged(out) as staging:
+        copy_quality(folder, staging)
+        written = write_configs(outcomes, staging, manifest.max_shard_size, manifest.test_size)
+        copy_recipe(folder, staging)
+        applied = replace(manifest, configs=keep_sides(written, manifest.configs), review=review)
+        write_card_and_manifest(applied, staging, out)
+    return out
 
 
 def list_versions(repo_id: str, *, token: str | None) -> list[dict[str, Any]]:

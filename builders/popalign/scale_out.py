@@ -54,7 +54,10 @@ class MergeTask:
         merge_builds([part_folder(self.work, k, self.tasks) for k in range(self.tasks)], self.out)
         if self.push:
             push = self.push
-            push_dataset(self.out, push.repo_id, push.release, token=None, private=push.private, force=push.force)
+            push_dataset(
+                self.out, push.repo_id, push.release,
+                token=None, private=push.private, force=push.force, flags=push.flags,
+            )  # fmt: skip
 
 
 def run_tasks(plan: BuildPlan) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
@@ -13,10 +14,20 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from popalign.config import DEFAULT_LICENSE, LICENSE_FILE, Card
 from popalign.contrasts import PAPER_JUDGES, STRATEGIES, paper_judge
-from popalign.dataset.folder import CARD, Manifest, file_digests, split_pattern, write_manifest
+from popalign.dataset.flags import carry_flags, review_record
+from popalign.dataset.folder import (
+    CARD,
+    Manifest,
+    file_digests,
+    open_manifest,
+    split_pattern,
+    write_manifest,
+    write_text,
+)
 from popalign.dataset.quality import OVERVIEW
 from popalign.dataset.records import ConfigRecord
 from popalign.errors import ConfigError
+from popalign.intervals import wilson
 from popalign.model_identity import escaped
 from popalign.prompts import BUNDLED_LABEL
 from popalign.resources import shipped_dir
@@ -145,6 +156,8 @@ def render_card(manifest: Manifest, *, repo_id: str, versions: list[dict[str, An
         score=manifest.score,
         quality=manifest.quality or {},
         judge=manifest.judge,
+        review=manifest.review,
+        agreement=_agreement,
         overview=manifest.overview,
         license=manifest.license,
         test_size=manifest.test_size,
@@ -187,6 +200,15 @@ def _combined_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
         ],
         "dataset_size": sum(info.get("dataset_size", 0) for info in infos),
     }
+
+
+def _agreement(counts: tuple[int, int]) -> str:
+    """An agreement cell of the review table: `A of N (low–high%)`, or `-` where nothing was compared."""
+    agreeing, compared = counts
+    if not compared:
+        return "-"
+    low, high = wilson(agreeing, compared)
+    return f"{agreeing} of {compared} ({low:.0%}–{high:.0%})"
 
 
 def _cell(text: str) -> str:
@@ -248,11 +270,27 @@ def card_files(manifest: Manifest, *, repo_id: str, versions: list[dict[str, Any
 
 def write_card_and_manifest(manifest: Manifest, folder: Path, out: Path) -> None:
     """The card, then the manifest (last: a folder with a manifest is complete) of the build bound for `out`, with
-    the digest of every file the folder holds."""
+    the digest of every file the folder holds, and what readers' flags (carried over from `out`) say of its pairs;
+    a copy with the flags applied keeps the review of the pairs it was made from."""
     manifest = replace(manifest, overview={key: path for key, path in OVERVIEW.items() if (folder / path).is_file()})
+    if not (manifest.review and manifest.review.applied):
+        carry_flags(out, folder)
+        manifest = replace(manifest, review=review_record(folder, manifest.configs))
     for name, text in card_files(manifest, repo_id=_local_name(out)).items():
         (folder / name).write_text(text, encoding="utf-8")
     write_manifest(folder, replace(manifest, digests=file_digests(folder)))
+
+
+def write_review(folder: Path, rows: Mapping[str, list[dict[str, Any]]] | None = None) -> Manifest:
+    """The card and manifest of a build in place, with what its readers' flags say now (`popalign review` after each
+    flag; `rows`: its configs' rows, where the caller holds them); the build's files are untouched, so their
+    digests stand."""
+    manifest = open_manifest(folder)
+    manifest = replace(manifest, review=review_record(folder, manifest.configs, rows))
+    for name, text in card_files(manifest, repo_id=_local_name(folder)).items():
+        write_text(folder / name, text)
+    write_manifest(folder, manifest)
+    return manifest
 
 
 def _local_name(out: Path) -> str:

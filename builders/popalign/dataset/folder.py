@@ -26,7 +26,15 @@ import yaml
 
 from popalign.config import DEFAULT_LICENSE, LICENSE_FILE, MAX_SHARD_SIZE
 from popalign.dataset.quality import QUALITY_DIR
-from popalign.dataset.records import ConfigRecord, JudgeRecord, QualityRecord, ScoreRecord, mismatch, plain
+from popalign.dataset.records import (
+    ConfigRecord,
+    JudgeRecord,
+    QualityRecord,
+    ReviewRecord,
+    ScoreRecord,
+    mismatch,
+    plain,
+)
 from popalign.errors import NotABuildError, TamperedBuildError
 from popalign.styles import Styles
 
@@ -36,6 +44,8 @@ CARD = "README.md"
 DATA = "data"
 SPLITS = ("train", "test")
 RECIPE = "popalign_recipe.yaml"
+#: Readers' flags (`popalign review`): checked by their own digest, as they change after the build.
+FLAGS_FILE = "review_flags.json"
 _STAGING = ".popalign-staging"
 _OLD = ".popalign-old"
 _LOCK = ".popalign-lock"
@@ -77,6 +87,7 @@ class Manifest:
     score: ScoreRecord | None = None
     quality: dict[str, QualityRecord] | None = None
     judge: JudgeRecord | None = None
+    review: ReviewRecord | None = None
     #: role to `IN,OUT` per million tokens, where the build was given prices (`costs.recorded_prices`)
     prices: dict[str, str] | None = None
     #: sha256 of each file the build wrote but the manifest, card and license (written again at each push), by
@@ -95,7 +106,7 @@ class Manifest:
         _check_fields(data, {name: hint for name, hint in get_type_hints(cls).items() if name in names})
         styles = Styles().recorded() | {"prefix_placement": "user"}  # what a build before a style existed used
         styles |= {key: value for key, value in data.items() if key in styles}
-        score, quality, judge = (data.get(key) for key in ("score", "quality", "judge"))
+        score, quality, judge, review = (data.get(key) for key in ("score", "quality", "judge", "review"))
         records = {
             "configs": {name: ConfigRecord.from_dict(config, name) for name, config in data["configs"].items()},
             "score": None if score is None else ScoreRecord.from_dict(score),
@@ -103,6 +114,7 @@ class Manifest:
                 name: QualityRecord.from_dict(report, f"quality: config {name!r}") for name, report in quality.items()
             },
             "judge": None if judge is None else JudgeRecord.from_dict(judge),
+            "review": None if review is None else ReviewRecord.from_dict(review),
         }  # fmt: skip
         return cls(
             **{key: value for key, value in data.items() if key in names and key not in records},
@@ -142,11 +154,12 @@ def open_manifest(out: Path) -> Manifest:
 
 
 def file_digests(folder: Path) -> dict[str, str]:
-    """sha256 of every file under `folder` but its manifest, card and license, by path in the folder."""
+    """sha256 of every file under `folder` but its manifest, card, license and readers' flags, by path in the
+    folder."""
     digests = {}
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder).as_posix()
-        if path.is_file() and relative not in (MANIFEST, CARD, LICENSE_FILE):
+        if path.is_file() and relative not in (MANIFEST, CARD, LICENSE_FILE, FLAGS_FILE):
             with path.open("rb") as file:
                 digests[relative] = hashlib.file_digest(file, "sha256").hexdigest()
     return digests
@@ -211,8 +224,13 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON next to `path` and rename it into place, so a reader never sees half of it."""
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write text next to `path` and rename it into place, so a reader never sees half of it."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
 
 

@@ -11,9 +11,11 @@ from typing import Any
 
 from popalign.config import LICENSE_FILE
 from popalign.contrasts import STRATEGIES
+from popalign.dataset.flags import read_flags
 from popalign.dataset.folder import (
     CARD,
     DATA,
+    FLAGS_FILE,
     MANIFEST,
     RECIPE,
     SHARD_NAME,
@@ -45,6 +47,7 @@ def check_build(out: Path, manifest: Manifest) -> None:
     for name, config in manifest.configs.items():
         _check_config(out, name, config)
     _check_digests(out, manifest)
+    read_flags(out)  # readers' flags, checked by their own digest
 
 
 def _check_digests(out: Path, manifest: Manifest) -> None:
@@ -65,7 +68,9 @@ def _check_digests(out: Path, manifest: Manifest) -> None:
 def _allowed_files(manifest: Manifest) -> set[str]:
     """The names of every file but the Parquet shards that a build with this manifest may hold."""
     charts = {*OVERVIEW.values(), JUDGE_CHART, *(score_chart(name) for name in manifest.configs)}
-    return {MANIFEST, RECIPE, CARD, LICENSE_FILE, *charts, *(f"templates/{name}" for name in registered_files())}
+    return {
+        MANIFEST, RECIPE, CARD, LICENSE_FILE, FLAGS_FILE, *charts, *(f"templates/{name}" for name in registered_files())
+    }  # fmt: skip
 
 
 def _is_shard_of(relative: str, manifest: Manifest) -> bool:

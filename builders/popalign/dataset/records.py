@@ -2,9 +2,9 @@
 
 `ConfigRecord` is what one config holds (its counts, answer lengths and edits, `dataset_info`, the models of its
 sides, what its pairs cost); `ScoreRecord` and `QualityRecord` are what scoring added, `JudgeRecord` and its
-`JudgeSummary` per config what judging added. Each writes its keys in the order the file has always had them and
-leaves out what a build did not set; each reads back the same (`from_dict(record.to_dict()) == record`). Keys a
-later popalign adds are kept as they are (`extra`).
+`JudgeSummary` per config what judging added, `ReviewRecord` and its `StrategyReview` per config what readers
+found. Each writes its keys in the order the file has always had them and leaves out what a build did not set; each
+reads back the same (`from_dict(record.to_dict()) == record`). Keys a later popalign adds are kept (`extra`).
 
 Records also answer as read-only mappings of their JSON (`manifest.configs["prefix"]["rows"]`), as the manifest's
 plain dicts did before they were typed.
@@ -257,6 +257,51 @@ class JudgeRecord(Record):
         summaries = values.get("configs", {})
         return values | {
             "configs": {name: JudgeSummary.from_dict(s, f"judge: config {name!r}") for name, s in summaries.items()}
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class StrategyReview(Record):
+    """What readers found in one strategy (`popalign review`): pairs read, the marks given, the share read as
+    chosen-better (good against swapped and bad) with its Wilson interval, and how often two readers of one pair
+    agree and a reader agrees with the judge (agreeing, compared)."""
+
+    _where: ClassVar[str] = "review summary"
+    read: int
+    marks: dict[str, int]
+    chosen_better: float | None
+    interval: tuple[float, float]
+    readers_agree: tuple[int, int]
+    judge_agrees: tuple[int, int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the manifest records it (the interval's bounds to four places)."""
+        return super().to_dict() | {"interval": [round(bound, 4) for bound in self.interval]}
+
+    @classmethod
+    def _read(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return values | {key: tuple(values[key]) for key in ("interval", "readers_agree", "judge_agrees")}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReviewRecord(Record):
+    """Readers' flags on a build (`review_flags.json`), summed up for the card: the readers, a `StrategyReview` per
+    strategy read, the flags left stale by a rebuild that changed their pair, and, in a copy with the flags applied
+    (`push --flags apply`), the pairs left out and swapped."""
+
+    _where: ClassVar[str] = "review"
+    readers: list[str]
+    configs: dict[str, StrategyReview] = field(default_factory=dict)
+    stale: int = 0
+    applied: dict[str, int] | None = optional()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def _read(cls, values: dict[str, Any]) -> dict[str, Any]:
+        summaries = values.get("configs", {})
+        return values | {
+            "configs": {name: StrategyReview.from_dict(s, f"review: config {name!r}") for name, s in summaries.items()}
         }
 
 

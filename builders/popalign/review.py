@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 from popalign.contrasts import STRATEGIES, StrategyContext
 from popalign.conversations import from_chat, transcript
 from popalign.dataset.card import write_review
@@ -187,7 +189,7 @@ def _made(name: str, row: dict[str, Any], context: StrategyContext) -> list[str]
         return None
     try:
         positive, negative = scoring(Instruction.from_chat(row["prompt"]), context, row)
-    except (PopAlignError, KeyError, ValueError):
+    except (PopAlignError, KeyError, ValueError, jinja2.TemplateError):
         return None  # a plugin's prompts this build's templates cannot render: the sides still show
     return [transcript(from_chat(chat)) for chat in (positive, negative)]
 

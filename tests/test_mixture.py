@@ -260,7 +260,11 @@ def test_flags_apply_leaves_out_bad_pairs_and_swaps_sides_of_a_local_build(folde
         Flag("ana", "refine", "refine-2", pair_digest(rows["refine-2"]), "swapped"),
     ]))  # fmt: skip
     entry = {"path": str(folder), "name": "refine"}
-    applied = load_mixture(MixtureConfig(datasets=[entry], flags="apply")).splits["train"].to_list()
+    mixture = load_mixture(MixtureConfig(datasets=[entry], flags="apply"))
+    applied = mixture.splits["train"].to_list()
+    assert (
+        mixture.describe()[0] == f"mixture {folder}:refine: 5 of 5 rows; readers' flags applied: 1 left out, 1 swapped"
+    )
     by_id = {row["prompt_id"]: row for row in applied}
     assert len(applied) == 5 and "refine-1" not in by_id
     assert by_id["refine-2"]["chosen"] == rows["refine-2"]["rejected"] and by_id["refine-2"]["swapped"]

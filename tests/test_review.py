@@ -19,6 +19,7 @@ import pytest
 
 from helpers import POPALIGN, build, run_offline
 from hub_server import serve_hub
+from popalign.dataset.flags import read_flags
 
 pytestmark = pytest.mark.slow
 TOKEN = "hf_testsecret_review"
@@ -184,3 +185,36 @@ def test_a_tampered_flags_file_stops_review_and_push_in_one_line(built: Path) ->
         result = run_offline(POPALIGN, *command)
         assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
         assert "review_flags.json: its content is not what popalign wrote" in result.stderr
+
+
+def test_flags_survive_a_judge_pass_and_a_rebuild_of_the_same_pairs_and_go_stale_where_answers_change(
+    scripted, built: Path, tmp_path: Path
+) -> None:
+    """The flags file is carried into every rewrite of the folder: a judge pass keeps the pairs, so the flags hold
+    and the card sets them beside the judge; a rebuild with another prefix style changes every prefix answer, so
+    the prefix flag turns stale and counts nowhere, while the elicitive one, on the same pair, holds."""
+    from popalign.dataset.flags import Flag, Flags, pair_digest, write_flags
+
+    prefix = pyarrow.parquet.read_table(built / "data" / "prefix").to_pylist()[0]
+    elicitive = pyarrow.parquet.read_table(built / "data" / "elicitive").to_pylist()[0]
+    flags = [Flag("ana", "prefix", prefix["prompt_id"], pair_digest(prefix), "swapped"),
+             Flag("bo", "elicitive", elicitive["prompt_id"], pair_digest(elicitive), "good")]  # fmt: skip
+    write_flags(built, Flags(flags))
+    judged = run_offline(POPALIGN, "judge", built, "--judge-model", scripted[0], "--no-cache", "--no-progress",
+                         HF_HUB_OFFLINE="0")  # fmt: skip
+    assert judged.returncode == 0, judged.stderr
+    assert Flags(sorted(flags, key=lambda f: f.key)) == read_flags(built)
+    manifest = json.loads((built / "popalign_build.json").read_text())
+    review = manifest["review"]
+    assert review["readers"] == ["ana", "bo"] and review["stale"] == 0
+    assert review["configs"]["elicitive"]["judge_agrees"] == [1, 1]  # the scripted judge prefers the careful answer
+    assert review["configs"]["prefix"]["judge_agrees"] == [0, 0]  # and calls prefix pairs a tie: nothing to compare
+    assert (
+        "| `elicitive` | 1 | 1 | 0 | 0 | 100% | 21–100% | 100% | 91.5% | - | 1 of 1 (21–100%) |"
+        in (built / "README.md").read_text()
+    )
+    result, out = build(tmp_path, scripted[0], "--strategies", "prefix,elicitive", "--prefix-style", "helpful")
+    assert result.returncode == 0 and out == built, result.stderr
+    manifest = json.loads((built / "popalign_build.json").read_text())
+    assert manifest["review"]["stale"] == 1 and list(manifest["review"]["configs"]) == ["elicitive"]
+    assert "1 flags were given on pairs a\nrebuild has since changed" in (built / "README.md").read_text()

@@ -109,12 +109,14 @@ class MixtureConfig:
 
 @dataclass(frozen=True)
 class MixturePart:
-    """What one entry contributed: rows available, rows the filters removed, rows taken."""
+    """What one entry contributed: rows available, rows the filters removed, rows taken, and where readers' flags
+    were applied, the pairs they left out and swapped."""
 
     label: str
     available: int
     filtered: int
     taken: int
+    flagged: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,10 @@ class Mixture:
         lines = [
             f"mixture {part.label}: {part.taken} of {part.available} rows"
             + (f" ({part.filtered} filtered out)" if part.filtered else "")
+            + (f"; readers' flags applied: {part.flagged[0]} left out, {part.flagged[1]} swapped" if any(part.flagged)
+               else "")
             for part in self.parts
-        ]
+        ]  # fmt: skip
         return [*lines, f"mixture total: {sum(part.taken for part in self.parts)} rows"]
 
 
@@ -157,11 +161,12 @@ def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
     if config.skip_missing:
         entries = _present(entries)
     keep = _row_filter(config)
-    pools, filtered = [], []
+    pools, filtered, flagged = [], [], []
     for index, entry in enumerate(entries):
         rows = _load(index, entry)
-        if config.flags == "apply":
-            rows = _flagged(rows, entry)
+        loaded = len(rows)
+        rows, swapped = _flagged(rows, entry) if config.flags == "apply" else (rows, 0)
+        flagged.append((loaded - len(rows), swapped))
         kept = rows.filter(keep, batched=True) if keep else rows
         filtered.append(len(rows) - len(kept))
         pools.append(kept.shuffle(seed=seed))
@@ -194,8 +199,8 @@ def load_mixture(config: MixtureConfig, *, seed: int = 0) -> Mixture:
             {name: split.shuffle(seed=seed).sort(STAGE).remove_columns(STAGE) for name, split in splits.items()}
         )
     parts = tuple(
-        MixturePart(entry.label, len(pool) + dropped, dropped, count)
-        for entry, pool, dropped, count in zip(entries, pools, filtered, counts, strict=True)
+        MixturePart(entry.label, len(pool) + dropped, dropped, count, flags)
+        for entry, pool, dropped, count, flags in zip(entries, pools, filtered, counts, flagged, strict=True)
     )
     return Mixture(splits=splits, parts=parts)
 
@@ -365,16 +370,17 @@ def _load(index: int, entry: MixtureEntry) -> datasets.Dataset:
     return rows
 
 
-def _flagged(rows: datasets.Dataset, entry: MixtureEntry) -> datasets.Dataset:
-    """A local build's rows with its readers' flags applied (`popalign.dataset.flags.applied_rows`); the rows of
-    any other dataset as they are (flags are the build folder's: a published version carries them applied)."""
+def _flagged(rows: datasets.Dataset, entry: MixtureEntry) -> tuple[datasets.Dataset, int]:
+    """A local build's rows with its readers' flags applied (`popalign.dataset.flags.applied_rows`), and how many
+    were swapped; the rows of any other dataset as they are (flags are the build folder's: a version pushed with
+    `--flags apply` carries them applied)."""
     folder = Path(entry.path)
     if not (folder / FLAGS_FILE).is_file() or "prompt_id" not in rows.column_names:
-        return rows
+        return rows, 0
     kept, swapped = applied_rows(rows.to_list(), read_flags(folder))
     if len(kept) == len(rows) and not swapped:
-        return rows
-    return datasets.Dataset.from_list(kept, features=rows.features)
+        return rows, 0
+    return datasets.Dataset.from_list(kept, features=rows.features), swapped
 
 
 def _counts(entries: list[MixtureEntry], pools: list[datasets.Dataset]) -> list[int]:

@@ -92,8 +92,7 @@ class ReviewData:
                 "rows": config.rows,
                 "dropped": [[reason, count, reasons.get(reason, "")] for reason, count in config.dropped.items()],
                 "judge_accuracy": judged.accuracy if judged else None,
-                "chosen_model": config.chosen_model,
-                "rejected_model": config.rejected_model,
+                "roles": sorted({STRATEGIES[name].chosen_role, STRATEGIES[name].rejected_role}),
             }
         pairs = [_pair(name, row, flags, context) for name, rows in self.rows.items() for row in rows]
         return {

@@ -208,7 +208,7 @@ def _agreement(counts: tuple[int, int]) -> str:
     if not compared:
         return "-"
     low, high = wilson(agreeing, compared)
-    return f"{agreeing} of {compared} ({low:.0%}–{high:.0%})"
+    return f"{agreeing} of {compared} ({low * 100:.0f}–{high:.0%})"
 
 
 def _cell(text: str) -> str:

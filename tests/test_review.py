@@ -218,3 +218,31 @@ def test_flags_survive_a_judge_pass_and_a_rebuild_of_the_same_pairs_and_go_stale
     manifest = json.loads((built / "popalign_build.json").read_text())
     assert manifest["review"]["stale"] == 1 and list(manifest["review"]["configs"]) == ["elicitive"]
     assert "1 flags were given on pairs a\nrebuild has since changed" in (built / "README.md").read_text()
+
+
+def test_the_server_follows_a_rebuild_and_refuses_a_flag_on_answers_that_changed(scripted, built: Path) -> None:
+    """A rebuild while the page is open: a flag given on a prefix pair as it was read is refused in one line (its
+    answers changed), one on an elicitive pair, unchanged, is saved against the new build."""
+
+    def post(url: str, body: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(url + "api/flag", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    with reviewing(built, "--reader", "ana") as url:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            page = response.read().decode()
+        start = page.index('type="application/json">') + len('type="application/json">')
+        pairs = json.loads(page[start : page.index("</script>", start)])["pairs"]
+        prefix, elicitive = (next(p for p in pairs if p["config"] == name) for name in ("prefix", "elicitive"))
+        result, _ = build(built.parent, scripted[0], "--strategies", "prefix,elicitive", "--prefix-style", "helpful")
+        assert result.returncode == 0, result.stderr
+        status, answer = post(url, {k: prefix[k] for k in ("config", "prompt_id", "pair")} | {"mark": "bad"})
+        assert status == 409 and "the pair changed since the page was loaded; reload it" in answer["error"]
+        status, answer = post(url, {k: elicitive[k] for k in ("config", "prompt_id", "pair")} | {"mark": "good"})
+        assert status == 200 and answer["flags"] == [{"reader": "ana", "mark": "good", "note": "", "stale": False}]
+    assert [flag["mark"] for flag in json.loads((built / "review_flags.json").read_text())["flags"]] == ["good"]

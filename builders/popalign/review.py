@@ -31,7 +31,7 @@ from popalign.contrasts import STRATEGIES, StrategyContext
 from popalign.conversations import from_chat, transcript
 from popalign.dataset.card import write_review
 from popalign.dataset.flags import MARKS, Flag, Flags, check_reader, clean_note, pair_digest, read_flags, write_flags
-from popalign.dataset.folder import Manifest, open_manifest
+from popalign.dataset.folder import Manifest, claimed, open_manifest
 from popalign.dataset.rows import iter_rows
 from popalign.errors import ConfigError, PopAlignError
 from popalign.extras import require
@@ -74,9 +74,16 @@ class ReviewData:
         rows = {name: list(iter_rows(folder, name)) for name, config in manifest.configs.items() if config.rows}
         return cls(folder, manifest, rows)
 
+    def refresh(self) -> None:
+        """Read the build again where a command rewrote it since it was read (a rebuild, a score or judge pass)."""
+        if open_manifest(self.folder).digests != self.manifest.digests:
+            fresh = ReviewData.load(self.folder)
+            self.manifest, self.rows = fresh.manifest, fresh.rows
+
     def page(self, *, reader: str, mode: str, token: str | None = None) -> dict[str, Any]:
         """What the page shows: the build, its strategies (sides, drops, judge and score summaries), every pair with
         what made it and its flags, the reader, and `mode` (`server`: flags are saved; `static`: read-only)."""
+        self.refresh()
         flags = read_flags(self.folder)
         context = _context(self.folder, self.manifest)
         reasons = STRATEGIES.drop_reasons()
@@ -117,7 +124,9 @@ class ReviewData:
 
         Raises:
             ConfigError: not a flag of a pair of this build, or the pair changed since it was read.
+            NotABuildError: another popalign command holds the folder (a rebuild, say).
         """
+        self.refresh()
         if not isinstance(body, dict):
             raise ConfigError("a flag is an object: config, prompt_id, pair, mark, note")
         check_reader(reader)
@@ -132,14 +141,15 @@ class ReviewData:
         note = body.get("note") or ""
         if not isinstance(note, str):
             raise ConfigError("note: expected text")
-        flags = read_flags(self.folder)
-        key = (reader, str(config), str(prompt_id))
-        if mark is None:
-            flags = flags.without(key)
-        else:
-            flags = flags.with_flag(Flag(reader, str(config), str(prompt_id), pair, mark, clean_note(note)))
-        write_flags(self.folder, flags)
-        self.manifest = write_review(self.folder, self.rows)
+        with claimed(self.folder):  # never beside a command rewriting the folder
+            flags = read_flags(self.folder)
+            key = (reader, str(config), str(prompt_id))
+            if mark is None:
+                flags = flags.without(key)
+            else:
+                flags = flags.with_flag(Flag(reader, str(config), str(prompt_id), pair, mark, clean_note(note)))
+            write_flags(self.folder, flags)
+            self.manifest = write_review(self.folder, self.rows)
         return _flags_on(flags, str(config), row)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -246,3 +247,14 @@ def test_the_server_follows_a_rebuild_and_refuses_a_flag_on_answers_that_changed
         status, answer = post(url, {k: elicitive[k] for k in ("config", "prompt_id", "pair")} | {"mark": "good"})
         assert status == 200 and answer["flags"] == [{"reader": "ana", "mark": "good", "note": "", "stale": False}]
     assert [flag["mark"] for flag in json.loads((built / "review_flags.json").read_text())["flags"]] == ["good"]
+
+
+def test_a_port_in_use_stops_review_in_one_line(built: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_offline(POPALIGN, "review", built, "--port", port)
+    assert result.returncode == 2 and result.stderr == (
+        f"popalign: error: --port {port}: cannot listen on 127.0.0.1 (in use); pick another with --port\n"
+    )

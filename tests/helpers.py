@@ -12,6 +12,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import tomllib
@@ -35,6 +36,17 @@ def run_offline(*command: str | Path, cwd: Path | None = None, **env: str) -> su
     """Run a command as a user would on a machine with no Hub, with extra environment variables."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env}
     return subprocess.run(list(map(str, command)), cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+
+
+@contextmanager
+def latency_server(folder: Path, *flags: str, port: int | None = None, delay: float = 0.2) -> Iterator[str]:
+    """`latency_server.py` (a fixed-delay server with faults and rate limits) until the block ends: its URL."""
+    port = port or free_port()
+    log = folder / f"answered-{port}.jsonl"
+    log.touch()
+    command = [sys.executable, HERE / "latency_server.py", "--port", port, "--delay", delay, "--log", log, *flags]
+    with serve_process(command, folder / f"server-{port}.log", f"http://127.0.0.1:{port}/health"):
+        yield f"http://127.0.0.1:{port}"
 
 
 def serve_scripted(folder: Path, model: str, *flags: str) -> Iterator[tuple[str, Path]]:

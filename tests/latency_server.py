@@ -6,7 +6,9 @@ the resting and retry tests (in its own process, so timing on the client side is
 - `reset`: every fifth chat request has its connection reset;
 - `timeout`: every tenth chat request is held past any client's time-out, then dropped;
 - `retry-after`: every chat request gets HTTP 429 with `Retry-After: 86400`;
-- `--models-503 N`: the first N calls of `/v1/models` get HTTP 503.
+- `--models-503 N`: the first N calls of `/v1/models` get HTTP 503;
+- `--rps R`: a hosted API's rate limit, a token bucket of R chat requests a second (holding one second's worth):
+  beyond it, HTTP 429 with `Retry-After: 1`; `GET /stats` counts the requests refused.
 
 It appends one line per chat request it answers to `--log`: its port and the chat's last message.
 
@@ -41,8 +43,12 @@ class Handler(JSONHandler):
     chats = 0
     models = 0
     first: float | None = None
+    bucket: tuple[float, float] | None = None  # the rate limit's level and when it was last filled
+    refused = 0
 
     def do_GET(self) -> None:
+        if self.path == "/stats":
+            return self._reply(200, {"refused": Handler.refused})
         if self.path != "/v1/models":
             return self._reply(200 if self.path == "/health" else 404, {})
         with self.lock:
@@ -55,7 +61,13 @@ class Handler(JSONHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        fault = self._fault()
+        fault = "429-limit" if not self._admitted() else self._fault()
+        if fault == "429-limit":
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            return self.wfile.write(b"{}")
         if fault == "503":
             return self._reply(503, {"error": "overloaded"})
         if fault == "429":
@@ -92,6 +104,20 @@ class Handler(JSONHandler):
             },
         )
 
+    def _admitted(self) -> bool:
+        """Whether the rate limit (`--rps`) lets this chat request through now."""
+        rate = self.settings.rps
+        if rate is None:
+            return True
+        with self.lock:
+            now = time.monotonic()
+            level, at = Handler.bucket if Handler.bucket else (rate, now)
+            level = min(rate, level + (now - at) * rate)
+            admitted = level >= 1
+            Handler.bucket = (level - 1 if admitted else level, now)
+            Handler.refused += not admitted
+        return admitted
+
     def _fault(self) -> str:
         """The fault this chat request gets, by the schedule."""
         with self.lock:
@@ -121,6 +147,7 @@ if __name__ == "__main__":
     parser.add_argument("--burst", type=float, default=2.0)
     parser.add_argument("--stall", type=float, default=1.5)
     parser.add_argument("--models-503", type=int, default=0)
+    parser.add_argument("--rps", type=float, default=None)
     parser.add_argument("--log", type=Path, required=True)
     Handler.settings = parser.parse_args()
     Server(("127.0.0.1", Handler.settings.port), Handler).serve_forever()

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from helpers import POPALIGN, run_offline
-from net import free_port, serve_process
+from helpers import POPALIGN, latency_server, run_offline
+from net import free_port
 from popalign.backends.endpoint import EndpointBackend, RetryPolicy
 from popalign.config import Endpoints
 from popalign.errors import BackendError
@@ -30,16 +27,6 @@ DELAY = 0.2
 CONCURRENCY = 32
 TIMEOUT = 0.6  # three times the answer time: a stalled request holds its slot that long
 REQUESTS = 1280  # a clean run takes at least REQUESTS * DELAY / CONCURRENCY = 8 s
-
-
-@contextmanager
-def latency_server(folder: Path, *flags: str, port: int | None = None) -> Iterator[str]:
-    port = port or free_port()
-    log = folder / f"answered-{port}.jsonl"
-    log.touch()
-    command = [sys.executable, HERE / "latency_server.py", "--port", port, "--delay", DELAY, "--log", log, *flags]
-    with serve_process(command, folder / f"server-{port}.log", f"http://127.0.0.1:{port}/health"):
-        yield f"http://127.0.0.1:{port}"
 
 
 def answered(folder: Path, url: str) -> list[str]:

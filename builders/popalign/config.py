@@ -98,14 +98,28 @@ LANGUAGES = Check(
 @dataclass(frozen=True)
 class Endpoints:
     """How endpoint roles (and an endpoint judge or scorer) are called: requests in flight per replica,
-    attempts per request, seconds per request, the longest `Retry-After` honoured, and an API key (default:
-    none; `$HF_TOKEN` or the saved login go to Hugging Face hosts only)."""
+    attempts per request, seconds per request, the longest `Retry-After` honoured, the requests and tokens per
+    minute each endpoint model is sent at most, whether the requests in flight adapt to the server
+    (`backends.pace`), and an API key (default: none; `$HF_TOKEN` or the saved login go to Hugging Face hosts
+    only)."""
 
     concurrency: int = setting(64, check=POSITIVE, help="requests in flight per endpoint replica")
     retries: int = setting(6, check=POSITIVE, help="attempts per endpoint request")
     timeout: float = setting(300.0, check=SECONDS, help="deadline in seconds for each whole endpoint request")
     max_retry_wait: float = setting(
         120.0, check=SECONDS, help="longest wait a server's Retry-After can ask for; each wait uses up an attempt"
+    )
+    rpm: int | None = setting(
+        None, check=POSITIVE, help="requests per minute each endpoint model is sent at most (a hosted API's limit)"
+    )
+    tpm: int | None = setting(
+        None, check=POSITIVE, help="tokens per minute, prompt and answer, each endpoint model is sent at most"
+    )
+    adaptive_concurrency: bool = setting(
+        False,
+        check=FLAG,
+        help="adapt the requests in flight to what each endpoint takes: halve on 429 or 503, grow while answers "
+        "come clean, up to --concurrency per replica",
     )
     token: str | None = setting(
         None,

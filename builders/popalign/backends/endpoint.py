@@ -40,6 +40,7 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.utils import get_async_session
 
 from popalign.backends.base import THINKS_FIRST
+from popalign.backends.pace import Pace
 from popalign.backends.server_kinds import (
     LABELS,
     OWNED_BY,
@@ -60,6 +61,8 @@ from popalign.model_identity import ModelIdentity
 from popalign.roles import EndpointSpec
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+#: The failures that say the server is overloaded: an adaptive pace halves its window on them.
+THROTTLED = {"HTTP 429", "HTTP 503"}
 FATAL_STATUS = {401: "unauthorized", 403: "forbidden", 404: "no chat completions route here"}
 REST_AFTER = 3
 MAX_REST = 30.0
@@ -186,6 +189,7 @@ class _Endpoint:
     refusals: Counter[str] = field(default_factory=Counter)  # by reason, while nothing was answered yet
     #: The `system_fingerprint`s its answers carried (OpenAI's backend configuration; llama.cpp's server build)
     fingerprints: set[str] = field(default_factory=set)
+    pace: Pace | None = None  # the per-minute budgets and the adaptive window, where any is asked for
 
     def wake(self) -> None:
         """Tell requests waiting for a replica that one may be free now."""
@@ -217,6 +221,7 @@ class EndpointBackend:
         self.clock = clock
         self.token = settings.token
         self.concurrency = settings.concurrency
+        self.rpm, self.tpm, self.adaptive = settings.rpm, settings.tpm, settings.adaptive_concurrency
         self.timeout = settings.timeout
         self.retry = retry or RetryPolicy(attempts=settings.retries, max_wait=settings.max_retry_wait)
         self._endpoints: dict[EndpointSpec, _Endpoint] = {}
@@ -245,6 +250,8 @@ class EndpointBackend:
                 raise BackendError(f"endpoint replicas serve different models: {shown}")
             kind, identity = next(iter(served.values()))
             endpoint = _Endpoint(spec, identity.served, kind, identity)
+            limit = self.concurrency * len(spec.urls)
+            endpoint.pace = Pace(limit, adaptive=self.adaptive, rpm=self.rpm, tpm=self.tpm, clock=self.clock)
             for url in spec.urls:
                 http = get_async_session()  # huggingface_hub's client, so HF_HUB_OFFLINE and its proxies apply
                 slots = asyncio.Semaphore(self.concurrency)
@@ -364,7 +371,8 @@ class EndpointBackend:
         def call(replica: _Replica) -> Awaitable[Generation]:
             return self._chat(replica, endpoint, request, params, seed)
 
-        return asyncio.ensure_future(self._answer(endpoint, call, on_done, on_retry))
+        tokens = len(json.dumps(request.chat())) // 4 + params.max_new_tokens  # what the budget counts until answered
+        return asyncio.ensure_future(self._answer(endpoint, call, on_done, on_retry, tokens))
 
     def choice_logprobs(
         self, spec: EndpointSpec, chats: Sequence[list[dict[str, str]]], choices: Sequence[str]
@@ -418,12 +426,18 @@ class EndpointBackend:
         call: Callable[[_Replica], Awaitable[_T]],
         on_done: Callable[[_T], None],
         on_retry: OnRetry,
+        tokens: int = 1,
     ) -> _T:
-        """`call` on a replica until it answers: the retry, resting and probing rules of the module's doc."""
+        """`call` on a replica until it answers: the retry, resting and probing rules of the module's doc, within
+        the endpoint's pace where one is asked for (`tokens`: what the request is reckoned to use)."""
         failure = Failure("no attempt made")
+        pace = endpoint.pace if endpoint.pace and (self.adaptive or self.rpm or self.tpm) else None
         for attempt in range(self.retry.attempts):
             await endpoint.slots.acquire()  # a slot on some answering replica; which one is picked then
+            let_go: float | None = None  # when the pace let the request go
             try:
+                if pace:
+                    let_go = await pace.take(tokens)
                 replica, probe = await self._pick(endpoint)
                 sent_at = self.clock()
                 async with replica.slots:
@@ -441,12 +455,19 @@ class EndpointBackend:
                     else:
                         self._answered(endpoint, replica, probe)
                         endpoint.ever_answered = True
+                        if pace:
+                            pace.answered(let_go)
+                            if isinstance(answer, Generation):
+                                pace.settle(tokens, answer.prompt_tokens + answer.tokens)
+                            let_go = None
                         on_done(answer)
                         return answer
                     finally:
                         replica.busy -= 1
             finally:
                 endpoint.slots.release()
+                if pace and let_go is not None:  # not answered: its place is freed; an overload halves the window
+                    pace.throttled() if failure.reason in THROTTLED else pace.failed()
             if failure.fatal:
                 raise BackendError(f"endpoint {replica.url}: {failure.reason}")
             if failure.refused:

@@ -9,7 +9,7 @@ reads back the same (`from_dict(record.to_dict()) == record`). Keys a later popa
 Records also answer as read-only mappings of their JSON (`manifest.configs["prefix"]["rows"]`), as the manifest's
 plain dicts did before they were typed.
 
->>> record = ConfigRecord.from_dict("prefix", {"rows": 3, "dropped": {"duplicate": 1}, "requests": 8, "cost": None})
+>>> record = ConfigRecord.from_dict({"rows": 3, "dropped": {"duplicate": 1}, "requests": 8, "cost": None}, "prefix")
 >>> record.rows, record["dropped"], record.get("chosen_model"), record.to_dict()["cost"], "cost_per_pair" in record
 (3, {'duplicate': 1}, None, None, True)
 """
@@ -46,7 +46,8 @@ class Record(Mapping[str, Any]):
             value = getattr(self, f.name)
             if f.name == "extra" or (f.metadata.get("optional") and value is None and not self._written(f)):
                 continue
-            data[f.name] = plain(value)
+            places = f.metadata.get("places")
+            data[f.name] = [round(item, places) for item in value] if places else plain(value)
         return data | self.extra
 
     def _written(self, f: Any) -> bool:
@@ -75,14 +76,9 @@ class Record(Mapping[str, Any]):
                 continue
             if wrong := mismatch(data[f.name], hints[f.name], f"{where}: field {f.name!r}"):
                 raise ValueError(wrong)
-            values[f.name] = data[f.name]
+            values[f.name] = _typed(data[f.name], hints[f.name], where)
         names = {f.name for f in fields(cls)}
-        return cls(**cls._read(values), extra={key: value for key, value in data.items() if key not in names})
-
-    @classmethod
-    def _read(cls, values: dict[str, Any]) -> dict[str, Any]:
-        """The field values of checked JSON values (a record nested in this one is read here)."""
-        return values
+        return cls(**values, extra={key: value for key, value in data.items() if key not in names})
 
     def __getitem__(self, key: str) -> Any:
         data = self.to_dict()
@@ -93,6 +89,15 @@ class Record(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.to_dict())
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """A checked JSON value as its field holds it: records by config read as their records (errors naming the
+    config), a list as a tuple where the field is one."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is dict and isinstance(args[1], type) and issubclass(args[1], Record):
+        return {name: args[1].from_dict(item, f"{where}: config {name!r}") for name, item in value.items()}
+    return tuple(value) if origin is tuple else value
 
 
 def plain(value: Any) -> Any:
@@ -218,18 +223,10 @@ class JudgeSummary(Record):
     _where: ClassVar[str] = "judge summary"
     counts: dict[str, int]
     accuracy: float | None
-    interval: tuple[float, float]
+    interval: tuple[float, float] = field(metadata={"places": 4})  # written to four places
     longer_wins: float | None
     dlma_agreement: float | None
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """As the manifest records it (the interval's bounds to four places)."""
-        return super().to_dict() | {"interval": [round(bound, 4) for bound in self.interval]}
-
-    @classmethod
-    def _read(cls, values: dict[str, Any]) -> dict[str, Any]:
-        return values | {"interval": tuple(values["interval"])}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,13 +249,6 @@ class JudgeRecord(Record):
     replaced: list[str] | None = optional()
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def _read(cls, values: dict[str, Any]) -> dict[str, Any]:
-        summaries = values.get("configs", {})
-        return values | {
-            "configs": {name: JudgeSummary.from_dict(s, f"judge: config {name!r}") for name, s in summaries.items()}
-        }
-
 
 @dataclass(frozen=True, kw_only=True)
 class StrategyReview(Record):
@@ -270,18 +260,10 @@ class StrategyReview(Record):
     read: int
     marks: dict[str, int]
     chosen_better: float | None
-    interval: tuple[float, float]
+    interval: tuple[float, float] = field(metadata={"places": 4})  # written to four places
     readers_agree: tuple[int, int]
     judge_agrees: tuple[int, int]
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """As the manifest records it (the interval's bounds to four places)."""
-        return super().to_dict() | {"interval": [round(bound, 4) for bound in self.interval]}
-
-    @classmethod
-    def _read(cls, values: dict[str, Any]) -> dict[str, Any]:
-        return values | {key: tuple(values[key]) for key in ("interval", "readers_agree", "judge_agrees")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -296,13 +278,6 @@ class ReviewRecord(Record):
     stale: int = 0
     applied: dict[str, int] | None = optional()
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def _read(cls, values: dict[str, Any]) -> dict[str, Any]:
-        summaries = values.get("configs", {})
-        return values | {
-            "configs": {name: StrategyReview.from_dict(s, f"review: config {name!r}") for name, s in summaries.items()}
-        }
 
 
 def is_count(value: Any) -> bool:

@@ -63,19 +63,11 @@ class Handler(JSONHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         fault = "429-limit" if not self._admitted() else self._fault()
         if fault == "429-limit":
-            self.send_response(429)
-            self.send_header("Retry-After", "1")
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            return self.wfile.write(b"{}")
+            return self._too_many(retry_after=1)
         if fault == "503":
             return self._reply(503, {"error": "overloaded"})
         if fault == "429":
-            self.send_response(429)
-            self.send_header("Retry-After", "86400")
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            return self.wfile.write(b"{}")
+            return self._too_many(retry_after=86400)
         if fault == "reset":
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
@@ -103,6 +95,14 @@ class Handler(JSONHandler):
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             },
         )
+
+    def _too_many(self, retry_after: int) -> None:
+        """HTTP 429 with `Retry-After` in seconds."""
+        self.send_response(429)
+        self.send_header("Retry-After", str(retry_after))
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
 
     def _admitted(self) -> bool:
         """Whether the rate limit (`--rps`) lets this chat request through now."""

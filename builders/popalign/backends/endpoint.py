@@ -61,8 +61,8 @@ from popalign.model_identity import ModelIdentity
 from popalign.roles import EndpointSpec
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
-#: The failures that say the server is overloaded: an adaptive pace halves its window on them.
-THROTTLED = {"HTTP 429", "HTTP 503"}
+#: The statuses that say the server is overloaded: an adaptive pace halves its window on them.
+THROTTLED_STATUS = {429, 503}
 FATAL_STATUS = {401: "unauthorized", 403: "forbidden", 404: "no chat completions route here"}
 REST_AFTER = 3
 MAX_REST = 30.0
@@ -128,6 +128,7 @@ class Failure:
     fatal: bool = False
     refused: bool = False  # this request only: the pair is dropped, the run goes on
     too_long: bool = False  # refused as longer than the model's context: the pair is dropped as `too-long`
+    throttled: bool = False  # the server is overloaded (429, 503): an adaptive pace asks less of it
 
 
 @dataclass
@@ -250,8 +251,9 @@ class EndpointBackend:
                 raise BackendError(f"endpoint replicas serve different models: {shown}")
             kind, identity = next(iter(served.values()))
             endpoint = _Endpoint(spec, identity.served, kind, identity)
-            limit = self.concurrency * len(spec.urls)
-            endpoint.pace = Pace(limit, adaptive=self.adaptive, rpm=self.rpm, tpm=self.tpm, clock=self.clock)
+            if self.adaptive or self.rpm or self.tpm:
+                limit = self.concurrency * len(spec.urls)
+                endpoint.pace = Pace(limit, adaptive=self.adaptive, rpm=self.rpm, tpm=self.tpm, clock=self.clock)
             for url in spec.urls:
                 http = get_async_session()  # huggingface_hub's client, so HF_HUB_OFFLINE and its proxies apply
                 slots = asyncio.Semaphore(self.concurrency)
@@ -431,7 +433,7 @@ class EndpointBackend:
         """`call` on a replica until it answers: the retry, resting and probing rules of the module's doc, within
         the endpoint's pace where one is asked for (`tokens`: what the request is reckoned to use)."""
         failure = Failure("no attempt made")
-        pace = endpoint.pace if endpoint.pace and (self.adaptive or self.rpm or self.tpm) else None
+        pace = endpoint.pace
         for attempt in range(self.retry.attempts):
             await endpoint.slots.acquire()  # a slot on some answering replica; which one is picked then
             let_go: float | None = None  # when the pace let the request go
@@ -467,7 +469,7 @@ class EndpointBackend:
             finally:
                 endpoint.slots.release()
                 if pace and let_go is not None:  # not answered: its place is freed; an overload halves the window
-                    pace.throttled() if failure.reason in THROTTLED else pace.failed()
+                    pace.throttled() if failure.throttled else pace.failed()
             if failure.fatal:
                 raise BackendError(f"endpoint {replica.url}: {failure.reason}")
             if failure.refused:
@@ -802,7 +804,9 @@ def classify(err: Exception) -> Failure:
         if status in FATAL_STATUS:
             return Failure(f"{FATAL_STATUS[status]} (HTTP {status})", fatal=True)
         if status in RETRYABLE_STATUS:
-            return Failure(f"HTTP {status}", retry_after=_retry_after(err.retry_after))
+            return Failure(
+                f"HTTP {status}", retry_after=_retry_after(err.retry_after), throttled=status in THROTTLED_STATUS
+            )
         message, param = server_message(err.text)
         named = f"; the field it names: {param}" if param else ""
         reason = f"request refused (HTTP {status}: {first_line(message)[:200]}{named})"

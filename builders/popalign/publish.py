@@ -235,6 +235,7 @@ def applied_copy(folder: Path, manifest: Manifest, out: Path) -> Path:
     table describes the pairs as read, and says what was applied."""
     flags = read_flags(folder)
     outcomes = read_outcomes(folder, manifest)
+    review = review_record(folder, manifest.configs, {name: outcome.rows for name, outcome in outcomes.items()})
     left_out = swapped = 0
     for outcome in outcomes.values():
         rows, turned = applied_rows(outcome.rows, flags)
@@ -242,7 +243,6 @@ def applied_copy(folder: Path, manifest: Manifest, out: Path) -> Path:
             outcome.dropped["flagged-bad"] += dropped
         outcome.rows, left_out, swapped = rows, left_out + dropped, swapped + turned
     require_rows(outcomes, folder)
-    review = review_record(folder, manifest.configs)
     assert review is not None  # there are flags
     review = replace(review, applied={"left_out": left_out, "swapped": swapped})
     with staged(out) as staging:

@@ -376,11 +376,12 @@ def export(
 
 def review(
     build: Build | str | Path | None = None, *, config: ReviewCommand | None = None, **settings: Any
-) -> Path | None:
-    """Review a build's pairs (`popalign review`): with `html`, write the read-only page there and return its path;
-    else serve the page on `host:port` until interrupted (`popalign[review]`); `settings` are `popalign review`'s.
+) -> int | None:
+    """Review a build's pairs (`popalign review`): with `html`, write the read-only page there and return the pairs
+    it holds; else serve the page on `host:port` until interrupted (`popalign[review]`); `settings` are
+    `popalign review`'s.
 
-    >>> popalign.review(EXAMPLE, html=f"{OUT}-review.html").name.endswith(".html")
+    >>> popalign.review(EXAMPLE, html=f"{OUT}-review.html") > 0
     True
 
     Raises:
@@ -391,8 +392,7 @@ def review(
     command = _command(ReviewCommand, config, settings, build=None if build is None else _path(build))
     reader = command.reader or default_reader()
     if command.html:
-        write_html(command.build, command.html, reader=reader)
-        return command.html
+        return write_html(command.build, command.html, reader=reader)
     serve(command.build, host=command.host, port=command.port, reader=reader)
     return None
 

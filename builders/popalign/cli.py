@@ -47,7 +47,6 @@ from popalign.reports import (
     versions_report,
 )
 from popalign.resources import embedded_model_path
-from popalign.review import default_reader, serve, write_html
 from popalign.roles import parse_model_args
 from popalign.show import format_pair, read_pairs
 from popalign.styles import Styles
@@ -332,12 +331,9 @@ def _show(args: argparse.Namespace) -> int:
 
 def _review(args: argparse.Namespace) -> int:
     command = _command(args, ReviewCommand)
-    reader = command.reader or default_reader()
+    pairs = api.review(config=command)  # serves until interrupted, unless it writes a page
     if command.html:
-        pairs = write_html(command.build, command.html, reader=reader)
         print(f"wrote {command.html}: {pairs} pairs of {command.build}, read-only (open it in any browser)")
-        return 0
-    serve(command.build, host=command.host, port=command.port, reader=reader)
     return 0
 
 

@@ -34,6 +34,7 @@ CASES: dict[str, tuple[str, dict[str, Any], str]] = {
     "score text": ("score", {"concurrency": "x"}, "concurrency: expected a whole number >= 1, got 'x'"),
     "score choice": ("score", {"swap": "flip"}, "swap: expected one of keep, drop, swap, got 'flip'"),
     "score nan": ("score", {"min_score": math.nan}, "min_score: expected a number, got nan"),
+    "score rpm 0": ("score", {"rpm": 0}, "rpm: expected a whole number >= 1, got 0"),
     "judge none": ("judge", {"batch_size": 4}, "a judge is an LLM (judge_model) or a reward model "
                    "(judge_reward_model): give one"),
     "judge misspelt": ("judge", {"judge_modle": URL}, "unknown setting 'judge_modle' (did you mean 'judge_model'?)"),
